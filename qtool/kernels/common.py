@@ -1,0 +1,159 @@
+"""Scalar building blocks shared by every quantization kernel.
+
+Everything here is float32-exact: the kernels that call these reproduce ggml's reference C, which
+does plain IEEE float32 arithmetic with no fused multiply-add. Never write a bare Python float literal
+inside a kernel (it is a float64 and silently promotes the expression); wrap it: ``np.float32(0.5)``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+F32 = np.float32
+jit = numba.njit(cache=True, nogil=True)
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    """Reinterpret a float32 as its uint32 bit pattern (C's memcpy between float and int)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def bits_f32(typingctx, x):
+    """Reinterpret the low 32 bits of an integer as a float32."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if x.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif x.bitwidth < 32:
+            v = builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(x), codegen
+
+
+@jit
+def nearest_int(v):
+    """ggml's nearest_int: round half to even through the 1.5*2^23 magic-number trick.
+
+    Reproduced bit for bit (not with rint) so that out-of-range inputs give the same garbage
+    the C code gives; ggml only calls it for |v| <= 4194303.
+    """
+    t = v + F32(12582912.0)
+    i = np.int32(f32_bits(t) & np.uint32(0x007FFFFF))
+    return i - np.int32(0x00400000)
+
+
+@jit
+def fp32_to_fp16_bits(f):
+    """float32 -> IEEE half bits, round to nearest even (as ggml's GGML_FP32_TO_FP16 and F16C)."""
+    w = f32_bits(f)
+    sign = np.uint16((w >> np.uint32(16)) & np.uint32(0x8000))
+    exp = np.int32((w >> np.uint32(23)) & np.uint32(0xFF))
+    mant = w & np.uint32(0x7FFFFF)
+    if exp == 0xFF:
+        if mant != 0:
+            return np.uint16(sign | np.uint16(0x7E00))
+        return np.uint16(sign | np.uint16(0x7C00))
+    e = exp - 127 + 15
+    if e >= 31:
+        return np.uint16(sign | np.uint16(0x7C00))
+    if e <= 0:
+        # Result is subnormal (or zero): shift the full 24-bit significand into place.
+        if e < -10:
+            return sign
+        m = mant | np.uint32(0x800000)
+        shift = np.uint32(14 - e)
+        half = m >> shift
+        rem = m & ((np.uint32(1) << shift) - np.uint32(1))
+        halfway = np.uint32(1) << (shift - np.uint32(1))
+        if rem > halfway or (rem == halfway and (half & np.uint32(1)) != 0):
+            half += np.uint32(1)
+        return np.uint16(sign | np.uint16(half))
+    half = (np.uint32(e) << np.uint32(10)) | (mant >> np.uint32(13))
+    rem = mant & np.uint32(0x1FFF)
+    if rem > np.uint32(0x1000) or (rem == np.uint32(0x1000) and (half & np.uint32(1)) != 0):
+        half += np.uint32(1)  # a carry into the exponent is the correct rounding, up to infinity
+    return np.uint16(sign | np.uint16(half))
+
+
+@jit
+def fp16_bits_to_fp32(h):
+    """IEEE half bits -> float32 (exact)."""
+    h32 = np.uint32(h)
+    sign = (h32 & np.uint32(0x8000)) << np.uint32(16)
+    exp = (h32 >> np.uint32(10)) & np.uint32(0x1F)
+    mant = h32 & np.uint32(0x3FF)
+    if exp == 0:
+        if mant == 0:
+            return bits_f32(sign)
+        # subnormal: mant * 2^-24, exact in float32
+        v = F32(mant) * F32(5.960464477539063e-08)
+        return -v if sign != 0 else v
+    if exp == 31:
+        return bits_f32(sign | np.uint32(0x7F800000) | (mant << np.uint32(13)))
+    return bits_f32(sign | ((exp + np.uint32(112)) << np.uint32(23)) | (mant << np.uint32(13)))
+
+
+@jit
+def round_fp16(f):
+    """The float32 value a float32 takes after a round trip through half precision."""
+    return fp16_bits_to_fp32(fp32_to_fp16_bits(f))
+
+
+@jit
+def store_u16(out, pos, v):
+    """Write a uint16 little-endian into a uint8 buffer."""
+    out[pos] = np.uint8(v & np.uint16(0xFF))
+    out[pos + 1] = np.uint8(v >> np.uint16(8))
+
+
+@jit
+def load_u16(buf, pos):
+    """Read a little-endian uint16 from a uint8 buffer."""
+    return np.uint16(buf[pos]) | (np.uint16(buf[pos + 1]) << np.uint16(8))
+
+
+@jit
+def store_fp16(out, pos, f):
+    """Round a float32 to half and write it little-endian at out[pos:pos+2]; return the rounded value."""
+    h = fp32_to_fp16_bits(f)
+    store_u16(out, pos, h)
+    return fp16_bits_to_fp32(h)
+
+
+@jit
+def load_fp16(buf, pos):
+    """Read a little-endian half at buf[pos:pos+2] as float32."""
+    return fp16_bits_to_fp32(load_u16(buf, pos))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def first_nonfinite_row(rows):
+    """Index of the first row of a 2-D float32 array holding NaN or Inf, or -1. Shape [nrows, n]."""
+    nrows, n = rows.shape
+    bad = np.full(nrows, False)
+    for r in numba.prange(nrows):
+        for j in range(n):
+            v = rows[r, j]
+            if not np.isfinite(v):
+                bad[r] = True
+                break
+    for r in range(nrows):
+        if bad[r]:
+            return r
+    return -1

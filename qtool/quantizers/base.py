@@ -1,0 +1,169 @@
+"""The type registry: one small Quantizer subclass per ggml type, keyed on GGMLQuantizationType.
+
+A family module (legacy.py, kquants.py, ...) declares::
+
+    class Q4_0(Quantizer, qtype=GGMLQuantizationType.Q4_0):
+        def quantize_blocks(self, rows, weights, out): kernels.legacy.quantize_q4_0(rows, weights, out)
+        def dequantize_blocks(self, data, out): kernels.legacy.dequantize_q4_0(data, out)
+
+and this base does everything else: block/byte sizes from ``gguf.GGML_QUANT_SIZES``, reshaping to rows,
+validation (dtype, row length, NaN/Inf, importance-vector length), per-expert importance vectors for
+3-D tensors, the thread count, and the output allocation.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from qtool.errors import QuantError
+
+_REGISTRY: dict[GGMLQuantizationType, "Quantizer"] = {}
+
+
+class Quantizer:
+    qtype: ClassVar[GGMLQuantizationType]
+    block_size: ClassVar[int]
+    type_size: ClassVar[int]
+    #: ggml's quantize function for this type reads the importance vector (else it is ignored).
+    uses_imatrix: ClassVar[bool] = False
+    #: ggml refuses to quantize this type without an importance vector.
+    requires_imatrix: ClassVar[bool] = False
+
+    def __init_subclass__(cls, qtype: GGMLQuantizationType | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if qtype is None:
+            return
+        if qtype in _REGISTRY:
+            raise TypeError(f"{qtype.name} is registered twice ({_REGISTRY[qtype].__class__.__name__}, {cls.__name__})")
+        cls.qtype = qtype
+        cls.block_size, cls.type_size = GGML_QUANT_SIZES[qtype]
+        _REGISTRY[qtype] = cls()
+
+    # -- what a family module implements -------------------------------------------------------
+
+    def quantize_blocks(self, rows: np.ndarray, weights: np.ndarray | None, out: np.ndarray) -> None:
+        """rows: float32 [nrows, n_per_row] C-contiguous; weights: float32 [n_per_row] or None;
+        out: uint8 [nrows, row_bytes], to be filled."""
+        raise NotImplementedError
+
+    def dequantize_blocks(self, data: np.ndarray, out: np.ndarray) -> None:
+        """data: uint8 [nrows, row_bytes]; out: float32 [nrows, n_per_row], to be filled."""
+        raise NotImplementedError
+
+    # -- what everybody calls --------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.qtype.name
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.type_size / self.block_size
+
+    def fits(self, n_per_row: int) -> bool:
+        return n_per_row % self.block_size == 0
+
+    def row_bytes(self, n_per_row: int) -> int:
+        return n_per_row // self.block_size * self.type_size
+
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        return n_rows * self.row_bytes(shape[-1])
+
+    def quantize(self, data: np.ndarray, imatrix: np.ndarray | None = None, *, name: str = "tensor",
+                 threads: int | None = None) -> np.ndarray:
+        """Quantize float32 ``data`` (numpy order, rows along the last axis) to uint8 [..., row_bytes].
+
+        ``imatrix`` is one importance vector of length n_per_row, or for a 3-D tensor one per
+        expert ([n_expert, n_per_row]), as llama.cpp passes them.
+        """
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        if data.ndim == 0 or data.size == 0:
+            raise QuantError(f"{name}: cannot quantize an empty tensor of shape {data.shape}")
+        n_per_row = data.shape[-1]
+        if not self.fits(n_per_row):
+            raise QuantError(f"{name}: row length {n_per_row} (shape {list(data.shape)}) is not a multiple of "
+                             f"{self.name}'s block size {self.block_size}")
+        if self.requires_imatrix and imatrix is None:
+            raise QuantError(f"{name}: {self.name} needs an importance matrix (--imatrix)")
+        rows = data.reshape(-1, n_per_row)
+        from qtool.kernels.common import first_nonfinite_row
+
+        _set_threads(threads)
+        bad = first_nonfinite_row(rows)
+        if bad >= 0:
+            col = int(np.flatnonzero(~np.isfinite(rows[bad]))[0])
+            raise QuantError(f"{name}: row {bad} holds a non-finite value ({rows[bad, col]}) at column {col}")
+        out = np.empty((rows.shape[0], self.row_bytes(n_per_row)), dtype=np.uint8)
+        weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
+        if weights is None or weights.ndim == 1:
+            self.quantize_blocks(rows, weights, out)
+        else:  # one importance vector per expert of a 3-D tensor
+            per_expert = rows.shape[0] // weights.shape[0]
+            for e in range(weights.shape[0]):
+                sl = slice(e * per_expert, (e + 1) * per_expert)
+                self.quantize_blocks(rows[sl], weights[e], out[sl])
+        return out.reshape(data.shape[:-1] + (out.shape[1],))
+
+    def dequantize(self, data: np.ndarray, *, name: str = "tensor", threads: int | None = None) -> np.ndarray:
+        """uint8 [..., row_bytes] -> float32 [..., n_per_row]."""
+        data = np.ascontiguousarray(data).view(np.uint8)
+        row_bytes = data.shape[-1]
+        if row_bytes % self.type_size:
+            raise QuantError(f"{name}: {row_bytes} bytes per row is not a whole number of {self.name} blocks "
+                             f"({self.type_size} bytes each)")
+        n_per_row = row_bytes // self.type_size * self.block_size
+        rows = data.reshape(-1, row_bytes)
+        out = np.empty((rows.shape[0], n_per_row), dtype=np.float32)
+        _set_threads(threads)
+        self.dequantize_blocks(rows, out)
+        return out.reshape(data.shape[:-1] + (n_per_row,))
+
+    def _check_imatrix(self, imatrix, shape, name):
+        if imatrix is None:
+            return None
+        w = np.ascontiguousarray(imatrix, dtype=np.float32)
+        n_per_row = shape[-1]
+        if w.ndim == 1 and w.shape[0] == n_per_row:
+            return w
+        if w.ndim == 2 and len(shape) == 3 and w.shape == (shape[0], n_per_row):
+            return w
+        if w.ndim == 1 and len(shape) == 3 and w.shape[0] == shape[0] * n_per_row:
+            return w.reshape(shape[0], n_per_row)
+        raise QuantError(f"{name}: importance vector of {w.size} values does not fit shape {list(shape)} "
+                         f"(want {n_per_row} per row{f' or {shape[0]}x{n_per_row} per expert' if len(shape) == 3 else ''})")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    import numba
+
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
+
+def get(qtype: GGMLQuantizationType | str) -> Quantizer:
+    """The registered quantizer for a type (enum or name, case-insensitive)."""
+    _load_families()
+    if isinstance(qtype, str):
+        try:
+            qtype = GGMLQuantizationType[qtype.upper()]
+        except KeyError:
+            raise QuantError(f"unknown ggml type {qtype!r}") from None
+    try:
+        return _REGISTRY[qtype]
+    except KeyError:
+        raise QuantError(f"qtool has no quantizer for {qtype.name} yet") from None
+
+
+def registered() -> dict[GGMLQuantizationType, Quantizer]:
+    """All registered quantizers, in ggml type order."""
+    _load_families()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def _load_families() -> None:
+    from qtool.quantizers import FAMILIES  # noqa: F401  (importing registers)

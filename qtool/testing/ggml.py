@@ -1,0 +1,110 @@
+"""ggml itself as the oracle: its quantizers and dequantizers called through ctypes.
+
+The library is the ``libggml-base.so`` that llama-cpp-python (pinned to 0.3.36, the reference build)
+ships. Tests and benchmarks use this module; qtool itself never does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+
+class _TypeTraits(ctypes.Structure):
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
+
+_TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+def library_path() -> Path | None:
+    """Where libggml-base.so of the installed llama-cpp-python lies, or None."""
+    override = os.environ.get("QTOOL_GGML_LIB")
+    if override:
+        return Path(override)
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    lib = Path(list(spec.submodule_search_locations)[0]) / "lib" / "libggml-base.so"
+    return lib if lib.exists() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL:
+    path = library_path()
+    if path is None:
+        raise RuntimeError("llama-cpp-python (the ggml oracle) is not installed: pip install 'qtool[oracle]'")
+    lib = ctypes.CDLL(str(path))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    return lib
+
+
+def available() -> bool:
+    """True where the oracle library can be loaded."""
+    try:
+        _lib()
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
+def requires_imatrix(qtype: GGMLQuantizationType) -> bool:
+    return bool(_lib().ggml_quantize_requires_imatrix(int(qtype)))
+
+
+def quantize(qtype: GGMLQuantizationType, data: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """ggml_quantize_chunk over all rows of ``data`` (float32 [nrows, n_per_row]) -> uint8 [nrows, row_bytes]."""
+    src = np.ascontiguousarray(data, dtype=np.float32)
+    if src.ndim == 1:
+        src = src.reshape(1, -1)
+    nrows, n_per_row = src.shape
+    block, size = GGML_QUANT_SIZES[qtype]
+    assert n_per_row % block == 0, f"{qtype.name}: row of {n_per_row} is not a multiple of {block}"
+    row_bytes = n_per_row // block * size
+    dst = np.zeros((nrows, row_bytes), dtype=np.uint8)
+    imat = None
+    if imatrix is not None:
+        imat = np.ascontiguousarray(imatrix, dtype=np.float32)
+        assert imat.shape == (n_per_row,)
+    written = _lib().ggml_quantize_chunk(int(qtype), src.ctypes.data, dst.ctypes.data, 0, nrows, n_per_row,
+                                         None if imat is None else imat.ctypes.data)
+    assert written == dst.nbytes, (written, dst.nbytes)
+    return dst
+
+
+def dequantize(qtype: GGMLQuantizationType, data: np.ndarray, n_per_row: int) -> np.ndarray:
+    """The type's to_float over uint8 [nrows, row_bytes] -> float32 [nrows, n_per_row]."""
+    raw = np.ascontiguousarray(data, dtype=np.uint8)
+    nrows = raw.size // (raw.shape[-1] if raw.ndim > 1 else raw.size)
+    out = np.empty((nrows, n_per_row), dtype=np.float32)
+    traits = _lib().ggml_get_type_traits(int(qtype)).contents
+    if qtype == GGMLQuantizationType.F32:
+        return raw.view(np.float32).reshape(nrows, n_per_row).copy()
+    assert traits.to_float, f"ggml has no to_float for {qtype.name}"
+    fn = _TO_FLOAT(traits.to_float)
+    fn(raw.ctypes.data, out.ctypes.data, nrows * n_per_row)
+    return out
