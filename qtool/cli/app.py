@@ -1,0 +1,80 @@
+"""The `qtool` command: wires the per-command modules and maps errors to exit codes.
+
+Exit codes: 0 success; 1 a check the user asked for failed (inspect --fail-if); 2 a usage or input
+error (bad option, malformed or unsupported file); 3 an internal error (a bug: please report it with
+the output of QTOOL_DEBUG=1); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from qtool.errors import QtoolError
+
+app = typer.Typer(
+    name="qtool",
+    help="Convert models to GGUF byte-identically to ggml, and inspect where quantization hurt.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    import importlib
+
+    for module in ("convert", "inspect", "types"):
+        try:
+            mod = importlib.import_module(f"qtool.cli.{module}")
+        except ModuleNotFoundError as e:  # a command still being built is simply absent
+            if e.name != f"qtool.cli.{module}":
+                raise
+            continue
+        mod.register(app)
+
+
+_register()
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"qtool: error: {message}\n")
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = bool(os.environ.get("QTOOL_DEBUG"))
+    try:
+        app(args=argv, standalone_mode=False, prog_name="qtool")
+    except QtoolError as e:
+        if debug:
+            raise
+        _fail(str(e), e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("qtool: interrupted\n")
+        sys.exit(130)
+    except click.ClickException as e:  # usage errors: unknown option, bad value, missing argument
+        if debug:
+            raise
+        _fail(e.format_message(), 2)
+    except KeyboardInterrupt:
+        sys.stderr.write("qtool: interrupted\n")
+        sys.exit(130)
+    except BrokenPipeError:
+        # the reader went away (`qtool inspect ... | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except (MemoryError, OSError) as e:
+        if debug:
+            raise
+        _fail(f"{type(e).__name__}: {e}", 2)
+    except Exception as e:  # a bug, not the user's fault
+        if debug:
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (set QTOOL_DEBUG=1 for the traceback)", 3)

@@ -1,0 +1,82 @@
+"""One output object for every command.
+
+Results go to stdout: rich tables for people, or exactly one JSON document with ``--json``. Progress
+bars, notes and errors go to stderr, and progress only when stderr is a terminal, so a pipeline sees
+nothing but the result. (STYLE.md puts people's tables on stderr; we keep them on stdout so that
+``qtool inspect f.gguf | less`` and ``> report.txt`` work as people expect.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from typing import Any, Iterator
+
+from rich.console import Console
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/Inf become null, numpy scalars/arrays become Python values."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return _clean(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+class Output:
+    def __init__(self, *, json_mode: bool = False, quiet: bool = False):
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.out = Console(file=sys.stdout, soft_wrap=False,
+                           width=None if sys.stdout.isatty() else 160, highlight=False)
+        self.err = Console(file=sys.stderr, highlight=False)
+
+    @property
+    def interactive(self) -> bool:
+        return sys.stderr.isatty() and not self.quiet and not self.json_mode
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """A result for people (tables, summaries); nothing in --json mode."""
+        if not self.json_mode:
+            self.out.print(*objects, **kwargs)
+
+    def note(self, message: str) -> None:
+        """A side remark on stderr (warnings, what was skipped); silenced by --quiet."""
+        if not self.quiet:
+            self.err.print(message, markup=False, highlight=False)
+
+    def json(self, document: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(_clean(document), indent=2, allow_nan=False) + "\n")
+        sys.stdout.flush()
+
+    @contextlib.contextmanager
+    def progress(self, total: float, description: str) -> Iterator["_Advance"]:
+        """A progress bar on stderr when it is a terminal; a no-op otherwise."""
+        if not self.interactive:
+            yield _Advance(None, None)
+            return
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                      console=self.err, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield _Advance(bar, task)
+
+
+class _Advance:
+    def __init__(self, bar, task):
+        self._bar, self._task = bar, task
+
+    def __call__(self, amount: float, description: str | None = None) -> None:
+        if self._bar is not None:
+            kwargs = {"description": description} if description else {}
+            self._bar.update(self._task, advance=amount, **kwargs)
