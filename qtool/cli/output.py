@@ -59,7 +59,7 @@ class Output:
         sys.stdout.flush()
 
     @contextlib.contextmanager
-    def progress(self, total: float, description: str) -> Iterator["_Advance"]:
+    def progress(self, total: float | None, description: str) -> Iterator["_Advance"]:
         """A progress bar on stderr when it is a terminal; a no-op otherwise."""
         if not self.interactive:
             yield _Advance(None, None)
@@ -80,3 +80,7 @@ class _Advance:
         if self._bar is not None:
             kwargs = {"description": description} if description else {}
             self._bar.update(self._task, advance=amount, **kwargs)
+
+    def set_total(self, total: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)

@@ -1,0 +1,154 @@
+"""`qtool convert`: parse options, call qtool.convert, print the plan or the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qtool.cli.options import JsonOpt, QuietOpt, ThreadsOpt
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def _ggml_type(value: str | None, flag: str):
+    if value is None:
+        return None
+    from gguf import GGMLQuantizationType
+
+    from qtool.errors import UsageError
+
+    try:
+        return GGMLQuantizationType[value.upper()]
+    except KeyError:
+        raise UsageError(f"{flag}: unknown ggml type {value!r} (see `qtool types`)") from None
+
+
+def _tensor_type_overrides(values: list[str]):
+    import re
+
+    from qtool.errors import UsageError
+
+    out = []
+    for v in values:
+        pattern, sep, type_name = v.rpartition("=")
+        if not sep or not pattern or not type_name:
+            raise UsageError(f"--tensor-type {v!r}: expected REGEX=TYPE, e.g. 'attn_v=Q8_0'")
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UsageError(f"--tensor-type {v!r}: bad regular expression: {e}") from None
+        out.append((pattern, _ggml_type(type_name, "--tensor-type")))
+    return out
+
+
+def convert_command(
+    input: Annotated[Path, typer.Argument(help="A .safetensors file, a *.safetensors.index.json, a Hugging Face "
+                                                "model folder, or a .gguf file.", show_default=False)],
+    type: Annotated[str, typer.Option("--type", "-T", help="llama-quantize preset (Q4_K_M, Q8_0, ...) or ggml "
+                                                          "type name; `qtool types` lists them.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: "
+                                                   "<input-stem>-<TYPE>.gguf beside the input).")] = None,
+    threads: ThreadsOpt = None,
+    imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance matrix: llama-imatrix .dat "
+                                                    "or GGUF imatrix file.")] = None,
+    include_weights: Annotated[list[str], typer.Option("--include-weights", help="Use the imatrix only for "
+                                                       "tensors whose name contains this (repeatable).")] = [],
+    exclude_weights: Annotated[list[str], typer.Option("--exclude-weights", help="Do not use the imatrix for "
+                                                       "tensors whose name contains this (repeatable).")] = [],
+    output_tensor_type: Annotated[Optional[str], typer.Option("--output-tensor-type",
+                                                              help="ggml type for output.weight.")] = None,
+    token_embedding_type: Annotated[Optional[str], typer.Option("--token-embedding-type",
+                                                                help="ggml type for token_embd.weight.")] = None,
+    tensor_type: Annotated[list[str], typer.Option("--tensor-type", help="REGEX=TYPE: type for matching "
+                                                   "tensors (repeatable; first match wins).")] = [],
+    pure: Annotated[bool, typer.Option("--pure", help="Every quantized tensor gets the preset's base type "
+                                                      "(no per-tensor rules).")] = False,
+    leave_output_tensor: Annotated[bool, typer.Option("--leave-output-tensor",
+                                                      help="Do not quantize output.weight.")] = False,
+    allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="Allow a GGUF input whose "
+                                                   "tensors are already quantized.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (type and bytes per tensor) and "
+                                                            "write nothing.")] = False,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Convert a model to GGUF, quantizing tensor by tensor exactly as llama.cpp's llama-quantize does."""
+    from qtool.cli.output import Output
+    from qtool.convert import convert
+    from qtool.quantizers.presets import PlanOptions
+
+    out = Output(json_mode=json, quiet=quiet)
+    options = PlanOptions(
+        output_tensor_type=_ggml_type(output_tensor_type, "--output-tensor-type"),
+        token_embedding_type=_ggml_type(token_embedding_type, "--token-embedding-type"),
+        tensor_types=_tensor_type_overrides(tensor_type),
+        pure=pure,
+        leave_output_tensor=leave_output_tensor,
+        allow_requantize=allow_requantize,
+    )
+    with out.progress(total=None, description="quantizing") as advance:
+        result = convert(input, type, output, threads=threads, options=options, imatrix=imatrix,
+                         include_weights=include_weights, exclude_weights=exclude_weights, dry_run=dry_run,
+                         on_start=advance.set_total, on_tensor=lambda p, n: advance(n, p.name))
+    _report(out, result, dry_run)
+
+
+def _report(out, result, dry_run: bool) -> None:
+    import numpy as np
+
+    from qtool.quantizers import registered
+
+    reg = registered()
+    tensors = []
+    for p in result.plan:
+        n = int(np.prod(p.shape, dtype=np.int64))
+        nbytes = reg[p.qtype].nbytes(p.shape) if p.qtype in reg else None
+        tensors.append({"name": p.name, "shape": list(p.shape), "source_type": p.source_type.name,
+                        "type": p.qtype.name, "quantize": p.quantize, "n_elements": n, "n_bytes": nbytes,
+                        "reason": p.reason})
+    summary = {
+        "tensors": len(result.plan),
+        "quantized": sum(1 for p in result.plan if p.quantize),
+        "bytes_in": result.bytes_in,
+        "bytes_out": result.bytes_out,
+        "n_elements": result.n_elements,
+        "bpw": result.bits_per_weight,
+        "seconds": result.seconds,
+    }
+    doc = {"input": str(result.input), "output": str(result.output) if result.output else None,
+           "type": result.preset, "file_type": result.file_type, "dry_run": dry_run,
+           "imatrix": result.imatrix, "unmapped": result.unmapped, "tensors": tensors, "summary": summary}
+    if out.json_mode:
+        out.json(doc)
+        return
+    if result.unmapped:
+        out.note(f"note: {len(result.unmapped)} tensor name(s) had no GGUF mapping and were kept as they were: "
+                 + ", ".join(result.unmapped[:5]) + (" ..." if len(result.unmapped) > 5 else ""))
+    if dry_run:
+        from rich.table import Table
+
+        table = Table(title=f"plan: {result.input} -> {result.preset}", title_justify="left")
+        for col, justify in (("tensor", "left"), ("shape", "left"), ("type", "left"), ("bytes", "right"),
+                             ("why", "left")):
+            table.add_column(col, justify=justify)
+        for t in tensors:
+            table.add_row(t["name"], "x".join(map(str, t["shape"])), t["type"],
+                          _human_bytes(t["n_bytes"]) if t["n_bytes"] is not None else "?", t["reason"])
+        out.print(table)
+    verb = "would write" if dry_run else f"wrote {result.output}"
+    out.print(f"{verb}: {summary['tensors']} tensors ({summary['quantized']} quantized), "
+              f"{_human_bytes(result.bytes_in)} -> {_human_bytes(result.bytes_out)}, "
+              f"{result.bits_per_weight:.2f} bits per weight"
+              + ("" if dry_run else f", {result.seconds:.2f} s"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert", no_args_is_help=True)(convert_command)

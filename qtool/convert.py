@@ -1,0 +1,187 @@
+"""The convert pipeline: read -> plan (a type per tensor) -> quantize -> write, one tensor at a time.
+
+Library code: no printing. The CLI passes a progress callback and renders the returned result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from qtool.errors import UsageError
+
+#: ggml's GGML_QNT_VERSION, which llama.cpp records as general.quantization_version
+QUANTIZATION_VERSION = 2
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """What the planner needs to know of a tensor: its GGUF name, shape and the type it arrives in."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: GGMLQuantizationType
+
+
+@dataclass
+class ConvertResult:
+    input: Path
+    output: Path | None
+    preset: str
+    file_type: int
+    plan: list[Any]
+    bytes_in: int
+    bytes_out: int
+    n_elements: int
+    seconds: float
+    imatrix: str | None = None
+    unmapped: list[str] = field(default_factory=list)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.bytes_out / self.n_elements if self.n_elements else 0.0
+
+
+def default_output(input_path: Path, type_name: str) -> Path:
+    """`<input-stem>-<TYPE>.gguf` beside the input (beside the folder, for a model folder)."""
+    p = Path(input_path)
+    name = p.name
+    for suffix in (".safetensors.index.json", ".safetensors", ".gguf"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return p.parent / f"{name}-{type_name}.gguf"
+
+
+def _input_files(source) -> list[Path]:
+    files = [Path(source.path)]
+    files.extend(Path(f) for f in getattr(source, "files", []) or [])
+    return files
+
+
+def convert(
+    input_path: str | Path,
+    type_name: str,
+    output: str | Path | None = None,
+    *,
+    threads: int | None = None,
+    options: Any = None,
+    imatrix: str | Path | None = None,
+    include_weights: list[str] | None = None,
+    exclude_weights: list[str] | None = None,
+    dry_run: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_tensor: Callable[[Any, int], None] | None = None,
+) -> ConvertResult:
+    """Convert (and quantize) a model; see `qtool convert --help` for what each argument means.
+
+    ``options`` is a presets.PlanOptions. For progress bars: ``on_start(total_elements)`` is called once
+    the plan is made, ``on_tensor(plan_entry, n_elements)`` after each tensor is written.
+    """
+    from qtool.formats.source import open_model
+    from qtool.quantizers import presets
+
+    t0 = time.perf_counter()
+    options = options or presets.PlanOptions()
+    preset = presets.resolve(type_name)
+    with open_model(input_path) as source:
+        imat = None
+        if imatrix is not None:
+            from qtool.formats.imatrix import load_imatrix
+
+            imat = load_imatrix(imatrix)
+            if include_weights or exclude_weights:
+                imat = imat.filter(include=include_weights or [], exclude=exclude_weights or [])
+            options = dataclasses.replace(options, has_imatrix=True)
+        elif include_weights or exclude_weights:
+            raise UsageError("--include-weights/--exclude-weights need --imatrix")
+
+        # safetensors tensors reach the planner as F32, i.e. as llama-quantize sees the F32 GGUF that
+        # convert_hf_to_gguf would write: 1-D and other unquantized tensors stay F32 in the output.
+        as_f32 = source.format != "gguf"
+        planned = [PlannedTensor(t.name, tuple(t.shape), GGMLQuantizationType.F32 if as_f32 else t.qtype)
+                   for t in source.tensors]
+        plan = presets.plan_model(preset.name, source.metadata, planned, options)
+        presets.check_imatrix_requirements(preset.name, plan, has_imatrix=imat is not None)
+
+        from qtool.quantizers import get
+
+        bytes_in = sum(t.nbytes for t in source.tensors)
+        n_elements = sum(int(np.prod(p.shape, dtype=np.int64)) for p in plan)
+        bytes_out = sum(get(p.qtype).nbytes(p.shape) if _registered(p.qtype) else _nbytes(p) for p in plan)
+        result = ConvertResult(input=Path(input_path), output=None, preset=preset.name,
+                               file_type=presets.file_type(preset.name), plan=plan, bytes_in=bytes_in,
+                               bytes_out=bytes_out, n_elements=n_elements, seconds=0.0,
+                               imatrix=str(imatrix) if imatrix else None, unmapped=list(source.unmapped))
+        if dry_run:
+            result.seconds = time.perf_counter() - t0
+            return result
+
+        missing = sorted({p.qtype.name for p in plan if p.quantize and not _registered(p.qtype)})
+        if missing:
+            raise UsageError(f"{preset.name} needs {', '.join(missing)}, which qtool cannot quantize yet")
+
+        from qtool.formats.gguf_out import GGUFOut, check_output_path
+
+        out_path = Path(output) if output is not None else default_output(Path(input_path), preset.name)
+        check_output_path(out_path, _input_files(source))
+        arch = source.architecture or "llama"
+        if on_start is not None:
+            on_start(n_elements)
+        with GGUFOut(out_path, arch, alignment=source.metadata.get("general.alignment")) as out:
+            _write_metadata(out, source, result, imat)
+            for p in plan:
+                out.add_tensor(p.name, p.shape, p.qtype)
+            out.begin()
+            for p in plan:
+                out.write(p.name, _tensor_bytes(source, p, imat, threads))
+                if on_tensor is not None:
+                    on_tensor(p, int(np.prod(p.shape, dtype=np.int64)))
+            result.output = out.commit()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _registered(qtype: GGMLQuantizationType) -> bool:
+    from qtool.quantizers import registered
+
+    return qtype in registered()
+
+
+def _nbytes(p) -> int:
+    from gguf import GGML_QUANT_SIZES
+
+    block, size = GGML_QUANT_SIZES[p.qtype]
+    rows = int(np.prod(p.shape[:-1], dtype=np.int64))
+    return rows * (p.shape[-1] // block) * size
+
+
+def _tensor_bytes(source, p, imat, threads) -> np.ndarray:
+    """The bytes to write for one planned tensor: copied unchanged, converted, or quantized."""
+    from qtool.quantizers import get
+
+    if not p.quantize and p.source_type == p.qtype and source.format == "gguf":
+        return source.raw(p.name)
+    data = source.load(p.name)
+    weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
+    return get(p.qtype).quantize(data, weights, name=p.name, threads=threads)
+
+
+def _write_metadata(out, source, result: ConvertResult, imat) -> None:
+    types = getattr(source, "metadata_types", {}) or {}
+    sub_types = getattr(source, "metadata_sub_types", {}) or {}
+    for key, value in source.metadata.items():
+        out.add_metadata(key, value, types.get(key), sub_types.get(key))
+    from gguf import GGUFValueType
+
+    out.add_metadata("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32)
+    out.add_metadata("general.file_type", result.file_type, GGUFValueType.UINT32)
+    if imat is not None:
+        for key, value, vtype in imat.gguf_metadata(result.imatrix):
+            out.add_metadata(key, value, vtype)
