@@ -1,1 +1,47 @@
 """Q2_K ... Q6_K and Q8_K: 256-weight super-blocks with quantized sub-block scales."""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from qtool.kernels import kquants as ka
+from qtool.quantizers.base import Quantizer
+
+_NO_WEIGHTS = np.zeros(0, dtype=np.float32)
+
+
+def _w(weights: np.ndarray | None) -> np.ndarray:
+    """The kernels' spelling of C's NULL importance vector: a zero-length array."""
+    return _NO_WEIGHTS if weights is None else weights
+
+
+class Q4_K(Quantizer, qtype=T.Q4_K):
+    uses_imatrix = True
+
+    def quantize_blocks(self, rows, weights, out):
+        ka.quantize_q4_K(rows, _w(weights), out)
+
+    def dequantize_blocks(self, data, out):
+        ka.dequantize_q4_K(data, out)
+
+
+class Q5_K(Quantizer, qtype=T.Q5_K):
+    uses_imatrix = True
+
+    def quantize_blocks(self, rows, weights, out):
+        ka.quantize_q5_K(rows, _w(weights), out)
+
+    def dequantize_blocks(self, data, out):
+        ka.dequantize_q5_K(data, out)
+
+
+class Q8_K(Quantizer, qtype=T.Q8_K):
+    """The k-quants' dot-product partner (quantize_row_q8_K_ref); not a file type llama-quantize writes,
+    and ggml_quantize_chunk does not accept it."""
+
+    def quantize_blocks(self, rows, weights, out):
+        ka.quantize_q8_K(rows, _NO_WEIGHTS, out)
+
+    def dequantize_blocks(self, data, out):
+        ka.dequantize_q8_K(data, out)

@@ -1,0 +1,438 @@
+"""Q4_K, Q5_K and Q8_K kernels: 256-weight super-blocks (ggml's QK_K).
+
+Q4_K and Q5_K split a super-block into 8 sub-blocks of 32 weights, each with its own 6-bit scale and
+6-bit min, themselves scaled by two half-precision factors ``d`` and ``dmin``:
+``x ~ d*sc[j]*q - dmin*m[j]``. Q8_K (the dot-product partner of the k-quants) is a float32 scale,
+256 signed bytes and 16 partial sums.
+
+Each quantize driver takes ``weights`` as a float32 importance vector of n_per_row values, or a
+zero-length array for none: without one ggml takes the ``quantize_row_*_ref`` path, with one the
+``quantize_row_*_impl`` path.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from qtool.kernels.common import F32, bits_f32, f32_bits, jit, load_fp16, nearest_int, store_fp16
+from qtool.kernels.search import make_qkx2_quants, make_qkx3_quants, make_qp_quants
+
+QK_K = 256
+Q4_K_BYTES = 144  # d, dmin (f16) + scales[12] + qs[128]
+Q5_K_BYTES = 176  # d, dmin (f16) + scales[12] + qh[32] + qs[128]
+Q8_K_BYTES = 292  # d (f32) + qs[256] (int8) + bsums[16] (int16)
+
+# Byte offsets inside a Q4_K / Q5_K block.
+_D, _DMIN, _SCALES = 0, 2, 4
+_Q4_QS = 16
+_Q5_QH, _Q5_QS = 16, 48
+
+
+# ---------------------------------------------------------------------------------------------------
+# The 12-byte scales field shared by Q4_K and Q5_K: eight 6-bit scales sc[0..7] and mins m[0..7].
+#
+#   byte     7 6 | 5 4 3 2 1 0
+#   0..3     sc[4..7] hi2 | sc[0..3]
+#   4..7      m[4..7] hi2 |  m[0..3]
+#
+#   byte     7 6 5 4   | 3 2 1 0
+#   8..11    m[4..7] lo4 | sc[4..7] lo4
+# ---------------------------------------------------------------------------------------------------
+
+
+@jit
+def pack_scales_mins_k4(Ls, Lm, y):
+    """The scales packing of quantize_row_q4_K/q5_K: Ls, Lm uint8[8] (each <= 63) -> y[4:16]."""
+    for j in range(8):
+        ls = np.int64(Ls[j])
+        lm = np.int64(Lm[j])
+        if j < 4:
+            y[_SCALES + j] = ls
+            y[_SCALES + j + 4] = lm
+        else:
+            y[_SCALES + j + 4] = ((ls & 0xF) | ((lm & 0xF) << 4)) & 0xFF
+            y[_SCALES + j - 4] |= ((ls >> 4) << 6) & 0xFF
+            y[_SCALES + j] |= ((lm >> 4) << 6) & 0xFF
+
+
+@jit
+def get_scale_min_k4(j, y):
+    """ggml get_scale_min_k4: the 6-bit (scale, min) of sub-block j from a block's scales field."""
+    if j < 4:
+        sc = y[_SCALES + j] & np.uint8(63)
+        m = y[_SCALES + j + 4] & np.uint8(63)
+    else:
+        sc = (y[_SCALES + j + 4] & np.uint8(0xF)) | ((y[_SCALES + j - 4] >> np.uint8(6)) << np.uint8(4))
+        m = (y[_SCALES + j + 4] >> np.uint8(4)) | ((y[_SCALES + j] >> np.uint8(6)) << np.uint8(4))
+    return sc, m
+
+
+@jit
+def _requantize_k4(x, y, L, nmax):
+    """Final pass shared by Q4_K/Q5_K: re-round every weight against the stored (fp16) factors.
+
+    A sub-block whose effective scale is zero keeps the quants its search produced.
+    """
+    d_all = load_fp16(y, _D)
+    dmin_all = load_fp16(y, _DMIN)
+    for j in range(8):
+        sc, m = get_scale_min_k4(j, y)
+        d = d_all * F32(sc)
+        if d == F32(0.0):
+            continue
+        dm = dmin_all * F32(m)
+        for ii in range(32):
+            l = nearest_int((x[32 * j + ii] + dm) / d)
+            L[32 * j + ii] = max(0, min(nmax, l))
+
+
+@jit
+def _ref_subblock_scales(x, nmax, rmin, nstep, L, Laux, weights, scales, mins):
+    """The sub-block search of quantize_row_q4_K_ref/q5_K_ref: weights av_x + |x| per 32 values."""
+    for j in range(8):
+        xs = x[32 * j:32 * j + 32]
+        sum_x2 = F32(0.0)
+        for l in range(32):
+            sum_x2 += xs[l] * xs[l]
+        av_x = np.sqrt(sum_x2 / F32(32.0))
+        for l in range(32):
+            weights[l] = av_x + abs(xs[l])
+        s, m = make_qkx2_quants(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux, rmin, F32(0.1), nstep, False)
+        scales[j] = s
+        mins[j] = m
+
+
+@jit
+def _ref_pack_factors(scales, mins, y, Ls, Lm):
+    """quantize_row_q4_K_ref/q5_K_ref: quantize the 8 scales and mins to 6 bits against their maxima."""
+    max_scale = F32(0.0)
+    max_min = F32(0.0)
+    for j in range(8):
+        if scales[j] > max_scale:
+            max_scale = scales[j]
+        if mins[j] > max_min:
+            max_min = mins[j]
+    inv_scale = F32(63.0) / max_scale if max_scale > F32(0.0) else F32(0.0)
+    inv_min = F32(63.0) / max_min if max_min > F32(0.0) else F32(0.0)
+    for j in range(8):
+        ls = nearest_int(inv_scale * scales[j]) & 0xFF  # C stores the int in a uint8_t
+        lm = nearest_int(inv_min * mins[j]) & 0xFF
+        Ls[j] = min(63, ls)
+        Lm[j] = min(63, lm)
+    pack_scales_mins_k4(Ls, Lm, y)
+    store_fp16(y, _D, max_scale / F32(63.0))
+    store_fp16(y, _DMIN, max_min / F32(63.0))
+
+
+@jit
+def _impl_subblock_scales(x, qw, nmax, L, Laux, weights, scales, mins, sw):
+    """The sub-block search of quantize_row_q4_K_impl/q5_K_impl (importance-weighted)."""
+    sum_x2 = F32(0.0)
+    for l in range(QK_K):
+        sum_x2 += x[l] * x[l]
+    sigma2 = F32(2.0) * sum_x2 / F32(256.0)
+    av_x = np.sqrt(sigma2)
+    for j in range(8):
+        xs = x[32 * j:32 * j + 32]
+        if qw.shape[0] > 0:
+            for l in range(32):
+                weights[l] = qw[32 * j + l] * np.sqrt(sigma2 + xs[l] * xs[l])
+        else:
+            for l in range(32):
+                weights[l] = av_x + abs(xs[l])
+        sumw = F32(0.0)
+        for l in range(32):
+            sumw += weights[l]
+        sw[j] = sumw
+        s, m = make_qkx3_quants(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux, F32(-0.9), F32(0.05), 36, False)
+        scales[j] = s
+        mins[j] = m
+
+
+@jit
+def _impl_pack_factors(scales, mins, sw, y, Ls, Lm):
+    """quantize_row_q4_K_impl/q5_K_impl: scales and mins to 6 bits with make_qp_quants."""
+    d_block = make_qp_quants(8, 63, scales, Ls, sw)
+    m_block = make_qp_quants(8, 63, mins, Lm, sw)
+    for j in range(8):
+        Ls[j] = min(np.uint8(63), Ls[j])
+        Lm[j] = min(np.uint8(63), Lm[j])
+    pack_scales_mins_k4(Ls, Lm, y)
+    store_fp16(y, _D, d_block)
+    store_fp16(y, _DMIN, m_block)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Q4_K block, 144 bytes:
+#
+#   0      2        4            16                           144
+#   | d f16 | dmin f16 | scales[12] | qs[128]                   |
+#
+#   qs[32*c + l] = q[64*c + l] | q[64*c + 32 + l] << 4      (c = 0..3, l = 0..31)
+# ---------------------------------------------------------------------------------------------------
+
+
+@jit
+def _pack_q4_K(L, y):
+    for c in range(4):
+        for l in range(32):
+            y[_Q4_QS + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << np.uint8(4))
+
+
+@jit
+def quantize_block_q4_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm):
+    """ggml quantize_row_q4_K_ref for one super-block: x float32[256] -> y uint8[144]."""
+    for k in range(12):
+        y[_SCALES + k] = 0
+    _ref_subblock_scales(x, 15, F32(-1.0), 20, L, Laux, weights, scales, mins)
+    _ref_pack_factors(scales, mins, y, Ls, Lm)
+    _requantize_k4(x, y, L, 15)
+    _pack_q4_K(L, y)
+
+
+@jit
+def quantize_block_q4_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm):
+    """ggml quantize_row_q4_K_impl for one super-block: x, qw float32[256] -> y uint8[144]."""
+    for k in range(12):
+        y[_SCALES + k] = 0
+    _impl_subblock_scales(x, qw, 15, L, Laux, weights, scales, mins, sw)
+    _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
+    _requantize_k4(x, y, L, 15)
+    _pack_q4_K(L, y)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def quantize_q4_K(rows, weights, out):
+    """ggml quantize_q4_K: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*144]."""
+    nrows, n = rows.shape
+    nb = n // QK_K
+    for r in numba.prange(nrows):
+        L = np.zeros(QK_K, np.uint8)
+        Laux = np.zeros(32, np.uint8)
+        w = np.zeros(32, np.float32)
+        scales = np.zeros(8, np.float32)
+        mins = np.zeros(8, np.float32)
+        sw = np.zeros(8, np.float32)
+        Ls = np.zeros(8, np.uint8)
+        Lm = np.zeros(8, np.uint8)
+        for i in range(nb):
+            x = rows[r, QK_K * i:QK_K * (i + 1)]
+            y = out[r, Q4_K_BYTES * i:Q4_K_BYTES * (i + 1)]
+            if weights.shape[0] == 0:
+                quantize_block_q4_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm)
+            else:
+                quantize_block_q4_K_impl(x, weights[QK_K * i:QK_K * (i + 1)], y, L, Laux, w, scales, mins, sw,
+                                         Ls, Lm)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def dequantize_q4_K(data, out):
+    """ggml dequantize_row_q4_K: data uint8[nrows, nb*144] -> out float32[nrows, nb*256]."""
+    nrows = data.shape[0]
+    nb = data.shape[1] // Q4_K_BYTES
+    for r in numba.prange(nrows):
+        for i in range(nb):
+            y = data[r, Q4_K_BYTES * i:Q4_K_BYTES * (i + 1)]
+            o = out[r, QK_K * i:QK_K * (i + 1)]
+            d = load_fp16(y, _D)
+            dmin = load_fp16(y, _DMIN)
+            for c in range(4):
+                sc, m = get_scale_min_k4(2 * c, y)
+                d1 = d * F32(sc)
+                m1 = dmin * F32(m)
+                sc, m = get_scale_min_k4(2 * c + 1, y)
+                d2 = d * F32(sc)
+                m2 = dmin * F32(m)
+                for l in range(32):
+                    q = y[_Q4_QS + 32 * c + l]
+                    o[64 * c + l] = d1 * F32(q & np.uint8(0xF)) - m1
+                    o[64 * c + 32 + l] = d2 * F32(q >> np.uint8(4)) - m2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Q5_K block, 176 bytes:
+#
+#   0      2        4            16          48                       176
+#   | d f16 | dmin f16 | scales[12] | qh[32]    | qs[128]                |
+#
+#   for chunk c = 0..3 of 64 weights, l = 0..31:
+#     qs[32*c + l]   = q[64*c + l] & 15  |  (q[64*c + 32 + l] & 15) << 4
+#     qh[l] bit 2c   = q[64*c + l] >> 4
+#     qh[l] bit 2c+1 = q[64*c + 32 + l] >> 4
+# ---------------------------------------------------------------------------------------------------
+
+
+@jit
+def _pack_q5_K(L, y):
+    for j in range(32):
+        y[_Q5_QH + j] = 0
+    m1 = 1
+    m2 = 2
+    for c in range(4):
+        for j in range(32):
+            l1 = np.int64(L[64 * c + j])
+            if l1 > 15:
+                l1 -= 16
+                y[_Q5_QH + j] |= m1
+            l2 = np.int64(L[64 * c + 32 + j])
+            if l2 > 15:
+                l2 -= 16
+                y[_Q5_QH + j] |= m2
+            y[_Q5_QS + 32 * c + j] = (l1 | (l2 << 4)) & 0xFF
+        m1 <<= 2
+        m2 <<= 2
+
+
+@jit
+def quantize_block_q5_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm):
+    """ggml quantize_row_q5_K_ref for one super-block: x float32[256] -> y uint8[176]."""
+    for k in range(12):
+        y[_SCALES + k] = 0
+    _ref_subblock_scales(x, 31, F32(-0.5), 15, L, Laux, weights, scales, mins)
+    _ref_pack_factors(scales, mins, y, Ls, Lm)
+    _requantize_k4(x, y, L, 31)
+    _pack_q5_K(L, y)
+
+
+@jit
+def quantize_block_q5_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm):
+    """ggml quantize_row_q5_K_impl for one super-block: x, qw float32[256] -> y uint8[176]."""
+    for k in range(12):
+        y[_SCALES + k] = 0
+    _impl_subblock_scales(x, qw, 31, L, Laux, weights, scales, mins, sw)
+    _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
+    _requantize_k4(x, y, L, 31)
+    _pack_q5_K(L, y)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def quantize_q5_K(rows, weights, out):
+    """ggml quantize_q5_K: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*176]."""
+    nrows, n = rows.shape
+    nb = n // QK_K
+    for r in numba.prange(nrows):
+        L = np.zeros(QK_K, np.uint8)
+        Laux = np.zeros(32, np.uint8)
+        w = np.zeros(32, np.float32)
+        scales = np.zeros(8, np.float32)
+        mins = np.zeros(8, np.float32)
+        sw = np.zeros(8, np.float32)
+        Ls = np.zeros(8, np.uint8)
+        Lm = np.zeros(8, np.uint8)
+        for i in range(nb):
+            x = rows[r, QK_K * i:QK_K * (i + 1)]
+            y = out[r, Q5_K_BYTES * i:Q5_K_BYTES * (i + 1)]
+            if weights.shape[0] == 0:
+                quantize_block_q5_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm)
+            else:
+                quantize_block_q5_K_impl(x, weights[QK_K * i:QK_K * (i + 1)], y, L, Laux, w, scales, mins, sw,
+                                         Ls, Lm)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def dequantize_q5_K(data, out):
+    """ggml dequantize_row_q5_K: data uint8[nrows, nb*176] -> out float32[nrows, nb*256]."""
+    nrows = data.shape[0]
+    nb = data.shape[1] // Q5_K_BYTES
+    for r in numba.prange(nrows):
+        for i in range(nb):
+            y = data[r, Q5_K_BYTES * i:Q5_K_BYTES * (i + 1)]
+            o = out[r, QK_K * i:QK_K * (i + 1)]
+            d = load_fp16(y, _D)
+            dmin = load_fp16(y, _DMIN)
+            for c in range(4):
+                sc, m = get_scale_min_k4(2 * c, y)
+                d1 = d * F32(sc)
+                m1 = dmin * F32(m)
+                sc, m = get_scale_min_k4(2 * c + 1, y)
+                d2 = d * F32(sc)
+                m2 = dmin * F32(m)
+                u1 = np.uint8(1 << (2 * c))
+                u2 = np.uint8(2 << (2 * c))
+                for l in range(32):
+                    q = y[_Q5_QS + 32 * c + l]
+                    h = y[_Q5_QH + l]
+                    lo = np.int64(q & np.uint8(0xF)) + (16 if (h & u1) != 0 else 0)
+                    hi = np.int64(q >> np.uint8(4)) + (16 if (h & u2) != 0 else 0)
+                    o[64 * c + l] = d1 * F32(lo) - m1
+                    o[64 * c + 32 + l] = d2 * F32(hi) - m2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Q8_K block, 292 bytes:
+#
+#   0          4                            260                      292
+#   | d f32     | qs[256] int8               | bsums[16] int16         |
+#
+#   bsums[j] = sum of qs[16*j .. 16*j+15]
+# ---------------------------------------------------------------------------------------------------
+
+_Q8_QS, _Q8_BSUMS = 4, 260
+
+
+@jit
+def _store_f32(y, pos, f):
+    b = f32_bits(f)
+    for k in range(4):
+        y[pos + k] = np.uint8((b >> np.uint32(8 * k)) & np.uint32(0xFF))
+
+
+@jit
+def _load_f32(y, pos):
+    b = np.uint32(0)
+    for k in range(4):
+        b |= np.uint32(y[pos + k]) << np.uint32(8 * k)
+    return bits_f32(b)
+
+
+@jit
+def quantize_block_q8_K(x, y):
+    """ggml quantize_row_q8_K_ref for one super-block: x float32[256] -> y uint8[292]."""
+    vmax = F32(0.0)
+    amax = F32(0.0)
+    for j in range(QK_K):
+        ax = abs(x[j])
+        if ax > amax:
+            amax = ax
+            vmax = x[j]
+    if amax == F32(0.0):
+        # ggml leaves bsums untouched here; qtool writes zeros (what a zeroed buffer holds)
+        for k in range(Q8_K_BYTES):
+            y[k] = 0
+        return
+    iscale = F32(-127.0) / vmax
+    for j in range(QK_K):
+        v = min(127, nearest_int(iscale * x[j]))
+        y[_Q8_QS + j] = v & 0xFF
+    for j in range(16):
+        s = 0
+        for ii in range(16):
+            s += np.int64(np.int8(y[_Q8_QS + 16 * j + ii]))
+        s &= 0xFFFF
+        y[_Q8_BSUMS + 2 * j] = s & 0xFF
+        y[_Q8_BSUMS + 2 * j + 1] = s >> 8
+    _store_f32(y, 0, F32(1.0) / iscale)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def quantize_q8_K(rows, weights, out):
+    """ggml quantize_row_q8_K_ref over rows float32[nrows, n] -> out uint8[nrows, n/256*292]; weights unused."""
+    nrows, n = rows.shape
+    nb = n // QK_K
+    for r in numba.prange(nrows):
+        for i in range(nb):
+            quantize_block_q8_K(rows[r, QK_K * i:QK_K * (i + 1)], out[r, Q8_K_BYTES * i:Q8_K_BYTES * (i + 1)])
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def dequantize_q8_K(data, out):
+    """ggml dequantize_row_q8_K: data uint8[nrows, nb*292] -> out float32[nrows, nb*256]."""
+    nrows = data.shape[0]
+    nb = data.shape[1] // Q8_K_BYTES
+    for r in numba.prange(nrows):
+        for i in range(nb):
+            y = data[r, Q8_K_BYTES * i:Q8_K_BYTES * (i + 1)]
+            d = _load_f32(y, 0)
+            for j in range(QK_K):
+                out[r, QK_K * i + j] = d * F32(np.int8(y[_Q8_QS + j]))
