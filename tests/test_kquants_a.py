@@ -72,12 +72,15 @@ def _ggml_dequantize(qtype, data, n_per_row):
 
 @oracle
 @pytest.mark.parametrize("nrows,n_per_row,seed", SHAPES)
-@pytest.mark.parametrize("path", ["ref", "imatrix"])
+@pytest.mark.parametrize("path", ["ref", "imatrix", "zero_imatrix"])
 @pytest.mark.parametrize("qtype", [T.Q4_K, T.Q5_K])
 def test_quantize_matches_ggml(qtype, path, nrows, n_per_row, seed):
+    """ref: no importance vector (quantize_row_*_ref); imatrix: the _impl path; zero_imatrix: the _impl
+    path with every weight zero (columns never activated: zero sums, 0/0 in the searches)."""
     _need_oracle()
     x = hard_rows(nrows, n_per_row, seed)
-    imat = importance(n_per_row, seed + 100) if path == "imatrix" else None
+    imat = {"ref": None, "imatrix": importance(n_per_row, seed + 100),
+            "zero_imatrix": np.zeros(n_per_row, np.float32)}[path]
     ours = get(qtype).quantize(x, imat)
     ref = _ggml_quantize(qtype, x, imat)
     assert ours.shape == ref.shape

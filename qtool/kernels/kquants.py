@@ -15,8 +15,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, bits_f32, f32_bits, jit, load_fp16, nearest_int, store_fp16
+from qtool.kernels.common import F32, bits_f32, f32_bits, load_fp16, nearest_int, store_fp16
 from qtool.kernels.search import make_qkx2_quants, make_qkx3_quants, make_qp_quants
+
+# IEEE float semantics: x/0 gives inf or NaN as in C (numba's default raises ZeroDivisionError).
+jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+jit_rows = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 
 QK_K = 256
 Q4_K_BYTES = 144  # d, dmin (f16) + scales[12] + qs[128]
@@ -202,7 +206,7 @@ def quantize_block_q4_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, L
     _pack_q4_K(L, y)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@jit_rows
 def quantize_q4_K(rows, weights, out):
     """ggml quantize_q4_K: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*144]."""
     nrows, n = rows.shape
@@ -226,7 +230,7 @@ def quantize_q4_K(rows, weights, out):
                                          Ls, Lm)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@jit_rows
 def dequantize_q4_K(data, out):
     """ggml dequantize_row_q4_K: data uint8[nrows, nb*144] -> out float32[nrows, nb*256]."""
     nrows = data.shape[0]
@@ -306,7 +310,7 @@ def quantize_block_q5_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, L
     _pack_q5_K(L, y)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@jit_rows
 def quantize_q5_K(rows, weights, out):
     """ggml quantize_q5_K: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*176]."""
     nrows, n = rows.shape
@@ -330,7 +334,7 @@ def quantize_q5_K(rows, weights, out):
                                          Ls, Lm)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@jit_rows
 def dequantize_q5_K(data, out):
     """ggml dequantize_row_q5_K: data uint8[nrows, nb*176] -> out float32[nrows, nb*256]."""
     nrows = data.shape[0]
@@ -415,7 +419,7 @@ def quantize_block_q8_K(x, y):
     _store_f32(y, 0, F32(1.0) / iscale)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@jit_rows
 def quantize_q8_K(rows, weights, out):
     """ggml quantize_row_q8_K_ref over rows float32[nrows, n] -> out uint8[nrows, n/256*292]; weights unused."""
     nrows, n = rows.shape
@@ -425,7 +429,7 @@ def quantize_q8_K(rows, weights, out):
             quantize_block_q8_K(rows[r, QK_K * i:QK_K * (i + 1)], out[r, Q8_K_BYTES * i:Q8_K_BYTES * (i + 1)])
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@jit_rows
 def dequantize_q8_K(data, out):
     """ggml dequantize_row_q8_K: data uint8[nrows, nb*292] -> out float32[nrows, nb*256]."""
     nrows = data.shape[0]
