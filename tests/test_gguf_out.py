@@ -1,0 +1,101 @@
+"""GGUF writer: exact round trip through gguf-py's reader, temp file + rename, never over an input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader, GGUFValueType
+
+from qtool.errors import UsageError
+from qtool.formats.gguf_out import GGUFOut, check_output_path
+from qtool.quantizers import get
+
+
+def _write(path, tensors, metadata=()):
+    with GGUFOut(path, "llama") as out:
+        for key, value, vtype in metadata:
+            out.add_metadata(key, value, vtype)
+        for name, shape, qtype, _ in tensors:
+            out.add_tensor(name, shape, qtype)
+        out.begin()
+        for name, _, _, data in tensors:
+            out.write(name, data)
+        return out.commit()
+
+
+def test_round_trip_bytes_shapes_types_and_metadata(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((8, 64)).astype(np.float32)
+    b = rng.standard_normal((3, 4, 256)).astype(np.float32)
+    norm = rng.standard_normal(64).astype(np.float32)
+    qa, qb = get(T.F16).quantize(a), get(T.Q4_K).quantize(b)
+    tensors = [("blk.0.attn_q.weight", a.shape, T.F16, qa), ("blk.0.ffn_gate_exps.weight", b.shape, T.Q4_K, qb),
+               ("blk.0.attn_norm.weight", norm.shape, T.F32, norm)]
+    meta = [("general.name", "tiny", GGUFValueType.STRING), ("llama.block_count", 1, GGUFValueType.UINT32),
+            ("tokenizer.ggml.scores", [0.5, -1.0], GGUFValueType.ARRAY)]
+    path = _write(tmp_path / "m.gguf", tensors, meta)
+
+    r = GGUFReader(path)
+    assert [t.name for t in r.tensors] == [t[0] for t in tensors]
+    for (name, shape, qtype, data), t in zip(tensors, r.tensors):
+        assert t.tensor_type == qtype
+        assert tuple(int(n) for n in reversed(t.shape)) == tuple(shape)  # reader gives ggml (ne) order
+        assert np.asarray(t.data).view(np.uint8).tobytes() == np.ascontiguousarray(data).view(np.uint8).tobytes()
+    f = r.fields
+    assert bytes(f["general.name"].parts[-1]).decode() == "tiny"
+    assert int(f["llama.block_count"].parts[-1][0]) == 1
+    assert f["llama.block_count"].types == [GGUFValueType.UINT32]
+    assert f["general.architecture"].contents() == "llama"
+    assert f["tokenizer.ggml.scores"].contents() == [0.5, -1.0]
+    assert not list(tmp_path.glob("*.qtool-tmp"))
+
+
+def test_failure_midway_leaves_no_file(tmp_path):
+    x = np.zeros((2, 32), np.float32)
+    target = tmp_path / "out.gguf"
+    with pytest.raises(RuntimeError):
+        with GGUFOut(target, "llama") as out:
+            out.add_tensor("a", x.shape, T.F32)
+            out.add_tensor("b", x.shape, T.F32)
+            out.begin()
+            out.write("a", x)
+            raise RuntimeError("quantizer blew up")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_order_or_size_is_refused(tmp_path):
+    x = np.zeros((2, 32), np.float32)
+    with pytest.raises(RuntimeError, match="declared"):
+        with GGUFOut(tmp_path / "o.gguf", "llama") as out:
+            out.add_tensor("a", x.shape, T.F32)
+            out.begin()
+            out.write("a", x[:1])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_replaced_only_on_success(tmp_path):
+    target = tmp_path / "o.gguf"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with GGUFOut(target, "llama") as out:
+            out.add_tensor("a", (1, 32), T.F32)
+            out.begin()
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"
+    _write(target, [("a", (1, 32), T.F32, np.ones((1, 32), np.float32))])
+    assert GGUFReader(target).tensors[0].name == "a"
+
+
+def test_refuses_to_overwrite_an_input(tmp_path):
+    src = tmp_path / "model.gguf"
+    src.write_bytes(b"x")
+    with pytest.raises(UsageError, match="overwrite the input"):
+        check_output_path(src, [src])
+    link = tmp_path / "link.gguf"
+    link.symlink_to(src)
+    with pytest.raises(UsageError, match="overwrite the input"):
+        check_output_path(link, [src])
+    with pytest.raises(UsageError, match="does not exist"):
+        check_output_path(tmp_path / "nope" / "o.gguf", [src])
+    check_output_path(tmp_path / "other.gguf", [src])  # a fresh name is fine
