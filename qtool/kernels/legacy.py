@@ -1,0 +1,477 @@
+"""Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0: ggml's 32-weight legacy blocks, quantized and dequantized.
+
+Block layouts (little-endian, ggml-common.h), 32 weights per block::
+
+    Q4_0  18 B  | d f16 | qs[16]         |
+    Q4_1  20 B  | d f16 | m f16 | qs[16] |
+    Q5_0  22 B  | d f16 | qh[4] | qs[16] |
+    Q5_1  24 B  | d f16 | m f16 | qh[4] | qs[16] |
+    Q8_0  34 B  | d f16 | qs[32] (int8)  |
+
+Nibbles: weight j of the first half sits in the low nibble of qs[j], weight j + 16 in the high one::
+
+    qs[j] = | q[j+16] & 0xF  (bits 7..4) | q[j] & 0xF  (bits 3..0) |
+
+Q5 fifth bits: qh[0..3] read as one little-endian uint32, bit j = bit 4 of q[j], j = 0..31.
+
+Weights: ``w = (q - 8) * d`` (Q4_0), ``(q - 16) * d`` (Q5_0), ``q * d + m`` (Q4_1, Q5_1), ``q * d`` (Q8_0).
+
+Two quantize paths, as ggml's quantize_q4_0 & co. choose them: without an importance vector (a
+zero-length array here) the ``quantize_row_*_ref`` round-to-nearest; with one, the ``_impl``
+weighted search (make_qx_quants for Q4_0/Q5_0, make_qkx3_quants for Q4_1/Q5_1). Q8_0 has only the
+first.
+
+The casts follow the C exactly as the reference build compiles them (cvttss2si / cvttps2dq): a float
+becomes an int32 by truncation toward zero, NaN and out-of-range values become INT32_MIN, and an
+``(int8_t)`` or ``(uint8_t)`` cast keeps the low byte of that. This only matters for degenerate
+blocks (a scale whose reciprocal overflows, a range that overflows float32), which ggml quantizes
+to garbage that we reproduce.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from qtool.kernels.common import F32, jit, load_fp16, store_fp16
+from qtool.kernels.search import make_qkx3_quants, make_qx_quants
+
+QK = 32
+_FLT_MAX = np.float32(np.finfo(np.float32).max)
+_I32_MIN = np.int32(-2147483648)
+
+#: "no importance vector" for the kernels (C's NULL)
+NO_WEIGHTS = np.empty(0, dtype=np.float32)
+
+
+# -- C casts -------------------------------------------------------------------------------------
+
+@jit
+def c_int(v):
+    """C's (int) cast of a float32 on x86 (cvttss2si): truncation; NaN and out-of-range give INT32_MIN."""
+    if v >= F32(-2147483648.0) and v < F32(2147483648.0):
+        return np.int32(v)
+    return _I32_MIN
+
+
+@jit
+def c_int_roundf(v):
+    """(int)roundf(v): round half away from zero, then the cvttss2si cast of c_int."""
+    if not (v >= F32(-2147483648.0) and v < F32(2147483648.0)):
+        return _I32_MIN
+    i = np.int32(v)
+    frac = v - F32(i)  # exact: |v| < 2^24 keeps F32(i) exact, and a larger v is an integer
+    if frac >= F32(0.5):
+        i += np.int32(1)
+    elif frac <= F32(-0.5):
+        i -= np.int32(1)
+    return i
+
+
+@jit
+def _min_i8(v, hi):
+    """MIN(hi, (int8_t)v) as uint8_t: the low byte of the cast, signed, clamped above only."""
+    q = np.int8(c_int(v))
+    if q > hi:
+        q = np.int8(hi)
+    return np.uint8(q)
+
+
+# -- block statistics ----------------------------------------------------------------------------
+
+@jit
+def _signed_absmax(x, o):
+    """The value of largest magnitude in x[o:o+32], the first one on ties (0 for an all-zero block)."""
+    amax = F32(0.0)
+    mx = F32(0.0)
+    for j in range(QK):
+        v = x[o + j]
+        av = abs(v)
+        if amax < av:
+            amax = av
+            mx = v
+    return mx
+
+
+@jit
+def _min_max(x, o):
+    """(min, max) of x[o:o+32], starting from (FLT_MAX, -FLT_MAX)."""
+    mn = _FLT_MAX
+    mx = -_FLT_MAX
+    for j in range(QK):
+        v = x[o + j]
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+    return mn, mx
+
+
+@jit
+def _inverse(d):
+    """``d ? 1.0f/d : 0.0f``."""
+    if d != F32(0.0):
+        return F32(1.0) / d
+    return F32(0.0)
+
+
+@jit
+def _row_sigma2(x):
+    """sum(x*x)/n over a whole row, accumulated in order in float32 (the _impl functions' sigma2)."""
+    s = F32(0.0)
+    for j in range(x.shape[0]):
+        s += x[j] * x[j]
+    return s / F32(x.shape[0])
+
+
+@jit
+def _block_weights(x, o, qw, sigma2, weight):
+    """weight[j] = qw[o+j] * sqrtf(sigma2 + x[o+j]^2), the _impl functions' per-weight importance."""
+    for j in range(QK):
+        v = x[o + j]
+        weight[j] = qw[o + j] * np.sqrt(sigma2 + v * v)
+
+
+# -- packing -------------------------------------------------------------------------------------
+
+@jit
+def _store_u32(y, p, v):
+    for k in range(4):
+        y[p + k] = np.uint8((v >> np.uint32(8 * k)) & np.uint32(0xFF))
+
+
+@jit
+def _pack_q4(L, y, p):
+    """qs[j] = L[j] | L[j+16] << 4 for 16 bytes at y[p:] (L holds 4-bit codes)."""
+    for j in range(16):
+        y[p + j] = np.uint8((np.int32(L[j]) | (np.int32(L[j + 16]) << 4)) & 0xFF)
+
+
+@jit
+def _pack_q5(L, y, pqh, pqs):
+    """Low nibbles of the 5-bit codes in L to qs at y[pqs:], their bit 4 to the uint32 qh at y[pqh:]."""
+    qh = np.uint32(0)
+    for j in range(16):
+        a = np.uint32(np.uint8(L[j]))
+        b = np.uint32(np.uint8(L[j + 16]))
+        y[pqs + j] = np.uint8((a & np.uint32(0x0F)) | ((b & np.uint32(0x0F)) << np.uint32(4)))
+        qh |= ((a & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
+        qh |= ((b & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + 16)
+    _store_u32(y, pqh, qh)
+
+
+# -- per-block quantizers, reference (no importance) path ----------------------------------------
+
+@jit
+def q4_0_block_ref(x, ib, y):
+    """quantize_row_q4_0_ref for block ib of row x into row bytes y."""
+    o = ib * QK
+    p = ib * 18
+    d = _signed_absmax(x, o) / F32(-8.0)
+    idv = _inverse(d)
+    store_fp16(y, p, d)
+    for j in range(16):
+        lo = _min_i8(x[o + j] * idv + F32(8.5), 15)
+        hi = _min_i8(x[o + 16 + j] * idv + F32(8.5), 15)
+        y[p + 2 + j] = np.uint8((np.int32(lo) | (np.int32(hi) << 4)) & 0xFF)
+
+
+@jit
+def q4_1_block_ref(x, ib, y):
+    """quantize_row_q4_1_ref for block ib of row x into row bytes y."""
+    o = ib * QK
+    p = ib * 20
+    mn, mx = _min_max(x, o)
+    d = (mx - mn) / F32(15.0)
+    idv = _inverse(d)
+    store_fp16(y, p, d)
+    store_fp16(y, p + 2, mn)
+    for j in range(16):
+        lo = _min_i8((x[o + j] - mn) * idv + F32(0.5), 15)
+        hi = _min_i8((x[o + 16 + j] - mn) * idv + F32(0.5), 15)
+        y[p + 4 + j] = np.uint8((np.int32(lo) | (np.int32(hi) << 4)) & 0xFF)
+
+
+@jit
+def q5_0_block_ref(x, ib, y):
+    """quantize_row_q5_0_ref for block ib of row x into row bytes y."""
+    o = ib * QK
+    p = ib * 22
+    d = _signed_absmax(x, o) / F32(-16.0)
+    idv = _inverse(d)
+    store_fp16(y, p, d)
+    qh = np.uint32(0)
+    for j in range(16):
+        a = np.uint32(_min_i8(x[o + j] * idv + F32(16.5), 31))
+        b = np.uint32(_min_i8(x[o + 16 + j] * idv + F32(16.5), 31))
+        y[p + 6 + j] = np.uint8((a & np.uint32(0x0F)) | ((b & np.uint32(0x0F)) << np.uint32(4)))
+        qh |= ((a & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
+        qh |= ((b & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + 16)
+    _store_u32(y, p + 2, qh)
+
+
+@jit
+def q5_1_block_ref(x, ib, y):
+    """quantize_row_q5_1_ref for block ib of row x into row bytes y."""
+    o = ib * QK
+    p = ib * 24
+    mn, mx = _min_max(x, o)
+    d = (mx - mn) / F32(31.0)
+    idv = _inverse(d)
+    store_fp16(y, p, d)
+    store_fp16(y, p + 2, mn)
+    qh = np.uint32(0)
+    for j in range(16):
+        a = np.uint32(np.uint8(c_int((x[o + j] - mn) * idv + F32(0.5)) & 0xFF))
+        b = np.uint32(np.uint8(c_int((x[o + 16 + j] - mn) * idv + F32(0.5)) & 0xFF))
+        y[p + 8 + j] = np.uint8((a & np.uint32(0x0F)) | ((b & np.uint32(0x0F)) << np.uint32(4)))
+        qh |= ((a & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
+        qh |= ((b & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + 16)
+    _store_u32(y, p + 4, qh)
+
+
+@jit
+def q8_0_block(x, ib, y):
+    """quantize_row_q8_0_ref for block ib of row x into row bytes y."""
+    o = ib * QK
+    p = ib * 34
+    amax = F32(0.0)
+    for j in range(QK):
+        av = abs(x[o + j])
+        amax = amax if amax > av else av
+    d = amax / F32(127.0)
+    idv = _inverse(d)
+    store_fp16(y, p, d)
+    for j in range(QK):
+        y[p + 2 + j] = np.uint8(c_int_roundf(x[o + j] * idv) & 0xFF)
+
+
+# -- per-block quantizers, importance-weighted path ----------------------------------------------
+
+@jit
+def q4_0_block_impl(x, ib, y, qw, sigma2, weight, L):
+    """quantize_row_q4_0_impl (with quant_weights) for block ib; weight float32[32], L int8[32] scratch."""
+    o = ib * QK
+    p = ib * 18
+    _block_weights(x, o, qw, sigma2, weight)
+    d = make_qx_quants(QK, 8, x[o:o + QK], L, 1, weight)
+    store_fp16(y, p, d)
+    _pack_q4(L, y, p + 2)
+
+
+@jit
+def q5_0_block_impl(x, ib, y, qw, sigma2, weight, L):
+    """quantize_row_q5_0_impl (with quant_weights) for block ib; weight float32[32], L int8[32] scratch."""
+    o = ib * QK
+    p = ib * 22
+    _block_weights(x, o, qw, sigma2, weight)
+    d = make_qx_quants(QK, 16, x[o:o + QK], L, 1, weight)
+    store_fp16(y, p, d)
+    _pack_q5(L, y, p + 2, p + 6)
+
+
+@jit
+def q4_1_block_impl(x, ib, y, qw, sigma2, weight, L, Laux):
+    """quantize_row_q4_1_impl (with quant_weights) for block ib; L, Laux uint8[32] scratch."""
+    o = ib * QK
+    p = ib * 20
+    _block_weights(x, o, qw, sigma2, weight)
+    d, the_min = make_qkx3_quants(QK, 15, x[o:o + QK], weight, L, Laux, F32(-0.9), F32(0.05), 36, False)
+    store_fp16(y, p, d)
+    store_fp16(y, p + 2, -the_min)
+    _pack_q4(L, y, p + 4)
+
+
+@jit
+def q5_1_block_impl(x, ib, y, qw, sigma2, weight, L, Laux):
+    """quantize_row_q5_1_impl (with quant_weights) for block ib; L, Laux uint8[32] scratch."""
+    o = ib * QK
+    p = ib * 24
+    _block_weights(x, o, qw, sigma2, weight)
+    d, the_min = make_qkx3_quants(QK, 31, x[o:o + QK], weight, L, Laux, F32(-0.9), F32(0.05), 36, False)
+    store_fp16(y, p, d)
+    store_fp16(y, p + 2, -the_min)
+    _pack_q5(L, y, p + 4, p + 8)
+
+
+# -- row drivers: rows float32 [nrows, n], qw float32 [n] or [0], out uint8 [nrows, n/32*size] ----
+
+# IEEE division (x/0 -> inf) as in C; numba's default raises, and inside prange a raised error
+# is lost and leaves rows unwritten.
+_par = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+
+
+@_par
+def quantize_q4_0(rows, qw, out):
+    """quantize_q4_0 over all rows."""
+    nrows, n = rows.shape
+    nb = n // QK
+    if qw.shape[0] == 0:
+        for r in numba.prange(nrows):
+            for ib in range(nb):
+                q4_0_block_ref(rows[r], ib, out[r])
+    else:
+        for r in numba.prange(nrows):
+            weight = np.empty(QK, dtype=np.float32)
+            L = np.empty(QK, dtype=np.int8)
+            x = rows[r]
+            sigma2 = _row_sigma2(x)
+            for ib in range(nb):
+                q4_0_block_impl(x, ib, out[r], qw, sigma2, weight, L)
+
+
+@_par
+def quantize_q5_0(rows, qw, out):
+    """quantize_q5_0 over all rows."""
+    nrows, n = rows.shape
+    nb = n // QK
+    if qw.shape[0] == 0:
+        for r in numba.prange(nrows):
+            for ib in range(nb):
+                q5_0_block_ref(rows[r], ib, out[r])
+    else:
+        for r in numba.prange(nrows):
+            weight = np.empty(QK, dtype=np.float32)
+            L = np.empty(QK, dtype=np.int8)
+            x = rows[r]
+            sigma2 = _row_sigma2(x)
+            for ib in range(nb):
+                q5_0_block_impl(x, ib, out[r], qw, sigma2, weight, L)
+
+
+@_par
+def quantize_q4_1(rows, qw, out):
+    """quantize_q4_1 over all rows."""
+    nrows, n = rows.shape
+    nb = n // QK
+    if qw.shape[0] == 0:
+        for r in numba.prange(nrows):
+            for ib in range(nb):
+                q4_1_block_ref(rows[r], ib, out[r])
+    else:
+        for r in numba.prange(nrows):
+            weight = np.empty(QK, dtype=np.float32)
+            L = np.empty(QK, dtype=np.uint8)
+            Laux = np.empty(QK, dtype=np.uint8)
+            x = rows[r]
+            sigma2 = _row_sigma2(x)
+            for ib in range(nb):
+                q4_1_block_impl(x, ib, out[r], qw, sigma2, weight, L, Laux)
+
+
+@_par
+def quantize_q5_1(rows, qw, out):
+    """quantize_q5_1 over all rows."""
+    nrows, n = rows.shape
+    nb = n // QK
+    if qw.shape[0] == 0:
+        for r in numba.prange(nrows):
+            for ib in range(nb):
+                q5_1_block_ref(rows[r], ib, out[r])
+    else:
+        for r in numba.prange(nrows):
+            weight = np.empty(QK, dtype=np.float32)
+            L = np.empty(QK, dtype=np.uint8)
+            Laux = np.empty(QK, dtype=np.uint8)
+            x = rows[r]
+            sigma2 = _row_sigma2(x)
+            for ib in range(nb):
+                q5_1_block_impl(x, ib, out[r], qw, sigma2, weight, L, Laux)
+
+
+@_par
+def quantize_q8_0(rows, out):
+    """quantize_q8_0 over all rows (ggml ignores the importance vector)."""
+    nrows, n = rows.shape
+    nb = n // QK
+    for r in numba.prange(nrows):
+        for ib in range(nb):
+            q8_0_block(rows[r], ib, out[r])
+
+
+# -- dequantizers: data uint8 [nrows, nb*size] -> out float32 [nrows, nb*32] ---------------------
+
+@jit
+def _qh_bit(data, pqh, j):
+    """Bit 4 of code j from the little-endian uint32 qh at data[pqh:pqh+4]."""
+    return np.int32((data[pqh + (j >> 3)] >> np.uint8(j & 7)) & np.uint8(1)) << 4
+
+
+@_par
+def dequantize_q4_0(data, out):
+    """dequantize_row_q4_0 over all rows."""
+    nrows, n = out.shape
+    for r in numba.prange(nrows):
+        x = data[r]
+        y = out[r]
+        for ib in range(n // QK):
+            p = ib * 18
+            d = load_fp16(x, p)
+            for j in range(16):
+                b = np.int32(x[p + 2 + j])
+                y[ib * QK + j] = F32((b & 0x0F) - 8) * d
+                y[ib * QK + j + 16] = F32((b >> 4) - 8) * d
+
+
+@_par
+def dequantize_q4_1(data, out):
+    """dequantize_row_q4_1 over all rows."""
+    nrows, n = out.shape
+    for r in numba.prange(nrows):
+        x = data[r]
+        y = out[r]
+        for ib in range(n // QK):
+            p = ib * 20
+            d = load_fp16(x, p)
+            m = load_fp16(x, p + 2)
+            for j in range(16):
+                b = np.int32(x[p + 4 + j])
+                y[ib * QK + j] = F32(b & 0x0F) * d + m
+                y[ib * QK + j + 16] = F32(b >> 4) * d + m
+
+
+@_par
+def dequantize_q5_0(data, out):
+    """dequantize_row_q5_0 over all rows."""
+    nrows, n = out.shape
+    for r in numba.prange(nrows):
+        x = data[r]
+        y = out[r]
+        for ib in range(n // QK):
+            p = ib * 22
+            d = load_fp16(x, p)
+            for j in range(16):
+                b = np.int32(x[p + 6 + j])
+                y[ib * QK + j] = F32(((b & 0x0F) | _qh_bit(x, p + 2, j)) - 16) * d
+                y[ib * QK + j + 16] = F32(((b >> 4) | _qh_bit(x, p + 2, j + 16)) - 16) * d
+
+
+@_par
+def dequantize_q5_1(data, out):
+    """dequantize_row_q5_1 over all rows."""
+    nrows, n = out.shape
+    for r in numba.prange(nrows):
+        x = data[r]
+        y = out[r]
+        for ib in range(n // QK):
+            p = ib * 24
+            d = load_fp16(x, p)
+            m = load_fp16(x, p + 2)
+            for j in range(16):
+                b = np.int32(x[p + 8 + j])
+                y[ib * QK + j] = F32((b & 0x0F) | _qh_bit(x, p + 4, j)) * d + m
+                y[ib * QK + j + 16] = F32((b >> 4) | _qh_bit(x, p + 4, j + 16)) * d + m
+
+
+@_par
+def dequantize_q8_0(data, out):
+    """dequantize_row_q8_0 over all rows."""
+    nrows, n = out.shape
+    for r in numba.prange(nrows):
+        x = data[r]
+        y = out[r]
+        for ib in range(n // QK):
+            p = ib * 34
+            d = load_fp16(x, p)
+            for j in range(QK):
+                y[ib * QK + j] = F32(np.int8(x[p + 2 + j])) * d
