@@ -78,32 +78,32 @@ def _min_i8(v, hi):
 
 
 # -- block statistics ----------------------------------------------------------------------------
+# Block functions take the block's own slices (xb float32[32], yb uint8[type_size]): indices that
+# start at zero let LLVM drop numba's negative-index wraparound and vectorize the loops.
 
 @jit
-def _signed_absmax(x, o):
-    """The value of largest magnitude in x[o:o+32], the first one on ties (0 for an all-zero block)."""
+def _signed_absmax(xb):
+    """The value of largest magnitude in xb, the first one on ties (0 for an all-zero block)."""
     amax = F32(0.0)
     mx = F32(0.0)
     for j in range(QK):
-        v = x[o + j]
+        v = xb[j]
         av = abs(v)
-        if amax < av:
-            amax = av
-            mx = v
+        gt = amax < av
+        amax = av if gt else amax
+        mx = v if gt else mx
     return mx
 
 
 @jit
-def _min_max(x, o):
-    """(min, max) of x[o:o+32], starting from (FLT_MAX, -FLT_MAX)."""
+def _min_max(xb):
+    """(min, max) of xb, starting from (FLT_MAX, -FLT_MAX)."""
     mn = _FLT_MAX
     mx = -_FLT_MAX
     for j in range(QK):
-        v = x[o + j]
-        if v < mn:
-            mn = v
-        if v > mx:
-            mx = v
+        v = xb[j]
+        mn = v if v < mn else mn
+        mx = v if v > mx else mx
     return mn, mx
 
 
@@ -125,173 +125,160 @@ def _row_sigma2(x):
 
 
 @jit
-def _block_weights(x, o, qw, sigma2, weight):
-    """weight[j] = qw[o+j] * sqrtf(sigma2 + x[o+j]^2), the _impl functions' per-weight importance."""
+def _block_weights(xb, qwb, sigma2, weight):
+    """weight[j] = qwb[j] * sqrtf(sigma2 + xb[j]^2), the _impl functions' per-weight importance."""
     for j in range(QK):
-        v = x[o + j]
-        weight[j] = qw[o + j] * np.sqrt(sigma2 + v * v)
+        v = xb[j]
+        weight[j] = qwb[j] * np.sqrt(sigma2 + v * v)
 
 
 # -- packing -------------------------------------------------------------------------------------
 
 @jit
-def _store_u32(y, p, v):
+def _store_u32(yb, p, v):
     for k in range(4):
-        y[p + k] = np.uint8((v >> np.uint32(8 * k)) & np.uint32(0xFF))
+        yb[p + k] = np.uint8((v >> np.uint32(8 * k)) & np.uint32(0xFF))
 
 
 @jit
-def _pack_q4(L, y, p):
-    """qs[j] = L[j] | L[j+16] << 4 for 16 bytes at y[p:] (L holds 4-bit codes)."""
+def _pack_q4(L, qs):
+    """qs[j] = L[j] | L[j+16] << 4, j < 16 (L holds 4-bit codes)."""
     for j in range(16):
-        y[p + j] = np.uint8((np.int32(L[j]) | (np.int32(L[j + 16]) << 4)) & 0xFF)
+        qs[j] = np.uint8((np.int32(L[j]) | (np.int32(L[j + 16]) << 4)) & 0xFF)
 
 
 @jit
-def _pack_q5(L, y, pqh, pqs):
-    """Low nibbles of the 5-bit codes in L to qs at y[pqs:], their bit 4 to the uint32 qh at y[pqh:]."""
+def _pack_q5(a, b, j, qs):
+    """Codes a = q[j], b = q[j+16] (uint32): their low nibbles into qs[j]; returns their qh bits."""
+    qs[j] = np.uint8((a & np.uint32(0x0F)) | ((b & np.uint32(0x0F)) << np.uint32(4)))
+    return (((a & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)) | \
+        (((b & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + 16))
+
+
+@jit
+def _pack_q5_codes(L, yb, pqh, pqs):
+    """Low nibbles of the 5-bit codes L[0..31] to qs at yb[pqs:], their bit 4 to the uint32 qh at yb[pqh:]."""
+    qs = yb[pqs:pqs + 16]
     qh = np.uint32(0)
     for j in range(16):
-        a = np.uint32(np.uint8(L[j]))
-        b = np.uint32(np.uint8(L[j + 16]))
-        y[pqs + j] = np.uint8((a & np.uint32(0x0F)) | ((b & np.uint32(0x0F)) << np.uint32(4)))
-        qh |= ((a & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
-        qh |= ((b & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + 16)
-    _store_u32(y, pqh, qh)
+        qh |= _pack_q5(np.uint32(np.uint8(L[j])), np.uint32(np.uint8(L[j + 16])), j, qs)
+    _store_u32(yb, pqh, qh)
 
 
 # -- per-block quantizers, reference (no importance) path ----------------------------------------
 
 @jit
-def q4_0_block_ref(x, ib, y):
-    """quantize_row_q4_0_ref for block ib of row x into row bytes y."""
-    o = ib * QK
-    p = ib * 18
-    d = _signed_absmax(x, o) / F32(-8.0)
+def q4_0_block_ref(xb, yb):
+    """quantize_row_q4_0_ref for one block: xb float32[32] -> yb uint8[18]."""
+    d = _signed_absmax(xb) / F32(-8.0)
     idv = _inverse(d)
-    store_fp16(y, p, d)
+    store_fp16(yb, 0, d)
     for j in range(16):
-        lo = _min_i8(x[o + j] * idv + F32(8.5), 15)
-        hi = _min_i8(x[o + 16 + j] * idv + F32(8.5), 15)
-        y[p + 2 + j] = np.uint8((np.int32(lo) | (np.int32(hi) << 4)) & 0xFF)
+        lo = _min_i8(xb[j] * idv + F32(8.5), 15)
+        hi = _min_i8(xb[16 + j] * idv + F32(8.5), 15)
+        yb[2 + j] = np.uint8((np.int32(lo) | (np.int32(hi) << 4)) & 0xFF)
 
 
 @jit
-def q4_1_block_ref(x, ib, y):
-    """quantize_row_q4_1_ref for block ib of row x into row bytes y."""
-    o = ib * QK
-    p = ib * 20
-    mn, mx = _min_max(x, o)
+def q4_1_block_ref(xb, yb):
+    """quantize_row_q4_1_ref for one block: xb float32[32] -> yb uint8[20]."""
+    mn, mx = _min_max(xb)
     d = (mx - mn) / F32(15.0)
     idv = _inverse(d)
-    store_fp16(y, p, d)
-    store_fp16(y, p + 2, mn)
+    store_fp16(yb, 0, d)
+    store_fp16(yb, 2, mn)
     for j in range(16):
-        lo = _min_i8((x[o + j] - mn) * idv + F32(0.5), 15)
-        hi = _min_i8((x[o + 16 + j] - mn) * idv + F32(0.5), 15)
-        y[p + 4 + j] = np.uint8((np.int32(lo) | (np.int32(hi) << 4)) & 0xFF)
+        lo = _min_i8((xb[j] - mn) * idv + F32(0.5), 15)
+        hi = _min_i8((xb[16 + j] - mn) * idv + F32(0.5), 15)
+        yb[4 + j] = np.uint8((np.int32(lo) | (np.int32(hi) << 4)) & 0xFF)
 
 
 @jit
-def q5_0_block_ref(x, ib, y):
-    """quantize_row_q5_0_ref for block ib of row x into row bytes y."""
-    o = ib * QK
-    p = ib * 22
-    d = _signed_absmax(x, o) / F32(-16.0)
+def q5_0_block_ref(xb, yb):
+    """quantize_row_q5_0_ref for one block: xb float32[32] -> yb uint8[22]."""
+    d = _signed_absmax(xb) / F32(-16.0)
     idv = _inverse(d)
-    store_fp16(y, p, d)
+    store_fp16(yb, 0, d)
+    qs = yb[6:22]
     qh = np.uint32(0)
     for j in range(16):
-        a = np.uint32(_min_i8(x[o + j] * idv + F32(16.5), 31))
-        b = np.uint32(_min_i8(x[o + 16 + j] * idv + F32(16.5), 31))
-        y[p + 6 + j] = np.uint8((a & np.uint32(0x0F)) | ((b & np.uint32(0x0F)) << np.uint32(4)))
-        qh |= ((a & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
-        qh |= ((b & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + 16)
-    _store_u32(y, p + 2, qh)
+        a = np.uint32(_min_i8(xb[j] * idv + F32(16.5), 31))
+        b = np.uint32(_min_i8(xb[16 + j] * idv + F32(16.5), 31))
+        qh |= _pack_q5(a, b, j, qs)
+    _store_u32(yb, 2, qh)
 
 
 @jit
-def q5_1_block_ref(x, ib, y):
-    """quantize_row_q5_1_ref for block ib of row x into row bytes y."""
-    o = ib * QK
-    p = ib * 24
-    mn, mx = _min_max(x, o)
+def q5_1_block_ref(xb, yb):
+    """quantize_row_q5_1_ref for one block: xb float32[32] -> yb uint8[24]."""
+    mn, mx = _min_max(xb)
     d = (mx - mn) / F32(31.0)
     idv = _inverse(d)
-    store_fp16(y, p, d)
-    store_fp16(y, p + 2, mn)
+    store_fp16(yb, 0, d)
+    store_fp16(yb, 2, mn)
+    qs = yb[8:24]
     qh = np.uint32(0)
     for j in range(16):
-        a = np.uint32(np.uint8(c_int((x[o + j] - mn) * idv + F32(0.5)) & 0xFF))
-        b = np.uint32(np.uint8(c_int((x[o + 16 + j] - mn) * idv + F32(0.5)) & 0xFF))
-        y[p + 8 + j] = np.uint8((a & np.uint32(0x0F)) | ((b & np.uint32(0x0F)) << np.uint32(4)))
-        qh |= ((a & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
-        qh |= ((b & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + 16)
-    _store_u32(y, p + 4, qh)
+        a = np.uint32(c_int((xb[j] - mn) * idv + F32(0.5)) & np.int32(0xFF))
+        b = np.uint32(c_int((xb[16 + j] - mn) * idv + F32(0.5)) & np.int32(0xFF))
+        qh |= _pack_q5(a, b, j, qs)
+    _store_u32(yb, 4, qh)
 
 
 @jit
-def q8_0_block(x, ib, y):
-    """quantize_row_q8_0_ref for block ib of row x into row bytes y."""
-    o = ib * QK
-    p = ib * 34
+def q8_0_block(xb, yb):
+    """quantize_row_q8_0_ref for one block: xb float32[32] -> yb uint8[34]."""
     amax = F32(0.0)
     for j in range(QK):
-        av = abs(x[o + j])
+        av = abs(xb[j])
         amax = amax if amax > av else av
     d = amax / F32(127.0)
     idv = _inverse(d)
-    store_fp16(y, p, d)
+    store_fp16(yb, 0, d)
     for j in range(QK):
-        y[p + 2 + j] = np.uint8(c_int_roundf(x[o + j] * idv) & 0xFF)
+        yb[2 + j] = np.uint8(c_int_roundf(xb[j] * idv) & np.int32(0xFF))
 
 
 # -- per-block quantizers, importance-weighted path ----------------------------------------------
+# qwb: the block's importance slice; sigma2: the row's; weight float32[32], L (int8 for make_qx_quants,
+# uint8 for make_qkx3_quants), Laux uint8[32]: scratch.
 
 @jit
-def q4_0_block_impl(x, ib, y, qw, sigma2, weight, L):
-    """quantize_row_q4_0_impl (with quant_weights) for block ib; weight float32[32], L int8[32] scratch."""
-    o = ib * QK
-    p = ib * 18
-    _block_weights(x, o, qw, sigma2, weight)
-    d = make_qx_quants(QK, 8, x[o:o + QK], L, 1, weight)
-    store_fp16(y, p, d)
-    _pack_q4(L, y, p + 2)
-
-
-@jit
-def q5_0_block_impl(x, ib, y, qw, sigma2, weight, L):
-    """quantize_row_q5_0_impl (with quant_weights) for block ib; weight float32[32], L int8[32] scratch."""
-    o = ib * QK
-    p = ib * 22
-    _block_weights(x, o, qw, sigma2, weight)
-    d = make_qx_quants(QK, 16, x[o:o + QK], L, 1, weight)
-    store_fp16(y, p, d)
-    _pack_q5(L, y, p + 2, p + 6)
+def q4_0_block_impl(xb, qwb, sigma2, yb, weight, L):
+    """quantize_row_q4_0_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[18]."""
+    _block_weights(xb, qwb, sigma2, weight)
+    d = make_qx_quants(QK, 8, xb, L, 1, weight)
+    store_fp16(yb, 0, d)
+    _pack_q4(L, yb[2:18])
 
 
 @jit
-def q4_1_block_impl(x, ib, y, qw, sigma2, weight, L, Laux):
-    """quantize_row_q4_1_impl (with quant_weights) for block ib; L, Laux uint8[32] scratch."""
-    o = ib * QK
-    p = ib * 20
-    _block_weights(x, o, qw, sigma2, weight)
-    d, the_min = make_qkx3_quants(QK, 15, x[o:o + QK], weight, L, Laux, F32(-0.9), F32(0.05), 36, False)
-    store_fp16(y, p, d)
-    store_fp16(y, p + 2, -the_min)
-    _pack_q4(L, y, p + 4)
+def q5_0_block_impl(xb, qwb, sigma2, yb, weight, L):
+    """quantize_row_q5_0_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[22]."""
+    _block_weights(xb, qwb, sigma2, weight)
+    d = make_qx_quants(QK, 16, xb, L, 1, weight)
+    store_fp16(yb, 0, d)
+    _pack_q5_codes(L, yb, 2, 6)
 
 
 @jit
-def q5_1_block_impl(x, ib, y, qw, sigma2, weight, L, Laux):
-    """quantize_row_q5_1_impl (with quant_weights) for block ib; L, Laux uint8[32] scratch."""
-    o = ib * QK
-    p = ib * 24
-    _block_weights(x, o, qw, sigma2, weight)
-    d, the_min = make_qkx3_quants(QK, 31, x[o:o + QK], weight, L, Laux, F32(-0.9), F32(0.05), 36, False)
-    store_fp16(y, p, d)
-    store_fp16(y, p + 2, -the_min)
-    _pack_q5(L, y, p + 4, p + 8)
+def q4_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux):
+    """quantize_row_q4_1_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[20]."""
+    _block_weights(xb, qwb, sigma2, weight)
+    d, the_min = make_qkx3_quants(QK, 15, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False)
+    store_fp16(yb, 0, d)
+    store_fp16(yb, 2, -the_min)
+    _pack_q4(L, yb[4:20])
+
+
+@jit
+def q5_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux):
+    """quantize_row_q5_1_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[24]."""
+    _block_weights(xb, qwb, sigma2, weight)
+    d, the_min = make_qkx3_quants(QK, 31, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False)
+    store_fp16(yb, 0, d)
+    store_fp16(yb, 2, -the_min)
+    _pack_q5_codes(L, yb, 4, 8)
 
 
 # -- row drivers: rows float32 [nrows, n], qw float32 [n] or [0], out uint8 [nrows, n/32*size] ----
@@ -305,96 +292,143 @@ _par = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def quantize_q4_0(rows, qw, out):
     """quantize_q4_0 over all rows."""
     nrows, n = rows.shape
-    nb = n // QK
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            for ib in range(nb):
-                q4_0_block_ref(rows[r], ib, out[r])
+            for ib in range(n // QK):
+                q4_0_block_ref(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 18:(ib + 1) * 18])
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.int8)
-            x = rows[r]
-            sigma2 = _row_sigma2(x)
-            for ib in range(nb):
-                q4_0_block_impl(x, ib, out[r], qw, sigma2, weight, L)
+            sigma2 = _row_sigma2(rows[r])
+            for ib in range(n // QK):
+                q4_0_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
+                                out[r, ib * 18:(ib + 1) * 18], weight, L)
 
 
 @_par
 def quantize_q5_0(rows, qw, out):
     """quantize_q5_0 over all rows."""
     nrows, n = rows.shape
-    nb = n // QK
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            for ib in range(nb):
-                q5_0_block_ref(rows[r], ib, out[r])
+            for ib in range(n // QK):
+                q5_0_block_ref(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 22:(ib + 1) * 22])
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.int8)
-            x = rows[r]
-            sigma2 = _row_sigma2(x)
-            for ib in range(nb):
-                q5_0_block_impl(x, ib, out[r], qw, sigma2, weight, L)
+            sigma2 = _row_sigma2(rows[r])
+            for ib in range(n // QK):
+                q5_0_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
+                                out[r, ib * 22:(ib + 1) * 22], weight, L)
 
 
 @_par
 def quantize_q4_1(rows, qw, out):
     """quantize_q4_1 over all rows."""
     nrows, n = rows.shape
-    nb = n // QK
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            for ib in range(nb):
-                q4_1_block_ref(rows[r], ib, out[r])
+            for ib in range(n // QK):
+                q4_1_block_ref(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 20:(ib + 1) * 20])
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.uint8)
             Laux = np.empty(QK, dtype=np.uint8)
-            x = rows[r]
-            sigma2 = _row_sigma2(x)
-            for ib in range(nb):
-                q4_1_block_impl(x, ib, out[r], qw, sigma2, weight, L, Laux)
+            sigma2 = _row_sigma2(rows[r])
+            for ib in range(n // QK):
+                q4_1_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
+                                out[r, ib * 20:(ib + 1) * 20], weight, L, Laux)
 
 
 @_par
 def quantize_q5_1(rows, qw, out):
     """quantize_q5_1 over all rows."""
     nrows, n = rows.shape
-    nb = n // QK
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            for ib in range(nb):
-                q5_1_block_ref(rows[r], ib, out[r])
+            for ib in range(n // QK):
+                q5_1_block_ref(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 24:(ib + 1) * 24])
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.uint8)
             Laux = np.empty(QK, dtype=np.uint8)
-            x = rows[r]
-            sigma2 = _row_sigma2(x)
-            for ib in range(nb):
-                q5_1_block_impl(x, ib, out[r], qw, sigma2, weight, L, Laux)
+            sigma2 = _row_sigma2(rows[r])
+            for ib in range(n // QK):
+                q5_1_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
+                                out[r, ib * 24:(ib + 1) * 24], weight, L, Laux)
 
 
 @_par
 def quantize_q8_0(rows, out):
     """quantize_q8_0 over all rows (ggml ignores the importance vector)."""
     nrows, n = rows.shape
-    nb = n // QK
     for r in numba.prange(nrows):
-        for ib in range(nb):
-            q8_0_block(rows[r], ib, out[r])
+        for ib in range(n // QK):
+            q8_0_block(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 34:(ib + 1) * 34])
 
 
 # -- dequantizers: data uint8 [nrows, nb*size] -> out float32 [nrows, nb*32] ---------------------
 
 @jit
-def _qh_bit(data, pqh, j):
-    """Bit 4 of code j from the little-endian uint32 qh at data[pqh:pqh+4]."""
-    return np.int32((data[pqh + (j >> 3)] >> np.uint8(j & 7)) & np.uint8(1)) << 4
+def _qh_bit(qh, j):
+    """Bit 4 of code j from the little-endian uint32 qh (uint8[4])."""
+    return np.int32((qh[j >> 3] >> np.uint8(j & 7)) & np.uint8(1)) << 4
+
+
+@jit
+def q4_0_block_dequant(yb, xb):
+    """dequantize_row_q4_0 for one block: yb uint8[18] -> xb float32[32]."""
+    d = load_fp16(yb, 0)
+    for j in range(16):
+        b = np.int32(yb[2 + j])
+        xb[j] = F32((b & 0x0F) - 8) * d
+        xb[j + 16] = F32((b >> 4) - 8) * d
+
+
+@jit
+def q4_1_block_dequant(yb, xb):
+    """dequantize_row_q4_1 for one block: yb uint8[20] -> xb float32[32]."""
+    d = load_fp16(yb, 0)
+    m = load_fp16(yb, 2)
+    for j in range(16):
+        b = np.int32(yb[4 + j])
+        xb[j] = F32(b & 0x0F) * d + m
+        xb[j + 16] = F32(b >> 4) * d + m
+
+
+@jit
+def q5_0_block_dequant(yb, xb):
+    """dequantize_row_q5_0 for one block: yb uint8[22] -> xb float32[32]."""
+    d = load_fp16(yb, 0)
+    qh = yb[2:6]
+    for j in range(16):
+        b = np.int32(yb[6 + j])
+        xb[j] = F32(((b & 0x0F) | _qh_bit(qh, j)) - 16) * d
+        xb[j + 16] = F32(((b >> 4) | _qh_bit(qh, j + 16)) - 16) * d
+
+
+@jit
+def q5_1_block_dequant(yb, xb):
+    """dequantize_row_q5_1 for one block: yb uint8[24] -> xb float32[32]."""
+    d = load_fp16(yb, 0)
+    m = load_fp16(yb, 2)
+    qh = yb[4:8]
+    for j in range(16):
+        b = np.int32(yb[8 + j])
+        xb[j] = F32((b & 0x0F) | _qh_bit(qh, j)) * d + m
+        xb[j + 16] = F32((b >> 4) | _qh_bit(qh, j + 16)) * d + m
+
+
+@jit
+def q8_0_block_dequant(yb, xb):
+    """dequantize_row_q8_0 for one block: yb uint8[34] -> xb float32[32]."""
+    d = load_fp16(yb, 0)
+    for j in range(QK):
+        xb[j] = F32(np.int8(yb[2 + j])) * d
 
 
 @_par
@@ -402,15 +436,8 @@ def dequantize_q4_0(data, out):
     """dequantize_row_q4_0 over all rows."""
     nrows, n = out.shape
     for r in numba.prange(nrows):
-        x = data[r]
-        y = out[r]
         for ib in range(n // QK):
-            p = ib * 18
-            d = load_fp16(x, p)
-            for j in range(16):
-                b = np.int32(x[p + 2 + j])
-                y[ib * QK + j] = F32((b & 0x0F) - 8) * d
-                y[ib * QK + j + 16] = F32((b >> 4) - 8) * d
+            q4_0_block_dequant(data[r, ib * 18:(ib + 1) * 18], out[r, ib * QK:(ib + 1) * QK])
 
 
 @_par
@@ -418,16 +445,8 @@ def dequantize_q4_1(data, out):
     """dequantize_row_q4_1 over all rows."""
     nrows, n = out.shape
     for r in numba.prange(nrows):
-        x = data[r]
-        y = out[r]
         for ib in range(n // QK):
-            p = ib * 20
-            d = load_fp16(x, p)
-            m = load_fp16(x, p + 2)
-            for j in range(16):
-                b = np.int32(x[p + 4 + j])
-                y[ib * QK + j] = F32(b & 0x0F) * d + m
-                y[ib * QK + j + 16] = F32(b >> 4) * d + m
+            q4_1_block_dequant(data[r, ib * 20:(ib + 1) * 20], out[r, ib * QK:(ib + 1) * QK])
 
 
 @_par
@@ -435,15 +454,8 @@ def dequantize_q5_0(data, out):
     """dequantize_row_q5_0 over all rows."""
     nrows, n = out.shape
     for r in numba.prange(nrows):
-        x = data[r]
-        y = out[r]
         for ib in range(n // QK):
-            p = ib * 22
-            d = load_fp16(x, p)
-            for j in range(16):
-                b = np.int32(x[p + 6 + j])
-                y[ib * QK + j] = F32(((b & 0x0F) | _qh_bit(x, p + 2, j)) - 16) * d
-                y[ib * QK + j + 16] = F32(((b >> 4) | _qh_bit(x, p + 2, j + 16)) - 16) * d
+            q5_0_block_dequant(data[r, ib * 22:(ib + 1) * 22], out[r, ib * QK:(ib + 1) * QK])
 
 
 @_par
@@ -451,16 +463,8 @@ def dequantize_q5_1(data, out):
     """dequantize_row_q5_1 over all rows."""
     nrows, n = out.shape
     for r in numba.prange(nrows):
-        x = data[r]
-        y = out[r]
         for ib in range(n // QK):
-            p = ib * 24
-            d = load_fp16(x, p)
-            m = load_fp16(x, p + 2)
-            for j in range(16):
-                b = np.int32(x[p + 8 + j])
-                y[ib * QK + j] = F32((b & 0x0F) | _qh_bit(x, p + 4, j)) * d + m
-                y[ib * QK + j + 16] = F32((b >> 4) | _qh_bit(x, p + 4, j + 16)) * d + m
+            q5_1_block_dequant(data[r, ib * 24:(ib + 1) * 24], out[r, ib * QK:(ib + 1) * QK])
 
 
 @_par
@@ -468,10 +472,5 @@ def dequantize_q8_0(data, out):
     """dequantize_row_q8_0 over all rows."""
     nrows, n = out.shape
     for r in numba.prange(nrows):
-        x = data[r]
-        y = out[r]
         for ib in range(n // QK):
-            p = ib * 34
-            d = load_fp16(x, p)
-            for j in range(QK):
-                y[ib * QK + j] = F32(np.int8(x[p + 2 + j])) * d
+            q8_0_block_dequant(data[r, ib * 34:(ib + 1) * 34], out[r, ib * QK:(ib + 1) * QK])
