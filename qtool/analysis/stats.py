@@ -192,3 +192,17 @@ def histogram(abs_values: np.ndarray, bins: int = 12, decades: float = 6.0) -> d
     h = K.log_histogram(v, edges, max(1, min(_threads(), v.size // 65536 + 1)))
     return {"zeros": int(h[0]), "below": int(h[1]), "edges": edges.tolist(), "counts": h[2:-1].tolist(),
             "above": int(h[-1])}
+
+
+def error_brief(q: np.ndarray, x: np.ndarray) -> dict:
+    """The what-if figures of dequantized ``q`` against ``x``: rel_rmse, collapsed_frac, flipped_frac
+    (one pass, no quantiles)."""
+    qf, xf = _flat(q), _flat(x)
+    s = K.error_partials(xf, qf, np.empty(0, dtype=np.float32), _chunk(xf.size))
+    d2, x2 = s[K.E_D2], s[K.E_X2]
+    nonzero = s[K.E_NONZERO]
+    return {
+        "rel_rmse": (0.0 if d2 == 0.0 else math.inf) if x2 == 0.0 else float(math.sqrt(d2 / x2)),
+        "collapsed_frac": float(s[K.E_COLLAPSED] / nonzero) if nonzero else 0.0,
+        "flipped_frac": float(s[K.E_FLIPPED] / nonzero) if nonzero else 0.0,
+    }
