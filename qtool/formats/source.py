@@ -1,0 +1,162 @@
+"""One reading interface over every input qtool accepts: `open_model(path)` -> `ModelSource`.
+
+A ModelSource lists its tensors (``TensorInfo``, numpy-order shapes, GGUF names) and hands out one tensor
+at a time, either widened/dequantized to float32 (``load``) or as the bytes it is stored in (``raw``).
+Files are memory-mapped; nothing reads a whole model. The concrete sources live beside this module:
+safetensors.py (bare safetensors files and shard sets), hf.py (Hugging Face model folders), gguf_in.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+
+from qtool.errors import FormatError
+
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str                     # GGUF name: mapped for HF inputs, as stored for GGUF inputs
+    source_name: str              # name in the input file
+    shape: tuple[int, ...]        # numpy order: the last axis is the row (ggml's ne0)
+    qtype: GGMLQuantizationType   # storage type
+    nbytes: int                   # bytes as stored
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class ModelSource:
+    """Base of every input. A context manager; ``close()`` drops the file maps.
+
+    Attributes beyond the shared interface: ``metadata_types`` / ``metadata_sub_types`` (the GGUF value
+    type of each metadata key, and the element type of array keys), ``files`` (every file read besides
+    ``path``), ``loadable`` and ``problems`` (whether the metadata is enough for llama.cpp to load the
+    model, and if not, why).
+    """
+
+    format: str = ""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.architecture: str | None = None
+        self.metadata: dict[str, Any] = {}
+        self.metadata_types: dict[str, GGUFValueType] = {}
+        self.metadata_sub_types: dict[str, GGUFValueType] = {}
+        self.tensors: list[TensorInfo] = []
+        self.unmapped: list[str] = []
+        self.files: list[Path] = []
+        self.loadable: bool = True
+        self.problems: list[str] = []
+        self._by_name: dict[str, TensorInfo] = {}
+
+    # -- what a concrete source implements -------------------------------------------------------
+
+    def _load(self, info: TensorInfo) -> np.ndarray:
+        raise NotImplementedError
+
+    def _raw(self, info: TensorInfo) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # -- what everybody calls --------------------------------------------------------------------
+
+    def info(self, name: str) -> TensorInfo:
+        """The TensorInfo of a tensor, by its GGUF name."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor named {name!r}") from None
+
+    def load(self, name: str) -> np.ndarray:
+        """The tensor as float32 in numpy order, widened (F16/BF16) or dequantized; a fresh array."""
+        info = self.info(name)
+        out = self._load(info)
+        assert out.dtype == np.float32 and out.shape == info.shape, (name, out.dtype, out.shape, info.shape)
+        return out
+
+    def raw(self, name: str) -> np.ndarray:
+        """The stored bytes, uint8 of shape (*shape[:-1], row_bytes), usually a read-only view of the map."""
+        info = self.info(name)
+        out = self._raw(info)
+        assert out.dtype == np.uint8 and out.nbytes == info.nbytes, (name, out.dtype, out.nbytes, info.nbytes)
+        return out
+
+    def _set_tensors(self, tensors: list[TensorInfo]) -> None:
+        by_name: dict[str, TensorInfo] = {}
+        for t in tensors:
+            if t.name in by_name:
+                other = by_name[t.name].source_name
+                raise FormatError(f"{self.path}: tensors {other!r} and {t.source_name!r} both map to {t.name!r}")
+            by_name[t.name] = t
+        self.tensors = tensors
+        self._by_name = by_name
+
+    def __enter__(self) -> "ModelSource":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.path} format={self.format} arch={self.architecture} "
+                f"tensors={len(self.tensors)}>")
+
+
+def byte_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int, ...]:
+    """(*shape[:-1], row_bytes) for a numpy-order element shape stored as ``qtype``."""
+    from gguf import GGML_QUANT_SIZES
+
+    block, size = GGML_QUANT_SIZES[qtype]
+    return (*shape[:-1], shape[-1] // block * size)
+
+
+def open_model(path: str | Path) -> ModelSource:
+    """Open a model: a .gguf file, a .safetensors file, a *.safetensors.index.json, or a folder
+    (a Hugging Face folder with config.json, or a folder holding exactly one .gguf file)."""
+    p = Path(path)
+    if not p.exists():
+        raise FormatError(f"{p}: no such file or folder")
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            from qtool.formats.hf import HFSource
+
+            return HFSource(p)
+        ggufs = sorted(q for q in p.iterdir() if q.suffix == ".gguf" and q.is_file())
+        if len(ggufs) == 1:
+            return _open_gguf(ggufs[0])
+        if len(ggufs) > 1:
+            raise FormatError(f"{p}: holds {len(ggufs)} .gguf files; name the one to read")
+        raise FormatError(f"{p}: neither a model folder (no config.json) nor a folder with a .gguf file")
+    name = p.name
+    if name.endswith(".safetensors") or name.endswith(INDEX_SUFFIX):
+        if (p.parent / "config.json").is_file():
+            from qtool.formats.hf import HFSource
+
+            return HFSource(p.parent, weights=p)
+        from qtool.formats.safetensors import SafetensorsSource
+
+        return SafetensorsSource(p)
+    if name.endswith(".gguf"):
+        return _open_gguf(p)
+    # Unknown suffix: go by the magic bytes.
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head == b"GGUF":
+        return _open_gguf(p)
+    raise FormatError(f"{p}: not a .gguf, .safetensors or {INDEX_SUFFIX} file, nor a model folder")
+
+
+def _open_gguf(p: Path) -> ModelSource:
+    from qtool.formats.gguf_in import GGUFSource
+
+    return GGUFSource(p)
