@@ -204,3 +204,32 @@ def test_all_zero_rows_give_zero_blocks(qtype):
     assert not back.any()
     if qtype == T.Q6_K:  # quantize_row_q6_K memsets the whole block
         assert not out.any()
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["x2", "importance"])
+@pytest.mark.parametrize("nmax", [4, 32])
+def test_batched_search_equals_one_block_search(nmax, weighted):
+    """make_qx_quants_x16 (16 sub-blocks side by side) gives search.make_qx_quants' scales and quants
+    bit for bit, sub-block by sub-block; no oracle needed."""
+    from qtool.kernels.search import make_qx_quants
+
+    x = hard_rows(26, 512, 41).reshape(-1, 256)
+    w_all = np.resize(importance(512, 42), x.shape)
+    xt = np.empty((16, 16), np.float32)
+    wt = np.empty((16, 16), np.float32)
+    wxt = np.empty((16, 16), np.float32)
+    S = np.empty((7, 16), np.float32)
+    L = np.empty(256, np.int8)
+    scales = np.empty(16, np.float32)
+    L1 = np.empty(16, np.int8)
+    for b, row in enumerate(x):
+        with np.errstate(over="ignore"):  # the 1e30 rows: x^2 is inf in C as well
+            w = w_all[b] if weighted else row * row
+        xt[:] = row.reshape(16, 16).T
+        wt[:] = w.reshape(16, 16).T
+        kb.make_qx_quants_x16(nmax, xt, wt, L, scales, S, wxt)
+        for j in range(16):
+            qw = w_all[b, 16 * j:16 * j + 16] if weighted else NO_WEIGHTS
+            s1 = make_qx_quants(16, nmax, row[16 * j:16 * j + 16], L1, 1, qw)
+            assert np.float32(s1).view(np.uint32) == scales[j].view(np.uint32), (b, j, s1, scales[j])
+            assert np.array_equal(L1, L[16 * j:16 * j + 16]), (b, j, L1, L[16 * j:16 * j + 16])

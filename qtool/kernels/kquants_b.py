@@ -67,6 +67,91 @@ for _t, _b in ((GGMLQuantizationType.Q2_K, Q2_K_BYTES), (GGMLQuantizationType.Q3
     assert GGML_QUANT_SIZES[_t] == (QK_K, _b), (_t, GGML_QUANT_SIZES[_t])
 
 
+# -- the sub-block scale search, 16 sub-blocks side by side ------------------------------------------
+
+
+@jit
+def make_qx_quants_x16(nmax, xt, wt, L, scales, S, wxt):
+    """ggml make_qx_quants(16, nmax, x_j, L_j, 1, w_j) for the 16 sub-blocks j of a super-block at once.
+
+    Same arithmetic as search.make_qx_quants with rmse_type 1, element for element, but laid out
+    sub-block-minor: xt[i, j] = x[16*j + i], wt[i, j] = w_j[i] (the importance, or x^2 where ggml
+    passes NULL). Each sub-block keeps its own float32 sums, added in the C order i = 0..15, so
+    the result is the same bit for bit; the 16 independent sums vectorize, which the one-block
+    search (a chain of dependent adds) cannot. The quants of the winning trial are recomputed
+    from its inverse scale at the end, which gives what C stored when it accepted that trial.
+
+    xt, wt float32[16, 16]; L int8[256] (natural order, 0..2*nmax-1); scales float32[16] out.
+    Scratch: S float32[7, 16], wxt float32[16, 16].
+    """
+    vmax = S[0]
+    amax = S[1]
+    iscale = S[2]
+    best_iscale = S[3]
+    best = S[4]
+    sumlx = S[5]
+    suml2 = S[6]
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    for j in range(16):
+        vmax[j] = F32(0.0)
+        amax[j] = F32(0.0)
+    for i in range(16):
+        for j in range(16):
+            v = xt[i, j]
+            ax = abs(v)
+            if ax > amax[j]:
+                amax[j] = ax
+                vmax[j] = v
+            wxt[i, j] = wt[i, j] * v  # C's w*x[i]*l is (w*x[i])*l
+    for j in range(16):
+        iscale[j] = F32(-nmax) / vmax[j]
+        sumlx[j] = F32(0.0)
+        suml2[j] = F32(0.0)
+    for i in range(16):
+        for j in range(16):
+            l = nearest_int(iscale[j] * xt[i, j])
+            l = lo if l < lo else (hi if l > hi else l)
+            fl = F32(l)
+            sumlx[j] += wxt[i, j] * fl
+            suml2[j] += wt[i, j] * fl * fl
+    for j in range(16):
+        sc = sumlx[j] / suml2[j] if suml2[j] != F32(0.0) else F32(0.0)
+        scales[j] = sc
+        best[j] = sc * sumlx[j]
+        best_iscale[j] = iscale[j]
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        num = -(F32(nmax) + F32(0.1) * F32(step))
+        for j in range(16):
+            iscale[j] = num / vmax[j]
+            sumlx[j] = F32(0.0)
+            suml2[j] = F32(0.0)
+        for i in range(16):
+            for j in range(16):
+                l = nearest_int(iscale[j] * xt[i, j])
+                l = lo if l < lo else (hi if l > hi else l)
+                fl = F32(l)
+                sumlx[j] += wxt[i, j] * fl
+                suml2[j] += wt[i, j] * fl * fl
+        for j in range(16):
+            if suml2[j] > F32(0.0) and sumlx[j] * sumlx[j] > best[j] * suml2[j]:
+                sc = sumlx[j] / suml2[j]
+                scales[j] = sc
+                best[j] = sc * sumlx[j]
+                best_iscale[j] = iscale[j]
+    for j in range(16):
+        if amax[j] < GROUP_MAX_EPS:  # C returns at once: all quants 0, scale 0
+            scales[j] = F32(0.0)
+            for i in range(16):
+                L[16 * j + i] = 0
+        else:
+            for i in range(16):
+                l = nearest_int(best_iscale[j] * xt[i, j])
+                L[16 * j + i] = nmax + (lo if l < lo else (hi if l > hi else l))
+
+
 # -- shared packing -------------------------------------------------------------------------------
 
 
@@ -331,22 +416,24 @@ def quantize_block_q3_K_ref(x, out, L, scales):
 
 
 @jit
-def quantize_block_q3_K_impl(x, qw, out, L, scales, weight, sw, Ls):
+def quantize_block_q3_K_impl(x, qw, out, L, scales, sw, Ls, xt, wt, S, wxt):
     """quantize_row_q3_K_impl for one block: x, qw float32[256] -> out uint8[110].
-    Scratch: L int8[256], Ls int8[16], scales/weight/sw float32[16]."""
+    Scratch: L int8[256], Ls int8[16], scales/sw float32[16], xt/wt/wxt float32[16, 16],
+    S float32[7, 16]."""
     sumx2 = F32(0.0)
     for j in range(QK_K):
         sumx2 += x[j] * x[j]
     sigma2 = F32(2.0) * sumx2 / F32(QK_K)
     for j in range(16):
-        xs = x[16 * j:16 * j + 16]
-        for l in range(16):
-            weight[l] = qw[16 * j + l] * np.sqrt(sigma2 + xs[l] * xs[l])
         sumw = F32(0.0)
-        for l in range(16):
-            sumw += weight[l]
+        for i in range(16):
+            v = x[16 * j + i]
+            w = qw[16 * j + i] * np.sqrt(sigma2 + v * v)
+            xt[i, j] = v
+            wt[i, j] = w
+            sumw += w
         sw[j] = sumw
-        scales[j] = make_qx_quants(16, 4, xs, L[16 * j:16 * j + 16], 1, weight)
+    make_qx_quants_x16(4, xt, wt, L, scales, S, wxt)
     for i in range(12):
         out[_Q3_SCALES + i] = 0
     d_block = make_qx_quants(16, 32, scales, Ls, 1, sw)
@@ -367,13 +454,17 @@ def quantize_q3_K(rows, weights, out):
         L = np.empty(QK_K, np.int8)
         Ls = np.empty(16, np.int8)
         scales = np.empty(16, np.float32)
-        wbuf = np.empty(16, np.float32)
         sw = np.empty(16, np.float32)
+        xt = np.empty((16, 16), np.float32)
+        wt = np.empty((16, 16), np.float32)
+        wxt = np.empty((16, 16), np.float32)
+        S = np.empty((7, 16), np.float32)
         for b in range(nb):
             x = rows[r, QK_K * b:QK_K * (b + 1)]
             blk = out[r, Q3_K_BYTES * b:Q3_K_BYTES * (b + 1)]
             if use_w:
-                quantize_block_q3_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, wbuf, sw, Ls)
+                quantize_block_q3_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, sw, Ls,
+                                         xt, wt, S, wxt)
             else:
                 quantize_block_q3_K_ref(x, blk, L, scales)
 
@@ -409,23 +500,24 @@ def dequantize_q3_K(data, out):
 
 
 @jit
-def quantize_block_q6_K(x, qw, out, L, scales):
+def quantize_block_q6_K(x, qw, out, L, scales, xt, wt, S, wxt):
     """quantize_row_q6_K_ref (qw empty) or quantize_row_q6_K_impl (qw float32[256]) for one block:
-    x float32[256] -> out uint8[210]. Scratch: L int8[256], scales float32[16]."""
+    x float32[256] -> out uint8[210].
+    Scratch: L int8[256], scales float32[16], xt/wt/wxt float32[16, 16], S float32[7, 16]."""
+    use_w = qw.shape[0] > 0
+    for j in range(16):
+        for i in range(16):
+            v = x[16 * j + i]
+            xt[i, j] = v
+            wt[i, j] = qw[16 * j + i] if use_w else v * v  # make_qx_quants' rmse_type 1 weight
+    make_qx_quants_x16(32, xt, wt, L, scales, S, wxt)
     max_scale = F32(0.0)
     max_abs_scale = F32(0.0)
-    use_w = qw.shape[0] > 0
     for ib in range(16):
-        if use_w:
-            s = make_qx_quants(16, 32, x[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1,
-                               qw[16 * ib:16 * ib + 16])
-        else:
-            s = make_qx_quants(16, 32, x[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1, qw)
-        scales[ib] = s
-        a = abs(s)
+        a = abs(scales[ib])
         if a > max_abs_scale:
             max_abs_scale = a
-            max_scale = s
+            max_scale = scales[ib]
     if max_abs_scale < GROUP_MAX_EPS:
         for i in range(Q6_K_BYTES):
             out[i] = 0
@@ -443,13 +535,15 @@ def quantize_q6_K(rows, weights, out):
     for r in numba.prange(nrows):
         L = np.empty(QK_K, np.int8)
         scales = np.empty(16, np.float32)
+        xt = np.empty((16, 16), np.float32)
+        wt = np.empty((16, 16), np.float32)
+        wxt = np.empty((16, 16), np.float32)
+        S = np.empty((7, 16), np.float32)
         for b in range(nb):
             x = rows[r, QK_K * b:QK_K * (b + 1)]
             blk = out[r, Q6_K_BYTES * b:Q6_K_BYTES * (b + 1)]
-            if use_w:
-                quantize_block_q6_K(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales)
-            else:
-                quantize_block_q6_K(x, weights, blk, L, scales)
+            qw = weights[QK_K * b:QK_K * (b + 1)] if use_w else weights
+            quantize_block_q6_K(x, qw, blk, L, scales, xt, wt, S, wxt)
 
 
 @jit
