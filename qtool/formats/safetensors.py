@@ -116,12 +116,13 @@ class SafetensorsFile:
         entries.sort(key=lambda e: (e.begin, e.end))
         prev: Entry | None = None
         for e in entries:
+            if e.end == e.begin:  # an empty tensor holds no bytes to share
+                continue
             if prev is not None and e.begin < prev.end:
                 raise self._fail(f"tensors {prev.name!r} and {e.name!r} overlap (bytes "
                                  f"[{prev.begin - data_start}, {prev.end - data_start}) and "
                                  f"[{e.begin - data_start}, {e.end - data_start}) of the data area)")
-            if e.end > e.begin:
-                prev = e
+            prev = e
         self.entries = {e.name: e for e in entries}
 
     def _entry(self, name: str, spec: Any, data_start: int, data_len: int) -> Entry:
