@@ -117,6 +117,8 @@ def scan_header(path: Path) -> tuple[int, list[ScannedTensor]]:
         keys: set[bytes] = set()
         for i in range(n_kv):
             key = c.string(f"key {i}")
+            if not key:
+                raise c.fail(f"key {i} is empty")
             if key in keys:
                 raise c.fail(f"key {key.decode('utf-8', 'replace')!r} appears twice")
             keys.add(key)
