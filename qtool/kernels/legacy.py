@@ -14,7 +14,8 @@ Nibbles: weight j of the first half sits in the low nibble of qs[j], weight j + 
 
 Q5 fifth bits: qh[0..3] read as one little-endian uint32, bit j = bit 4 of q[j], j = 0..31.
 
-Weights: ``w = (q - 8) * d`` (Q4_0), ``(q - 16) * d`` (Q5_0), ``q * d + m`` (Q4_1, Q5_1), ``q * d`` (Q8_0).
+Weights: ``w = (q - 8) * d`` (Q4_0), ``(q - 16) * d`` (Q5_0), ``q * d + m`` (Q4_1, Q5_1), ``q * d`` (Q8_0);
+dequantized bit for bit, NaN payloads of corrupt scales included.
 
 Two quantize paths, as ggml's quantize_q4_0 & co. choose them: without an importance vector (a
 zero-length array here) the ``quantize_row_*_ref`` round-to-nearest; with one, the ``_impl``
@@ -33,7 +34,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, jit, load_fp16, store_fp16
+from qtool.kernels.common import F32, bits_f32, f32_bits, jit, load_fp16, store_fp16
 from qtool.kernels.search import make_qkx3_quants, make_qx_quants
 
 QK = 32
@@ -380,6 +381,16 @@ def _qh_bit(qh, j):
 
 
 @jit
+def _nan_first_add(p, m):
+    """p + m as ggml's build computes ``x*d + m`` (addss with the product first) when both are NaN:
+    x86 returns the first operand's NaN, quieted. LLVM may swap the operands of an add, so the NaN
+    case is spelled out (as bits, which no optimizer folds back into the add)."""
+    if p != p:
+        return bits_f32(f32_bits(p) | np.uint32(0x00400000))
+    return p + m
+
+
+@jit
 def q4_0_block_dequant(yb, xb):
     """dequantize_row_q4_0 for one block: yb uint8[18] -> xb float32[32]."""
     d = load_fp16(yb, 0)
@@ -394,6 +405,12 @@ def q4_1_block_dequant(yb, xb):
     """dequantize_row_q4_1 for one block: yb uint8[20] -> xb float32[32]."""
     d = load_fp16(yb, 0)
     m = load_fp16(yb, 2)
+    if m != m:
+        for j in range(16):
+            b = np.int32(yb[4 + j])
+            xb[j] = _nan_first_add(F32(b & 0x0F) * d, m)
+            xb[j + 16] = _nan_first_add(F32(b >> 4) * d, m)
+        return
     for j in range(16):
         b = np.int32(yb[4 + j])
         xb[j] = F32(b & 0x0F) * d + m
@@ -417,6 +434,12 @@ def q5_1_block_dequant(yb, xb):
     d = load_fp16(yb, 0)
     m = load_fp16(yb, 2)
     qh = yb[4:8]
+    if m != m:
+        for j in range(16):
+            b = np.int32(yb[8 + j])
+            xb[j] = _nan_first_add(F32((b & 0x0F) | _qh_bit(qh, j)) * d, m)
+            xb[j + 16] = _nan_first_add(F32((b >> 4) | _qh_bit(qh, j + 16)) * d, m)
+        return
     for j in range(16):
         b = np.int32(yb[8 + j])
         xb[j] = F32((b & 0x0F) | _qh_bit(qh, j)) * d + m
