@@ -69,7 +69,7 @@ class _Config:
                 raise FormatError(f"{self.path}: {k} is {v!r}, not a positive integer")
             return v
         if required:
-            raise FormatError(f"{self.path}: lacks {keys[0]}")
+            raise FormatError(f"{self.path}: lacks {' / '.join(keys)}")
         return None
 
     def float(self, keys: list[str], section: dict[str, Any] | None = None) -> float | None:
