@@ -220,6 +220,13 @@ def test_invalid_utf8_string_kept_as_bytes(tmp_path):
         assert src.metadata["tokenizer.ggml.tokens"] == ["ok", b"\xff\xfe"]
 
 
+def test_empty_array(tmp_path):
+    p = build(tmp_path / "e.gguf", [kv("x", V.ARRAY, struct.pack("<IQ", V.INT16, 0))])
+    with open_model(p) as src:
+        assert src.metadata["x"].dtype == np.int16 and src.metadata["x"].size == 0
+        assert src.metadata_types["x"] == V.ARRAY and src.metadata_sub_types["x"] == V.INT16
+
+
 def test_empty_and_short(tmp_path):
     p = tmp_path / "e.gguf"
     p.write_bytes(b"")
@@ -252,9 +259,11 @@ def test_absurd_counts(tmp_path):
 
 def test_hostile_lengths_do_not_hang(tmp_path):
     huge_array = kv("x", V.ARRAY, struct.pack("<IQ", V.UINT8, 1 << 62))
-    refuses(build(tmp_path / "a.gguf", [huge_array]), "truncated", "'x'")
-    huge_strings = kv("y", V.ARRAY, struct.pack("<IQ", V.STRING, 1 << 40))
+    refuses(build(tmp_path / "a.gguf", [huge_array]), "'x'", f"claims {1 << 62} elements")
+    huge_strings = kv("y", V.ARRAY, struct.pack("<IQ", V.STRING, 1 << 20))
     refuses(build(tmp_path / "b.gguf", [huge_strings]), "truncated", "'y'")
+    long_bytes = kv("z", V.ARRAY, struct.pack("<IQ", V.UINT32, 1000) + b"\0" * 40)
+    refuses(build(tmp_path / "d.gguf", [long_bytes], alignment=1), "truncated", "'z'")
     long_string = s("k")[:0] + struct.pack("<Q", 1 << 62) + b"k"
     refuses(build(tmp_path / "c.gguf", [long_string]), "truncated")
 

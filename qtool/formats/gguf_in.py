@@ -30,6 +30,9 @@ from qtool.formats.source import ModelSource, TensorInfo, byte_shape
 
 GGML_MAX_DIMS = 4
 DEFAULT_ALIGNMENT = 32
+#: GGUFReader makes a Python object per array element, so an array of 100M bytes would cost ~10 GB of
+#: memory. The largest real arrays (vocabularies, merges) hold well under a million entries.
+MAX_ARRAY_LEN = 1 << 24
 _SCALAR_SIZES = {
     GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
     GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2,
@@ -54,10 +57,10 @@ class ScannedTensor:
 
 
 class _Cursor:
-    """Reads fields of one byte order from a buffer, failing with the file named past its end."""
+    """Reads little-endian fields from a buffer, failing with the file named past its end."""
 
-    def __init__(self, buf, path: Path, order: str):
-        self.buf, self.path, self.order, self.pos = buf, path, order, 0
+    def __init__(self, buf, path: Path):
+        self.buf, self.path, self.pos = buf, path, 0
         self.size = len(buf)
 
     def fail(self, what: str) -> FormatError:
@@ -70,13 +73,13 @@ class _Cursor:
 
     def u32(self, what: str) -> int:
         self.need(4, what)
-        (v,) = struct.unpack_from(self.order + "I", self.buf, self.pos)
+        (v,) = struct.unpack_from("<I", self.buf, self.pos)
         self.pos += 4
         return v
 
     def u64(self, what: str) -> int:
         self.need(8, what)
-        (v,) = struct.unpack_from(self.order + "Q", self.buf, self.pos)
+        (v,) = struct.unpack_from("<Q", self.buf, self.pos)
         self.pos += 8
         return v
 
@@ -103,7 +106,7 @@ def scan_header(path: Path) -> tuple[int, list[ScannedTensor]]:
         (v_le,) = struct.unpack_from("<I", buf, 4)
         if not v_le & 0xFFFF:  # a byte-swapped version reads as v << 24
             raise FormatError(f"{path}: a big-endian GGUF file; qtool reads little-endian GGUF only")
-        c = _Cursor(buf, path, "<")
+        c = _Cursor(buf, path)
         c.pos = 4
         version = c.u32("version")
         if version not in (2, 3):
@@ -129,6 +132,9 @@ def scan_header(path: Path) -> tuple[int, list[ScannedTensor]]:
                 count = c.u64(f"length of {kname!r}")
                 if etype == GGUFValueType.ARRAY:
                     raise c.fail(f"key {kname!r} is an array of arrays, which GGUF does not allow")
+                if count > MAX_ARRAY_LEN:
+                    raise c.fail(f"key {kname!r} claims {count} elements, more than qtool reads "
+                                 f"({MAX_ARRAY_LEN})")
                 if etype == GGUFValueType.STRING:
                     c.need(count * 8, f"{count} strings of {kname!r}")
                     for j in range(count):
