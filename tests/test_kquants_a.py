@@ -150,3 +150,26 @@ def test_round_trip_error_is_small(qtype):
     back = q.dequantize(q.quantize(x))
     rel = np.sqrt(np.mean((back - x) ** 2)) / np.sqrt(np.mean(x ** 2))
     assert rel < {T.Q4_K: 0.12, T.Q5_K: 0.06, T.Q8_K: 0.01}[qtype], rel
+
+
+@pytest.mark.parametrize("use_mad", [False, True])
+@pytest.mark.parametrize("n,nmax", [(32, 15), (16, 3), (32, 31)])
+def test_qkx3_null_weights_mean_x_squared(n, nmax, use_mad):
+    """make_qkx3_quants with C's NULL weights (no ggml caller to compare with) must equal passing x^2,
+    and the scratch-taking variant must equal the allocating one."""
+    from qtool.kernels import search
+
+    x = hard_rows(26, n, 17)
+    x[:, 0] = x[:, 1]  # some ties
+    rmin, rdelta = np.float32(-0.9), np.float32(0.05)
+    scratch = search.qkx_scratch(n)
+    with np.errstate(over="ignore"):  # the 1e30 rows: x*x is inf, as in C
+        squares = x * x
+    for row, sq in zip(x, squares):
+        L1, L2, L3, aux = (np.zeros(n, np.uint8) for _ in range(4))
+        got = search.make_qkx3_quants(n, nmax, row, np.zeros(0, np.float32), L1, aux, rmin, rdelta, 36, use_mad)
+        want = search.make_qkx3_quants(n, nmax, row, sq, L2, aux, rmin, rdelta, 36, use_mad)
+        again = search.make_qkx3_quants_s(n, nmax, row, sq, L3, aux, rmin, rdelta, 36, use_mad, scratch)
+        assert np.array(got).view(np.uint32).tolist() == np.array(want).view(np.uint32).tolist(), (row, got, want)
+        assert np.array(again).view(np.uint32).tolist() == np.array(want).view(np.uint32).tolist()
+        assert np.array_equal(L1, L2) and np.array_equal(L2, L3)

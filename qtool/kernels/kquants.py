@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import F32, bits_f32, f32_bits, load_fp16, nearest_int, store_fp16
-from qtool.kernels.search import make_qkx2_quants, make_qkx3_quants, make_qp_quants
+from qtool.kernels.search import make_qkx2_quants_s, make_qkx3_quants_s, make_qp_quants, qkx_scratch
 
 # IEEE float semantics: x/0 gives inf or NaN as in C (numba's default raises ZeroDivisionError).
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -92,7 +92,7 @@ def _requantize_k4(x, y, L, nmax):
 
 
 @jit
-def _ref_subblock_scales(x, nmax, rmin, nstep, L, Laux, weights, scales, mins):
+def _ref_subblock_scales(x, nmax, rmin, nstep, L, Laux, weights, scales, mins, scratch):
     """The sub-block search of quantize_row_q4_K_ref/q5_K_ref: weights av_x + |x| per 32 values."""
     for j in range(8):
         xs = x[32 * j:32 * j + 32]
@@ -102,7 +102,8 @@ def _ref_subblock_scales(x, nmax, rmin, nstep, L, Laux, weights, scales, mins):
         av_x = np.sqrt(sum_x2 / F32(32.0))
         for l in range(32):
             weights[l] = av_x + abs(xs[l])
-        s, m = make_qkx2_quants(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux, rmin, F32(0.1), nstep, False)
+        s, m = make_qkx2_quants_s(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux, rmin, F32(0.1), nstep, False,
+                                  scratch)
         scales[j] = s
         mins[j] = m
 
@@ -130,7 +131,7 @@ def _ref_pack_factors(scales, mins, y, Ls, Lm):
 
 
 @jit
-def _impl_subblock_scales(x, qw, nmax, L, Laux, weights, scales, mins, sw):
+def _impl_subblock_scales(x, qw, nmax, L, Laux, weights, scales, mins, sw, scratch):
     """The sub-block search of quantize_row_q4_K_impl/q5_K_impl (importance-weighted)."""
     sum_x2 = F32(0.0)
     for l in range(QK_K):
@@ -149,7 +150,8 @@ def _impl_subblock_scales(x, qw, nmax, L, Laux, weights, scales, mins, sw):
         for l in range(32):
             sumw += weights[l]
         sw[j] = sumw
-        s, m = make_qkx3_quants(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux, F32(-0.9), F32(0.05), 36, False)
+        s, m = make_qkx3_quants_s(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux, F32(-0.9), F32(0.05), 36,
+                                  False, scratch)
         scales[j] = s
         mins[j] = m
 
@@ -185,22 +187,22 @@ def _pack_q4_K(L, y):
 
 
 @jit
-def quantize_block_q4_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm):
+def quantize_block_q4_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
     """ggml quantize_row_q4_K_ref for one super-block: x float32[256] -> y uint8[144]."""
     for k in range(12):
         y[_SCALES + k] = 0
-    _ref_subblock_scales(x, 15, F32(-1.0), 20, L, Laux, weights, scales, mins)
+    _ref_subblock_scales(x, 15, F32(-1.0), 20, L, Laux, weights, scales, mins, scratch)
     _ref_pack_factors(scales, mins, y, Ls, Lm)
     _requantize_k4(x, y, L, 15)
     _pack_q4_K(L, y)
 
 
 @jit
-def quantize_block_q4_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm):
+def quantize_block_q4_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
     """ggml quantize_row_q4_K_impl for one super-block: x, qw float32[256] -> y uint8[144]."""
     for k in range(12):
         y[_SCALES + k] = 0
-    _impl_subblock_scales(x, qw, 15, L, Laux, weights, scales, mins, sw)
+    _impl_subblock_scales(x, qw, 15, L, Laux, weights, scales, mins, sw, scratch)
     _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
     _requantize_k4(x, y, L, 15)
     _pack_q4_K(L, y)
@@ -220,14 +222,15 @@ def quantize_q4_K(rows, weights, out):
         sw = np.zeros(8, np.float32)
         Ls = np.zeros(8, np.uint8)
         Lm = np.zeros(8, np.uint8)
+        scratch = qkx_scratch(32)
         for i in range(nb):
             x = rows[r, QK_K * i:QK_K * (i + 1)]
             y = out[r, Q4_K_BYTES * i:Q4_K_BYTES * (i + 1)]
             if weights.shape[0] == 0:
-                quantize_block_q4_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm)
+                quantize_block_q4_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
             else:
                 quantize_block_q4_K_impl(x, weights[QK_K * i:QK_K * (i + 1)], y, L, Laux, w, scales, mins, sw,
-                                         Ls, Lm)
+                                         Ls, Lm, scratch)
 
 
 @jit_rows
@@ -289,22 +292,22 @@ def _pack_q5_K(L, y):
 
 
 @jit
-def quantize_block_q5_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm):
+def quantize_block_q5_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
     """ggml quantize_row_q5_K_ref for one super-block: x float32[256] -> y uint8[176]."""
     for k in range(12):
         y[_SCALES + k] = 0
-    _ref_subblock_scales(x, 31, F32(-0.5), 15, L, Laux, weights, scales, mins)
+    _ref_subblock_scales(x, 31, F32(-0.5), 15, L, Laux, weights, scales, mins, scratch)
     _ref_pack_factors(scales, mins, y, Ls, Lm)
     _requantize_k4(x, y, L, 31)
     _pack_q5_K(L, y)
 
 
 @jit
-def quantize_block_q5_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm):
+def quantize_block_q5_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
     """ggml quantize_row_q5_K_impl for one super-block: x, qw float32[256] -> y uint8[176]."""
     for k in range(12):
         y[_SCALES + k] = 0
-    _impl_subblock_scales(x, qw, 31, L, Laux, weights, scales, mins, sw)
+    _impl_subblock_scales(x, qw, 31, L, Laux, weights, scales, mins, sw, scratch)
     _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
     _requantize_k4(x, y, L, 31)
     _pack_q5_K(L, y)
@@ -324,14 +327,15 @@ def quantize_q5_K(rows, weights, out):
         sw = np.zeros(8, np.float32)
         Ls = np.zeros(8, np.uint8)
         Lm = np.zeros(8, np.uint8)
+        scratch = qkx_scratch(32)
         for i in range(nb):
             x = rows[r, QK_K * i:QK_K * (i + 1)]
             y = out[r, Q5_K_BYTES * i:Q5_K_BYTES * (i + 1)]
             if weights.shape[0] == 0:
-                quantize_block_q5_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm)
+                quantize_block_q5_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
             else:
                 quantize_block_q5_K_impl(x, weights[QK_K * i:QK_K * (i + 1)], y, L, Laux, w, scales, mins, sw,
-                                         Ls, Lm)
+                                         Ls, Lm, scratch)
 
 
 @jit_rows

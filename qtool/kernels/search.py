@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, nearest_int
+from qtool.kernels.common import F32, f32_bits, nearest_int
 
 #: IEEE float semantics: x/0 gives inf or NaN as in C (numba's default raises ZeroDivisionError).
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -162,10 +162,203 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
     return F32(1.0) / iscale
 
 
+# ---------------------------------------------------------------------------------------------------
+# make_qkx2_quants / make_qkx3_quants
+#
+# ggml tries nstep+1 scales one after another. A trial's sums do not depend on the trials before it,
+# except through `min`, which the C code replaces by the fitted min whenever a trial wins. qtool
+# evaluates LANES consecutive trials at once, one SIMD lane per trial (each lane accumulates in
+# ggml's element order, so its float32 sums are ggml's), then walks the lanes in trial order applying
+# ggml's comparisons. When a winning trial moves `min`, the trials after it are evaluated again with
+# the new min. Same bytes, about half the time.
+#
+# scratch: float32 [QKX_SCRATCH_ROWS, max(n, LANES)], see qkx_scratch().
+# ---------------------------------------------------------------------------------------------------
+
+LANES = 8  # trials per pass: one AVX vector; more lanes waste work when `min` moves
+QKX_SCRATCH_ROWS = 9
+_ISC, _SL, _SL2, _SXL, _TS, _TM, _ERR, _D, _W = range(QKX_SCRATCH_ROWS)
+
+
 @jit
-def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
-    """ggml make_qkx2_quants: asymmetric quants L[i] in [0, nmax] (uint8) for x ~ scale*L - the_min,
-    searching nstep+1 trial scales; returns (scale, the_min). ``weights`` must hold n values."""
+def qkx_scratch(n):
+    """Scratch for make_qkx2_quants_s / make_qkx3_quants_s on blocks of n values."""
+    return np.empty((QKX_SCRATCH_ROWS, max(n, LANES)), np.float32)
+
+
+@jit
+def _lane_quant(v, nm):
+    """float32(MAX(0, MIN(nmax, nearest_int(v)))) in int32 arithmetic, so that lane loops vectorize."""
+    t = v + F32(12582912.0)
+    l = np.int32(np.int32(f32_bits(t) & np.uint32(0x007FFFFF)) - np.int32(0x00400000))
+    return F32(max(np.int32(0), min(nm, l)))
+
+
+@jit
+def _qkx_lane_sums(n, nmax, x, w, vmin, nl, isc, sl, sl2, sxl):
+    """Per lane k < nl: ggml's sum_l, sum_l2, sum_xl for the trial scale isc[k].
+
+    Four elements per pass over the lanes keep each lane's running sums in registers for four
+    additions (still in element order) instead of one.
+    """
+    nm = np.int32(nmax)
+    for k in range(nl):
+        sl[k] = F32(0.0)
+        sl2[k] = F32(0.0)
+        sxl[k] = F32(0.0)
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        m0, m1, m2, m3 = x0 - vmin, x1 - vmin, x2 - vmin, x3 - vmin
+        w0, w1, w2, w3 = w[i], w[i + 1], w[i + 2], w[i + 3]
+        for k in range(nl):
+            s = isc[k]
+            a = sl[k]
+            b = sl2[k]
+            c = sxl[k]
+            fl = _lane_quant(s * m0, nm)
+            wl = w0 * fl
+            a += wl
+            b += wl * fl
+            c += wl * x0
+            fl = _lane_quant(s * m1, nm)
+            wl = w1 * fl
+            a += wl
+            b += wl * fl
+            c += wl * x1
+            fl = _lane_quant(s * m2, nm)
+            wl = w2 * fl
+            a += wl
+            b += wl * fl
+            c += wl * x2
+            fl = _lane_quant(s * m3, nm)
+            wl = w3 * fl
+            a += wl
+            b += wl * fl
+            c += wl * x3
+            sl[k] = a
+            sl2[k] = b
+            sxl[k] = c
+    for i in range(n4, n):
+        xi = x[i]
+        xm = xi - vmin
+        wi = w[i]
+        for k in range(nl):
+            fl = _lane_quant(isc[k] * xm, nm)
+            wl = wi * fl
+            sl[k] += wl
+            sl2[k] += wl * fl
+            sxl[k] += wl * xi
+
+
+@jit
+def _lane_err(s, t, u, xm, xi, wi, nm, use_mad):
+    """One element's term of ggml's fit error for trial scale s and fit (t, u): w*|d| or w*d^2."""
+    diff = t * _lane_quant(s * xm, nm) + u - xi
+    return wi * (abs(diff) if use_mad else diff * diff)
+
+
+@jit
+def _qkx_lane_errors(n, nmax, x, w, vmin, nl, isc, ts, tm, err, use_mad):
+    """Per lane k < nl: ggml's weighted error of the fit ts[k]*l + tm[k] for the trial scale isc[k]."""
+    nm = np.int32(nmax)
+    for k in range(nl):
+        err[k] = F32(0.0)
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        m0, m1, m2, m3 = x0 - vmin, x1 - vmin, x2 - vmin, x3 - vmin
+        w0, w1, w2, w3 = w[i], w[i + 1], w[i + 2], w[i + 3]
+        for k in range(nl):
+            s = isc[k]
+            t = ts[k]
+            u = tm[k]
+            e = err[k]
+            e += _lane_err(s, t, u, m0, x0, w0, nm, use_mad)
+            e += _lane_err(s, t, u, m1, x1, w1, nm, use_mad)
+            e += _lane_err(s, t, u, m2, x2, w2, nm, use_mad)
+            e += _lane_err(s, t, u, m3, x3, w3, nm, use_mad)
+            err[k] = e
+    for i in range(n4, n):
+        xi = x[i]
+        xm = xi - vmin
+        wi = w[i]
+        for k in range(nl):
+            err[k] += _lane_err(isc[k], ts[k], tm[k], xm, xi, wi, nm, use_mad)
+
+
+@jit
+def _qkx_search(n, nmax, x, w, L, vmin, vmax, sum_w, sum_x, rmin, rdelta, nstep, use_mad, scratch):
+    """The part of make_qkx2_quants/make_qkx3_quants after the min/max and weight sums."""
+    fnmax = F32(nmax)
+    iscale = fnmax / (vmax - vmin)
+    scale = F32(1.0) / iscale
+    best_error = F32(0.0)
+    for i in range(n):
+        li = max(0, min(nmax, nearest_int(iscale * (x[i] - vmin))))
+        L[i] = li
+        diff = scale * F32(li) + vmin - x[i]
+        diff = abs(diff) if use_mad else diff * diff
+        best_error += w[i] * diff
+    if nstep < 1:
+        return scale, -vmin
+    isc = scratch[_ISC]
+    sl = scratch[_SL]
+    sl2 = scratch[_SL2]
+    sxl = scratch[_SXL]
+    ts = scratch[_TS]
+    tm = scratch[_TM]
+    err = scratch[_ERR]
+    dd = scratch[_D]
+    best_iscale = F32(0.0)
+    best_vmin = vmin  # the min the winning trial quantized against
+    improved = False
+    first = 0
+    while first <= nstep:
+        nl = min(nstep + 1 - first, LANES)
+        # All LANES lanes, also those past nstep: whole vectors, no scalar remainder. (Spelled so that
+        # LLVM cannot see a constant trip count: it would unroll the lane loops instead of vectorizing.)
+        nlv = (nl + LANES - 1) // LANES * LANES
+        den = vmax - vmin
+        for k in range(nlv):
+            isc[k] = (rmin + rdelta * F32(first + k) + fnmax) / den
+        _qkx_lane_sums(n, nmax, x, w, vmin, nlv, isc, sl, sl2, sxl)
+        for k in range(nlv):
+            D = sum_w * sl2[k] - sl[k] * sl[k]
+            dd[k] = D
+            this_scale = (sum_w * sxl[k] - sum_x * sl[k]) / D
+            this_min = (sl2[k] * sum_x - sl[k] * sxl[k]) / D
+            if this_min > F32(0.0):
+                this_min = F32(0.0)
+                this_scale = sxl[k] / sl2[k]
+            ts[k] = this_scale
+            tm[k] = this_min
+        _qkx_lane_errors(n, nmax, x, w, vmin, nlv, isc, ts, tm, err, use_mad)
+        restart = False
+        for k in range(nl):
+            if dd[k] > F32(0.0) and err[k] < best_error:
+                best_error = err[k]
+                scale = ts[k]
+                best_iscale = isc[k]
+                best_vmin = vmin
+                improved = True
+                moved = not (tm[k] == vmin)  # a NaN min also starts over (harmless)
+                vmin = tm[k]  # even when equal: -0.0 vs 0.0 shows in the returned the_min
+                if moved:
+                    first += k + 1
+                    restart = True
+                    break
+        if not restart:
+            first += nl
+    if improved:
+        for i in range(n):
+            L[i] = max(0, min(nmax, nearest_int(best_iscale * (x[i] - best_vmin))))
+    return scale, -vmin
+
+
+@jit
+def make_qkx2_quants_s(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, scratch):
+    """make_qkx2_quants with caller-owned scratch (qkx_scratch(n)); Laux is not needed."""
     vmin = x[0]
     vmax = x[0]
     sum_w = weights[0]
@@ -185,68 +378,27 @@ def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad)
         for i in range(n):
             L[i] = 0
         return F32(0.0), -vmin
-    fnmax = F32(nmax)
-    iscale = fnmax / (vmax - vmin)
-    scale = F32(1.0) / iscale
-    best_error = F32(0.0)
-    for i in range(n):
-        l = nearest_int(iscale * (x[i] - vmin))
-        li = max(0, min(nmax, l))
-        L[i] = li
-        diff = scale * F32(li) + vmin - x[i]
-        diff = abs(diff) if use_mad else diff * diff
-        best_error += weights[i] * diff
-    if nstep < 1:
-        return scale, -vmin
-    for step in range(nstep + 1):
-        iscale = (rmin + rdelta * F32(step) + fnmax) / (vmax - vmin)
-        sum_l = F32(0.0)
-        sum_l2 = F32(0.0)
-        sum_xl = F32(0.0)
+    return _qkx_search(n, nmax, x, weights, L, vmin, vmax, sum_w, sum_x, rmin, rdelta, nstep, use_mad, scratch)
+
+
+@jit
+def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
+    """ggml make_qkx2_quants: asymmetric quants L[i] in [0, nmax] (uint8) for x ~ scale*L - the_min,
+    searching nstep+1 trial scales; returns (scale, the_min). ``weights`` must hold n values."""
+    return make_qkx2_quants_s(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, qkx_scratch(n))
+
+
+@jit
+def make_qkx3_quants_s(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, scratch):
+    """make_qkx3_quants with caller-owned scratch (qkx_scratch(n)); Laux is not needed."""
+    w = weights
+    if weights.shape[0] == 0:  # C's NULL: weight x^2
+        w = scratch[_W]
         for i in range(n):
-            l = nearest_int(iscale * (x[i] - vmin))
-            l = max(0, min(nmax, l))
-            Laux[i] = l
-            w = weights[i]
-            fl = F32(l)
-            sum_l += w * fl
-            sum_l2 += w * fl * fl
-            sum_xl += w * fl * x[i]
-        D = sum_w * sum_l2 - sum_l * sum_l
-        if D > F32(0.0):
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            if this_min > F32(0.0):
-                this_min = F32(0.0)
-                this_scale = sum_xl / sum_l2
-            cur_error = F32(0.0)
-            for i in range(n):
-                diff = this_scale * F32(Laux[i]) + this_min - x[i]
-                diff = abs(diff) if use_mad else diff * diff
-                cur_error += weights[i] * diff
-            if cur_error < best_error:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best_error = cur_error
-                scale = this_scale
-                vmin = this_min
-    return scale, -vmin
-
-
-@jit
-def _qkx3_weight(x, weights, i):
-    if weights.shape[0] > 0:
-        return weights[i]
-    return x[i] * x[i]
-
-
-@jit
-def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
-    """ggml make_qkx3_quants: as make_qkx2_quants, but weights may be NULL (empty: x^2 is used)
-    and a block with max <= min counts as constant; returns (scale, the_min)."""
+            w[i] = x[i] * x[i]
     vmin = x[0]
     vmax = x[0]
-    sum_w = _qkx3_weight(x, weights, 0)
+    sum_w = w[0]
     sum_x = sum_w * x[0]
     for i in range(1, n):
         xi = x[i]
@@ -254,61 +406,23 @@ def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad)
             vmin = xi
         if xi > vmax:
             vmax = xi
-        w = _qkx3_weight(x, weights, i)
-        sum_w += w
-        sum_x += w * xi
+        wi = w[i]
+        sum_w += wi
+        sum_x += wi * xi
     if vmin > F32(0.0):
         vmin = F32(0.0)
     if vmax <= vmin:
         for i in range(n):
             L[i] = 0
         return F32(0.0), -vmin
-    fnmax = F32(nmax)
-    iscale = fnmax / (vmax - vmin)
-    scale = F32(1.0) / iscale
-    best_mad = F32(0.0)
-    for i in range(n):
-        l = nearest_int(iscale * (x[i] - vmin))
-        li = max(0, min(nmax, l))
-        L[i] = li
-        diff = scale * F32(li) + vmin - x[i]
-        diff = abs(diff) if use_mad else diff * diff
-        best_mad += _qkx3_weight(x, weights, i) * diff
-    if nstep < 1:
-        return scale, -vmin
-    for step in range(nstep + 1):
-        iscale = (rmin + rdelta * F32(step) + fnmax) / (vmax - vmin)
-        sum_l = F32(0.0)
-        sum_l2 = F32(0.0)
-        sum_xl = F32(0.0)
-        for i in range(n):
-            l = nearest_int(iscale * (x[i] - vmin))
-            l = max(0, min(nmax, l))
-            Laux[i] = l
-            w = _qkx3_weight(x, weights, i)
-            fl = F32(l)
-            sum_l += w * fl
-            sum_l2 += w * fl * fl
-            sum_xl += w * fl * x[i]
-        D = sum_w * sum_l2 - sum_l * sum_l
-        if D > F32(0.0):
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            if this_min > F32(0.0):
-                this_min = F32(0.0)
-                this_scale = sum_xl / sum_l2
-            mad = F32(0.0)
-            for i in range(n):
-                diff = this_scale * F32(Laux[i]) + this_min - x[i]
-                diff = abs(diff) if use_mad else diff * diff
-                mad += _qkx3_weight(x, weights, i) * diff
-            if mad < best_mad:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best_mad = mad
-                scale = this_scale
-                vmin = this_min
-    return scale, -vmin
+    return _qkx_search(n, nmax, x, w, L, vmin, vmax, sum_w, sum_x, rmin, rdelta, nstep, use_mad, scratch)
+
+
+@jit
+def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
+    """ggml make_qkx3_quants: as make_qkx2_quants, but weights may be NULL (empty: x^2 is used)
+    and a block with max <= min counts as constant; returns (scale, the_min)."""
+    return make_qkx3_quants_s(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, qkx_scratch(n))
 
 
 @jit
