@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType as T
 from qtool.quantizers import get
 from qtool.testing import ggml
 from qtool.testing.data import hard_rows, importance
+from qtool.testing.golden import mismatch_report
 
 oracle = pytest.mark.oracle
 
@@ -23,22 +24,6 @@ SHAPES = [(26, 256, 0), (26, 1024, 1), (13, 4096, 2), (39, 512, 3)]
 def _need_oracle():
     if not ggml.available():
         pytest.skip("llama-cpp-python (the ggml oracle) is not installed")
-
-
-def mismatch_report(ours: np.ndarray, ref: np.ndarray, block_bytes: int) -> str:
-    """'' when equal, else the count of bad blocks, the first one and its differing bytes."""
-    a = np.ascontiguousarray(ours).view(np.uint8).reshape(-1, block_bytes)
-    b = np.ascontiguousarray(ref).view(np.uint8).reshape(-1, block_bytes)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    bad = np.flatnonzero((a != b).any(axis=1))
-    if bad.size == 0:
-        return ""
-    first = int(bad[0])
-    cols = np.flatnonzero(a[first] != b[first])
-    diffs = ", ".join(f"[{c}] {a[first, c]:#04x} vs {b[first, c]:#04x}" for c in cols[:16])
-    more = f" (+{cols.size - 16} more)" if cols.size > 16 else ""
-    return (f"{bad.size} of {a.shape[0]} blocks differ; first bad block {first}, "
-            f"{cols.size} bytes differ (ours vs ggml): {diffs}{more}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,9 +99,10 @@ def test_dequantize_matches_ggml(qtype, source):
         data = np.random.default_rng(9).integers(0, 256, (26, n_per_row // block * size), dtype=np.uint8)
     ours = get(qtype).dequantize(data)
     ref = _ggml_dequantize(qtype, data, n_per_row)
-    diff = np.flatnonzero(ours.view(np.uint32).ravel() != ref.view(np.uint32).ravel())
-    assert diff.size == 0, (f"{qtype.name} dequantize: {diff.size} values differ; first at flat index {diff[0]}: "
-                            f"{ours.ravel()[diff[0]]!r} vs ggml {ref.ravel()[diff[0]]!r}")
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    # bit patterns block by block: NaN payloads and signed zeros count
+    report = mismatch_report(ours, ref, 4 * get(qtype).block_size, "ggml's to_float")
+    assert not report, f"{qtype.name} dequantize ({source} bytes): {report}"
 
 
 @pytest.mark.parametrize("path", ["ref", "imatrix"])
@@ -131,7 +117,8 @@ def test_same_bytes_for_any_thread_count(qtype, path):
     two = q.quantize(x, imat, threads=2)
     report = mismatch_report(one, two, q.type_size)
     assert not report, f"{qtype.name} {path}: 1 thread vs 2 threads: {report}"
-    assert np.array_equal(q.dequantize(one, threads=1).view(np.uint32), q.dequantize(one, threads=2).view(np.uint32))
+    report = mismatch_report(q.dequantize(one, threads=1), q.dequantize(one, threads=2), 4 * q.block_size, "2 threads")
+    assert not report, f"{qtype.name} dequantize: 1 thread vs 2 threads: {report}"
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_K, T.Q5_K])
