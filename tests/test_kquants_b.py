@@ -233,3 +233,68 @@ def test_batched_search_equals_one_block_search(nmax, weighted):
             s1 = make_qx_quants(16, nmax, row[16 * j:16 * j + 16], L1, 1, qw)
             assert np.float32(s1).view(np.uint32) == scales[j].view(np.uint32), (b, j, s1, scales[j])
             assert np.array_equal(L1, L[16 * j:16 * j + 16]), (b, j, L1, L[16 * j:16 * j + 16])
+
+
+def _sub_block_rows():
+    """Super-blocks of hard data plus sub-block edge cases: flat, all-negative, one value, ties."""
+    x = hard_rows(26, 512, 43).reshape(-1, 256)
+    extra = np.zeros((2, 256), np.float32)
+    extra[0, 0:16] = np.float32(-0.5)  # flat negative sub-block
+    extra[0, 16:32] = np.float32(0.25)  # flat positive (min clamps to 0)
+    extra[0, 32] = np.float32(1.0)
+    extra[0, 48:64] = np.linspace(-1, 1, 16, dtype=np.float32)
+    extra[0, 64:80] = -np.abs(np.linspace(-1, 1, 16, dtype=np.float32))
+    extra[1, ::2] = np.float32(0.75)
+    extra[1, 1::2] = np.float32(-0.75)
+    return np.concatenate([x, extra])
+
+
+@pytest.mark.parametrize("kind", ["qkx2", "qkx3"])
+def test_batched_min_search_equals_one_block_search(kind):
+    """make_qkx_quants_x16 gives search.make_qkx2_quants / make_qkx3_quants' scales, mins and quants
+    bit for bit, with the parameters Q2_K uses."""
+    from qtool.kernels.search import make_qkx2_quants, make_qkx3_quants
+
+    one = make_qkx2_quants if kind == "qkx2" else make_qkx3_quants
+    rmin, rdelta, nstep, use_mad = ((np.float32(-0.5), np.float32(0.1), 15, True) if kind == "qkx2"
+                                    else (np.float32(-0.9), np.float32(0.05), 36, False))
+    x = _sub_block_rows()
+    w_all = np.resize(importance(512, 44), x.shape)
+    xt, wt, lt, S = (np.empty((16, 16), np.float32) for _ in range(4))
+    L = np.empty(256, np.uint8)
+    scales = np.empty(16, np.float32)
+    mins = np.empty(16, np.float32)
+    L1 = np.empty(16, np.uint8)
+    Laux = np.empty(16, np.uint8)
+    for b, row in enumerate(x):
+        with np.errstate(over="ignore", invalid="ignore"):  # the 1e30 rows overflow, as in C
+            w = np.abs(row) if kind == "qkx2" else w_all[b] * np.sqrt(np.float32(0.01) + row * row)
+        xt[:] = row.reshape(16, 16).T
+        wt[:] = w.reshape(16, 16).T
+        kb.make_qkx_quants_x16(3, xt, wt, L, scales, mins, rmin, rdelta, nstep, use_mad, kind == "qkx3", S, lt)
+        for j in range(16):
+            s1, m1 = one(16, 3, row[16 * j:16 * j + 16], w[16 * j:16 * j + 16], L1, Laux, rmin, rdelta, nstep, use_mad)
+            got = (scales[j].view(np.uint32), mins[j].view(np.uint32))
+            assert (np.float32(s1).view(np.uint32), np.float32(m1).view(np.uint32)) == got, (b, j, s1, m1, scales[j], mins[j])
+            assert np.array_equal(L1, L[16 * j:16 * j + 16]), (b, j, L1, L[16 * j:16 * j + 16])
+
+
+def test_batched_q3_search_equals_one_block_search():
+    """make_q3_quants_x16 gives search.make_q3_quants' scales and quants bit for bit (Q3_K's ref path)."""
+    from qtool.kernels.search import make_q3_quants
+
+    x = _sub_block_rows()
+    xt = np.empty((16, 16), np.float32)
+    S = np.empty((4, 16), np.float32)
+    Lt = np.empty((16, 16), np.int32)
+    L = np.empty(256, np.int8)
+    scales = np.empty(16, np.float32)
+    L1 = np.empty(16, np.int8)
+    with np.errstate(over="ignore"):
+        for b, row in enumerate(x):
+            xt[:] = row.reshape(16, 16).T
+            kb.make_q3_quants_x16(4, xt, L, scales, S, Lt)
+            for j in range(16):
+                s1 = make_q3_quants(16, 4, row[16 * j:16 * j + 16], L1, True)
+                assert np.float32(s1).view(np.uint32) == scales[j].view(np.uint32), (b, j, s1, scales[j])
+                assert np.array_equal(L1, L[16 * j:16 * j + 16]), (b, j, L1, L[16 * j:16 * j + 16])

@@ -22,9 +22,6 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from qtool.kernels.common import F32, load_fp16, nearest_int, store_fp16, store_u16
 from qtool.kernels.search import (
     GROUP_MAX_EPS,
-    make_q3_quants,
-    make_qkx2_quants,
-    make_qkx3_quants,
     make_qp_quants,
     make_qx_quants,
 )
@@ -152,7 +149,211 @@ def make_qx_quants_x16(nmax, xt, wt, L, scales, S, wxt):
                 L[16 * j + i] = nmax + (lo if l < lo else (hi if l > hi else l))
 
 
+@jit
+def make_qkx_quants_x16(nmax, xt, wt, L, scales, mins, rmin, rdelta, nstep, use_mad, max_le_min, S, lt):
+    """ggml make_qkx2_quants (max_le_min False) or make_qkx3_quants (True) with non-NULL weights,
+    n = 16, for the 16 sub-blocks j of a super-block at once.
+
+    Same arithmetic as search.make_qkx2_quants / make_qkx3_quants, element for element, laid out
+    sub-block-minor (xt[i, j] = x[16*j + i], wt[i, j] = w_j[i]); every sub-block keeps its own
+    float32 sums in the C order, and carries its own running min (an accepted trial moves the min
+    that later trials quantize against). The quants of the last accepted trial are recomputed at
+    the end from that trial's inverse scale and min, which gives what C copied from Laux.
+
+    nmax, nstep > 0; L uint8[256] (natural order, 0..nmax); scales, mins float32[16] out (mins[j]
+    is C's *the_min). Scratch: S float32[16, 16], lt float32[16, 16].
+    """
+    vmin = S[0]
+    vmax = S[1]
+    sum_w = S[2]
+    sum_x = S[3]
+    iscale = S[4]
+    best_err = S[5]
+    best_is = S[6]
+    best_min = S[7]
+    sum_l = S[8]
+    sum_l2 = S[9]
+    sum_xl = S[10]
+    this_scale = S[11]
+    this_min = S[12]
+    cur_err = S[13]
+    scale = S[14]
+    min0 = S[15]
+    fnmax = F32(nmax)
+    for j in range(16):
+        v = xt[0, j]
+        w = wt[0, j]
+        vmin[j] = v
+        vmax[j] = v
+        sum_w[j] = w
+        sum_x[j] = w * v
+    for i in range(1, 16):
+        for j in range(16):
+            v = xt[i, j]
+            w = wt[i, j]
+            if v < vmin[j]:
+                vmin[j] = v
+            if v > vmax[j]:
+                vmax[j] = v
+            sum_w[j] += w
+            sum_x[j] += w * v
+    for j in range(16):
+        if vmin[j] > F32(0.0):
+            vmin[j] = F32(0.0)
+        min0[j] = vmin[j]
+        iscale[j] = fnmax / (vmax[j] - vmin[j])
+        scale[j] = F32(1.0) / iscale[j]
+        best_err[j] = F32(0.0)
+        best_is[j] = iscale[j]
+        best_min[j] = vmin[j]
+    for i in range(16):
+        for j in range(16):
+            l = nearest_int(iscale[j] * (xt[i, j] - vmin[j]))
+            l = np.int32(0) if l < 0 else (np.int32(nmax) if l > nmax else l)
+            diff = scale[j] * F32(l) + vmin[j] - xt[i, j]
+            diff = abs(diff) if use_mad else diff * diff
+            best_err[j] += wt[i, j] * diff
+    # vmin[j] is from here on the running min (C's `min`); best_min[j] the one the kept quants used
+    for step in range(nstep + 1):
+        num = rmin + rdelta * F32(step) + fnmax
+        for j in range(16):
+            iscale[j] = num / (vmax[j] - vmin[j])
+            sum_l[j] = F32(0.0)
+            sum_l2[j] = F32(0.0)
+            sum_xl[j] = F32(0.0)
+        for i in range(16):
+            for j in range(16):
+                v = xt[i, j]
+                l = nearest_int(iscale[j] * (v - vmin[j]))
+                l = np.int32(0) if l < 0 else (np.int32(nmax) if l > nmax else l)
+                fl = F32(l)
+                lt[i, j] = fl
+                wl = wt[i, j] * fl
+                sum_l[j] += wl
+                sum_l2[j] += wl * fl
+                sum_xl[j] += wl * v
+        for j in range(16):
+            D = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j]
+            ts = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / D
+            tm = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / D
+            if tm > F32(0.0):
+                tm = F32(0.0)
+                ts = sum_xl[j] / sum_l2[j]
+            this_scale[j] = ts
+            this_min[j] = tm
+            cur_err[j] = F32(0.0)
+            # D <= 0: C skips the trial; NaN makes the comparison below false
+            if not D > F32(0.0):
+                cur_err[j] = np.float32(np.nan)
+        for i in range(16):
+            for j in range(16):
+                diff = this_scale[j] * lt[i, j] + this_min[j] - xt[i, j]
+                diff = abs(diff) if use_mad else diff * diff
+                cur_err[j] += wt[i, j] * diff
+        for j in range(16):
+            if cur_err[j] < best_err[j]:
+                best_err[j] = cur_err[j]
+                best_is[j] = iscale[j]
+                best_min[j] = vmin[j]
+                scale[j] = this_scale[j]
+                vmin[j] = this_min[j]
+    for j in range(16):
+        flat = (vmax[j] <= min0[j]) if max_le_min else (vmax[j] == min0[j])
+        if flat:  # C returns before any trial: quants 0, scale 0 (the trials above are discarded)
+            scales[j] = F32(0.0)
+            mins[j] = -min0[j]
+            for i in range(16):
+                L[16 * j + i] = 0
+        else:
+            scales[j] = scale[j]
+            mins[j] = -vmin[j]
+            for i in range(16):
+                l = nearest_int(best_is[j] * (xt[i, j] - best_min[j]))
+                L[16 * j + i] = 0 if l < 0 else (nmax if l > nmax else l)
+
+
+@jit
+def make_q3_quants_x16(nmax, xt, L, scales, S, Lt):
+    """ggml make_q3_quants(16, nmax, x_j, L_j, true) for the 16 sub-blocks j of a super-block at once.
+
+    Same arithmetic as search.make_q3_quants with do_rmse, laid out sub-block-minor
+    (xt[i, j] = x[16*j + i]). C stops a sub-block's refinement after a pass that changes nothing;
+    running further passes on it changes nothing either (the pass is a pure function of the
+    unchanged state), so all sub-blocks simply run until none changes, at most 5 passes.
+
+    L int8[256] (natural order, 0..2*nmax-1); scales float32[16] out.
+    Scratch: S float32[4, 16], Lt int32[16, 16].
+    """
+    vmax = S[0]
+    amax = S[1]
+    sumlx = S[2]
+    suml2 = S[3]
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    for j in range(16):
+        vmax[j] = F32(0.0)
+        amax[j] = F32(0.0)
+        sumlx[j] = F32(0.0)
+        suml2[j] = F32(0.0)
+    for i in range(16):
+        for j in range(16):
+            v = xt[i, j]
+            ax = abs(v)
+            if ax > amax[j]:
+                amax[j] = ax
+                vmax[j] = v
+    for i in range(16):
+        for j in range(16):
+            v = xt[i, j]
+            l = nearest_int((F32(-nmax) / vmax[j]) * v)
+            l = lo if l < lo else (hi if l > hi else l)
+            Lt[i, j] = l
+            w = v * v
+            fl = F32(l)
+            sumlx[j] += w * v * fl
+            suml2[j] += w * fl * fl
+    for _ in range(5):
+        n_changed = 0
+        for i in range(16):
+            for j in range(16):
+                v = xt[i, j]
+                w = v * v
+                li = F32(Lt[i, j])
+                slx = sumlx[j] - w * v * li
+                if slx > F32(0.0):
+                    sl2 = suml2[j] - w * li * li
+                    new_l = nearest_int(v * sl2 / slx)
+                    new_l = lo if new_l < lo else (hi if new_l > hi else new_l)
+                    if new_l != Lt[i, j]:
+                        fnew = F32(new_l)
+                        slx += w * v * fnew
+                        sl2 += w * fnew * fnew
+                        if sl2 > F32(0.0) and slx * slx * suml2[j] > sumlx[j] * sumlx[j] * sl2:
+                            Lt[i, j] = new_l
+                            sumlx[j] = slx
+                            suml2[j] = sl2
+                            n_changed += 1
+        if n_changed == 0:
+            break
+    for j in range(16):
+        if amax[j] < GROUP_MAX_EPS:  # C returns at once: all quants 0 (not offset), scale 0
+            scales[j] = F32(0.0)
+            for i in range(16):
+                L[16 * j + i] = 0
+        else:
+            scales[j] = sumlx[j] / suml2[j] if suml2[j] > F32(0.0) else F32(0.0)
+            for i in range(16):
+                L[16 * j + i] = Lt[i, j] + nmax
+
+
 # -- shared packing -------------------------------------------------------------------------------
+
+
+@jit
+def _i8(v):
+    """A stored byte read as C's int8_t."""
+    v = np.int32(v)
+    return v - 256 if v >= 128 else v
 
 
 @jit
@@ -199,12 +400,15 @@ def _q3_finish(x, L, out):
             l = nearest_int(x[16 * j + ii] / d)
             l = max(-4, min(3, l))
             L[16 * j + ii] = l + 4
+    # high bit of weight 32*b + i -> bit b of hmask[i]; what is left is 0..3
     for i in range(32):
-        out[_Q3_HMASK + i] = 0
-    for j in range(QK_K):
-        if L[j] > 3:
-            out[_Q3_HMASK + j % 32] |= np.uint8(1 << (j // 32))
-            L[j] -= 4
+        m = np.int32(0)
+        for b in range(8):
+            v = np.int32(L[32 * b + i])
+            high = np.int32(1) if v > 3 else np.int32(0)
+            m |= high << b
+            L[32 * b + i] = v - 4 * high
+        out[_Q3_HMASK + i] = np.uint8(m)
     _pack_2bit(L, out, _Q3_QS)
 
 
@@ -217,10 +421,7 @@ def _q6_finish(x, L, scales, max_scale, out):
         v = min(127, nearest_int(iscale * scales[ib]))
         out[_Q6_SCALES + ib] = np.uint8(v & 0xFF)
     for j in range(16):
-        sc = np.int32(out[_Q6_SCALES + j])
-        if sc >= 128:
-            sc -= 256
-        d = d_all * F32(sc)
+        d = d_all * F32(_i8(out[_Q6_SCALES + j]))
         if d == F32(0.0):
             continue
         for ii in range(16):
@@ -263,24 +464,16 @@ def _q2_finish(x, L, out):
 
 
 @jit
-def quantize_block_q2_K_ref(x, out, L, Laux, weights, scales, mins):
-    """quantize_row_q2_K_ref for one block: x float32[256] -> out uint8[84].
-    Scratch: L uint8[256], Laux uint8[16], weights/scales/mins float32[16]."""
+def _q2_store_scales_ref(scales, mins, out):
+    """The scale/min quantization of quantize_row_q2_K_ref: 4-bit indices against the largest."""
     q4scale = F32(15.0)
     max_scale = F32(0.0)
     max_min = F32(0.0)
     for j in range(16):
-        xs = x[16 * j:16 * j + 16]
-        for l in range(16):
-            weights[l] = abs(xs[l])
-        s, m = make_qkx2_quants(16, 3, xs, weights, L[16 * j:16 * j + 16], Laux,
-                                F32(-0.5), F32(0.1), 15, True)
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
+        if scales[j] > max_scale:
+            max_scale = scales[j]
+        if mins[j] > max_min:
+            max_min = mins[j]
     if max_scale > F32(0.0):
         iscale = q4scale / max_scale
         for j in range(16):
@@ -298,29 +491,41 @@ def quantize_block_q2_K_ref(x, out, L, Laux, weights, scales, mins):
         store_fp16(out, _Q2_DMIN, max_min / q4scale)
     else:
         store_fp16(out, _Q2_DMIN, F32(0.0))
+
+
+@jit
+def quantize_block_q2_K_ref(x, out, L, scales, mins, xt, wt, S, lt):
+    """quantize_row_q2_K_ref for one block: x float32[256] -> out uint8[84].
+    Scratch: L uint8[256], scales/mins float32[16], xt/wt/lt float32[16, 16], S float32[16, 16]."""
+    for j in range(16):
+        for i in range(16):
+            v = x[16 * j + i]
+            xt[i, j] = v
+            wt[i, j] = abs(v)
+    make_qkx_quants_x16(3, xt, wt, L, scales, mins, F32(-0.5), F32(0.1), 15, True, False, S, lt)
+    _q2_store_scales_ref(scales, mins, out)
     _q2_finish(x, L, out)
 
 
 @jit
-def quantize_block_q2_K_impl(x, qw, out, L, Laux, weight, scales, mins, sw, Ls, Lm):
+def quantize_block_q2_K_impl(x, qw, out, L, scales, mins, sw, Ls, Lm, xt, wt, S, lt):
     """quantize_row_q2_K_impl for one block: x, qw float32[256] -> out uint8[84].
-    Scratch: L uint8[256], Laux/Ls/Lm uint8[16], weight/scales/mins/sw float32[16]."""
+    Scratch: L uint8[256], Ls/Lm uint8[16], scales/mins/sw float32[16], xt/wt/lt float32[16, 16],
+    S float32[16, 16]."""
     sumx2 = F32(0.0)
     for j in range(QK_K):
         sumx2 += x[j] * x[j]
     sigma2 = sumx2 / F32(QK_K)
     for j in range(16):
-        xs = x[16 * j:16 * j + 16]
-        for l in range(16):
-            weight[l] = qw[16 * j + l] * np.sqrt(sigma2 + xs[l] * xs[l])
         acc = F32(0.0)
-        for l in range(16):
-            acc += weight[l]
+        for i in range(16):
+            v = x[16 * j + i]
+            w = qw[16 * j + i] * np.sqrt(sigma2 + v * v)
+            xt[i, j] = v
+            wt[i, j] = w
+            acc += w
         sw[j] = acc
-        s, m = make_qkx3_quants(16, 3, xs, weight, L[16 * j:16 * j + 16], Laux,
-                                F32(-0.9), F32(0.05), 36, False)
-        scales[j] = s
-        mins[j] = m
+    make_qkx_quants_x16(3, xt, wt, L, scales, mins, F32(-0.9), F32(0.05), 36, False, True, S, lt)
     dm = make_qp_quants(16, 15, scales, Ls, sw)
     mm = make_qp_quants(16, 15, mins, Lm, sw)
     store_fp16(out, _Q2_D, dm)
@@ -339,21 +544,23 @@ def quantize_q2_K(rows, weights, out):
     use_w = weights.shape[0] > 0
     for r in numba.prange(nrows):
         L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(16, np.uint8)
         Ls = np.empty(16, np.uint8)
         Lm = np.empty(16, np.uint8)
-        wbuf = np.empty(16, np.float32)
         scales = np.empty(16, np.float32)
         mins = np.empty(16, np.float32)
         sw = np.empty(16, np.float32)
+        xt = np.empty((16, 16), np.float32)
+        wt = np.empty((16, 16), np.float32)
+        lt = np.empty((16, 16), np.float32)
+        S = np.empty((16, 16), np.float32)
         for b in range(nb):
             x = rows[r, QK_K * b:QK_K * (b + 1)]
             blk = out[r, Q2_K_BYTES * b:Q2_K_BYTES * (b + 1)]
             if use_w:
-                quantize_block_q2_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, Laux, wbuf,
-                                         scales, mins, sw, Ls, Lm)
+                quantize_block_q2_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, mins, sw, Ls, Lm,
+                                         xt, wt, S, lt)
             else:
-                quantize_block_q2_K_ref(x, blk, L, Laux, wbuf, scales, mins)
+                quantize_block_q2_K_ref(x, blk, L, scales, mins, xt, wt, S, lt)
 
 
 @jit
@@ -388,14 +595,17 @@ def dequantize_q2_K(data, out):
 
 
 @jit
-def quantize_block_q3_K_ref(x, out, L, scales):
+def quantize_block_q3_K_ref(x, out, L, scales, xt, S, Lt):
     """quantize_row_q3_K_ref for one block: x float32[256] -> out uint8[110].
-    Scratch: L int8[256], scales float32[16]."""
+    Scratch: L int8[256], scales float32[16], xt float32[16, 16], S float32[7, 16], Lt int32[16, 16]."""
+    for j in range(16):
+        for i in range(16):
+            xt[i, j] = x[16 * j + i]
+    make_q3_quants_x16(4, xt, L, scales, S, Lt)
     max_scale = F32(0.0)
     amax = F32(0.0)
     for j in range(16):
-        s = make_q3_quants(16, 4, x[16 * j:16 * j + 16], L[16 * j:16 * j + 16], True)
-        scales[j] = s
+        s = scales[j]
         a = abs(s)
         if a > amax:
             amax = a
@@ -459,6 +669,7 @@ def quantize_q3_K(rows, weights, out):
         wt = np.empty((16, 16), np.float32)
         wxt = np.empty((16, 16), np.float32)
         S = np.empty((7, 16), np.float32)
+        Lt = np.empty((16, 16), np.int32)
         for b in range(nb):
             x = rows[r, QK_K * b:QK_K * (b + 1)]
             blk = out[r, Q3_K_BYTES * b:Q3_K_BYTES * (b + 1)]
@@ -466,7 +677,7 @@ def quantize_q3_K(rows, weights, out):
                 quantize_block_q3_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, sw, Ls,
                                          xt, wt, S, wxt)
             else:
-                quantize_block_q3_K_ref(x, blk, L, scales)
+                quantize_block_q3_K_ref(x, blk, L, scales, xt, S, Lt)
 
 
 @jit
@@ -551,20 +762,22 @@ def dequantize_block_q6_K(blk, y):
     """dequantize_row_q6_K for one block: blk uint8[210] -> y float32[256]."""
     d = load_fp16(blk, _Q6_D)
     for h in range(2):
-        for l in range(32):
-            lo0 = np.int32(blk[_Q6_QL + 64 * h + l])
-            lo1 = np.int32(blk[_Q6_QL + 64 * h + 32 + l])
-            hb = np.int32(blk[_Q6_QH + 32 * h + l])
-            qs = ((lo0 & 0xF) | ((hb & 3) << 4),
-                  (lo1 & 0xF) | (((hb >> 2) & 3) << 4),
-                  (lo0 >> 4) | (((hb >> 4) & 3) << 4),
-                  (lo1 >> 4) | (((hb >> 6) & 3) << 4))
-            for p in range(4):
-                w = 128 * h + 32 * p + l
-                sc = np.int32(blk[_Q6_SCALES + w // 16])
-                if sc >= 128:
-                    sc -= 256
-                y[w] = d * F32(sc) * F32(qs[p] - 32)
+        ql = _Q6_QL + 64 * h
+        qh = _Q6_QH + 32 * h
+        sc = _Q6_SCALES + 8 * h
+        for k in range(2):  # (d * scale) is the same product C forms for each weight
+            s0 = d * F32(_i8(blk[sc + k]))
+            s1 = d * F32(_i8(blk[sc + k + 2]))
+            s2 = d * F32(_i8(blk[sc + k + 4]))
+            s3 = d * F32(_i8(blk[sc + k + 6]))
+            for l in range(16 * k, 16 * k + 16):
+                lo0 = np.int32(blk[ql + l])
+                lo1 = np.int32(blk[ql + 32 + l])
+                hb = np.int32(blk[qh + l])
+                y[128 * h + l] = s0 * F32(((lo0 & 0xF) | ((hb & 3) << 4)) - 32)
+                y[128 * h + l + 32] = s1 * F32(((lo1 & 0xF) | (((hb >> 2) & 3) << 4)) - 32)
+                y[128 * h + l + 64] = s2 * F32(((lo0 >> 4) | (((hb >> 4) & 3) << 4)) - 32)
+                y[128 * h + l + 96] = s3 * F32(((lo1 >> 4) | (((hb >> 6) & 3) << 4)) - 32)
 
 
 @jit_rows
