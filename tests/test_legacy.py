@@ -179,3 +179,47 @@ def test_per_expert_imatrix_matches_ggml():
         for e in range(n_expert):
             want = ggml.quantize(qtype, x[e], w[e])
             assert mismatch_report(got[e], want, q.type_size) == "", f"expert {e}"
+
+
+def tie_rows(nrows: int = 64, n: int = 256, seed: int = 61) -> np.ndarray:
+    """Blocks whose extremes tie: -a/+a at the largest magnitude, -0/+0 as the minimum or maximum,
+    in every order and in different quarters of a block (where a scan that merges partial results
+    could pick the wrong one)."""
+    rng = np.random.default_rng(seed)
+    a = np.float32(0.75)
+    x = np.empty((nrows, n), np.float32)
+    for r in range(nrows):
+        kind = r % 4
+        if kind == 0:    # only -a, +a and signed zeros
+            x[r] = rng.choice(np.array([-a, a, 0.0, -0.0], np.float32), n)
+        elif kind == 1:  # non-negative with signed zeros: the minimum is a zero of either sign
+            x[r] = np.abs(rng.standard_normal(n).astype(np.float32)) * a
+            z = rng.random(n) < 0.3
+            x[r, z] = rng.choice(np.array([0.0, -0.0], np.float32), int(z.sum()))
+        elif kind == 2:  # non-positive with signed zeros: the maximum is a zero of either sign
+            x[r] = -np.abs(rng.standard_normal(n).astype(np.float32)) * a
+            z = rng.random(n) < 0.3
+            x[r, z] = rng.choice(np.array([0.0, -0.0], np.float32), int(z.sum()))
+        else:            # all zeros of random sign
+            x[r] = rng.choice(np.array([0.0, -0.0], np.float32), n)
+    return x
+
+
+@pytest.mark.parametrize("qtype", TYPES, **ids)
+def test_ties_match_gguf_py(qtype):
+    """-a/+a ties; gguf-py's numpy reductions do not keep the C's first -0/+0, so zeros are all +0 here."""
+    x = tie_rows()
+    x[x == 0] = 0
+    q = get(qtype)
+    assert mismatch_report(q.quantize(x), gq.quantize(x, qtype), q.type_size, "gguf-py") == ""
+
+
+@oracle
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("qtype", TYPES, **ids)
+def test_ties_match_ggml(qtype, path):
+    _need_oracle()
+    x = tie_rows()
+    w = _imatrix(path, x.shape[1], 3)
+    q = get(qtype)
+    assert mismatch_report(q.quantize(x, w), ggml.quantize(qtype, x, w), q.type_size) == ""

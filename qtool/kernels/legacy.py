@@ -81,31 +81,84 @@ def _min_i8(v, hi):
 # -- block statistics ----------------------------------------------------------------------------
 # Block functions take the block's own slices (xb float32[32], yb uint8[type_size]): indices that
 # start at zero let LLVM drop numba's negative-index wraparound and vectorize the loops.
+#
+# The C scans a block in order, keeping the first value that ties (``if (amax < fabsf(v))``,
+# ``if (v < min)``): the result is the first element equal to the extreme, which matters for
+# -x/+x and -0/+0 ties. Four independent scans over the quarters of the block, merged in order
+# with the same strict comparison, give that same element with a quarter of the dependency chain.
 
 @jit
 def _signed_absmax(xb):
-    """The value of largest magnitude in xb, the first one on ties (0 for an all-zero block)."""
-    amax = F32(0.0)
-    mx = F32(0.0)
-    for j in range(QK):
+    """The value of largest magnitude in xb[0:32], the first one on ties (0 for an all-zero block)."""
+    a0 = F32(0.0)
+    a1 = F32(0.0)
+    a2 = F32(0.0)
+    a3 = F32(0.0)
+    m0 = F32(0.0)
+    m1 = F32(0.0)
+    m2 = F32(0.0)
+    m3 = F32(0.0)
+    for j in range(8):
         v = xb[j]
         av = abs(v)
-        gt = amax < av
-        amax = av if gt else amax
-        mx = v if gt else mx
-    return mx
+        g = a0 < av
+        a0 = av if g else a0
+        m0 = v if g else m0
+        v = xb[8 + j]
+        av = abs(v)
+        g = a1 < av
+        a1 = av if g else a1
+        m1 = v if g else m1
+        v = xb[16 + j]
+        av = abs(v)
+        g = a2 < av
+        a2 = av if g else a2
+        m2 = v if g else m2
+        v = xb[24 + j]
+        av = abs(v)
+        g = a3 < av
+        a3 = av if g else a3
+        m3 = v if g else m3
+    g = a0 < a1
+    a0 = a1 if g else a0
+    m0 = m1 if g else m0
+    g = a0 < a2
+    a0 = a2 if g else a0
+    m0 = m2 if g else m0
+    return m3 if a0 < a3 else m0
 
 
 @jit
 def _min_max(xb):
-    """(min, max) of xb, starting from (FLT_MAX, -FLT_MAX)."""
-    mn = _FLT_MAX
-    mx = -_FLT_MAX
-    for j in range(QK):
+    """(min, max) of xb[0:32] as the C finds them from (FLT_MAX, -FLT_MAX): first element on ties."""
+    a0 = _FLT_MAX
+    a1 = _FLT_MAX
+    a2 = _FLT_MAX
+    a3 = _FLT_MAX
+    b0 = -_FLT_MAX
+    b1 = -_FLT_MAX
+    b2 = -_FLT_MAX
+    b3 = -_FLT_MAX
+    for j in range(8):
         v = xb[j]
-        mn = v if v < mn else mn
-        mx = v if v > mx else mx
-    return mn, mx
+        a0 = v if v < a0 else a0
+        b0 = v if v > b0 else b0
+        v = xb[8 + j]
+        a1 = v if v < a1 else a1
+        b1 = v if v > b1 else b1
+        v = xb[16 + j]
+        a2 = v if v < a2 else a2
+        b2 = v if v > b2 else b2
+        v = xb[24 + j]
+        a3 = v if v < a3 else a3
+        b3 = v if v > b3 else b3
+    a0 = a1 if a1 < a0 else a0
+    a0 = a2 if a2 < a0 else a0
+    a0 = a3 if a3 < a0 else a0
+    b0 = b1 if b1 > b0 else b0
+    b0 = b2 if b2 > b0 else b0
+    b0 = b3 if b3 > b0 else b0
+    return a0, b0
 
 
 @jit
