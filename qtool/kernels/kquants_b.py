@@ -11,6 +11,11 @@ Sub-blocks are numbered s = 0..15 over the 256 weights (weight k is in sub-block
     qs byte 32*h + l  (h = 0,1 halves of 128 weights, l = 0..31)
       bits  7 6 | 5 4 | 3 2 | 1 0
             w+96  w+64  w+32  w        with w = 128*h + l
+
+ggml searches each sub-block's scale on its own, a chain of dependent float32 adds per trial. The
+``*_x16`` searches below run the 16 sub-blocks of a super-block side by side instead: each keeps
+its own sums, added in C's order, so every sub-block gets ggml's exact result while the 16
+independent chains vectorize (tests pin them to the one-block ports in search.py).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ _Q2_SCALES, _Q2_QS, _Q2_D, _Q2_DMIN, Q2_K_BYTES = 0, 16, 80, 82, 84
 #
 #   Q3_K  110 bytes: hmask[32] | qs[64] | scales[12] | d (f16)
 #                    0           32       96           108
-#   hmask byte i, bit b: high bit of weight 32*b + i (set means q >= 0, clear means q - 4)
+#   hmask byte i, bit b: high bit of weight 32*b + i; q = (2-bit value) - (bit set ? 0 : 4)
 #   scales: sixteen 6-bit values v_s, weight = d * (v_s - 32) * q,   q in -4..3
 #     byte s     (s < 8):  bits 3..0 = low nibble of v_s,  bits 7..4 = low nibble of v_(s+8)
 #     byte 8 + t (t < 4):  bits 1..0, 3..2, 5..4, 7..6 = high two bits of v_t, v_(t+4), v_(t+8), v_(t+12)
