@@ -396,30 +396,32 @@ def _load_f32(y, pos):
 
 @jit
 def quantize_block_q8_K(x, y):
-    """ggml quantize_row_q8_K_ref for one super-block: x float32[256] -> y uint8[292]."""
-    vmax = F32(0.0)
-    amax = F32(0.0)
+    """ggml quantize_row_q8_K_ref for one super-block: x float32[256] (finite) -> y uint8[292]."""
+    # ggml keeps the first element of largest |x| (strict >). For finite floats that is the first j
+    # with |x[j]| == max |x|, and |x| orders like its bit pattern with the sign bit cleared: an
+    # integer max, which vectorizes.
+    top = np.uint32(0)
     for j in range(QK_K):
-        ax = abs(x[j])
-        if ax > amax:
-            amax = ax
-            vmax = x[j]
-    if amax == F32(0.0):
+        top = max(top, f32_bits(x[j]) & np.uint32(0x7FFFFFFF))
+    if top == np.uint32(0):
         # ggml leaves bsums untouched here; qtool writes zeros (what a zeroed buffer holds)
         for k in range(Q8_K_BYTES):
             y[k] = 0
         return
-    iscale = F32(-127.0) / vmax
+    j = 0
+    while (f32_bits(x[j]) & np.uint32(0x7FFFFFFF)) != top:
+        j += 1
+    iscale = F32(-127.0) / x[j]
     for j in range(QK_K):
-        v = min(127, nearest_int(iscale * x[j]))
-        y[_Q8_QS + j] = v & 0xFF
+        t = iscale * x[j] + F32(12582912.0)  # nearest_int, in int32 so that it vectorizes
+        v = np.int32(np.int32(f32_bits(t) & np.uint32(0x007FFFFF)) - np.int32(0x00400000))
+        y[_Q8_QS + j] = np.uint8(min(np.int32(127), v) & np.int32(0xFF))
     for j in range(16):
-        s = 0
+        s = np.int32(0)
         for ii in range(16):
-            s += np.int64(np.int8(y[_Q8_QS + 16 * j + ii]))
-        s &= 0xFFFF
-        y[_Q8_BSUMS + 2 * j] = s & 0xFF
-        y[_Q8_BSUMS + 2 * j + 1] = s >> 8
+            s += np.int32(np.int8(y[_Q8_QS + 16 * j + ii]))
+        y[_Q8_BSUMS + 2 * j] = np.uint8(s & np.int32(0xFF))
+        y[_Q8_BSUMS + 2 * j + 1] = np.uint8((s >> np.int32(8)) & np.int32(0xFF))
     _store_f32(y, 0, F32(1.0) / iscale)
 
 
