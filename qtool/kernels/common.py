@@ -14,7 +14,11 @@ from numba import types
 from numba.extending import intrinsic
 
 F32 = np.float32
-jit = numba.njit(cache=True, nogil=True)
+#: Per-block kernels. error_model="numpy" gives C's IEEE x/0 (inf/NaN) instead of ZeroDivisionError,
+#: which huge finite inputs reach in ggml's searches.
+jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+#: The one parallel driver per type, looping over rows with numba.prange.
+jit_rows = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 
 
 @intrinsic
