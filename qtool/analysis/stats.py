@@ -158,18 +158,14 @@ def select_sorted(bits: np.ndarray, ranks: list[int]) -> np.ndarray:
     """The values of non-negative float32 bit patterns ``bits`` (uint32 [n]) at 0-based sorted
     ``ranks``, as float64: an exact two-pass radix select (high 16 bits, then low 16 bits)."""
     nch = max(1, min(_threads(), bits.size // 65536 + 1))
-    # pass 1: the high halves of every element (all match: bits >> 31 is 0 for non-negative floats)
-    every = np.array([0, -1], dtype=np.int64)
-    hi_hist = K.radix_histogram(bits, 16, 0xFFFF, 31, every, 1, nch)[0]
+    hi_hist = K.radix_histogram(bits, np.empty(0, dtype=np.uint32), nch)[0]
     located = [K.locate(hi_hist, k) for k in ranks]
-    # pass 2: the low halves of the elements in the (few) high bins that hold a wanted rank
-    bins = sorted({hi for hi, _ in located})
-    slot_of = np.full(1 << 16, -1, dtype=np.int64)
-    slot_of[bins] = np.arange(len(bins))
-    lo_hist = K.radix_histogram(bits, 0, 0xFFFF, 16, slot_of, len(bins), nch)
+    bins = np.array(sorted({hi for hi, _ in located}), dtype=np.uint32)
+    lo_hist = K.radix_histogram(bits, bins, nch)
+    slot_of = {int(b): i for i, b in enumerate(bins)}
     out = np.empty(len(ranks))
     for i, (hi, within) in enumerate(located):
-        lo, _ = K.locate(lo_hist[slot_of[hi]], within)
+        lo, _ = K.locate(lo_hist[slot_of[int(hi)]], within)
         out[i] = float(np.array([(int(hi) << 16) | int(lo)], dtype=np.uint32).view(np.float32)[0])
     return out
 
