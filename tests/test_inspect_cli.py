@@ -354,3 +354,21 @@ def test_bundled_model_if_present(capsys):
     assert code == 0, err
     doc = strict_json(out)
     assert doc["tensors"] and all(t["outliers"] is not None for t in doc["tensors"])
+
+
+def test_nan_in_the_weights_is_reported_not_fatal(model, capsys, tmp_path):
+    w = model["weights"]
+    bad = w["blk.0.ffn_down.weight"].copy()
+    bad[3, 4] = np.nan
+    write_gguf(tmp_path / "nan.gguf", {"blk.0.ffn_down.weight": (bad, T.F32), "output.weight": (w["output.weight"], T.F32)})
+    code, out, err = run(capsys, model["q"], "-r", tmp_path / "nan.gguf", "--tensor", "ffn_down|output", "--json")
+    assert code == 0, err
+    t = {t["name"]: t for t in strict_json(out)["tensors"]}  # strict: NaN figures come out as null
+    assert t["blk.0.ffn_down.weight"]["error"]["rel_rmse"] is None
+    assert t["output.weight"]["error"]["rel_rmse"] > 0
+    code, out, err = run(capsys, tmp_path / "nan.gguf", "--what-if", "Q8_0", "--json")
+    assert code == 0
+    doc = strict_json(out)
+    c = {t["name"]: t["candidates"]["Q8_0"] for t in doc["tensors"]}
+    assert c["blk.0.ffn_down.weight"] is None and c["output.weight"]["rel_rmse"] > 0
+    assert "blk.0.ffn_down.weight: Q8_0:" in err and "non-finite" in err

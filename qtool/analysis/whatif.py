@@ -54,7 +54,10 @@ def would_quantize(name: str, shape: tuple[int, ...], arch: str | None) -> bool:
     if presets is not None:
         rule = getattr(presets, "why_not_quantized", None) or getattr(presets, "_why_not_quantized", None)
     if rule is not None:
-        return rule(name, tuple(shape), arch or "", False) is None
+        try:
+            return rule(name, tuple(shape), arch or "", False) is None
+        except TypeError:  # a different signature than the one this was written against: use ours
+            pass
     return len([d for d in shape if d > 1]) >= 2 and name.endswith(".weight") and "norm" not in name
 
 
@@ -73,8 +76,10 @@ class WhatIfTensor:
     name: str
     shape: list[int]
     n_elements: int
-    #: type name -> Candidate, or None where the type's block does not fit the rows
+    #: type name -> Candidate, or None where the type's block does not fit the rows (or it failed)
     candidates: dict[str, Candidate | None]
+    #: type name -> why there is no Candidate
+    why: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,12 +185,19 @@ def what_if(
             for q in types:
                 if not q.fits(shape[-1]):
                     entry.candidates[q.name] = None
+                    entry.why[q.name] = "does not fit"
                 else:
-                    data = q.quantize(x, name=info.name, threads=threads)
-                    back = q.dequantize(data, name=info.name, threads=threads)
-                    figs = stats.error_brief(back, x)
-                    entry.candidates[q.name] = Candidate(q.name, q.bits_per_weight, int(data.nbytes), **figs)
-                    del data, back
+                    try:
+                        data = q.quantize(x, name=info.name, threads=threads)
+                    except QtoolError as e:  # NaN/Inf in the weights: say so, go on
+                        entry.candidates[q.name] = None
+                        entry.why[q.name] = "cannot quantize"
+                        result.skipped.append({"name": info.name, "reason": f"{q.name}: {e}"})
+                    else:
+                        back = q.dequantize(data, name=info.name, threads=threads)
+                        figs = stats.error_brief(back, x)
+                        entry.candidates[q.name] = Candidate(q.name, q.bits_per_weight, int(data.nbytes), **figs)
+                        del data, back
                 if on_tensor is not None:
                     on_tensor(info.name, info.n_elements)
             result.tensors.append(entry)

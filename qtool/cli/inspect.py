@@ -100,6 +100,10 @@ def _inspect(out, model, reference, tensor, sort, top, histogram, fail_if, figur
         _render(out, report, sort, top)
     for s in report.skipped:
         out.note(f"note: {s['name']}: {s['reason']}")
+    if report.reference is not None and report.tensors and all(
+            s["reason"] == "not in the reference" for s in report.skipped) and len(report.skipped) == len(report.tensors):
+        out.note(f"note: no tensor of {model} is in {report.reference}: tensors are matched by GGUF name (a bare "
+                 ".safetensors file keeps its own names; point --reference at the model folder with config.json)")
     if report.reference is not None and report.reference_only:
         names = report.reference_only
         out.note(f"note: {len(names)} reference tensor(s) not in {model}: " + ", ".join(names[:5])
@@ -283,7 +287,7 @@ def _render_what_if(out, result, tensors) -> None:
         cells = []
         for name in result.types:
             c = w.candidates.get(name)
-            cells.append("does not fit" if c is None else f"{_num(c.rel_rmse, 4)} / {_pct(c.collapsed_frac)}")
+            cells.append(w.why.get(name, "—") if c is None else f"{_num(c.rel_rmse, 4)} / {_pct(c.collapsed_frac)}")
         t.add_row(w.name, _shape(w.shape), *cells)
     out.print(t)
     s = Table(title="per type, whole model (element-weighted over the tensors it fits)", title_justify="left")
@@ -291,7 +295,7 @@ def _render_what_if(out, result, tensors) -> None:
                           ("rel_rmse", "right"), ("collapsed %", "right"), ("flipped %", "right")):
         s.add_column(name, justify=justify)
     for name, line in result.summary().items():
-        fits = f"{line['n_tensors']}" + (f" ({line['n_unfit']} do not fit)" if line["n_unfit"] else "")
+        fits = f"{line['n_tensors']}" + (f" ({line['n_unfit']} without)" if line["n_unfit"] else "")
         s.add_row(name, _num(line["bpw"], 3), _bytes(line["n_bytes"]), fits, _num(line["rel_rmse"], 4),
                   _pct(line["collapsed_frac"]), _pct(line["flipped_frac"]))
     out.print(s)
