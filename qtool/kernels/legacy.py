@@ -34,8 +34,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, bits_f32, f32_bits, jit, load_fp16, store_fp16
-from qtool.kernels.search import make_qkx3_quants, make_qx_quants
+from qtool.kernels.common import F32, bits_f32, f32_bits, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.search import make_qkx3_quants_s, make_qx_quants, qkx_scratch
 
 QK = 32
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
@@ -295,7 +295,7 @@ def q8_0_block(xb, yb):
 
 # -- per-block quantizers, importance-weighted path ----------------------------------------------
 # qwb: the block's importance slice; sigma2: the row's; weight float32[32], L (int8 for make_qx_quants,
-# uint8 for make_qkx3_quants), Laux uint8[32]: scratch.
+# uint8 for make_qkx3_quants_s), Laux uint8[32] and the search's qkx_scratch: per-row scratch.
 
 @jit
 def q4_0_block_impl(xb, qwb, sigma2, yb, weight, L):
@@ -316,20 +316,20 @@ def q5_0_block_impl(xb, qwb, sigma2, yb, weight, L):
 
 
 @jit
-def q4_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux):
+def q4_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux, scratch):
     """quantize_row_q4_1_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[20]."""
     _block_weights(xb, qwb, sigma2, weight)
-    d, the_min = make_qkx3_quants(QK, 15, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False)
+    d, the_min = make_qkx3_quants_s(QK, 15, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False, scratch)
     store_fp16(yb, 0, d)
     store_fp16(yb, 2, -the_min)
     _pack_q4(L, yb[4:20])
 
 
 @jit
-def q5_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux):
+def q5_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux, scratch):
     """quantize_row_q5_1_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[24]."""
     _block_weights(xb, qwb, sigma2, weight)
-    d, the_min = make_qkx3_quants(QK, 31, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False)
+    d, the_min = make_qkx3_quants_s(QK, 31, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False, scratch)
     store_fp16(yb, 0, d)
     store_fp16(yb, 2, -the_min)
     _pack_q5_codes(L, yb, 4, 8)
@@ -337,12 +337,7 @@ def q5_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux):
 
 # -- row drivers: rows float32 [nrows, n], qw float32 [n] or [0], out uint8 [nrows, n/32*size] ----
 
-# IEEE division (x/0 -> inf) as in C; numba's default raises, and inside prange a raised error
-# is lost and leaves rows unwritten.
-_par = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-
-
-@_par
+@jit_rows
 def quantize_q4_0(rows, qw, out):
     """quantize_q4_0 over all rows."""
     nrows, n = rows.shape
@@ -360,7 +355,7 @@ def quantize_q4_0(rows, qw, out):
                                 out[r, ib * 18:(ib + 1) * 18], weight, L)
 
 
-@_par
+@jit_rows
 def quantize_q5_0(rows, qw, out):
     """quantize_q5_0 over all rows."""
     nrows, n = rows.shape
@@ -378,7 +373,7 @@ def quantize_q5_0(rows, qw, out):
                                 out[r, ib * 22:(ib + 1) * 22], weight, L)
 
 
-@_par
+@jit_rows
 def quantize_q4_1(rows, qw, out):
     """quantize_q4_1 over all rows."""
     nrows, n = rows.shape
@@ -391,13 +386,14 @@ def quantize_q4_1(rows, qw, out):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.uint8)
             Laux = np.empty(QK, dtype=np.uint8)
+            scratch = qkx_scratch(QK)
             sigma2 = _row_sigma2(rows[r])
             for ib in range(n // QK):
                 q4_1_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
-                                out[r, ib * 20:(ib + 1) * 20], weight, L, Laux)
+                                out[r, ib * 20:(ib + 1) * 20], weight, L, Laux, scratch)
 
 
-@_par
+@jit_rows
 def quantize_q5_1(rows, qw, out):
     """quantize_q5_1 over all rows."""
     nrows, n = rows.shape
@@ -410,13 +406,14 @@ def quantize_q5_1(rows, qw, out):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.uint8)
             Laux = np.empty(QK, dtype=np.uint8)
+            scratch = qkx_scratch(QK)
             sigma2 = _row_sigma2(rows[r])
             for ib in range(n // QK):
                 q5_1_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
-                                out[r, ib * 24:(ib + 1) * 24], weight, L, Laux)
+                                out[r, ib * 24:(ib + 1) * 24], weight, L, Laux, scratch)
 
 
-@_par
+@jit_rows
 def quantize_q8_0(rows, out):
     """quantize_q8_0 over all rows (ggml ignores the importance vector)."""
     nrows, n = rows.shape
@@ -507,7 +504,7 @@ def q8_0_block_dequant(yb, xb):
         xb[j] = F32(np.int8(yb[2 + j])) * d
 
 
-@_par
+@jit_rows
 def dequantize_q4_0(data, out):
     """dequantize_row_q4_0 over all rows."""
     nrows, n = out.shape
@@ -516,7 +513,7 @@ def dequantize_q4_0(data, out):
             q4_0_block_dequant(data[r, ib * 18:(ib + 1) * 18], out[r, ib * QK:(ib + 1) * QK])
 
 
-@_par
+@jit_rows
 def dequantize_q4_1(data, out):
     """dequantize_row_q4_1 over all rows."""
     nrows, n = out.shape
@@ -525,7 +522,7 @@ def dequantize_q4_1(data, out):
             q4_1_block_dequant(data[r, ib * 20:(ib + 1) * 20], out[r, ib * QK:(ib + 1) * QK])
 
 
-@_par
+@jit_rows
 def dequantize_q5_0(data, out):
     """dequantize_row_q5_0 over all rows."""
     nrows, n = out.shape
@@ -534,7 +531,7 @@ def dequantize_q5_0(data, out):
             q5_0_block_dequant(data[r, ib * 22:(ib + 1) * 22], out[r, ib * QK:(ib + 1) * QK])
 
 
-@_par
+@jit_rows
 def dequantize_q5_1(data, out):
     """dequantize_row_q5_1 over all rows."""
     nrows, n = out.shape
@@ -543,7 +540,7 @@ def dequantize_q5_1(data, out):
             q5_1_block_dequant(data[r, ib * 24:(ib + 1) * 24], out[r, ib * QK:(ib + 1) * QK])
 
 
-@_par
+@jit_rows
 def dequantize_q8_0(data, out):
     """dequantize_row_q8_0 over all rows."""
     nrows, n = out.shape
