@@ -372,3 +372,22 @@ def test_nan_in_the_weights_is_reported_not_fatal(model, capsys, tmp_path):
     c = {t["name"]: t["candidates"]["Q8_0"] for t in doc["tensors"]}
     assert c["blk.0.ffn_down.weight"] is None and c["output.weight"]["rel_rmse"] > 0
     assert "blk.0.ffn_down.weight: Q8_0:" in err and "non-finite" in err
+
+
+def test_what_if_follows_llama_cpps_rule_for_which_tensors_to_quantize(model, capsys):
+    from qtool.analysis.whatif import why_kept
+
+    assert why_kept("blk.0.attn_q.weight", (64, 64), "llama") is None
+    assert why_kept("blk.0.attn_norm.weight", (64,), "llama") is not None
+    assert why_kept("blk.0.ffn_norm.weight", (4, 64), "llama") is not None  # 2-D but a norm
+    assert why_kept("blk.0.attn_q.bias", (64, 64), "llama") is not None  # not a weight
+    try:
+        from qtool.quantizers import presets  # noqa: F401
+    except ImportError:
+        return
+    # llama.cpp keeps the expert router and position embeddings, though they are 2-D weights
+    assert why_kept("blk.0.ffn_gate_inp.weight", (8, 64), "llama") is not None
+    assert why_kept("position_embd.weight", (128, 64), "gpt2") is not None
+    code, out, _ = run(capsys, model["ref"], "--what-if", "Q8_0", "--json")
+    kept = {k["name"] for k in strict_json(out)["summary"]["kept"]}
+    assert kept == {"blk.0.attn_norm.weight", "blk.1.attn_norm.weight"}

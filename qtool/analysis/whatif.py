@@ -43,9 +43,9 @@ def parse_types(spec: str) -> list:
     return list(seen.values())
 
 
-def would_quantize(name: str, shape: tuple[int, ...], arch: str | None) -> bool:
-    """Whether llama.cpp quantizes this tensor: the presets module's rule when it has one, else
-    2-D or more, a name ending in ".weight", and no "norm" in it."""
+def why_kept(name: str, shape: tuple[int, ...], arch: str | None) -> str | None:
+    """None when llama.cpp quantizes this tensor, else why not: the presets module's rule when it has
+    one, else "1-D" / "not a weight" / "norm" (2-D or more, a name ending in ".weight", no "norm")."""
     try:
         from qtool.quantizers import presets
     except ImportError:
@@ -55,10 +55,14 @@ def would_quantize(name: str, shape: tuple[int, ...], arch: str | None) -> bool:
         rule = getattr(presets, "why_not_quantized", None) or getattr(presets, "_why_not_quantized", None)
     if rule is not None:
         try:
-            return rule(name, tuple(shape), arch or "", False) is None
+            return rule(name, tuple(shape), arch or "", False)
         except TypeError:  # a different signature than the one this was written against: use ours
             pass
-    return len([d for d in shape if d > 1]) >= 2 and name.endswith(".weight") and "norm" not in name
+    if len([d for d in shape if d > 1]) < 2:
+        return "1-D"
+    if not name.endswith(".weight"):
+        return "not a weight"
+    return "norm" if "norm" in name else None
 
 
 @dataclass
@@ -88,7 +92,9 @@ class WhatIf:
     format: str
     types: list[str]
     tensors: list[WhatIfTensor]
-    #: tensors left as they are (1-D, norms ...) or unreadable: {"name", "reason"}
+    #: tensors llama.cpp leaves as they are (1-D, norms, routers ...): {"name", "reason"}
+    kept: list[dict] = field(default_factory=list)
+    #: tensors or candidates that could not be measured (unreadable, non-finite): {"name", "reason"}
     skipped: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -118,7 +124,7 @@ class WhatIf:
                                              "flipped_frac": c.flipped_frac, "bpw": c.bpw, "n_bytes": c.n_bytes})
                                         for k, c in w.candidates.items()}}
                         for w in tensors],
-            "summary": {"types": self.summary(), "skipped": self.skipped},
+            "summary": {"types": self.summary(), "kept": self.kept, "skipped": self.skipped},
         }
 
     def ordered(self, sort: str | None = None, top: int | None = None) -> list[WhatIfTensor]:
@@ -166,10 +172,11 @@ def what_if(
         for info in src.tensors:
             if pattern is not None and not pattern.search(info.name):
                 continue
-            if would_quantize(info.name, tuple(info.shape), src.architecture):
+            why = why_kept(info.name, tuple(info.shape), src.architecture)
+            if why is None:
                 infos.append(info)
             else:
-                result.skipped.append({"name": info.name, "reason": "llama.cpp keeps it as it is"})
+                result.kept.append({"name": info.name, "reason": why})
         if pattern is not None and not infos:
             raise UsageError(f"--tensor {select!r} selects no tensor that llama.cpp would quantize")
         if on_start is not None:

@@ -269,8 +269,7 @@ def _what_if(out, model, spec, tensor, sort, top, threads) -> None:
         out.json(result.document(sort, top))
     else:
         _render_what_if(out, result, tensors)
-    skipped = [s for s in result.skipped if not s["reason"].startswith("llama.cpp keeps")]
-    for s in skipped:
+    for s in result.skipped:
         out.note(f"note: {s['name']}: {s['reason']}")
 
 
