@@ -38,13 +38,75 @@ def _qx_weight(x, qw, i, rmse_type):
     return np.sqrt(abs(xi))
 
 
-@jit
-def make_qx_quants(n, nmax, x, L, rmse_type, qw):
-    """ggml make_qx_quants: symmetric quants L[i] in [0, 2*nmax) (int8), returns the scale.
+# ---------------------------------------------------------------------------------------------------
+# make_qx_quants
+#
+# After its first fit ggml tries 18 more scales, iscale = -(nmax + 0.1*is)/max for is = -9..-1, 1..9,
+# each with its own sums: nothing carries from one trial to the next but the running best. qtool
+# accumulates all 18 trials in SIMD lanes (each lane in ggml's element order), then applies ggml's
+# comparisons in trial order and re-derives the quants of the last winner.
+#
+# scratch: float32 [QX_SCRATCH_ROWS, max(n, QX_LANES)], see qx_scratch().
+# ---------------------------------------------------------------------------------------------------
 
-    rmse_type 0: plain round-to-nearest; negative: one weighted refit then return early;
-    positive: refit over 18 trial scales. Weights are ``qw`` (if non-empty) or chosen by rmse_type.
-    """
+QX_LANES = 24  # the 18 trials, padded to whole 8-float vectors
+QX_SCRATCH_ROWS = 4
+_QX_ISC, _QX_SLX, _QX_SL2, _QX_W = range(QX_SCRATCH_ROWS)
+
+
+@jit
+def qx_scratch(n):
+    """Scratch for make_qx_quants_s on blocks of n values."""
+    return np.empty((QX_SCRATCH_ROWS, max(n, QX_LANES)), np.float32)
+
+
+@jit
+def _qx_lane_quant(v, nm):
+    """float32(MAX(-nmax, MIN(nmax-1, nearest_int(v)))) in int32 arithmetic (vectorizes)."""
+    t = v + F32(12582912.0)
+    l = np.int32(np.int32(f32_bits(t) & np.uint32(0x007FFFFF)) - np.int32(0x00400000))
+    return F32(max(-nm, min(nm - np.int32(1), l)))
+
+
+@jit
+def _qx_lane_add(s, xi, wi, wx, nm, a, b):
+    """One element into ggml's sumlx (+= w*x*l) and suml2 (+= w*l*l) for trial scale s."""
+    fl = _qx_lane_quant(s * xi, nm)
+    return a + wx * fl, b + wi * fl * fl
+
+
+@jit
+def _qx_lane_sums(n, nmax, x, w, nl, isc, slx, sl2):
+    """Per lane k < nl: ggml's sumlx and suml2 for the trial scale isc[k] (four elements per pass
+    over the lanes, as in _qkx_lane_sums)."""
+    nm = np.int32(nmax)
+    for k in range(nl):
+        slx[k] = F32(0.0)
+        sl2[k] = F32(0.0)
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        w0, w1, w2, w3 = w[i], w[i + 1], w[i + 2], w[i + 3]
+        y0, y1, y2, y3 = w0 * x0, w1 * x1, w2 * x2, w3 * x3
+        for k in range(nl):
+            s = isc[k]
+            a, b = _qx_lane_add(s, x0, w0, y0, nm, slx[k], sl2[k])
+            a, b = _qx_lane_add(s, x1, w1, y1, nm, a, b)
+            a, b = _qx_lane_add(s, x2, w2, y2, nm, a, b)
+            a, b = _qx_lane_add(s, x3, w3, y3, nm, a, b)
+            slx[k] = a
+            sl2[k] = b
+    for i in range(n4, n):
+        xi = x[i]
+        wi = w[i]
+        wx = wi * xi
+        for k in range(nl):
+            slx[k], sl2[k] = _qx_lane_add(isc[k], xi, wi, wx, nm, slx[k], sl2[k])
+
+
+@jit
+def make_qx_quants_s(n, nmax, x, L, rmse_type, qw, scratch):
+    """make_qx_quants with caller-owned scratch (qx_scratch(n))."""
     vmax = F32(0.0)
     amax = F32(0.0)
     for i in range(n):
@@ -66,42 +128,54 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw):
     if rmse_type < 0:
         rmse_type = -rmse_type
         return_early = True
+    w = scratch[_QX_W]
+    for i in range(n):
+        w[i] = _qx_weight(x, qw, i, rmse_type)
     sumlx = F32(0.0)
     suml2 = F32(0.0)
     for i in range(n):
         l = nearest_int(iscale * x[i])
         l = max(-nmax, min(nmax - 1, l))
         L[i] = l + nmax
-        w = _qx_weight(x, qw, i, rmse_type)
         fl = F32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
+        sumlx += w[i] * x[i] * fl
+        suml2 += w[i] * fl * fl
     scale = sumlx / suml2 if suml2 != F32(0.0) else F32(0.0)
     if return_early:
         if suml2 > F32(0.0):
             return F32(0.5) * (scale + F32(1.0) / iscale)
         return F32(1.0) / iscale
     best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = -(F32(nmax) + F32(0.1) * F32(step)) / vmax
-        sumlx = F32(0.0)
-        suml2 = F32(0.0)
+    isc = scratch[_QX_ISC]
+    slx = scratch[_QX_SLX]
+    sl2 = scratch[_QX_SL2]
+    # QX_LANES, spelled so that LLVM cannot see a constant trip count (it would unroll, not vectorize)
+    nl = min(scratch.shape[1], QX_LANES)
+    for k in range(nl):
+        step = k - 9 if k < 9 else k - 8  # lanes 0..17: is = -9..-1, 1..9; the rest pad
+        isc[k] = -(F32(nmax) + F32(0.1) * F32(step)) / vmax
+    _qx_lane_sums(n, nmax, x, w, nl, isc, slx, sl2)
+    win = -1
+    for k in range(18):
+        if sl2[k] > F32(0.0) and slx[k] * slx[k] > best * sl2[k]:
+            scale = slx[k] / sl2[k]
+            best = scale * slx[k]
+            win = k
+    if win >= 0:
         for i in range(n):
-            l = nearest_int(iscale * x[i])
-            l = max(-nmax, min(nmax - 1, l))
-            w = _qx_weight(x, qw, i, rmse_type)
-            fl = F32(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
-        if suml2 > F32(0.0) and sumlx * sumlx > best * suml2:
-            for i in range(n):
-                l = nearest_int(iscale * x[i])
-                L[i] = nmax + max(-nmax, min(nmax - 1, l))
-            scale = sumlx / suml2
-            best = scale * sumlx
+            l = nearest_int(isc[win] * x[i])
+            L[i] = nmax + max(-nmax, min(nmax - 1, l))
     return scale
+
+
+@jit
+def make_qx_quants(n, nmax, x, L, rmse_type, qw):
+    """ggml make_qx_quants: symmetric quants L[i] in [0, 2*nmax) (int8), returns the scale.
+
+    rmse_type 0: plain round-to-nearest; negative: one weighted refit then return early;
+    positive: refit over 18 trial scales. Weights are ``qw`` (if non-empty) or chosen by rmse_type.
+    """
+    return make_qx_quants_s(n, nmax, x, L, rmse_type, qw, qx_scratch(n))
 
 
 @jit
