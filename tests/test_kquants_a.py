@@ -160,3 +160,20 @@ def test_qkx3_null_weights_mean_x_squared(n, nmax, use_mad):
         assert np.array(got).view(np.uint32).tolist() == np.array(want).view(np.uint32).tolist(), (row, got, want)
         assert np.array(again).view(np.uint32).tolist() == np.array(want).view(np.uint32).tolist()
         assert np.array_equal(L1, L2) and np.array_equal(L2, L3)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_make_qx_quants_scratch_reuse(weighted):
+    """One scratch reused across blocks (as the row drivers do) gives what a fresh one gives."""
+    from qtool.kernels import search
+
+    x = hard_rows(26, 32, 19)
+    qw = np.abs(hard_rows(26, 32, 20)) if weighted else None
+    scratch = search.qx_scratch(32)
+    scratch[...] = np.nan  # stale garbage must not leak into a result
+    for r, row in enumerate(x):
+        w = qw[r] if weighted else np.zeros(0, np.float32)
+        L1, L2 = np.zeros(32, np.int8), np.zeros(32, np.int8)
+        a = search.make_qx_quants_s(32, 16, row, L1, 1, w, scratch)
+        b = search.make_qx_quants(32, 16, row, L2, 1, w)
+        assert np.float32(a).view(np.uint32) == np.float32(b).view(np.uint32) and np.array_equal(L1, L2), r
