@@ -15,12 +15,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, bits_f32, f32_bits, load_fp16, nearest_int, store_fp16
+from qtool.kernels.common import F32, bits_f32, f32_bits, jit, jit_rows, load_fp16, nearest_int, store_fp16
 from qtool.kernels.search import make_qkx2_quants_s, make_qkx3_quants_s, make_qp_quants, qkx_scratch
-
-# IEEE float semantics: x/0 gives inf or NaN as in C (numba's default raises ZeroDivisionError).
-jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-jit_rows = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 
 QK_K = 256
 Q4_K_BYTES = 144  # d, dmin (f16) + scales[12] + qs[128]

@@ -11,13 +11,9 @@ C converts it implicitly.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import F32, f32_bits, nearest_int
-
-#: IEEE float semantics: x/0 gives inf or NaN as in C (numba's default raises ZeroDivisionError).
-jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+from qtool.kernels.common import F32, f32_bits, jit, nearest_int
 
 #: ggml's GROUP_MAX_EPS: below this the block counts as all zero.
 GROUP_MAX_EPS = F32(1e-15)
