@@ -35,7 +35,7 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import F32, bits_f32, f32_bits, jit, jit_rows, load_fp16, store_fp16
-from qtool.kernels.search import make_qkx3_quants_s, make_qx_quants, qkx_scratch
+from qtool.kernels.search import make_qkx3_quants_s, make_qx_quants_s, qkx_scratch, qx_scratch
 
 QK = 32
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
@@ -295,22 +295,23 @@ def q8_0_block(xb, yb):
 
 # -- per-block quantizers, importance-weighted path ----------------------------------------------
 # qwb: the block's importance slice; sigma2: the row's; weight float32[32], L (int8 for make_qx_quants,
-# uint8 for make_qkx3_quants_s), Laux uint8[32] and the search's qkx_scratch: per-row scratch.
+# uint8 for make_qkx3_quants_s), Laux uint8[32] and the searches' qx_scratch / qkx_scratch: per-row
+# scratch.
 
 @jit
-def q4_0_block_impl(xb, qwb, sigma2, yb, weight, L):
+def q4_0_block_impl(xb, qwb, sigma2, yb, weight, L, scratch):
     """quantize_row_q4_0_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[18]."""
     _block_weights(xb, qwb, sigma2, weight)
-    d = make_qx_quants(QK, 8, xb, L, 1, weight)
+    d = make_qx_quants_s(QK, 8, xb, L, 1, weight, scratch)
     store_fp16(yb, 0, d)
     _pack_q4(L, yb[2:18])
 
 
 @jit
-def q5_0_block_impl(xb, qwb, sigma2, yb, weight, L):
+def q5_0_block_impl(xb, qwb, sigma2, yb, weight, L, scratch):
     """quantize_row_q5_0_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[22]."""
     _block_weights(xb, qwb, sigma2, weight)
-    d = make_qx_quants(QK, 16, xb, L, 1, weight)
+    d = make_qx_quants_s(QK, 16, xb, L, 1, weight, scratch)
     store_fp16(yb, 0, d)
     _pack_q5_codes(L, yb, 2, 6)
 
@@ -349,10 +350,11 @@ def quantize_q4_0(rows, qw, out):
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.int8)
+            scratch = qx_scratch(QK)
             sigma2 = _row_sigma2(rows[r])
             for ib in range(n // QK):
                 q4_0_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
-                                out[r, ib * 18:(ib + 1) * 18], weight, L)
+                                out[r, ib * 18:(ib + 1) * 18], weight, L, scratch)
 
 
 @jit_rows
@@ -367,10 +369,11 @@ def quantize_q5_0(rows, qw, out):
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.int8)
+            scratch = qx_scratch(QK)
             sigma2 = _row_sigma2(rows[r])
             for ib in range(n // QK):
                 q5_0_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
-                                out[r, ib * 22:(ib + 1) * 22], weight, L)
+                                out[r, ib * 22:(ib + 1) * 22], weight, L, scratch)
 
 
 @jit_rows
