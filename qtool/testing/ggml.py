@@ -27,6 +27,11 @@ class _TypeTraits(ctypes.Structure):
     ]
 
 
+#: types ggml_quantize_chunk's switch does not handle (dot-product partners, not storage types)
+_NOT_IN_QUANTIZE_CHUNK = {GGMLQuantizationType.Q8_1, GGMLQuantizationType.Q8_K, GGMLQuantizationType.F64,
+                          GGMLQuantizationType.I8, GGMLQuantizationType.I16, GGMLQuantizationType.I32,
+                          GGMLQuantizationType.I64}
+
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
 
@@ -78,6 +83,9 @@ def requires_imatrix(qtype: GGMLQuantizationType) -> bool:
 
 def quantize(qtype: GGMLQuantizationType, data: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """ggml_quantize_chunk over all rows of ``data`` (float32 [nrows, n_per_row]) -> uint8 [nrows, row_bytes]."""
+    if qtype in _NOT_IN_QUANTIZE_CHUNK:
+        # ggml_quantize_chunk aborts the whole process on these (GGML_ABORT), so refuse politely
+        raise ValueError(f"ggml_quantize_chunk has no {qtype.name} case (use its quantize_row_*_ref)")
     src = np.ascontiguousarray(data, dtype=np.float32)
     if src.ndim == 1:
         src = src.reshape(1, -1)
