@@ -3,7 +3,6 @@ shell pipeline (the JSON on stdout must stay one parseable document when a check
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
