@@ -43,9 +43,11 @@ VARIANTS = {
     "tied_mha_ff640": ModelSpec(n_layer=8, n_embd=256, n_ff=640, n_head=4, n_head_kv=4, tied=True, n_vocab=64),
     # rows of 288 (not a multiple of 256) and 600 (not even of 32: F16)
     "odd_rows": ModelSpec(n_layer=8, n_embd=288, n_ff=600, n_head=8, n_head_kv=4, n_vocab=64),
-    # 8-expert MoE: the expert counters go by the layer in the name, attn_v/k -> Q8_0
+    # 8-expert MoE: the expert counters go by the layer in the name, attn_v/k -> Q8_0. Expert rows of 64
+    # keep it small: ffn_down_exps always falls back, but to a different type for each rule's choice (the
+    # mock planner below runs the same model with 256-wide expert rows)
     "moe8": ModelSpec(n_layer=8, n_embd=256, n_ff=512, n_head=8, n_head_kv=4, n_expert=8, n_expert_used=2,
-                      n_ff_exp=256, n_vocab=64),
+                      n_ff_exp=64, n_vocab=64),
     # small, for the slow IQ quantizers: 8 layers are enough for the n_layer/8 rules
     "imatrix_gqa4": ModelSpec(n_layer=8, n_embd=256, n_ff=256, n_head=8, n_head_kv=2, n_vocab=64),
     # fused attn_qkv, GQA 2
@@ -169,8 +171,13 @@ def _cases(variants, presets):
 @pytest.mark.parametrize(("variant", "preset"), _cases(VARIANTS, NO_IMATRIX))
 def test_preset_matches_llama(models, tmp_path, variant, preset):
     spec = VARIANTS[variant]
-    if preset == "Q1_0" and spec.n_embd % 128:
-        pytest.skip("llama.cpp has no fallback for Q1_0 (block 128): it fails, as plan_model does")
+    try:
+        P.plan_model(preset, spec.metadata(), spec.tensors())
+    except P.QuantError:
+        # Q1_0 (block 128) has no fallback: llama.cpp fails on such a row too
+        assert preset == "Q1_0"
+        assert llama_quantize(models[variant], tmp_path / "out.gguf", preset) != 0
+        return
     check_against_llama(tmp_path, models[variant], spec.metadata(), spec.tensors(), preset)
 
 
@@ -380,6 +387,11 @@ def planner():
             params.output_tensor_type = int(opt.output_tensor_type)
         if opt.token_embedding_type is not None:
             params.token_embedding_type = int(opt.token_embedding_type)
+        if opt.tensor_types:  # compiled by llama_quant_init, so it must be set before
+            tt = [lc.llama_model_tensor_override(rx.encode(), int(q)) for rx, q in opt.tensor_types]
+            tt.append(lc.llama_model_tensor_override(None, 43))
+            tt_arr = (lc.llama_model_tensor_override * len(tt))(*tt)
+            params.tt_overrides = tt_arr
         qs = f["init"](model, ctypes.byref(params))
         try:
             ptrs = []
@@ -406,13 +418,15 @@ MOCKS = {
     "falcon": ModelSpec(arch="falcon", n_layer=16, n_embd=256, n_ff=1024, n_head=8, n_head_kv=1),
     "falcon_qkv": ModelSpec(arch="falcon", n_layer=8, n_embd=256, n_ff=1024, n_head=8, n_head_kv=2,
                             fused_qkv=True, tied=True),
-    "moe8": VARIANTS["moe8"],
+    "moe8": ModelSpec(n_layer=8, n_embd=256, n_ff=512, n_head=8, n_head_kv=4, n_expert=8, n_expert_used=2,
+                      n_ff_exp=256, n_vocab=64),
     "moe4_gqa1": ModelSpec(n_layer=8, n_embd=256, n_head=4, n_head_kv=4, n_expert=4, n_expert_used=2),
     "dense16_gqa4": VARIANTS["dense16_gqa4"],
     "tied_mha_ff640": VARIANTS["tied_mha_ff640"],
     "odd_rows": VARIANTS["odd_rows"],
     "fused_qkv": VARIANTS["fused_qkv"],
     "qwen2_32": ModelSpec(arch="qwen2", n_layer=32, n_embd=256, n_ff=768, n_head=8, n_head_kv=2),
+    "per_layer_embd": VARIANTS["imatrix_gqa4"],
     "glm5_next": ModelSpec(arch="glm5-next", n_layer=4, n_embd=256, n_ff=512, n_head=8, n_head_kv=8),
     "bailingmoe3": ModelSpec(arch="bailingmoe3", n_layer=4, n_embd=256, n_head=8, n_head_kv=8, n_expert=4,
                              n_expert_used=2),
@@ -424,6 +438,8 @@ def _mock_tensors(name: str, spec: ModelSpec) -> list[TensorSpec]:
     if name == "glm5_next":
         tensors += [TensorSpec(f"blk.{i}.{n}.weight", (256, 256)) for i in range(spec.n_layer)
                     for n in ("attn_q_a", "attn_q_b", "attn_kv_a_mqa", "indexer.attn_k")]
+    if name == "per_layer_embd":
+        tensors.append(TensorSpec("per_layer_token_embd.weight", (spec.n_vocab, 256 * 4)))
     if name == "bailingmoe3":  # a 3-D tensor that is not an expert FFN
         tensors += [TensorSpec(f"blk.{i}.attn_k_b.weight", (4, 256, 256)) for i in range(spec.n_layer)]
     return tensors
@@ -453,12 +469,19 @@ def test_all_presets_match_llama_planner(planner, mock):
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("override", list(OVERRIDES))
-@pytest.mark.parametrize("mock", ["moe8", "falcon_qkv", "llama70b"])
+MOCK_OVERRIDES = {
+    **OVERRIDES,
+    # per_layer_token_embd follows --token-embedding-type unless a --tensor-type names it
+    "per_layer_named": P.PlanOptions(token_embedding_type=T.Q8_0, tensor_types=[("per_layer", T.Q5_0)]),
+    "per_layer_unnamed": P.PlanOptions(token_embedding_type=T.Q8_0, tensor_types=[("attn_k", T.Q5_0)]),
+    "tied_output_pure": P.PlanOptions(output_tensor_type=T.Q8_0, pure=True),
+}
+
+
+@pytest.mark.parametrize("override", list(MOCK_OVERRIDES))
+@pytest.mark.parametrize("mock", ["moe8", "falcon_qkv", "llama70b", "per_layer_embd"])
 def test_overrides_match_llama_planner(planner, mock, override):
-    spec, opt = MOCKS[mock], OVERRIDES[override]
-    if opt.tensor_types:
-        pytest.skip("the mock planner takes no --tensor-type (covered by the real quantizer above)")
+    spec, opt = MOCKS[mock], MOCK_OVERRIDES[override]
     tensors = _mock_tensors(mock, spec)
     for preset in ("Q4_K_M", "IQ2_XS", "IQ3_M", "MXFP4_MOE", "Q8_0", "BF16"):
         plans = P.plan_model(preset, spec.metadata(), tensors, opt)
