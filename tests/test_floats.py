@@ -83,12 +83,7 @@ def test_dequantize_every_bit_pattern_matches_ggml(qtype):
 
 
 @oracle
-@pytest.mark.parametrize("qtype", [
-    pytest.param(T.F16, marks=pytest.mark.xfail(strict=True, reason=(
-        "qtool/quantizers/floats.py converts half to float with numpy, which keeps a signalling NaN "
-        "signalling (0x7C01 -> 0x7F802000); ggml's to_float (its software fp16 conversion multiplies by "
-        "2^-112) quiets it (-> 0x7FC02000)"))),
-    T.BF16], **ids)
+@pytest.mark.parametrize("qtype", [T.F16, T.BF16], **ids)
 def test_dequantize_signalling_nans_match_ggml(qtype):
     _need_oracle()
     assert _every_pattern_vs_ggml(qtype, signalling=True) == ""

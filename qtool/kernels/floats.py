@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import f32_bits, fp32_to_fp16_bits
+from qtool.kernels.common import f32_bits, fp16_bits_to_fp32, fp32_to_fp16_bits
 
 pjit = numba.njit(cache=True, nogil=True, parallel=True)
 
@@ -31,3 +31,12 @@ def quantize_bf16(rows, out):
             else:
                 out[r, j] = np.uint16((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))))
                                       >> np.uint32(16))
+
+
+@pjit
+def dequantize_f16(data, out):
+    """ggml_fp16_to_fp32_row: data uint16 [nrows, n] -> out float32 [nrows, n] (NaNs quieted as ggml does)."""
+    nrows, n = data.shape
+    for r in numba.prange(nrows):
+        for j in range(n):
+            out[r, j] = fp16_bits_to_fp32(data[r, j])

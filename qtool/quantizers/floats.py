@@ -22,7 +22,7 @@ class F16(Quantizer, qtype=T.F16):
         floats.quantize_f16(rows, out.view(np.uint16))
 
     def dequantize_blocks(self, data, out):
-        out[...] = data.view("<f2")
+        floats.dequantize_f16(data.view("<u2"), out)
 
 
 class BF16(Quantizer, qtype=T.BF16):
