@@ -67,6 +67,27 @@ def test_unknown_preset_lists_close_matches(bad, hint):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("qtype", sorted(P.TARGET_TYPES, key=int))
+def test_plain_type_names(qtype):
+    """Every ggml type llama.cpp can quantize to, given as --type: either a preset recording the file type
+    llama.cpp's loader associates with that type, or a refusal."""
+    if qtype in (T.MXFP4, T.NVFP4):
+        with pytest.raises(UsageError, match="not a llama-quantize preset"):
+            P.get_preset(qtype.name.lower())
+        return
+    p = P.get_preset(qtype.name.lower())
+    assert int(p.ftype) == P._FTYPE_OF_TYPE[qtype]
+    if qtype is T.IQ2_S:
+        assert p.default_type is T.IQ2_XS  # llama.cpp's IQ2_S mixture is mostly IQ2_XS
+    elif qtype not in (T.Q3_K, T.Q4_K, T.Q5_K):
+        assert p.default_type is qtype
+
+
+def test_imatrix_required_for_a_type():
+    assert P.imatrix_required(T.IQ2_XXS) and P.imatrix_required(T.IQ1_M) and P.imatrix_required(T.IQ3_XXS)
+    assert not P.imatrix_required(T.Q2_K) and not P.imatrix_required(T.IQ3_S) and not P.imatrix_required(T.Q4_K)
+
+
 def test_unknown_numeric_ftype():
     with pytest.raises(UsageError, match="file type 5"):
         P.get_preset("5")  # Q4_2, long gone

@@ -214,9 +214,14 @@ def preset_names(include_aliases: bool = True) -> list[str]:
 def get_preset(name: str | Preset) -> Preset:
     """Look a preset up as llama-quantize does: by name, case-insensitive, or by llama_ftype number.
 
-    Q3_K/Q4_K/Q5_K are llama-quantize's aliases for the _M mixtures. A number picks the first preset
-    with that ftype in llama-quantize's order (0 -> F32, 15 -> Q4_K). Unlike llama-quantize (std::stoi),
-    "7abc" is not read as 7.
+    Plain ggml type names are accepted where llama-quantize accepts them, and then name a preset, whose
+    file type is recorded: Q3_K/Q4_K/Q5_K are aliases of the _M mixtures (file types 12/15/17, what
+    llama.cpp's loader also calls a file of mostly that type), and most other quantized types share their
+    name with a preset. Beware IQ2_S: the preset's tensors are mostly IQ2_XS (as in llama.cpp). Types with
+    no preset (MXFP4: see MXFP4_MOE; NVFP4; Q8_1, Q8_K) are refused with a hint.
+
+    A number picks the first preset with that ftype in llama-quantize's order (0 -> F32, 15 -> Q4_K).
+    Unlike llama-quantize (std::stoi), "7abc" is not read as 7.
     """
     if isinstance(name, Preset):
         return name
@@ -914,15 +919,19 @@ def check_imatrix(plans: Iterable[TensorPlan], imatrix_names: Iterable[str] | No
             raise UsageError(f"the importance matrix has no entry for {pl.name}, which {pl.qtype.name} needs")
 
 
-def imatrix_required(preset_or_type: str | Preset, plans: Iterable[TensorPlan] | None = None) -> bool:
+def imatrix_required(preset_or_type: str | Preset | GGMLQuantizationType,
+                     plans: Iterable[TensorPlan] | None = None) -> bool:
     """Whether llama-quantize refuses this quantization without an importance matrix.
 
-    With ``plans`` (from :func:`plan_model`) the answer is exact for that model. Without, it is the answer
-    for an ordinary dense transformer (attention q/k/v/output, ffn gate/up/down, 8 layers): the same rules
-    run on a stand-in model.
+    With ``plans`` (from :func:`plan_model`) the answer is exact for that model. Without, for a preset, it is
+    the answer for an ordinary dense transformer (attention q/k/v/output, ffn gate/up/down, 8 layers): the
+    same rules run on a stand-in model. For a ggml type (a --tensor-type target, say): whether a tensor
+    other than the embeddings and output.weight quantized to it needs one (Q2_K only does in Q2_K_S).
     """
     if plans is not None:
         return any(pl.needs_imatrix for pl in plans)
+    if isinstance(preset_or_type, T):
+        return tensor_requires_imatrix("blk.0.ffn_up.weight", preset_or_type, "Q8_0")
     p = get_preset(preset_or_type)
     if p.only_copy or not p.supported:
         return False
