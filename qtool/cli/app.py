@@ -47,6 +47,9 @@ def _fail(message: str, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Numba's OpenMP workers otherwise spin between kernels while the main thread reads and writes files,
+    # stealing the cores it needs (measured: a 100M-parameter inspect went from 6-11 s to 2.3 s).
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     debug = bool(os.environ.get("QTOOL_DEBUG"))
     try:
         app(args=argv, standalone_mode=False, prog_name="qtool")

@@ -12,7 +12,6 @@ The CLI only parses, calls qtool.analysis and prints.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -55,11 +54,6 @@ def inspect_command(
     from qtool.cli.output import Output
     from qtool.errors import UsageError
 
-    # Between the parallel kernels this command runs Python (reading, dequantizing); OpenMP's default
-    # active wait keeps idle workers spinning on the cores meanwhile, which made a 100M-parameter
-    # --reference run 3-4x slower on a busy 2-core machine. Read by libgomp when numba first starts
-    # its thread pool, so it only applies if nothing parallel ran yet; the user's setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     out = Output(json_mode=json, quiet=quiet)
     if threads is not None:
         import numba
