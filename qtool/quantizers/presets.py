@@ -87,7 +87,7 @@ class Preset:
     #: llama_ftype_get_default_type: the type of every quantizable tensor before the mixture rules.
     base_type: GGMLQuantizationType | int
     description: str
-    #: set for llama-quantize's aliases (Q3_K, Q4_K, Q5_K) and for COPY
+    #: the preset an alias stands for (llama-quantize's Q3_K, Q4_K, Q5_K)
     alias_of: str | None = None
 
     @property
@@ -175,18 +175,11 @@ _QUANT_OPTIONS: list[tuple[str, int, str]] = [
 
 
 def _build_presets() -> dict[str, Preset]:
-    by_ftype_name = {}
     out: dict[str, Preset] = {}
     for name, ftype, desc in _QUANT_OPTIONS:
         if name in out:
             raise AssertionError(f"preset {name} listed twice")
-        alias = None
-        if desc.startswith("alias for "):
-            alias = desc.removeprefix("alias for ")
-        elif name == "COPY":
-            alias = "COPY"
-        else:
-            by_ftype_name.setdefault(int(ftype), name)
+        alias = desc.removeprefix("alias for ") if desc.startswith("alias for ") else None
         out[name] = Preset(name, _ftype(ftype), _type(_BASE_TYPE[int(ftype)]), desc.strip(), alias)
     return out
 
