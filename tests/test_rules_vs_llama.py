@@ -12,7 +12,6 @@ Two oracles:
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import numpy as np
