@@ -42,6 +42,8 @@ class ConvertResult:
     seconds: float
     imatrix: str | None = None
     unmapped: list[str] = field(default_factory=list)
+    #: why llama.cpp may not load the result (from the reader: unknown architecture metadata, no tokenizer)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def bits_per_weight(self) -> float:
@@ -89,52 +91,56 @@ def convert(
 
     t0 = time.perf_counter()
     options = options or presets.PlanOptions()
-    preset = presets.resolve(type_name)
+    preset = presets.get_preset(type_name)
+    imat = None
+    if imatrix is not None:
+        from qtool.formats.imatrix import load_imatrix
+
+        imat = load_imatrix(imatrix)
+        imat.check_finite()
+        imat = imat.filter(include=include_weights or [], exclude=exclude_weights or [])
+        # as in llama-quantize: an importance matrix that filtering emptied counts as none at all
+        options = dataclasses.replace(options, has_imatrix=len(imat) > 0)
+    elif include_weights or exclude_weights:
+        raise UsageError("--include-weights/--exclude-weights need --imatrix")
+
     with open_model(input_path) as source:
-        imat = None
-        if imatrix is not None:
-            from qtool.formats.imatrix import load_imatrix
-
-            imat = load_imatrix(imatrix)
-            if include_weights or exclude_weights:
-                imat = imat.filter(include=include_weights or [], exclude=exclude_weights or [])
-            options = dataclasses.replace(options, has_imatrix=True)
-        elif include_weights or exclude_weights:
-            raise UsageError("--include-weights/--exclude-weights need --imatrix")
-
         # safetensors tensors reach the planner as F32, i.e. as llama-quantize sees the F32 GGUF that
         # convert_hf_to_gguf would write: 1-D and other unquantized tensors stay F32 in the output.
         as_f32 = source.format != "gguf"
         planned = [PlannedTensor(t.name, tuple(t.shape), GGMLQuantizationType.F32 if as_f32 else t.qtype)
                    for t in source.tensors]
-        plan = presets.plan_model(preset.name, source.metadata, planned, options)
-        presets.check_imatrix_requirements(preset.name, plan, has_imatrix=imat is not None)
-
-        from qtool.quantizers import get
+        plan = presets.plan_model(preset, source.metadata, planned, options)
+        presets.check_imatrix(plan, imat.names() if imat is not None else None)
 
         bytes_in = sum(t.nbytes for t in source.tensors)
         n_elements = sum(int(np.prod(p.shape, dtype=np.int64)) for p in plan)
-        bytes_out = sum(get(p.qtype).nbytes(p.shape) if _registered(p.qtype) else _nbytes(p) for p in plan)
+        bytes_out = sum(_nbytes(p.shape, p.qtype) for p in plan)
         result = ConvertResult(input=Path(input_path), output=None, preset=preset.name,
-                               file_type=presets.file_type(preset.name), plan=plan, bytes_in=bytes_in,
-                               bytes_out=bytes_out, n_elements=n_elements, seconds=0.0,
-                               imatrix=str(imatrix) if imatrix else None, unmapped=list(source.unmapped))
+                               file_type=presets.file_type(preset, source.metadata, planned), plan=plan,
+                               bytes_in=bytes_in, bytes_out=bytes_out, n_elements=n_elements, seconds=0.0,
+                               imatrix=str(imatrix) if imatrix else None, unmapped=list(source.unmapped),
+                               notes=list(getattr(source, "problems", []) or []))
         if dry_run:
             result.seconds = time.perf_counter() - t0
             return result
 
-        missing = sorted({p.qtype.name for p in plan if p.quantize and not _registered(p.qtype)})
+        from qtool.quantizers import registered
+
+        missing = sorted({p.qtype.name for p in plan if p.quantize and p.qtype not in registered()})
         if missing:
             raise UsageError(f"{preset.name} needs {', '.join(missing)}, which qtool cannot quantize yet")
+        if not source.architecture:
+            raise UsageError(f"{input_path}: the model's architecture is unknown (no general.architecture, "
+                             f"no config.json), so llama.cpp could not load the result")
 
         from qtool.formats.gguf_out import GGUFOut, check_output_path
 
         out_path = Path(output) if output is not None else default_output(Path(input_path), preset.name)
         check_output_path(out_path, _input_files(source))
-        arch = source.architecture or "llama"
         if on_start is not None:
             on_start(n_elements)
-        with GGUFOut(out_path, arch, alignment=source.metadata.get("general.alignment")) as out:
+        with GGUFOut(out_path, source.architecture, alignment=source.metadata.get("general.alignment")) as out:
             _write_metadata(out, source, result, imat)
             for p in plan:
                 out.add_tensor(p.name, p.shape, p.qtype)
@@ -148,18 +154,12 @@ def convert(
     return result
 
 
-def _registered(qtype: GGMLQuantizationType) -> bool:
-    from qtool.quantizers import registered
-
-    return qtype in registered()
-
-
-def _nbytes(p) -> int:
+def _nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
     from gguf import GGML_QUANT_SIZES
 
-    block, size = GGML_QUANT_SIZES[p.qtype]
-    rows = int(np.prod(p.shape[:-1], dtype=np.int64))
-    return rows * (p.shape[-1] // block) * size
+    block, size = GGML_QUANT_SIZES[qtype]
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    return rows * (shape[-1] // block) * size
 
 
 def _tensor_bytes(source, p, imat, threads) -> np.ndarray:
@@ -182,6 +182,7 @@ def _write_metadata(out, source, result: ConvertResult, imat) -> None:
 
     out.add_metadata("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32)
     out.add_metadata("general.file_type", result.file_type, GGUFValueType.UINT32)
-    if imat is not None:
-        for key, value, vtype in imat.gguf_metadata(result.imatrix):
-            out.add_metadata(key, value, vtype)
+    from qtool.formats.imatrix import quantize_metadata
+
+    for key, (vtype, value) in quantize_metadata(imat).items():
+        out.add_metadata(key, value, vtype)

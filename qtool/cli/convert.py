@@ -18,37 +18,6 @@ def _human_bytes(n: float) -> str:
     return f"{n:.2f} TiB"
 
 
-def _ggml_type(value: str | None, flag: str):
-    if value is None:
-        return None
-    from gguf import GGMLQuantizationType
-
-    from qtool.errors import UsageError
-
-    try:
-        return GGMLQuantizationType[value.upper()]
-    except KeyError:
-        raise UsageError(f"{flag}: unknown ggml type {value!r} (see `qtool types`)") from None
-
-
-def _tensor_type_overrides(values: list[str]):
-    import re
-
-    from qtool.errors import UsageError
-
-    out = []
-    for v in values:
-        pattern, sep, type_name = v.rpartition("=")
-        if not sep or not pattern or not type_name:
-            raise UsageError(f"--tensor-type {v!r}: expected REGEX=TYPE, e.g. 'attn_v=Q8_0'")
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise UsageError(f"--tensor-type {v!r}: bad regular expression: {e}") from None
-        out.append((pattern, _ggml_type(type_name, "--tensor-type")))
-    return out
-
-
 def convert_command(
     input: Annotated[Path, typer.Argument(help="A .safetensors file, a *.safetensors.index.json, a Hugging Face "
                                                 "model folder, or a .gguf file.", show_default=False)],
@@ -83,13 +52,13 @@ def convert_command(
     """Convert a model to GGUF, quantizing tensor by tensor exactly as llama.cpp's llama-quantize does."""
     from qtool.cli.output import Output
     from qtool.convert import convert
-    from qtool.quantizers.presets import PlanOptions
+    from qtool.quantizers.presets import PlanOptions, parse_ggml_type, parse_tensor_type
 
     out = Output(json_mode=json, quiet=quiet)
     options = PlanOptions(
-        output_tensor_type=_ggml_type(output_tensor_type, "--output-tensor-type"),
-        token_embedding_type=_ggml_type(token_embedding_type, "--token-embedding-type"),
-        tensor_types=_tensor_type_overrides(tensor_type),
+        output_tensor_type=parse_ggml_type(output_tensor_type) if output_tensor_type else None,
+        token_embedding_type=parse_ggml_type(token_embedding_type) if token_embedding_type else None,
+        tensor_types=[parse_tensor_type(spec) for spec in tensor_type],
         pure=pure,
         leave_output_tensor=leave_output_tensor,
         allow_requantize=allow_requantize,
@@ -129,6 +98,8 @@ def _report(out, result, dry_run: bool) -> None:
     if out.json_mode:
         out.json(doc)
         return
+    for problem in result.notes:
+        out.note(f"note: llama.cpp may not load the result: {problem}")
     if result.unmapped:
         out.note(f"note: {len(result.unmapped)} tensor name(s) had no GGUF mapping and were kept as they were: "
                  + ", ".join(result.unmapped[:5]) + (" ..." if len(result.unmapped) > 5 else ""))
