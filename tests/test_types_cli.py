@@ -1,0 +1,47 @@
+"""`qtool types`: every preset and storage type listed, with sizes from gguf and qtool's real abilities."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+
+from qtool.quantizers import presets, registered
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _qtool(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "qtool", *args], capture_output=True, text=True, env=env)
+
+
+def test_types_json_lists_presets_and_types_with_true_abilities():
+    r = _qtool("types", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    listed = {p["name"]: p for p in doc["presets"]}
+    assert set(listed) == {p.name for p in presets.PRESETS.values() if p.supported}
+    reg = registered()
+    for name, row in listed.items():
+        p = presets.PRESETS[name]
+        assert row["file_type"] == int(p.ftype)
+        assert row["quantize"] == (p.only_copy or p.base_type in reg)
+        block, size = GGML_QUANT_SIZES[p.base_type]
+        assert row["base_bpw"] == 8.0 * size / block
+    assert listed["Q2_K_S"]["requires_imatrix"] and not listed["Q4_K_M"]["requires_imatrix"]
+    types = {t["name"]: t for t in doc["types"]}
+    assert types["Q4_K"]["bpw"] == 4.5 and types["Q6_K"]["bpw"] == 6.5625
+    assert all(t["quantize"] == (T[name] in reg) for name, t in types.items())
+    assert types["Q4_K"]["quantize"]
+    assert "Q8_K" not in types  # not a storage type anyone can write
+
+
+def test_types_table_for_people():
+    r = _qtool("types")
+    assert r.returncode == 0, r.stderr
+    assert "Q4_K_M" in r.stdout and "4.58G" in r.stdout and "\x1b[" not in r.stdout
