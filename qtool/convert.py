@@ -167,10 +167,38 @@ def _tensor_bytes(source, p, imat, threads) -> np.ndarray:
     from qtool.quantizers import get
 
     if not p.quantize and p.source_type == p.qtype and source.format == "gguf":
+        _check_copied(source, p)
         return source.raw(p.name)
     data = source.load(p.name)
     weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
     return get(p.qtype).quantize(data, weights, name=p.name, threads=threads)
+
+
+_INTEGER_TYPES = frozenset({GGMLQuantizationType.I8, GGMLQuantizationType.I16, GGMLQuantizationType.I32,
+                            GGMLQuantizationType.I64})
+
+
+def _check_copied(source, p) -> None:
+    """Refuse NaN/Inf in a tensor copied unchanged, as the quantize path does for the others.
+
+    llama-quantize opens its input with check_tensors on, so its loader runs ggml_validate_row_data over
+    every tensor it reads, the norms and the tensors it only copies included, and refuses the model.
+    A type nothing here can dequantize is copied unchecked.
+    """
+    if p.source_type in _INTEGER_TYPES:
+        return
+    from qtool.errors import FormatError, QuantError
+    from qtool.kernels.common import first_nonfinite_row
+
+    try:
+        data = source.load(p.name)
+    except FormatError:
+        return
+    rows = np.ascontiguousarray(data, dtype=np.float32).reshape(-1, data.shape[-1] if data.ndim else 1)
+    bad = first_nonfinite_row(rows)
+    if bad >= 0:
+        col = int(np.flatnonzero(~np.isfinite(rows[bad]))[0])
+        raise QuantError(f"{p.name}: row {bad} holds a non-finite value ({rows[bad, col]}) at column {col}")
 
 
 def _write_metadata(out, source, result: ConvertResult, imat) -> None:

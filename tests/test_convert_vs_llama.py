@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, LlamaFileType
 
 from qtool.convert import convert
+from qtool.errors import QuantError
 from qtool.quantizers.presets import PlanOptions
 from qtool.testing.models import ModelSpec, write_model
 
@@ -207,6 +209,44 @@ def test_requantize_refused_without_the_flag(work, llama_out):
     assert "Traceback" not in r.stderr
     assert not out.exists()
     assert not list(work.glob(".refused-Q4_0.gguf*"))
+
+
+# --------------------------------------------------------------------------------------------------
+# non-finite input: llama.cpp's loader validates every tensor it reads, copied ones too
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nonfinite_models(work) -> dict[str, tuple[Path, str]]:
+    """{case: (model, tensor with the bad value)}: NaN in a quantized weight, Inf in a norm (never
+    quantized, only copied)."""
+    out = {}
+    for case, tensor, row, col, value in (("nan-in-weight", "blk.1.ffn_up.weight", 37, 5, np.nan),
+                                          ("inf-in-norm", "blk.1.ffn_norm.weight", None, 5, np.inf)):
+        path = write_model(work / f"{case}.gguf", ModelSpec(n_layer=2, n_vocab=64), seed=3)
+        r = GGUFReader(path, "r+")
+        t = next(t for t in r.tensors if t.name == tensor)
+        t.data[(row, col) if row is not None else col] = value
+        r.data.flush()
+        del r
+        out[case] = (path, tensor)
+    return out
+
+
+@pytest.mark.parametrize("preset", ["Q4_K_M", "F16", "F32", "COPY"])
+@pytest.mark.parametrize("case", ["nan-in-weight", "inf-in-norm"])
+def test_nonfinite_input_refused_like_llama(case, preset, work, nonfinite_models):
+    model, tensor = nonfinite_models[case]
+    params = lc.llama_model_quantize_default_params()
+    params.nthread = 2
+    params.ftype = int(LlamaFileType.ALL_F32 if preset in ("F32", "COPY") else LlamaFileType["MOSTLY_" + preset])
+    params.only_copy = preset == "COPY"
+    theirs = work / f"llama-{case}-{preset}.gguf"
+    assert lc.llama_model_quantize(str(model).encode(), str(theirs).encode(), ctypes.byref(params)) != 0
+    ours = work / f"qtool-{case}-{preset}.gguf"
+    with pytest.raises(QuantError, match=rf"^{re.escape(tensor)}: row \d+ holds a non-finite value"):
+        convert(model, preset, ours)
+    assert not ours.exists() and not list(work.glob(f".{ours.name}*"))
 
 
 # --------------------------------------------------------------------------------------------------
