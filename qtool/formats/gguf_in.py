@@ -217,7 +217,7 @@ class GGUFSource(ModelSource):
         except OSError as e:
             raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from None
         try:
-            self._reader: GGUFReader | None = GGUFReader(self.path, "r")
+            self._reader: GGUFReader | None = GGUFReader(self.path, "c")  # copy-on-write: writable views, file untouched
         except Exception as e:  # GGUFReader raises ValueError, KeyError, IndexError, ... on bad input
             raise FormatError(f"{self.path}: gguf-py cannot read it: {type(e).__name__}: {e}") from None
         self._metadata()
@@ -262,7 +262,8 @@ class GGUFSource(ModelSource):
     def _load(self, info: TensorInfo) -> np.ndarray:
         raw = self._raw(info)
         if info.qtype in _PLAIN:
-            return raw.view(_PLAIN[info.qtype]).astype(np.float32).reshape(info.shape)
+            # F32 comes back as a view of the (copy-on-write) map: no copy of the tensor
+            return raw.view(_PLAIN[info.qtype]).astype(np.float32, copy=False).reshape(info.shape)
         out = _dequantize(raw, info, self.path)
         return np.ascontiguousarray(out, dtype=np.float32).reshape(info.shape)
 

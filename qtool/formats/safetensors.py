@@ -163,7 +163,7 @@ class SafetensorsFile:
         if e.end == e.begin:
             return np.zeros(0, dtype=np.uint8)
         if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="c")  # copy-on-write: writable views
             if self._map.shape[0] < e.end:
                 raise self._fail(f"tensor {name!r}: file shrank to {self._map.shape[0]} bytes since it was opened")
         return self._map[e.begin:e.end]
@@ -190,9 +190,11 @@ def _is_int(x: Any) -> bool:
 
 
 def widen(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Stored F32/F16/BF16 bytes (flat uint8) -> a fresh float32 array of ``shape``."""
+    """Stored F32/F16/BF16 bytes (flat uint8) -> a float32 array of ``shape``: a view of the
+    (copy-on-write) map for aligned F32, else a fresh array."""
     if dtype == "F32":
-        out = data.view("<f4").astype(np.float32)
+        aligned = data.ctypes.data % 4 == 0
+        out = data.view("<f4").astype(np.float32, copy=not aligned)
     elif dtype == "F16":
         out = data.view("<f2").astype(np.float32)
     elif dtype == "BF16":  # bfloat16 is the top half of a float32

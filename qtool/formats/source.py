@@ -78,7 +78,8 @@ class ModelSource:
             raise KeyError(f"{self.path}: no tensor named {name!r}") from None
 
     def load(self, name: str) -> np.ndarray:
-        """The tensor as float32 in numpy order, widened (F16/BF16) or dequantized; a fresh array."""
+        """The tensor as float32 in numpy order, widened (F16/BF16) or dequantized. F32 tensors may come
+        back as a view of the file's copy-on-write map: writing to it never reaches the file."""
         info = self.info(name)
         out = self._load(info)
         assert out.dtype == np.float32 and out.shape == info.shape, (name, out.dtype, out.shape, info.shape)
@@ -87,7 +88,8 @@ class ModelSource:
     def raw(self, name: str) -> np.ndarray:
         """The stored bytes, uint8 of shape (*shape[:-1], row_bytes), usually a read-only view of the map."""
         info = self.info(name)
-        out = self._raw(info)
+        out = self._raw(info).view()
+        out.flags.writeable = False
         assert out.dtype == np.uint8 and out.nbytes == info.nbytes, (name, out.dtype, out.nbytes, info.nbytes)
         return out
 
