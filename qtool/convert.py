@@ -6,6 +6,7 @@ Library code: no printing. The CLI passes a progress callback and renders the re
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ class ConvertResult:
 def default_output(input_path: Path, type_name: str) -> Path:
     """`<input-stem>-<TYPE>.gguf` beside the input (beside the folder, for a model folder)."""
     p = Path(input_path)
+    if p.name in ("", ".."):  # `qtool convert .` names the folder by its real name, beside it
+        p = Path(os.path.abspath(p))
     name = p.name
     for suffix in (".safetensors.index.json", ".safetensors", ".gguf"):
         if name.endswith(suffix):
