@@ -164,6 +164,27 @@ def test_default_output_of_files(tmp_path, runs):
     assert (tmp_path / "m" / "model-Q8_0.gguf").is_file()
 
 
+def test_sharded_index(tmp_path, runs):
+    # two shards and an index: the same tensors as the single file, output named after the index's stem
+    w = load_file(str(FIXTURE / "model.safetensors"))
+    names = sorted(w)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    d = tmp_path / "sharded"
+    d.mkdir()
+    for f in FIXTURE.glob("*.json"):
+        shutil.copyfile(f, d / f.name)
+    for shard, keys in shards.items():
+        save_file({k: w[k] for k in keys}, str(d / shard))
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    ok(qtool("convert", d / "model.safetensors.index.json", "--type", "Q4_K_M", "-q"))
+    out = d / "model-Q4_K_M.gguf"
+    assert tensors(out) == tensors(runs("base-Q4_K_M", "--type", "Q4_K_M"))
+    # -o over a shard is refused like any input
+    usage_error(qtool("convert", d, "--type", "Q4_K_M", "-o", d / "model-00002-of-00002.safetensors"),
+                "refusing to overwrite")
+
+
 def test_dry_run_writes_nothing_and_prints_the_plan(work, model):
     before = snapshot(work)
     r = ok(qtool("convert", model, "--type", "Q4_K_M", "--dry-run"))
