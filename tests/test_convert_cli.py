@@ -272,6 +272,16 @@ def test_output_equal_to_input_refused(tmp_path, runs):
     assert {p.name for p in tmp_path.iterdir()} == {"in.gguf", "m"}
 
 
+@pytest.mark.xfail(strict=True, reason="qtool/formats/hf.py lists config.json and the weights as the files it read, "
+                                       "not tokenizer.json/tokenizer_config.json, so -o can write over them")
+def test_output_over_the_tokenizer_refused(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "m")
+    tokenizer = tmp_path / "m" / "tokenizer.json"
+    r = qtool("convert", tmp_path / "m", "--type", "Q8_0", "-o", tokenizer)
+    assert tokenizer.read_bytes() == (FIXTURE / "tokenizer.json").read_bytes(), "the input's tokenizer.json was overwritten"
+    usage_error(r, "refusing to overwrite")
+
+
 def test_output_folder_missing(work, model):
     before = {p.name for p in work.iterdir()}
     usage_error(qtool("convert", model, "--type", "Q8_0", "-o", work / "no" / "such" / "x.gguf"),
