@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from qtool.errors import UsageError
+from qtool.errors import FormatError, QuantError, UsageError
 
 #: ggml's GGML_QNT_VERSION, which llama.cpp records as general.quantization_version
 QUANTIZATION_VERSION = 2
@@ -190,7 +190,6 @@ def _check_copied(source, p) -> None:
     """
     if p.source_type in _INTEGER_TYPES:
         return
-    from qtool.errors import FormatError, QuantError
     from qtool.kernels.common import first_nonfinite_row
 
     try:
