@@ -100,7 +100,6 @@ def _cases():
     spiky[:, 5] *= 40  # an outlier input channel
     spiky[3, 7] = 9.0  # one spike
     spiky[10] = 0  # a zero row
-    flips = gauss.copy()
     flips_q = gauss.copy()
     flips_q[::3] *= -1  # a third of the rows with every sign flipped
     flips_q[1::7] = 0

@@ -272,8 +272,6 @@ def test_output_equal_to_input_refused(tmp_path, runs):
     assert {p.name for p in tmp_path.iterdir()} == {"in.gguf", "m"}
 
 
-@pytest.mark.xfail(strict=True, reason="qtool/formats/hf.py lists config.json and the weights as the files it read, "
-                                       "not tokenizer.json/tokenizer_config.json, so -o can write over them")
 def test_output_over_the_tokenizer_refused(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "m")
     tokenizer = tmp_path / "m" / "tokenizer.json"
@@ -507,20 +505,6 @@ def test_bad_override_values(work, model):
     nothing_written(work, before)
 
 
-def _typer_raises_its_own_click() -> bool:
-    """typer 0.29 vendors click as typer._click: its usage errors are not click.ClickException."""
-    try:
-        from typer._click.exceptions import ClickException as TyperClickException
-    except ImportError:
-        return False
-    import click
-
-    return not issubclass(TyperClickException, click.ClickException)
-
-
-@pytest.mark.xfail(_typer_raises_its_own_click(), strict=True,
-                   reason="qtool/cli/app.py catches click.ClickException; typer 0.29 raises typer._click's, so "
-                          "option errors end as exit 3 'internal error: BadParameter/NoSuchOption/...'")
 @pytest.mark.parametrize("args", [["--type", "Q8_0", "--threads", "0"], ["--type", "Q8_0", "--threads", "x"],
                                   ["--type", "Q8_0", "--bogus"], []], ids=["threads-0", "threads-x", "unknown-option",
                                                                            "no-type"])
@@ -566,8 +550,6 @@ def test_interrupt_leaves_no_partial_file(interrupted):
     assert "Traceback" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="qtool/cli/app.py ignores what app() returns: with standalone_mode=False, "
-                                       "typer turns KeyboardInterrupt into a returned 130, so Ctrl-C exits 0, silently")
 def test_interrupt_exits_130(interrupted):
     code, err, _ = interrupted
     assert code == 130 and err.strip() == "qtool: interrupted"

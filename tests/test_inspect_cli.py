@@ -381,10 +381,6 @@ def test_what_if_follows_llama_cpps_rule_for_which_tensors_to_quantize(model, ca
     assert why_kept("blk.0.attn_norm.weight", (64,), "llama") is not None
     assert why_kept("blk.0.ffn_norm.weight", (4, 64), "llama") is not None  # 2-D but a norm
     assert why_kept("blk.0.attn_q.bias", (64, 64), "llama") is not None  # not a weight
-    try:
-        from qtool.quantizers import presets  # noqa: F401
-    except ImportError:
-        return
     # llama.cpp keeps the expert router and position embeddings, though they are 2-D weights
     assert why_kept("blk.0.ffn_gate_inp.weight", (8, 64), "llama") is not None
     assert why_kept("position_embd.weight", (128, 64), "gpt2") is not None

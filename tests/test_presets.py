@@ -148,14 +148,14 @@ def test_ggml_n_dims(shape, n_dims):
     ("abcdef", (4, 64), "not a weight"),
 ])
 def test_which_tensors_are_quantized(name, shape, why):
-    assert P._why_not_quantized(name, shape, "llama", False) == why
+    assert P.why_not_quantized(name, shape, "llama", False) == why
 
 
 def test_leave_output_tensor_and_arch_exclusions():
-    assert P._why_not_quantized("output.weight", (100, 64), "llama", True) == "--leave-output-tensor"
-    assert P._why_not_quantized("output.weight", (100, 64), "llama", False) is None
-    assert P._why_not_quantized("blk.0.indexer.attn_k.weight", (64, 64), "glm5-next", False)
-    assert P._why_not_quantized("blk.0.indexer.attn_k.weight", (64, 64), "llama", False) is None
+    assert P.why_not_quantized("output.weight", (100, 64), "llama", True) == "--leave-output-tensor"
+    assert P.why_not_quantized("output.weight", (100, 64), "llama", False) is None
+    assert P.why_not_quantized("blk.0.indexer.attn_k.weight", (64, 64), "glm5-next", False)
+    assert P.why_not_quantized("blk.0.indexer.attn_k.weight", (64, 64), "llama", False) is None
 
 
 @pytest.mark.parametrize(("name", "cat"), [

@@ -286,7 +286,7 @@ def inspect_model(
             raise UsageError(f"--tensor {select!r} matches none of the {len(src.tensors)} tensors of {src.path}")
         if histogram is not None and histogram not in {t.name for t in infos}:
             raise UsageError(f"--histogram: no tensor named {histogram!r}"
-                             + (f" among those --tensor selects" if pattern is not None else ""))
+                             + (" among those --tensor selects" if pattern is not None else ""))
         report = Report(file=str(path), format=src.format, architecture=src.architecture,
                         metadata=dict(src.metadata), tensors=[], figures=figures,
                         reference=str(reference) if reference is not None else None)

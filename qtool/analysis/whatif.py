@@ -44,25 +44,10 @@ def parse_types(spec: str) -> list:
 
 
 def why_kept(name: str, shape: tuple[int, ...], arch: str | None) -> str | None:
-    """None when llama.cpp quantizes this tensor, else why not: the presets module's rule when it has
-    one, else "1-D" / "not a weight" / "norm" (2-D or more, a name ending in ".weight", no "norm")."""
-    try:
-        from qtool.quantizers import presets
-    except ImportError:
-        presets = None
-    rule = None
-    if presets is not None:
-        rule = getattr(presets, "why_not_quantized", None) or getattr(presets, "_why_not_quantized", None)
-    if rule is not None:
-        try:
-            return rule(name, tuple(shape), arch or "", False)
-        except TypeError:  # a different signature than the one this was written against: use ours
-            pass
-    if len([d for d in shape if d > 1]) < 2:
-        return "1-D"
-    if not name.endswith(".weight"):
-        return "not a weight"
-    return "norm" if "norm" in name else None
+    """None when llama.cpp quantizes this tensor, else why not (llama-quant.cpp's rule, from presets)."""
+    from qtool.quantizers.presets import why_not_quantized
+
+    return why_not_quantized(name, tuple(shape), arch or "", False)
 
 
 @dataclass

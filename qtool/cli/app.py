@@ -10,10 +10,16 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from qtool.errors import QtoolError
+
+try:  # typer >= 0.24 carries its own copy of click and raises that copy's exceptions
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import ClickException
+
+    NoArgsIsHelpError = None
 
 app = typer.Typer(
     name="qtool",
@@ -52,17 +58,20 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     debug = bool(os.environ.get("QTOOL_DEBUG"))
     try:
-        app(args=argv, standalone_mode=False, prog_name="qtool")
+        rc = app(args=argv, standalone_mode=False, prog_name="qtool")
     except QtoolError as e:
         if debug:
             raise
         _fail(str(e), e.exit_code)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.stderr.write("qtool: interrupted\n")
         sys.exit(130)
-    except click.ClickException as e:  # usage errors: unknown option, bad value, missing argument
+    except ClickException as e:  # usage errors: unknown option, bad value, missing argument
+        if NoArgsIsHelpError is not None and isinstance(e, NoArgsIsHelpError):
+            sys.stdout.write(e.format_message() + "\n")  # bare `qtool` / `qtool convert`: the help
+            sys.exit(2)
         if debug:
             raise
         _fail(e.format_message(), 2)
@@ -81,3 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(f"internal error: {type(e).__name__}: {e} (set QTOOL_DEBUG=1 for the traceback)", 3)
+    if rc == 130:  # typer turns Ctrl-C into a returned 130 when it does not own the process exit
+        sys.stderr.write("qtool: interrupted\n")
+    if rc:
+        sys.exit(rc)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import f32_bits, fp16_bits_to_fp32, fp32_to_fp16_bits
-
-pjit = numba.njit(cache=True, nogil=True, parallel=True)
+from qtool.kernels.common import f32_bits, fp16_bits_to_fp32, fp32_to_fp16_bits, jit_rows
 
 
-@pjit
+@jit_rows
 def quantize_f16(rows, out):
     """ggml_fp32_to_fp16_row: rows float32 [nrows, n] -> out uint16 [nrows, n], round to nearest even."""
     nrows, n = rows.shape
@@ -19,7 +17,7 @@ def quantize_f16(rows, out):
             out[r, j] = fp32_to_fp16_bits(rows[r, j])
 
 
-@pjit
+@jit_rows
 def quantize_bf16(rows, out):
     """ggml_fp32_to_bf16_row_ref: keep the upper 16 bits, round to nearest even (NaN kept quiet)."""
     nrows, n = rows.shape
@@ -33,7 +31,7 @@ def quantize_bf16(rows, out):
                                       >> np.uint32(16))
 
 
-@pjit
+@jit_rows
 def dequantize_f16(data, out):
     """ggml_fp16_to_fp32_row: data uint16 [nrows, n] -> out float32 [nrows, n] (NaNs quieted as ggml does)."""
     nrows, n = data.shape

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from qtool.kernels.common import F32, load_fp16, nearest_int, store_fp16, store_u16
+from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16, store_u16
 from qtool.kernels.search import (
     GROUP_MAX_EPS,
     make_qp_quants,
@@ -32,10 +32,8 @@ from qtool.kernels.search import (
 )
 
 # C float arithmetic never traps: on finite but huge inputs ggml divides by zero (a scale that
-# overflowed to inf gives an inverse of 0) and carries on with inf/NaN. numba's default "python"
-# error model raises ZeroDivisionError there instead, so these kernels use the IEEE "numpy" model.
-jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-jit_rows = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+# overflowed to inf gives an inverse of 0) and carries on with inf/NaN; common.jit/jit_rows use numba's
+# IEEE "numpy" error model for that reason.
 
 QK_K = 256
 

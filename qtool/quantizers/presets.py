@@ -429,7 +429,7 @@ def ggml_n_dims(shape: Sequence[int]) -> int:
     return 1
 
 
-def _why_not_quantized(name: str, shape: Sequence[int], arch: str, leave_output: bool) -> str | None:
+def why_not_quantized(name: str, shape: Sequence[int], arch: str, leave_output: bool) -> str | None:
     """None when llama.cpp quantizes this tensor, else a short reason."""
     if ggml_n_dims(shape) < 2:
         return "1-D"
@@ -826,7 +826,7 @@ def plan_model(preset: str | Preset, metadata: Mapping[str, Any], tensors: Itera
     for t in ordered:
         shape = tuple(int(d) for d in t.shape)
         src = T(t.qtype)
-        why_not = _why_not_quantized(t.name, shape, facts.arch, opt.leave_output_tensor)
+        why_not = why_not_quantized(t.name, shape, facts.arch, opt.leave_output_tensor)
         if why_not is not None:
             plans.append(TensorPlan(t.name, shape, src, src, False, f"not quantized: {why_not}"))
             continue
