@@ -150,6 +150,7 @@ def convert(
             out.begin()
             for p in plan:
                 out.write(p.name, _tensor_bytes(source, p, imat, threads))
+                source.release(p.name)  # keep the resident set near one tensor, not the whole input
                 if on_tensor is not None:
                     on_tensor(p, int(np.prod(p.shape, dtype=np.int64)))
             result.output = out.commit()

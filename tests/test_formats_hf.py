@@ -72,7 +72,7 @@ def test_names_shapes_and_types():
         assert info["blk.0.ffn_down.weight"].shape == (256, 768)
         assert info["output.weight"].shape == (320, 256)
         assert all(t.qtype == T.BF16 and t.nbytes == 2 * t.n_elements for t in src.tensors)
-        assert src.path == TINY and {p.name for p in src.files} == {"config.json", "model.safetensors"}
+        assert src.path == TINY and {p.name for p in src.files} == {"config.json", "model.safetensors", "tokenizer.json"}
     with open_model(TINY_F32) as src:
         assert all(t.qtype == T.F32 and t.nbytes == 4 * t.n_elements for t in src.tensors)
 

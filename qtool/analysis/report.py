@@ -320,6 +320,8 @@ def _figures(entry: TensorEntry, info, src, ref, keep: bool, report: Report) -> 
         w = src.load(info.name)
         fig = stats.describe(w, block_size=block, keep_abs=keep)
         of = "|w|"
+        del w
+        src.release(info.name)
     else:
         try:
             rinfo = ref.info(info.name)
@@ -331,7 +333,9 @@ def _figures(entry: TensorEntry, info, src, ref, keep: bool, report: Report) -> 
         x = ref.load(info.name)
         fig = stats.compare(q, x, block_size=block, keep_abs_error=keep)
         of = "|q-x|"
-        del x
+        del q, x
+        src.release(info.name)
+        ref.release(info.name)
     entry.error, entry.sign, entry.outliers = fig.error, fig.sign, fig.outliers
     if keep:
         report.histogram = {"tensor": info.name, "of": of, **stats.histogram(fig.abs_error)}

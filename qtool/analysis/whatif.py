@@ -194,4 +194,5 @@ def what_if(
                     on_tensor(info.name, info.n_elements)
             result.tensors.append(entry)
             del x
+            src.release(info.name)
     return result

@@ -117,6 +117,9 @@ class HFSource(ModelSource):
         heads = self._rows.get(info.name)
         return out[rope_row_order(out.shape[0], heads)] if heads else out
 
+    def _stored(self, info: TensorInfo) -> np.ndarray:
+        return self._w.bytes_of(info.source_name)  # _raw may be a reordered copy
+
     def _raw(self, info: TensorInfo) -> np.ndarray:
         data = self._w.bytes_of(info.source_name)
         heads = self._rows.get(info.name)

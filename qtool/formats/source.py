@@ -8,6 +8,7 @@ safetensors.py (bare safetensors files and shard sets), hf.py (Hugging Face mode
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,10 @@ class ModelSource:
     def _raw(self, info: TensorInfo) -> np.ndarray:
         raise NotImplementedError
 
+    def _stored(self, info: TensorInfo) -> np.ndarray:
+        """The tensor's bytes exactly where the file map holds them (for release)."""
+        return self._raw(info)
+
     def close(self) -> None:
         pass
 
@@ -93,6 +98,16 @@ class ModelSource:
         assert out.dtype == np.uint8 and out.nbytes == info.nbytes, (name, out.dtype, out.nbytes, info.nbytes)
         return out
 
+    def release(self, name: str) -> None:
+        """Done with this tensor: let the OS drop the file pages under it.
+
+        Mapped pages a reader touched stay resident until memory gets tight, so converting or inspecting a
+        model would otherwise grow the resident set to the whole file. Dropping each tensor's pages once it
+        is consumed keeps it near one tensor. Harmless if the tensor is needed again (the pages are read
+        back from the file); a no-op for tensors that are not file-mapped.
+        """
+        drop_pages(self._stored(self.info(name)))
+
     def _set_tensors(self, tensors: list[TensorInfo]) -> None:
         by_name: dict[str, TensorInfo] = {}
         for t in tensors:
@@ -112,6 +127,23 @@ class ModelSource:
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.path} format={self.format} arch={self.architecture} "
                 f"tensors={len(self.tensors)}>")
+
+
+def drop_pages(view: np.ndarray) -> None:
+    """madvise(MADV_DONTNEED) over the whole pages of a view into a np.memmap (other arrays: no-op).
+
+    Only pages entirely inside the view are dropped, so a neighbouring tensor is never touched.
+    """
+    mm = getattr(view, "_mmap", None)
+    if mm is None or view.nbytes == 0 or not hasattr(mm, "madvise") or not view.flags.c_contiguous:
+        return
+    base = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
+    start = view.ctypes.data - base
+    end = start + view.nbytes
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if 0 <= first < last <= len(mm):
+        mm.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def byte_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int, ...]:
