@@ -13,7 +13,7 @@ validation (dtype, row length, NaN/Inf, importance-vector length), per-expert im
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -135,6 +135,24 @@ class Quantizer:
             return w.reshape(shape[0], n_per_row)
         raise QuantError(f"{name}: importance vector of {w.size} values does not fit shape {list(shape)} "
                          f"(want {n_per_row} per row{f' or {shape[0]}x{n_per_row} per expert' if len(shape) == 3 else ''})")
+
+
+#: the kernels' spelling of C's NULL importance vector (numba has no optional arrays)
+NO_WEIGHTS = np.zeros(0, dtype=np.float32)
+
+
+class KernelQuantizer(Quantizer):
+    """A type whose Numba drivers follow the house convention, so that declaring it is naming them:
+    ``quantize_kernel(rows, weights or NO_WEIGHTS, out)`` and ``dequantize_kernel(data, out)``."""
+
+    quantize_kernel: ClassVar[Callable]
+    dequantize_kernel: ClassVar[Callable]
+
+    def quantize_blocks(self, rows, weights, out):
+        type(self).quantize_kernel(rows, NO_WEIGHTS if weights is None else weights, out)
+
+    def dequantize_blocks(self, data, out):
+        type(self).dequantize_kernel(data, out)
 
 
 def _set_threads(threads: int | None) -> None:
