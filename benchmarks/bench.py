@@ -166,7 +166,11 @@ def bench_convert(args) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         src = tmp / "model-f32.gguf"
-        n = make_llama_gguf(src, args.params)
+        # generated in a child process: Linux carries a process's peak RSS across fork+exec, so a parent
+        # that had held the model would make every measured child look as big as the model
+        made = subprocess.run([sys.executable, __file__, "make-model", str(src), str(args.params)],
+                              check=True, capture_output=True, text=True)
+        n = int(made.stdout.strip())
         print(f"input: llama-architecture F32 GGUF, {n / 1e6:.1f}M parameters, "
               f"{src.stat().st_size / 2**20:.0f} MiB; threads={args.threads}")
         print(f"{'preset':8} {'qtool s':>8} {'llama s':>8} {'ratio':>6} {'qtool MiB':>10} {'llama MiB':>10} "
@@ -204,8 +208,16 @@ def main() -> None:
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--presets", default="Q8_0,Q4_0,Q4_K_M,Q6_K")
     c.add_argument("--tmp", default=None, help="folder for the temporary files")
+    m = sub.add_parser("make-model", help="write the convert benchmark's input GGUF")
+    m.add_argument("path", type=Path)
+    m.add_argument("params", type=float, help="million parameters")
     args = ap.parse_args()
-    bench_kernels(args) if args.what == "kernels" else bench_convert(args)
+    if args.what == "kernels":
+        bench_kernels(args)
+    elif args.what == "convert":
+        bench_convert(args)
+    else:
+        print(make_llama_gguf(args.path, args.params))
 
 
 if __name__ == "__main__":
