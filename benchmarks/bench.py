@@ -161,8 +161,6 @@ def _peak_rss_run(cmd: list[str]) -> tuple[float, float, int]:
 
 
 def bench_convert(args) -> None:
-    import gguf
-
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         src = tmp / "model-f32.gguf"
@@ -184,14 +182,26 @@ def bench_convert(args) -> None:
             if not ours.exists() or not theirs.exists():
                 print(f"{preset:8} failed (qtool: {ours.exists()}, llama.cpp: {theirs.exists()})")
                 continue
-            a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
-            tb = {t.name: t for t in b.tensors}
-            same_types = all(t.tensor_type == tb[t.name].tensor_type for t in a.tensors) and len(a.tensors) == len(tb)
-            same_bytes = same_types and all(np.array_equal(t.data, tb[t.name].data) for t in a.tensors)
+            # compared in a child process, for the reason the model is generated in one
+            cmp = subprocess.run([sys.executable, __file__, "compare", str(ours), str(theirs)],
+                                 check=True, capture_output=True, text=True).stdout.split()
+            same_types, same_bytes = cmp[0] == "True", cmp[1] == "True"
             print(f"{preset:8} {tq:8.2f} {tl:8.2f} {tl / tq:6.2f} {mq:10.0f} {ml:10.0f} "
                   f"{'same' if same_types else 'DIFF':>6} {'same' if same_bytes else 'DIFF':>6}")
             ours.unlink()
             theirs.unlink()
+
+
+def compare_files(a_path: Path, b_path: Path) -> tuple[bool, bool]:
+    """(same tensor names and types, same tensor bytes) of two GGUF files."""
+    import gguf
+
+    a, b = gguf.GGUFReader(a_path), gguf.GGUFReader(b_path)
+    tb = {t.name: t for t in b.tensors}
+    same_types = len(a.tensors) == len(tb) and all(
+        t.name in tb and t.tensor_type == tb[t.name].tensor_type for t in a.tensors)
+    same_bytes = same_types and all(np.array_equal(t.data, tb[t.name].data) for t in a.tensors)
+    return same_types, same_bytes
 
 
 def main() -> None:
@@ -208,6 +218,9 @@ def main() -> None:
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--presets", default="Q8_0,Q4_0,Q4_K_M,Q6_K")
     c.add_argument("--tmp", default=None, help="folder for the temporary files")
+    cm = sub.add_parser("compare", help="print whether two GGUF files have the same tensor types and bytes")
+    cm.add_argument("a", type=Path)
+    cm.add_argument("b", type=Path)
     m = sub.add_parser("make-model", help="write the convert benchmark's input GGUF")
     m.add_argument("path", type=Path)
     m.add_argument("params", type=float, help="million parameters")
@@ -216,6 +229,8 @@ def main() -> None:
         bench_kernels(args)
     elif args.what == "convert":
         bench_convert(args)
+    elif args.what == "compare":
+        print(*compare_files(args.a, args.b))
     else:
         print(make_llama_gguf(args.path, args.params))
 
