@@ -132,7 +132,8 @@ def convert(
 
         missing = sorted({p.qtype.name for p in plan if p.quantize and p.qtype not in registered()})
         if missing:
-            raise UsageError(f"{preset.name} needs {', '.join(missing)}, which qtool cannot quantize yet")
+            raise UsageError(f"preset {preset.name} uses ggml type {', '.join(missing)}, which qtool cannot quantize "
+                             f"yet (`qtool types` lists what it can; --dry-run shows the plan)")
         if not source.architecture:
             raise UsageError(f"{input_path}: the model's architecture is unknown (no general.architecture, "
                              f"no config.json), so llama.cpp could not load the result")
