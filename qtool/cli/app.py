@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     # Numba's OpenMP workers otherwise spin between kernels while the main thread reads and writes files,
     # stealing the cores it needs (measured: a 100M-parameter inspect went from 6-11 s to 2.3 s).
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    # Numba probes for BLAS the first time it loads a kernel by importing scipy.linalg, which costs ~0.2 s
+    # of start-up wherever SciPy is installed. No qtool kernel uses BLAS, so this process says there is none.
+    if "scipy.linalg" not in sys.modules:
+        sys.modules["scipy.linalg"] = None  # an import of it now raises ImportError: "no BLAS"
     debug = bool(os.environ.get("QTOOL_DEBUG"))
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="qtool")
