@@ -64,9 +64,10 @@ class Output:
         if not self.interactive:
             yield _Advance(None, None)
             return
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+        # a percentage, whatever the callers count (weights for convert, bytes for inspect)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
                       console=self.err, transient=True) as bar:
             task = bar.add_task(description, total=total)
             yield _Advance(bar, task)
