@@ -43,6 +43,8 @@ class ConvertResult:
     seconds: float
     imatrix: str | None = None
     unmapped: list[str] = field(default_factory=list)
+    #: where the output goes (for a dry run: would go); ``output`` is set once it is written
+    target: Path | None = None
     #: why llama.cpp may not load the result (from the reader: unknown architecture metadata, no tokenizer)
     notes: list[str] = field(default_factory=list)
 
@@ -124,6 +126,17 @@ def convert(
                                bytes_in=bytes_in, bytes_out=bytes_out, n_elements=n_elements, seconds=0.0,
                                imatrix=str(imatrix) if imatrix else None, unmapped=list(source.unmapped),
                                notes=list(getattr(source, "problems", []) or []))
+
+        # everything a real run would refuse, a dry run refuses too
+        from qtool.formats.gguf_out import GGUFOut, check_output_path
+
+        out_path = Path(output) if output is not None else default_output(Path(input_path), preset.name)
+        check_output_path(out_path, _input_files(source))
+        result.target = out_path
+        if imat is not None:
+            for p in plan:
+                if p.quantize:
+                    imat.for_tensor(p.name, p.shape)  # QuantError when its length does not fit the tensor
         if dry_run:
             result.seconds = time.perf_counter() - t0
             return result
@@ -138,10 +151,6 @@ def convert(
             raise UsageError(f"{input_path}: the model's architecture is unknown (no general.architecture, "
                              f"no config.json), so llama.cpp could not load the result")
 
-        from qtool.formats.gguf_out import GGUFOut, check_output_path
-
-        out_path = Path(output) if output is not None else default_output(Path(input_path), preset.name)
-        check_output_path(out_path, _input_files(source))
         if on_start is not None:
             on_start(n_elements)
         with GGUFOut(out_path, source.architecture, alignment=source.metadata.get("general.alignment")) as out:

@@ -193,7 +193,14 @@ def test_dry_run_writes_nothing_and_prints_the_plan(work, model):
                         ("blk.0.attn_q.weight", "Q4_K"), ("output_norm.weight", "F32")):
         line = next((ln for ln in r.stdout.splitlines() if f" {name} " in ln), None)
         assert line is not None and qtype in line, f"{name} ({qtype}) not in the plan:\n{r.stdout}"
-    assert "would write: 21 tensors (16 quantized)" in r.stdout
+    assert f"would write {model.parent / (model.name + '-Q4_K_M.gguf')}: 21 tensors (16 quantized)" in r.stdout
+
+
+def test_dry_run_refuses_what_the_real_run_refuses(work, model, tmp_path):
+    usage_error(qtool("convert", model, "--type", "Q8_0", "--dry-run", "-o", tmp_path / "no" / "o.gguf"),
+                "does not exist")
+    usage_error(qtool("convert", model, "--type", "Q8_0", "--dry-run", "-o", model / "config.json"),
+                "refusing to overwrite")
 
 
 def test_dry_run_json_plan_is_what_the_conversion_writes(work, model, runs):
@@ -205,7 +212,8 @@ def test_dry_run_json_plan_is_what_the_conversion_writes(work, model, runs):
     in_file = [(t.name, T(t.tensor_type).name) for t in GGUFReader(out).tensors]
     assert [(t["name"], t["type"]) for t in dry["tensors"]] == in_file
     assert [(t["name"], t["type"]) for t in real["tensors"]] == in_file
-    assert dry["dry_run"] is True and dry["output"] is None
+    assert dry["dry_run"] is True and dry["output"] == str(model.parent / f"{model.name}-Q4_K_M.gguf")
+    assert not Path(dry["output"]).exists()
     assert real["dry_run"] is False and real["output"] == str(out)
     assert dry["file_type"] == real["file_type"] == metadata(out)["general.file_type"] == 15
     # the sizes are the file's

@@ -92,7 +92,7 @@ def _report(out, result, dry_run: bool) -> None:
         "bpw": result.bits_per_weight,
         "seconds": result.seconds,
     }
-    doc = {"input": str(result.input), "output": str(result.output) if result.output else None,
+    doc = {"input": str(result.input), "output": str(result.target) if result.target else None,
            "type": result.preset, "file_type": result.file_type, "dry_run": dry_run,
            "imatrix": result.imatrix, "unmapped": result.unmapped, "tensors": tensors, "summary": summary}
     if out.json_mode:
@@ -114,7 +114,7 @@ def _report(out, result, dry_run: bool) -> None:
             table.add_row(t["name"], "x".join(map(str, t["shape"])), t["type"],
                           _human_bytes(t["n_bytes"]) if t["n_bytes"] is not None else "?", t["reason"])
         out.print(table)
-    verb = "would write" if dry_run else f"wrote {result.output}"
+    verb = f"would write {result.target}" if dry_run else f"wrote {result.output}"
     out.print(f"{verb}: {summary['tensors']} tensors ({summary['quantized']} quantized), "
               f"{_human_bytes(result.bytes_in)} -> {_human_bytes(result.bytes_out)}, "
               f"{result.bits_per_weight:.2f} bits per weight"
