@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType as T
 from qtool.kernels import kquants_b as kb
 from qtool.testing import ggml
 from qtool.testing.data import hard_rows, importance
+from qtool.testing.golden import mismatch_report
 
 oracle = pytest.mark.oracle
 
@@ -48,22 +49,6 @@ def dequantize(qtype, data):
     out = np.empty((data.shape[0], data.shape[1] // size * block), np.float32)
     KERNELS[qtype][1](data, out)
     return out
-
-
-def mismatch_report(ours: np.ndarray, ref: np.ndarray, block_bytes: int) -> str:
-    """'' when equal, else the count of bad blocks, the first one and its differing bytes."""
-    a = np.ascontiguousarray(ours).view(np.uint8).reshape(-1, block_bytes)
-    b = np.ascontiguousarray(ref).view(np.uint8).reshape(-1, block_bytes)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    bad = np.flatnonzero((a != b).any(axis=1))
-    if bad.size == 0:
-        return ""
-    first = int(bad[0])
-    cols = np.flatnonzero(a[first] != b[first])
-    diffs = ", ".join(f"[{c}] {a[first, c]:#04x} vs {b[first, c]:#04x}" for c in cols[:16])
-    more = f" (+{cols.size - 16} more)" if cols.size > 16 else ""
-    return (f"{bad.size} of {a.shape[0]} blocks differ; first bad block {first}, "
-            f"{cols.size} bytes differ (ours vs ggml): {diffs}{more}")
 
 
 def float_report(ours: np.ndarray, ref: np.ndarray) -> str:
