@@ -169,6 +169,17 @@ def test_fixture_same_file_as_llama(preset, source, work, f32_gguf, llama_out):
     assert_same_file(ours, llama_out(preset))
 
 
+@pytest.mark.parametrize("preset", ["Q4_K_M", "Q5_0", "Q6_K"])
+def test_f16_gguf_same_file_as_llama(preset, work):
+    # the usual input in the wild: an F16 GGUF from convert_hf_to_gguf; both sides widen F16 first
+    f16 = work / "tiny-f16.gguf"
+    if not f16.exists():
+        convert(FIXTURE_F32, "F16", f16)
+    theirs = llama_quantize(f16, work / f"llama-f16-{preset}.gguf", preset)
+    ours = convert(f16, preset, work / f"qtool-f16-{preset}.gguf", threads=2).output
+    assert_same_file(ours, theirs)
+
+
 @pytest.fixture(scope="module")
 def fallback_model(work) -> Path:
     return write_model(work / "fallback.gguf", FALLBACK_SPEC, seed=7)
