@@ -46,12 +46,14 @@ lc.llama_log_set(_quiet, None)
 
 #: every preset qtool can run that llama-quantize can run on an F32 model without an importance matrix
 PRESETS = ["Q4_K_M", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q5_K_S", "Q5_K_M", "Q6_K",
-           "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16"]
+           "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16", "MXFP4_MOE"]
 
 #: 8 layers (the n_layer/8 and n_layer/16 rules bite), GQA 4, rows of 288 (not a multiple of 256: the
 #: k-quants fall back to Q5_0/Q5_1/Q8_0...) and ffn_down rows of 600 (not even a multiple of 32: F16)
 FALLBACK_SPEC = ModelSpec(n_layer=8, n_embd=288, n_ff=600, n_head=8, n_head_kv=2, n_vocab=96)
 FALLBACK_PRESETS = ["Q4_K_M", "Q3_K_M", "Q6_K"]
+MOE_SPEC = ModelSpec(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_expert=4, n_expert_used=2)
+MOE_PRESETS = ["MXFP4_MOE", "Q4_K_M"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,6 +179,19 @@ def test_f16_gguf_same_file_as_llama(preset, work):
         convert(FIXTURE_F32, "F16", f16)
     theirs = llama_quantize(f16, work / f"llama-f16-{preset}.gguf", preset)
     ours = convert(f16, preset, work / f"qtool-f16-{preset}.gguf", threads=2).output
+    assert_same_file(ours, theirs)
+
+
+@pytest.mark.parametrize("preset", MOE_PRESETS)
+def test_moe_model_same_file_as_llama(preset, work):
+    # 3-D expert tensors (ffn_*_exps) quantized expert by expert; MXFP4_MOE puts only those in MXFP4
+    src = work / "moe.gguf"
+    if not src.exists():
+        write_model(src, MOE_SPEC, seed=3)
+    theirs = llama_quantize(src, work / f"llama-moe-{preset}.gguf", preset)
+    ours = convert(src, preset, work / f"qtool-moe-{preset}.gguf", threads=2).output
+    types = {t.name: t.tensor_type for t in GGUFReader(theirs).tensors}
+    assert types["blk.0.ffn_up_exps.weight"] == (T.MXFP4 if preset == "MXFP4_MOE" else T.Q4_K)  # experts present
     assert_same_file(ours, theirs)
 
 
