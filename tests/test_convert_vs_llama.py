@@ -46,7 +46,7 @@ lc.llama_log_set(_quiet, None)
 
 #: every preset qtool can run that llama-quantize can run on an F32 model without an importance matrix
 PRESETS = ["Q4_K_M", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q5_K_S", "Q5_K_M", "Q6_K",
-           "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16", "MXFP4_MOE", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS"]
+           "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16", "MXFP4_MOE", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_M"]
 
 #: 8 layers (the n_layer/8 and n_layer/16 rules bite), GQA 4, rows of 288 (not a multiple of 256: the
 #: k-quants fall back to Q5_0/Q5_1/Q8_0...) and ffn_down rows of 600 (not even a multiple of 32: F16)
