@@ -1,0 +1,605 @@
+"""IQ2_XXS, IQ2_XS and IQ2_S kernels: 8 weights at a time snapped to a point of an E8-like lattice grid.
+
+Every 8 weights become one index into a grid of 8-vectors whose coordinates take 3 levels
+(ggml stores them as bytes 0x08, 0x19, 0x2b; the search works on the odd integers 1, 3, 5), plus
+8 sign bits; 16 or 32 weights share a 4-bit scale and each 256-weight super-block a half ``d``:
+``x ~ d * (0.5 + s) * 0.25 * grid[g][j] * sign``.
+
+Grids: IQ2_XXS 256 points, IQ2_XS 512, IQ2_S 1024, read from gguf-py's copy of ggml's tables (each
+point as eight 2-bit levels). The quantizer rounds 8 weights to a level vector ``u`` (8 x 2 bits);
+``u`` on the grid is used as is, otherwise the best of its precomputed nearest grid points (ggml's
+iq2xs_init_impl: all points at the ``nwant`` smallest squared distances, ties in grid order).
+
+The search tables, per type (built on first use by ``tables``): ``pos`` int8[n, 8] the odd
+coordinates, ``kmap`` int32[43692] (u -> grid index, or -(start + 1) into ``neigh``), ``neigh``
+uint16[...] (at start: count, then that many grid indices).
+
+Each quantize entry point takes ``weights`` as float32[n_per_row] or a zero-length array (C's NULL,
+only IQ2_S has that path: ggml refuses IQ2_XXS and IQ2_XS without an importance vector).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gguf.quants as gq
+import numba
+import numpy as np
+
+from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16
+from qtool.kernels.search import make_qp_quants
+
+QK_K = 256
+IQ2_XXS_BYTES = 66  # d (f16) + qs u16[32]
+IQ2_XS_BYTES = 74  # d (f16) + qs u16[32] + scales[8]
+IQ2_S_BYTES = 82  # d (f16) + qs[32] + signs[32] + qh[8] + scales[8]
+
+_KMAP_SIZE = 43692  # ggml's kmap_size: every u with levels in 0..2 is below it (0xAAAA = 43690)
+_GROUP_MAX_EPS = np.float32(1e-15)
+_GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
+_FLT_MAX = np.float32(np.finfo(np.float32).max)
+_KMAXQ = 3
+
+#: the grid coordinate bytes of ggml's iq2*_grid tables, per level
+GRID_BYTES = np.array([0x08, 0x19, 0x2B], dtype=np.uint8)
+#: ggml's ksigns_iq2xs: 7 sign bits and, as bit 7, their parity (so the count of minus signs is even)
+KSIGNS_IQ2XS = np.array([s | ((bin(s).count("1") & 1) << 7) for s in range(128)], dtype=np.uint8)
+
+_SOURCES = {"IQ2_XXS": (gq.IQ2_XXS, 2), "IQ2_XS": (gq.IQ2_XS, 2), "IQ2_S": (gq.IQ2_S, 1)}
+
+
+def _levels(src) -> np.ndarray:
+    """uint8[n, 8]: the 2-bit level of each coordinate of each grid point (gguf-py's grid_hex holds
+    ggml's kgrid_2bit_* as little-endian uint16, 2 bits per coordinate, coordinate 0 lowest)."""
+    packed = np.frombuffer(bytes.fromhex(src.grid_hex.decode()), dtype="<u2").astype(np.int64)
+    assert packed.shape[0] == src.grid_shape[0]
+    return ((packed[:, None] >> (2 * np.arange(8))) & 3).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def tables(name: str):
+    """(pos int8[n, 8], kmap int32[43692], neigh uint16[...], grid float32[n, 8]) for IQ2_XXS/XS/S."""
+    src, nwant = _SOURCES[name]
+    lv = _levels(src)
+    pos = (2 * lv.astype(np.int8) + 1).astype(np.int8)
+    grid = GRID_BYTES[lv].astype(np.float32)
+    kmap = np.full(_KMAP_SIZE, -1, dtype=np.int32)
+    u_grid = (lv.astype(np.int64) << (2 * np.arange(8))).sum(axis=1)
+    kmap[u_grid] = np.arange(lv.shape[0], dtype=np.int32)
+    # Level vectors the quantizer can reach (levels 0..2) that are off the grid. (ggml also builds lists
+    # for u holding level 3, which no search produces.)
+    reach = np.array(np.meshgrid(*[np.arange(3)] * 8, indexing="ij")).reshape(8, -1).T[:, ::-1]
+    u_all = (reach.astype(np.int64) << (2 * np.arange(8))).sum(axis=1)
+    order = np.argsort(u_all)
+    reach, u_all = reach[order], u_all[order]
+    off = kmap[u_all] < 0
+    reach, u_all = reach[off], u_all[off]
+    p = (2 * reach + 1).astype(np.int32)
+    d2 = ((pos.astype(np.int32)[None, :, :] - p[:, None, :]) ** 2).sum(axis=2)  # [m, n]
+    # ggml sorts (d2, j) pairs: a stable sort on d2 of indices in grid order gives the same order
+    idx = np.argsort(d2, axis=1, kind="stable")
+    sd2 = np.take_along_axis(d2, idx, axis=1)
+    neigh = []
+    for r in range(u_all.shape[0]):
+        distinct = np.unique(sd2[r])
+        cut = distinct[min(nwant, distinct.shape[0]) - 1]
+        n = int(np.searchsorted(sd2[r], cut, side="right"))
+        kmap[u_all[r]] = -(len(neigh) + 1)
+        neigh.append(n)
+        neigh.extend(idx[r, :n].tolist())
+    return pos, kmap, np.array(neigh, dtype=np.uint16), grid
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shared search steps
+# ---------------------------------------------------------------------------------------------------
+
+
+@jit
+def _round_group(xval, off, inv, L):
+    """Levels clamp(nearest_int(0.5*(inv*x - 1)), 0, 2) of the 8 weights at xval[off:] into L[off:];
+    returns their index u (2 bits each, weight 0 lowest)."""
+    u = 0
+    for i in range(8):
+        l = nearest_int(F32(0.5) * (inv * xval[off + i] - F32(1.0)))
+        l = max(0, min(_KMAXQ - 1, l))
+        L[off + i] = l
+        u |= l << (2 * i)
+    return u
+
+
+@jit
+def _best_neighbour(neigh, start, pos, xval, waux, off, scale, L):
+    """ggml iq2_find_best_neighbour: the listed grid point nearest (waux-weighted) to scale*pos ~ x;
+    writes its levels to L[off:off+8] and returns its index. ggml aborts where no distance is below
+    FLT_MAX (inf/NaN weights); the first listed point stands in for that."""
+    n = np.int64(neigh[start])
+    best_d2 = _FLT_MAX
+    gi = -1
+    for j in range(1, n + 1):
+        g = np.int64(neigh[start + j])
+        d2 = F32(0.0)
+        for i in range(8):
+            diff = scale * F32(pos[g, i]) - xval[off + i]
+            d2 += waux[off + i] * diff * diff
+        if d2 < best_d2:
+            best_d2 = d2
+            gi = g
+    if gi < 0:
+        gi = np.int64(neigh[start + 1])
+    for i in range(8):
+        L[off + i] = (pos[gi, i] - 1) // 2
+    return gi
+
+
+@jit
+def _snap(xval, off, inv, scale, L, waux, pos, kmap, neigh):
+    """Round 8 weights to levels and move them onto the grid; returns (grid index, was on the grid)."""
+    u = _round_group(xval, off, inv, L)
+    gi = kmap[u]
+    if gi >= 0:
+        return np.int64(gi), True
+    return _best_neighbour(neigh, -np.int64(gi) - 1, pos, xval, waux, off, scale, L), False
+
+
+@jit
+def _grid_index(L, off, kmap):
+    """kmap of the levels L[off:off+8] (C's uint16 u), or -1 off the grid or beyond the map (where
+    ggml aborts)."""
+    u = 0
+    for i in range(8):
+        u |= np.int64(L[off + i]) << (2 * i)
+    u &= 0xFFFF
+    if u >= kmap.shape[0]:
+        return -1
+    return np.int64(kmap[u])
+
+
+@jit
+def _sums(weight, xval, L, n):
+    """sum w*x*q and sum w*q*q over q = 2*L + 1, in ggml's order."""
+    sumqx = F32(0.0)
+    sumq2 = F32(0.0)
+    for i in range(n):
+        w = weight[i]
+        q = F32(2 * L[i] + 1)
+        sumqx += w * xval[i] * q
+        sumq2 += w * q * q
+    return sumqx, sumq2
+
+
+@jit
+def _fold_signs(xb, weight, xval, k, parity):
+    """Take |x| of the 8 weights of group k into xval and return their sign bits. With ``parity``
+    (IQ2_XXS, IQ2_XS: 7 stored bits, the 8th implied even) an odd count of negatives flips the sign
+    back on the weight of least weight*x^2, whose xval goes negative."""
+    nflip = 0
+    s = 0
+    for i in range(8):
+        v = xb[8 * k + i]
+        if v >= F32(0.0):
+            xval[8 * k + i] = v
+        else:
+            xval[8 * k + i] = -v
+            nflip += 1
+            s |= 1 << i
+    if parity and nflip % 2 == 1:
+        imin = 0
+        mn = weight[8 * k] * xb[8 * k] * xb[8 * k]
+        for i in range(1, 8):
+            ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
+            if ax < mn:
+                mn = ax
+                imin = i
+        xval[8 * k + imin] = -xval[8 * k + imin]
+        s ^= 1 << imin
+    return s
+
+
+@jit
+def _max_of(xval, n):
+    """C's running MAX(m, x) = m > x ? m : x."""
+    m = xval[0]
+    for i in range(1, n):
+        m = m if m > xval[i] else xval[i]
+    return m
+
+
+@jit
+def _sigma2_sum(xbl):
+    """sum(x^2) over the super-block, float32 in order."""
+    s = F32(0.0)
+    for i in range(QK_K):
+        s += xbl[i] * xbl[i]
+    return s
+
+
+# ---------------------------------------------------------------------------------------------------
+# IQ2_XXS block, 66 bytes; per 32 weights (ib = 0..7) two little-endian uint32 words:
+#
+#   0       2                                                   66
+#   | d f16 | ib0: w0 w1 | ib1: w0 w1 | ...          | ib7: w0 w1 |
+#
+#   w0 byte k     = grid index of 8-group k (k = 0..3; 256 points)
+#   w1 bits 7k..  = 7 sign bits of group k (8th: even parity, ksigns_iq2xs)
+#   w1 bits 28-31 = s, the 4-bit scale:  x = d * (0.5 + s) * 0.25 * grid * sign
+# ---------------------------------------------------------------------------------------------------
+
+
+@jit
+def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp, signs, scales):
+    """ggml quantize_row_iq2_xxs_impl for one super-block: xbl, qwl float32[256] -> y uint8[66].
+    scratch float32[3, 32] (weight, waux, xval); L, Laux int32[32]; Lqp uint8[32]; signs int32[4];
+    scales float32[8]."""
+    weight = scratch[0]
+    waux = scratch[1]
+    xval = scratch[2]
+    for j in range(IQ2_XXS_BYTES):
+        y[j] = 0
+    sigma2 = _sigma2_sum(xbl) / F32(QK_K)
+    max_scale = F32(0.0)
+    for ib in range(QK_K // 32):
+        xb = xbl[32 * ib:32 * ib + 32]
+        qw = qwl[32 * ib:32 * ib + 32]
+        for i in range(32):
+            weight[i] = qw[i] * np.sqrt(sigma2 + xb[i] * xb[i])
+        for i in range(32):
+            waux[i] = np.sqrt(weight[i])
+        for k in range(4):
+            signs[k] = _fold_signs(xb, weight, xval, k, True) & 127
+        mx = _max_of(xval, 32)
+        if mx < _GROUP_MAX_EPS:
+            scales[ib] = F32(0.0)
+            continue
+        scale = make_qp_quants(32, _KMAXQ + 1, xval, Lqp, weight)
+        for i in range(32):
+            L[i] = np.int8(Lqp[i])  # C reads the uint8 quants back through int8_t
+        eff_max = scale * F32(_KMAXQ)
+        if eff_max <= F32(0.0):
+            scales[ib] = F32(0.0)
+            continue
+        best = F32(0.0)
+        for step in range(-6, 7):
+            inv = (F32(2 * _KMAXQ - 1) + F32(step) * F32(0.1)) / eff_max
+            this_scale = F32(1.0) / inv
+            for k in range(4):
+                _snap(xval, 8 * k, inv, this_scale, Laux, waux, pos, kmap, neigh)
+            sumqx, sumq2 = _sums(weight, xval, Laux, 32)
+            if sumq2 > F32(0.0) and sumqx * sumqx > best * sumq2:
+                scale = sumqx / sumq2
+                best = scale * sumqx
+                for i in range(32):
+                    L[i] = Laux[i]
+        if scale > F32(0.0):
+            inv = F32(1.0) / scale
+            for k in range(4):
+                _snap(xval, 8 * k, inv, scale, L, waux, pos, kmap, neigh)
+            sumqx, sumq2 = _sums(weight, xval, L, 32)
+            if sumq2 > F32(0.0):
+                scale = sumqx / sumq2
+        if scale < F32(0.0):
+            scale = -scale
+            for k in range(4):
+                signs[k] = ~signs[k] & 127
+        w1 = np.uint32(0)
+        for k in range(4):
+            gi = _grid_index(L, 8 * k, kmap)
+            if gi < 0:  # ggml aborts ("point not on grid"): only reached from NaN scales
+                gi = 0
+            y[2 + 8 * ib + k] = np.uint8(gi)
+            w1 |= np.uint32(signs[k]) << np.uint32(7 * k)
+        for b in range(4):
+            y[2 + 8 * ib + 4 + b] = np.uint8((w1 >> np.uint32(8 * b)) & np.uint32(0xFF))
+        scales[ib] = scale
+        max_scale = max_scale if max_scale > scale else scale
+    if max_scale == F32(0.0):
+        for j in range(IQ2_XXS_BYTES):
+            y[j] = 0
+        return
+    d = max_scale / F32(31.0)
+    store_fp16(y, 0, d)
+    inv = F32(1.0) / d
+    for ib in range(QK_K // 32):
+        l = nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))
+        l = max(0, min(15, l))
+        y[2 + 8 * ib + 7] |= np.uint8(l << 4)
+
+
+@jit_rows
+def _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh):
+    """ggml quantize_iq2_xxs: rows float32[nrows, n], weights float32[n] -> out uint8[nrows, n/256*66]."""
+    nrows, n = rows.shape
+    nb = n // QK_K
+    for r in numba.prange(nrows):
+        scratch = np.empty((3, 32), np.float32)
+        L = np.zeros(32, np.int32)
+        Laux = np.zeros(32, np.int32)
+        Lqp = np.zeros(32, np.uint8)
+        signs = np.zeros(4, np.int32)
+        scales = np.zeros(QK_K // 32, np.float32)
+        for i in range(nb):
+            quantize_block_iq2_xxs(rows[r, QK_K * i:QK_K * (i + 1)], weights[QK_K * i:QK_K * (i + 1)],
+                                   out[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)], pos, kmap, neigh,
+                                   scratch, L, Laux, Lqp, signs, scales)
+
+
+@jit_rows
+def _dequantize_iq2_xxs(data, out, grid, ksigns):
+    """ggml dequantize_row_iq2_xxs: data uint8[nrows, nb*66] -> out float32[nrows, nb*256]."""
+    nrows = data.shape[0]
+    nb = data.shape[1] // IQ2_XXS_BYTES
+    for r in numba.prange(nrows):
+        for i in range(nb):
+            y = data[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)]
+            o = out[r, QK_K * i:QK_K * (i + 1)]
+            d = load_fp16(y, 0)
+            for ib in range(QK_K // 32):
+                p = 2 + 8 * ib
+                w1 = (np.uint32(y[p + 4]) | (np.uint32(y[p + 5]) << np.uint32(8))
+                      | (np.uint32(y[p + 6]) << np.uint32(16)) | (np.uint32(y[p + 7]) << np.uint32(24)))
+                db = d * (F32(0.5) + F32(w1 >> np.uint32(28))) * F32(0.25)
+                for l in range(4):
+                    g = np.int64(y[p + l])
+                    s = ksigns[(w1 >> np.uint32(7 * l)) & np.uint32(127)]
+                    for j in range(8):
+                        sg = F32(-1.0) if (s >> np.uint8(j)) & np.uint8(1) else F32(1.0)
+                        o[32 * ib + 8 * l + j] = db * grid[g, j] * sg
+
+
+# ---------------------------------------------------------------------------------------------------
+# IQ2_XS block, 74 bytes; per 16 weights (ib = 0..15) two uint16 and one 4-bit scale:
+#
+#   0       2                                    66                 74
+#   | d f16 | qs u16[32]                         | scales[8]        |
+#
+#   qs[2*ib + k] = g | signs << 9   (g: 9-bit grid index of 8-group k, 512 points; signs: 7 bits + parity)
+#   scales[ib/2] nibble (ib%2) = s (low nibble for even ib):  x = d * (0.5 + s) * 0.25 * grid * sign
+#
+# IQ2_S block, 82 bytes; per 16 weights (ib = 0..15), i8 = 2*ib + k the 8-group:
+#
+#   0       2          34            66       74          82
+#   | d f16 | qs[32]   | signs[32]   | qh[8]  | scales[8] |
+#
+#   grid index (10 bits, 1024 points) = qs[i8] | ((qh[i8/4] >> 2*(i8%4)) & 3) << 8;  signs[i8]: 8 bits
+#   scales as IQ2_XS; the stored d is 0.9875 * the d the scales were rounded against
+# ---------------------------------------------------------------------------------------------------
+
+
+@jit
+def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh):
+    """The per-16-weight search shared by quantize_row_iq2_xs_impl and quantize_row_iq2_s_impl, after
+    the signs are folded into xval; returns the scale (L gets the levels, all 0 for an empty block)."""
+    mx = _max_of(xval, 16)
+    for i in range(16):
+        L[i] = 0
+    if mx < eps:
+        return F32(0.0), False
+    best = F32(0.0)
+    scale = mx / F32(2 * _KMAXQ - 1)
+    on0 = True
+    on1 = True
+    for step in range(-9, 10):
+        inv = (F32(2 * _KMAXQ - 1) + F32(step) * F32(0.1)) / mx
+        this_scale = F32(1.0) / inv
+        g0, a0 = _snap(xval, 0, inv, this_scale, Laux, waux, pos, kmap, neigh)
+        g1, a1 = _snap(xval, 8, inv, this_scale, Laux, waux, pos, kmap, neigh)
+        sumqx, sumq2 = _sums(weight, xval, Laux, 16)
+        if sumq2 > F32(0.0) and sumqx * sumqx > best * sumq2:
+            scale = sumqx / sumq2
+            best = scale * sumqx
+            for i in range(16):
+                L[i] = Laux[i]
+            on0 = a0
+            on1 = a1
+    if (not on0 or not on1) and scale > F32(0.0):
+        inv = F32(1.0) / scale
+        if not on0:
+            _snap(xval, 0, inv, scale, L, waux, pos, kmap, neigh)
+        if not on1:
+            _snap(xval, 8, inv, scale, L, waux, pos, kmap, neigh)
+        sumqx, sumq2 = _sums(weight, xval, L, 16)
+        if sumq2 > F32(0.0):
+            scale = sumqx / sumq2
+    return scale, True
+
+
+@jit
+def _put_scales(y, at, scales, max_scale):
+    """d = max_scale/31; the 16 scales as nibbles nearest_int(0.5*(s/d - 1)) in 0..15 at y[at:at+8]."""
+    d = max_scale / F32(31.0)
+    inv = F32(1.0) / d
+    for ib in range(QK_K // 16):
+        l = nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))
+        l = max(0, min(15, l))
+        if ib % 2 == 0:
+            y[at + ib // 2] = np.uint8(l)
+        else:
+            y[at + ib // 2] |= np.uint8(l << 4)
+    return d
+
+
+@jit
+def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales):
+    """ggml quantize_row_iq2_xs_impl for one super-block: xbl, qwl float32[256] -> y uint8[74].
+    scratch float32[3, 16] (weight, waux, xval); L, Laux int32[16]; scales float32[16]."""
+    weight = scratch[0]
+    waux = scratch[1]
+    xval = scratch[2]
+    for j in range(IQ2_XS_BYTES):
+        y[j] = 0
+    sigma2 = _sigma2_sum(xbl) / F32(QK_K)
+    max_scale = F32(0.0)
+    for ib in range(QK_K // 16):
+        xb = xbl[16 * ib:16 * ib + 16]
+        qw = qwl[16 * ib:16 * ib + 16]
+        for i in range(16):
+            weight[i] = qw[i] * np.sqrt(sigma2 + xb[i] * xb[i])
+        for i in range(16):
+            waux[i] = np.sqrt(weight[i])
+        s0 = _fold_signs(xb, weight, xval, 0, True) & 127
+        s1 = _fold_signs(xb, weight, xval, 1, True) & 127
+        scale, live = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, pos, kmap, neigh)
+        if not live:
+            scales[ib] = F32(0.0)
+            continue
+        if scale < F32(0.0):
+            scale = -scale
+            s0 = ~s0 & 127
+            s1 = ~s1 & 127
+        for k in range(2):
+            gi = _grid_index(L, 8 * k, kmap)
+            if gi < 0:  # ggml aborts ("point not on grid"): only reached from NaN scales
+                gi = 0
+            v = gi | ((s0 if k == 0 else s1) << 9)
+            y[2 + 4 * ib + 2 * k] = np.uint8(v & 0xFF)
+            y[2 + 4 * ib + 2 * k + 1] = np.uint8((v >> 8) & 0xFF)
+        scales[ib] = scale
+        max_scale = max_scale if max_scale > scale else scale
+    if max_scale == F32(0.0):
+        for j in range(IQ2_XS_BYTES):
+            y[j] = 0
+        return
+    d = _put_scales(y, 66, scales, max_scale)
+    store_fp16(y, 0, d)
+
+
+@jit
+def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales):
+    """ggml quantize_row_iq2_s_impl for one super-block: xbl float32[256], qwl float32[256] or [0]
+    -> y uint8[82]. Scratch as quantize_block_iq2_xs."""
+    weight = scratch[0]
+    waux = scratch[1]
+    xval = scratch[2]
+    for j in range(IQ2_S_BYTES):
+        y[j] = 0
+    sigma2 = F32(2.0) * _sigma2_sum(xbl) / F32(QK_K)
+    max_scale = F32(0.0)
+    for ib in range(QK_K // 16):
+        xb = xbl[16 * ib:16 * ib + 16]
+        if qwl.shape[0] > 0:
+            qw = qwl[16 * ib:16 * ib + 16]
+            for i in range(16):
+                weight[i] = qw[i] * np.sqrt(sigma2 + xb[i] * xb[i])
+        else:
+            for i in range(16):
+                weight[i] = F32(0.25) * sigma2 + xb[i] * xb[i]
+        for i in range(16):
+            waux[i] = np.sqrt(weight[i])
+        s0 = _fold_signs(xb, weight, xval, 0, False)
+        s1 = _fold_signs(xb, weight, xval, 1, False)
+        scale, live = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, pos, kmap, neigh)
+        if not live:
+            scales[ib] = F32(0.0)
+            continue
+        if scale < F32(0.0):
+            scale = -scale
+            s0 = ~s0 & 255
+            s1 = ~s1 & 255
+        for k in range(2):
+            gi = _grid_index(L, 8 * k, kmap)
+            if gi < 0:  # ggml aborts ("point not on grid"): only reached from NaN scales
+                gi = 0
+            i8 = 2 * ib + k
+            y[2 + i8] = np.uint8(gi & 255)
+            y[2 + 64 + i8 // 4] |= np.uint8((gi >> 8) << (2 * (i8 % 4)))
+            y[2 + 32 + i8] = np.uint8(s0 if k == 0 else s1)
+        scales[ib] = scale
+        max_scale = max_scale if max_scale > scale else scale
+    if max_scale == F32(0.0):  # ggml keeps the indices and signs written above, with d = 0
+        return
+    d = _put_scales(y, 74, scales, max_scale)
+    store_fp16(y, 0, d * F32(0.9875))
+
+
+@jit_rows
+def _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s):
+    """ggml quantize_iq2_xs (is_s False) / quantize_iq2_s (True): rows float32[nrows, n], weights
+    float32[n] (or [0], IQ2_S only) -> out uint8[nrows, n/256*74 or *82]."""
+    nrows, n = rows.shape
+    nb = n // QK_K
+    bs = IQ2_S_BYTES if is_s else IQ2_XS_BYTES
+    for r in numba.prange(nrows):
+        scratch = np.empty((3, 16), np.float32)
+        L = np.zeros(16, np.int32)
+        Laux = np.zeros(16, np.int32)
+        scales = np.zeros(QK_K // 16, np.float32)
+        for i in range(nb):
+            x = rows[r, QK_K * i:QK_K * (i + 1)]
+            qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
+            y = out[r, bs * i:bs * (i + 1)]
+            if is_s:
+                quantize_block_iq2_s(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
+            else:
+                quantize_block_iq2_xs(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
+
+
+@jit_rows
+def _dequantize_iq2_16(data, out, grid, ksigns, is_s):
+    """ggml dequantize_row_iq2_xs / dequantize_row_iq2_s: data uint8[nrows, nb*74 or nb*82]
+    -> out float32[nrows, nb*256]."""
+    nrows = data.shape[0]
+    bs = IQ2_S_BYTES if is_s else IQ2_XS_BYTES
+    sc_at = 74 if is_s else 66
+    nb = data.shape[1] // bs
+    for r in numba.prange(nrows):
+        for i in range(nb):
+            y = data[r, bs * i:bs * (i + 1)]
+            o = out[r, QK_K * i:QK_K * (i + 1)]
+            d = load_fp16(y, 0)
+            for ib in range(QK_K // 32):
+                sc = y[sc_at + ib]
+                db0 = d * (F32(0.5) + F32(sc & np.uint8(0xF))) * F32(0.25)
+                db1 = d * (F32(0.5) + F32(sc >> np.uint8(4))) * F32(0.25)
+                for l in range(4):
+                    if is_s:
+                        qh = np.int64(y[66 + ib])
+                        g = np.int64(y[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)
+                        s = y[34 + 4 * ib + l]
+                    else:
+                        v = np.int64(y[2 + 8 * ib + 2 * l]) | (np.int64(y[2 + 8 * ib + 2 * l + 1]) << 8)
+                        g = v & 511
+                        s = ksigns[v >> 9]
+                    dl = db0 if l < 2 else db1
+                    for j in range(8):
+                        sg = F32(-1.0) if (s >> np.uint8(j)) & np.uint8(1) else F32(1.0)
+                        o[32 * ib + 8 * l + j] = dl * grid[g, j] * sg
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry points: hand the drivers their type's tables
+# ---------------------------------------------------------------------------------------------------
+
+
+def quantize_iq2_xxs(rows, weights, out):
+    """ggml quantize_iq2_xxs: rows float32[nrows, n], weights float32[n] (required) -> out uint8[nrows, n/256*66]."""
+    pos, kmap, neigh, _ = tables("IQ2_XXS")
+    assert weights.shape[0] > 0, "IQ2_XXS needs an importance vector"
+    _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh)
+
+
+def dequantize_iq2_xxs(data, out):
+    """ggml dequantize_row_iq2_xxs: data uint8[nrows, nb*66] -> out float32[nrows, nb*256]."""
+    _dequantize_iq2_xxs(data, out, tables("IQ2_XXS")[3], KSIGNS_IQ2XS)
+
+
+def quantize_iq2_xs(rows, weights, out):
+    """ggml quantize_iq2_xs: rows float32[nrows, n], weights float32[n] (required) -> out uint8[nrows, n/256*74]."""
+    pos, kmap, neigh, _ = tables("IQ2_XS")
+    assert weights.shape[0] > 0, "IQ2_XS needs an importance vector"
+    _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, False)
+
+
+def dequantize_iq2_xs(data, out):
+    """ggml dequantize_row_iq2_xs: data uint8[nrows, nb*74] -> out float32[nrows, nb*256]."""
+    _dequantize_iq2_16(data, out, tables("IQ2_XS")[3], KSIGNS_IQ2XS, False)
+
+
+def quantize_iq2_s(rows, weights, out):
+    """ggml quantize_iq2_s: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*82]."""
+    pos, kmap, neigh, _ = tables("IQ2_S")
+    _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, True)
+
+
+def dequantize_iq2_s(data, out):
+    """ggml dequantize_row_iq2_s: data uint8[nrows, nb*82] -> out float32[nrows, nb*256]."""
+    _dequantize_iq2_16(data, out, tables("IQ2_S")[3], KSIGNS_IQ2XS, True)
