@@ -2,11 +2,18 @@
 vector), edge-case importance vectors, dequantize (also of random bytes), thread counts, golden vectors.
 
 ggml aborts the process (iq2_find_best_neighbour: no distance below FLT_MAX) when weight*diff^2
-overflows float32, so the inputs given to the oracle keep |x| well below 1e19: hard_rows' 1e30 row
-is scaled down to ~1e13 and the importance vectors stay below ~1e6 times their usual size.
+overflows float32, and qtool raises QuantError there; so the inputs given to the oracle keep |x| well
+below 1e19: hard_rows' 1e30 row is scaled down to ~1e13 and the importance vectors stay below ~1e6
+times their usual size. IQ2_XXS alone gets through the 1e30 row in ggml, and must match there.
 """
 
 from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +29,8 @@ from qtool.testing.data import hard_rows, importance
 from qtool.testing.golden import mismatch_report
 
 oracle = pytest.mark.oracle
+ROOT = Path(__file__).resolve().parents[1]
+_HUGE_CASE = 10  # hard_rows' 1e30 row
 TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S]
 # (nrows, n_per_row, seed): every hard_rows case at least twice at each width
 SHAPES = [(52, 256, 0), (39, 1024, 1), (26, 2048, 2)]
@@ -64,7 +73,8 @@ def test_iq2_xxs_takes_huge_rows():
     """IQ2_XXS survives hard_rows' 1e30 row in ggml (inf weights end in make_qp_quants, not in the
     neighbour search): the unscaled rows must match too."""
     _need_oracle()
-    _check(T.IQ2_XXS, hard_rows(26, 512, 0), importance(512, 3), "unscaled hard rows")
+    for seed in (0, 1):
+        _check(T.IQ2_XXS, hard_rows(26, 512, seed), importance(512, seed + 3), "unscaled hard rows")
 
 
 @oracle
@@ -119,6 +129,37 @@ def test_same_bytes_for_any_thread_count(qtype):
     assert not report, f"{qtype.name} dequantize: 1 thread vs 2 threads: {report}"
 
 
+@pytest.mark.parametrize("qtype,path", [(T.IQ2_XS, "imatrix"), (T.IQ2_S, "imatrix"), (T.IQ2_S, "null")],
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_search_overflow_raises(qtype, path):
+    """|x| ~ 1e30: every neighbour's weighted distance is inf or NaN, where ggml aborts the process
+    (GGML_ASSERT(grid_index >= 0)); qtool names the row instead."""
+    x = hard_rows(13, 512, 0)
+    imat = importance(512, 1) if path == "imatrix" else None
+    with pytest.raises(QuantError, match=f"{qtype.name}: row {_HUGE_CASE} "):
+        get(qtype).quantize(x, imat)
+
+
+@oracle
+@pytest.mark.parametrize("qtype", [T.IQ2_XS, T.IQ2_S], ids=lambda t: t.name)
+def test_ggml_aborts_where_we_raise(qtype):
+    """The rows qtool refuses are rows ggml aborts on (run in a child process: the abort kills it)."""
+    _need_oracle()
+    x = hard_rows(13, 512, 0)[_HUGE_CASE:_HUGE_CASE + 1]
+    imat = importance(512, 1)
+    with pytest.raises(QuantError):
+        get(qtype).quantize(x, imat)
+    code = ("import io, sys, numpy as np; from gguf import GGMLQuantizationType as T; from qtool.testing import ggml; "
+            "z = np.load(io.BytesIO(sys.stdin.buffer.read())); "
+            f"ggml.quantize(T.{qtype.name}, z['x'], z['w'])")
+    buf = io.BytesIO()
+    np.savez(buf, x=x, w=imat)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-c", code], input=buf.getvalue(), capture_output=True, env=env,
+                         timeout=120)
+    assert res.returncode != 0 and b"GGML_ASSERT(grid_index >= 0)" in res.stderr, res.stderr[-500:]
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_golden_vectors(qtype):
     """ggml's stored bytes and floats (fixtures/golden), checked without llama-cpp-python."""
@@ -145,7 +186,7 @@ def test_importance_vector_is_required(qtype):
 
 def test_iq2_s_importance_vector_changes_the_result():
     """IQ2_S's weighted path is really taken (a regression to the NULL path would pass the thread test)."""
-    x = hard_rows(13, 512, 13)
+    x = oracle_rows(13, 512, 13)
     q = get(T.IQ2_S)
     assert not np.array_equal(q.quantize(x), q.quantize(x, importance(512, 14)))
 

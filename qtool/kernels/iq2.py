@@ -15,7 +15,9 @@ coordinates, ``kmap`` int32[43692] (u -> grid index, or -(start + 1) into ``neig
 uint16[...] (at start: count, then that many grid indices).
 
 Each quantize entry point takes ``weights`` as float32[n_per_row] or a zero-length array (C's NULL,
-only IQ2_S has that path: ggml refuses IQ2_XXS and IQ2_XS without an importance vector).
+only IQ2_S has that path: ggml refuses IQ2_XXS and IQ2_XS without an importance vector). Inputs where
+ggml's search asserts and aborts the process (weighted distances that overflow to inf/NaN, e.g. IQ2_XS
+and IQ2_S rows with |x| ~ 1e30) raise ``QuantError`` instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import gguf.quants as gq
 import numba
 import numpy as np
 
+from qtool.errors import QuantError
 from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16
 from qtool.kernels.search import make_qp_quants
 
@@ -39,6 +42,12 @@ _GROUP_MAX_EPS = np.float32(1e-15)
 _GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAXQ = 3
+
+#: kernel status codes per row (ggml aborts on each)
+_OK, _NO_NEIGHBOUR, _OFF_GRID, _BAD_SCALE = 0, 1, 2, 3
+_WHY = {_NO_NEIGHBOUR: "no grid neighbour at a finite distance (ggml: GGML_ASSERT(grid_index >= 0))",
+        _OFF_GRID: "a NaN block scale leaves its levels off the grid (ggml: 'Oops: found point ... not on grid')",
+        _BAD_SCALE: "a NaN block scale (ggml: GGML_ASSERT(scale >= 0))"}
 
 #: the grid coordinate bytes of ggml's iq2*_grid tables, per level
 GRID_BYTES = np.array([0x08, 0x19, 0x2B], dtype=np.uint8)
@@ -111,8 +120,8 @@ def _round_group(xval, off, inv, L):
 @jit
 def _best_neighbour(neigh, start, pos, xval, waux, off, scale, L):
     """ggml iq2_find_best_neighbour: the listed grid point nearest (waux-weighted) to scale*pos ~ x;
-    writes its levels to L[off:off+8] and returns its index. ggml aborts where no distance is below
-    FLT_MAX (inf/NaN weights); the first listed point stands in for that."""
+    writes its levels to L[off:off+8] and returns its index; -1 where no distance is below FLT_MAX
+    (inf/NaN weights: ggml aborts)."""
     n = np.int64(neigh[start])
     best_d2 = _FLT_MAX
     gi = -1
@@ -126,7 +135,7 @@ def _best_neighbour(neigh, start, pos, xval, waux, off, scale, L):
             best_d2 = d2
             gi = g
     if gi < 0:
-        gi = np.int64(neigh[start + 1])
+        return gi
     for i in range(8):
         L[off + i] = (pos[gi, i] - 1) // 2
     return gi
@@ -134,7 +143,8 @@ def _best_neighbour(neigh, start, pos, xval, waux, off, scale, L):
 
 @jit
 def _snap(xval, off, inv, scale, L, waux, pos, kmap, neigh):
-    """Round 8 weights to levels and move them onto the grid; returns (grid index, was on the grid)."""
+    """Round 8 weights to levels and move them onto the grid; returns (grid index or -1 where ggml
+    aborts, was on the grid)."""
     u = _round_group(xval, off, inv, L)
     gi = kmap[u]
     if gi >= 0:
@@ -230,7 +240,7 @@ def _sigma2_sum(xbl):
 def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp, signs, scales):
     """ggml quantize_row_iq2_xxs_impl for one super-block: xbl, qwl float32[256] -> y uint8[66].
     scratch float32[3, 32] (weight, waux, xval); L, Laux int32[32]; Lqp uint8[32]; signs int32[4];
-    scales float32[8]."""
+    scales float32[8]. Returns a status code."""
     weight = scratch[0]
     waux = scratch[1]
     xval = scratch[2]
@@ -263,7 +273,8 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
             inv = (F32(2 * _KMAXQ - 1) + F32(step) * F32(0.1)) / eff_max
             this_scale = F32(1.0) / inv
             for k in range(4):
-                _snap(xval, 8 * k, inv, this_scale, Laux, waux, pos, kmap, neigh)
+                if _snap(xval, 8 * k, inv, this_scale, Laux, waux, pos, kmap, neigh)[0] < 0:
+                    return _NO_NEIGHBOUR
             sumqx, sumq2 = _sums(weight, xval, Laux, 32)
             if sumq2 > F32(0.0) and sumqx * sumqx > best * sumq2:
                 scale = sumqx / sumq2
@@ -273,7 +284,8 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
         if scale > F32(0.0):
             inv = F32(1.0) / scale
             for k in range(4):
-                _snap(xval, 8 * k, inv, scale, L, waux, pos, kmap, neigh)
+                if _snap(xval, 8 * k, inv, scale, L, waux, pos, kmap, neigh)[0] < 0:
+                    return _NO_NEIGHBOUR
             sumqx, sumq2 = _sums(weight, xval, L, 32)
             if sumq2 > F32(0.0):
                 scale = sumqx / sumq2
@@ -284,10 +296,12 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
         w1 = np.uint32(0)
         for k in range(4):
             gi = _grid_index(L, 8 * k, kmap)
-            if gi < 0:  # ggml aborts ("point not on grid"): only reached from NaN scales
-                gi = 0
+            if gi < 0:
+                return _OFF_GRID
             y[2 + 8 * ib + k] = np.uint8(gi)
             w1 |= np.uint32(signs[k]) << np.uint32(7 * k)
+        if not scale >= F32(0.0):
+            return _BAD_SCALE
         for b in range(4):
             y[2 + 8 * ib + 4 + b] = np.uint8((w1 >> np.uint32(8 * b)) & np.uint32(0xFF))
         scales[ib] = scale
@@ -295,7 +309,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
     if max_scale == F32(0.0):
         for j in range(IQ2_XXS_BYTES):
             y[j] = 0
-        return
+        return _OK
     d = max_scale / F32(31.0)
     store_fp16(y, 0, d)
     inv = F32(1.0) / d
@@ -303,11 +317,13 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
         l = nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))
         l = max(0, min(15, l))
         y[2 + 8 * ib + 7] |= np.uint8(l << 4)
+    return _OK
 
 
 @jit_rows
-def _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh):
-    """ggml quantize_iq2_xxs: rows float32[nrows, n], weights float32[n] -> out uint8[nrows, n/256*66]."""
+def _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh, status):
+    """ggml quantize_iq2_xxs: rows float32[nrows, n], weights float32[n] -> out uint8[nrows, n/256*66];
+    status int32[nrows] gets a non-zero code where ggml would abort."""
     nrows, n = rows.shape
     nb = n // QK_K
     for r in numba.prange(nrows):
@@ -318,9 +334,12 @@ def _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh):
         signs = np.zeros(4, np.int32)
         scales = np.zeros(QK_K // 32, np.float32)
         for i in range(nb):
-            quantize_block_iq2_xxs(rows[r, QK_K * i:QK_K * (i + 1)], weights[QK_K * i:QK_K * (i + 1)],
-                                   out[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)], pos, kmap, neigh,
-                                   scratch, L, Laux, Lqp, signs, scales)
+            st = quantize_block_iq2_xxs(rows[r, QK_K * i:QK_K * (i + 1)], weights[QK_K * i:QK_K * (i + 1)],
+                                        out[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)], pos, kmap, neigh,
+                                        scratch, L, Laux, Lqp, signs, scales)
+            if st != _OK:
+                status[r] = st
+                break
 
 
 @jit_rows
@@ -368,12 +387,13 @@ def _dequantize_iq2_xxs(data, out, grid, ksigns):
 @jit
 def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh):
     """The per-16-weight search shared by quantize_row_iq2_xs_impl and quantize_row_iq2_s_impl, after
-    the signs are folded into xval; returns the scale (L gets the levels, all 0 for an empty block)."""
+    the signs are folded into xval; returns (scale, block not empty, status) (L gets the levels, all 0
+    for an empty block)."""
     mx = _max_of(xval, 16)
     for i in range(16):
         L[i] = 0
     if mx < eps:
-        return F32(0.0), False
+        return F32(0.0), False, _OK
     best = F32(0.0)
     scale = mx / F32(2 * _KMAXQ - 1)
     on0 = True
@@ -383,6 +403,8 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh):
         this_scale = F32(1.0) / inv
         g0, a0 = _snap(xval, 0, inv, this_scale, Laux, waux, pos, kmap, neigh)
         g1, a1 = _snap(xval, 8, inv, this_scale, Laux, waux, pos, kmap, neigh)
+        if g0 < 0 or g1 < 0:
+            return scale, True, _NO_NEIGHBOUR
         sumqx, sumq2 = _sums(weight, xval, Laux, 16)
         if sumq2 > F32(0.0) and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
@@ -393,14 +415,14 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh):
             on1 = a1
     if (not on0 or not on1) and scale > F32(0.0):
         inv = F32(1.0) / scale
-        if not on0:
-            _snap(xval, 0, inv, scale, L, waux, pos, kmap, neigh)
-        if not on1:
-            _snap(xval, 8, inv, scale, L, waux, pos, kmap, neigh)
+        if not on0 and _snap(xval, 0, inv, scale, L, waux, pos, kmap, neigh)[0] < 0:
+            return scale, True, _NO_NEIGHBOUR
+        if not on1 and _snap(xval, 8, inv, scale, L, waux, pos, kmap, neigh)[0] < 0:
+            return scale, True, _NO_NEIGHBOUR
         sumqx, sumq2 = _sums(weight, xval, L, 16)
         if sumq2 > F32(0.0):
             scale = sumqx / sumq2
-    return scale, True
+    return scale, True, _OK
 
 
 @jit
@@ -421,7 +443,8 @@ def _put_scales(y, at, scales, max_scale):
 @jit
 def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales):
     """ggml quantize_row_iq2_xs_impl for one super-block: xbl, qwl float32[256] -> y uint8[74].
-    scratch float32[3, 16] (weight, waux, xval); L, Laux int32[16]; scales float32[16]."""
+    scratch float32[3, 16] (weight, waux, xval); L, Laux int32[16]; scales float32[16]. Returns a
+    status code."""
     weight = scratch[0]
     waux = scratch[1]
     xval = scratch[2]
@@ -438,7 +461,9 @@ def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scale
             waux[i] = np.sqrt(weight[i])
         s0 = _fold_signs(xb, weight, xval, 0, True) & 127
         s1 = _fold_signs(xb, weight, xval, 1, True) & 127
-        scale, live = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, pos, kmap, neigh)
+        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, pos, kmap, neigh)
+        if st != _OK:
+            return st
         if not live:
             scales[ib] = F32(0.0)
             continue
@@ -448,25 +473,28 @@ def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scale
             s1 = ~s1 & 127
         for k in range(2):
             gi = _grid_index(L, 8 * k, kmap)
-            if gi < 0:  # ggml aborts ("point not on grid"): only reached from NaN scales
-                gi = 0
+            if gi < 0:
+                return _OFF_GRID
             v = gi | ((s0 if k == 0 else s1) << 9)
             y[2 + 4 * ib + 2 * k] = np.uint8(v & 0xFF)
             y[2 + 4 * ib + 2 * k + 1] = np.uint8((v >> 8) & 0xFF)
+        if not scale >= F32(0.0):
+            return _BAD_SCALE
         scales[ib] = scale
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == F32(0.0):
         for j in range(IQ2_XS_BYTES):
             y[j] = 0
-        return
+        return _OK
     d = _put_scales(y, 66, scales, max_scale)
     store_fp16(y, 0, d)
+    return _OK
 
 
 @jit
 def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales):
     """ggml quantize_row_iq2_s_impl for one super-block: xbl float32[256], qwl float32[256] or [0]
-    -> y uint8[82]. Scratch as quantize_block_iq2_xs."""
+    -> y uint8[82]. Scratch and status as quantize_block_iq2_xs."""
     weight = scratch[0]
     waux = scratch[1]
     xval = scratch[2]
@@ -487,7 +515,9 @@ def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales
             waux[i] = np.sqrt(weight[i])
         s0 = _fold_signs(xb, weight, xval, 0, False)
         s1 = _fold_signs(xb, weight, xval, 1, False)
-        scale, live = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, pos, kmap, neigh)
+        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, pos, kmap, neigh)
+        if st != _OK:
+            return st
         if not live:
             scales[ib] = F32(0.0)
             continue
@@ -497,24 +527,28 @@ def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales
             s1 = ~s1 & 255
         for k in range(2):
             gi = _grid_index(L, 8 * k, kmap)
-            if gi < 0:  # ggml aborts ("point not on grid"): only reached from NaN scales
-                gi = 0
+            if gi < 0:
+                return _OFF_GRID
             i8 = 2 * ib + k
             y[2 + i8] = np.uint8(gi & 255)
             y[2 + 64 + i8 // 4] |= np.uint8((gi >> 8) << (2 * (i8 % 4)))
             y[2 + 32 + i8] = np.uint8(s0 if k == 0 else s1)
+        if not scale >= F32(0.0):
+            return _BAD_SCALE
         scales[ib] = scale
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == F32(0.0):  # ggml keeps the indices and signs written above, with d = 0
-        return
+        return _OK
     d = _put_scales(y, 74, scales, max_scale)
     store_fp16(y, 0, d * F32(0.9875))
+    return _OK
 
 
 @jit_rows
-def _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s):
+def _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s, status):
     """ggml quantize_iq2_xs (is_s False) / quantize_iq2_s (True): rows float32[nrows, n], weights
-    float32[n] (or [0], IQ2_S only) -> out uint8[nrows, n/256*74 or *82]."""
+    float32[n] (or [0], IQ2_S only) -> out uint8[nrows, n/256*74 or *82]; status int32[nrows] gets a
+    non-zero code where ggml would abort."""
     nrows, n = rows.shape
     nb = n // QK_K
     bs = IQ2_S_BYTES if is_s else IQ2_XS_BYTES
@@ -528,9 +562,12 @@ def _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s):
             qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
             y = out[r, bs * i:bs * (i + 1)]
             if is_s:
-                quantize_block_iq2_s(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
+                st = quantize_block_iq2_s(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
             else:
-                quantize_block_iq2_xs(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
+                st = quantize_block_iq2_xs(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
+            if st != _OK:
+                status[r] = st
+                break
 
 
 @jit_rows
@@ -570,11 +607,21 @@ def _dequantize_iq2_16(data, out, grid, ksigns, is_s):
 # ---------------------------------------------------------------------------------------------------
 
 
+def _raise_on(status, name):
+    bad = np.flatnonzero(status)
+    if bad.size:
+        r = int(bad[0])
+        raise QuantError(f"{name}: row {r} cannot be quantized, {_WHY[int(status[r])]}; "
+                         f"values this large overflow the search (ggml aborts the process)")
+
+
 def quantize_iq2_xxs(rows, weights, out):
     """ggml quantize_iq2_xxs: rows float32[nrows, n], weights float32[n] (required) -> out uint8[nrows, n/256*66]."""
     pos, kmap, neigh, _ = tables("IQ2_XXS")
     assert weights.shape[0] > 0, "IQ2_XXS needs an importance vector"
-    _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh)
+    status = np.zeros(rows.shape[0], np.int32)
+    _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh, status)
+    _raise_on(status, "IQ2_XXS")
 
 
 def dequantize_iq2_xxs(data, out):
@@ -586,7 +633,9 @@ def quantize_iq2_xs(rows, weights, out):
     """ggml quantize_iq2_xs: rows float32[nrows, n], weights float32[n] (required) -> out uint8[nrows, n/256*74]."""
     pos, kmap, neigh, _ = tables("IQ2_XS")
     assert weights.shape[0] > 0, "IQ2_XS needs an importance vector"
-    _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, False)
+    status = np.zeros(rows.shape[0], np.int32)
+    _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, False, status)
+    _raise_on(status, "IQ2_XS")
 
 
 def dequantize_iq2_xs(data, out):
@@ -597,7 +646,9 @@ def dequantize_iq2_xs(data, out):
 def quantize_iq2_s(rows, weights, out):
     """ggml quantize_iq2_s: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*82]."""
     pos, kmap, neigh, _ = tables("IQ2_S")
-    _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, True)
+    status = np.zeros(rows.shape[0], np.int32)
+    _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, True, status)
+    _raise_on(status, "IQ2_S")
 
 
 def dequantize_iq2_s(data, out):
