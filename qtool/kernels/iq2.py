@@ -10,7 +10,7 @@ point as eight 2-bit levels). The quantizer rounds 8 weights to a level vector `
 ``u`` on the grid is used as is, otherwise the best of its precomputed nearest grid points (ggml's
 iq2xs_init_impl: all points at the ``nwant`` smallest squared distances, ties in grid order).
 
-The search tables, per type (built on first use by ``tables``): ``pos`` int8[n, 8] the odd
+The search tables, per type (built on first use by ``tables``): ``pos`` float32[n, 8] the odd
 coordinates, ``kmap`` int32[43692] (u -> grid index, or -(start + 1) into ``neigh``), ``neigh``
 uint16[...] (at start: count, then that many grid indices).
 
@@ -67,10 +67,10 @@ def _levels(src) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def tables(name: str):
-    """(pos int8[n, 8], kmap int32[43692], neigh uint16[...], grid float32[n, 8]) for IQ2_XXS/XS/S."""
+    """(pos float32[n, 8], kmap int32[43692], neigh uint16[...], grid float32[n, 8]) for IQ2_XXS/XS/S."""
     src, nwant = _SOURCES[name]
     lv = _levels(src)
-    pos = (2 * lv.astype(np.int8) + 1).astype(np.int8)
+    pos = (2 * lv.astype(np.int8) + 1).astype(np.float32)  # ggml's int8 coordinates; exact as float32
     grid = GRID_BYTES[lv].astype(np.float32)
     kmap = np.full(_KMAP_SIZE, -1, dtype=np.int32)
     u_grid = (lv.astype(np.int64) << (2 * np.arange(8))).sum(axis=1)
@@ -124,20 +124,38 @@ def _best_neighbour(neigh, start, pos, xval, waux, off, scale, L):
     (inf/NaN weights: ggml aborts)."""
     n = np.int64(neigh[start])
     best_d2 = _FLT_MAX
-    gi = -1
+    gi = np.int64(-1)
+    x0, x1, x2, x3 = xval[off], xval[off + 1], xval[off + 2], xval[off + 3]
+    x4, x5, x6, x7 = xval[off + 4], xval[off + 5], xval[off + 6], xval[off + 7]
+    w0, w1, w2, w3 = waux[off], waux[off + 1], waux[off + 2], waux[off + 3]
+    w4, w5, w6, w7 = waux[off + 4], waux[off + 5], waux[off + 6], waux[off + 7]
     for j in range(1, n + 1):
         g = np.int64(neigh[start + j])
+        p = pos[g]
         d2 = F32(0.0)
-        for i in range(8):
-            diff = scale * F32(pos[g, i]) - xval[off + i]
-            d2 += waux[off + i] * diff * diff
+        diff = scale * p[0] - x0
+        d2 += w0 * diff * diff
+        diff = scale * p[1] - x1
+        d2 += w1 * diff * diff
+        diff = scale * p[2] - x2
+        d2 += w2 * diff * diff
+        diff = scale * p[3] - x3
+        d2 += w3 * diff * diff
+        diff = scale * p[4] - x4
+        d2 += w4 * diff * diff
+        diff = scale * p[5] - x5
+        d2 += w5 * diff * diff
+        diff = scale * p[6] - x6
+        d2 += w6 * diff * diff
+        diff = scale * p[7] - x7
+        d2 += w7 * diff * diff
         if d2 < best_d2:
             best_d2 = d2
             gi = g
     if gi < 0:
         return gi
     for i in range(8):
-        L[off + i] = (pos[gi, i] - 1) // 2
+        L[off + i] = (np.int64(pos[gi, i]) - 1) // 2
     return gi
 
 
