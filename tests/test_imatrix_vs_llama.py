@@ -2,7 +2,7 @@
 
 llama.cpp's library takes the values directly (llama_model_imatrix_data); qtool reads them from a GGUF
 imatrix file whose counts are 1, so both sides see the very same floats. The presets that refuse to run
-without an importance matrix (IQ2_*, IQ3_XXS/XS, Q2_K_S) and the ones whose kernels read it (Q4_K_M,
+without an importance matrix (IQ1_*, IQ2_*, IQ3_XXS/XS, Q2_K_S) and the ones whose kernels read it (Q4_K_M,
 Q4_0, IQ4_XS) must give identical tensors; the metadata differs only by the quantize.imatrix.* keys that
 llama-quantize (the tool, not the library) adds and qtool writes.
 """
@@ -25,7 +25,8 @@ lc = pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.oracle
 
 SPEC = ModelSpec(n_layer=4, n_embd=256, n_ff=512, n_head=8, n_head_kv=2, n_vocab=64)
-PRESETS = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S", "Q4_K_M", "Q4_0", "IQ4_XS"]
+PRESETS = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S", "Q4_K_M", "Q4_0",
+           "IQ4_XS"]
 
 
 @pytest.fixture(scope="module")

@@ -143,16 +143,17 @@ def test_golden_iq1_m_has_unweighted_vectors():
 def test_grid_tables():
     """The decoded lattice: 2048 distinct points, levels 0..2, every off-grid pattern of levels 0..2
     pointing at a non-empty neighbour list of grid points."""
+    kmap, neighbours = k.neighbour_tables()
     assert k.GRID_LEVELS.shape == (2048, 8) and k.GRID_LEVELS.max() == 2
     u = (k.GRID_LEVELS.astype(np.int64) << (2 * np.arange(8))).sum(1)
-    assert np.unique(u).size == 2048 and np.array_equal(k.KMAP[u], np.arange(2048))
-    off = np.flatnonzero(k.KMAP < 0)
+    assert np.unique(u).size == 2048 and np.array_equal(kmap[u], np.arange(2048))
+    off = np.flatnonzero(kmap < 0)
     reachable = [v for v in off if all(((v >> (2 * j)) & 3) < 3 for j in range(8))]
     assert len(reachable) == 3 ** 8 - 2048
     for v in reachable[::97]:
-        o = -k.KMAP[v] - 1
-        n = int(k.NEIGHBOURS[o])
-        assert n > 0 and k.NEIGHBOURS[o + 1:o + 1 + n].max() < 2048
+        o = -kmap[v] - 1
+        n = int(neighbours[o])
+        assert n > 0 and neighbours[o + 1:o + 1 + n].max() < 2048
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)

@@ -15,7 +15,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-import qtool.quantizers.iq3  # noqa: F401  (registers IQ3_XXS and IQ3_S)
+import qtool.quantizers.iq3  # noqa: F401  (registers IQ3_XXS and IQ3_S)  # noqa: F401  (registers the family)
 from qtool.errors import QuantError
 from qtool.kernels import iq3 as k3
 from qtool.quantizers import get
@@ -192,13 +192,12 @@ def test_round_trip_error_is_small(qtype):
     assert rel < 0.25, rel
 
 
-@pytest.mark.parametrize("levels,kmap,neigh,nwant", [
-    (k3.LEVELS_256, k3.KMAP_256, k3.NEIGHBOURS_256, 2),
-    (k3.LEVELS_512, k3.KMAP_512, k3.NEIGHBOURS_512, 3),
-], ids=["256", "512"])
-def test_neighbour_lists(levels, kmap, neigh, nwant):
+@pytest.mark.parametrize("levels,grid_size,nwant", [(k3.LEVELS_256, 256, 2), (k3.LEVELS_512, 512, 3)],
+                         ids=["256", "512"])
+def test_neighbour_lists(levels, grid_size, nwant):
     """iq3xs_init_impl's tables, rebuilt by brute force: every off-grid code lists exactly the grid
     points at its nwant smallest distinct distances, by (distance, index); on-grid codes map home."""
+    kmap, neigh = k3.neighbour_tables(grid_size)
     g = levels.astype(np.int64)
     codes = g[:, 0] | (g[:, 1] << 3) | (g[:, 2] << 6) | (g[:, 3] << 9)
     assert np.array_equal(kmap[codes], np.arange(len(codes)))

@@ -12,11 +12,14 @@ its precomputed neighbours (the grid points in the three nearest distance shells
 
     GRID_LEVELS  uint8 [2048, 8]   level 0..2 of each coordinate (grid value = level - 1)
     GRID_VALUES  float32 [2048, 8] the same as float32 -1/0/1 (for dequantization)
-    KMAP         int32 [43692]     pattern u = sum(level_j << 2j) -> grid index, or -(offset + 1)
-    NEIGHBOURS   uint16 [...]      at offset: count n, then n grid indices in (distance, index) order
+    neighbour_tables() -> (kmap, neighbours), built on first use:
+      kmap        int32 [43692]    pattern u = sum(level_j << 2j) -> grid index, or -(offset + 1)
+      neighbours  uint16 [...]     at offset: count n, then n grid indices in (distance, index) order
 """
 
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
@@ -229,14 +232,15 @@ def _build_neighbours(levels, kmap, nb):
     return counter
 
 
-def _neighbour_tables():
+@functools.lru_cache(maxsize=1)
+def neighbour_tables():
+    """(kmap, neighbours) for the IQ1 lattice, built on first use (about 0.1 s), not at import: every qtool
+    command imports every family."""
     kmap = np.full(KMAP_SIZE, -1, np.int32)
     nb = np.zeros(6561 * 256, np.uint16)
     used = _build_neighbours(GRID_LEVELS, kmap, nb)
     return kmap, nb[:used].copy()
 
-
-KMAP, NEIGHBOURS = _neighbour_tables()
 
 
 @jit
@@ -489,7 +493,8 @@ def quantize_iq1_s(rows, weights, out):
     if weights.shape[0] == 0:
         raise QuantError("IQ1_S needs an importance vector (ggml asserts quant_weights)")
     status = np.empty(rows.shape[0], np.int32)
-    _quantize_iq1_s(rows, weights, out, GRID_LEVELS, KMAP, NEIGHBOURS, X_P, X_M, status)
+    kmap, neighbours = neighbour_tables()
+    _quantize_iq1_s(rows, weights, out, GRID_LEVELS, kmap, neighbours, X_P, X_M, status)
     _raise_on(status, "IQ1_S")
 
 
@@ -762,7 +767,8 @@ def _dequantize_iq1_m(data, out, values):
 def quantize_iq1_m(rows, weights, out):
     """ggml quantize_iq1_m: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*56]."""
     status = np.empty(rows.shape[0], np.int32)
-    _quantize_iq1_m(rows, weights, out, GRID_LEVELS, KMAP, NEIGHBOURS, X_P, X_M, status)
+    kmap, neighbours = neighbour_tables()
+    _quantize_iq1_m(rows, weights, out, GRID_LEVELS, kmap, neighbours, X_P, X_M, status)
     _raise_on(status, "IQ1_M")
 
 

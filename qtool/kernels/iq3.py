@@ -18,6 +18,8 @@ zero-length array for none (C's NULL). Inputs where ggml's search asserts and ab
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -137,8 +139,13 @@ LEVELS_512 = _levels(KGRID_512)
 #: the grids' coordinates 2l + 1 as float32, the form the searches take
 GRID_256_F32 = (2 * LEVELS_256.astype(np.float32) + 1).astype(np.float32)
 GRID_512_F32 = (2 * LEVELS_512.astype(np.float32) + 1).astype(np.float32)
-KMAP_256, NEIGHBOURS_256 = _neighbours(LEVELS_256, 2)
-KMAP_512, NEIGHBOURS_512 = _neighbours(LEVELS_512, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def neighbour_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kmap, neighbours) of the 256- or 512-point grid, built on first use rather than at import (every
+    qtool command imports every family; building both costs about 0.3 s)."""
+    return _neighbours(LEVELS_256, 2) if grid_size == 256 else _neighbours(LEVELS_512, 3)
 
 #: ggml's iq3xxs_grid as coordinates: levels 0..7 stored as 4, 12, ..., 52 and 62 (not 60)
 DQ_GRID_XXS = np.where(LEVELS_256 == 7, 62, 8 * LEVELS_256.astype(np.int32) + 4).astype(np.float32)
@@ -549,7 +556,7 @@ def _raise_on(status, name):
 def quantize_iq3_xxs(rows, weights, out):
     """ggml quantize_iq3_xxs: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*98]."""
     status = np.zeros(rows.shape[0], np.int32)
-    _quantize_iq3_xxs(rows, weights, out, GRID_256_F32, KMAP_256, NEIGHBOURS_256, status)
+    _quantize_iq3_xxs(rows, weights, out, GRID_256_F32, *neighbour_tables(256), status)
     _raise_on(status, "IQ3_XXS")
 
 
@@ -561,7 +568,7 @@ def dequantize_iq3_xxs(data, out):
 def quantize_iq3_s(rows, weights, out):
     """ggml quantize_iq3_s: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*110]."""
     status = np.zeros(rows.shape[0], np.int32)
-    _quantize_iq3_s(rows, weights, out, GRID_512_F32, KMAP_512, NEIGHBOURS_512, status)
+    _quantize_iq3_s(rows, weights, out, GRID_512_F32, *neighbour_tables(512), status)
     _raise_on(status, "IQ3_S")
 
 
