@@ -15,7 +15,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-import qtool.quantizers.iq3  # noqa: F401  (registers IQ3_XXS and IQ3_S)  # noqa: F401  (registers the family)
+import qtool.quantizers.iq3  # noqa: F401  (registers IQ3_XXS and IQ3_S)
 from qtool.errors import QuantError
 from qtool.kernels import iq3 as k3
 from qtool.quantizers import get
