@@ -14,7 +14,7 @@ from qtool.kernels import iq1 as k
 from qtool.quantizers import get
 from qtool.testing import ggml, golden
 from qtool.testing.data import hard_rows, importance
-from qtool.testing.golden import mismatch_report
+from qtool.testing.golden import dequantize_vs_ggml_report, mismatch_report, thread_count_report
 
 oracle = pytest.mark.oracle
 TYPES = [T.IQ1_S, T.IQ1_M]
@@ -90,10 +90,7 @@ def test_dequantize_matches_ggml(qtype, source):
     else:
         block, size = GGML_QUANT_SIZES[qtype]
         data = np.random.default_rng(9).integers(0, 256, (64, n_per_row // block * size), dtype=np.uint8)
-    ours = get(qtype).dequantize(data)
-    ref = ggml.dequantize(qtype, data, n_per_row)
-    assert ours.dtype == np.float32 and ours.shape == ref.shape
-    report = mismatch_report(ours, ref, 4 * get(qtype).block_size, "ggml's to_float")
+    report = dequantize_vs_ggml_report(qtype, data, n_per_row)
     assert not report, f"{qtype.name} dequantize ({source} bytes): {report}"
 
 
@@ -113,14 +110,8 @@ def test_iq1_s_without_importance_is_refused():
 def test_same_bytes_for_any_thread_count(qtype):
     x = hard_rows(26, 1024, 11)
     imat = importance(1024, 12)
-    q = get(qtype)
-    one = q.quantize(x, imat, threads=1)
-    two = q.quantize(x, imat, threads=2)
-    report = mismatch_report(one, two, q.type_size, "2 threads")
+    report = thread_count_report(qtype, x, imat)
     assert not report, f"{qtype.name}: 1 thread vs 2 threads: {report}"
-    report = mismatch_report(q.dequantize(one, threads=1), q.dequantize(one, threads=2), 4 * q.block_size,
-                             "2 threads")
-    assert not report, f"{qtype.name} dequantize: 1 thread vs 2 threads: {report}"
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)

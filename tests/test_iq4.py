@@ -13,7 +13,7 @@ from qtool.kernels import iquants as ki
 from qtool.quantizers import get
 from qtool.testing import ggml, golden
 from qtool.testing.data import hard_rows, importance
-from qtool.testing.golden import mismatch_report
+from qtool.testing.golden import dequantize_vs_ggml_report, mismatch_report, thread_count_report
 
 oracle = pytest.mark.oracle
 TYPES = [T.IQ4_NL, T.IQ4_XS]
@@ -97,10 +97,7 @@ def test_dequantize_matches_ggml(qtype, source):
     else:
         block, size = GGML_QUANT_SIZES[qtype]
         data = np.random.default_rng(9).integers(0, 256, (64, n_per_row // block * size), dtype=np.uint8)
-    ours = get(qtype).dequantize(data)
-    ref = ggml.dequantize(qtype, data, n_per_row)
-    assert ours.dtype == np.float32 and ours.shape == ref.shape
-    report = mismatch_report(ours, ref, 4 * get(qtype).block_size, "ggml's to_float")
+    report = dequantize_vs_ggml_report(qtype, data, n_per_row)
     assert not report, f"{qtype.name} dequantize ({source} bytes): {report}"
 
 
@@ -109,14 +106,8 @@ def test_dequantize_matches_ggml(qtype, source):
 def test_same_bytes_for_any_thread_count(qtype, path):
     x = hard_rows(26, 1024, 11)
     imat = importance(1024, 12) if path == "imatrix" else None
-    q = get(qtype)
-    one = q.quantize(x, imat, threads=1)
-    two = q.quantize(x, imat, threads=2)
-    report = mismatch_report(one, two, q.type_size, "2 threads")
+    report = thread_count_report(qtype, x, imat)
     assert not report, f"{qtype.name} {path}: 1 thread vs 2 threads: {report}"
-    report = mismatch_report(q.dequantize(one, threads=1), q.dequantize(one, threads=2), 4 * q.block_size,
-                             "2 threads")
-    assert not report, f"{qtype.name} dequantize: 1 thread vs 2 threads: {report}"
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)

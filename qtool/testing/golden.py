@@ -85,3 +85,29 @@ def mismatch_report(ours: np.ndarray, ref: np.ndarray, block_bytes: int, what: s
     more = f" (+{cols.size - 16} more)" if cols.size > 16 else ""
     return (f"{bad.size} of {a.shape[0]} blocks differ; first bad block {first}: {cols.size} bytes differ "
             f"(ours vs {what}): {diffs}{more}")
+
+
+def dequantize_vs_ggml_report(qtype: GGMLQuantizationType, data: np.ndarray, n_per_row: int) -> str:
+    """'' when qtool's dequantizer gives ggml's to_float floats bit for bit on ``data``, else what differs."""
+    from qtool.quantizers import get
+    from qtool.testing import ggml
+
+    ours = get(qtype).dequantize(data)
+    ref = ggml.dequantize(qtype, data, n_per_row)
+    if ours.dtype != np.float32 or ours.shape != ref.shape:
+        return f"got {ours.dtype} {ours.shape}, ggml gives float32 {ref.shape}"
+    return mismatch_report(ours, ref, 4 * get(qtype).block_size, "ggml's to_float")
+
+
+def thread_count_report(qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None) -> str:
+    """'' when 1 and 2 threads give the same quantized bytes and dequantized floats, else what differs."""
+    from qtool.quantizers import get
+
+    q = get(qtype)
+    one = q.quantize(rows, imatrix, threads=1)
+    report = mismatch_report(one, q.quantize(rows, imatrix, threads=2), q.type_size, "2 threads")
+    if report:
+        return f"quantize: {report}"
+    report = mismatch_report(q.dequantize(one, threads=1), q.dequantize(one, threads=2), 4 * q.block_size,
+                             "2 threads")
+    return f"dequantize: {report}" if report else ""
