@@ -20,16 +20,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, LlamaFileType
 
 from qtool.convert import convert
 from qtool.errors import QuantError
 from qtool.quantizers.presets import PlanOptions
+from qtool.testing import client
 from qtool.testing.models import ModelSpec, write_model
 
 pytestmark = pytest.mark.oracle
-llama_cpp = pytest.importorskip("llama_cpp")
+need_oracle()
+import llama_cpp  # noqa: E402
 lc = llama_cpp.llama_cpp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,13 +299,8 @@ BOUND_F32_VS_HF = 5e-3
 
 
 def logits(path: Path) -> np.ndarray:
-    """llama.cpp's logits for TOKENS at every position, float64 [n_tokens, n_vocab]."""
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
-    try:
-        llm.eval(TOKENS)
-        out = np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
-    finally:
-        llm.close()
+    """llama.cpp's logits for TOKENS at every position, float64 [n_tokens, n_vocab] (in a child process)."""
+    out = client.logits(path, TOKENS, n_ctx=64)
     assert out.shape == (len(TOKENS), 320)
     assert np.isfinite(out).all(), f"{path.name}: non-finite logits"
     return out

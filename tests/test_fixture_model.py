@@ -12,9 +12,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from conftest import need_oracle
 
 from qtool.formats.safetensors import SafetensorsFile, widen
 from qtool.formats.source import open_model
+from qtool.testing import client
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TINY, TINY_F32 = FIXTURES / "tiny-llama", FIXTURES / "tiny-llama-f32"
@@ -131,22 +133,20 @@ def reference_logits(folder: Path, tokens: list[int]) -> np.ndarray:
 
 @pytest.mark.oracle
 def test_llama_cpp_loads_and_matches_a_numpy_forward_pass(tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    need_oracle()
     path = tmp_path / "tiny-llama-f32.gguf"
     with open_model(TINY_F32) as src:
         assert src.loadable, src.problems
         write_gguf(src, path)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False, logits_all=True,
-                          type_k=int(gguf.GGMLQuantizationType.F32), type_v=int(gguf.GGMLQuantizationType.F32))
     text = b"The quick brown fox jumps over the lazy dog."
-    tokens = llm.tokenize(text)
+    first = client.run(path, tokenize=[(text, True, True), (b"the", False, True)], vocab_only=True)
+    tokens = first.tokens[0]
     assert tokens[0] == 318  # add_bos_token
-    assert llm.detokenize(tokens[1:]) == text
+    res = client.run(path, detokenize=[tokens[1:]], logits=[tokens], f32_cache=True, n_ctx=64)
+    assert res.pieces[0] == text
     assert len(tokens) - 1 < len(text)  # the merges were used
-    assert llm.tokenize(b"the", add_bos=False) == [json.loads((TINY / "tokenizer.json").read_text())
-                                                   ["model"]["vocab"]["the"]]
-    llm.eval(tokens)
-    got = np.array(llm.scores[:len(tokens)], dtype=np.float64)
+    assert first.tokens[1] == [json.loads((TINY / "tokenizer.json").read_text())["model"]["vocab"]["the"]]
+    got = res.logits[0]
     assert np.isfinite(got).all()
     want = reference_logits(TINY_F32, tokens)
     err = np.abs(got - want).max()

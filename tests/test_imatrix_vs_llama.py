@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_oracle
 from gguf import GGUFReader
 
 from qtool.convert import convert
@@ -21,7 +22,8 @@ from qtool.quantizers import presets as P
 from qtool.quantizers import registered
 from qtool.testing.models import ModelSpec, write_imatrix_gguf, write_model
 
-lc = pytest.importorskip("llama_cpp")
+need_oracle()
+import llama_cpp as lc  # noqa: E402
 pytestmark = pytest.mark.oracle
 
 SPEC = ModelSpec(n_layer=4, n_embd=256, n_ff=512, n_head=8, n_head_kv=2, n_vocab=64)

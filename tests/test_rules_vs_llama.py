@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
@@ -24,7 +25,8 @@ from qtool.quantizers import presets as P
 from qtool.testing.models import ModelSpec, TensorSpec, write_gguf, write_model
 
 pytestmark = pytest.mark.oracle
-llama_cpp = pytest.importorskip("llama_cpp")
+need_oracle()
+import llama_cpp  # noqa: E402
 lc = llama_cpp.llama_cpp
 
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from qtool.errors import FormatError, QuantError
+from qtool.formats.ggml_types import QUANT_SIZES, ggml_type
 from qtool.formats.source import ModelSource, TensorInfo, byte_shape
 
 GGML_MAX_DIMS = 4
@@ -170,8 +171,8 @@ def scan_header(path: Path) -> tuple[int, list[ScannedTensor]]:
             raw_type = c.u32(f"type of {name!r}")
             offset = c.u64(f"data offset of {name!r}")
             try:
-                qtype = GGMLQuantizationType(raw_type)
-                block, type_size = GGML_QUANT_SIZES[qtype]
+                qtype = ggml_type(raw_type)
+                block, type_size = QUANT_SIZES[qtype]
             except (ValueError, KeyError):
                 raise c.fail(f"tensor {name!r} has unknown ggml type {raw_type}") from None
             if any(d >= 1 << 62 for d in ne) or np.prod(ne, dtype=object) >= 1 << 62:

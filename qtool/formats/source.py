@@ -148,9 +148,9 @@ def drop_pages(view: np.ndarray) -> None:
 
 def byte_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int, ...]:
     """(*shape[:-1], row_bytes) for a numpy-order element shape stored as ``qtype``."""
-    from gguf import GGML_QUANT_SIZES
+    from qtool.formats.ggml_types import QUANT_SIZES
 
-    block, size = GGML_QUANT_SIZES[qtype]
+    block, size = QUANT_SIZES[qtype]
     return (*shape[:-1], shape[-1] // block * size)
 
 

@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 
 
+#: the child's command line (REQUEST.json and RESULT.npz are appended)
+CHILD = [sys.executable, "-m", "qtool.testing._client_child"]
+
+
 class ClientFailed(AssertionError):
     """llama.cpp crashed, refused the model or returned an error (an AssertionError: a test failure)."""
 
@@ -70,8 +74,8 @@ def run(path: str | Path, *, tokenize: list[tuple[bytes, bool, bool]] = (), deto
         env = dict(os.environ)
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
-            proc = subprocess.run([sys.executable, "-m", "qtool.testing._client_child", str(req_path),
-                                   str(out_path)], capture_output=True, text=True, timeout=timeout, env=env)
+            proc = subprocess.run([*CHILD, str(req_path), str(out_path)], capture_output=True, text=True,
+                                  timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise ClientFailed(f"llama.cpp on {Path(path).name}: no answer within {timeout:.0f} s") from None
         if proc.returncode != 0:

@@ -70,11 +70,21 @@ def _lib() -> ctypes.CDLL:
 
 def available() -> bool:
     """True where the oracle library can be loaded."""
+    return problem() is None
+
+
+#: the llama-cpp-python release whose ggml and llama.cpp are the reference build
+PINNED_VERSION = "0.3.36"
+
+
+def installed_version() -> str | None:
+    """llama-cpp-python's version as pip recorded it, or None (read without importing the package)."""
+    from importlib import metadata
+
     try:
-        _lib()
-    except (RuntimeError, OSError):
-        return False
-    return True
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def requires_imatrix(qtype: GGMLQuantizationType) -> bool:
