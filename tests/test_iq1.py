@@ -10,7 +10,6 @@ from gguf import GGMLQuantizationType as T
 
 import qtool.quantizers.iq1  # noqa: F401  (registers IQ1_S and IQ1_M)
 from qtool.errors import QuantError
-from qtool.kernels import iq1 as k
 from qtool.quantizers import get
 from qtool.testing import ggml, golden
 from qtool.testing.data import hard_rows, importance
@@ -129,22 +128,6 @@ def test_golden_vectors(qtype):
 
 def test_golden_iq1_m_has_unweighted_vectors():
     assert golden.load(T.IQ1_M).q is not None and golden.load(T.IQ1_S).q is None
-
-
-def test_grid_tables():
-    """The decoded lattice: 2048 distinct points, levels 0..2, every off-grid pattern of levels 0..2
-    pointing at a non-empty neighbour list of grid points."""
-    kmap, neighbours = k.neighbour_tables()
-    assert k.GRID_LEVELS.shape == (2048, 8) and k.GRID_LEVELS.max() == 2
-    u = (k.GRID_LEVELS.astype(np.int64) << (2 * np.arange(8))).sum(1)
-    assert np.unique(u).size == 2048 and np.array_equal(kmap[u], np.arange(2048))
-    off = np.flatnonzero(kmap < 0)
-    reachable = [v for v in off if all(((v >> (2 * j)) & 3) < 3 for j in range(8))]
-    assert len(reachable) == 3 ** 8 - 2048
-    for v in reachable[::97]:
-        o = -kmap[v] - 1
-        n = int(neighbours[o])
-        assert n > 0 and neighbours[o + 1:o + 1 + n].max() < 2048
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)

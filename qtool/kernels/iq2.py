@@ -5,30 +5,25 @@ Every 8 weights become one index into a grid of 8-vectors whose coordinates take
 8 sign bits; 16 or 32 weights share a 4-bit scale and each 256-weight super-block a half ``d``:
 ``x ~ d * (0.5 + s) * 0.25 * grid[g][j] * sign``.
 
-Grids: IQ2_XXS 256 points, IQ2_XS 512, IQ2_S 1024, read from gguf-py's copy of ggml's tables (each
-point as eight 2-bit levels). The quantizer rounds 8 weights to a level vector ``u`` (8 x 2 bits);
-``u`` on the grid is used as is, otherwise the best of its precomputed nearest grid points (ggml's
-iq2xs_init_impl: all points at the ``nwant`` smallest squared distances, ties in grid order).
+Grids: IQ2_XXS 256 points, IQ2_XS 512, IQ2_S 1024, handed in by the caller (qtool.quantizers.lattice).
+The quantizer rounds 8 weights to a level vector ``u`` (8 x 2 bits); ``u`` on the grid is used as is,
+otherwise the best of its precomputed nearest grid points (ggml's iq2xs_init_impl, kernels/lattice.py).
 
-The search tables, per type (built on first use by ``tables``): ``pos`` float32[n, 8] the odd
-coordinates, ``kmap`` int32[43692] (u -> grid index, or -(start + 1) into ``neigh``), ``neigh``
-uint16[...] (at start: count, then that many grid indices).
+The search tables per type: ``pos`` float32[n, 8] the odd coordinates 2l + 1, ``kmap`` int32[43692]
+(u -> grid index, or -(start + 1) into ``neigh``), ``neigh`` uint16[...] (at start: count, then that
+many grid indices); dequantizing takes ``grid`` float32[n, 8], ggml's coordinate bytes.
 
-Each quantize entry point takes ``weights`` as float32[n_per_row] or a zero-length array (C's NULL,
-only IQ2_S has that path: ggml refuses IQ2_XXS and IQ2_XS without an importance vector). Inputs where
-ggml's search asserts and aborts the process (weighted distances that overflow to inf/NaN, e.g. IQ2_XS
-and IQ2_S rows with |x| ~ 1e30) raise ``QuantError`` instead.
+Each quantize driver takes ``weights`` as float32[n_per_row] or a zero-length array (C's NULL, only
+IQ2_S has that path: ggml refuses IQ2_XXS and IQ2_XS without an importance vector) and a ``status``
+int32[nrows, 2]: where ggml's search asserts and aborts the process (weighted distances that overflow
+to inf/NaN, e.g. IQ2_XS and IQ2_S rows with |x| ~ 1e30) the row gets (code, super-block), else (0, 0).
 """
 
 from __future__ import annotations
 
-import functools
-
-import gguf.quants as gq
 import numba
 import numpy as np
 
-from qtool.errors import QuantError
 from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16
 from qtool.kernels.search import make_qp_quants
 
@@ -43,60 +38,13 @@ _GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAXQ = 3
 
-#: kernel status codes per row (ggml aborts on each)
-_OK, _NO_NEIGHBOUR, _OFF_GRID, _BAD_SCALE = 0, 1, 2, 3
-_WHY = {_NO_NEIGHBOUR: "no grid neighbour at a finite distance (ggml: GGML_ASSERT(grid_index >= 0))",
-        _OFF_GRID: "a NaN block scale leaves its levels off the grid (ggml: 'Oops: found point ... not on grid')",
-        _BAD_SCALE: "a NaN block scale (ggml: GGML_ASSERT(scale >= 0))"}
+#: status codes (ggml aborts on each): no grid neighbour at a finite distance (GGML_ASSERT(grid_index >= 0)),
+#: a NaN block scale leaving its levels off the grid ("Oops: found point ... not on grid"), a NaN block
+#: scale (GGML_ASSERT(scale >= 0))
+OK, NO_NEIGHBOUR, OFF_GRID, BAD_SCALE = 0, 1, 2, 3
 
-#: the grid coordinate bytes of ggml's iq2*_grid tables, per level
-GRID_BYTES = np.array([0x08, 0x19, 0x2B], dtype=np.uint8)
 #: ggml's ksigns_iq2xs: 7 sign bits and, as bit 7, their parity (so the count of minus signs is even)
 KSIGNS_IQ2XS = np.array([s | ((bin(s).count("1") & 1) << 7) for s in range(128)], dtype=np.uint8)
-
-_SOURCES = {"IQ2_XXS": (gq.IQ2_XXS, 2), "IQ2_XS": (gq.IQ2_XS, 2), "IQ2_S": (gq.IQ2_S, 1)}
-
-
-def _levels(src) -> np.ndarray:
-    """uint8[n, 8]: the 2-bit level of each coordinate of each grid point (gguf-py's grid_hex holds
-    ggml's kgrid_2bit_* as little-endian uint16, 2 bits per coordinate, coordinate 0 lowest)."""
-    packed = np.frombuffer(bytes.fromhex(src.grid_hex.decode()), dtype="<u2").astype(np.int64)
-    assert packed.shape[0] == src.grid_shape[0]
-    return ((packed[:, None] >> (2 * np.arange(8))) & 3).astype(np.uint8)
-
-
-@functools.lru_cache(maxsize=None)
-def tables(name: str):
-    """(pos float32[n, 8], kmap int32[43692], neigh uint16[...], grid float32[n, 8]) for IQ2_XXS/XS/S."""
-    src, nwant = _SOURCES[name]
-    lv = _levels(src)
-    pos = (2 * lv.astype(np.int8) + 1).astype(np.float32)  # ggml's int8 coordinates; exact as float32
-    grid = GRID_BYTES[lv].astype(np.float32)
-    kmap = np.full(_KMAP_SIZE, -1, dtype=np.int32)
-    u_grid = (lv.astype(np.int64) << (2 * np.arange(8))).sum(axis=1)
-    kmap[u_grid] = np.arange(lv.shape[0], dtype=np.int32)
-    # Level vectors the quantizer can reach (levels 0..2) that are off the grid. (ggml also builds lists
-    # for u holding level 3, which no search produces.)
-    reach = np.array(np.meshgrid(*[np.arange(3)] * 8, indexing="ij")).reshape(8, -1).T[:, ::-1]
-    u_all = (reach.astype(np.int64) << (2 * np.arange(8))).sum(axis=1)
-    order = np.argsort(u_all)
-    reach, u_all = reach[order], u_all[order]
-    off = kmap[u_all] < 0
-    reach, u_all = reach[off], u_all[off]
-    p = (2 * reach + 1).astype(np.int32)
-    d2 = ((pos.astype(np.int32)[None, :, :] - p[:, None, :]) ** 2).sum(axis=2)  # [m, n]
-    # ggml sorts (d2, j) pairs: a stable sort on d2 of indices in grid order gives the same order
-    idx = np.argsort(d2, axis=1, kind="stable")
-    sd2 = np.take_along_axis(d2, idx, axis=1)
-    neigh = []
-    for r in range(u_all.shape[0]):
-        distinct = np.unique(sd2[r])
-        cut = distinct[min(nwant, distinct.shape[0]) - 1]
-        n = int(np.searchsorted(sd2[r], cut, side="right"))
-        kmap[u_all[r]] = -(len(neigh) + 1)
-        neigh.append(n)
-        neigh.extend(idx[r, :n].tolist())
-    return pos, kmap, np.array(neigh, dtype=np.uint16), grid
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,7 +240,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
             this_scale = F32(1.0) / inv
             for k in range(4):
                 if _snap(xval, 8 * k, inv, this_scale, Laux, waux, pos, kmap, neigh)[0] < 0:
-                    return _NO_NEIGHBOUR
+                    return NO_NEIGHBOUR
             sumqx, sumq2 = _sums(weight, xval, Laux, 32)
             if sumq2 > F32(0.0) and sumqx * sumqx > best * sumq2:
                 scale = sumqx / sumq2
@@ -303,7 +251,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
             inv = F32(1.0) / scale
             for k in range(4):
                 if _snap(xval, 8 * k, inv, scale, L, waux, pos, kmap, neigh)[0] < 0:
-                    return _NO_NEIGHBOUR
+                    return NO_NEIGHBOUR
             sumqx, sumq2 = _sums(weight, xval, L, 32)
             if sumq2 > F32(0.0):
                 scale = sumqx / sumq2
@@ -315,11 +263,11 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
         for k in range(4):
             gi = _grid_index(L, 8 * k, kmap)
             if gi < 0:
-                return _OFF_GRID
+                return OFF_GRID
             y[2 + 8 * ib + k] = np.uint8(gi)
             w1 |= np.uint32(signs[k]) << np.uint32(7 * k)
         if not scale >= F32(0.0):
-            return _BAD_SCALE
+            return BAD_SCALE
         for b in range(4):
             y[2 + 8 * ib + 4 + b] = np.uint8((w1 >> np.uint32(8 * b)) & np.uint32(0xFF))
         scales[ib] = scale
@@ -327,7 +275,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
     if max_scale == F32(0.0):
         for j in range(IQ2_XXS_BYTES):
             y[j] = 0
-        return _OK
+        return OK
     d = max_scale / F32(31.0)
     store_fp16(y, 0, d)
     inv = F32(1.0) / d
@@ -335,13 +283,13 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
         l = nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))
         l = max(0, min(15, l))
         y[2 + 8 * ib + 7] |= np.uint8(l << 4)
-    return _OK
+    return OK
 
 
 @jit_rows
-def _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh, status):
+def quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh, status):
     """ggml quantize_iq2_xxs: rows float32[nrows, n], weights float32[n] -> out uint8[nrows, n/256*66];
-    status int32[nrows] gets a non-zero code where ggml would abort."""
+    status int32[nrows, 2] gets (code, super-block) where ggml would abort."""
     nrows, n = rows.shape
     nb = n // QK_K
     for r in numba.prange(nrows):
@@ -355,13 +303,14 @@ def _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh, status):
             st = quantize_block_iq2_xxs(rows[r, QK_K * i:QK_K * (i + 1)], weights[QK_K * i:QK_K * (i + 1)],
                                         out[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)], pos, kmap, neigh,
                                         scratch, L, Laux, Lqp, signs, scales)
-            if st != _OK:
-                status[r] = st
+            if st != OK:
+                status[r, 0] = st
+                status[r, 1] = i
                 break
 
 
 @jit_rows
-def _dequantize_iq2_xxs(data, out, grid, ksigns):
+def dequantize_iq2_xxs(data, out, grid, ksigns):
     """ggml dequantize_row_iq2_xxs: data uint8[nrows, nb*66] -> out float32[nrows, nb*256]."""
     nrows = data.shape[0]
     nb = data.shape[1] // IQ2_XXS_BYTES
@@ -411,7 +360,7 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh):
     for i in range(16):
         L[i] = 0
     if mx < eps:
-        return F32(0.0), False, _OK
+        return F32(0.0), False, OK
     best = F32(0.0)
     scale = mx / F32(2 * _KMAXQ - 1)
     on0 = True
@@ -422,7 +371,7 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh):
         g0, a0 = _snap(xval, 0, inv, this_scale, Laux, waux, pos, kmap, neigh)
         g1, a1 = _snap(xval, 8, inv, this_scale, Laux, waux, pos, kmap, neigh)
         if g0 < 0 or g1 < 0:
-            return scale, True, _NO_NEIGHBOUR
+            return scale, True, NO_NEIGHBOUR
         sumqx, sumq2 = _sums(weight, xval, Laux, 16)
         if sumq2 > F32(0.0) and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
@@ -434,13 +383,13 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh):
     if (not on0 or not on1) and scale > F32(0.0):
         inv = F32(1.0) / scale
         if not on0 and _snap(xval, 0, inv, scale, L, waux, pos, kmap, neigh)[0] < 0:
-            return scale, True, _NO_NEIGHBOUR
+            return scale, True, NO_NEIGHBOUR
         if not on1 and _snap(xval, 8, inv, scale, L, waux, pos, kmap, neigh)[0] < 0:
-            return scale, True, _NO_NEIGHBOUR
+            return scale, True, NO_NEIGHBOUR
         sumqx, sumq2 = _sums(weight, xval, L, 16)
         if sumq2 > F32(0.0):
             scale = sumqx / sumq2
-    return scale, True, _OK
+    return scale, True, OK
 
 
 @jit
@@ -480,7 +429,7 @@ def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scale
         s0 = _fold_signs(xb, weight, xval, 0, True) & 127
         s1 = _fold_signs(xb, weight, xval, 1, True) & 127
         scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, pos, kmap, neigh)
-        if st != _OK:
+        if st != OK:
             return st
         if not live:
             scales[ib] = F32(0.0)
@@ -492,21 +441,21 @@ def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scale
         for k in range(2):
             gi = _grid_index(L, 8 * k, kmap)
             if gi < 0:
-                return _OFF_GRID
+                return OFF_GRID
             v = gi | ((s0 if k == 0 else s1) << 9)
             y[2 + 4 * ib + 2 * k] = np.uint8(v & 0xFF)
             y[2 + 4 * ib + 2 * k + 1] = np.uint8((v >> 8) & 0xFF)
         if not scale >= F32(0.0):
-            return _BAD_SCALE
+            return BAD_SCALE
         scales[ib] = scale
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == F32(0.0):
         for j in range(IQ2_XS_BYTES):
             y[j] = 0
-        return _OK
+        return OK
     d = _put_scales(y, 66, scales, max_scale)
     store_fp16(y, 0, d)
-    return _OK
+    return OK
 
 
 @jit
@@ -534,7 +483,7 @@ def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales
         s0 = _fold_signs(xb, weight, xval, 0, False)
         s1 = _fold_signs(xb, weight, xval, 1, False)
         scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, pos, kmap, neigh)
-        if st != _OK:
+        if st != OK:
             return st
         if not live:
             scales[ib] = F32(0.0)
@@ -546,27 +495,27 @@ def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales
         for k in range(2):
             gi = _grid_index(L, 8 * k, kmap)
             if gi < 0:
-                return _OFF_GRID
+                return OFF_GRID
             i8 = 2 * ib + k
             y[2 + i8] = np.uint8(gi & 255)
             y[2 + 64 + i8 // 4] |= np.uint8((gi >> 8) << (2 * (i8 % 4)))
             y[2 + 32 + i8] = np.uint8(s0 if k == 0 else s1)
         if not scale >= F32(0.0):
-            return _BAD_SCALE
+            return BAD_SCALE
         scales[ib] = scale
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == F32(0.0):  # ggml keeps the indices and signs written above, with d = 0
-        return _OK
+        return OK
     d = _put_scales(y, 74, scales, max_scale)
     store_fp16(y, 0, d * F32(0.9875))
-    return _OK
+    return OK
 
 
 @jit_rows
-def _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s, status):
+def quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s, status):
     """ggml quantize_iq2_xs (is_s False) / quantize_iq2_s (True): rows float32[nrows, n], weights
-    float32[n] (or [0], IQ2_S only) -> out uint8[nrows, n/256*74 or *82]; status int32[nrows] gets a
-    non-zero code where ggml would abort."""
+    float32[n] (or [0], IQ2_S only) -> out uint8[nrows, n/256*74 or *82]; status int32[nrows, 2] gets
+    (code, super-block) where ggml would abort."""
     nrows, n = rows.shape
     nb = n // QK_K
     bs = IQ2_S_BYTES if is_s else IQ2_XS_BYTES
@@ -583,13 +532,14 @@ def _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s, status):
                 st = quantize_block_iq2_s(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
             else:
                 st = quantize_block_iq2_xs(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
-            if st != _OK:
-                status[r] = st
+            if st != OK:
+                status[r, 0] = st
+                status[r, 1] = i
                 break
 
 
 @jit_rows
-def _dequantize_iq2_16(data, out, grid, ksigns, is_s):
+def dequantize_iq2_16(data, out, grid, ksigns, is_s):
     """ggml dequantize_row_iq2_xs / dequantize_row_iq2_s: data uint8[nrows, nb*74 or nb*82]
     -> out float32[nrows, nb*256]."""
     nrows = data.shape[0]
@@ -618,57 +568,3 @@ def _dequantize_iq2_16(data, out, grid, ksigns, is_s):
                     for j in range(8):
                         sg = F32(-1.0) if (s >> np.uint8(j)) & np.uint8(1) else F32(1.0)
                         o[32 * ib + 8 * l + j] = dl * grid[g, j] * sg
-
-
-# ---------------------------------------------------------------------------------------------------
-# Entry points: hand the drivers their type's tables
-# ---------------------------------------------------------------------------------------------------
-
-
-def _raise_on(status, name):
-    bad = np.flatnonzero(status)
-    if bad.size:
-        r = int(bad[0])
-        raise QuantError(f"{name}: row {r} cannot be quantized, {_WHY[int(status[r])]}; "
-                         f"values this large overflow the search (ggml aborts the process)")
-
-
-def quantize_iq2_xxs(rows, weights, out):
-    """ggml quantize_iq2_xxs: rows float32[nrows, n], weights float32[n] (required) -> out uint8[nrows, n/256*66]."""
-    pos, kmap, neigh, _ = tables("IQ2_XXS")
-    assert weights.shape[0] > 0, "IQ2_XXS needs an importance vector"
-    status = np.zeros(rows.shape[0], np.int32)
-    _quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh, status)
-    _raise_on(status, "IQ2_XXS")
-
-
-def dequantize_iq2_xxs(data, out):
-    """ggml dequantize_row_iq2_xxs: data uint8[nrows, nb*66] -> out float32[nrows, nb*256]."""
-    _dequantize_iq2_xxs(data, out, tables("IQ2_XXS")[3], KSIGNS_IQ2XS)
-
-
-def quantize_iq2_xs(rows, weights, out):
-    """ggml quantize_iq2_xs: rows float32[nrows, n], weights float32[n] (required) -> out uint8[nrows, n/256*74]."""
-    pos, kmap, neigh, _ = tables("IQ2_XS")
-    assert weights.shape[0] > 0, "IQ2_XS needs an importance vector"
-    status = np.zeros(rows.shape[0], np.int32)
-    _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, False, status)
-    _raise_on(status, "IQ2_XS")
-
-
-def dequantize_iq2_xs(data, out):
-    """ggml dequantize_row_iq2_xs: data uint8[nrows, nb*74] -> out float32[nrows, nb*256]."""
-    _dequantize_iq2_16(data, out, tables("IQ2_XS")[3], KSIGNS_IQ2XS, False)
-
-
-def quantize_iq2_s(rows, weights, out):
-    """ggml quantize_iq2_s: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*82]."""
-    pos, kmap, neigh, _ = tables("IQ2_S")
-    status = np.zeros(rows.shape[0], np.int32)
-    _quantize_iq2_16(rows, weights, out, pos, kmap, neigh, True, status)
-    _raise_on(status, "IQ2_S")
-
-
-def dequantize_iq2_s(data, out):
-    """ggml dequantize_row_iq2_s: data uint8[nrows, nb*82] -> out float32[nrows, nb*256]."""
-    _dequantize_iq2_16(data, out, tables("IQ2_S")[3], KSIGNS_IQ2XS, True)

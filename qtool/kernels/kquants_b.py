@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16, store_u16
 from qtool.kernels.search import (
@@ -61,11 +60,6 @@ _Q3_HMASK, _Q3_QS, _Q3_SCALES, _Q3_D, Q3_K_BYTES = 0, 32, 96, 108, 110
 #     qh byte 32*h + l:       bits 1..0, 3..2, 5..4, 7..6 = high two bits of w, w+32, w+64, w+96
 #   weight = d * scales[s] * (q - 32),   q in 0..63
 _Q6_QL, _Q6_QH, _Q6_SCALES, _Q6_D, Q6_K_BYTES = 0, 128, 192, 208, 210
-
-for _t, _b in ((GGMLQuantizationType.Q2_K, Q2_K_BYTES), (GGMLQuantizationType.Q3_K, Q3_K_BYTES),
-               (GGMLQuantizationType.Q6_K, Q6_K_BYTES)):
-    assert GGML_QUANT_SIZES[_t] == (QK_K, _b), (_t, GGML_QUANT_SIZES[_t])
-
 
 # -- the sub-block scale search, 16 sub-blocks side by side ------------------------------------------
 

@@ -13,7 +13,7 @@ validation (dtype, row length, NaN/Inf, importance-vector length), per-expert im
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, NamedTuple
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -21,6 +21,24 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from qtool.errors import QuantError
 
 _REGISTRY: dict[GGMLQuantizationType, "Quantizer"] = {}
+
+
+class RowFailure(NamedTuple):
+    """A row a kernel could not quantize (where ggml aborts the process): its index among the rows
+    handed to ``quantize_blocks``, the block, and why."""
+
+    row: int
+    block: int
+    why: str
+
+
+def first_failure(status: np.ndarray, why: dict[int, str]) -> RowFailure | None:
+    """The first row whose kernel status int32[nrows, 2] (code, block) holds a non-zero code."""
+    bad = np.flatnonzero(status[:, 0])
+    if not bad.size:
+        return None
+    r = int(bad[0])
+    return RowFailure(r, int(status[r, 1]), why[int(status[r, 0])])
 
 
 class Quantizer:
@@ -44,9 +62,10 @@ class Quantizer:
 
     # -- what a family module implements -------------------------------------------------------
 
-    def quantize_blocks(self, rows: np.ndarray, weights: np.ndarray | None, out: np.ndarray) -> None:
+    def quantize_blocks(self, rows: np.ndarray, weights: np.ndarray | None, out: np.ndarray) -> RowFailure | None:
         """rows: float32 [nrows, n_per_row] C-contiguous; weights: float32 [n_per_row] or None;
-        out: uint8 [nrows, row_bytes], to be filled."""
+        out: uint8 [nrows, row_bytes], to be filled. Returns the first row the kernel refused, if any
+        (the caller raises, naming the tensor)."""
         raise NotImplementedError
 
     def dequantize_blocks(self, data: np.ndarray, out: np.ndarray) -> None:
@@ -100,13 +119,18 @@ class Quantizer:
         out = np.empty((rows.shape[0], self.row_bytes(n_per_row)), dtype=np.uint8)
         weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
         if weights is None or weights.ndim == 1:
-            self.quantize_blocks(rows, weights, out)
+            self._raise_on(self.quantize_blocks(rows, weights, out), 0, name)
         else:  # one importance vector per expert of a 3-D tensor
             per_expert = rows.shape[0] // weights.shape[0]
             for e in range(weights.shape[0]):
                 sl = slice(e * per_expert, (e + 1) * per_expert)
-                self.quantize_blocks(rows[sl], weights[e], out[sl])
+                self._raise_on(self.quantize_blocks(rows[sl], weights[e], out[sl]), e * per_expert, name)
         return out.reshape(data.shape[:-1] + (out.shape[1],))
+
+    def _raise_on(self, failed: RowFailure | None, first_row: int, name: str) -> None:
+        if failed is not None:
+            raise QuantError(f"{name}: {self.name} cannot quantize row {first_row + failed.row} "
+                             f"(block {failed.block}): {failed.why}")
 
     def dequantize(self, data: np.ndarray, *, name: str = "tensor", threads: int | None = None) -> np.ndarray:
         """uint8 [..., row_bytes] -> float32 [..., n_per_row]."""
@@ -150,6 +174,7 @@ class KernelQuantizer(Quantizer):
 
     def quantize_blocks(self, rows, weights, out):
         type(self).quantize_kernel(rows, NO_WEIGHTS if weights is None else weights, out)
+        return None
 
     def dequantize_blocks(self, data, out):
         type(self).dequantize_kernel(data, out)

@@ -39,3 +39,7 @@ class Q8_K(KernelQuantizer, qtype=T.Q8_K):
     and ggml_quantize_chunk does not accept it. It has no importance-weighted path."""
 
     quantize_kernel, dequantize_kernel = ka.quantize_q8_K, ka.dequantize_q8_K
+
+
+for _q, _nbytes in ((Q2_K, kb.Q2_K_BYTES), (Q3_K, kb.Q3_K_BYTES), (Q6_K, kb.Q6_K_BYTES)):
+    assert _q.type_size == _nbytes, (_q.name, _q.type_size, _nbytes)  # the kernels' block layout is gguf's

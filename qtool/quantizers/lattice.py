@@ -1,0 +1,90 @@
+"""The IQ lattices: grids decoded from the ``gguf`` package's copies of ggml's tables (gguf.quants), and
+ggml's search tables (kmap and neighbour lists, kernels/lattice.py) built from them on first use.
+
+gguf-py stores each grid as hex text: per grid point, ``dim`` level indices of ``bits`` bits each
+(bits = enough for the type's ``grid_map``), little end first; ``grid_map[level]`` is ggml's stored
+coordinate (IQ2: 0x08 0x19 0x2b, IQ3_XXS: 4 .. 52 and 62, IQ3_S: 1, 3 .. 15, IQ1: -1, 0, 1).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from qtool.quantizers.base import NO_WEIGHTS, Quantizer, first_failure
+
+
+@dataclass(frozen=True)
+class Lattice:
+    levels: np.ndarray  #: uint8 [n, dim]: level index of each coordinate
+    values: np.ndarray  #: float32 [n, dim]: ggml's grid coordinates (grid_map[level]), for dequantizing
+    odd: np.ndarray  #: float32 [n, dim]: 2*level + 1, the coordinates the IQ2/IQ3 searches measure in
+    kmap: np.ndarray  #: int32 [kmap_size]: see qtool.kernels.lattice
+    neighbours: np.ndarray  #: uint16 [...]: see qtool.kernels.lattice
+
+
+# grid -> (gguf-py class name, kmap size, levels the quantizer forms, distinct distances kept) as
+# ggml's iq2xs_init_impl (IQ1, IQ2) and iq3xs_init_impl (IQ3) build them
+_SPECS = {
+    "IQ1": ("IQ1_S", 43692, 3, 3),
+    "IQ2_XXS": ("IQ2_XXS", 43692, 3, 2),
+    "IQ2_XS": ("IQ2_XS", 43692, 3, 2),
+    "IQ2_S": ("IQ2_S", 43692, 3, 1),
+    "IQ3_XXS": ("IQ3_XXS", 4096, 8, 2),
+    "IQ3_S": ("IQ3_S", 4096, 8, 3),
+}
+
+
+def _decode(src) -> tuple[np.ndarray, int]:
+    """(levels uint8[n, dim], bits per level) of a gguf.quants class's grid_hex."""
+    bits = max(1, (len(src.grid_map) - 1).bit_length())
+    per_byte = 8 // bits  # gguf-py packs 8 // bits levels per byte, 8 // per_byte bits apart
+    raw = np.frombuffer(bytes.fromhex(src.grid_hex.decode()), dtype=np.uint8)
+    lv = (raw[:, None] >> ((8 // per_byte) * np.arange(per_byte, dtype=np.uint8))) & ((1 << bits) - 1)
+    return lv.reshape(src.grid_shape).astype(np.uint8), bits
+
+
+@functools.lru_cache(maxsize=None)
+def lattice(name: str) -> Lattice:
+    """The grid and search tables of "IQ1" (IQ1_S and IQ1_M), "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS" or "IQ3_S"."""
+    import gguf.quants as gq
+
+    from qtool.kernels.lattice import build_neighbours
+
+    cls_name, kmap_size, nreach, nwant = _SPECS[name]
+    src = getattr(gq, cls_name)
+    levels, bits = _decode(src)
+    values = np.asarray(src.grid_map, dtype=np.float32)[levels]
+    odd = (2 * levels.astype(np.float32) + 1).astype(np.float32)
+    kmap, neighbours = build_neighbours(levels, bits, nreach, nwant, kmap_size)
+    return Lattice(levels, values, odd, kmap, neighbours)
+
+
+class LatticeQuantizer(Quantizer):
+    """An IQ type: its kernels take the lattice's tables and report rows ggml would abort on.
+
+    A type declares ``grid`` (a name of ``lattice``), ``failures`` (kernel status code -> why) and
+    ``quantize_kernel(rows, weights or NO_WEIGHTS, out, lattice, status)``, ``dequantize_kernel(data,
+    out, lattice)``."""
+
+    grid: ClassVar[str]
+    failures: ClassVar[dict[int, str]]
+    quantize_kernel: ClassVar[Callable]
+    dequantize_kernel: ClassVar[Callable]
+
+    def quantize_blocks(self, rows, weights, out):
+        status = np.zeros((rows.shape[0], 2), np.int32)
+        type(self).quantize_kernel(rows, NO_WEIGHTS if weights is None else weights, out, lattice(self.grid), status)
+        return first_failure(status, self.failures)
+
+    def dequantize_blocks(self, data, out):
+        type(self).dequantize_kernel(data, out, lattice(self.grid))
+
+
+#: why a row stops, in the words of ggml's abort
+OVERFLOW = "values this large overflow the search (ggml aborts the process)"
+NO_NEIGHBOUR = f"no grid neighbour at a finite distance (ggml: GGML_ASSERT(grid_index >= 0)); {OVERFLOW}"
+BAD_SCALE = f"a NaN block scale (ggml: GGML_ASSERT(scale >= 0)); {OVERFLOW}"
