@@ -8,8 +8,8 @@ import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-import qtool.quantizers.iquants  # noqa: F401  (registers IQ4_NL and IQ4_XS)
-from qtool.kernels import iquants as ki
+import qtool.quantizers.iq4  # noqa: F401  (registers IQ4_NL and IQ4_XS)
+from qtool.kernels import iq4 as ki
 from qtool.quantizers import get
 from qtool.testing import ggml, golden
 from qtool.testing.data import hard_rows, importance

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from gguf import GGMLQuantizationType as T
 
-from qtool.kernels import kquants as ka
-from qtool.kernels import kquants_b as kb
+from qtool.kernels import kquants16 as kb
+from qtool.kernels import kquants32 as ka
 from qtool.quantizers.base import KernelQuantizer
 
 

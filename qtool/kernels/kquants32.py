@@ -1,4 +1,4 @@
-"""Q4_K, Q5_K and Q8_K kernels: 256-weight super-blocks (ggml's QK_K).
+"""Q4_K and Q5_K (8 sub-blocks of 32 weights) and Q8_K kernels: 256-weight super-blocks (ggml's QK_K).
 
 Q4_K and Q5_K split a super-block into 8 sub-blocks of 32 weights, each with its own 6-bit scale and
 6-bit min, themselves scaled by two half-precision factors ``d`` and ``dmin``:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gguf import GGMLQuantizationType as T
 
-from qtool.kernels import iquants as k
+from qtool.kernels import iq4 as k
 from qtool.quantizers.base import KernelQuantizer
 
 

@@ -12,7 +12,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-from qtool.kernels import kquants_b as kb
+from qtool.kernels import kquants16 as kb
 from qtool.testing import ggml
 from qtool.testing.data import hard_rows, importance
 from qtool.testing.golden import mismatch_report
