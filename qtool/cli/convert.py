@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,6 +47,9 @@ def convert_command(
                                                    "tensors are already quantized.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (type and bytes per tensor) and "
                                                             "write nothing.")] = False,
+    pre_tokenizer: Annotated[Optional[str], typer.Option("--pre-tokenizer", help="llama.cpp pre-tokenizer name "
+                                                         "for a BPE or WordPiece tokenizer.json (default: found "
+                                                         "as convert_hf_to_gguf.py does).")] = None,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -63,11 +67,31 @@ def convert_command(
         leave_output_tensor=leave_output_tensor,
         allow_requantize=allow_requantize,
     )
-    with out.progress(total=None, description="quantizing") as advance:
+    from qtool.formats.vocab import force_pre_tokenizer
+
+    with out.progress(total=None, description="quantizing") as advance, force_pre_tokenizer(pre_tokenizer), \
+            _warnings_to(out):
         result = convert(input, type, output, threads=threads, options=options, imatrix=imatrix,
                          include_weights=include_weights, exclude_weights=exclude_weights, dry_run=dry_run,
                          on_start=advance.set_total, on_tensor=lambda p, n: advance(n, p.name))
     _report(out, result, dry_run)
+
+
+@contextlib.contextmanager
+def _warnings_to(out):
+    """qtool's logged warnings (an unrecognized pre-tokenizer, ...) as notes on stderr."""
+    import logging
+
+    class _Note(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            out.note(f"warning: {record.getMessage()}")
+
+    logger, handler = logging.getLogger("qtool"), _Note(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _report(out, result, dry_run: bool) -> None:
