@@ -169,9 +169,9 @@ def convert(
 
 
 def _nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
-    from gguf import GGML_QUANT_SIZES
+    from qtool.formats.ggml_types import QUANT_SIZES
 
-    block, size = GGML_QUANT_SIZES[qtype]
+    block, size = QUANT_SIZES[qtype]
     rows = int(np.prod(shape[:-1], dtype=np.int64))
     return rows * (shape[-1] // block) * size
 

@@ -31,7 +31,7 @@ def test_ftype_is_gguf_pys_of_the_same_name(name):
     p = P.PRESETS[name]
     want = F.ALL_F32 if name == "F32" else F[f"MOSTLY_{name}"]
     assert p.ftype is want and P.file_type(name) == int(want)
-    assert p.description and p.alias_of is None and p.supported
+    assert p.description and p.alias_of is None
 
 
 @pytest.mark.parametrize(("alias", "target"), [("Q3_K", "Q3_K_M"), ("Q4_K", "Q4_K_M"), ("Q5_K", "Q5_K_M")])
@@ -93,12 +93,15 @@ def test_unknown_numeric_ftype():
         P.get_preset("5")  # Q4_2, long gone
 
 
-def test_q2_0_is_listed_but_gguf_py_cannot_name_it():
+def test_q2_0_has_qtools_own_names():
+    """gguf-py 0.19 has neither the type (42) nor the file type (41): qtool names them itself."""
     p = P.get_preset("Q2_0")
-    assert int(p.ftype) == 41 and int(p.base_type) == 42 and not p.supported
+    assert (int(p.ftype), p.ftype.name) == (41, "MOSTLY_Q2_0") and (int(p.base_type), p.base_type.name) == (42, "Q2_0")
+    assert P.get_preset("41") is p and P.file_type("Q2_0") == 41
+    assert P.parse_ggml_type("q2_0") is p.base_type and P.block_size(p.base_type) == 64
     spec = ModelSpec(n_layer=1)
-    with pytest.raises(UsageError, match="Q2_0"):
-        P.plan_model("Q2_0", spec.metadata(), spec.tensors())
+    plan = {pl.name: pl for pl in P.plan_model("Q2_0", spec.metadata(), spec.tensors())}
+    assert plan["blk.0.attn_q.weight"].qtype is p.base_type
     assert not P.imatrix_required("Q2_0")
 
 
@@ -172,6 +175,7 @@ def test_categories(name, cat):
 @pytest.mark.parametrize(("qtype", "ncols", "want"), [
     (T.Q4_K, 256, T.Q4_K), (T.Q4_K, 640, T.Q5_0), (T.Q5_K, 640, T.Q5_1), (T.Q6_K, 640, T.Q8_0),
     (T.Q2_K, 640, T.Q4_0), (T.Q3_K, 640, T.Q4_0), (T.TQ1_0, 640, T.Q4_0), (T.TQ2_0, 96, T.Q4_0),
+    (P.Q2_0, 96, T.Q4_0), (P.Q2_0, 48, T.F16), (P.Q2_0, 128, P.Q2_0),
     (T.IQ2_XXS, 640, T.IQ4_NL), (T.IQ4_XS, 640, T.IQ4_NL), (T.IQ3_S, 96, T.IQ4_NL),
     (T.Q4_K, 600, T.F16), (T.IQ1_S, 600, T.F16), (T.Q8_0, 600, T.F16), (T.IQ4_NL, 600, T.F16),
     (T.MXFP4, 48, T.F16), (T.Q4_0, 64, T.Q4_0), (T.F16, 7, T.F16),

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES
 
 from qtool.analysis import stats
 from qtool.errors import QtoolError, UsageError
@@ -76,7 +75,9 @@ def mode_fields(*, reference: bool, figures: bool = True) -> tuple[str, ...]:
 
 def block_size(qtype) -> int:
     """The quantization block of a ggml type; 32 for the unblocked float types."""
-    block = GGML_QUANT_SIZES[qtype][0]
+    from qtool.formats.ggml_types import QUANT_SIZES
+
+    block = QUANT_SIZES[qtype][0]
     return block if block > 1 else stats.FLOAT_BLOCK
 
 

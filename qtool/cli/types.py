@@ -8,12 +8,11 @@ from qtool.cli.options import JsonOpt
 
 
 def _type_rows():
-    from gguf import GGML_QUANT_SIZES
-
+    from qtool.formats.ggml_types import QUANT_SIZES
     from qtool.quantizers import presets, registered
 
     reg = registered()
-    for qtype, (block, size) in GGML_QUANT_SIZES.items():
+    for qtype, (block, size) in sorted(QUANT_SIZES.items()):
         if qtype not in presets.TARGET_TYPES:
             continue
         yield {"name": qtype.name, "block_size": block, "type_size": size, "bpw": 8.0 * size / block,
@@ -21,16 +20,13 @@ def _type_rows():
 
 
 def _preset_rows():
-    from gguf import GGML_QUANT_SIZES
-
+    from qtool.formats.ggml_types import QUANT_SIZES
     from qtool.quantizers import presets, registered
 
     reg = registered()
     for p in presets.PRESETS.values():
-        if not p.supported:
-            continue
         base = p.base_type
-        block, size = GGML_QUANT_SIZES[base]
+        block, size = QUANT_SIZES[base]
         yield {"name": p.name, "file_type": int(p.ftype), "base_type": base.name, "base_bpw": 8.0 * size / block,
                "quantize": p.only_copy or base in reg, "requires_imatrix": presets.imatrix_required(p),
                "alias_of": p.alias_of, "description": p.description}

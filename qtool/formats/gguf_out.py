@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter
+from gguf import GGUFValueType, GGUFWriter
 
 from qtool.errors import FormatError, UsageError
+from qtool.formats.ggml_types import QUANT_SIZES, QType
 
 # Keys the writer itself owns, or that describe the input file rather than the model.
 _DROPPED_KEYS = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture",
@@ -88,14 +89,15 @@ class GGUFOut:
             del self._writer.kv_data[0][key]
         _add_kv(self._writer, key, value, vtype, sub_type)
 
-    def add_tensor(self, name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
+    def add_tensor(self, name: str, shape: tuple[int, ...], qtype: QType) -> int:
         """Declare a tensor (numpy-order element shape); returns its size in bytes."""
-        block, size = GGML_QUANT_SIZES[qtype]
+        block, size = QUANT_SIZES[qtype]
         if shape[-1] % block:
             raise FormatError(f"{name}: row of {shape[-1]} does not fit {qtype.name} blocks of {block}")
-        byte_shape = (*shape[:-1], shape[-1] // block * size)
-        nbytes = int(np.prod(byte_shape, dtype=np.int64))
-        self._writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=qtype)
+        nbytes = int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block * size)
+        # GGUFWriter takes the element shape as it is for any tensor dtype but uint8 (whose byte shape it
+        # would convert through its own size table, which lacks the types gguf-py does not know)
+        self._writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
         self._expected.append((name, nbytes))
         return nbytes
 

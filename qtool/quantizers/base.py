@@ -6,7 +6,8 @@ A family module (legacy.py, kquants.py, ...) declares::
         def quantize_blocks(self, rows, weights, out): kernels.legacy.quantize_q4_0(rows, weights, out)
         def dequantize_blocks(self, data, out): kernels.legacy.dequantize_q4_0(data, out)
 
-and this base does everything else: block/byte sizes from ``gguf.GGML_QUANT_SIZES``, reshaping to rows,
+and this base does everything else: block/byte sizes from ``gguf.GGML_QUANT_SIZES`` (through
+``qtool.formats.ggml_types.QUANT_SIZES``, which adds the types gguf-py lacks), reshaping to rows,
 validation (dtype, row length, NaN/Inf, importance-vector length), per-expert importance vectors for
 3-D tensors, the thread count, and the output allocation.
 """
@@ -16,11 +17,11 @@ from __future__ import annotations
 from typing import Callable, ClassVar, NamedTuple
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from qtool.errors import QuantError
+from qtool.formats.ggml_types import QUANT_SIZES, QType, ggml_type_named
 
-_REGISTRY: dict[GGMLQuantizationType, "Quantizer"] = {}
+_REGISTRY: dict[QType, "Quantizer"] = {}
 
 
 class RowFailure(NamedTuple):
@@ -42,7 +43,7 @@ def first_failure(status: np.ndarray, why: dict[int, str]) -> RowFailure | None:
 
 
 class Quantizer:
-    qtype: ClassVar[GGMLQuantizationType]
+    qtype: ClassVar[QType]
     block_size: ClassVar[int]
     type_size: ClassVar[int]
     #: ggml's quantize function for this type reads the importance vector (else it is ignored).
@@ -50,14 +51,14 @@ class Quantizer:
     #: ggml refuses to quantize this type without an importance vector.
     requires_imatrix: ClassVar[bool] = False
 
-    def __init_subclass__(cls, qtype: GGMLQuantizationType | None = None, **kwargs):
+    def __init_subclass__(cls, qtype: QType | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
         if qtype is None:
             return
         if qtype in _REGISTRY:
             raise TypeError(f"{qtype.name} is registered twice ({_REGISTRY[qtype].__class__.__name__}, {cls.__name__})")
         cls.qtype = qtype
-        cls.block_size, cls.type_size = GGML_QUANT_SIZES[qtype]
+        cls.block_size, cls.type_size = QUANT_SIZES[qtype]
         _REGISTRY[qtype] = cls()
 
     # -- what a family module implements -------------------------------------------------------
@@ -188,12 +189,12 @@ def _set_threads(threads: int | None) -> None:
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
 
 
-def get(qtype: GGMLQuantizationType | str) -> Quantizer:
+def get(qtype: QType | str) -> Quantizer:
     """The registered quantizer for a type (enum or name, case-insensitive)."""
     _load_families()
     if isinstance(qtype, str):
         try:
-            qtype = GGMLQuantizationType[qtype.upper()]
+            qtype = ggml_type_named(qtype.upper())
         except KeyError:
             raise QuantError(f"unknown ggml type {qtype!r}") from None
     try:
@@ -202,7 +203,7 @@ def get(qtype: GGMLQuantizationType | str) -> Quantizer:
         raise QuantError(f"qtool has no quantizer for {qtype.name} yet") from None
 
 
-def registered() -> dict[GGMLQuantizationType, Quantizer]:
+def registered() -> dict[QType, Quantizer]:
     """All registered quantizers, in ggml type order."""
     _load_families()
     return dict(sorted(_REGISTRY.items()))

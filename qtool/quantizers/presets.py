@@ -24,52 +24,38 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf import GGMLQuantizationType, LlamaFileType
 
 from qtool.errors import FormatError, QuantError, UsageError
+from qtool.formats.ggml_types import (QUANT_SIZES, ExtraType, FileType, QType, all_types, file_type_named,
+                                      ggml_type, ggml_type_named)
+from qtool.formats.ggml_types import file_type as _llama_file_type
 
 T = GGMLQuantizationType
 F = LlamaFileType
-
-#: GGML types and llama ftypes that this llama.cpp build has but gguf-py 0.19 does not (value -> name).
-_EXTRA_TYPES = {42: "Q2_0"}
-_EXTRA_FTYPES = {41: "MOSTLY_Q2_0"}
+#: the reference build's Q2_0 type and file type, which gguf-py 0.19 lacks
+Q2_0 = ggml_type_named("Q2_0")
+MOSTLY_Q2_0 = file_type_named("MOSTLY_Q2_0")
 
 #: ggml's is_quantized flag: every type except the plain float and integer ones.
 _NOT_QUANTIZED = frozenset({T.F32, T.F16, T.BF16, T.I8, T.I16, T.I32, T.I64, T.F64})
 
 #: Types ggml_quantize_chunk can produce (the rest exist only as dot-product partners or integers).
-TARGET_TYPES = frozenset(t for t in T if t not in {T.Q8_1, T.Q8_K, T.I8, T.I16, T.I32, T.I64, T.F64})
-
-
-def _type(value: int) -> GGMLQuantizationType | int:
-    try:
-        return T(value)
-    except ValueError:
-        return value
-
-
-def _ftype(value: int) -> LlamaFileType | int:
-    try:
-        return F(value)
-    except ValueError:
-        return value
+TARGET_TYPES = frozenset(t for t in all_types() if t not in {T.Q8_1, T.Q8_K, T.I8, T.I16, T.I32, T.I64, T.F64})
 
 
 def type_name(qtype: int) -> str:
     """ggml type name for a type id, also for the few gguf-py does not know."""
-    return _EXTRA_TYPES.get(int(qtype)) or T(qtype).name
+    return ggml_type(int(qtype)).name
 
 
 def is_quantized(qtype: int) -> bool:
     """ggml_is_quantized."""
-    return _type(qtype) not in _NOT_QUANTIZED
+    return qtype not in _NOT_QUANTIZED
 
 
 def block_size(qtype: int) -> int:
-    if int(qtype) == 42:  # Q2_0: 64 weights a block ("group 64" in llama-quantize's list)
-        return 64
-    return GGML_QUANT_SIZES[T(qtype)][0]
+    return QUANT_SIZES[qtype][0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,10 +68,10 @@ class Preset:
     """One entry of llama-quantize's list of allowed quantization types."""
 
     name: str
-    #: llama_ftype as written to general.file_type (a gguf.LlamaFileType where gguf-py knows it).
-    ftype: LlamaFileType | int
+    #: llama_ftype as written to general.file_type
+    ftype: FileType
     #: llama_ftype_get_default_type: the type of every quantizable tensor before the mixture rules.
-    base_type: GGMLQuantizationType | int
+    base_type: QType
     description: str
     #: the preset an alias stands for (llama-quantize's Q3_K, Q4_K, Q5_K)
     alias_of: str | None = None
@@ -95,32 +81,15 @@ class Preset:
         return self.name == "COPY"
 
     @property
-    def supported(self) -> bool:
-        """False where this gguf-py cannot name the type or file type (Q2_0)."""
-        return isinstance(self.ftype, F) and isinstance(self.base_type, T)
-
-    @property
-    def default_type(self) -> GGMLQuantizationType:
-        if not isinstance(self.base_type, T):
-            raise UsageError(f"preset {self.name} needs ggml type {type_name(self.base_type)}, "
-                             f"which gguf-py {_gguf_version()} does not know")
+    def default_type(self) -> QType:
         return self.base_type
-
-
-def _gguf_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("gguf")
-    except Exception:  # pragma: no cover - metadata missing in odd installs
-        return "(unknown version)"
 
 
 #: llama_ftype_get_default_type
 _BASE_TYPE: dict[int, int] = {
     F.MOSTLY_Q4_0: T.Q4_0, F.MOSTLY_Q4_1: T.Q4_1, F.MOSTLY_Q5_0: T.Q5_0, F.MOSTLY_Q5_1: T.Q5_1,
     F.MOSTLY_Q8_0: T.Q8_0, F.MOSTLY_F16: T.F16, F.MOSTLY_BF16: T.BF16, F.ALL_F32: T.F32,
-    F.MOSTLY_Q1_0: T.Q1_0, 41: 42, F.MOSTLY_MXFP4_MOE: T.MXFP4,
+    F.MOSTLY_Q1_0: T.Q1_0, MOSTLY_Q2_0: Q2_0, F.MOSTLY_MXFP4_MOE: T.MXFP4,
     F.MOSTLY_Q2_K_S: T.Q2_K, F.MOSTLY_Q2_K: T.Q2_K, F.MOSTLY_IQ3_XS: T.IQ3_S,
     F.MOSTLY_Q3_K_S: T.Q3_K, F.MOSTLY_Q3_K_M: T.Q3_K, F.MOSTLY_Q3_K_L: T.Q3_K,
     F.MOSTLY_Q4_K_S: T.Q4_K, F.MOSTLY_Q4_K_M: T.Q4_K, F.MOSTLY_Q5_K_S: T.Q5_K, F.MOSTLY_Q5_K_M: T.Q5_K,
@@ -133,7 +102,7 @@ _BASE_TYPE: dict[int, int] = {
 #: llama-quantize's QUANT_OPTIONS, in its order (the order matters for numeric lookups: 15 -> "Q4_K").
 _QUANT_OPTIONS: list[tuple[str, int, str]] = [
     ("Q1_0", F.MOSTLY_Q1_0, " 1.125 bpw quantization"),
-    ("Q2_0", 41, " 2.25 bpw quantization (group 64)"),
+    ("Q2_0", MOSTLY_Q2_0, " 2.25 bpw quantization (group 64)"),
     ("Q4_0", F.MOSTLY_Q4_0, " 4.34G, +0.4685 ppl @ Llama-3-8B"),
     ("Q4_1", F.MOSTLY_Q4_1, " 4.78G, +0.4511 ppl @ Llama-3-8B"),
     ("MXFP4_MOE", F.MOSTLY_MXFP4_MOE, " MXFP4 MoE"),
@@ -180,7 +149,7 @@ def _build_presets() -> dict[str, Preset]:
         if name in out:
             raise AssertionError(f"preset {name} listed twice")
         alias = desc.removeprefix("alias for ") if desc.startswith("alias for ") else None
-        out[name] = Preset(name, _ftype(ftype), _type(_BASE_TYPE[int(ftype)]), desc.strip(), alias)
+        out[name] = Preset(name, _llama_file_type(ftype), ggml_type(_BASE_TYPE[int(ftype)]), desc.strip(), alias)
     return out
 
 
@@ -195,7 +164,7 @@ _FTYPE_OF_TYPE: dict[int, int] = {
     T.TQ1_0: F.MOSTLY_TQ1_0, T.TQ2_0: F.MOSTLY_TQ2_0, T.IQ2_XXS: F.MOSTLY_IQ2_XXS, T.IQ2_XS: F.MOSTLY_IQ2_XS,
     T.IQ2_S: F.MOSTLY_IQ2_S, T.IQ3_XXS: F.MOSTLY_IQ3_XXS, T.IQ1_S: F.MOSTLY_IQ1_S, T.IQ1_M: F.MOSTLY_IQ1_M,
     T.IQ4_NL: F.MOSTLY_IQ4_NL, T.IQ4_XS: F.MOSTLY_IQ4_XS, T.IQ3_S: F.MOSTLY_IQ3_S, T.NVFP4: F.MOSTLY_NVFP4,
-    T.Q1_0: F.MOSTLY_Q1_0, 42: 41,
+    T.Q1_0: F.MOSTLY_Q1_0, Q2_0: MOSTLY_Q2_0,
 }
 _GUESSED = 1024  # LLAMA_FTYPE_GUESSED: the loader's mark for a file type it inferred
 
@@ -228,7 +197,7 @@ def get_preset(name: str | Preset) -> Preset:
         raise UsageError(f"no llama-quantize preset has file type {int(key)}")
     hint = ""
     try:
-        t = T[key]
+        t = ggml_type_named(key)
     except KeyError:
         t = None
     if t is not None:
@@ -243,7 +212,7 @@ def _close_matches(key: str, names: Iterable[str]) -> str:
     return f"; did you mean {', '.join(close[:5])}?" if close else ""
 
 
-def parse_ggml_type(name: str) -> GGMLQuantizationType:
+def parse_ggml_type(name: str) -> QType:
     """A ggml type name (case-insensitive) for --output-tensor-type, --token-embedding-type, --tensor-type.
 
     llama-quantize accepts any ggml type here; types ggml cannot quantize to (Q8_1, Q8_K, the integer types)
@@ -251,7 +220,7 @@ def parse_ggml_type(name: str) -> GGMLQuantizationType:
     """
     key = name.strip().upper()
     try:
-        t = T[key]
+        t = ggml_type_named(key)
     except KeyError:
         raise UsageError(f"unknown ggml type {name!r}{_close_matches(key, [t.name for t in TARGET_TYPES])}") from None
     if t not in TARGET_TYPES:
@@ -260,7 +229,7 @@ def parse_ggml_type(name: str) -> GGMLQuantizationType:
     return t
 
 
-def parse_tensor_type(spec: str) -> tuple[str, GGMLQuantizationType]:
+def parse_tensor_type(spec: str) -> tuple[str, QType]:
     """One --tensor-type NAME=TYPE argument, as llama-quantize reads it: the name part is lower-cased and
     used as a regular expression searched in each tensor name."""
     name, sep, qtype = spec.partition("=")
@@ -482,7 +451,7 @@ def category(name: str) -> str:
 
 _FALLBACK: dict[int, int] = {
     **dict.fromkeys((T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ4_XS), T.IQ4_NL),
-    **dict.fromkeys((42, T.Q2_K, T.Q3_K, T.TQ1_0, T.TQ2_0), T.Q4_0),
+    **dict.fromkeys((Q2_0, T.Q2_K, T.Q3_K, T.TQ1_0, T.TQ2_0), T.Q4_0),
     T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
 }
 
@@ -602,7 +571,7 @@ class _Rules:
                 new = T.Q2_K
             elif ft in (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ3_XXS):
                 new = T.IQ3_S
-            elif ft in (F.MOSTLY_TQ1_0, F.MOSTLY_TQ2_0, 41):
+            elif ft in (F.MOSTLY_TQ1_0, F.MOSTLY_TQ2_0, MOSTLY_Q2_0):
                 new = T.Q4_K
             return done(new, "token_embd rule")
 
@@ -825,15 +794,13 @@ def plan_model(preset: str | Preset, metadata: Mapping[str, Any], tensors: Itera
     plans = []
     for t in ordered:
         shape = tuple(int(d) for d in t.shape)
-        src = T(t.qtype)
+        src = ggml_type(int(t.qtype))
         why_not = why_not_quantized(t.name, shape, facts.arch, opt.leave_output_tensor)
         if why_not is not None:
             plans.append(TensorPlan(t.name, shape, src, src, False, f"not quantized: {why_not}"))
             continue
         new, why = _choose(t.name, shape, default, ftype, opt, patterns, rules)
-        new = _type(new)
-        if not isinstance(new, T):
-            raise UsageError(f"{t.name}: would need ggml type {type_name(new)}, which gguf-py does not know")
+        new = ggml_type(int(new))
         needs = tensor_requires_imatrix(t.name, new, p)
         quantize = new != src
         if not quantize:
@@ -912,7 +879,7 @@ def check_imatrix(plans: Iterable[TensorPlan], imatrix_names: Iterable[str] | No
             raise UsageError(f"the importance matrix has no entry for {pl.name}, which {pl.qtype.name} needs")
 
 
-def imatrix_required(preset_or_type: str | Preset | GGMLQuantizationType,
+def imatrix_required(preset_or_type: str | Preset | QType,
                      plans: Iterable[TensorPlan] | None = None) -> bool:
     """Whether llama-quantize refuses this quantization without an importance matrix.
 
@@ -923,10 +890,10 @@ def imatrix_required(preset_or_type: str | Preset | GGMLQuantizationType,
     """
     if plans is not None:
         return any(pl.needs_imatrix for pl in plans)
-    if isinstance(preset_or_type, T):
+    if isinstance(preset_or_type, (T, ExtraType)):
         return tensor_requires_imatrix("blk.0.ffn_up.weight", preset_or_type, "Q8_0")
     p = get_preset(preset_or_type)
-    if p.only_copy or not p.supported:
+    if p.only_copy:
         return False
     return any(pl.needs_imatrix for pl in plan_model(p, *_STAND_IN))
 

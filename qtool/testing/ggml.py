@@ -1,7 +1,8 @@
 """ggml itself as the oracle: its quantizers and dequantizers called through ctypes.
 
 The library is the ``libggml-base.so`` that llama-cpp-python (pinned to 0.3.36, the reference build)
-ships. Tests and benchmarks use this module; qtool itself never does.
+ships. Tests and benchmarks use this module; qtool itself never does. Types are gguf-py's, qtool's own
+for those gguf-py lacks (``qtool.formats.ggml_types``), or plain ggml type numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
+
+from qtool.formats.ggml_types import QUANT_SIZES, QType, ggml_type
 
 
 class _TypeTraits(ctypes.Structure):
@@ -87,12 +90,13 @@ def installed_version() -> str | None:
         return None
 
 
-def requires_imatrix(qtype: GGMLQuantizationType) -> bool:
+def requires_imatrix(qtype: QType | int) -> bool:
     return bool(_lib().ggml_quantize_requires_imatrix(int(qtype)))
 
 
-def quantize(qtype: GGMLQuantizationType, data: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+def quantize(qtype: QType | int, data: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """ggml_quantize_chunk over all rows of ``data`` (float32 [nrows, n_per_row]) -> uint8 [nrows, row_bytes]."""
+    qtype = ggml_type(int(qtype))
     if qtype in _NOT_IN_QUANTIZE_CHUNK:
         # ggml_quantize_chunk aborts the whole process on these (GGML_ABORT), so refuse politely
         raise ValueError(f"ggml_quantize_chunk has no {qtype.name} case (use its quantize_row_*_ref)")
@@ -100,7 +104,7 @@ def quantize(qtype: GGMLQuantizationType, data: np.ndarray, imatrix: np.ndarray 
     if src.ndim == 1:
         src = src.reshape(1, -1)
     nrows, n_per_row = src.shape
-    block, size = GGML_QUANT_SIZES[qtype]
+    block, size = QUANT_SIZES[qtype]
     assert n_per_row % block == 0, f"{qtype.name}: row of {n_per_row} is not a multiple of {block}"
     row_bytes = n_per_row // block * size
     dst = np.zeros((nrows, row_bytes), dtype=np.uint8)
@@ -114,8 +118,9 @@ def quantize(qtype: GGMLQuantizationType, data: np.ndarray, imatrix: np.ndarray 
     return dst
 
 
-def dequantize(qtype: GGMLQuantizationType, data: np.ndarray, n_per_row: int) -> np.ndarray:
+def dequantize(qtype: QType | int, data: np.ndarray, n_per_row: int) -> np.ndarray:
     """The type's to_float over uint8 [nrows, row_bytes] -> float32 [nrows, n_per_row]."""
+    qtype = ggml_type(int(qtype))
     raw = np.ascontiguousarray(data, dtype=np.uint8)
     nrows = raw.size // (raw.shape[-1] if raw.ndim > 1 else raw.size)
     out = np.empty((nrows, n_per_row), dtype=np.float32)
