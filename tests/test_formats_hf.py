@@ -1,5 +1,6 @@
 """Hugging Face folders: GGUF names, llama q/k row order, the metadata convert_hf_to_gguf.py would write,
-and malformed configs, tokenizers and weight sets refused with the file named."""
+and malformed configs, tokenizers and weight sets refused with the file named. (Per-family conversions,
+lying configs and llama.cpp runs: test_archs.py; tokenizer details: the vocab tests.)"""
 
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ def test_metadata_as_convert_hf_to_gguf_writes_it():
         expected = {
             "general.architecture": ("llama", V.STRING),
             "general.type": ("model", V.STRING),
-            "general.name": ("tiny-llama", V.STRING),
+            "general.name": ("Tiny Llama", V.STRING),  # gguf-py's Metadata heuristics on the folder name
+            "general.size_label": ("1.7M", V.STRING),
             "llama.block_count": (2, V.UINT32),
             "llama.context_length": (256, V.UINT32),
             "llama.embedding_length": (256, V.UINT32),
@@ -136,8 +138,10 @@ def test_metadata_as_convert_hf_to_gguf_writes_it():
             "llama.attention.layer_norm_rms_epsilon": (1e-5, V.FLOAT32),
             "llama.vocab_size": (320, V.UINT32),
             "llama.rope.dimension_count": (64, V.UINT32),
+            # transformers' LlamaConfig gives head_dim = hidden_size / heads when config.json has none
+            "llama.attention.key_length": (64, V.UINT32),
+            "llama.attention.value_length": (64, V.UINT32),
             "tokenizer.ggml.model": ("gpt2", V.STRING),
-            "tokenizer.ggml.pre": ("gpt-2", V.STRING),
             "tokenizer.ggml.bos_token_id": (318, V.UINT32),
             "tokenizer.ggml.eos_token_id": (319, V.UINT32),
             "tokenizer.ggml.add_bos_token": (True, V.BOOL),
@@ -162,7 +166,7 @@ def make_folder(tmp_path, tensors, config=None, tokenizer=True):
     folder = tmp_path / "model"
     folder.mkdir(exist_ok=True)
     cfg = {"architectures": ["LlamaForCausalLM"], "hidden_size": 16, "num_hidden_layers": 1,
-           "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 32, "vocab_size": 8,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 32, "vocab_size": 320,
            "rms_norm_eps": 1e-6}
     cfg.update(config or {})
     (folder / "config.json").write_text(json.dumps(cfg))
@@ -173,34 +177,38 @@ def make_folder(tmp_path, tensors, config=None, tokenizer=True):
 
 
 def small_tensors(**extra):
-    t = {"model.embed_tokens.weight": RNG.standard_normal((8, 16)).astype(np.float32),
+    t = {"model.embed_tokens.weight": RNG.standard_normal((320, 16)).astype(np.float32),
          "model.layers.0.self_attn.q_proj.weight": RNG.standard_normal((16, 16)).astype(np.float32),
          "model.layers.0.self_attn.k_proj.weight": RNG.standard_normal((8, 16)).astype(np.float32),
-         "lm_head.weight": RNG.standard_normal((8, 16)).astype(np.float32)}
+         "lm_head.weight": RNG.standard_normal((320, 16)).astype(np.float32)}
     t.update(extra)
     return t
 
 
-def test_tied_embeddings_drop_the_output_head(tmp_path):
-    folder = make_folder(tmp_path, small_tensors(), {"tie_word_embeddings": True, "vocab_size": 320})
+def test_tied_embeddings_keep_a_stored_head(tmp_path):
+    # as LlamaModel: a stored lm_head.weight is written even when tied (llama.cpp then uses it); a tied
+    # folder without one has no output.weight (llama.cpp falls back to token_embd)
+    folder = make_folder(tmp_path, small_tensors(), {"tie_word_embeddings": True})
+    with open_model(folder) as src:
+        assert "output.weight" in [t.name for t in src.tensors] and src.skipped == []
+    t = small_tensors()
+    del t["lm_head.weight"]
+    folder = make_folder(tmp_path, t, {"tie_word_embeddings": True})
     with open_model(folder) as src:
         names = [t.name for t in src.tensors]
         assert "output.weight" not in names and "token_embd.weight" in names
-        assert src.skipped == ["lm_head.weight"]
-    edit_config(folder, tie_word_embeddings=False)
-    with open_model(folder) as src:
-        assert "output.weight" in [t.name for t in src.tensors]
 
 
 def test_unknown_names_kept_and_buffers_skipped(tmp_path):
     extra = {"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, np.float32),
              "model.layers.0.mystery.weight": np.ones((2, 4), np.float32),
              "model.layers.0.self_attn.q_proj.bias": np.arange(16, dtype=np.float32)}
-    folder = make_folder(tmp_path, small_tensors(**extra), {"vocab_size": 320})
+    folder = make_folder(tmp_path, small_tensors(**extra))
     with open_model(folder) as src:
         names = [t.name for t in src.tensors]
         assert "model.layers.0.mystery.weight" in names
         assert src.unmapped == ["model.layers.0.mystery.weight"]
+        assert not src.loadable and "'model.layers.0.mystery.weight'" in src.problems[0]
         assert src.skipped == ["model.layers.0.self_attn.rotary_emb.inv_freq"]
         # the q bias is reordered like the q rows: 2 heads of 8
         assert src.load("blk.0.attn_q.bias").tolist() == [0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15]
@@ -223,7 +231,7 @@ def test_sharded_folder_reads_like_one_file(tmp_path):
         assert [t.name for t in sharded.tensors] == [t.name for t in single.tensors]
         for t in single.tensors:
             np.testing.assert_array_equal(sharded.load(t.name), single.load(t.name))
-        assert sharded.metadata["general.name"] == "sharded"
+        assert sharded.metadata["general.name"] == "Sharded"
     with open_model(folder / "model.safetensors.index.json") as via_index:  # config beside it: mapped
         assert via_index.architecture == "llama" and "blk.0.attn_q.weight" in [t.name for t in via_index.tensors]
 
@@ -240,20 +248,21 @@ def test_unknown_architecture_keeps_names(tmp_path):
         assert src.architecture is None and not src.loadable
         assert src.unmapped == [t.name for t in src.tensors] and "lm_head.weight" in src.unmapped
         assert "'GPT2LMHeadModel' is not one qtool can convert" in src.problems[0]
+        assert "LlamaForCausalLM" in src.problems[0] and "Qwen3MoeForCausalLM" in src.problems[0]
         np.testing.assert_array_equal(src.load("model.layers.0.self_attn.q_proj.weight"),
                                       hf_weights(folder)["model.layers.0.self_attn.q_proj.weight"])
 
 
 def test_qwen2_maps_without_permutation(tmp_path):
-    folder = make_folder(tmp_path, small_tensors(), {"architectures": ["Qwen2ForCausalLM"], "vocab_size": 320})
+    folder = make_folder(tmp_path, small_tensors(), {"architectures": ["Qwen2ForCausalLM"]})
     with open_model(folder) as src:
-        assert src.architecture == "qwen2" and not src.loadable  # metadata only vouched for llama
+        assert src.architecture == "qwen2" and src.metadata["qwen2.block_count"] == 1
         np.testing.assert_array_equal(src.load("blk.0.attn_q.weight"),
                                       hf_weights(folder)["model.layers.0.self_attn.q_proj.weight"])
 
 
 def test_model_type_alone(tmp_path):
-    folder = make_folder(tmp_path, small_tensors(), {"model_type": "llama", "vocab_size": 320})
+    folder = make_folder(tmp_path, small_tensors(), {"model_type": "llama"})
     edit_config(folder, architectures=None)  # removed: only model_type names the architecture
     with open_model(folder) as src:
         assert src.architecture == "llama"
@@ -266,63 +275,27 @@ def test_model_type_alone(tmp_path):
 
 def test_no_tokenizer_is_not_loadable(tmp_path):
     folder = make_folder(tmp_path, small_tensors(), tokenizer=False)
-    (folder / "tokenizer.model").write_bytes(b"\0")
     with open_model(folder) as src:
-        assert not src.loadable and "no tokenizer.json" in src.problems[0] and "SentencePiece" in src.problems[0]
+        assert not src.loadable and str(folder) in src.problems[0]
         assert "tokenizer.ggml.tokens" not in src.metadata
         assert src.metadata["llama.block_count"] == 1  # the rest is still there
 
 
-def test_non_byte_level_tokenizer_is_not_loadable(tmp_path):
-    folder = make_folder(tmp_path, small_tensors(), tokenizer=False)
-    (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "Unigram", "vocab": {}}}))
-    with open_model(folder) as src:
-        assert not src.loadable and "not a byte-level BPE" in src.problems[0]
-
-
-def test_tokenizer_details(tmp_path):
-    tok = {"added_tokens": [{"id": 5, "content": "<s>", "special": True},
-                            {"id": 6, "content": "\u2581user", "special": False},
-                            {"id": 7, "content": "<|im_end|>", "special": False}],
-           "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-               {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-                                                      "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-                                                      "\\s+(?!\\S)|\\s+"}},
-               {"type": "ByteLevel", "use_regex": False}]},
-           "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "a b": 3},
-                     "merges": [["a", "b"], ["a", " b"]]}}
-    folder = make_folder(tmp_path, small_tensors(), {"vocab_size": 10, "eos_token_id": 9, "pad_token_id": 44},
-                         tokenizer=False)
-    (folder / "tokenizer.json").write_text(json.dumps(tok))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": {"content": "<s>"}, "add_bos_token": False, "add_eos_token": True, "chat_template": "{{x}}"}))
-    with open_model(folder) as src:
-        m = src.metadata
-        assert m["tokenizer.ggml.pre"] == "llama-bpe"
-        assert m["tokenizer.ggml.tokens"] == ["a", "b", "ab", "a b", "[PAD4]", "<s>", " user", "<|im_end|>",
-                                              "[PAD8]", "[PAD9]"]
-        assert m["tokenizer.ggml.token_type"] == [1, 1, 1, 1, 5, 3, 4, 3, 5, 5]
-        assert m["tokenizer.ggml.merges"] == ["a b", "a \u0120b"]
-        assert m["tokenizer.ggml.bos_token_id"] == 5 and m["tokenizer.ggml.eos_token_id"] == 9
-        assert "tokenizer.ggml.padding_token_id" not in m and "pad token id 44" in " ".join(src.notes)
-        assert m["tokenizer.ggml.add_bos_token"] is False and m["tokenizer.ggml.add_eos_token"] is True
-        assert m["tokenizer.chat_template"] == "{{x}}"
-
-
 def test_rope_scaling(tmp_path):
-    folder = make_folder(tmp_path, small_tensors(), {"vocab_size": 320, "rope_scaling": {"type": "linear",
-                                                                                          "factor": 4.0}})
+    folder = make_folder(tmp_path, small_tensors(), {"rope_scaling": {"type": "linear", "factor": 4.0}})
     with open_model(folder) as src:
         assert src.metadata["llama.rope.scaling.type"] == "linear"
         assert src.metadata["llama.rope.scaling.factor"] == 4.0 and src.loadable
+        assert "rope_freqs.weight" not in [t.name for t in src.tensors]
     edit_config(folder, rope_scaling={"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0})
-    with open_model(folder) as src:
-        assert not src.loadable and "'llama3'" in src.problems[0]
+    with open_model(folder) as src:  # llama3: no scaling keys, a generated rope_freqs tensor (test_archs.py)
+        assert src.loadable and "llama.rope.scaling.type" not in src.metadata
         assert src.metadata["llama.rope.freq_base"] == 500000.0
+        assert src.tensors[0].name == "rope_freqs.weight" and src.tensors[0].shape == (4,)
 
 
 def test_head_dim_gives_key_and_value_length(tmp_path):
-    folder = make_folder(tmp_path, small_tensors(), {"vocab_size": 320, "head_dim": 8})
+    folder = make_folder(tmp_path, small_tensors(), {"head_dim": 8})
     with open_model(folder) as src:
         m = src.metadata
         assert m["llama.attention.key_length"] == m["llama.attention.value_length"] == 8
@@ -357,9 +330,12 @@ def test_config_values_wrong(tmp_path):
 
 def test_heads_do_not_divide_rows(tmp_path):
     folder = copy_model(tmp_path)
-    edit_config(folder, num_attention_heads=3)
-    refuses(folder, "'model.layers.0.self_attn.q_proj.weight'", "256 rows", "3 heads",
+    edit_config(folder, num_attention_heads=6)
+    refuses(folder, "'model.layers.0.self_attn.q_proj.weight'", "256 rows", "2 x 6 heads",
             name=folder / "model.safetensors")
+    edit_config(folder, num_attention_heads=3)
+    refuses(folder, "num_key_value_heads is 2, which does not divide num_attention_heads 3",
+            name=folder / "config.json")
     edit_config(folder, num_attention_heads=4, num_key_value_heads=0)
     refuses(folder, "num_key_value_heads is 0", name=folder / "config.json")
 
@@ -381,20 +357,5 @@ def test_weights_malformed(tmp_path):
 def test_tokenizer_malformed(tmp_path):
     folder = copy_model(tmp_path)
     tok = folder / "tokenizer.json"
-    good = json.loads(tok.read_text())
     tok.write_text("{")
-    refuses(folder, "not valid JSON", name=tok)
-    tok.write_text(json.dumps({"model": {"type": "BPE"}}))
-    refuses(folder, "no model.vocab", name=tok)
-    bad = json.loads(json.dumps(good))
-    bad["model"]["vocab"]["zz"] = 999
-    tok.write_text(json.dumps(bad))
-    refuses(folder, "token id 999", "vocab_size 320", name=tok)
-    bad = json.loads(json.dumps(good))
-    bad["model"]["vocab"]["zz"] = "7"
-    tok.write_text(json.dumps(bad))
-    refuses(folder, "'zz' has id '7'", name=tok)
-    bad = json.loads(json.dumps(good))
-    bad["model"]["merges"] = [["a", "b", "c"]]
-    tok.write_text(json.dumps(bad))
-    refuses(folder, "merge", name=tok)
+    refuses(folder, name=tok)

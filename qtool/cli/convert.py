@@ -50,6 +50,10 @@ def convert_command(
     pre_tokenizer: Annotated[Optional[str], typer.Option("--pre-tokenizer", help="llama.cpp pre-tokenizer name "
                                                          "for a BPE or WordPiece tokenizer.json (default: found "
                                                          "as convert_hf_to_gguf.py does).")] = None,
+    tensors_only: Annotated[bool, typer.Option("--tensors-only", help="Hugging Face folder: write the quantized "
+                                               "tensors alone, also for an architecture qtool cannot convert. "
+                                               "The file is marked not runnable: general.architecture is the "
+                                               "HF class name, general.description says why.")] = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -67,10 +71,11 @@ def convert_command(
         leave_output_tensor=leave_output_tensor,
         allow_requantize=allow_requantize,
     )
+    from qtool.archs import tensors_only as tensors_only_mode
     from qtool.formats.vocab import force_pre_tokenizer
 
     with out.progress(total=None, description="quantizing") as advance, force_pre_tokenizer(pre_tokenizer), \
-            _warnings_to(out):
+            tensors_only_mode(tensors_only), _warnings_to(out):
         result = convert(input, type, output, threads=threads, options=options, imatrix=imatrix,
                          include_weights=include_weights, exclude_weights=exclude_weights, dry_run=dry_run,
                          on_start=advance.set_total, on_tensor=lambda p, n: advance(n, p.name))

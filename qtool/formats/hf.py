@@ -1,12 +1,12 @@
 """Hugging Face model folders: config.json + safetensors weights, read as the GGUF model they convert to.
 
-Tensor names are mapped to GGUF names (names.py), the metadata is what convert_hf_to_gguf.py would write
-(hf_meta.py), and for llama-family models the q_proj/k_proj rows come out in ggml's rotary order::
+This is the generic reader: which family the folder is, how its tensors are named, transformed, stacked,
+generated or skipped, and which keys it gets, is asked of the architecture registry (qtool.archs). A
+folder of an architecture not in the registry keeps its HF tensor names and says (``problems``) that
+llama.cpp cannot run it.
 
-    HF rows of one head:    [x0 x1 ... x(h/2-1) | y0 y1 ... y(h/2-1)]   (rotate_half: halves)
-    GGUF rows of one head:  [x0 y0 x1 y1 ... x(h/2-1) y(h/2-1)]         (ggml rope: interleaved pairs)
-
-``load()`` and ``raw()`` both apply that row order, so a writer that copies stored bytes gets it too.
+``load()`` and ``raw()`` both apply the family's transforms (``raw`` to the stored 16/32-bit words), so
+a writer that copies stored bytes gets them too.
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from qtool import archs
+from qtool.archs import base as archs_base
+from qtool.archs import metadata as archs_meta
+from qtool.archs import tensors as archs_tensors
+from qtool.archs.config import Config
+from qtool.archs.transforms import rope_row_order  # noqa: F401  (re-exported for callers and tests)
 from qtool.errors import FormatError
-from qtool.formats import hf_meta, names
 from qtool.formats.safetensors import WeightFiles, widen
-from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, byte_shape
+from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, byte_shape, drop_pages
+from gguf import GGMLQuantizationType
 
-_Q_SUFFIXES = ("q_proj.weight", "q_proj.bias")
-_K_SUFFIXES = ("k_proj.weight", "k_proj.bias")
-
-
-def rope_row_order(n_rows: int, n_head: int) -> np.ndarray:
-    """The HF row each GGUF row of a llama q/k projection comes from (convert_hf_to_gguf's permute)."""
-    half = n_rows // n_head // 2
-    return np.arange(n_rows).reshape(n_head, 2, half).swapaxes(1, 2).reshape(-1)
+#: the stored words of each float dtype, for transforms on raw bytes
+_WORDS = {"F32": np.dtype("<u4"), "F16": np.dtype("<u2"), "BF16": np.dtype("<u2")}
+_QTYPES = {"F32": GGMLQuantizationType.F32, "F16": GGMLQuantizationType.F16, "BF16": GGMLQuantizationType.BF16}
 
 
 def find_weights(folder: Path) -> tuple[Path, list[Path] | None]:
@@ -55,24 +56,28 @@ class HFSource(ModelSource):
     def __init__(self, folder: str | Path, weights: str | Path | None = None):
         folder = Path(folder)
         config_path = folder / "config.json"
-        config = hf_meta.read_json(config_path, "model config")
-        if not isinstance(config, dict):
-            raise FormatError(f"{config_path}: is not a JSON object")
+        cfg = Config.read(config_path)
         if weights is not None:
             weights_path, files = Path(weights), None
         else:
             weights_path, files = find_weights(folder)
         super().__init__(folder if weights is None else weights_path)
-        self.config = config
-        self.hf_class, arch = names.hf_architecture(config)
-        meta = hf_meta.build(folder, config, arch, self.hf_class)
-        self.architecture = names.arch_name(arch) if arch is not None else None
-        self.metadata, self.metadata_types, self.metadata_sub_types = meta.kv, meta.types, meta.sub_types
-        self.loadable, self.problems, self.notes = meta.loadable, meta.problems, meta.notes
+        self.folder = folder
+        self.config = cfg.data
+        self.hf_class = archs_base.hf_class(cfg.data)
+        self.family = archs_base.lookup(cfg.data)
+        self.skipped: list[str] = []
+        self.notes: list[str] = []
+        self._plan: dict[str, archs_tensors.Planned] = {}
 
         self._w = WeightFiles(weights_path, files)
         try:
-            self._index(folder, config_path, config, arch, meta.tied_embeddings)
+            if self.family is not None:
+                self._index_family(folder, cfg)
+            else:
+                self._index_unknown(folder, cfg)
+            if archs.TENSORS_ONLY.get():
+                self.tensors_only()
         except BaseException:
             self._w.close()
             raise
@@ -80,53 +85,107 @@ class HFSource(ModelSource):
         read = [config_path, weights_path, *self._w.files, *tokenizer_files]
         self.files = [f for i, f in enumerate(read) if f != self.path and f not in read[:i]]
 
-    def _index(self, folder, config_path, config, arch, tied) -> None:
-        mapper = names.NameMapper(arch, hf_meta.block_count(config_path, config)) if arch is not None else None
-        permute = names.permutes_qk(config)
-        n_head = n_head_kv = 0
-        if permute:
-            n_head = config.get("num_attention_heads")
-            n_head_kv = config.get("num_key_value_heads", n_head)
-            for key, v in (("num_attention_heads", n_head), ("num_key_value_heads", n_head_kv)):
-                if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                    raise FormatError(f"{config_path}: {key} is {v!r}, not a positive integer")
-        infos: list[TensorInfo] = []
-        self.skipped: list[str] = []
-        self._rows: dict[str, int] = {}  # GGUF name -> head count its rows are reordered for
-        for src in self._w.names():
-            if names.is_skipped(src) or (tied and src == "lm_head.weight"):
-                self.skipped.append(src)
-                continue
-            e = self._w.entry(src)
-            gguf_name = mapper(src) if mapper is not None else None
-            if gguf_name is None:
-                gguf_name = src
-                self.unmapped.append(src)
-            heads = n_head if src.endswith(_Q_SUFFIXES) else n_head_kv if src.endswith(_K_SUFFIXES) else 0
-            if permute and heads:
-                if e.shape[0] % (2 * heads):
-                    raise FormatError(f"{self._w.where[src].path}: tensor {src!r} has {e.shape[0]} rows, not a "
-                                      f"multiple of 2 x {heads} heads from {config_path.name}")
-                self._rows[gguf_name] = heads
-            infos.append(TensorInfo(gguf_name, src, e.shape, e.qtype, e.end - e.begin))
+    # -- indexing ---------------------------------------------------------------------------------
+
+    def _index_family(self, folder: Path, cfg: Config) -> None:
+        family = self.family
+        cfg = Config(cfg.path, family.with_defaults(cfg.data))
+        hp = archs_tensors.Hparams(cfg)
+        plan = archs_tensors.build(family, cfg, hp, self._w)  # checks config.json against the tensors
+        self.n_layer = plan.n_layer
+        self.skipped, self.unmapped = plan.skipped, plan.unmapped
+        infos = []
+        for p in plan.tensors:
+            qtype = self._qtype(p)
+            nbytes = int(np.prod(p.shape, dtype=np.int64)) * (4 if qtype == GGMLQuantizationType.F32 else 2)
+            infos.append(TensorInfo(p.name, p.label, p.shape, qtype, nbytes))
+            self._plan[p.name] = p
         self._set_tensors(infos)
+        meta = archs_meta.build(folder, cfg, family, hp, plan)
+        for check in family.checks:
+            for problem in check(cfg, hp):
+                meta.cannot_load(problem)
+        if plan.unmapped:
+            meta.cannot_load(f"{folder}: {len(plan.unmapped)} tensor(s) the {family.arch_name()} conversion does not "
+                             f"know (first {plan.unmapped[0]!r}); llama.cpp refuses unknown tensors")
+        self.architecture = family.arch_name()
+        self._take(meta)
+
+    def _index_unknown(self, folder: Path, cfg: Config) -> None:
+        """No family: tensors keep their HF names; nothing here claims llama.cpp could run it."""
+        infos = []
+        for name in self._w.names():
+            e = self._w.entry(name)
+            if e.dtype not in _QTYPES:
+                if e.dtype.startswith(("I", "U", "BOOL")):  # integer buffers (position ids, masks)
+                    self.skipped.append(name)
+                    continue
+                archs_tensors._check_dtype(self._w, name)
+            infos.append(TensorInfo(name, name, e.shape, _QTYPES[e.dtype], e.end - e.begin))
+            self._plan[name] = archs_tensors.Planned(name, name, (name,), tuple(e.shape))
+        self._set_tensors(infos)
+        self.unmapped = [t.name for t in infos]
+        layers = [b for b in map(archs_tensors.block_id, self.unmapped) if b is not None]
+        self.n_layer = max(layers) + 1 if layers else 0
+        named = self.hf_class or cfg.data.get("model_type")
+        meta = archs_meta.HFMeta()
+        meta.cannot_load(f"{cfg.path}: architecture {named!r} is not one qtool can convert (it converts "
+                         f"{', '.join(archs_base.supported())}); --tensors-only writes its tensors alone")
+        self.architecture = None
+        self._take(meta)
+
+    def _take(self, meta) -> None:
+        self.metadata, self.metadata_types, self.metadata_sub_types = meta.kv, meta.types, meta.sub_types
+        self.loadable, self.problems, self.notes = meta.loadable, meta.problems, meta.notes
+
+    def _qtype(self, p) -> GGMLQuantizationType:
+        if not p.sources:
+            return GGMLQuantizationType.F32
+        dtypes = {self._w.entry(s).dtype for s in p.sources}
+        return _QTYPES[dtypes.pop()] if len(dtypes) == 1 else GGMLQuantizationType.F32
+
+    def tensors_only(self) -> None:
+        """Drop the architecture: the HF class as general.architecture, the tensors as they are named now."""
+        arch = self.hf_class or self.config.get("model_type") or "unknown"
+        why = (f"qtool wrote only the quantized tensors of {arch}" if self.family is None else
+               f"qtool wrote only the quantized tensors of {arch} (no hyperparameters, no tokenizer)")
+        meta = archs_meta.tensors_only(str(arch), self.folder, self.n_layer, why)
+        self.architecture = str(arch)
+        self._take(meta)
+
+    # -- reading ----------------------------------------------------------------------------------
 
     def _load(self, info: TensorInfo) -> np.ndarray:
-        e = self._w.entry(info.source_name)
-        out = widen(self._w.bytes_of(info.source_name), e.dtype, e.shape)
-        heads = self._rows.get(info.name)
-        return out[rope_row_order(out.shape[0], heads)] if heads else out
+        p = self._plan[info.name]
+        if p.data is not None:
+            return p.data
+        arrays = []
+        for s in p.sources:
+            e = self._w.entry(s)
+            arrays.append(widen(self._w.bytes_of(s), e.dtype, e.shape))
+        return p.transform(arrays) if p.transform is not None else arrays[0]
 
     def _stored(self, info: TensorInfo) -> np.ndarray:
-        return self._w.bytes_of(info.source_name)  # _raw may be a reordered copy
+        p = self._plan[info.name]
+        return self._w.bytes_of(p.sources[0]) if p.sources else np.zeros(0, np.uint8)
 
     def _raw(self, info: TensorInfo) -> np.ndarray:
-        data = self._w.bytes_of(info.source_name)
-        heads = self._rows.get(info.name)
-        if not heads:
-            return data.reshape(byte_shape(info.shape, info.qtype))
-        rows = data.reshape(info.shape[0], -1)  # a 1-D bias: one element per row
-        return rows[rope_row_order(info.shape[0], heads)].reshape(byte_shape(info.shape, info.qtype))
+        p = self._plan[info.name]
+        if p.data is not None:
+            return p.data.view(np.uint8).reshape(byte_shape(info.shape, info.qtype))
+        if p.transform is None:
+            return self._w.bytes_of(p.sources[0]).reshape(byte_shape(info.shape, info.qtype))
+        entries = [self._w.entry(s) for s in p.sources]
+        if len({e.dtype for e in entries}) > 1:  # mixed dtypes stacked: the widened values
+            out = self._load(info)
+        else:
+            out = p.transform([self._w.bytes_of(s).view(_WORDS[e.dtype]).reshape(e.shape)
+                               for s, e in zip(p.sources, entries)])
+        return np.ascontiguousarray(out).view(np.uint8).reshape(byte_shape(info.shape, info.qtype))
+
+    def release(self, name: str) -> None:
+        for s in self._plan[self.info(name).name].sources:
+            drop_pages(self._w.bytes_of(s))
 
     def close(self) -> None:
         self._w.close()

@@ -63,6 +63,10 @@ class Entry:
         return SUPPORTED[self.dtype]
 
 
+def unsupported_dtype(dtype: str, name: str, path: Path) -> FormatError:
+    return FormatError(f"unsupported dtype {dtype} for tensor {name!r} in {path} (qtool reads {', '.join(SUPPORTED)})")
+
+
 class SafetensorsFile:
     """One .safetensors file: its validated header, and views of its tensors' bytes through one map."""
 
@@ -135,9 +139,8 @@ class SafetensorsFile:
         dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
         if not isinstance(dtype, str):
             raise self._fail(f"{where}: dtype {dtype!r} is not a string")
-        if dtype not in SUPPORTED:
-            raise FormatError(f"unsupported dtype {dtype} for tensor {name!r} in {self.path} "
-                              f"(qtool reads {', '.join(SUPPORTED)})")
+        if dtype not in DTYPE_SIZES:
+            raise unsupported_dtype(dtype, name, self.path)
         if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
             raise self._fail(f"{where}: shape {shape!r} is not a list of integers")
         if any(d < 0 for d in shape):
@@ -301,6 +304,9 @@ class SafetensorsSource(ModelSource):
         infos = []
         for name in self._w.names():
             e = self._w.entry(name)
+            if e.dtype not in SUPPORTED:  # parsed (a model folder may skip such buffers), but not read
+                self._w.close()
+                raise unsupported_dtype(e.dtype, name, self._w.where[name].path)
             infos.append(TensorInfo(name, name, e.shape, e.qtype, e.end - e.begin))
         self._set_tensors(infos)
         self.unmapped = [t.name for t in infos]
