@@ -110,6 +110,8 @@ def convert(
         raise UsageError("--include-weights/--exclude-weights need --imatrix")
 
     with open_model(input_path) as source:
+        if not source.architecture and source.problems:  # e.g. an architecture not in qtool.archs
+            raise UsageError(source.problems[0])
         # safetensors tensors reach the planner as F32, i.e. as llama-quantize sees the F32 GGUF that
         # convert_hf_to_gguf would write: 1-D and other unquantized tensors stay F32 in the output.
         as_f32 = source.format != "gguf"
