@@ -3,7 +3,7 @@
   * byte identity with llama_model_quantize for the presets qtool runs, on the fixture (from the Hugging
     Face folder and from an F32 GGUF of it) and on a deeper GQA model whose rows need the fallback types;
   * requantizing llama.cpp's own Q8_0 output, with and without --allow-requantize;
-  * the real client: llama_cpp.Llama loads qtool's Q8_0 / Q4_K_M files and its logits stay close to the
+  * the real client: llama.cpp (in a child process, qtool.testing.client) loads qtool's Q8_0 / Q4_K_M files and its logits stay close to the
     F32 model's, while a deliberately damaged file does not;
   * the thread count does not change a byte.
 """
@@ -26,8 +26,9 @@ from gguf import GGUFReader, LlamaFileType
 
 from qtool.convert import convert
 from qtool.errors import QuantError
+from qtool.formats.ggml_types import file_type_named
 from qtool.quantizers.presets import PlanOptions
-from qtool.testing import client
+from qtool.testing import client as llama_client
 from qtool.testing.models import ModelSpec, write_model
 
 pytestmark = pytest.mark.oracle
@@ -49,12 +50,13 @@ lc.llama_log_set(_quiet, None)
 
 #: every preset qtool can run that llama-quantize can run on an F32 model without an importance matrix
 PRESETS = ["Q4_K_M", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q5_K_S", "Q5_K_M", "Q6_K",
-           "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16", "MXFP4_MOE", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_M"]
+           "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16", "MXFP4_MOE", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_M",
+           "Q1_0", "Q2_0"]
 
 #: 8 layers (the n_layer/8 and n_layer/16 rules bite), GQA 4, rows of 288 (not a multiple of 256: the
 #: k-quants fall back to Q5_0/Q5_1/Q8_0...) and ffn_down rows of 600 (not even a multiple of 32: F16)
 FALLBACK_SPEC = ModelSpec(n_layer=8, n_embd=288, n_ff=600, n_head=8, n_head_kv=2, n_vocab=96)
-FALLBACK_PRESETS = ["Q4_K_M", "Q3_K_M", "Q6_K"]
+FALLBACK_PRESETS = ["Q4_K_M", "Q3_K_M", "Q6_K", "Q2_0"]
 MOE_SPEC = ModelSpec(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_expert=4, n_expert_used=2)
 MOE_PRESETS = ["MXFP4_MOE", "Q4_K_M"]
 
@@ -68,7 +70,7 @@ def llama_quantize(src: Path, dst: Path, preset: str, *, allow_requantize: bool 
     """llama_model_quantize(src -> dst) with llama-quantize's defaults, 2 threads."""
     params = lc.llama_model_quantize_default_params()
     params.nthread = 2
-    params.ftype = int(LlamaFileType["MOSTLY_" + preset] if preset != "F32" else LlamaFileType.ALL_F32)
+    params.ftype = int(file_type_named("MOSTLY_" + preset) if preset != "F32" else LlamaFileType.ALL_F32)
     params.allow_requantize = allow_requantize
     rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     assert rc == 0, f"llama_model_quantize({src.name} -> {preset}) failed with {rc}"
@@ -300,7 +302,7 @@ BOUND_F32_VS_HF = 5e-3
 
 def logits(path: Path) -> np.ndarray:
     """llama.cpp's logits for TOKENS at every position, float64 [n_tokens, n_vocab] (in a child process)."""
-    out = client.logits(path, TOKENS, n_ctx=64)
+    out = llama_client.logits(path, TOKENS, n_ctx=64)
     assert out.shape == (len(TOKENS), 320)
     assert np.isfinite(out).all(), f"{path.name}: non-finite logits"
     return out

@@ -101,6 +101,7 @@ def main(req_path: str, out_path: str) -> int:
         cparams.n_batch = cparams.n_ubatch = max(longest, 8)
         cparams.n_threads = cparams.n_threads_batch = req["threads"]
         cparams.embeddings = kind == "embed"
+        cparams.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED: "auto" computes attention in F16
         if req["f32_cache"]:
             cparams.type_k = cparams.type_v = 0  # GGML_TYPE_F32
         ctx = lc.llama_init_from_model(model, cparams)
