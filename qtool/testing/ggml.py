@@ -90,6 +90,23 @@ def installed_version() -> str | None:
         return None
 
 
+def problem() -> str | None:
+    """Why the oracle cannot be used here (not installed, another release, library not found), or None."""
+    if os.environ.get("QTOOL_GGML_LIB"):
+        version = PINNED_VERSION  # an explicitly named library is taken as the reference build
+    else:
+        version = installed_version()
+        if version is None:
+            return "llama-cpp-python (the ggml oracle) is not installed: pip install 'qtool[oracle]'"
+        if version != PINNED_VERSION:
+            return f"llama-cpp-python {version} is installed, but the reference build is {PINNED_VERSION}"
+    try:
+        _lib()
+    except (RuntimeError, OSError) as e:
+        return f"libggml-base.so could not be loaded: {e}"
+    return None
+
+
 def requires_imatrix(qtype: QType | int) -> bool:
     return bool(_lib().ggml_quantize_requires_imatrix(int(qtype)))
 
