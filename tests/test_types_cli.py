@@ -38,8 +38,9 @@ def test_types_json_lists_presets_and_types_with_true_abilities():
     assert all(t["quantize"] == (ggml_type_named(name) in reg) for name, t in types.items())
     assert types["Q4_K"]["quantize"]
     # the reference build's Q2_0, which gguf-py 0.19 has no name for, from qtool's own table
-    assert types["Q2_0"]["bpw"] == 2.25 and types["Q2_0"]["block_size"] == 64
-    assert listed["Q2_0"]["file_type"] == 41 and types["Q1_0"]["bpw"] == 1.125
+    assert types["Q2_0"]["bpw"] == 2.25 and types["Q2_0"]["block_size"] == 64 and types["Q2_0"]["quantize"]
+    assert listed["Q2_0"]["file_type"] == 41 and listed["Q2_0"]["quantize"]
+    assert types["Q1_0"]["bpw"] == 1.125 and listed["Q1_0"]["quantize"]
     assert "Q8_K" not in types  # not a storage type anyone can write
 
 
