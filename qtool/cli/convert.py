@@ -84,12 +84,14 @@ def convert_command(
 
 @contextlib.contextmanager
 def _warnings_to(out):
-    """qtool's logged warnings (an unrecognized pre-tokenizer, ...) as notes on stderr."""
+    """qtool's logged warnings (an unrecognized pre-tokenizer, ...) as one line each on stderr."""
     import logging
+    import sys
 
     class _Note(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            out.note(f"warning: {record.getMessage()}")
+            if not out.quiet:
+                sys.stderr.write(f"qtool: warning: {record.getMessage()}\n")
 
     logger, handler = logging.getLogger("qtool"), _Note(logging.WARNING)
     logger.addHandler(handler)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import logging
 import re
@@ -368,45 +369,213 @@ def _recipe_generic(w: GGUFWriter, f: _Folder) -> str:
 
 
 def _special_vocab(f: _Folder, **kwargs):
-    """gguf-py's SpecialVocab for the folder, its read errors as one-line FormatErrors."""
-    from gguf import SpecialVocab
-
+    """The folder's special tokens, flags, merges and chat template (the reference's SpecialVocab)."""
     try:
-        return SpecialVocab(f.path, **kwargs)
+        return _special_vocab_class()(f.path, **kwargs)
     except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
         raise FormatError(f"{f.path}: special tokens: {_first_line(e)}") from None
 
 
 def _add_special(w: GGUFWriter, f: _Folder, sv) -> None:
     sv.add_to_gguf(w, quiet=True)
-    if not hasattr(sv, "normalizer_lowercase"):  # gguf-py releases before the BertNormalizer keys
-        flags: dict[str, bool | None] = {}
-        normalizer = f.tok_json.get("normalizer") if f.has("tokenizer.json") else None
-        if normalizer:
-            _parse_normalizer(normalizer, flags)
-        for name, key in (("lowercase", "tokenizer.ggml.normalizer.lowercase"),
-                          ("strip_accents", "tokenizer.ggml.normalizer.strip_accents")):
-            if flags.get(name) is not None:
-                w.add_bool(key, flags[name])
 
 
-def _parse_normalizer(node: Any, flags: dict[str, bool | None]) -> None:
-    """tokenizer.json's normalizer -> lowercase / strip_accents flags (Lowercase, StripAccents, BertNormalizer,
-    nested in Sequence), as the reference's SpecialVocab reads them."""
-    if not isinstance(node, dict):
-        return
-    t = node.get("type")
-    if t == "Lowercase":
-        flags["lowercase"] = True
-    elif t == "StripAccents":
-        flags["strip_accents"] = True
-    elif t == "BertNormalizer":
-        for name in ("lowercase", "strip_accents"):
-            if name in node:
-                flags[name] = node[name]
-    elif t == "Sequence":
-        for sub in node.get("normalizers") or []:
-            _parse_normalizer(sub, flags)
+@functools.cache
+def _special_vocab_class():
+    """gguf.SpecialVocab with its tokenizer.json/tokenizer_config.json reading as the reference build's gguf-py
+    does it. gguf 0.19.0 on PyPI is older than the reference's copy and differs where it matters:
+
+    - a ByteLevel post-processor means add_bos_token = add_eos_token = false (PyPI: no key, and llama.cpp then
+      adds a BOS for llama-bpe/smaug-bpe vocabularies that the model never saw);
+    - where post-processor and tokenizer_config.json disagree on add_*_token, the post-processor wins (PyPI:
+      the config);
+    - a template's leading special token that is neither bos nor cls becomes both, if they are unset;
+    - BertNormalizer/Lowercase/StripAccents give tokenizer.ggml.normalizer.lowercase / .strip_accents.
+
+    The rest (config.json ids, merges.txt, the id range check, writing through GGUFWriter) is gguf-py's own.
+    """
+    from gguf import SpecialVocab
+
+    class ReferenceSpecialVocab(SpecialVocab):
+        normalizer_lowercase: bool | None = None
+        normalizer_strip_accents: bool | None = None
+
+        def _try_load_from_tokenizer_json(self, path: Path) -> bool:
+            from qtool.formats.hf_meta import read_json
+
+            tok_path, cfg_path = path / "tokenizer.json", path / "tokenizer_config.json"
+            tok = read_json(tok_path, "tokenizer") if tok_path.is_file() else None
+            cfg = read_json(cfg_path, "tokenizer config") if cfg_path.is_file() else None
+            if tok is not None and not isinstance(tok, dict):
+                raise FormatError(f"{tok_path}: tokenizer is not a JSON object")
+            if cfg is not None and not isinstance(cfg, dict):
+                raise FormatError(f"{cfg_path}: tokenizer config is not a JSON object")
+            added: list = []
+            if tok is not None:
+                if self.load_merges:
+                    self.merges = _merges_of(tok_path, (tok.get("model") or {}).get("merges"))
+                if tok.get("normalizer"):
+                    self._read_normalizer(tok["normalizer"])
+                added = tok.get("added_tokens") or []
+            if tok:
+                self._read_post_processor(tok, cfg)
+            if not cfg:
+                return True
+            self._read_chat_template(path, cfg)
+            for typ in self.special_token_types:
+                flag = cfg.get(f"add_{typ}_token")
+                if isinstance(flag, bool):
+                    self.add_special_token.setdefault(typ, flag)  # the post-processor's word wins
+                content = _content(cfg.get(f"{typ}_token"))
+                if content is None:
+                    continue
+                tid = next((a.get("id") for a in added if isinstance(a, dict) and a.get("content") == content),
+                           None)
+                self._set_special_token(typ, tid)
+            return True
+
+        def _read_post_processor(self, tok: dict, cfg: dict | None) -> None:
+            """bos/eos/sep flags from the post-processor; fills cfg's missing bos/cls/eos/sep/eot as the
+            reference does (its raw entries compared, as there)."""
+            def get(key):
+                return (cfg or {}).get(key)
+
+            bos, cls, eos, sep = get("bos_token"), get("cls_token"), get("eos_token"), get("sep_token")
+            if not bos and cls and cfg:
+                cfg["bos_token"] = bos = cls
+            if not eos and sep and cfg:
+                cfg["eos_token"] = eos = sep
+            post = tok.get("post_processor")
+            if not post:
+                return
+            add = self.add_special_token
+            for proc in post.get("processors", [post]):
+                kind = proc.get("type")
+                if kind == "ByteLevel":
+                    add.setdefault("bos", False)
+                    add.setdefault("eos", False)
+                elif kind == "RobertaProcessing":
+                    add["bos"] = add["eos"] = add["sep"] = True
+                    if not cls and cfg:
+                        cfg["cls_token"] = cls = proc.get("cls", [bos])[0]
+                    if not sep and cfg:
+                        cfg["sep_token"] = sep = proc.get("sep", [eos])[0]
+                elif kind == "TemplateProcessing":
+                    single, pair = proc.get("single", []), proc.get("pair", [])
+                    first = last = None
+                    if len(single) > 1:
+                        first = single[0].get("SpecialToken", {}).get("id")
+                        if first:
+                            if not cfg:
+                                bos = first
+                            elif first not in (bos, cls):
+                                if not bos:
+                                    cfg["bos_token"] = bos = first
+                                if not cls:
+                                    cfg["cls_token"] = cls = first
+                            add["bos"] = first in (bos, cls)
+                        last = single[-1].get("SpecialToken", {}).get("id")
+                        if last:
+                            if not cfg:
+                                eos = last
+                            elif last != eos:
+                                # the template ends with another token than eos: eos moves to eot (or eom)
+                                for extra in ("eot", "eom"):
+                                    if extra not in self.special_token_types:
+                                        self.special_token_types = (*self.special_token_types, extra)
+                                        cfg[f"{extra}_token"] = eos
+                                        break
+                                cfg["eos_token"] = eos = last
+                            add["eos"] = last == eos
+                    if pair:
+                        start = 1 if first and pair[0].get("SpecialToken", {}).get("id") == first else 0
+                        stop = -1 if last and pair[-1].get("SpecialToken", {}).get("id") == last else None
+                        pair = pair[start:stop]
+                        if pair and pair[0].get("Sequence", {}).get("id") == "A" \
+                                and pair[-1].get("Sequence", {}).get("id") == "B" and pair[1:-1]:
+                            between = pair[1:-1]
+                            add_sep = False
+                            entry = between[0].get("SpecialToken", {}).get("id")
+                            if entry and entry in (sep, eos) and not last:
+                                add_sep = True
+                            if len(between) == 2:
+                                entry = between[1].get("SpecialToken", {}).get("id")
+                                if entry and entry in (sep, eos):
+                                    add_sep = True
+                            add["sep"] = add_sep
+                            if add_sep and not sep and cfg:
+                                cfg["sep_token"] = eos
+
+        def _read_chat_template(self, path: Path, cfg: dict) -> None:
+            """tokenizer_config's chat_template, else chat_template.jinja (with additional_chat_templates/*.jinja:
+            a named list), else chat_template.json's."""
+            alt = None
+            jinja, js = path / "chat_template.jinja", path / "chat_template.json"
+            if jinja.is_file():
+                alt = _read_text(jinja)
+                more = sorted((path / "additional_chat_templates").glob("*.jinja"))
+                if more:
+                    alt = [{"name": "default", "template": alt}] + [
+                        {"name": p.stem, "template": _read_text(p)} for p in more]
+            elif js.is_file():
+                from qtool.formats.hf_meta import read_json
+
+                data = read_json(js, "chat template")
+                alt = data.get("chat_template") if isinstance(data, dict) else None
+            template = cfg.get("chat_template", alt)
+            if template is None or isinstance(template, (str, list)):
+                self.chat_template = template
+
+        def _read_normalizer(self, node: Any) -> None:
+            if not isinstance(node, dict):
+                return
+            kind = node.get("type")
+            if kind == "Lowercase":
+                self.normalizer_lowercase = True
+            elif kind == "StripAccents":
+                self.normalizer_strip_accents = True
+            elif kind == "BertNormalizer":
+                if "lowercase" in node:
+                    self.normalizer_lowercase = node["lowercase"]
+                if "strip_accents" in node:
+                    self.normalizer_strip_accents = node["strip_accents"]
+            elif kind == "Sequence":
+                for sub in node.get("normalizers", []):
+                    self._read_normalizer(sub)
+
+        def add_to_gguf(self, gw: GGUFWriter, quiet: bool = False) -> None:
+            super().add_to_gguf(gw, quiet=quiet)
+            for key, value in (("tokenizer.ggml.normalizer.lowercase", self.normalizer_lowercase),
+                               ("tokenizer.ggml.normalizer.strip_accents", self.normalizer_strip_accents)):
+                if value is not None and key not in gw.kv_data[0]:
+                    gw.add_bool(key, value)
+
+    return ReferenceSpecialVocab
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}: is not UTF-8 text") from None
+
+
+def _merges_of(path: Path, merges: Any) -> list[str]:
+    """tokenizer.json's merges as GGUF writes them: "a b"; the pair form's spaces as U+0120 + ..."""
+    if not merges:
+        return []
+    if not isinstance(merges, list):
+        raise FormatError(f"{path}: model.merges is not a list")
+    if all(isinstance(m, str) for m in merges):
+        return list(merges)
+    out = []
+    for m in merges:
+        if not (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m)):
+            raise FormatError(f"{path}: merge {m!r} is neither \"a b\" nor a pair of strings")
+        out.append(" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in m))
+    return out
 
 
 def _kind_gpt2(w: GGUFWriter, f: _Folder) -> None:
