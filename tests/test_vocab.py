@@ -523,3 +523,32 @@ def test_llama_cpp_tokenizes_like_the_original(case, tmp_path):
         assert list(ids) == want, f"{case.name}, add_special={add}, text {text[:40]!r}...: " + \
             _first_difference(list(ids), want)
     print(f"{case.name}: {len(got[0])} tokens on the hard text, identical to the original tokenizer")
+
+
+# -- against the reference converter's own output -------------------------------------------------------------
+
+GOLDEN = ROOT / "fixtures" / "archs"
+#: GGUF architecture of each golden case's family (add_tokenizer's "auto" picks the family's recipe by it)
+ARCH_OF = {"llama3": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe",
+           "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "bert": "bert"}
+
+
+@pytest.mark.parametrize("case", sorted(p.name.removesuffix(".reference.json")
+                                        for p in GOLDEN.glob("*.reference.json")))
+def test_tokenizer_keys_equal_the_reference(case, tmp_path):
+    """Every tokenizer.* key the reference converter wrote for the tiny folders of fixtures/archs (its golden
+    metadata: SentencePiece for llama/mistral/gemma2/gemma3, Phi-3's variant, SmolLM2's BPE for llama/qwen*,
+    WordPiece for BERT), with the same GGUF type, value and relative order, and no other tokenizer key."""
+    from qtool.testing import hf_models_more as more
+
+    golden = json.loads((GOLDEN / f"{case}.reference.json").read_text(encoding="utf-8"))
+    folder = more.write_folder(tmp_path / case, golden["family"], golden["tokenizer"], golden["config"])
+    assert more.folder_facts(folder)["files"] == golden["files"], "stale golden: rerun make_reference.py"
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    meta = meta_of(folder, config, arch=ARCH_OF[golden["family"]])
+    ours = [m for m in more.describe_gguf(vocab_only_gguf(tmp_path / "v.gguf", meta))["metadata"]
+            if m["key"].startswith("tokenizer.")]
+    ref = [m for m in golden["metadata"] if m["key"].startswith("tokenizer.")]
+    assert [m["key"] for m in ours] == [m["key"] for m in ref]
+    for o, r in zip(ours, ref):
+        assert o == r, f"{case}: {o['key']}: ours {json.dumps(o)[:300]}, reference {json.dumps(r)[:300]}"
