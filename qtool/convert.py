@@ -180,12 +180,13 @@ def _nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
 
 def _tensor_bytes(source, p, imat, threads) -> np.ndarray:
     """The bytes to write for one planned tensor: copied unchanged, converted, or quantized."""
+    from qtool.analysis.weights import load_floats
     from qtool.quantizers import get
 
     if not p.quantize and p.source_type == p.qtype and source.format == "gguf":
         _check_copied(source, p)
         return source.raw(p.name)
-    data = source.load(p.name)
+    data = load_floats(source, p.name, threads=threads)
     weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
     return get(p.qtype).quantize(data, weights, name=p.name, threads=threads)
 
@@ -203,10 +204,11 @@ def _check_copied(source, p) -> None:
     """
     if p.source_type in _INTEGER_TYPES:
         return
+    from qtool.analysis.weights import load_floats
     from qtool.kernels.common import first_nonfinite_row
 
     try:
-        data = source.load(p.name)
+        data = load_floats(source, p.name)
     except FormatError:
         return
     rows = np.ascontiguousarray(data, dtype=np.float32).reshape(-1, data.shape[-1] if data.ndim else 1)

@@ -1,9 +1,12 @@
-"""GGUF in: metadata and tensors as gguf-py wrote them, numpy-order shapes, dequantizer dispatch, and
-every truncated or garbage file refused with a FormatError that names it."""
+"""GGUF in: metadata and tensors as gguf-py wrote them, numpy-order shapes, the bulk string decoder equal
+to gguf-py's reading and to a record-by-record walk, dequantizing above the reader (registry first, then
+gguf-py), and every truncated or garbage file refused with a FormatError that names it."""
 
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 import gguf
 import numpy as np
@@ -12,6 +15,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
 import qtool.quantizers
+from qtool.analysis.weights import load_floats
 from qtool.errors import FormatError, QuantError
 from qtool.formats import gguf_in
 from qtool.formats.gguf_in import GGUFSource
@@ -112,13 +116,27 @@ def test_load_every_type(model):
         np.testing.assert_array_equal(src.load("f16"), a.astype(np.float16).astype(np.float32))
         bf = gguf.quants.dequantize(gguf.quants.quantize(a, T.BF16), T.BF16)
         np.testing.assert_array_equal(src.load("bf16"), bf)
-        np.testing.assert_allclose(src.load("q8_0"), gguf.quants.dequantize(src.raw("q8_0"), T.Q8_0), rtol=1e-6)
-        np.testing.assert_allclose(src.load("q4_k"), gguf.quants.dequantize(src.raw("q4_k"), T.Q4_K), rtol=1e-6)
+        np.testing.assert_allclose(load_floats(src, "q8_0"), gguf.quants.dequantize(src.raw("q8_0"), T.Q8_0),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(load_floats(src, "q4_k"), gguf.quants.dequantize(src.raw("q4_k"), T.Q4_K),
+                                   rtol=1e-6)
         np.testing.assert_array_equal(src.load("i32"), np.arange(-6, 6, dtype=np.float32).reshape(3, 4))
         np.testing.assert_array_equal(src.load("vec"), a[0])
         for t in src.tensors:
-            x = src.load(t.name)
+            x = load_floats(src, t.name)
             assert x.dtype == np.float32 and x.shape == t.shape and x.flags.writeable
+
+
+def test_reader_does_not_dequantize(model):
+    """The reader gives a quantized tensor's bytes and type; dequantizing is the registry's business."""
+    path, _, _ = model
+    with open_model(path) as src:
+        with pytest.raises(FormatError, match=r"'q4_k' is Q4_K, a quantized type"):
+            src.load("q4_k")
+    code = ("import sys; from qtool.formats.source import open_model\n"
+            f"s = open_model({str(path)!r}); s.load('f32'); s.raw('q4_k')\n"
+            "assert 'qtool.quantizers' not in sys.modules, 'the reader imported the registry'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_registered_quantizer_is_used_first(model, monkeypatch):
@@ -132,8 +150,8 @@ def test_registered_quantizer_is_used_first(model, monkeypatch):
 
     monkeypatch.setattr(qtool.quantizers, "get", lambda qtype: Stub())
     with open_model(path) as src:
-        np.testing.assert_array_equal(src.load("q8_0"), np.full((4, 64), 7.0, np.float32))
-        np.testing.assert_array_equal(src.load("f32"), src.raw("f32").view(np.float32))  # plain floats: no call
+        np.testing.assert_array_equal(load_floats(src, "q8_0"), np.full((4, 64), 7.0, np.float32))
+        np.testing.assert_array_equal(load_floats(src, "f32"), src.raw("f32").view(np.float32))  # plain: no call
     assert calls == [("q8_0", (4, 68))]
 
 
@@ -145,7 +163,7 @@ def test_gguf_py_when_no_quantizer(model, monkeypatch):
 
     monkeypatch.setattr(qtool.quantizers, "get", unregistered)
     with open_model(path) as src:
-        np.testing.assert_array_equal(src.load("q4_k"), gguf.quants.dequantize(src.raw("q4_k"), T.Q4_K))
+        np.testing.assert_array_equal(load_floats(src, "q4_k"), gguf.quants.dequantize(src.raw("q4_k"), T.Q4_K))
 
 
 def test_type_nobody_can_dequantize(tmp_path, monkeypatch):
@@ -160,7 +178,7 @@ def test_type_nobody_can_dequantize(tmp_path, monkeypatch):
     with open_model(p) as src:
         assert src.tensors[0].shape == (2, 32)
         with pytest.raises(FormatError, match=r"'t' is Q8_1, which neither qtool nor gguf-py"):
-            src.load("t")
+            load_floats(src, "t")
 
 
 def test_folder_with_one_gguf(model, tmp_path):
@@ -341,7 +359,7 @@ def test_garbage_and_mutants(model, tmp_path):
         try:
             with open_model(bad) as src:
                 for t in src.tensors:
-                    src.load(t.name)
+                    load_floats(src, t.name)
             opened += 1
         except FormatError as e:
             assert str(bad) in str(e), str(e)
@@ -349,11 +367,81 @@ def test_garbage_and_mutants(model, tmp_path):
     assert refused >= 20 and opened > 0  # garbage always fails; some mutations (of values) are harmless
 
 
-def test_reader_errors_are_wrapped(model, tmp_path, monkeypatch):
-    path, _, _ = model
+def vocab_strings(n: int, seed: int) -> list[str]:
+    """Token-like strings: byte-level BPE pieces, multi-byte UTF-8, empty strings, and strings that hold
+    runs of NUL (false record starts for the bulk decoder)."""
+    rng = np.random.default_rng(seed)
+    alphabet = list("abcdefghijklmnopqrstuvwxyz\u0120\u010a.,'") + ["\u00e9", "\u4e2d", "\U0001f600", "\u0000"]
+    out = ["".join(rng.choice(alphabet, size=int(rng.integers(1, 12)))) for _ in range(n)]
+    for i in rng.choice(n, size=n // 50, replace=False):
+        out[i] = ["", "\0" * 9, "x" + "\0" * 6 + "y", "\0\0\0\0\0\1"][i % 4]
+    return out
 
-    def broken(*args, **kwargs):
-        raise ValueError("something gguf-py did not like")
 
-    monkeypatch.setattr(gguf_in, "GGUFReader", broken)
-    refuses(path, "gguf-py cannot read it", "something gguf-py did not like")
+def read_both(path):
+    """(metadata, error) of the bulk decoder and of the record-by-record walk."""
+    buf = path.read_bytes()
+    results = []
+    for bulk in (True, False):
+        try:
+            h = gguf_in.read_header(path, buf, np.frombuffer(buf, np.uint8), bulk=bulk)
+            results.append(({k: (v.dtype.str, v.tolist()) if isinstance(v, np.ndarray) else v
+                             for k, v in h.metadata.items()}, None))
+        except FormatError as e:
+            results.append((None, str(e)))
+    return results
+
+
+def test_big_vocabulary_reads_as_gguf_py_reads_it(tmp_path, monkeypatch):
+    tokens = vocab_strings(30000, seed=5)
+    merges = [f"{a} {b}" for a, b in zip(tokens[::2], tokens[1::2])]
+    p = tmp_path / "vocab.gguf"
+    w = gguf.GGUFWriter(p, "llama")
+    w.add_array("tokenizer.ggml.tokens", tokens)
+    w.add_key_value("tokenizer.ggml.token_type", [1, 2, 3] * 10000, V.ARRAY, sub_type=V.INT32)
+    w.add_array("tokenizer.ggml.merges", merges)
+    w.add_key_value("x.bytes", ["ok", b"\xc3(", "\u00e9"], V.ARRAY, sub_type=V.STRING)  # one not UTF-8
+    w.add_key_value("x.one", [""], V.ARRAY, sub_type=V.STRING)
+    w.add_string("x.after", "still in step")
+    w.add_tensor("w", np.ones((2, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    walked = []
+    walk = gguf_in._walk_records
+    monkeypatch.setattr(gguf_in, "_walk_records", lambda c, key, n: walked.append(key) or walk(c, key, n))
+    with open_model(p) as src:
+        assert walked == ["x.bytes"]  # the only array decoded one by one: it holds a string that is not UTF-8
+        m = src.metadata
+        assert m["tokenizer.ggml.tokens"] == tokens and m["tokenizer.ggml.merges"] == merges
+        assert m["x.bytes"] == ["ok", b"\xc3(", "\u00e9"] and m["x.one"] == [""] and m["x.after"] == "still in step"
+        ref = gguf.GGUFReader(p).fields
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "x.bytes", "x.one"):
+            f = ref[key]
+            theirs = [bytes(f.parts[i]) for i in f.data]
+            assert [v.encode() if isinstance(v, str) else v for v in m[key]] == theirs, key
+        assert m["tokenizer.ggml.token_type"].tolist() == ref["tokenizer.ggml.token_type"].contents()
+        np.testing.assert_array_equal(src.load("w"), np.ones((2, 32), np.float32))
+    (bulk, e1), (walk, e2) = read_both(p)
+    assert e1 is None and e2 is None and bulk == walk
+
+
+def test_mutated_vocabulary_bulk_equals_walk(tmp_path):
+    """Damage inside a string array: the bulk decoder gives what the record-by-record walk gives, the
+    same strings or the same error."""
+    tokens = vocab_strings(400, seed=9)
+    blob = build(tmp_path / "v.gguf", [kv("tokenizer.ggml.tokens", V.ARRAY, struct.pack("<IQ", V.STRING, 400)
+                                          + b"".join(s(t) for t in tokens)), kv_u32("x.after", 7)]).read_bytes()
+    rng = np.random.default_rng(4)
+    bad = tmp_path / "bad.gguf"
+    outcomes = set()
+    for i in range(200):
+        m = bytearray(blob)
+        for pos in rng.integers(24, len(blob) - 40, size=1 + i % 3):
+            m[pos] = int(rng.integers(0, 256)) if i % 2 else 0
+        bad.write_bytes(bytes(m))
+        (bulk, e1), (walk, e2) = read_both(bad)
+        assert e1 == e2 and bulk == walk, i
+        outcomes.add(e1 is None)
+    assert outcomes == {True, False}  # some damage is harmless, some is refused

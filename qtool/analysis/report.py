@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from qtool.analysis import stats
+from qtool.analysis.weights import load_floats
 from qtool.errors import QtoolError, UsageError
 
 
@@ -318,7 +319,7 @@ def _figures(entry: TensorEntry, info, src, ref, keep: bool, report: Report) -> 
     """Fill ``entry``'s figures; return why not, if they cannot be had."""
     block = block_size(info.qtype)
     if ref is None:
-        w = src.load(info.name)
+        w = load_floats(src, info.name)
         fig = stats.describe(w, block_size=block, keep_abs=keep)
         of = "|w|"
         del w
@@ -330,8 +331,8 @@ def _figures(entry: TensorEntry, info, src, ref, keep: bool, report: Report) -> 
             return "not in the reference"
         if tuple(rinfo.shape) != tuple(info.shape):
             return f"shape {list(info.shape)} but {list(rinfo.shape)} in the reference"
-        q = src.load(info.name)
-        x = ref.load(info.name)
+        q = load_floats(src, info.name)
+        x = load_floats(ref, info.name)
         fig = stats.compare(q, x, block_size=block, keep_abs_error=keep)
         of = "|q-x|"
         del q, x

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qtool.analysis import stats
+from qtool.analysis.weights import load_floats
 from qtool.errors import QtoolError, UsageError
 
 
@@ -168,7 +169,7 @@ def what_if(
             on_start(sum(i.n_elements for i in infos) * len(types))
         for info in infos:
             try:
-                x = src.load(info.name)
+                x = load_floats(src, info.name, threads=threads)
             except QtoolError as e:
                 result.skipped.append({"name": info.name, "reason": f"cannot read: {e}"})
                 continue

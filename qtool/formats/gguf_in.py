@@ -1,8 +1,6 @@
-"""GGUF in, over gguf-py's memory-mapped GGUFReader, after qtool's own bounds check of the header.
+"""GGUF in: one bounds-checked pass over the header that validates and decodes it; tensor data memory-mapped.
 
-GGUFReader trusts the lengths it reads: a string or array length past the end of the file yields short
-views, and a huge array count makes it loop for ever. So before handing a file to it, ``scan_header``
-walks the same layout with every length checked against the bytes that remain::
+::
 
     magic "GGUF" | u32 version | u64 n_tensors | u64 n_kv
     n_kv x      (string key | u32 type | value)           string = u64 length + UTF-8 bytes
@@ -10,41 +8,55 @@ walks the same layout with every length checked against the bytes that remain::
     n_tensors x (string name | u32 n_dims | n_dims x u64 ne | u32 ggml type | u64 offset)
     padding to general.alignment (default 32) | tensor data, each at data start + offset
 
-and checks each tensor's type, shape and byte span lie inside the file without overlapping.
+Every length is checked against the bytes that remain before anything is read or allocated, so a truncated
+or hostile header fails with a FormatError naming the file, never a hang or a huge allocation. Each
+tensor's type, shape and byte span are checked to lie inside the file without overlapping.
+
+Arrays are decoded in bulk: numbers as one numpy copy; strings (vocabularies and merges: 10^5 of them) by
+locating every record with numpy and decoding them all with a single UTF-8 decode (``_string_array``).
+
+The reader hands out bytes and their ggml type (``raw``) and widens plain number types (``load``); it does
+not dequantize. Quantized tensors are dequantized above it, through the type registry
+(``qtool.analysis.weights.load_floats``).
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFValueType
 
-from qtool.errors import FormatError, QuantError
+from qtool.errors import FormatError
 from qtool.formats.ggml_types import QUANT_SIZES, ggml_type
 from qtool.formats.source import ModelSource, TensorInfo, byte_shape
 
 GGML_MAX_DIMS = 4
 DEFAULT_ALIGNMENT = 32
-#: GGUFReader makes a Python object per array element, so an array of 100M bytes would cost ~10 GB of
-#: memory. The largest real arrays (vocabularies, merges) hold well under a million entries.
+#: The largest real arrays (vocabularies, merges) hold well under a million entries.
 MAX_ARRAY_LEN = 1 << 24
-_SCALAR_SIZES = {
-    GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
-    GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2,
-    GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4,
-    GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8,
+_SCALARS = {  # value type -> (struct format, size, numpy dtype)
+    GGUFValueType.UINT8: ("<B", 1, "u1"), GGUFValueType.INT8: ("<b", 1, "i1"), GGUFValueType.BOOL: ("<?", 1, "?"),
+    GGUFValueType.UINT16: ("<H", 2, "<u2"), GGUFValueType.INT16: ("<h", 2, "<i2"),
+    GGUFValueType.UINT32: ("<I", 4, "<u4"), GGUFValueType.INT32: ("<i", 4, "<i4"),
+    GGUFValueType.FLOAT32: ("<f", 4, "<f4"),
+    GGUFValueType.UINT64: ("<Q", 8, "<u8"), GGUFValueType.INT64: ("<q", 8, "<i8"),
+    GGUFValueType.FLOAT64: ("<d", 8, "<f8"),
 }
-#: ggml's element types that are plain numbers; loaded by a cast rather than a dequantizer.
-_PLAIN = {
+#: ggml's element types that hold plain numbers: ``load`` widens them to float32 (BF16 by a 16-bit shift,
+#: as ggml_bf16_to_fp32 does). Every other type is quantized and comes out of the reader as bytes only.
+PLAIN_TYPES = {
     GGMLQuantizationType.F32: "<f4", GGMLQuantizationType.F16: "<f2", GGMLQuantizationType.F64: "<f8",
+    GGMLQuantizationType.BF16: "<u2",
     GGMLQuantizationType.I8: "i1", GGMLQuantizationType.I16: "<i2", GGMLQuantizationType.I32: "<i4",
     GGMLQuantizationType.I64: "<i8",
 }
+#: above this many bytes a string array is walked record by record rather than located in bulk
+_BULK_WINDOW_MAX = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -56,11 +68,24 @@ class ScannedTensor:
     nbytes: int
 
 
+@dataclass
+class Header:
+    """A GGUF header, validated and decoded. ``metadata`` holds str (bytes where not UTF-8), int, float,
+    bool, a list of str/bytes for string arrays and a native-order numpy array for number arrays."""
+
+    version: int
+    alignment: int
+    metadata: dict[str, Any]
+    types: dict[str, GGUFValueType]
+    sub_types: dict[str, GGUFValueType]
+    tensors: list[ScannedTensor]
+
+
 class _Cursor:
     """Reads little-endian fields from a buffer, failing with the file named past its end."""
 
-    def __init__(self, buf, path: Path):
-        self.buf, self.path, self.pos = buf, path, 0
+    def __init__(self, buf, array: np.ndarray, path: Path):
+        self.buf, self.array, self.path, self.pos = buf, array, path, 0
         self.size = len(buf)
 
     def fail(self, what: str) -> FormatError:
@@ -86,118 +111,144 @@ class _Cursor:
     def string(self, what: str) -> bytes:
         n = self.u64(f"{what}'s length")
         self.need(n, f"{what} ({n} bytes)")
-        s = bytes(self.buf[self.pos:self.pos + n])
+        s = self.buf[self.pos:self.pos + n]
         self.pos += n
         return s
 
-    def skip(self, n: int, what: str) -> None:
+    def scalar(self, vtype: GGUFValueType, what: str):
+        fmt, n, _ = _SCALARS[vtype]
         self.need(n, what)
+        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
         self.pos += n
+        return v
+
+    def numbers(self, vtype: GGUFValueType, count: int, what: str) -> np.ndarray:
+        _, n, dtype = _SCALARS[vtype]
+        self.need(count * n, what)
+        dt = np.dtype(dtype)
+        out = self.array[self.pos:self.pos + count * n].view(dt).astype(dt.newbyteorder("="))  # a copy
+        self.pos += count * n
+        return out
 
 
-def scan_header(path: Path) -> tuple[int, list[ScannedTensor]]:
-    """Walk and bounds-check a GGUF header. Returns (alignment, tensors); raises FormatError."""
-    size = os.path.getsize(path)
+def _text(b: bytes) -> str | bytes:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b  # kept as bytes so a writer can put back exactly what was there
+
+
+def read_header(path: Path, buf, array: np.ndarray, *, bulk: bool = True) -> Header:
+    """Validate and decode a GGUF header held in ``buf`` (a bytes-like of the whole file; ``array`` is the
+    same bytes as a numpy uint8 array). Raises FormatError naming ``path``. ``bulk=False`` decodes string
+    arrays record by record (the same result, slower; for tests)."""
+    size = len(buf)
     if size < 24:
         raise FormatError(f"{path}: {size} bytes is too short for a GGUF header")
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != b"GGUF":
-            raise FormatError(f"{path}: not a GGUF file (magic {bytes(buf[:4])!r})")
-        (v_le,) = struct.unpack_from("<I", buf, 4)
-        if not v_le & 0xFFFF:  # a byte-swapped version reads as v << 24
-            raise FormatError(f"{path}: a big-endian GGUF file; qtool reads little-endian GGUF only")
-        c = _Cursor(buf, path)
-        c.pos = 4
-        version = c.u32("version")
-        if version not in (2, 3):
-            raise c.fail(f"GGUF version {version} is not supported (2 and 3 are)")
-        n_tensors = c.u64("tensor count")
-        n_kv = c.u64("key/value count")
-        # each key/value takes at least 8+1+4+1 bytes, each tensor info 8+1+4+8+4+8
-        if n_kv * 14 > size or n_tensors * 33 > size:
-            raise c.fail(f"claims {n_kv} key/values and {n_tensors} tensors, more than {size} bytes can hold")
-        alignment = DEFAULT_ALIGNMENT
-        keys: set[bytes] = set()
-        for i in range(n_kv):
-            key = c.string(f"key {i}")
-            if not key:
-                raise c.fail(f"key {i} is empty")
-            if key in keys:
-                raise c.fail(f"key {key.decode('utf-8', 'replace')!r} appears twice")
-            keys.add(key)
-            kname = key.decode("utf-8", "replace")
-            vtype = _value_type(c, kname, c.u32(f"type of {kname!r}"))
-            if vtype == GGUFValueType.ARRAY:
-                etype = _value_type(c, kname, c.u32(f"element type of {kname!r}"))
-                count = c.u64(f"length of {kname!r}")
-                if etype == GGUFValueType.ARRAY:
-                    raise c.fail(f"key {kname!r} is an array of arrays, which GGUF does not allow")
-                if count > MAX_ARRAY_LEN:
-                    raise c.fail(f"key {kname!r} claims {count} elements, more than qtool reads "
-                                 f"({MAX_ARRAY_LEN})")
-                if etype == GGUFValueType.STRING:
-                    c.need(count * 8, f"{count} strings of {kname!r}")
-                    for j in range(count):
-                        c.skip(c.u64(f"{kname!r}[{j}]'s length"), f"{kname!r}[{j}]")
-                else:
-                    c.skip(count * _SCALAR_SIZES[etype], f"{count} values of {kname!r}")
-            elif vtype == GGUFValueType.STRING:
-                c.string(f"value of {kname!r}")
+    if buf[:4] != b"GGUF":
+        raise FormatError(f"{path}: not a GGUF file (magic {bytes(buf[:4])!r})")
+    (v_le,) = struct.unpack_from("<I", buf, 4)
+    if not v_le & 0xFFFF:  # a byte-swapped version reads as v << 24
+        raise FormatError(f"{path}: a big-endian GGUF file; qtool reads little-endian GGUF only")
+    c = _Cursor(buf, array, path)
+    c.pos = 4
+    version = c.u32("version")
+    if version not in (2, 3):
+        raise c.fail(f"GGUF version {version} is not supported (2 and 3 are)")
+    n_tensors = c.u64("tensor count")
+    n_kv = c.u64("key/value count")
+    # each key/value takes at least 8+1+4+1 bytes, each tensor info 8+1+4+8+4+8
+    if n_kv * 14 > size or n_tensors * 33 > size:
+        raise c.fail(f"claims {n_kv} key/values and {n_tensors} tensors, more than {size} bytes can hold")
+    alignment = DEFAULT_ALIGNMENT
+    metadata: dict[str, Any] = {}
+    types: dict[str, GGUFValueType] = {}
+    sub_types: dict[str, GGUFValueType] = {}
+    keys: set[bytes] = set()
+    for i in range(n_kv):
+        key = c.string(f"key {i}")
+        if not key:
+            raise c.fail(f"key {i} is empty")
+        if key in keys:
+            raise c.fail(f"key {key.decode('utf-8', 'replace')!r} appears twice")
+        keys.add(key)
+        try:
+            kname = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise c.fail(f"key {i} ({key.decode('utf-8', 'replace')!r}) is not UTF-8") from None
+        vtype = _value_type(c, kname, c.u32(f"type of {kname!r}"))
+        if vtype == GGUFValueType.ARRAY:
+            etype = _value_type(c, kname, c.u32(f"element type of {kname!r}"))
+            count = c.u64(f"length of {kname!r}")
+            if etype == GGUFValueType.ARRAY:
+                raise c.fail(f"key {kname!r} is an array of arrays, which GGUF does not allow")
+            if count > MAX_ARRAY_LEN:
+                raise c.fail(f"key {kname!r} claims {count} elements, more than qtool reads ({MAX_ARRAY_LEN})")
+            if etype == GGUFValueType.STRING:
+                value: Any = _string_array(c, kname, count, bulk)
             else:
-                if kname == "general.alignment":
-                    if vtype != GGUFValueType.UINT32:
-                        raise c.fail(f"general.alignment is {vtype.name}, not UINT32")
-                    alignment = c.u32("general.alignment")
-                    if alignment == 0 or alignment & (alignment - 1):
-                        raise c.fail(f"general.alignment {alignment} is not a power of two")
-                else:
-                    c.skip(_SCALAR_SIZES[vtype], f"value of {kname!r}")
+                value = c.numbers(etype, count, f"{count} values of {kname!r}")
+            sub_types[kname] = etype
+        elif vtype == GGUFValueType.STRING:
+            value = _text(c.string(f"value of {kname!r}"))
+        else:
+            if kname == "general.alignment" and vtype != GGUFValueType.UINT32:
+                raise c.fail(f"general.alignment is {vtype.name}, not UINT32")
+            value = c.scalar(vtype, f"value of {kname!r}")
+            if kname == "general.alignment":
+                if value == 0 or value & (value - 1):
+                    raise c.fail(f"general.alignment {value} is not a power of two")
+                alignment = value
+        types[kname] = vtype
+        metadata[kname] = value
 
-        infos = []
-        names: set[str] = set()
-        for i in range(n_tensors):
-            raw_name = c.string(f"name of tensor {i}")
-            try:
-                name = raw_name.decode("utf-8")
-            except UnicodeDecodeError:
-                raise c.fail(f"tensor {i}'s name is not UTF-8") from None
-            if name in names:
-                raise c.fail(f"tensor {name!r} appears twice")
-            names.add(name)
-            n_dims = c.u32(f"dimension count of {name!r}")
-            if not 1 <= n_dims <= GGML_MAX_DIMS:
-                raise c.fail(f"tensor {name!r} has {n_dims} dimensions (ggml allows 1 to {GGML_MAX_DIMS})")
-            ne = tuple(c.u64(f"shape of {name!r}") for _ in range(n_dims))
-            raw_type = c.u32(f"type of {name!r}")
-            offset = c.u64(f"data offset of {name!r}")
-            try:
-                qtype = ggml_type(raw_type)
-                block, type_size = QUANT_SIZES[qtype]
-            except (ValueError, KeyError):
-                raise c.fail(f"tensor {name!r} has unknown ggml type {raw_type}") from None
-            if any(d >= 1 << 62 for d in ne) or np.prod(ne, dtype=object) >= 1 << 62:
-                raise c.fail(f"tensor {name!r} has an absurd shape {list(ne)} (ggml order)")
-            if ne[0] % block:
-                raise c.fail(f"tensor {name!r}: row of {ne[0]} is not a whole number of {qtype.name} blocks "
-                             f"of {block}")
-            if offset % alignment:
-                raise c.fail(f"tensor {name!r}: data offset {offset} is not a multiple of the alignment {alignment}")
-            nbytes = int(np.prod(ne, dtype=object)) // block * type_size
-            infos.append((name, ne, qtype, offset, nbytes))
+    infos = []
+    names: set[str] = set()
+    for i in range(n_tensors):
+        raw_name = c.string(f"name of tensor {i}")
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise c.fail(f"tensor {i}'s name is not UTF-8") from None
+        if name in names:
+            raise c.fail(f"tensor {name!r} appears twice")
+        names.add(name)
+        n_dims = c.u32(f"dimension count of {name!r}")
+        if not 1 <= n_dims <= GGML_MAX_DIMS:
+            raise c.fail(f"tensor {name!r} has {n_dims} dimensions (ggml allows 1 to {GGML_MAX_DIMS})")
+        ne = tuple(c.u64(f"shape of {name!r}") for _ in range(n_dims))
+        raw_type = c.u32(f"type of {name!r}")
+        offset = c.u64(f"data offset of {name!r}")
+        try:
+            qtype = ggml_type(raw_type)
+            block, type_size = QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise c.fail(f"tensor {name!r} has unknown ggml type {raw_type}") from None
+        n_elements = 1
+        for d in ne:
+            n_elements *= d
+        if any(d >= 1 << 62 for d in ne) or n_elements >= 1 << 62:
+            raise c.fail(f"tensor {name!r} has an absurd shape {list(ne)} (ggml order)")
+        if ne[0] % block:
+            raise c.fail(f"tensor {name!r}: row of {ne[0]} is not a whole number of {qtype.name} blocks "
+                         f"of {block}")
+        if offset % alignment:
+            raise c.fail(f"tensor {name!r}: data offset {offset} is not a multiple of the alignment {alignment}")
+        infos.append((name, ne, qtype, offset, n_elements // block * type_size))
 
-        data_start = c.pos + (-c.pos % alignment)
-        tensors = []
-        for name, ne, qtype, offset, nbytes in infos:
-            start = data_start + offset
-            if start + nbytes > size:
-                raise c.fail(f"tensor {name!r}: data [{start}, {start + nbytes}) runs past the end of the file "
-                             f"({size} bytes); truncated?")
-            tensors.append(ScannedTensor(name, ne, qtype, start, nbytes))
-        spans = sorted((t for t in tensors if t.nbytes), key=lambda t: t.start)
-        for a, b in zip(spans, spans[1:]):
-            if b.start < a.start + a.nbytes:
-                raise c.fail(f"tensors {a.name!r} and {b.name!r} overlap")
-        return alignment, tensors
+    data_start = c.pos + (-c.pos % alignment)
+    tensors = []
+    for name, ne, qtype, offset, nbytes in infos:
+        start = data_start + offset
+        if start + nbytes > size:
+            raise c.fail(f"tensor {name!r}: data [{start}, {start + nbytes}) runs past the end of the file "
+                         f"({size} bytes); truncated?")
+        tensors.append(ScannedTensor(name, ne, qtype, start, nbytes))
+    spans = sorted((t for t in tensors if t.nbytes), key=lambda t: t.start)
+    for a, b in zip(spans, spans[1:]):
+        if b.start < a.start + a.nbytes:
+            raise c.fail(f"tensors {a.name!r} and {b.name!r} overlap")
+    return Header(version, alignment, metadata, types, sub_types, tensors)
 
 
 def _value_type(c: _Cursor, key: str, raw: int) -> GGUFValueType:
@@ -207,99 +258,186 @@ def _value_type(c: _Cursor, key: str, raw: int) -> GGUFValueType:
         raise c.fail(f"key {key!r} has unknown value type {raw}") from None
 
 
+# -- arrays of strings ------------------------------------------------------------------------------------
+
+
+def _string_array(c: _Cursor, kname: str, count: int, bulk: bool = True) -> list:
+    """``count`` strings at the cursor: located and decoded in bulk where possible, else one by one.
+
+    Both ways give the same list (str, or bytes for an element that is not UTF-8) and leave the cursor at
+    the same place; only the record-by-record walk reports what is wrong with a damaged array.
+    """
+    c.need(count * 8, f"{count} strings of {kname!r}")
+    if count == 0:
+        return []
+    found = None
+    if bulk:
+        for low_bytes in (1, 3):  # lengths below 256 (nearly every vocabulary), then below 2**24
+            found = _locate_records(c.array, c.pos, count, low_bytes)
+            if found is not None:
+                break
+    if found is not None:
+        starts, lengths = found
+        end = int(starts[-1] + 8 + lengths[-1])
+        out = _decode_records(c.array[c.pos:c.pos + end], starts, lengths)
+        if out is not None:
+            c.pos += end
+            return out
+    return _walk_records(c, kname, count)
+
+
+def _walk_records(c: _Cursor, kname: str, count: int) -> list:
+    """The strings one record at a time, each length checked against the bytes that remain."""
+    buf, pos, size = c.buf, c.pos, c.size
+    u64 = struct.Struct("<Q").unpack_from
+    out = []
+    append = out.append
+    for j in range(count):
+        if size - pos < 8:
+            c.pos = pos
+            c.need(8, f"{kname!r}[{j}]'s length")
+        (n,) = u64(buf, pos)
+        pos += 8
+        if n > size - pos:
+            c.pos = pos
+            c.need(n, f"{kname!r}[{j}] ({n} bytes)")
+        b = buf[pos:pos + n]
+        pos += n
+        try:
+            append(b.decode("utf-8"))
+        except UnicodeDecodeError:
+            append(b)  # kept as bytes so a writer can put back exactly what was there
+    c.pos = pos
+    return out
+
+
+def _locate_records(a: np.ndarray, p0: int, count: int, low_bytes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where the ``count`` string records (u64 length + bytes) that start at ``a[p0]`` begin, relative
+    to p0, and their lengths, if every length fits in ``low_bytes`` bytes; None where this shortcut cannot
+    tell (the caller then walks the records one by one).
+
+    A record's successor starts at ``p + 8 + length``: a chain only a sequential walk follows. Instead,
+    every offset whose upper ``8 - low_bytes`` bytes are zero and whose length fits the window is a
+    candidate; every real record is one. Candidates that nothing points at are dropped until none is,
+    and the answer is accepted only if the first ``count`` candidates are exactly the chain: the first at
+    p0 and each one's successor the next. That check makes the result the one the walk gives, whatever
+    the bytes are.
+    """
+    remain = len(a) - p0
+    window = min(remain, count * 24 + 4096)
+    while True:
+        r = a[p0:p0 + window]
+        n = window - 7
+        if n <= 0:
+            return None
+        z = r == 0
+        k = z[low_bytes:low_bytes + n].copy()
+        for b in range(low_bytes + 1, 8):
+            k &= z[b:b + n]
+        cand = np.flatnonzero(k)
+        if cand.size and cand[0] == 0:
+            length = r[cand].astype(np.int64)
+            for b in range(1, low_bytes):
+                length |= r[cand + b].astype(np.int64) << (8 * b)
+            nxt = cand + 8 + length
+            fits = nxt <= window
+            cand, length, nxt = cand[fits], length[fits], nxt[fits]
+            for _ in range(32):
+                if cand.size < count or cand[0] != 0:
+                    break
+                if np.array_equal(nxt[:count - 1], cand[1:count]):
+                    return cand[:count], length[:count]
+                pointed = np.zeros(window + 1, dtype=bool)
+                pointed[nxt] = True
+                pointed[0] = True
+                keep = pointed[cand]
+                if keep.all():
+                    break
+                cand, length, nxt = cand[keep], length[keep], nxt[keep]
+        if window >= remain or window >= _BULK_WINDOW_MAX:
+            return None
+        window = min(remain, window * 4)
+
+
+def _decode_records(region: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> list | None:
+    """Decode contiguous string records (``region`` begins with the first) with one UTF-8 decode: the
+    8-byte length fields are cut out, a separator byte that no string contains is put between the
+    strings, and the decoded text is split on it. None if some string is not UTF-8 (the caller then
+    decodes one by one, keeping those as bytes)."""
+    count = starts.size
+    buf = region.copy()
+    for b in range(8):
+        buf[starts + b] = 0
+    at = starts[1:] + 7  # the last byte of every length field after the first becomes the separator
+    if np.count_nonzero(buf == 0) == 8 * count:  # no string holds a NUL: NUL separates them
+        sep = 0
+        keep = buf != 0
+    else:
+        keep = np.ones(buf.size, dtype=bool)
+        for b in range(8):
+            keep[starts + b] = False
+        used = np.bincount(buf[keep], minlength=128)[:128]
+        free = np.flatnonzero(used == 0)
+        if free.size == 0:  # every ASCII character occurs in the strings: no separator to use
+            return None
+        sep = int(free[0])  # an ASCII byte never occurs inside a multi-byte UTF-8 sequence
+        buf[at] = sep
+    keep[at] = True
+    try:
+        text = buf[keep].tobytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    out = text.split(chr(sep))
+    assert len(out) == count, (len(out), count)
+    return out
+
+
+# -- the source ---------------------------------------------------------------------------------------------
+
+
 class GGUFSource(ModelSource):
     format = "gguf"
 
     def __init__(self, path: str | Path):
         super().__init__(Path(path))
         try:
-            _, scanned = scan_header(self.path)
+            size = os.path.getsize(self.path)
+            if size < 24:
+                raise FormatError(f"{self.path}: {size} bytes is too short for a GGUF header")
+            # copy-on-write: writable views for the callers, the file itself never touched
+            self._map: np.memmap | None = np.memmap(self.path, dtype=np.uint8, mode="c")
         except OSError as e:
             raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from None
-        try:
-            self._reader: GGUFReader | None = GGUFReader(self.path, "c")  # copy-on-write: writable views, file untouched
-        except Exception as e:  # GGUFReader raises ValueError, KeyError, IndexError, ... on bad input
-            raise FormatError(f"{self.path}: gguf-py cannot read it: {type(e).__name__}: {e}") from None
-        self._metadata()
-        by_name = {t.name: t for t in self._reader.tensors}
-        infos = []
-        self._data: dict[str, np.ndarray] = {}
-        for s in scanned:
-            t = by_name.get(s.name)
-            if t is None or t.data_offset != s.start or t.n_bytes != s.nbytes:  # the two parsers disagree
-                raise FormatError(f"{self.path}: tensor {s.name!r} reads differently from gguf-py")
-            shape = tuple(int(d) for d in reversed(s.ne))
-            infos.append(TensorInfo(s.name, s.name, shape, s.qtype, s.nbytes))
-            self._data[s.name] = t.data
-        self._set_tensors(infos)
+        header = read_header(self.path, self._map._mmap, self._map.view(np.ndarray))
+        for key, value in header.metadata.items():
+            if key.startswith("GGUF."):  # names gguf-py keeps for the header counts; never model metadata
+                continue
+            self.metadata[key] = value
+            self.metadata_types[key] = header.types[key]
+            if key in header.sub_types:
+                self.metadata_sub_types[key] = header.sub_types[key]
+        self._spans = {t.name: (t.start, t.nbytes) for t in header.tensors}
+        self._set_tensors([TensorInfo(t.name, t.name, tuple(int(d) for d in reversed(t.ne)), t.qtype, t.nbytes)
+                           for t in header.tensors])
         arch = self.metadata.get("general.architecture")
         self.architecture = arch if isinstance(arch, str) else None
 
-    def _metadata(self) -> None:
-        assert self._reader is not None
-        for key, f in self._reader.fields.items():
-            if key.startswith("GGUF."):  # the reader's own entries for the header counts
-                continue
-            vtype = f.types[0]
-            self.metadata_types[key] = vtype
-            if vtype == GGUFValueType.ARRAY:
-                sub = GGUFValueType(int(f.parts[3][0]))  # parts: key length, key, type, element type, ...
-                self.metadata_sub_types[key] = sub
-                if sub == GGUFValueType.STRING:
-                    self.metadata[key] = [_text(f.parts[i]) for i in f.data]
-                else:
-                    parts = [f.parts[i] for i in f.data]
-                    arr = np.concatenate(parts) if parts else np.zeros(0, np.dtype(_NP_TYPES[sub]))
-                    self.metadata[key] = arr.astype(arr.dtype.newbyteorder("="))
-            elif vtype == GGUFValueType.STRING:
-                self.metadata[key] = _text(f.parts[-1])
-            else:
-                self.metadata[key] = f.parts[-1][0].item()
-
     def _raw(self, info: TensorInfo) -> np.ndarray:
-        return self._data[info.name].view(np.uint8).reshape(byte_shape(info.shape, info.qtype))
+        if self._map is None:
+            raise FormatError(f"{self.path}: closed")
+        start, nbytes = self._spans[info.name]
+        return self._map[start:start + nbytes].reshape(byte_shape(info.shape, info.qtype))
 
     def _load(self, info: TensorInfo) -> np.ndarray:
-        raw = self._raw(info)
-        if info.qtype in _PLAIN:
-            # F32 comes back as a view of the (copy-on-write) map: no copy of the tensor
-            return raw.view(_PLAIN[info.qtype]).astype(np.float32, copy=False).reshape(info.shape)
-        out = _dequantize(raw, info, self.path)
-        return np.ascontiguousarray(out, dtype=np.float32).reshape(info.shape)
+        """Plain number types widened to float32 (F32 as a view of the copy-on-write map: no copy)."""
+        dtype = PLAIN_TYPES.get(info.qtype)
+        if dtype is None:
+            raise FormatError(f"{self.path}: tensor {info.name!r} is {info.qtype.name}, a quantized type: the "
+                              f"reader gives its bytes (raw); dequantize them through the type registry")
+        raw = self._raw(info).view(dtype)
+        if info.qtype == GGMLQuantizationType.BF16:
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+        return raw.astype(np.float32, copy=False).reshape(info.shape)
 
     def close(self) -> None:
-        self._reader = None
-        self._data = {}
-
-
-_NP_TYPES = {t: GGUFReader.gguf_scalar_to_np[t] for t in GGUFReader.gguf_scalar_to_np}
-
-
-def _text(part: np.ndarray) -> str | bytes:
-    b = part.tobytes()
-    try:
-        return b.decode("utf-8")
-    except UnicodeDecodeError:
-        return b  # kept as bytes so a writer can put back exactly what was there
-
-
-def _dequantize(raw: np.ndarray, info: TensorInfo, path: Path) -> np.ndarray:
-    """qtool's dequantizer for the type where one is registered, else gguf-py's."""
-    from qtool import quantizers
-
-    try:
-        q = quantizers.get(info.qtype)
-    except QuantError:
-        q = None
-    if q is not None:
-        try:
-            return q.dequantize(raw, name=info.name)
-        except NotImplementedError:
-            pass
-    import gguf.quants
-
-    try:
-        return gguf.quants.dequantize(raw, info.qtype)
-    except NotImplementedError:
-        raise FormatError(f"{path}: tensor {info.name!r} is {info.qtype.name}, which neither qtool nor gguf-py "
-                          f"can dequantize") from None
+        self._map = None
