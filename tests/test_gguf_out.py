@@ -1,14 +1,16 @@
-"""GGUF writer: exact round trip through gguf-py's reader, temp file + rename, never over an input."""
+"""GGUF writer: exact round trip through gguf-py's reader, metadata arrays packed in bulk to gguf-py's own
+bytes, temp file + rename, never over an input."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 from qtool.errors import UsageError
-from qtool.formats.gguf_out import GGUFOut, check_output_path
+from qtool.formats.gguf_in import GGUFSource
+from qtool.formats.gguf_out import GGUFOut, _pack_array, _Writer, check_output_path
 from qtool.quantizers import get
 
 
@@ -99,3 +101,64 @@ def test_refuses_to_overwrite_an_input(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         check_output_path(tmp_path / "nope" / "o.gguf", [src])
     check_output_path(tmp_path / "other.gguf", [src])  # a fresh name is fine
+
+
+V = GGUFValueType
+
+
+def _arrays():
+    rng = np.random.default_rng(2)
+    pieces = list("abcxyz\u0120\u010a") + ["\u00e9", "\u4e2d", "\U0001f600"]
+    vocab = ["".join(rng.choice(pieces, size=int(rng.integers(0, 9)))) for _ in range(20000)]
+    return [
+        (vocab, V.STRING), (vocab[:4] + ["a\0b", "", "\0"], V.STRING), (["x"], V.STRING),
+        (["ok", b"\xff\xfe", bytearray(b"z")], V.STRING),  # bytes kept as they are (not UTF-8)
+        (np.arange(-5, 5, dtype=np.int32), V.INT32), (list(range(20000)), V.INT32), ([True, 3], V.INT32),
+        ([1, 2, 255], V.UINT8), ([-128, 127], V.INT8), ([1, 65535], V.UINT16), ([-3, 4], V.INT16),
+        ([1, 2 ** 40], V.INT64), (np.arange(5, dtype=np.uint64), V.UINT64), ([0, 2 ** 32 - 1], V.UINT32),
+        ([True, False, 2], V.BOOL), (np.array([1, 0, 2], np.uint8).view(bool), V.BOOL),
+        (rng.standard_normal(20000).astype(np.float32), V.FLOAT32), ([0.1, 1e-30, 3, 1e-46], V.FLOAT32),
+        ([0.5, 0.1], V.FLOAT64), (np.array([np.nan, -np.inf], np.float32), V.FLOAT32),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(_arrays())))
+def test_bulk_array_packing_is_gguf_pys(i):
+    """Each array packs in bulk (no per-element fallback) to exactly the bytes gguf-py's writer gives."""
+    value, sub = _arrays()[i]
+    listed = value.tolist() if isinstance(value, np.ndarray) else list(value)
+    theirs = GGUFWriter(None, "llama")._pack_val(listed, V.ARRAY, True, sub)
+    assert _pack_array(value, sub) is not None
+    assert _Writer(None, "llama")._pack_val(value, V.ARRAY, True, sub) == theirs
+
+
+@pytest.mark.parametrize("value, sub", [([300], V.UINT8), ([1.5], V.INT32), ([1e40], V.FLOAT32),
+                                        (["a", 1], V.STRING), (["\ud800"], V.STRING)])
+def test_values_gguf_py_refuses_are_refused(value, sub):
+    """What the bulk packer cannot vouch for goes to gguf-py's packing, which raises as before."""
+    with pytest.raises(Exception) as theirs:
+        GGUFWriter(None, "llama")._pack_val(value, V.ARRAY, True, sub)
+    with pytest.raises(type(theirs.value)):
+        _Writer(None, "llama")._pack_val(value, V.ARRAY, True, sub)
+
+
+def test_vocabulary_and_empty_arrays_round_trip(tmp_path):
+    vocab = _arrays()[0][0]
+    meta = [("tokenizer.ggml.tokens", vocab, V.ARRAY, V.STRING),
+            ("tokenizer.ggml.scores", np.linspace(0, 1, len(vocab), dtype=np.float32), V.ARRAY, V.FLOAT32),
+            ("x.empty", [], V.ARRAY, V.INT32), ("x.none", [], V.ARRAY, V.STRING)]
+    path = tmp_path / "v.gguf"
+    with GGUFOut(path, "llama") as out:
+        for key, value, vtype, sub in meta:
+            out.add_metadata(key, value, vtype, sub)
+        out.add_tensor("w", (1, 32), T.F32)
+        out.begin()
+        out.write("w", np.ones((1, 32), np.float32))
+        out.commit()
+    f = GGUFReader(path).fields
+    assert f["tokenizer.ggml.tokens"].contents() == vocab
+    assert f["x.empty"].contents() == [] and f["x.none"].contents() == []
+    with GGUFSource(path) as src:
+        assert src.metadata["tokenizer.ggml.tokens"] == vocab and src.metadata["x.none"] == []
+        np.testing.assert_array_equal(src.metadata["tokenizer.ggml.scores"], meta[1][1])
+        assert src.metadata_sub_types["x.empty"] == V.INT32 and src.metadata["x.empty"].size == 0

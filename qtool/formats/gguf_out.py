@@ -4,16 +4,20 @@ The header and every tensor's info are written first (the plan fixes each tensor
 any data is quantized), then tensor data is streamed in plan order. The file is written under a temporary
 name in the target folder and renamed into place only when complete, so a failure or an interrupt never
 leaves a partial output behind.
+
+Metadata arrays (a vocabulary and its merges: 10^5 strings) are packed in bulk with numpy, to the bytes
+gguf-py's per-element packing gives (``_pack_array``).
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from gguf import GGUFValueType, GGUFWriter
+from gguf import GGUFEndian, GGUFValueType, GGUFWriter
 
 from qtool.errors import FormatError, UsageError
 from qtool.formats.ggml_types import QUANT_SIZES, QType
@@ -30,14 +34,111 @@ def value_type(value: Any) -> GGUFValueType:
     return GGUFValueType.get_type(value)
 
 
+_NUMBER_DTYPES = {
+    GGUFValueType.UINT8: "u1", GGUFValueType.INT8: "i1", GGUFValueType.UINT16: "<u2", GGUFValueType.INT16: "<i2",
+    GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4", GGUFValueType.UINT64: "<u8",
+    GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT32: "<f4", GGUFValueType.FLOAT64: "<f8",
+}
+
+
+def _pack_numbers(value: Any, sub: GGUFValueType) -> bytes | None:
+    """The elements of a number array as gguf-py's struct.pack of each would give them; None where only
+    that per-element packing can tell (mixed or out-of-range values: it raises its own error)."""
+    arr = np.asarray(value)
+    if sub == GGUFValueType.BOOL:  # struct's "?" packs truthiness as 0/1
+        return (arr != 0).view(np.uint8).tobytes() if arr.dtype.kind in "biuf" else None
+    dtype = np.dtype(_NUMBER_DTYPES[sub])
+    if arr.dtype == dtype.newbyteorder("="):
+        return arr.astype(dtype, copy=False).tobytes()
+    if dtype.kind in "iu":
+        if arr.dtype.kind not in "biu" or arr.size and (arr.min() < np.iinfo(dtype).min or
+                                                         arr.max() > np.iinfo(dtype).max):
+            return None
+        return arr.astype(dtype).tobytes()
+    if arr.dtype.kind not in "biuf":
+        return None
+    wide = arr.astype(np.float64)  # struct packs a Python float (a double), rounding it to float32
+    with np.errstate(over="ignore"):
+        out = wide.astype(dtype)
+    if np.any(np.isinf(out) & ~np.isinf(wide)):
+        return None  # struct raises OverflowError here
+    return out.tobytes()
+
+
+def _pack_strings(value: Any) -> bytes | None:
+    """u64 length + UTF-8 bytes of each string (bytes elements as they are); None for non-strings."""
+    n = len(value)
+    if n and all(isinstance(v, str) for v in value):
+        try:
+            joined = "\0".join(value).encode("utf-8")
+        except UnicodeEncodeError:
+            return None  # a lone surrogate: let gguf-py raise
+        blob = np.frombuffer(joined, np.uint8)
+        seps = np.flatnonzero(blob == 0)
+        if seps.size == n - 1:  # no string holds a NUL: the separators are exactly the joins
+            lengths = np.diff(np.concatenate(([-1], seps, [blob.size]))) - 1
+            keep = np.ones(blob.size, dtype=bool)
+            keep[seps] = False
+            payload = blob[keep]
+        else:
+            encoded = [v.encode("utf-8") for v in value]
+            lengths = np.fromiter(map(len, encoded), np.int64, n)
+            payload = np.frombuffer(b"".join(encoded), np.uint8)
+    elif all(isinstance(v, (str, bytes, bytearray)) for v in value):
+        try:
+            encoded = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in value]
+        except UnicodeEncodeError:
+            return None
+        lengths = np.fromiter(map(len, encoded), np.int64, n)
+        payload = np.frombuffer(b"".join(encoded), np.uint8)
+    else:
+        return None
+    starts = np.zeros(n, np.int64)
+    np.cumsum(lengths[:-1] + 8, out=starts[1:])
+    out = np.empty(8 * n + payload.size, np.uint8)
+    fields = (starts[:, None] + np.arange(8)).reshape(-1)
+    out[fields] = lengths.astype("<u8").view(np.uint8)
+    in_text = np.ones(out.size, dtype=bool)
+    in_text[fields] = False
+    out[in_text] = payload
+    return out.tobytes()
+
+
+def _pack_array(value: Any, sub: GGUFValueType) -> bytes | None:
+    """Element type, count and elements of a metadata array; None where gguf-py should pack it."""
+    if len(value) == 0:
+        body = b""  # llama.cpp writes empty arrays (gguf-py's packing refuses them)
+    elif sub == GGUFValueType.STRING:
+        body = _pack_strings(value)
+    elif sub == GGUFValueType.BOOL or sub in _NUMBER_DTYPES:
+        body = _pack_numbers(value, sub)
+    else:
+        return None
+    return None if body is None else struct.pack("<IQ", sub, len(value)) + body
+
+
+class _Writer(GGUFWriter):
+    """gguf-py's writer with metadata arrays of a known element type packed in bulk."""
+
+    def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool,
+                  sub_type: GGUFValueType | None = None) -> bytes:
+        if vtype == GGUFValueType.ARRAY and sub_type is not None and self.endianess == GGUFEndian.LITTLE:
+            packed = _pack_array(val, sub_type)
+            if packed is not None:
+                return (struct.pack("<I", vtype) if add_vtype else b"") + packed
+        if isinstance(val, np.ndarray):
+            val = val.tolist()
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
 def _add_kv(writer: GGUFWriter, key: str, value: Any, vtype: GGUFValueType | None,
             sub_type: GGUFValueType | None) -> None:
     if vtype is None:
         vtype = value_type(value)
     if vtype == GGUFValueType.ARRAY:
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        writer.add_key_value(key, list(value), vtype, sub_type=sub_type)
+        if not isinstance(value, np.ndarray):
+            value = list(value)
+        writer.add_key_value(key, value, vtype, sub_type=sub_type)
     else:
         if isinstance(value, np.generic):
             value = value.item()
@@ -67,7 +168,7 @@ class GGUFOut:
     def __init__(self, path: Path, architecture: str, *, alignment: int | None = None):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.qtool-tmp")
-        self._writer = GGUFWriter(path=None, arch=architecture)
+        self._writer = _Writer(path=None, arch=architecture)
         if alignment is not None and alignment != 32:
             self._writer.add_custom_alignment(alignment)
         self._expected: list[tuple[str, int]] = []
