@@ -1,7 +1,8 @@
 """One reading interface over every input qtool accepts: `open_model(path)` -> `ModelSource`.
 
 A ModelSource lists its tensors (``TensorInfo``, numpy-order shapes, GGUF names) and hands out one tensor
-at a time, either widened/dequantized to float32 (``load``) or as the bytes it is stored in (``raw``).
+at a time, either widened to float32 (``load``) or as the bytes it is stored in (``raw``). Readers do not
+dequantize: qtool.analysis.weights.load_floats does, through the type registry.
 Files are memory-mapped; nothing reads a whole model. The concrete sources live beside this module:
 safetensors.py (bare safetensors files and shard sets), hf.py (Hugging Face model folders), gguf_in.py.
 """
@@ -83,7 +84,8 @@ class ModelSource:
             raise KeyError(f"{self.path}: no tensor named {name!r}") from None
 
     def load(self, name: str) -> np.ndarray:
-        """The tensor as float32 in numpy order, widened (F16/BF16) or dequantized. F32 tensors may come
+        """The tensor as float32 in numpy order, widened (F16/BF16); a quantized GGUF tensor is refused with a
+        FormatError (qtool.analysis.weights.load_floats dequantizes it). F32 tensors may come
         back as a view of the file's copy-on-write map: writing to it never reaches the file."""
         info = self.info(name)
         out = self._load(info)
