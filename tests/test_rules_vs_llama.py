@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
 from qtool.errors import UsageError
+from qtool.formats.ggml_types import ggml_type
 from qtool.formats.gguf_in import GGUFSource
 from qtool.quantizers import presets as P
 from qtool.testing.models import ModelSpec, TensorSpec, write_gguf, write_model
@@ -405,7 +406,7 @@ def planner():
             arr = (ctypes.c_void_p * len(ptrs))(*ptrs)
             res = (ctypes.c_int * len(ptrs))()
             f["compute"](qs, int(p.ftype), arr, res, len(ptrs))
-            return [T(v) for v in res]
+            return [ggml_type(v) for v in res]
         finally:
             f["free"](qs)
             llama.llama_model_free(model)
