@@ -248,19 +248,26 @@ FAMILIES: dict[str, HFFamily] = {
 }
 
 
-def write(folder: str | Path, name: str, *, seed: int = 0, **config_changes: Any) -> Path:
-    """Write the tiny ``name`` model into ``folder`` (config keys changed or, given None, removed)."""
-    fam = FAMILIES[name]
-    cfg = fam.config()
-    for k, v in config_changes.items():
+def _changed(cfg: dict, changes: dict) -> dict:
+    cfg = dict(cfg)
+    for k, v in changes.items():
         if v is None:
             cfg.pop(k, None)
         else:
             cfg[k] = v
+    return cfg
+
+
+def write(folder: str | Path, name: str, *, seed: int = 0, claims: dict | None = None,
+          **config_changes: Any) -> Path:
+    """Write the tiny ``name`` model into ``folder``: config keys changed (None: removed) for the weights
+    and config.json alike, then ``claims`` changed in config.json only (a config that lies)."""
+    fam = FAMILIES[name]
+    cfg = _changed(fam.config(), config_changes)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = fam.tensors(cfg, np.random.default_rng(seed))
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (folder / "config.json").write_text(json.dumps(_changed(cfg, claims or {}), indent=2) + "\n")
     write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
     shutil.copy(TOKENIZER, folder / "tokenizer.json")
     return folder
