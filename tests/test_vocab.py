@@ -30,7 +30,7 @@ from conftest import need_oracle
 
 from qtool.errors import FormatError, UsageError
 from qtool.formats import vocab
-from qtool.formats.hf_meta import HFMeta
+from qtool.archs.metadata import HFMeta
 from qtool.formats.safetensors import write_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +200,27 @@ def test_cli_pre_tokenizer(tmp_path):
                         "--pre-tokenizer", "bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and not out.exists()
     assert len(r.stderr.strip().splitlines()) <= 2 and "'bogus'" in r.stderr
+
+
+def test_hash_sees_the_tokenizer_transformers_loads(tmp_path):
+    """The reference hashes what transformers' AutoTokenizer encodes: the Llama/Gemma classes rebuild the
+    post-processor from add_bos_token (default on), GPT2TokenizerFast applies its add_prefix_space."""
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_file(str(TOKS / "gpt2" / "tokenizer.json"))
+    folder = copy_tok(TOKS / "gpt2", tmp_path / "g")
+
+    def loaded(config: dict):
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        return vocab._Folder(folder, {}, None, HFMeta()).hf()
+
+    llama = loaded({"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<|endoftext|>"})
+    assert llama.encode("hi").ids == [50256, *plain.encode("hi").ids]
+    no_bos = loaded({"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<|endoftext|>", "add_bos_token": False})
+    assert no_bos.encode("hi").ids == plain.encode("hi").ids
+    prefixed = loaded({"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": True})
+    assert prefixed.encode("hi").ids == plain.encode(" hi").ids != plain.encode("hi").ids
+    assert loaded({"tokenizer_class": "GPT2Tokenizer"}).encode("hi").ids == plain.encode("hi").ids
 
 
 # -- key names, flags, templates ------------------------------------------------------------------------------

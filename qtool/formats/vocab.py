@@ -44,7 +44,7 @@ from gguf import GGUFValueType, GGUFWriter, TokenType
 from qtool.errors import FormatError, UsageError
 
 if TYPE_CHECKING:
-    from qtool.formats.hf_meta import HFMeta
+    from qtool.archs.metadata import HFMeta
 
 V = GGUFValueType
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ def add_tokenizer(meta: HFMeta, folder: Path, config: dict[str, Any], kind: str 
     for key, v in out.kv_data[0].items():
         value = v.value
         if v.type == V.ARRAY:
-            value = [int(x) if isinstance(x, TokenType) else x for x in value]
+            if value and isinstance(value[0], int):  # token types: TokenType members as plain ints
+                value = [int(x) for x in value]
             meta.add(key, value, V.ARRAY, v.sub_type or _element_type(value))
         else:
             meta.add(key, value, v.type)
@@ -164,9 +165,7 @@ class _Folder:
             path = self.path / name
             data: Any = {}
             if path.is_file():
-                from qtool.formats.hf_meta import read_json
-
-                data = read_json(path, what)
+                data = _read_json(path, what)
                 if not isinstance(data, dict):
                     raise FormatError(f"{path}: {what} is not a JSON object")
             self._json[name] = data
@@ -401,11 +400,9 @@ def _special_vocab_class():
         normalizer_strip_accents: bool | None = None
 
         def _try_load_from_tokenizer_json(self, path: Path) -> bool:
-            from qtool.formats.hf_meta import read_json
-
             tok_path, cfg_path = path / "tokenizer.json", path / "tokenizer_config.json"
-            tok = read_json(tok_path, "tokenizer") if tok_path.is_file() else None
-            cfg = read_json(cfg_path, "tokenizer config") if cfg_path.is_file() else None
+            tok = _read_json(tok_path, "tokenizer") if tok_path.is_file() else None
+            cfg = _read_json(cfg_path, "tokenizer config") if cfg_path.is_file() else None
             if tok is not None and not isinstance(tok, dict):
                 raise FormatError(f"{tok_path}: tokenizer is not a JSON object")
             if cfg is not None and not isinstance(cfg, dict):
@@ -518,9 +515,7 @@ def _special_vocab_class():
                     alt = [{"name": "default", "template": alt}] + [
                         {"name": p.stem, "template": _read_text(p)} for p in more]
             elif js.is_file():
-                from qtool.formats.hf_meta import read_json
-
-                data = read_json(js, "chat template")
+                data = _read_json(js, "chat template")
                 alt = data.get("chat_template") if isinstance(data, dict) else None
             template = cfg.get("chat_template", alt)
             if template is None or isinstance(template, (str, list)):
@@ -551,6 +546,19 @@ def _special_vocab_class():
                     gw.add_bool(key, value)
 
     return ReferenceSpecialVocab
+
+
+def _read_json(path: Path, what: str) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}: {what} is not UTF-8 text") from None
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f"{path}: {what} is not valid JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
 
 
 def _read_text(path: Path) -> str:
