@@ -474,16 +474,31 @@ def hf_json(folder: Path, text: str, add_special: bool) -> list[int]:
 
 
 def hf_spm(folder: Path, text: str, add_special: bool) -> list[int]:
+    """sentencepiece's ids, with a BOS in front where the slow tokenizer adds one (add_bos_token, default on)."""
     import sentencepiece
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    return ([sp.bos_id()] if add_special else []) + sp.encode(text)
+    config = folder / "tokenizer_config.json"
+    add_bos = json.loads(config.read_text()).get("add_bos_token", True) if config.is_file() else True
+    return ([sp.bos_id()] if add_special and add_bos else []) + sp.encode(text)
 
 
 def converted(name: str, tokenizer: Callable[[Path], Path], n_vocab: int, **config) -> Callable:
     def make(tmp: Path) -> tuple[Path, Path]:
         folder = tiny_llama(tmp / name, tokenizer(tmp), n_vocab, **config)
         return convert_folder(folder), folder
+    return make
+
+
+def golden_case(case: str, arch: str) -> Callable:
+    """A tiny folder of fixtures/archs (trained SentencePiece models) in a vocab-only GGUF, until its family
+    converts."""
+    def make(tmp: Path) -> tuple[Path, Path]:
+        from qtool.testing import hf_models_more as more
+
+        folder = more.write_case(tmp / case, case)
+        meta = meta_of(folder, json.loads((folder / "config.json").read_text()), arch=arch)
+        return vocab_only_gguf(tmp / f"{case}.gguf", meta), folder
     return make
 
 
@@ -504,6 +519,10 @@ CASES = [
          hf_spm, parse_special=False),
     Case("mistral-v0.3", converted("m3", lambda t: TOKS / "mistral-v0.3", 32768, bos_token_id=1, eos_token_id=2),
          hf_spm, parse_special=False),
+    # trained 384-piece models: no dummy prefix (Gemma's recipe), and Phi-3's variant with add_bos_token off;
+    # mostly byte fallback on this text
+    Case("spm-gemma", golden_case("gemma2", "gemma2"), hf_spm, parse_special=False),
+    Case("spm-phi3", golden_case("phi3", "phi3"), hf_spm, parse_special=False),
     # llama.cpp's WordPiece strips Hangul vowel jamo (after NFD) and Devanagari vowel signs as if they were
     # accents; BertNormalizer keeps them ("한국어": 3 tokens vs 8, "हिन्दी": 3 vs 5). Its metadata is the reference's.
     Case("all-minilm-l6-v2", minilm, hf_json, ("[CLS]", "[SEP]", "[MASK]"), skip=("한국어 텍스트", "हिन्दी")),
