@@ -138,3 +138,10 @@ def test_round_trip_is_what_the_formats_say():
     t = y / d
     assert np.isin(t, [-1.0, 0.0, 1.0]).all()
     assert (np.abs(b / amax - t) <= 0.5).all()
+
+
+def test_what_if_takes_them_by_name():
+    """inspect --what-if names types as the user writes them, Q2_0 too (not a gguf-py name)."""
+    from qtool.analysis.whatif import parse_types
+
+    assert [q.name for q in parse_types("q2_0, Q1_0")] == ["Q2_0", "Q1_0"]

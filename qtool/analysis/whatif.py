@@ -21,15 +21,15 @@ from qtool.errors import QtoolError, UsageError
 def parse_types(spec: str) -> list:
     """``"Q4_0,Q4_K"`` -> registered quantizers, in the order given. Unknown or unregistered types (and
     types that need an importance matrix) are a UsageError naming them and listing what is registered."""
-    from gguf import GGMLQuantizationType
-
+    from qtool.formats.ggml_types import all_types
     from qtool.quantizers import registered
 
     reg = {q.name: q for q in registered().values()}
     names = [n.strip().upper() for n in spec.split(",") if n.strip()]
     if not names:
         raise UsageError("--what-if needs at least one type, e.g. --what-if Q4_0,Q4_K")
-    unknown = [n for n in names if n not in GGMLQuantizationType.__members__]
+    known = {t.name for t in all_types()}
+    unknown = [n for n in names if n not in known]
     missing = [n for n in names if n not in reg and n not in unknown]
     if unknown or missing:
         parts = ([f"unknown type{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"] if unknown else []) + \
