@@ -79,7 +79,7 @@ def general(w: gguf.GGUFWriter, folder: Path, plan: Plan | None) -> list[str]:
     notes: list[str] = []
     total, shared, expert, count = param_counts(plan) if plan is not None else (0, 0, 0, 0)
     w.add_type(gguf.GGUFType.MODEL)
-    logger = logging.getLogger("gguf.metadata")
+    logger = logging.getLogger("metadata")  # gguf-py's metadata.py logs its heuristics there
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -204,7 +204,7 @@ def build(folder: Path, cfg: Config, family: type[Family], hp: Hparams, plan: Pl
     meta = HFMeta(tied_embeddings=cfg.data.get("tie_word_embeddings") is True)
     w = recorder(family.arch_name())
     meta.notes += general(w, folder, plan)
-    hparams(w, cfg, hp)
+    (family.own_hparams or hparams)(w, cfg, hp)
     for add in family.keys:
         add(w, cfg, hp, folder)
     meta.take(w)
