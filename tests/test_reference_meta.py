@@ -32,11 +32,7 @@ GOLDEN = ROOT / "fixtures" / "archs"
 CASES = sorted(p.name.removesuffix(".reference.json") for p in GOLDEN.glob("*.reference.json"))
 
 #: case -> why qtool's metadata does not equal the reference's yet
-XFAIL: dict[str, str] = {
-    case: f"qtool has no {arch} family yet (qtool/archs)" for case, arch in (
-        ("gemma2", "Gemma2ForCausalLM"), ("gemma3", "Gemma3ForCausalLM"), ("phi3", "Phi3ForCausalLM"),
-        ("bert", "BertModel"))
-}
+XFAIL: dict[str, str] = {}
 
 
 def _param(case: str):

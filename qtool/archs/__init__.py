@@ -11,10 +11,10 @@ import contextlib
 import contextvars
 from typing import Iterator
 
-from qtool.archs import llama, qwen  # noqa: F401  (registration side effect)
+from qtool.archs import bert, gemma, llama, phi3, qwen  # noqa: F401  (registration side effect)
 from qtool.archs.base import Family, lookup, registered, supported
 
-FAMILIES = (llama, qwen)
+FAMILIES = (llama, qwen, gemma, phi3, bert)
 
 #: True within ``tensors_only()``: HF folders give their tensors only, marked not runnable
 TENSORS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("qtool_tensors_only", default=False)

@@ -131,6 +131,9 @@ class Family:
     generate: ClassVar[tuple[Callable, ...]] = ()
     #: family keys after the shared ones: functions (writer, config, hparams, folder), in the reference's order
     keys: ClassVar[tuple[Callable, ...]] = ()
+    #: replaces the shared TextModel.set_gguf_parameters keys (metadata.hparams) for a family whose reference
+    #: class writes its own instead of calling super(): a function (writer, config, hparams)
+    own_hparams: ClassVar[Callable | None] = None
     #: checks of the config beyond the shapes: functions (config, hparams) -> [why llama.cpp would not run
     #: it as the HF model]
     checks: ClassVar[tuple[Callable, ...]] = ()

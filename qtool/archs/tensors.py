@@ -157,7 +157,10 @@ def build(family: type[Family], cfg: Config, hp: Hparams, weights: Any) -> Plan:
                                                                                                 len(split.parts))))
             else:
                 factory = next((f for sfx, f in family.transforms.items() if name.endswith(sfx)), None)
-                made.append((name, stored, (stored,), factory(hp) if factory is not None else None))
+                transform = factory(hp) if factory is not None else None
+                if hasattr(transform, "for_dtype"):  # computes in the stored precision, as torch does
+                    transform = transform.for_dtype(weights.entry(stored).dtype)
+                made.append((name, stored, (stored,), transform))
         for hf_name, label, sources, transform in made:
             shapes = [entry_shape(s) for s in sources]
             shape = transform.shape(shapes, where(label)) if transform is not None else shapes[0]
