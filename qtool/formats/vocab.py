@@ -17,11 +17,20 @@ A family asks for a *recipe*: its set_vocab, which tries kinds in the reference'
 (``RECIPES``: ``llama`` tries spm, llama_hf, then gpt2; ``qwen2`` spm then gpt2; ``gemma*`` spm with no space
 prefix; ...). ``bpe`` and ``wordpiece`` are other names for ``gpt2`` and ``bert``.
 
-Special token ids, the add_bos/add_eos/add_sep flags, merges and the chat template come from gguf-py's own
-``SpecialVocab``, as in the reference; keys and value types come from gguf-py's ``GGUFWriter`` methods (the
-values are recorded on a writer with no file, then handed to the caller's metadata). The one addition:
-gguf 0.19.0 on PyPI predates the reference's BertNormalizer keys (``tokenizer.ggml.normalizer.*``), so they
-are read here the way the reference's SpecialVocab reads them.
+Special token ids, the add_bos/add_eos/add_sep flags, merges and the chat template (tokenizer_config.json,
+else chat_template.jinja, else chat_template.json) come from gguf-py's ``SpecialVocab``, as in the reference,
+with its reading of tokenizer.json/tokenizer_config.json replaced by the reference's own: gguf 0.19.0 on PyPI
+is older than the gguf-py vendored in the reference build and writes no add_bos/add_eos for a ByteLevel
+post-processor (llama.cpp then adds a BOS the model never saw, e.g. for the first Llama 3 tokenizer.json),
+lets tokenizer_config.json overrule the post-processor, and lacks the ``tokenizer.ggml.normalizer.*`` keys.
+Keys and value types come from gguf-py's ``GGUFWriter`` methods (recorded on a writer with no file, then
+handed to the caller's metadata), so every name is gguf.Keys' (``unknown_token_id``, ``padding_token_id``,
+``seperator_token_id``, ...).
+
+``tokenizer.ggml.pre``: the reference's table of check-text hashes (``PRE_BY_HASH``). A hash it lacks (the
+reference refuses such a model) gets the name of a pre-tokenizer whose definition is exactly one llama.cpp
+implements (GPT-2's, SmolLM's, Llama 3's), with a note; otherwise "default" and a one-line warning on the
+``qtool`` logger naming the file and ``--pre-tokenizer NAME`` (``force_pre_tokenizer``).
 
 Where the reference calls ``transformers.AutoTokenizer``, qtool uses the ``tokenizers`` package (the Rust
 library behind it) and reproduces the few things transformers adds: the post-processor the Llama and Gemma
