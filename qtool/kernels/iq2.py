@@ -37,6 +37,8 @@ _GROUP_MAX_EPS = np.float32(1e-15)
 _GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAXQ = 3
+_MAX_LIST = 1024  # no neighbour list is longer than the largest grid
+_LANES = 32  # trial scales searched side by side (IQ2_XS, IQ2_S: 19; IQ2_XXS: 13)
 
 #: status codes (ggml aborts on each): no grid neighbour at a finite distance (GGML_ASSERT(grid_index >= 0)),
 #: a NaN block scale leaving its levels off the grid ("Oops: found point ... not on grid"), a NaN block
@@ -66,56 +68,125 @@ def _round_group(xval, off, inv, L):
 
 
 @jit
-def _best_neighbour(neigh, start, pos, xval, waux, off, scale, L):
-    """ggml iq2_find_best_neighbour: the listed grid point nearest (waux-weighted) to scale*pos ~ x;
-    writes its levels to L[off:off+8] and returns its index; -1 where no distance is below FLT_MAX
-    (inf/NaN weights: ggml aborts)."""
+def _nearest_listed(neigh, start, npos, xval, waux, off, scale, d2):
+    """ggml iq2_find_best_neighbour: the position in the list at ``start`` of the grid point nearest
+    (waux-weighted) to scale*pos ~ xval[off:off+8]; -1 where no distance is below FLT_MAX (inf/NaN
+    weights: ggml aborts).
+
+    The distances of all listed points are computed first, side by side (npos holds each list's
+    coordinates contiguously, so the loop vectorizes; each distance is still C's chain of float32
+    adds), then scanned in list order for the first strictly smallest, as C's loop keeps it."""
     n = np.int64(neigh[start])
-    best_d2 = _FLT_MAX
-    gi = np.int64(-1)
+    b = start + 1
     x0, x1, x2, x3 = xval[off], xval[off + 1], xval[off + 2], xval[off + 3]
     x4, x5, x6, x7 = xval[off + 4], xval[off + 5], xval[off + 6], xval[off + 7]
     w0, w1, w2, w3 = waux[off], waux[off + 1], waux[off + 2], waux[off + 3]
     w4, w5, w6, w7 = waux[off + 4], waux[off + 5], waux[off + 6], waux[off + 7]
-    for j in range(1, n + 1):
-        g = np.int64(neigh[start + j])
-        p = pos[g]
-        d2 = F32(0.0)
-        diff = scale * p[0] - x0
-        d2 += w0 * diff * diff
-        diff = scale * p[1] - x1
-        d2 += w1 * diff * diff
-        diff = scale * p[2] - x2
-        d2 += w2 * diff * diff
-        diff = scale * p[3] - x3
-        d2 += w3 * diff * diff
-        diff = scale * p[4] - x4
-        d2 += w4 * diff * diff
-        diff = scale * p[5] - x5
-        d2 += w5 * diff * diff
-        diff = scale * p[6] - x6
-        d2 += w6 * diff * diff
-        diff = scale * p[7] - x7
-        d2 += w7 * diff * diff
-        if d2 < best_d2:
-            best_d2 = d2
-            gi = g
-    if gi < 0:
-        return gi
-    for i in range(8):
-        L[off + i] = (np.int64(pos[gi, i]) - 1) // 2
-    return gi
+    m = (n + 15) // 16 * 16  # whole vectors: npos has room past its last list
+    p0, p1, p2, p3 = npos[0, b:b + m], npos[1, b:b + m], npos[2, b:b + m], npos[3, b:b + m]
+    p4, p5, p6, p7 = npos[4, b:b + m], npos[5, b:b + m], npos[6, b:b + m], npos[7, b:b + m]
+    for c in range(0, m, 16):
+        for jj in range(16):
+            j = c + jj
+            diff = scale * p0[j] - x0
+            t = F32(0.0) + w0 * diff * diff
+            diff = scale * p1[j] - x1
+            t += w1 * diff * diff
+            diff = scale * p2[j] - x2
+            t += w2 * diff * diff
+            diff = scale * p3[j] - x3
+            t += w3 * diff * diff
+            diff = scale * p4[j] - x4
+            t += w4 * diff * diff
+            diff = scale * p5[j] - x5
+            t += w5 * diff * diff
+            diff = scale * p6[j] - x6
+            t += w6 * diff * diff
+            diff = scale * p7[j] - x7
+            t += w7 * diff * diff
+            d2[j] = t
+    best_d2 = _FLT_MAX
+    jb = np.int64(-1)
+    for j in range(n):
+        if d2[j] < best_d2:
+            best_d2 = d2[j]
+            jb = j
+    return jb
 
 
 @jit
-def _snap(xval, off, inv, scale, L, waux, pos, kmap, neigh):
+def _snap(xval, off, inv, scale, L, waux, npos, kmap, neigh, d2):
     """Round 8 weights to levels and move them onto the grid; returns (grid index or -1 where ggml
-    aborts, was on the grid)."""
+    aborts, was on the grid). d2: float32 scratch as long as the longest neighbour list."""
     u = _round_group(xval, off, inv, L)
     gi = kmap[u]
     if gi >= 0:
         return np.int64(gi), True
-    return _best_neighbour(neigh, -np.int64(gi) - 1, pos, xval, waux, off, scale, L), False
+    start = -np.int64(gi) - 1
+    jb = _nearest_listed(neigh, start, npos, xval, waux, off, scale, d2)
+    if jb < 0:
+        return jb, False
+    for i in range(8):
+        L[off + i] = (np.int64(npos[i, start + 1 + jb]) - 1) // 2
+    return np.int64(neigh[start + 1 + jb]), False
+
+
+@jit
+def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, d2, Ls, sv, off):
+    """The trial-scale loop of quantize_row_iq2_{xxs,xs,s}_impl, all trials side by side: trial
+    s = -nhalf..nhalf (lane s + nhalf of _LANES) rounds the n weights at inv = (5 + 0.1 s)/denom,
+    snaps each 8-group onto the grid and sums w*x*q and w*q*q in C's order. Lanes are independent
+    until the last loop, which picks the winner in C's trial order.
+
+    Ls int32[n, _LANES] gets every trial's levels, off bool[n/8, _LANES] whether a group was off the
+    grid; sv float32[4, _LANES] scratch. Returns (winning lane or -1, its scale sumqx/sumq2, status)."""
+    ns = 2 * nhalf + 1
+    inv = sv[0]
+    sqx = sv[1]
+    sq2 = sv[2]
+    tsc = sv[3]
+    for s in range(_LANES):
+        inv[s] = (F32(2 * _KMAXQ - 1) + F32(min(s, ns - 1) - nhalf) * F32(0.1)) / denom
+        tsc[s] = F32(1.0) / inv[s]
+        sqx[s] = F32(0.0)
+        sq2[s] = F32(0.0)
+    for i in range(n):
+        xi = xval[i]
+        row = Ls[i]
+        for s in range(_LANES):
+            l = nearest_int(F32(0.5) * (inv[s] * xi - F32(1.0)))
+            row[s] = max(0, min(_KMAXQ - 1, l))
+    for k in range(n // 8):
+        for s in range(ns):
+            u = 0
+            for i in range(8):
+                u |= Ls[8 * k + i, s] << (2 * i)
+            gi = kmap[u]
+            off[k, s] = gi < 0
+            if gi < 0:
+                start = -np.int64(gi) - 1
+                jb = _nearest_listed(neigh, start, npos, xval, waux, 8 * k, tsc[s], d2)
+                if jb < 0:
+                    return -1, F32(0.0), NO_NEIGHBOUR
+                for i in range(8):
+                    Ls[8 * k + i, s] = (np.int32(npos[i, start + 1 + jb]) - 1) // 2
+    for i in range(n):
+        w = weight[i]
+        wx = w * xval[i]
+        row = Ls[i]
+        for s in range(_LANES):
+            q = F32(2 * row[s] + 1)
+            sqx[s] += wx * q
+            sq2[s] += w * q * q
+    best = F32(0.0)
+    bs = -1
+    scale = F32(0.0)
+    for s in range(ns):
+        if sq2[s] > F32(0.0) and sqx[s] * sqx[s] > best * sq2[s]:
+            scale = sqx[s] / sq2[s]
+            best = scale * sqx[s]
+            bs = s
+    return bs, scale, OK
 
 
 @jit
@@ -203,13 +274,14 @@ def _sigma2_sum(xbl):
 
 
 @jit
-def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp, signs, scales):
+def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp, signs, scales, Ls, sv, off):
     """ggml quantize_row_iq2_xxs_impl for one super-block: xbl, qwl float32[256] -> y uint8[66].
-    scratch float32[3, 32] (weight, waux, xval); L, Laux int32[32]; Lqp uint8[32]; signs int32[4];
-    scales float32[8]. Returns a status code."""
+    scratch float32[4, >= 32] (weight, waux, xval, neighbour distances); L, Laux int32[32]; Lqp uint8[32]; signs int32[4];
+    scales float32[8]; Ls, sv, off: _step_search's scratch. Returns a status code."""
     weight = scratch[0]
     waux = scratch[1]
     xval = scratch[2]
+    d2 = scratch[3]
     for j in range(IQ2_XXS_BYTES):
         y[j] = 0
     sigma2 = _sigma2_sum(xbl) / F32(QK_K)
@@ -234,23 +306,17 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
         if eff_max <= F32(0.0):
             scales[ib] = F32(0.0)
             continue
-        best = F32(0.0)
-        for step in range(-6, 7):
-            inv = (F32(2 * _KMAXQ - 1) + F32(step) * F32(0.1)) / eff_max
-            this_scale = F32(1.0) / inv
-            for k in range(4):
-                if _snap(xval, 8 * k, inv, this_scale, Laux, waux, pos, kmap, neigh)[0] < 0:
-                    return NO_NEIGHBOUR
-            sumqx, sumq2 = _sums(weight, xval, Laux, 32)
-            if sumq2 > F32(0.0) and sumqx * sumqx > best * sumq2:
-                scale = sumqx / sumq2
-                best = scale * sumqx
-                for i in range(32):
-                    L[i] = Laux[i]
+        bs, bscale, st = _step_search(xval, weight, waux, 32, eff_max, 6, pos, kmap, neigh, d2, Ls, sv, off)
+        if st != OK:
+            return st
+        if bs >= 0:
+            scale = bscale
+            for i in range(32):
+                L[i] = Ls[i, bs]
         if scale > F32(0.0):
             inv = F32(1.0) / scale
             for k in range(4):
-                if _snap(xval, 8 * k, inv, scale, L, waux, pos, kmap, neigh)[0] < 0:
+                if _snap(xval, 8 * k, inv, scale, L, waux, pos, kmap, neigh, d2)[0] < 0:
                     return NO_NEIGHBOUR
             sumqx, sumq2 = _sums(weight, xval, L, 32)
             if sumq2 > F32(0.0):
@@ -293,16 +359,19 @@ def quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh, status):
     nrows, n = rows.shape
     nb = n // QK_K
     for r in numba.prange(nrows):
-        scratch = np.empty((3, 32), np.float32)
+        scratch = np.empty((4, _MAX_LIST), np.float32)
         L = np.zeros(32, np.int32)
         Laux = np.zeros(32, np.int32)
         Lqp = np.zeros(32, np.uint8)
         signs = np.zeros(4, np.int32)
+        Ls = np.zeros((32, _LANES), np.int32)
+        sv = np.zeros((4, _LANES), np.float32)
+        off = np.zeros((4, _LANES), np.bool_)
         scales = np.zeros(QK_K // 32, np.float32)
         for i in range(nb):
             st = quantize_block_iq2_xxs(rows[r, QK_K * i:QK_K * (i + 1)], weights[QK_K * i:QK_K * (i + 1)],
                                         out[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)], pos, kmap, neigh,
-                                        scratch, L, Laux, Lqp, signs, scales)
+                                        scratch, L, Laux, Lqp, signs, scales, Ls, sv, off)
             if st != OK:
                 status[r, 0] = st
                 status[r, 1] = i
@@ -352,7 +421,7 @@ def dequantize_iq2_xxs(data, out, grid, ksigns):
 
 
 @jit
-def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh):
+def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh, d2, Ls, sv, off):
     """The per-16-weight search shared by quantize_row_iq2_xs_impl and quantize_row_iq2_s_impl, after
     the signs are folded into xval; returns (scale, block not empty, status) (L gets the levels, all 0
     for an empty block)."""
@@ -361,30 +430,22 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh):
         L[i] = 0
     if mx < eps:
         return F32(0.0), False, OK
-    best = F32(0.0)
     scale = mx / F32(2 * _KMAXQ - 1)
-    on0 = True
-    on1 = True
-    for step in range(-9, 10):
-        inv = (F32(2 * _KMAXQ - 1) + F32(step) * F32(0.1)) / mx
-        this_scale = F32(1.0) / inv
-        g0, a0 = _snap(xval, 0, inv, this_scale, Laux, waux, pos, kmap, neigh)
-        g1, a1 = _snap(xval, 8, inv, this_scale, Laux, waux, pos, kmap, neigh)
-        if g0 < 0 or g1 < 0:
-            return scale, True, NO_NEIGHBOUR
-        sumqx, sumq2 = _sums(weight, xval, Laux, 16)
-        if sumq2 > F32(0.0) and sumqx * sumqx > best * sumq2:
-            scale = sumqx / sumq2
-            best = scale * sumqx
-            for i in range(16):
-                L[i] = Laux[i]
-            on0 = a0
-            on1 = a1
+    bs, bscale, st = _step_search(xval, weight, waux, 16, mx, 9, pos, kmap, neigh, d2, Ls, sv, off)
+    if st != OK:
+        return scale, True, st
+    if bs < 0:
+        return scale, True, OK
+    scale = bscale
+    for i in range(16):
+        L[i] = Ls[i, bs]
+    on0 = not off[0, bs]
+    on1 = not off[1, bs]
     if (not on0 or not on1) and scale > F32(0.0):
         inv = F32(1.0) / scale
-        if not on0 and _snap(xval, 0, inv, scale, L, waux, pos, kmap, neigh)[0] < 0:
+        if not on0 and _snap(xval, 0, inv, scale, L, waux, pos, kmap, neigh, d2)[0] < 0:
             return scale, True, NO_NEIGHBOUR
-        if not on1 and _snap(xval, 8, inv, scale, L, waux, pos, kmap, neigh)[0] < 0:
+        if not on1 and _snap(xval, 8, inv, scale, L, waux, pos, kmap, neigh, d2)[0] < 0:
             return scale, True, NO_NEIGHBOUR
         sumqx, sumq2 = _sums(weight, xval, L, 16)
         if sumq2 > F32(0.0):
@@ -408,9 +469,9 @@ def _put_scales(y, at, scales, max_scale):
 
 
 @jit
-def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales):
+def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off):
     """ggml quantize_row_iq2_xs_impl for one super-block: xbl, qwl float32[256] -> y uint8[74].
-    scratch float32[3, 16] (weight, waux, xval); L, Laux int32[16]; scales float32[16]. Returns a
+    scratch float32[4, >= 16] (weight, waux, xval, neighbour distances); L, Laux int32[16]; scales float32[16]. Returns a
     status code."""
     weight = scratch[0]
     waux = scratch[1]
@@ -428,7 +489,7 @@ def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scale
             waux[i] = np.sqrt(weight[i])
         s0 = _fold_signs(xb, weight, xval, 0, True) & 127
         s1 = _fold_signs(xb, weight, xval, 1, True) & 127
-        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, pos, kmap, neigh)
+        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, pos, kmap, neigh, scratch[3], Ls, sv, off)
         if st != OK:
             return st
         if not live:
@@ -459,7 +520,7 @@ def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scale
 
 
 @jit
-def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales):
+def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off):
     """ggml quantize_row_iq2_s_impl for one super-block: xbl float32[256], qwl float32[256] or [0]
     -> y uint8[82]. Scratch and status as quantize_block_iq2_xs."""
     weight = scratch[0]
@@ -482,7 +543,7 @@ def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales
             waux[i] = np.sqrt(weight[i])
         s0 = _fold_signs(xb, weight, xval, 0, False)
         s1 = _fold_signs(xb, weight, xval, 1, False)
-        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, pos, kmap, neigh)
+        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, pos, kmap, neigh, scratch[3], Ls, sv, off)
         if st != OK:
             return st
         if not live:
@@ -520,18 +581,21 @@ def quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s, status):
     nb = n // QK_K
     bs = IQ2_S_BYTES if is_s else IQ2_XS_BYTES
     for r in numba.prange(nrows):
-        scratch = np.empty((3, 16), np.float32)
+        scratch = np.empty((4, _MAX_LIST), np.float32)
         L = np.zeros(16, np.int32)
         Laux = np.zeros(16, np.int32)
         scales = np.zeros(QK_K // 16, np.float32)
+        Ls = np.zeros((16, _LANES), np.int32)
+        sv = np.zeros((4, _LANES), np.float32)
+        off = np.zeros((2, _LANES), np.bool_)
         for i in range(nb):
             x = rows[r, QK_K * i:QK_K * (i + 1)]
             qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
             y = out[r, bs * i:bs * (i + 1)]
             if is_s:
-                st = quantize_block_iq2_s(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
+                st = quantize_block_iq2_s(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off)
             else:
-                st = quantize_block_iq2_xs(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales)
+                st = quantize_block_iq2_xs(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off)
             if st != OK:
                 status[r, 0] = st
                 status[r, 1] = i

@@ -19,7 +19,7 @@ class IQ2_XXS(LatticeQuantizer, qtype=T.IQ2_XXS):
 
     @staticmethod
     def quantize_kernel(rows, weights, out, lat, status):
-        k.quantize_iq2_xxs(rows, weights, out, lat.odd, lat.kmap, lat.neighbours, status)
+        k.quantize_iq2_xxs(rows, weights, out, lat.neighbour_odd, lat.kmap, lat.neighbours, status)
 
     @staticmethod
     def dequantize_kernel(data, out, lat):
@@ -33,7 +33,7 @@ class IQ2_XS(LatticeQuantizer, qtype=T.IQ2_XS):
 
     @staticmethod
     def quantize_kernel(rows, weights, out, lat, status):
-        k.quantize_iq2_16(rows, weights, out, lat.odd, lat.kmap, lat.neighbours, False, status)
+        k.quantize_iq2_16(rows, weights, out, lat.neighbour_odd, lat.kmap, lat.neighbours, False, status)
 
     @staticmethod
     def dequantize_kernel(data, out, lat):
@@ -46,7 +46,7 @@ class IQ2_S(LatticeQuantizer, qtype=T.IQ2_S):
 
     @staticmethod
     def quantize_kernel(rows, weights, out, lat, status):
-        k.quantize_iq2_16(rows, weights, out, lat.odd, lat.kmap, lat.neighbours, True, status)
+        k.quantize_iq2_16(rows, weights, out, lat.neighbour_odd, lat.kmap, lat.neighbours, True, status)
 
     @staticmethod
     def dequantize_kernel(data, out, lat):
