@@ -147,6 +147,21 @@ def gemma3_layer_pattern(cfg: Config, hp) -> list[str]:
     return []
 
 
+def _attention_scale(n_layer_27b: int):
+    def check(cfg: Config, hp) -> list[str]:
+        """llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 27B layer count,
+        and never reads query_pre_attn_scalar: a config whose scalar is neither runs differently there."""
+        q = cfg.float("query_pre_attn_scalar")
+        if q is None:
+            return []
+        used = hp.n_embd // hp.n_head if hp.n_layer == n_layer_27b else hp.head_dim
+        if q != used:
+            return [f"{cfg.path}: query_pre_attn_scalar is {q:g}, but llama.cpp scales attention by "
+                    f"1/sqrt({used}) for this model, so its output would differ"]
+        return []
+    return check
+
+
 #: the reference's Gemma models drop lm_head.weight whatever tie_word_embeddings says
 _SKIP = SKIPPED_SUFFIXES + ("lm_head.weight",)
 
@@ -157,6 +172,7 @@ class Gemma2(Family, hf=("Gemma2ForCausalLM",), model_types=("gemma2",)):
     skip = _SKIP
     transforms = {("norm.weight",): norm_plus_one}
     own_hparams = gemma2_hparams
+    checks = (_attention_scale(46),)
     # transformers 4.57's Gemma2Config defaults for keys the conversion writes
     defaults = {"gemma2": {"max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "head_dim": 256,
                            "num_key_value_heads": 4, "attn_logit_softcapping": 50.0,
@@ -169,7 +185,7 @@ class Gemma3(Family, hf=("Gemma3ForCausalLM",), model_types=("gemma3_text",)):
     skip = _SKIP
     transforms = {("norm.weight",): norm_plus_one}
     own_hparams = gemma3_hparams
-    checks = (gemma3_layer_pattern,)
+    checks = (gemma3_layer_pattern, _attention_scale(62))
     # transformers 4.57's Gemma3TextConfig defaults for keys the conversion writes
     defaults = {"gemma3_text": {"max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "head_dim": 256,
                                 "num_attention_heads": 8, "num_key_value_heads": 4, "rope_theta": 1_000_000.0,

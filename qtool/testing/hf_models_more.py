@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,35 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+_GELU_TANH = gelu_tanh
+
+
 def gelu_erf(x: np.ndarray) -> np.ndarray:
     """BERT's "gelu": the exact erf form."""
     from math import erf
 
     return 0.5 * x * (1 + np.vectorize(erf)(x / math.sqrt(2)))
+
+
+def gelu_ggml(x: np.ndarray) -> np.ndarray:
+    """GELU as llama.cpp's CPU backend evaluates it (ggml_vec_gelu_f32 with GGML_GELU_FP16): x rounded to
+    F16, looked up in a table of F16 gelu_tanh values; 0 below -10, x above 10."""
+    x16 = x.astype(np.float32).astype(np.float16).astype(np.float64)
+    table = _GELU_TANH(x16).astype(np.float16).astype(np.float64)
+    return np.where(x <= -10, 0.0, np.where(x >= 10, x, table))
+
+
+@contextmanager
+def ggml_gelu():
+    """Within the block the forward passes evaluate every GELU (BERT's erf form and gelu_tanh alike) as
+    llama.cpp does (:func:`gelu_ggml`): the transformers definition with llama.cpp's activation."""
+    global gelu_tanh, gelu_erf
+    saved = gelu_tanh, gelu_erf
+    gelu_tanh = gelu_erf = gelu_ggml
+    try:
+        yield
+    finally:
+        gelu_tanh, gelu_erf = saved
 
 
 def gemma_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
