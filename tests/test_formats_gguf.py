@@ -445,3 +445,12 @@ def test_mutated_vocabulary_bulk_equals_walk(tmp_path):
         assert e1 == e2 and bulk == walk, i
         outcomes.add(e1 is None)
     assert outcomes == {True, False}  # some damage is harmless, some is refused
+
+
+def test_array_of_empty_strings(tmp_path):
+    """All zeros: every offset looks like a record start; read right all the same (and without the bulk
+    decoder's scratch growing with the zeros)."""
+    p = build(tmp_path / "e.gguf", [kv("x", V.ARRAY, struct.pack("<IQ", V.STRING, 100000) + s("") * 100000),
+                                    kv_u32("y", 3)])
+    with open_model(p) as src:
+        assert src.metadata["x"] == [""] * 100000 and src.metadata["y"] == 3

@@ -55,8 +55,9 @@ PLAIN_TYPES = {
     GGMLQuantizationType.I8: "i1", GGMLQuantizationType.I16: "<i2", GGMLQuantizationType.I32: "<i4",
     GGMLQuantizationType.I64: "<i8",
 }
-#: above this many bytes a string array is walked record by record rather than located in bulk
-_BULK_WINDOW_MAX = 64 << 20
+#: string arrays longer than this many bytes are walked record by record rather than located in bulk, which
+#: holds a few bytes of scratch per byte of the array (a 150k-token vocabulary takes about 3 MB)
+_BULK_WINDOW_MAX = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,9 @@ def _locate_records(a: np.ndarray, p0: int, count: int, low_bytes: int) -> tuple
     the bytes are.
     """
     remain = len(a) - p0
-    window = min(remain, count * 24 + 4096)
+    if count * 8 > _BULK_WINDOW_MAX:
+        return None
+    window = min(remain, count * 24 + 4096, _BULK_WINDOW_MAX)
     while True:
         r = a[p0:p0 + window]
         n = window - 7
@@ -334,6 +337,8 @@ def _locate_records(a: np.ndarray, p0: int, count: int, low_bytes: int) -> tuple
         k = z[low_bytes:low_bytes + n].copy()
         for b in range(low_bytes + 1, 8):
             k &= z[b:b + n]
+        if np.count_nonzero(k) > 4 * count + 65536:  # mostly zeros, not text: the walk is as good
+            return None
         cand = np.flatnonzero(k)
         if cand.size and cand[0] == 0:
             length = r[cand].astype(np.int64)
@@ -356,7 +361,7 @@ def _locate_records(a: np.ndarray, p0: int, count: int, low_bytes: int) -> tuple
                 cand, length, nxt = cand[keep], length[keep], nxt[keep]
         if window >= remain or window >= _BULK_WINDOW_MAX:
             return None
-        window = min(remain, window * 4)
+        window = min(remain, window * 4, _BULK_WINDOW_MAX)
 
 
 def _decode_records(region: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> list | None:
