@@ -818,6 +818,9 @@ def _spm_vocab(f: _Folder, size_keys: tuple[str, ...]) -> tuple[list[str], list[
     """_create_vocab_sentencepiece: pieces, then added_tokens.json, then tokenizer_config's added tokens."""
     sp = _load_spm(f)
     n_vocab = f.vocab_size(size_keys) or sp.vocab_size()
+    if n_vocab < sp.vocab_size():
+        f.meta.notes.append(f"{f.path / 'tokenizer.model'}: {sp.vocab_size()} pieces, config.json's vocabulary "
+                            f"{n_vocab}: pieces from id {n_vocab} on left out (as the reference does)")
     tokens, scores, types = _spm_pieces(sp, n_vocab)
     for tid, text in _added_tokens_json(f).items():
         if tid < n_vocab:
