@@ -220,6 +220,15 @@ def test_config_that_lies_is_named(tmp_path, name, changes, fragments):
     assert time.perf_counter() - t0 < 2.0
 
 
+def test_qwen3_moe_that_llama_cpp_would_run_differently(tmp_path):
+    """llama.cpp's qwen3moe renormalizes the top-k router weights and has experts in every layer."""
+    for claims, fragment in (({"norm_topk_prob": False}, "norm_topk_prob is false"),
+                             ({"mlp_only_layers": [1]}, "mlp_only_layers [1]"),
+                             ({"norm_topk_prob": None}, "norm_topk_prob is false")):  # Qwen3MoeConfig's default
+        with open_model(folder_of(tmp_path / str(len(fragment)) / fragment[:4], "qwen3_moe", **claims)) as src:
+            assert not src.loadable and any(fragment in p for p in src.problems), src.problems
+
+
 def test_lying_config_on_the_command_line(tmp_path):
     folder = folder_of(tmp_path, "llama3", num_hidden_layers=100000)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
