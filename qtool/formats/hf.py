@@ -81,7 +81,8 @@ class HFSource(ModelSource):
         except BaseException:
             self._w.close()
             raise
-        tokenizer_files = [folder / n for n in ("tokenizer.json", "tokenizer_config.json") if (folder / n).is_file()]
+        tokenizer_files = [folder / n for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                                "special_tokens_map.json", "added_tokens.json") if (folder / n).is_file()]
         read = [config_path, weights_path, *self._w.files, *tokenizer_files]
         self.files = [f for i, f in enumerate(read) if f != self.path and f not in read[:i]]
 
