@@ -4,6 +4,7 @@
     python benchmarks/bench.py convert [--params 100] [--threads 2] [--presets Q8_0,Q4_K_M]
     python benchmarks/bench.py table [--quick] [--threads 2] [--repeat 3] [--vocab-gguf FILE]
     python benchmarks/bench.py open [--strings 150000] [--vocab-gguf FILE]
+    python benchmarks/bench.py startup [--repeat 5]
 
 `kernels` quantizes the same seeded weight-like data with qtool's registry, ggml's ggml_quantize_chunk
 (llama-cpp-python's libggml-base, through ctypes) and gguf-py's numpy quantizers, with and without an
@@ -33,6 +34,9 @@ best time of each counts. `--quick` runs one preset per input, once.
 
 `open` times opening a GGUF header (qtool's reader against gguf-py's GGUFReader, best of a few, in
 process): SmolLM2's real vocabulary and merges, and a file of --strings token-like strings.
+
+`startup` times `qtool convert` on the tiny fixture up to its first tensor, and apart: each import alone
+(typer, pydantic, rich, gguf, numba, ...), typer's dispatch of the command and Numba's first kernel call.
 """
 
 from __future__ import annotations
@@ -468,6 +472,132 @@ def bench_open(args) -> None:
 
 
 
+_FIRST_TENSOR = r"""
+import importlib.machinery, sys, time
+t0 = time.perf_counter()
+
+
+class _Hook:
+    # patch GGUFOut.write as the module loads, so that the time of the first tensor written is known
+    # without importing anything earlier than qtool itself does
+    def find_spec(self, name, path, target=None):
+        if name != "qtool.formats.gguf_out":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            write = module.GGUFOut.write
+
+            def first(self, *a, **k):
+                if not hasattr(sys, "_first_tensor"):
+                    sys._first_tensor = time.perf_counter() - t0
+                return write(self, *a, **k)
+            module.GGUFOut.write = first
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Hook())
+from qtool.cli.app import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+loaded = ",".join(m for m in ("typer", "pydantic", "rich", "gguf", "numba", "tokenizers") if m in sys.modules)
+print(f"{sys._first_tensor:.4f} {time.perf_counter() - t0:.4f} {loaded}")
+"""
+
+_NUMBA_FIRST_CALL = r"""
+import time, numpy as np
+from gguf import GGMLQuantizationType as T
+from qtool.quantizers import get
+x = np.zeros((1, 32), np.float32)
+t = time.perf_counter()
+get(T.Q8_0).quantize(x)
+print(f"{time.perf_counter() - t:.4f}")
+"""
+
+_TYPER_DISPATCH = r"""
+import sys, time
+import qtool.cli.app as app
+import qtool.cli.output, qtool.convert
+import qtool.cli.convert as cc
+src = open(cc.__file__).read()
+for line in src.splitlines():  # the imports the command body makes, done beforehand
+    line = line.strip()
+    if line.startswith("from qtool.") and " import " in line:
+        exec(line)
+
+
+class Stop(Exception):
+    pass
+
+
+def stop(*a, **k):
+    raise Stop
+
+
+qtool.convert.convert = stop
+t = time.perf_counter()
+try:
+    app.app(args=["convert", "in.gguf", "--type", "Q8_0", "-o", "out.gguf", "-q"], standalone_mode=False)
+except Stop:
+    pass
+print(f"{time.perf_counter() - t:.4f}")
+"""
+
+
+def _best_child(code: list[str], repeat: int, parse=float) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, *code], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        wall = time.perf_counter() - t
+        best = min(best, parse(out.split()[0]) if parse else wall)
+    return best
+
+
+def bench_startup(args) -> None:
+    """Start-up of `qtool convert` on the tiny fixture, and what each piece costs (best of --repeat fresh
+    processes each, warm file cache and Numba cache)."""
+    fixture = ROOT / "fixtures" / "tiny-llama"
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        gguf_in = Path(tmp) / "tiny-f32.gguf"
+        subprocess.run([sys.executable, "-m", "qtool", "convert", str(ROOT / "fixtures" / "tiny-llama-f32"), "--type",
+                        "F32", "-o", str(gguf_in), "-q"], check=True, cwd=ROOT)
+        for src in (gguf_in, fixture):  # warm the Numba cache and the page cache
+            subprocess.run([sys.executable, "-m", "qtool", "convert", str(src), "--type", "Q8_0", "-o",
+                            str(Path(tmp) / "o.gguf"), "-q"], check=True, cwd=ROOT)
+        bare = _best_child(["-c", "pass"], args.repeat, parse=None)
+        print(f"best of {args.repeat} fresh processes; python itself: {bare * 1e3:.0f} ms")
+        print("import alone (minus the bare interpreter):")
+        for mod in ("numpy", "typer", "pydantic", "rich.console", "gguf", "numba", "tokenizers", "qtool.cli.app",
+                    "qtool.quantizers"):
+            try:
+                t = _best_child(["-c", f"import {mod}"], args.repeat, parse=None)
+            except subprocess.CalledProcessError:
+                print(f"  {mod:18} not importable")
+                continue
+            print(f"  {mod:18} {(t - bare) * 1e3:6.0f} ms")
+        print(f"  typer dispatch of `convert` (its pydantic adapters; imports done): "
+              f"{_best_child(['-c', _TYPER_DISPATCH], args.repeat) * 1e3:.0f} ms")
+        print(f"  Numba's first kernel call (cache load, target initialisation): "
+              f"{_best_child(['-c', _NUMBA_FIRST_CALL], args.repeat) * 1e3:.0f} ms")
+        for label, src in (("F32 GGUF", gguf_in), ("HF folder (BF16, tokenizer.json)", fixture)):
+            cmd = ["-c", _FIRST_TENSOR, "convert", str(src), "--type", "Q8_0", "-o", str(Path(tmp) / "o.gguf"), "-q"]
+            firsts, walls = [], []
+            for _ in range(args.repeat):
+                out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True,
+                                     cwd=ROOT).stdout.strip().splitlines()[-1].split()
+                firsts.append(float(out[0]))
+                walls.append(float(out[1]))
+            print(f"qtool convert tiny {label} -> Q8_0: first tensor written at {min(firsts) * 1e3:.0f} ms, "
+                  f"done at {min(walls) * 1e3:.0f} ms (in-process, after the interpreter's own start); loaded: "
+                  f"{out[2] if len(out) > 2 else ''}")
+
+
 def compare_files(a_path: Path, b_path: Path) -> tuple[bool, bool]:
     """(same tensor names and types, same tensor bytes) of two GGUF files."""
     import gguf
@@ -511,6 +641,9 @@ def main() -> None:
     o.add_argument("--repeat", type=int, default=5)
     o.add_argument("--vocab-gguf", default=None)
     o.add_argument("--tmp", default=None)
+    su = sub.add_parser("startup", help="start-up to the first tensor, and its pieces")
+    su.add_argument("--repeat", type=int, default=5)
+    su.add_argument("--tmp", default=None)
     mi = sub.add_parser("make-input", help="write one of the table's inputs")
     mi.add_argument("case", choices=["real-135M", "hf-135M", "synthetic-33.5M"])
     mi.add_argument("path", type=Path)
@@ -526,6 +659,8 @@ def main() -> None:
         bench_table(args)
     elif args.what == "open":
         bench_open(args)
+    elif args.what == "startup":
+        bench_startup(args)
     elif args.what == "make-input":
         print(make_input(args.case, args.path, args.vocab_gguf))
     else:
