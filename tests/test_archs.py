@@ -35,7 +35,7 @@ from qtool.testing import hf_models
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = list(hf_models.FAMILIES)
-MINE = ["llama3", "mistral", "qwen2", "qwen3", "qwen3_moe"]  # this module's families in hf_models
+MINE = ["llama3", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe"]  # this module's families in hf_models
 TOKENS = [318, 5, 72, 101, 33, 250, 17, 99, 140, 7, 64, 201, 12, 300, 45, 88]
 #: llama.cpp (float32, F32 KV cache) against the float64 forward pass: max |error| / max |logit|
 BOUND = 1e-5
@@ -97,6 +97,8 @@ EXPECTED = {
                              "llama.context_length": 512}),
     "mistral": ("llama", 21, {"llama.rope.dimension_count": 8, "llama.attention.head_count": 8,
                               "llama.attention.head_count_kv": 2, "llama.vocab_size": 320}),
+    "mixtral": ("llama", 23, {"llama.expert_count": 4, "llama.expert_used_count": 2, "llama.vocab_size": 320,
+                              "llama.rope.freq_base": 1000000.0}),
     "qwen2": ("qwen2", 26, {"qwen2.attention.head_count_kv": 2, "qwen2.rope.freq_base": 1000000.0,
                             "qwen2.feed_forward_length": 96}),
     "qwen3": ("qwen3", 24, {"qwen3.attention.key_length": 32, "qwen3.attention.value_length": 32,
@@ -141,6 +143,19 @@ def test_qwen3_moe_experts_are_stacked(tmp_path):
                 np.testing.assert_array_equal(got[x], w[f"model.layers.1.mlp.experts.{x}.{proj}.weight"])
             np.testing.assert_array_equal(src.raw(info.name).view(np.float32).reshape(shape), got)
         assert src.info("blk.0.ffn_gate_inp.weight").shape == (4, 64)
+
+
+def test_mixtral_experts_are_stacked(tmp_path):
+    folder = folder_of(tmp_path, "mixtral")
+    w = hf_models.weights(folder)
+    with open_model(folder) as src:
+        for wid, gguf_name, shape in (("w1", "ffn_gate_exps", (4, 48, 64)), ("w3", "ffn_up_exps", (4, 48, 64)),
+                                      ("w2", "ffn_down_exps", (4, 64, 48))):
+            got = src.load(f"blk.0.{gguf_name}.weight")
+            assert got.shape == shape
+            for x in range(4):
+                np.testing.assert_array_equal(got[x], w[f"model.layers.0.block_sparse_moe.experts.{x}.{wid}.weight"])
+        assert src.info("blk.1.ffn_gate_inp.weight").shape == (4, 64)
 
 
 def test_qwen3_moe_fused_experts_read_like_per_expert_ones(tmp_path):
@@ -212,6 +227,8 @@ def test_claimed_layer_count_is_checked_before_anything_is_sized(tmp_path):
     ("qwen3_moe", {"num_experts": 1000000, "num_experts_per_tok": 2}, ["num_experts is 1000000"]),
     ("qwen3_moe", {"num_experts": 2, "num_experts_per_tok": 2}, ["num_experts is 2", "holds expert 2"]),
     ("qwen3_moe", {"num_experts_per_tok": 5}, ["num_experts_per_tok is 5"]),
+    ("mixtral", {"num_local_experts": 3}, ["num_local_experts is 3", "holds expert 3"]),
+    ("mixtral", {"intermediate_size": 96}, ["intermediate_size 96", "experts"]),
 ])
 def test_config_that_lies_is_named(tmp_path, name, changes, fragments):
     folder = folder_of(tmp_path, name, **changes)
@@ -311,6 +328,8 @@ BROKEN = {
                ("no rope_freqs", lambda mp: mp.setattr(llama_mod.Llama, "generate", ()))],
     "mistral": [("K rows not permuted", lambda mp: mp.setattr(llama_mod.Llama, "transforms",
                                                                {("q_proj.weight", "q_proj.bias"): permute_q}))],
+    "mixtral": [("experts stacked in the wrong order",
+                 lambda mp: mp.setattr(StackExperts, "__call__", lambda self, a: np.stack(a[::-1], axis=0)))],
     "qwen2": [("llama's q/k permutation", lambda mp: mp.setattr(archs.qwen.Qwen2, "transforms",
                                                                  llama_mod.Llama.transforms))],
     "qwen3": [("llama's q/k permutation", lambda mp: mp.setattr(archs.qwen.Qwen3, "transforms",

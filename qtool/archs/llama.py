@@ -1,13 +1,13 @@
-"""Llama 1/2/3.x, Mistral, SmolLM, TinyLlama (convert_hf_to_gguf's LlamaModel): q/k rows permuted for
-ggml's rope, ``rope_freqs`` generated for Llama 3's ``rope_type: llama3``, the vocabulary size and rope
-dimension written, SentencePiece or BPE tokenizers."""
+"""Llama 1/2/3.x, Mistral, Mixtral, SmolLM, TinyLlama (convert_hf_to_gguf's LlamaModel): q/k rows permuted
+for ggml's rope, ``rope_freqs`` generated for Llama 3's ``rope_type: llama3``, Mixtral's experts (w1/w2/w3)
+stacked into ffn_*_exps, the vocabulary size and rope dimension written, SentencePiece or BPE tokenizers."""
 
 from __future__ import annotations
 
 import gguf
 from gguf import MODEL_ARCH, MODEL_TENSOR
 
-from qtool.archs.base import Family, permute_k, permute_q
+from qtool.archs.base import Experts, Family, permute_k, permute_q
 from qtool.archs.config import Config
 from qtool.archs.metadata import rope_parameters
 from qtool.archs.transforms import llama3_rope_factors
@@ -55,18 +55,26 @@ def _heads(config):
     return config.get("num_attention_heads")
 
 
-class Llama(Family, hf=("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM"),
-            model_types=("llama", "mistral")):
+class Llama(Family, hf=("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM", "MixtralForCausalLM"),
+            model_types=("llama", "mistral", "mixtral")):
     arch = MODEL_ARCH.LLAMA
     tokenizer = "llama"
     strip = ("language_model.", "text_model.")
     transforms = {("q_proj.weight", "q_proj.bias"): permute_q, ("k_proj.weight", "k_proj.bias"): permute_k}
+    # Mixtral: w1 (gate), w2 (down), w3 (up) of each expert, stacked and renamed as the reference does
+    experts = Experts(pattern=r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight",
+                      merged="layers.{bid}.feed_forward.experts.{proj}.weight", projections=("w1", "w2", "w3"))
+    shapes = {MODEL_TENSOR.FFN_GATE_EXP: ("n_expert", "n_ff", "n_embd"),  # Mixtral's experts are intermediate_size
+              MODEL_TENSOR.FFN_UP_EXP: ("n_expert", "n_ff", "n_embd"),
+              MODEL_TENSOR.FFN_DOWN_EXP: ("n_expert", "n_embd", "n_ff")}
     generate = (rope_freqs_llama3,)
     keys = (vocab_size, rope_dimension_count)
-    # transformers 4.57's LlamaConfig / MistralConfig defaults for keys the conversion writes
+    # transformers 4.57's LlamaConfig / MistralConfig / MixtralConfig defaults for keys the conversion writes
     defaults = {
         "llama": {"head_dim": _head_dim, "max_position_embeddings": 2048, "num_key_value_heads": _heads,
                   "rms_norm_eps": 1e-6, "rope_theta": 10000.0},
         "mistral": {"max_position_embeddings": 131072, "num_key_value_heads": 8, "rms_norm_eps": 1e-6,
                     "rope_theta": 10000.0},
+        "mixtral": {"max_position_embeddings": 131072, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+                    "rope_theta": 1000000.0, "num_local_experts": 8, "num_experts_per_tok": 2},
     }

@@ -1,6 +1,6 @@
 """Tiny random-weight Hugging Face folders, one per architecture family, and a float64 numpy forward pass of
-each written from the transformers model definition (modeling_llama.py, modeling_qwen2.py, modeling_qwen3.py,
-modeling_qwen3_moe.py), never from qtool's conversion.
+each written from the transformers model definition (modeling_llama.py, modeling_mixtral.py,
+modeling_qwen2.py, modeling_qwen3.py, modeling_qwen3_moe.py), never from qtool's conversion.
 
 Table-driven: ``FAMILIES[name]`` is a :class:`HFFamily` with the config.json keys of the real checkpoints
 (small sizes), the HF tensors, and the forward pass. ``write(folder, name, **config_changes)`` writes
@@ -117,6 +117,24 @@ def sparse_moe(h: np.ndarray, W: dict, p: str, cfg: dict) -> np.ndarray:
     return out
 
 
+def mixtral_moe(h: np.ndarray, W: dict, p: str, cfg: dict) -> np.ndarray:
+    """MixtralSparseMoeBlock: softmax router, top-k, always renormalized; experts w2(silu(w1 h) * w3 h)."""
+    logits = h @ W[p + "block_sparse_moe.gate.weight"].T
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    k = cfg["num_experts_per_tok"]
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    w = np.take_along_axis(probs, top, -1)
+    w = w / w.sum(-1, keepdims=True)
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        for j in range(k):
+            e = p + f"block_sparse_moe.experts.{top[t, j]}."
+            x = h[t]
+            out[t] += w[t, j] * (W[e + "w2.weight"] @ (silu(W[e + "w1.weight"] @ x) * (W[e + "w3.weight"] @ x)))
+    return out
+
+
 def decoder(cfg: dict, W: dict, tokens: list[int], *, bias=False, qk_norm=False, moe=False) -> np.ndarray:
     """The decoder-only stack shared by the Llama and Qwen models: pre-norm attention and MLP blocks."""
     eps = cfg["rms_norm_eps"]
@@ -125,7 +143,8 @@ def decoder(cfg: dict, W: dict, tokens: list[int], *, bias=False, qk_norm=False,
         p = f"model.layers.{i}."
         x = x + attention(rms_norm(x, W[p + "input_layernorm.weight"], eps), W, p, cfg, bias=bias, qk_norm=qk_norm)
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
-        x = x + (sparse_moe(h, W, p, cfg) if moe else mlp(h, W, p + "mlp."))
+        x = x + (mixtral_moe(h, W, p, cfg) if moe == "mixtral" else sparse_moe(h, W, p, cfg) if moe
+                 else mlp(h, W, p + "mlp."))
     head = W["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
     return rms_norm(x, W["model.norm.weight"], eps) @ head.T
 
@@ -159,7 +178,12 @@ def _dense_tensors(cfg: dict, rng: np.random.Generator, *, bias=False, qk_norm=F
             t[p + "self_attn.k_norm.weight"] = norm(D)
         t[p + "self_attn.o_proj.weight"] = w(E, H * D)
         t[p + "post_attention_layernorm.weight"] = norm(E)
-        if moe:
+        if moe == "mixtral":
+            t[p + "block_sparse_moe.gate.weight"] = w(cfg["num_local_experts"], E, scale=1.0)
+            for x in range(cfg["num_local_experts"]):
+                e = p + f"block_sparse_moe.experts.{x}."
+                t[e + "w1.weight"], t[e + "w2.weight"], t[e + "w3.weight"] = w(F, E), w(E, F), w(F, E)
+        elif moe:
             X, FX = cfg["num_experts"], cfg["moe_intermediate_size"]
             t[p + "mlp.gate.weight"] = w(X, E, scale=1.0)
             for x in range(X):
@@ -198,6 +222,17 @@ def _mistral_config() -> dict:
             "num_hidden_layers": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
             "sliding_window": 4096, "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": True,
             "vocab_size": N_VOCAB}
+
+
+def _mixtral_config() -> dict:
+    # Mixtral 8x7B's keys, small: 4 experts of intermediate_size, 2 per token
+    return {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "attention_dropout": 0.0,
+            "bos_token_id": 318, "eos_token_id": 319, "hidden_act": "silu", "hidden_size": 64,
+            "initializer_range": 0.02, "intermediate_size": 48, "max_position_embeddings": 32768,
+            "num_attention_heads": 4, "num_experts_per_tok": 2, "num_hidden_layers": 2, "num_key_value_heads": 2,
+            "num_local_experts": 4, "output_router_logits": False, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+            "router_aux_loss_coef": 0.02, "sliding_window": None, "tie_word_embeddings": False,
+            "torch_dtype": "float32", "use_cache": True, "vocab_size": N_VOCAB}
 
 
 def _qwen2_config() -> dict:
@@ -239,6 +274,8 @@ FAMILIES: dict[str, HFFamily] = {
                        lambda c, W, t: decoder(c, W, t)),
     "mistral": HFFamily(_mistral_config, lambda c, r: _dense_tensors(c, r),
                         lambda c, W, t: decoder(c, W, t)),
+    "mixtral": HFFamily(_mixtral_config, lambda c, r: _dense_tensors(c, r, moe="mixtral"),
+                        lambda c, W, t: decoder(c, W, t, moe="mixtral")),
     "qwen2": HFFamily(_qwen2_config, lambda c, r: _dense_tensors(c, r, bias=True),
                       lambda c, W, t: decoder(c, W, t, bias=True)),
     "qwen3": HFFamily(_qwen3_config, lambda c, r: _dense_tensors(c, r, qk_norm=True),
