@@ -319,6 +319,26 @@ def test_tensors_only(tmp_path):
     assert "blk.0.attn_q.weight" in {t.name for t in r.tensors}
 
 
+def test_tensors_only_on_the_command_line(tmp_path):
+    folder = unknown_folder(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("QTOOL_DEBUG", None)
+
+    def qtool(*args):
+        return subprocess.run([sys.executable, "-m", "qtool", "convert", str(folder), "--type", "Q8_0", *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    r = qtool("-o", str(tmp_path / "refused.gguf"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "'GPT2LMHeadModel' is not one qtool can convert" in lines[0] and "Qwen2ForCausalLM" in lines[0]
+    assert not (tmp_path / "refused.gguf").exists()
+    r = qtool("--tensors-only", "-o", str(tmp_path / "t.gguf"))
+    assert r.returncode == 0, r.stderr
+    assert "tensors only" in r.stderr or "--tensors-only" in r.stderr
+    assert GGUFReader(tmp_path / "t.gguf").fields["general.architecture"].contents() == "GPT2LMHeadModel"
+
+
 # -- llama.cpp runs them --------------------------------------------------------------------------------
 
 BROKEN = {
