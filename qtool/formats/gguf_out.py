@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -68,7 +69,7 @@ def _pack_numbers(value: Any, sub: GGUFValueType) -> bytes | None:
 def _pack_strings(value: Any) -> bytes | None:
     """u64 length + UTF-8 bytes of each string (bytes elements as they are); None for non-strings."""
     n = len(value)
-    if n and all(isinstance(v, str) for v in value):
+    if n and all(map(isinstance, value, repeat(str, n))):
         try:
             joined = "\0".join(value).encode("utf-8")
         except UnicodeEncodeError:
@@ -84,7 +85,7 @@ def _pack_strings(value: Any) -> bytes | None:
             encoded = [v.encode("utf-8") for v in value]
             lengths = np.fromiter(map(len, encoded), np.int64, n)
             payload = np.frombuffer(b"".join(encoded), np.uint8)
-    elif all(isinstance(v, (str, bytes, bytearray)) for v in value):
+    elif all(map(isinstance, value, repeat((str, bytes, bytearray), n))):
         try:
             encoded = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in value]
         except UnicodeEncodeError:
