@@ -11,9 +11,9 @@ trial scales; a group that rounds to a point off the grid is replaced by the bes
 neighbours (``iq3xs_init_impl``): the grid points at the two (IQ3_XXS) or three (IQ3_S) smallest
 distinct squared distances, ordered by (distance, grid index).
 
-The grids and tables come from the caller (qtool.quantizers.lattice): ``grid`` float32[G, 4] the odd
-coordinates 2l + 1, ``kmap`` int32[4096] and ``neigh`` uint16[...] (kernels/lattice.py); dequantizing
-takes ggml's stored coordinates.
+The tables come from the caller (qtool.quantizers.lattice): ``kmap`` int32[4096] and ``neigh``
+uint16[...] (kernels/lattice.py), and ``npos`` float32[4, len(neigh) + 16], each listed grid point's odd
+coordinates 2l + 1 at its list entry; dequantizing takes ggml's stored coordinates.
 
 Each quantize driver takes ``weights`` as a float32 importance vector of n_per_row values, or a
 zero-length array for none (C's NULL), and ``status`` int32[nrows, 2]: a row where ggml's search asserts
@@ -39,6 +39,7 @@ _EPS_XXS = F32(1e-8)
 _FUDGE_XXS = F32(1.0125)
 _FUDGE_S = F32(1.033)
 _KMAX = 8
+_LANES = 32  # trial scales searched side by side (IQ3_XXS: 31, IQ3_S: 19)
 
 #: status codes per row (ggml aborts on both): no grid neighbour at a finite distance
 #: (GGML_ASSERT(grid_index >= 0)), a NaN block scale (GGML_ASSERT(scale >= 0))
@@ -48,24 +49,30 @@ KSIGNS = np.array([i | ((bin(i).count("1") & 1) << 7) for i in range(128)], dtyp
 
 
 @jit
-def _best_neighbour(neigh, start, grid, xval, waux, off, scale, L):
-    """ggml iq3_find_best_neighbour: the listed grid point nearest to xval[off:off+4] under weights
-    waux, its levels written to L[off:off+4]; -1 where no distance is below FLT_MAX (ggml aborts)."""
+def _nearest_listed(neigh, start, npos, xval, waux, off, scale):
+    """ggml iq3_find_best_neighbour: the position in the list at ``start`` of the grid point nearest
+    to xval[off:off+4] under weights waux; -1 where no distance is below FLT_MAX (ggml aborts).
+    npos: the lists' odd coordinates, coordinate-major. (The lists are short, 5-7 points on average:
+    a plain loop beats computing them side by side.)"""
+    n = np.int64(neigh[start])
+    b = start + 1
+    x0, x1, x2, x3 = xval[off], xval[off + 1], xval[off + 2], xval[off + 3]
+    w0, w1, w2, w3 = waux[off], waux[off + 1], waux[off + 2], waux[off + 3]
     best_d2 = _FLT_MAX
-    gi = -1
-    for j in range(1, np.int32(neigh[start]) + 1):
-        p = np.int32(neigh[start + j])
-        d2 = F32(0.0)
-        for i in range(4):
-            diff = scale * grid[p, i] - xval[off + i]
-            d2 += waux[off + i] * diff * diff
-        if d2 < best_d2:
-            best_d2 = d2
-            gi = p
-    if gi >= 0:
-        for i in range(4):
-            L[off + i] = np.int8((np.int32(grid[gi, i]) - 1) // 2)
-    return gi
+    jb = np.int64(-1)
+    for j in range(n):
+        diff = scale * npos[0, b + j] - x0
+        t = F32(0.0) + w0 * diff * diff
+        diff = scale * npos[1, b + j] - x1
+        t += w1 * diff * diff
+        diff = scale * npos[2, b + j] - x2
+        t += w2 * diff * diff
+        diff = scale * npos[3, b + j] - x3
+        t += w3 * diff * diff
+        if t < best_d2:
+            best_d2 = t
+            jb = j
+    return jb
 
 
 @jit
@@ -99,54 +106,91 @@ def _sums(xval, weight, L):
 
 
 @jit
-def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, grid, kmap, neigh,
-                  L, Laux, on_grid, on_grid_aux):
+def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos, kmap, neigh,
+                  L, Laux, on_grid, Ls, sv, off):
     """The per-32-weight scale search shared by quantize_row_iq3_xxs_impl (nstep 15, refit only the
     off-grid groups, groups start on-grid) and quantize_row_iq3_s_impl (nstep 9, refit all, start
-    off-grid). L int8[32] gets the levels; returns (scale, status)."""
+    off-grid). L int8[32] gets the levels; returns (scale, status).
+
+    The trials s = -nstep..nstep run side by side (lane s + nstep of _LANES): each rounds the 32
+    weights at inv = (15 + 0.2 s)/vmax, snaps each 4-group onto the grid and sums w*x*q and w*q*q in
+    C's order; the last loop picks the winner in C's trial order. Scratch: Ls int32[32, _LANES] (each
+    trial's levels), sv float32[4, _LANES] and off bool[8, _LANES] (group off the grid)."""
     for i in range(32):
         L[i] = 0
-    best = F32(0.0)
     scale = vmax / F32(2 * _KMAX - 1)
+    ns = 2 * nstep + 1
+    inv = sv[0]
+    sqx = sv[1]
+    sq2 = sv[2]
+    tsc = sv[3]
+    for s in range(_LANES):
+        inv[s] = (F32(2 * _KMAX - 1) + F32(min(s, ns - 1) - nstep) * F32(0.2)) / vmax
+        tsc[s] = F32(1.0) / inv[s]
+        sqx[s] = F32(0.0)
+        sq2[s] = F32(0.0)
+    for i in range(32):
+        xi = xval[i]
+        row = Ls[i]
+        for s in range(_LANES):
+            l = nearest_int(F32(0.5) * (inv[s] * xi - F32(1.0)))
+            row[s] = max(0, min(_KMAX - 1, l))
     for k in range(8):
-        on_grid[k] = on_grid_init
-    for s in range(-nstep, nstep + 1):
-        inv = (F32(2 * _KMAX - 1) + F32(s) * F32(0.2)) / vmax
-        this_scale = F32(1.0) / inv
-        for k in range(8):
-            _round_group(xval, 4 * k, inv, Laux)
-            m = kmap[_code(Laux, 4 * k)]
-            on_grid_aux[k] = m >= 0
+        for s in range(ns):
+            u = Ls[4 * k, s] | (Ls[4 * k + 1, s] << 3) | (Ls[4 * k + 2, s] << 6) | (Ls[4 * k + 3, s] << 9)
+            m = kmap[u]
+            off[k, s] = m < 0
             if m < 0:
-                if _best_neighbour(neigh, -m - 1, grid, xval, waux, 4 * k, this_scale, Laux) < 0:
+                start = -np.int64(m) - 1
+                jb = _nearest_listed(neigh, start, npos, xval, waux, 4 * k, tsc[s])
+                if jb < 0:
                     return scale, NO_NEIGHBOUR
-        sumqx, sumq2 = _sums(xval, weight, Laux)
-        if sumq2 > F32(0.0) and sumqx * sumqx > best * sumq2:
-            scale = sumqx / sumq2
-            best = scale * sumqx
-            for i in range(32):
-                L[i] = Laux[i]
-            for k in range(8):
-                on_grid[k] = on_grid_aux[k]
+                for i in range(4):
+                    Ls[4 * k + i, s] = (np.int32(npos[i, start + 1 + jb]) - 1) // 2
+    for i in range(32):
+        w = weight[i]
+        wx = w * xval[i]
+        row = Ls[i]
+        for s in range(_LANES):
+            q = F32(2 * row[s] + 1)
+            sqx[s] += wx * q
+            sq2[s] += w * q * q
+    best = F32(0.0)
+    bs = -1
+    for s in range(ns):
+        if sq2[s] > F32(0.0) and sqx[s] * sqx[s] > best * sq2[s]:
+            scale = sqx[s] / sq2[s]
+            best = scale * sqx[s]
+            bs = s
+    if bs >= 0:
+        for i in range(32):
+            L[i] = np.int8(Ls[i, bs])
+        for k in range(8):
+            on_grid[k] = not off[k, bs]
+    else:
+        for k in range(8):
+            on_grid[k] = on_grid_init
     n_off = 0
     for k in range(8):
         if not on_grid[k]:
             n_off += 1
     if n_off > 0 and scale > F32(0.0):
-        inv = F32(1.0) / scale
+        inv1 = F32(1.0) / scale
         for k in range(8):
             if on_grid[k] and not refit_all:
                 continue
-            _round_group(xval, 4 * k, inv, Laux)  # Laux is free here: only its 4 levels are used
+            _round_group(xval, 4 * k, inv1, Laux)  # Laux is free here: only its 4 levels are used
             m = kmap[_code(Laux, 4 * k)]
             if m < 0:
-                gi = _best_neighbour(neigh, -m - 1, grid, xval, waux, 4 * k, scale, L)
-                if gi < 0:
+                start = -np.int64(m) - 1
+                jb = _nearest_listed(neigh, start, npos, xval, waux, 4 * k, scale)
+                if jb < 0:
                     return scale, NO_NEIGHBOUR
-            else:
-                gi = m
-            for i in range(4):
-                L[4 * k + i] = np.int8((np.int32(grid[gi, i]) - 1) // 2)
+                for i in range(4):
+                    L[4 * k + i] = np.int8((np.int32(npos[i, start + 1 + jb]) - 1) // 2)
+            else:  # on the grid: the grid point's levels are the rounded ones
+                for i in range(4):
+                    L[4 * k + i] = Laux[4 * k + i]
         sumqx, sumq2 = _sums(xval, weight, L)
         if sumq2 > F32(0.0):
             scale = sumqx / sumq2
@@ -190,10 +234,10 @@ def _sigma2(x):
 
 
 @jit
-def quantize_block_iq3_xxs(x, qw, y, grid, kmap, neigh, s):
+def quantize_block_iq3_xxs(x, qw, y, npos, kmap, neigh, s):
     """ggml quantize_row_iq3_xxs_impl for one super-block: x, qw float32[256] -> y uint8[98].
     s: the row's scratch tuple. Returns a status code."""
-    weight, waux, xval, L, Laux, on_grid, on_grid_aux, signs, scales = s
+    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales = s
     for j in range(IQ3_XXS_BYTES):
         y[j] = 0
     max_scale = F32(0.0)
@@ -229,8 +273,8 @@ def quantize_block_iq3_xxs(x, qw, y, grid, kmap, neigh, s):
         if vmax < _EPS_XXS:
             scales[ib] = F32(0.0)
             continue
-        scale, status = _block_search(xval, weight, waux, vmax, 15, False, True, grid, kmap, neigh,
-                                      L, Laux, on_grid, on_grid_aux)
+        scale, status = _block_search(xval, weight, waux, vmax, 15, False, True, npos, kmap, neigh,
+                                      L, Laux, on_grid, Ls, sv, off)
         if status != OK:
             return status
         if scale < F32(0.0):
@@ -275,10 +319,10 @@ def quantize_block_iq3_xxs(x, qw, y, grid, kmap, neigh, s):
 
 
 @jit
-def quantize_block_iq3_s(x, qw, y, grid, kmap, neigh, s):
+def quantize_block_iq3_s(x, qw, y, npos, kmap, neigh, s):
     """ggml quantize_row_iq3_s_impl (block size 32) for one super-block: x, qw float32[256] -> y uint8[110].
     s: the row's scratch tuple. Returns a status code."""
-    weight, waux, xval, L, Laux, on_grid, on_grid_aux, signs, scales = s
+    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales = s
     for j in range(IQ3_S_BYTES):
         y[j] = 0
     qs = 2
@@ -304,8 +348,8 @@ def quantize_block_iq3_s(x, qw, y, grid, kmap, neigh, s):
         if vmax == F32(0.0):
             scales[ib] = F32(0.0)
             continue
-        scale, status = _block_search(xval, weight, waux, vmax, 9, True, False, grid, kmap, neigh,
-                                      L, Laux, on_grid, on_grid_aux)
+        scale, status = _block_search(xval, weight, waux, vmax, 9, True, False, npos, kmap, neigh,
+                                      L, Laux, on_grid, Ls, sv, off)
         if status != OK:
             return status
         if scale < F32(0.0):
@@ -339,12 +383,13 @@ def quantize_block_iq3_s(x, qw, y, grid, kmap, neigh, s):
 @jit
 def _scratch():
     return (np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32),
-            np.empty(32, np.int8), np.empty(32, np.int8), np.empty(8, np.bool_), np.empty(8, np.bool_),
+            np.empty(32, np.int8), np.empty(32, np.int8), np.empty(8, np.bool_),
+            np.empty((32, _LANES), np.int32), np.empty((4, _LANES), np.float32), np.empty((8, _LANES), np.bool_),
             np.empty(4, np.int32), np.empty(8, np.float32))
 
 
 @jit_rows
-def quantize_iq3_xxs(rows, weights, out, grid, kmap, neigh, status):
+def quantize_iq3_xxs(rows, weights, out, npos, kmap, neigh, status):
     """ggml quantize_iq3_xxs: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*98];
     status int32[nrows, 2] gets (code, super-block) where ggml would abort."""
     nrows, n = rows.shape
@@ -354,7 +399,7 @@ def quantize_iq3_xxs(rows, weights, out, grid, kmap, neigh, status):
         for i in range(nb):
             qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
             st = quantize_block_iq3_xxs(rows[r, QK_K * i:QK_K * (i + 1)], qw,
-                                        out[r, IQ3_XXS_BYTES * i:IQ3_XXS_BYTES * (i + 1)], grid, kmap, neigh, s)
+                                        out[r, IQ3_XXS_BYTES * i:IQ3_XXS_BYTES * (i + 1)], npos, kmap, neigh, s)
             if st != OK:
                 status[r, 0] = st
                 status[r, 1] = i
@@ -362,7 +407,7 @@ def quantize_iq3_xxs(rows, weights, out, grid, kmap, neigh, status):
 
 
 @jit_rows
-def quantize_iq3_s(rows, weights, out, grid, kmap, neigh, status):
+def quantize_iq3_s(rows, weights, out, npos, kmap, neigh, status):
     """ggml quantize_iq3_s: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*110];
     status int32[nrows, 2] gets (code, super-block) where ggml would abort."""
     nrows, n = rows.shape
@@ -372,7 +417,7 @@ def quantize_iq3_s(rows, weights, out, grid, kmap, neigh, status):
         for i in range(nb):
             qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
             st = quantize_block_iq3_s(rows[r, QK_K * i:QK_K * (i + 1)], qw,
-                                      out[r, IQ3_S_BYTES * i:IQ3_S_BYTES * (i + 1)], grid, kmap, neigh, s)
+                                      out[r, IQ3_S_BYTES * i:IQ3_S_BYTES * (i + 1)], npos, kmap, neigh, s)
             if st != OK:
                 status[r, 0] = st
                 status[r, 1] = i

@@ -16,7 +16,7 @@ class IQ3_XXS(LatticeQuantizer, qtype=T.IQ3_XXS):
 
     @staticmethod
     def quantize_kernel(rows, weights, out, lat, status):
-        k.quantize_iq3_xxs(rows, weights, out, lat.odd, lat.kmap, lat.neighbours, status)
+        k.quantize_iq3_xxs(rows, weights, out, lat.neighbour_odd, lat.kmap, lat.neighbours, status)
 
     @staticmethod
     def dequantize_kernel(data, out, lat):
@@ -29,7 +29,7 @@ class IQ3_S(LatticeQuantizer, qtype=T.IQ3_S):
 
     @staticmethod
     def quantize_kernel(rows, weights, out, lat, status):
-        k.quantize_iq3_s(rows, weights, out, lat.odd, lat.kmap, lat.neighbours, status)
+        k.quantize_iq3_s(rows, weights, out, lat.neighbour_odd, lat.kmap, lat.neighbours, status)
 
     @staticmethod
     def dequantize_kernel(data, out, lat):
