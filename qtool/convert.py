@@ -21,15 +21,6 @@ from qtool.errors import FormatError, QuantError, UsageError
 QUANTIZATION_VERSION = 2
 
 
-@dataclass(frozen=True)
-class PlannedTensor:
-    """What the planner needs to know of a tensor: its GGUF name, shape and the type it arrives in."""
-
-    name: str
-    shape: tuple[int, ...]
-    qtype: GGMLQuantizationType
-
-
 @dataclass
 class ConvertResult:
     input: Path
@@ -88,14 +79,15 @@ def convert(
 ) -> ConvertResult:
     """Convert (and quantize) a model; see `qtool convert --help` for what each argument means.
 
-    ``options`` is a presets.PlanOptions. For progress bars: ``on_start(total_elements)`` is called once
+    ``options`` is a plan.PlanOptions. For progress bars: ``on_start(total_elements)`` is called once
     the plan is made, ``on_tensor(plan_entry, n_elements)`` after each tensor is written.
     """
     from qtool.formats.source import open_model
+    from qtool import plan as planner
     from qtool.quantizers import presets
 
     t0 = time.perf_counter()
-    options = options or presets.PlanOptions()
+    options = options or planner.PlanOptions()
     preset = presets.get_preset(type_name)
     imat = None
     if imatrix is not None:
@@ -115,16 +107,16 @@ def convert(
         # safetensors tensors reach the planner as F32, i.e. as llama-quantize sees the F32 GGUF that
         # convert_hf_to_gguf would write: 1-D and other unquantized tensors stay F32 in the output.
         as_f32 = source.format != "gguf"
-        planned = [PlannedTensor(t.name, tuple(t.shape), GGMLQuantizationType.F32 if as_f32 else t.qtype)
-                   for t in source.tensors]
-        plan = presets.plan_model(preset, source.metadata, planned, options)
-        presets.check_imatrix(plan, imat.names() if imat is not None else None)
+        planned = [dataclasses.replace(t, qtype=GGMLQuantizationType.F32) for t in source.tensors] if as_f32 \
+            else list(source.tensors)
+        plan = planner.plan_model(preset, source.metadata, planned, options)
+        planner.check_imatrix(plan, imat.names() if imat is not None else None)
 
         bytes_in = sum(t.nbytes for t in source.tensors)
         n_elements = sum(int(np.prod(p.shape, dtype=np.int64)) for p in plan)
         bytes_out = sum(_nbytes(p.shape, p.qtype) for p in plan)
         result = ConvertResult(input=Path(input_path), output=None, preset=preset.name,
-                               file_type=presets.file_type(preset, source.metadata, planned), plan=plan,
+                               file_type=planner.file_type(preset, source.metadata, planned), plan=plan,
                                bytes_in=bytes_in, bytes_out=bytes_out, n_elements=n_elements, seconds=0.0,
                                imatrix=str(imatrix) if imatrix else None, unmapped=list(source.unmapped),
                                notes=list(getattr(source, "problems", []) or []))

@@ -27,7 +27,7 @@ from gguf import GGUFReader, LlamaFileType
 from qtool.convert import convert
 from qtool.errors import QuantError
 from qtool.formats.ggml_types import file_type_named
-from qtool.quantizers.presets import PlanOptions
+from qtool.plan import PlanOptions
 from qtool.testing import client as llama_client
 from qtool.testing.models import ModelSpec, write_model
 

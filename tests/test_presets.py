@@ -8,6 +8,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import LlamaFileType as F
 
 from qtool.errors import FormatError, QuantError, UsageError
+from qtool import plan as PL
 from qtool.quantizers import presets as P
 from qtool.testing.models import ModelSpec, TensorSpec
 
@@ -30,7 +31,7 @@ def test_every_preset_is_listed():
 def test_ftype_is_gguf_pys_of_the_same_name(name):
     p = P.PRESETS[name]
     want = F.ALL_F32 if name == "F32" else F[f"MOSTLY_{name}"]
-    assert p.ftype is want and P.file_type(name) == int(want)
+    assert p.ftype is want and PL.file_type(name) == int(want)
     assert p.description and p.alias_of is None
 
 
@@ -84,8 +85,8 @@ def test_plain_type_names(qtype):
 
 
 def test_imatrix_required_for_a_type():
-    assert P.imatrix_required(T.IQ2_XXS) and P.imatrix_required(T.IQ1_M) and P.imatrix_required(T.IQ3_XXS)
-    assert not P.imatrix_required(T.Q2_K) and not P.imatrix_required(T.IQ3_S) and not P.imatrix_required(T.Q4_K)
+    assert PL.imatrix_required(T.IQ2_XXS) and PL.imatrix_required(T.IQ1_M) and PL.imatrix_required(T.IQ3_XXS)
+    assert not PL.imatrix_required(T.Q2_K) and not PL.imatrix_required(T.IQ3_S) and not PL.imatrix_required(T.Q4_K)
 
 
 def test_unknown_numeric_ftype():
@@ -97,12 +98,12 @@ def test_q2_0_has_qtools_own_names():
     """gguf-py 0.19 has neither the type (42) nor the file type (41): qtool names them itself."""
     p = P.get_preset("Q2_0")
     assert (int(p.ftype), p.ftype.name) == (41, "MOSTLY_Q2_0") and (int(p.base_type), p.base_type.name) == (42, "Q2_0")
-    assert P.get_preset("41") is p and P.file_type("Q2_0") == 41
+    assert P.get_preset("41") is p and PL.file_type("Q2_0") == 41
     assert P.parse_ggml_type("q2_0") is p.base_type and P.block_size(p.base_type) == 64
     spec = ModelSpec(n_layer=1)
-    plan = {pl.name: pl for pl in P.plan_model("Q2_0", spec.metadata(), spec.tensors())}
+    plan = {pl.name: pl for pl in PL.plan_model("Q2_0", spec.metadata(), spec.tensors())}
     assert plan["blk.0.attn_q.weight"].qtype is p.base_type
-    assert not P.imatrix_required("Q2_0")
+    assert not PL.imatrix_required("Q2_0")
 
 
 def test_parse_ggml_type():
@@ -130,7 +131,7 @@ def test_parse_tensor_type():
 @pytest.mark.parametrize(("shape", "n_dims"), [((256,), 1), ((1, 256), 1), ((4, 256), 2), ((8, 1, 256), 3),
                                                ((8, 4, 256), 3), ((1, 1, 1, 7), 1), ((2, 1, 1, 7), 4)])
 def test_ggml_n_dims(shape, n_dims):
-    assert P.ggml_n_dims(shape) == n_dims
+    assert PL.ggml_n_dims(shape) == n_dims
 
 
 @pytest.mark.parametrize(("name", "shape", "why"), [
@@ -151,14 +152,14 @@ def test_ggml_n_dims(shape, n_dims):
     ("abcdef", (4, 64), "not a weight"),
 ])
 def test_which_tensors_are_quantized(name, shape, why):
-    assert P.why_not_quantized(name, shape, "llama", False) == why
+    assert PL.why_not_quantized(name, shape, "llama", False) == why
 
 
 def test_leave_output_tensor_and_arch_exclusions():
-    assert P.why_not_quantized("output.weight", (100, 64), "llama", True) == "--leave-output-tensor"
-    assert P.why_not_quantized("output.weight", (100, 64), "llama", False) is None
-    assert P.why_not_quantized("blk.0.indexer.attn_k.weight", (64, 64), "glm5-next", False)
-    assert P.why_not_quantized("blk.0.indexer.attn_k.weight", (64, 64), "llama", False) is None
+    assert PL.why_not_quantized("output.weight", (100, 64), "llama", True) == "--leave-output-tensor"
+    assert PL.why_not_quantized("output.weight", (100, 64), "llama", False) is None
+    assert PL.why_not_quantized("blk.0.indexer.attn_k.weight", (64, 64), "glm5-next", False)
+    assert PL.why_not_quantized("blk.0.indexer.attn_k.weight", (64, 64), "llama", False) is None
 
 
 @pytest.mark.parametrize(("name", "cat"), [
@@ -169,7 +170,7 @@ def test_leave_output_tensor_and_arch_exclusions():
     ("blk.3.ffn_down.weight", "ffn_down"), ("blk.3.attn_q_a.weight", "other"), ("output_norm.weight", "other"),
 ])
 def test_categories(name, cat):
-    assert P.category(name) == cat
+    assert PL.category(name) == cat
 
 
 @pytest.mark.parametrize(("qtype", "ncols", "want"), [
@@ -181,7 +182,7 @@ def test_categories(name, cat):
     (T.MXFP4, 48, T.F16), (T.Q4_0, 64, T.Q4_0), (T.F16, 7, T.F16),
 ])
 def test_fallback(qtype, ncols, want):
-    got, why = P._fallback("t", ncols, qtype)
+    got, why = PL._fallback("t", ncols, qtype)
     assert got is want or got == want
     assert (why is None) == (got == qtype)
 
@@ -189,13 +190,13 @@ def test_fallback(qtype, ncols, want):
 @pytest.mark.parametrize("qtype", [T.Q1_0, T.NVFP4])
 def test_no_fallback_defined(qtype):
     with pytest.raises(QuantError, match="no fallback"):
-        P._fallback("blk.0.x.weight", 96, qtype)
+        PL._fallback("blk.0.x.weight", 96, qtype)
 
 
 def test_use_more_bits():
-    assert [i for i in range(32) if P._use_more_bits(i, 32)] == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29,
+    assert [i for i in range(32) if PL._use_more_bits(i, 32)] == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29,
                                                                  30, 31]
-    assert [i for i in range(8) if P._use_more_bits(i, 8)] == [0, 3, 6, 7]
+    assert [i for i in range(8) if PL._use_more_bits(i, 8)] == [0, 3, 6, 7]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,20 +205,20 @@ def test_use_more_bits():
 
 
 def test_model_facts():
-    m = P.ModelFacts.from_metadata({"general.architecture": "llama", "llama.block_count": 32,
+    m = PL.ModelFacts.from_metadata({"general.architecture": "llama", "llama.block_count": 32,
                                     "llama.attention.head_count": [32] * 32,
                                     "llama.attention.head_count_kv": [8] * 32, "llama.expert_count": 8})
     assert (m.n_layer, m.n_head, m.n_head_kv, m.n_gqa, m.n_expert, m.is_70b) == (32, 32, 8, 4, 8, False)
-    m = P.ModelFacts.from_metadata({"general.architecture": "llama", "llama.block_count": 4,
+    m = PL.ModelFacts.from_metadata({"general.architecture": "llama", "llama.block_count": 4,
                                     "llama.attention.head_count": 6})
     assert m.n_head_kv == 6 and m.n_gqa == 1 and m.n_expert == 0
-    m = P.ModelFacts.from_metadata({"general.architecture": "x", "x.block_count": 4,
+    m = PL.ModelFacts.from_metadata({"general.architecture": "x", "x.block_count": 4,
                                     "x.attention.head_count": 6, "x.attention.head_count_kv": 0})
     assert m.n_gqa == 0
     for bad in ({}, {"general.architecture": "llama"},
                 {"general.architecture": "llama", "llama.block_count": "many"}):
         with pytest.raises(FormatError):
-            P.ModelFacts.from_metadata(bad)
+            PL.ModelFacts.from_metadata(bad)
 
 
 @pytest.mark.parametrize(("arch", "layers", "heads", "kv", "experts", "nextn", "is_70b"), [
@@ -230,7 +231,7 @@ def test_seventy_b(arch, layers, heads, kv, experts, nextn, is_70b):
     meta = {"general.architecture": arch, f"{arch}.block_count": layers, f"{arch}.attention.head_count": heads,
             f"{arch}.attention.head_count_kv": kv, f"{arch}.expert_count": experts,
             f"{arch}.nextn_predict_layers": nextn}
-    assert P.ModelFacts.from_metadata(meta).is_70b is is_70b
+    assert PL.ModelFacts.from_metadata(meta).is_70b is is_70b
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,14 +242,14 @@ SPEC = ModelSpec(n_layer=8, n_embd=256, n_ff=640, n_head=8, n_head_kv=2)
 
 
 def _plan(preset, spec=SPEC, tensors=None, **opt):
-    plans = P.plan_model(preset, spec.metadata(), tensors if tensors is not None else spec.tensors(),
-                         P.PlanOptions(**opt))
+    plans = PL.plan_model(preset, spec.metadata(), tensors if tensors is not None else spec.tensors(),
+                         PL.PlanOptions(**opt))
     return {pl.name: pl for pl in plans}
 
 
 def test_order_is_llama_quantize_order():
     spec = ModelSpec(n_layer=12, n_embd=256, n_ff=256)
-    names = [pl.name for pl in P.plan_model("Q8_0", spec.metadata(), reversed(spec.tensors()))]
+    names = [pl.name for pl in PL.plan_model("Q8_0", spec.metadata(), reversed(spec.tensors()))]
     assert names[:3] == ["output.weight", "output_norm.weight", "token_embd.weight"]
     layers = [int(n.split(".")[1]) for n in names[3:]]
     assert layers == sorted(layers)  # 2 before 10, by number not by text
@@ -352,31 +353,31 @@ NEEDS_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "IQ3_X
 
 @pytest.mark.parametrize("name", sorted(P.PRESETS))
 def test_imatrix_required(name):
-    assert P.imatrix_required(name) is (name in NEEDS_IMATRIX)
+    assert PL.imatrix_required(name) is (name in NEEDS_IMATRIX)
 
 
 def test_check_imatrix():
     plans = list(_plan("Q2_K_S").values())
-    needing = P.tensors_needing_imatrix(plans)
+    needing = PL.tensors_needing_imatrix(plans)
     assert needing and all(pl.qtype is T.Q2_K for pl in needing)
     assert "output.weight" not in {pl.name for pl in needing}  # exempt, like the token embeddings
     with pytest.raises(UsageError, match="importance matrix"):
-        P.check_imatrix(plans, None)
+        PL.check_imatrix(plans, None)
     with pytest.raises(UsageError, match="importance matrix"):
-        P.check_imatrix(plans, [])  # everything filtered away is no imatrix
-    P.check_imatrix(plans, [pl.name for pl in needing])
+        PL.check_imatrix(plans, [])  # everything filtered away is no imatrix
+    PL.check_imatrix(plans, [pl.name for pl in needing])
     with pytest.raises(UsageError, match=needing[-1].name.replace(".", r"\.")):
-        P.check_imatrix(plans, [pl.name for pl in needing[:-1]])
-    assert not P.imatrix_required("Q4_K_M", list(_plan("Q4_K_M").values()))
-    assert P.imatrix_required("Q2_K_S", plans)
+        PL.check_imatrix(plans, [pl.name for pl in needing[:-1]])
+    assert not PL.imatrix_required("Q4_K_M", list(_plan("Q4_K_M").values()))
+    assert PL.imatrix_required("Q2_K_S", plans)
 
 
 def test_copy_and_file_type():
     plans = _plan("COPY")
     assert all(not pl.quantize and pl.reason == "not quantized: COPY" for pl in plans.values())
     meta = {**SPEC.metadata(), "general.file_type": 15}
-    assert P.file_type("COPY", meta) == 15
+    assert PL.file_type("COPY", meta) == 15
     q8 = [TensorSpec(t.name, t.shape, T.Q8_0 if len(t.shape) > 1 else T.F32) for t in SPEC.tensors()]
-    assert P.file_type("COPY", SPEC.metadata(), q8) == int(F.MOSTLY_Q8_0) | 1024
+    assert PL.file_type("COPY", SPEC.metadata(), q8) == int(F.MOSTLY_Q8_0) | 1024
     with pytest.raises(UsageError):
-        P.file_type("COPY")
+        PL.file_type("COPY")

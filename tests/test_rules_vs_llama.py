@@ -20,9 +20,10 @@ from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
-from qtool.errors import UsageError
+from qtool.errors import QuantError, UsageError
 from qtool.formats.ggml_types import ggml_type
 from qtool.formats.gguf_in import GGUFSource
+from qtool import plan as PL
 from qtool.quantizers import presets as P
 from qtool.testing.models import ModelSpec, TensorSpec, write_gguf, write_model
 
@@ -85,11 +86,11 @@ def _imatrix_array(tensors, keep=lambda name: True):
     return arr, keepalive
 
 
-def llama_quantize(inp: Path, out: Path, preset: str, opt: P.PlanOptions | None = None,
+def llama_quantize(inp: Path, out: Path, preset: str, opt: PL.PlanOptions | None = None,
                    imatrix_tensors=None, imatrix_keep=lambda name: True) -> int:
     """Run llama.cpp's quantizer; returns its status (0 = done)."""
     p = P.get_preset(preset)
-    opt = opt or P.PlanOptions()
+    opt = opt or PL.PlanOptions()
     params = lc.llama_model_quantize_default_params()
     params.ftype = int(p.ftype)
     params.nthread = 2
@@ -123,7 +124,7 @@ def read_types(path: Path) -> tuple[list[tuple[str, T]], int]:
         return [(t.name, t.qtype) for t in src.tensors], int(src.metadata["general.file_type"])
 
 
-def assert_same_plan(plans: list[P.TensorPlan], got: list[tuple[str, T]], label: str) -> None:
+def assert_same_plan(plans: list[PL.TensorPlan], got: list[tuple[str, T]], label: str) -> None:
     want = [(pl.name, pl.qtype) for pl in plans]
     assert [n for n, _ in got] == [n for n, _ in want], f"{label}: tensor order differs from llama-quantize"
     bad = [f"{n}: qtool {w.name} ({pl.reason}), llama.cpp {g.name}"
@@ -132,17 +133,17 @@ def assert_same_plan(plans: list[P.TensorPlan], got: list[tuple[str, T]], label:
 
 
 def check_against_llama(tmp_path: Path, inp: Path, spec_meta, tensors, preset: str,
-                        opt: P.PlanOptions | None = None, with_imatrix: bool = False) -> list[P.TensorPlan]:
-    opt = opt or P.PlanOptions()
+                        opt: PL.PlanOptions | None = None, with_imatrix: bool = False) -> list[PL.TensorPlan]:
+    opt = opt or PL.PlanOptions()
     if with_imatrix:
-        opt = P.PlanOptions(**{**opt.__dict__, "has_imatrix": True})
-    plans = P.plan_model(preset, spec_meta, tensors, opt)
+        opt = PL.PlanOptions(**{**opt.__dict__, "has_imatrix": True})
+    plans = PL.plan_model(preset, spec_meta, tensors, opt)
     out = tmp_path / "out.gguf"
     rc = llama_quantize(inp, out, preset, opt, imatrix_tensors=tensors if with_imatrix else None)
     assert rc == 0, f"llama.cpp refused {preset}"
     got, ftype = read_types(out)
     assert_same_plan(plans, got, f"{preset}{' +imatrix' if with_imatrix else ''}")
-    assert ftype == P.file_type(preset, spec_meta, tensors)
+    assert ftype == PL.file_type(preset, spec_meta, tensors)
     return plans
 
 
@@ -150,8 +151,8 @@ def _runnable(preset: P.Preset) -> bool:
     return preset.alias_of is None
 
 
-NO_IMATRIX = [p.name for p in P.PRESETS.values() if _runnable(p) and not P.imatrix_required(p)]
-NEEDS_IMATRIX = [p.name for p in P.PRESETS.values() if _runnable(p) and P.imatrix_required(p)]
+NO_IMATRIX = [p.name for p in P.PRESETS.values() if _runnable(p) and not PL.imatrix_required(p)]
+NEEDS_IMATRIX = [p.name for p in P.PRESETS.values() if _runnable(p) and PL.imatrix_required(p)]
 
 
 def test_preset_split_is_plausible():
@@ -175,8 +176,8 @@ def _cases(variants, presets):
 def test_preset_matches_llama(models, tmp_path, variant, preset):
     spec = VARIANTS[variant]
     try:
-        P.plan_model(preset, spec.metadata(), spec.tensors())
-    except P.QuantError:
+        PL.plan_model(preset, spec.metadata(), spec.tensors())
+    except QuantError:
         # Q1_0 (block 128) has no fallback: llama.cpp fails on such a row too
         assert preset == "Q1_0"
         assert llama_quantize(models[variant], tmp_path / "out.gguf", preset) != 0
@@ -199,14 +200,14 @@ def test_iq_presets_on_moe_with_imatrix(models, tmp_path, preset):
 
 
 OVERRIDES = {
-    "output_q4_0": P.PlanOptions(output_tensor_type=T.Q4_0),
-    "embd_q8_0": P.PlanOptions(token_embedding_type=T.Q8_0),
-    "both": P.PlanOptions(output_tensor_type=T.Q5_K, token_embedding_type=T.F16),
-    "pure": P.PlanOptions(pure=True),
-    "leave_output": P.PlanOptions(leave_output_tensor=True),
-    "tensor_types": P.PlanOptions(tensor_types=[("attn_v", T.Q8_0), (r"blk\.[0-3]\.ffn_down", T.Q2_K),
+    "output_q4_0": PL.PlanOptions(output_tensor_type=T.Q4_0),
+    "embd_q8_0": PL.PlanOptions(token_embedding_type=T.Q8_0),
+    "both": PL.PlanOptions(output_tensor_type=T.Q5_K, token_embedding_type=T.F16),
+    "pure": PL.PlanOptions(pure=True),
+    "leave_output": PL.PlanOptions(leave_output_tensor=True),
+    "tensor_types": PL.PlanOptions(tensor_types=[("attn_v", T.Q8_0), (r"blk\.[0-3]\.ffn_down", T.Q2_K),
                                                 ("ffn", T.Q5_0), ("output", T.IQ4_NL)]),
-    "tensor_types_pure": P.PlanOptions(pure=True, tensor_types=[("ffn_up", T.Q6_K)]),
+    "tensor_types_pure": PL.PlanOptions(pure=True, tensor_types=[("ffn_up", T.Q6_K)]),
 }
 
 
@@ -231,27 +232,27 @@ def test_overrides_match_llama(models, tmp_path, variant, preset, override):
 @pytest.mark.parametrize("preset", NEEDS_IMATRIX)
 def test_imatrix_refusal_matches_llama(models, tmp_path, preset):
     spec = VARIANTS["dense16_gqa4"]
-    plans = P.plan_model(preset, spec.metadata(), spec.tensors())
+    plans = PL.plan_model(preset, spec.metadata(), spec.tensors())
     with pytest.raises(UsageError):
-        P.check_imatrix(plans, None)
+        PL.check_imatrix(plans, None)
     assert llama_quantize(models["dense16_gqa4"], tmp_path / "out.gguf", preset) != 0
 
 
 def test_missing_imatrix_entry_matches_llama(models, tmp_path):
     # Q2_K_S: its Q2_K tensors need importance data, its Q4_K ffn_down and Q6_K output do not
     spec = VARIANTS["imatrix_gqa4"]
-    plans = P.plan_model("Q2_K_S", spec.metadata(), spec.tensors(), P.PlanOptions(has_imatrix=True))
+    plans = PL.plan_model("Q2_K_S", spec.metadata(), spec.tensors(), PL.PlanOptions(has_imatrix=True))
     by_name = {pl.name: pl for pl in plans}
     missing = "blk.3.ffn_up.weight"
     assert by_name[missing].needs_imatrix and not by_name["blk.0.ffn_down.weight"].needs_imatrix
     with pytest.raises(UsageError, match=missing.replace(".", r"\.")):
-        P.check_imatrix(plans, [t.name for t in spec.tensors() if t.name != missing])
+        PL.check_imatrix(plans, [t.name for t in spec.tensors() if t.name != missing])
     rc = llama_quantize(models["imatrix_gqa4"], tmp_path / "out.gguf", "Q2_K_S",
                         imatrix_tensors=spec.tensors(), imatrix_keep=lambda n: n != missing)
     assert rc != 0
     # without the entries for tensors that do not need one, both go ahead
     spare = {"output.weight", "blk.0.ffn_down.weight"}
-    P.check_imatrix(plans, [t.name for t in spec.tensors() if t.name not in spare])
+    PL.check_imatrix(plans, [t.name for t in spec.tensors() if t.name not in spare])
     rc = llama_quantize(models["imatrix_gqa4"], tmp_path / "out.gguf", "Q2_K_S",
                         imatrix_tensors=spec.tensors(), imatrix_keep=lambda n: n not in spare)
     assert rc == 0
@@ -283,20 +284,20 @@ def test_requantize_matches_llama(quantized_input, tmp_path, preset):
     assert any(t.qtype == T.Q8_0 for t in tensors)
     out = tmp_path / "out.gguf"
     refuses = any(P.is_quantized(pl.source_type) and pl.quantize
-                  for pl in P.plan_model(preset, meta, tensors, P.PlanOptions(allow_requantize=True)))
+                  for pl in PL.plan_model(preset, meta, tensors, PL.PlanOptions(allow_requantize=True)))
     if refuses:
         with pytest.raises(UsageError, match="allow-requantize"):
-            P.plan_model(preset, meta, tensors)
+            PL.plan_model(preset, meta, tensors)
         assert llama_quantize(quantized_input, out, preset) != 0
     else:  # Q8_0 -> Q8_0 copies everything: nothing to refuse
-        P.plan_model(preset, meta, tensors)
+        PL.plan_model(preset, meta, tensors)
         assert llama_quantize(quantized_input, out, preset) == 0
-    opt = P.PlanOptions(allow_requantize=True)
-    plans = P.plan_model(preset, meta, tensors, opt)
+    opt = PL.PlanOptions(allow_requantize=True)
+    plans = PL.plan_model(preset, meta, tensors, opt)
     assert llama_quantize(quantized_input, out, preset, opt) == 0
     got, ftype = read_types(out)
     assert_same_plan(plans, got, f"requantize {preset}")
-    assert ftype == P.file_type(preset)
+    assert ftype == PL.file_type(preset)
 
 
 def test_copy_keeps_file_type(quantized_input, tmp_path):
@@ -304,8 +305,8 @@ def test_copy_keeps_file_type(quantized_input, tmp_path):
     out = tmp_path / "out.gguf"
     assert llama_quantize(quantized_input, out, "COPY") == 0
     got, ftype = read_types(out)
-    assert_same_plan(P.plan_model("COPY", meta, tensors), got, "COPY")
-    assert ftype == P.file_type("COPY", meta, tensors) == int(P.F.MOSTLY_Q8_0)
+    assert_same_plan(PL.plan_model("COPY", meta, tensors), got, "COPY")
+    assert ftype == PL.file_type("COPY", meta, tensors) == int(P.F.MOSTLY_Q8_0)
 
 
 def test_copy_without_file_type_records_the_guess(models, tmp_path):
@@ -313,7 +314,7 @@ def test_copy_without_file_type_records_the_guess(models, tmp_path):
     spec = VARIANTS["odd_rows"]
     assert llama_quantize(models["odd_rows"], tmp_path / "out.gguf", "COPY") == 0
     _, ftype = read_types(tmp_path / "out.gguf")
-    assert ftype == P.file_type("COPY", spec.metadata(), spec.tensors()) == 1024
+    assert ftype == PL.file_type("COPY", spec.metadata(), spec.tensors()) == 1024
 
 
 def test_seventy_b_layer_count_matches_llama(tmp_path):
@@ -323,7 +324,7 @@ def test_seventy_b_layer_count_matches_llama(tmp_path):
     tensors = [TensorSpec("token_embd.weight", (64, 256)), TensorSpec("output.weight", (64, 256))]
     tensors += [TensorSpec(f"blk.{i}.attn_v.weight", (64, 256)) for i in range(80)]
     inp = write_gguf(tmp_path / "in.gguf", meta, tensors)
-    assert P.ModelFacts.from_metadata(meta).is_70b
+    assert PL.ModelFacts.from_metadata(meta).is_70b
     for preset in ("Q3_K_S", "Q4_K_S", "Q2_K"):
         plans = check_against_llama(tmp_path, inp, meta, tensors, preset)
         assert any("70B" in pl.reason for pl in plans)
@@ -376,7 +377,7 @@ def planner():
     ggml.ggml_set_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     ggml.ggml_free.argtypes = [ctypes.c_void_p]
 
-    def run(spec: ModelSpec, tensors: list[TensorSpec], preset: str, opt: P.PlanOptions) -> list[T]:
+    def run(spec: ModelSpec, tensors: list[TensorSpec], preset: str, opt: PL.PlanOptions) -> list[T]:
         """llama.cpp's types for ``tensors`` (which must be in llama-quantize's order)."""
         p = P.get_preset(preset)
         ctx = ggml.ggml_init(_GgmlInit(len(tensors) * 1024 + (1 << 16), None, True))
@@ -459,12 +460,12 @@ def test_all_presets_match_llama_planner(planner, mock):
     failures = []
     for preset in ALL_PRESETS:
         try:
-            plans = P.plan_model(preset, meta, tensors)
-        except P.QuantError:
+            plans = PL.plan_model(preset, meta, tensors)
+        except QuantError:
             assert preset in ("Q1_0",) and spec.n_embd % 128, f"{mock}/{preset}: plan_model failed"
             continue
         got = planner(spec, [TensorSpec(pl.name, pl.shape, pl.source_type) for pl in plans], preset,
-                      P.PlanOptions())
+                      PL.PlanOptions())
         bad = [f"{pl.name}: qtool {pl.qtype.name} ({pl.reason}), llama.cpp {g.name}"
                for pl, g in zip(plans, got) if pl.qtype != g]
         if bad:
@@ -475,9 +476,9 @@ def test_all_presets_match_llama_planner(planner, mock):
 MOCK_OVERRIDES = {
     **OVERRIDES,
     # per_layer_token_embd follows --token-embedding-type unless a --tensor-type names it
-    "per_layer_named": P.PlanOptions(token_embedding_type=T.Q8_0, tensor_types=[("per_layer", T.Q5_0)]),
-    "per_layer_unnamed": P.PlanOptions(token_embedding_type=T.Q8_0, tensor_types=[("attn_k", T.Q5_0)]),
-    "tied_output_pure": P.PlanOptions(output_tensor_type=T.Q8_0, pure=True),
+    "per_layer_named": PL.PlanOptions(token_embedding_type=T.Q8_0, tensor_types=[("per_layer", T.Q5_0)]),
+    "per_layer_unnamed": PL.PlanOptions(token_embedding_type=T.Q8_0, tensor_types=[("attn_k", T.Q5_0)]),
+    "tied_output_pure": PL.PlanOptions(output_tensor_type=T.Q8_0, pure=True),
 }
 
 
@@ -487,6 +488,6 @@ def test_overrides_match_llama_planner(planner, mock, override):
     spec, opt = MOCKS[mock], MOCK_OVERRIDES[override]
     tensors = _mock_tensors(mock, spec)
     for preset in ("Q4_K_M", "IQ2_XS", "IQ3_M", "MXFP4_MOE", "Q8_0", "BF16"):
-        plans = P.plan_model(preset, spec.metadata(), tensors, opt)
+        plans = PL.plan_model(preset, spec.metadata(), tensors, opt)
         got = planner(spec, [TensorSpec(pl.name, pl.shape, pl.source_type) for pl in plans], preset, opt)
         assert [pl.qtype for pl in plans] == got, f"{mock}/{preset}/{override}"

@@ -46,7 +46,7 @@ def parse_types(spec: str) -> list:
 
 def why_kept(name: str, shape: tuple[int, ...], arch: str | None) -> str | None:
     """None when llama.cpp quantizes this tensor, else why not (llama-quant.cpp's rule, from presets)."""
-    from qtool.quantizers.presets import why_not_quantized
+    from qtool.plan import why_not_quantized
 
     return why_not_quantized(name, tuple(shape), arch or "", False)
 

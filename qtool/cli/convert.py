@@ -60,7 +60,8 @@ def convert_command(
     """Convert a model to GGUF, quantizing tensor by tensor exactly as llama.cpp's llama-quantize does."""
     from qtool.cli.output import Output
     from qtool.convert import convert
-    from qtool.quantizers.presets import PlanOptions, parse_ggml_type, parse_tensor_type
+    from qtool.plan import PlanOptions
+    from qtool.quantizers.presets import parse_ggml_type, parse_tensor_type
 
     out = Output(json_mode=json, quiet=quiet)
     options = PlanOptions(

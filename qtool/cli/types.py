@@ -9,6 +9,7 @@ from qtool.cli.options import JsonOpt
 
 def _type_rows():
     from qtool.formats.ggml_types import QUANT_SIZES
+    from qtool import plan
     from qtool.quantizers import presets, registered
 
     reg = registered()
@@ -16,11 +17,12 @@ def _type_rows():
         if qtype not in presets.TARGET_TYPES:
             continue
         yield {"name": qtype.name, "block_size": block, "type_size": size, "bpw": 8.0 * size / block,
-               "quantize": qtype in reg, "requires_imatrix": presets.imatrix_required(qtype)}
+               "quantize": qtype in reg, "requires_imatrix": plan.imatrix_required(qtype)}
 
 
 def _preset_rows():
     from qtool.formats.ggml_types import QUANT_SIZES
+    from qtool import plan
     from qtool.quantizers import presets, registered
 
     reg = registered()
@@ -28,7 +30,7 @@ def _preset_rows():
         base = p.base_type
         block, size = QUANT_SIZES[base]
         yield {"name": p.name, "file_type": int(p.ftype), "base_type": base.name, "base_bpw": 8.0 * size / block,
-               "quantize": p.only_copy or base in reg, "requires_imatrix": presets.imatrix_required(p),
+               "quantize": p.only_copy or base in reg, "requires_imatrix": plan.imatrix_required(p),
                "alias_of": p.alias_of, "description": p.description}
 
 
