@@ -340,6 +340,31 @@ def test_chat_template_sources(tmp_path):
     assert meta_of(folder, {"vocab_size": 50257}).kv["tokenizer.chat_template"] == "{{ config }}"
 
 
+def test_named_chat_templates(tmp_path):
+    folder = copy_tok(TOKS / "gpt2", tmp_path / "t")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    (folder / "chat_template.jinja").write_text("{{ main }}", encoding="utf-8")
+    (folder / "additional_chat_templates").mkdir()
+    (folder / "additional_chat_templates" / "tool_use.jinja").write_text("{{ tools }}", encoding="utf-8")
+    m = meta_of(folder, {"vocab_size": 50257}).kv
+    assert m["tokenizer.chat_template"] == "{{ main }}" and m["tokenizer.chat_template.tool_use"] == "{{ tools }}"
+    assert m["tokenizer.chat_templates"] == ["tool_use"]
+
+
+def test_gemma_recipe_infill_ids(tmp_path):
+    """GemmaModel.set_vocab: CodeGemma's eot id 107 (gguf-py has no writer for prefix/suffix/middle/fsep: they
+    are skipped, as in the reference), the chat template once, no space prefix."""
+    from qtool.testing import hf_models_more as more
+
+    folder = more.write_case(tmp_path / "g", "gemma2")
+    meta = meta_of(folder, json.loads((folder / "config.json").read_text()), kind="gemma")
+    m = meta.kv
+    assert m["tokenizer.ggml.eot_token_id"] == 107 and m["tokenizer.ggml.add_space_prefix"] is False
+    assert list(m).count("tokenizer.chat_template") == 1 and m["tokenizer.chat_template"]
+    assert not any(k.endswith(("prefix_token_id", "suffix_token_id", "middle_token_id")) for k in m)
+    assert any("No handler for special token type prefix" in n for n in meta.notes)
+
+
 # -- SentencePiece --------------------------------------------------------------------------------------------
 
 
