@@ -49,8 +49,9 @@ class Failure:
     offenders: list[tuple[str, float]]
 
 
-def parse(text: str, fields: tuple[str, ...]) -> Gate:
-    """One ``--fail-if`` expression, checked against the fields the report will carry."""
+def parse(text: str, fields: tuple[str, ...], resolve=resolve_field) -> Gate:
+    """One ``--fail-if`` expression, checked against the fields the report will carry (``resolve(name,
+    fields)`` returns the bare field name or raises UsageError; another command passes its own)."""
     m = _EXPR.match(text)
     if m is None:
         raise UsageError(f"--fail-if {text!r}: expected FIELD OP NUMBER, e.g. 'rel_rmse>0.05' or "
@@ -62,7 +63,7 @@ def parse(text: str, fields: tuple[str, ...]) -> Gate:
         if name in SUMMARY_ONLY:
             return Gate(text, name, op, number, True)
     try:
-        bare = resolve_field(name, fields)
+        bare = resolve(name, fields)
     except UsageError as e:
         raise UsageError(f"--fail-if {text!r}: {e}") from None
     return Gate(text, bare, op, number, summary)
