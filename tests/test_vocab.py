@@ -406,6 +406,15 @@ def test_sentencepiece_added_tokens(tmp_path):
     assert (tokens[32003], types[32003], scores[32003]) == ("[PAD32003]", TT.UNUSED, -10000.0)
 
 
+def test_config_vocab_size_that_lies(tmp_path):
+    """A vocab_size far beyond the tokenizer's is refused before any list is sized by it."""
+    for folder in (TOKS / "mistral-v0.1", TOKS / "gpt2"):
+        with pytest.raises(FormatError, match=r"config.json: vocab_size is 1000000000, but the tokenizer has"):
+            meta_of(folder, {"vocab_size": 10**9})
+    padded = meta_of(TOKS / "gpt2", {"vocab_size": 50304}).kv  # padded to a multiple of 64, as GPT-2 often is
+    assert padded["tokenizer.ggml.tokens"][-1] == "[PAD50303]" and padded["tokenizer.ggml.token_type"][-1] == 5
+
+
 def test_broken_tokenizer_model_is_a_one_line_error(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()

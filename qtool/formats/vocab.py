@@ -188,14 +188,19 @@ class _Folder:
     def tok_config(self) -> dict[str, Any]:
         return self.json("tokenizer_config.json", "tokenizer config")
 
-    def vocab_size(self, keys: tuple[str, ...] = ("vocab_size",)) -> int | None:
+    def vocab_size(self, n_tokens: int, keys: tuple[str, ...] = ("vocab_size",)) -> int:
+        """config.json's vocabulary size (the reference pads the tokenizer's ``n_tokens`` up to it), else
+        ``n_tokens``. A size far beyond the tokenizer's is refused before anything is sized by it."""
         for key in keys:
             if key in self.config:
                 v = self.config[key]
                 if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                     raise FormatError(f"{self.path / 'config.json'}: {key} is {v!r}, not a positive integer")
+                if v > 2 * n_tokens + 65536:
+                    raise FormatError(f"{self.path / 'config.json'}: {key} is {v}, but the tokenizer has "
+                                      f"{n_tokens} tokens")
                 return v
-        return None
+        return n_tokens
 
     def hf(self):
         """tokenizer.json loaded by the ``tokenizers`` package, as transformers' AutoTokenizer would set it up."""
@@ -321,7 +326,7 @@ def _recipe_llama(w: GGUFWriter, f: _Folder) -> str:
                               f"not true/false")
         w.add_add_space_prefix(add_prefix)
     used = _first(w, f, ("spm", "llama_hf", "gpt2"))
-    vocab_size = f.vocab_size() or 32000
+    vocab_size = f.config.get("vocab_size", 32000)
     if vocab_size == 32016:  # CodeLlama's infill tokens
         sv = _special_vocab(f, load_merges=False, special_token_types=["prefix", "suffix", "middle", "eot"])
         for typ, tid in (("prefix", 32007), ("suffix", 32008), ("middle", 32009), ("eot", 32010)):
@@ -644,7 +649,7 @@ def _hf_vocab_base(f: _Folder) -> tuple[list[str], list[int], str]:
     tok = f.hf()
     path = f.path / "tokenizer.json"
     vocab: dict[str, int] = tok.get_vocab(with_added_tokens=True)
-    n_vocab = f.vocab_size() or len(vocab)
+    n_vocab = f.vocab_size(len(vocab))
     if vocab and max(vocab.values()) >= n_vocab:
         top = max(vocab, key=vocab.__getitem__)
         raise FormatError(f"{path}: token id {vocab[top]} ({top!r}) is outside config.json's vocab_size {n_vocab}")
@@ -817,7 +822,7 @@ def _added_tokens_decoder(f: _Folder) -> list[tuple[int, str, bool]]:
 def _spm_vocab(f: _Folder, size_keys: tuple[str, ...]) -> tuple[list[str], list[float], list[int]]:
     """_create_vocab_sentencepiece: pieces, then added_tokens.json, then tokenizer_config's added tokens."""
     sp = _load_spm(f)
-    n_vocab = f.vocab_size(size_keys) or sp.vocab_size()
+    n_vocab = f.vocab_size(sp.vocab_size(), size_keys)
     if n_vocab < sp.vocab_size():
         f.meta.notes.append(f"{f.path / 'tokenizer.model'}: {sp.vocab_size()} pieces, config.json's vocabulary "
                             f"{n_vocab}: pieces from id {n_vocab} on left out (as the reference does)")
@@ -841,7 +846,7 @@ def _kind_phi3(w: GGUFWriter, f: _Folder) -> None:
     """Phi3MiniModel.set_vocab's SentencePiece path: added tokens from tokenizer_config and tokenizer.json,
     typed by their special flag only."""
     sp = _load_spm(f)
-    n_vocab = f.vocab_size() or sp.vocab_size()
+    n_vocab = f.vocab_size(sp.vocab_size())
     tokens, scores, types = _spm_pieces(sp, n_vocab)
     for tid, text in _added_tokens_json(f).items():
         if tid < n_vocab:
