@@ -49,6 +49,21 @@ def root() -> Path:
     return ROOT
 
 
+def refuses(path, *fragments: str, name=None) -> str:
+    """Opening ``path`` as a model raises one line of FormatError that names ``name`` (default: ``path``)
+    and holds every fragment; returns the message."""
+    from qtool.errors import FormatError
+    from qtool.formats.source import open_model
+
+    with pytest.raises(FormatError) as e:
+        open_model(path)
+    msg = str(e.value)
+    assert str(name or path) in msg and "\n" not in msg, msg
+    for f in fragments:
+        assert f in msg, msg
+    return msg
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -22,18 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, refuses
 from gguf import GGUFReader, MODEL_ARCH_NAMES
 
 from qtool import archs
 from qtool.archs import llama as llama_mod
 from qtool.archs.base import Family, Experts, permute_k, permute_q
 from qtool.archs.transforms import StackExperts
-from qtool.errors import FormatError, UsageError
+from qtool.errors import UsageError
 from qtool.formats.safetensors import write_safetensors
 from qtool.formats.source import open_model
 from qtool.testing import hf_models
 
-ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = list(hf_models.FAMILIES)
 MINE = ["llama3", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe"]  # this module's families in hf_models
 TOKENS = [318, 5, 72, 101, 33, 250, 17, 99, 140, 7, 64, 201, 12, 300, 45, 88]
@@ -54,16 +54,6 @@ def edit(folder: Path, **changes) -> None:
         else:
             cfg[k] = v
     (folder / "config.json").write_text(json.dumps(cfg))
-
-
-def refuses(folder: Path, *fragments: str, file: str = "config.json") -> str:
-    with pytest.raises(FormatError) as e:
-        open_model(folder)
-    msg = str(e.value)
-    assert str(folder / file) in msg and "\n" not in msg, msg
-    for f in fragments:
-        assert f in msg, msg
-    return msg
 
 
 # -- the registry ---------------------------------------------------------------------------------------
@@ -207,10 +197,11 @@ def test_llama3_rope_freqs(tmp_path):
 def test_claimed_layer_count_is_checked_before_anything_is_sized(tmp_path):
     folder = folder_of(tmp_path, "llama3", num_hidden_layers=100000)
     t0 = time.perf_counter()
-    msg = refuses(folder, "num_hidden_layers is 100000", "layers 0 to 1", "model.safetensors")
+    msg = refuses(folder, "num_hidden_layers is 100000", "layers 0 to 1", "model.safetensors",
+                  name=folder / "config.json")
     assert time.perf_counter() - t0 < 2.0, msg
     edit(folder, num_hidden_layers=1)
-    refuses(folder, "num_hidden_layers is 1", "(2 layers)")
+    refuses(folder, "num_hidden_layers is 1", "(2 layers)", name=folder / "config.json")
 
 
 @pytest.mark.parametrize("name, changes, fragments", [
@@ -233,7 +224,7 @@ def test_claimed_layer_count_is_checked_before_anything_is_sized(tmp_path):
 def test_config_that_lies_is_named(tmp_path, name, changes, fragments):
     folder = folder_of(tmp_path, name, **changes)
     t0 = time.perf_counter()
-    refuses(folder, *fragments)
+    refuses(folder, *fragments, name=folder / "config.json")
     assert time.perf_counter() - t0 < 2.0
 
 
@@ -267,7 +258,7 @@ def test_integer_buffers(tmp_path):
         assert "model.layers.0.self_attn.rotary_emb.inv_freq" in src.skipped and src.loadable
     w["model.layers.0.mystery"] = ("I64", np.arange(8, dtype=np.int64))  # not a buffer the family drops
     write_safetensors(folder / "model.safetensors", w)
-    refuses(folder, "unsupported dtype I64", "'model.layers.0.mystery'", file="model.safetensors")
+    refuses(folder, "unsupported dtype I64", "'model.layers.0.mystery'", name=folder / "model.safetensors")
 
 
 # -- architectures not in the registry -----------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 from safetensors.numpy import load_file, save_file
@@ -24,7 +25,6 @@ from safetensors.numpy import load_file, save_file
 from qtool.testing import ggml
 from qtool.testing.models import write_imatrix_dat, write_imatrix_gguf
 
-ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "fixtures" / "tiny-llama-f32"
 
 #: types whose ggml quantizer takes an importance matrix (Q8_0 and the float types ignore it)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import need_oracle
+from conftest import ROOT, need_oracle
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, LlamaFileType
 
@@ -36,7 +36,6 @@ need_oracle()
 import llama_cpp  # noqa: E402
 lc = llama_cpp.llama_cpp
 
-ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_F32 = ROOT / "fixtures" / "tiny-llama-f32"
 FIXTURE_BF16 = ROOT / "fixtures" / "tiny-llama"
 

@@ -11,6 +11,7 @@ import sys
 import gguf
 import numpy as np
 import pytest
+from conftest import refuses
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
@@ -22,16 +23,6 @@ from qtool.formats.gguf_in import GGUFSource
 from qtool.formats.source import open_model
 
 RNG = np.random.default_rng(11)
-
-
-def refuses(path, *fragments):
-    with pytest.raises(FormatError) as e:
-        open_model(path)
-    msg = str(e.value)
-    assert str(path) in msg and "\n" not in msg, msg
-    for f in fragments:
-        assert f in msg, msg
-    return msg
 
 
 def q4_k_blocks(n_blocks: int) -> np.ndarray:

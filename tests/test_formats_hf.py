@@ -9,11 +9,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
+from conftest import refuses
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
-from qtool.errors import FormatError
 from qtool.formats.hf import HFSource, rope_row_order
 from qtool.formats.safetensors import SafetensorsFile, widen, write_safetensors
 from qtool.formats.source import open_model
@@ -42,16 +41,6 @@ def edit_config(folder: Path, **changes) -> None:
         else:
             cfg[k] = v
     (folder / "config.json").write_text(json.dumps(cfg))
-
-
-def refuses(path, *fragments, name=None):
-    with pytest.raises(FormatError) as e:
-        open_model(path)
-    msg = str(e.value)
-    assert str(name or path) in msg and "\n" not in msg, msg
-    for f in fragments:
-        assert f in msg, msg
-    return msg
 
 
 # -- the fixture model --------------------------------------------------------------------------------

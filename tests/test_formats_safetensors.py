@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import refuses
 from gguf import GGMLQuantizationType as T
 
 from qtool.errors import FormatError
@@ -22,18 +23,6 @@ def raw_file(path, header, data=b"", *, length=None):
     n = len(text) if length is None else length
     path.write_bytes(struct.pack("<Q", n) + text + data)
     return path
-
-
-def refuses(path, *fragments):
-    """Opening ``path`` raises FormatError naming the file and containing every fragment."""
-    with pytest.raises(FormatError) as e:
-        open_model(path)
-    msg = str(e.value)
-    assert str(path) in msg, msg
-    assert "\n" not in msg, msg
-    for f in fragments:
-        assert f in msg, msg
-    return msg
 
 
 def entry(dtype="F32", shape=(2, 2), offsets=(0, 16)):

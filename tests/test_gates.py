@@ -6,18 +6,17 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
+from conftest import ROOT
 from gguf import GGMLQuantizationType as T
 
 from qtool.analysis import gates
 from qtool.analysis import report as R
 from qtool.errors import UsageError
 
-ROOT = Path(__file__).parent.parent
 REF_FIELDS = R.mode_fields(reference=True)
 SELF_FIELDS = R.mode_fields(reference=False)
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from qtool.testing import client, ggml
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.oracle

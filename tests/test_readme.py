@@ -16,11 +16,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 COMMAND_LANGS = {"sh", "bash", "shell", "console"}
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from gguf import GGUFWriter
 
 from qtool.formats.source import open_model
 
-ROOT = Path(__file__).resolve().parent.parent
 N_TENSORS, ROWS, COLS = 24, 512, 2048  # 24 tensors of 4 MiB: a 96 MiB model
 
 

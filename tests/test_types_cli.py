@@ -6,12 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+from conftest import ROOT
 
 from qtool.formats.ggml_types import QUANT_SIZES, ggml_type_named
 from qtool.quantizers import presets, registered
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _qtool(*args):
