@@ -1,0 +1,118 @@
+"""`qtool eval`: the KL divergence between a quantized model's next-token distributions and the original's.
+
+    qtool eval QUANT.gguf --reference ORIG.gguf --text FILE                 run both in llama.cpp, compare
+    ... --save-logits ORIG.logits                                           keep the reference's logits
+    qtool eval OTHER.gguf --reference ORIG.logits                           reuse them (no reference run)
+    ... --fail-if 'kld_mean>0.05'                                           exit 1 when a check trips
+
+The CLI only parses, calls qtool.analysis.eval and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qtool.cli.options import JsonOpt, QuietOpt, ThreadsOpt
+
+
+def eval_command(
+    quant: Annotated[Path, typer.Argument(help="The quantized GGUF to evaluate.", show_default=False)],
+    reference: Annotated[Path, typer.Option(
+        "--reference", "-r", show_default=False,
+        help="The original GGUF (same vocabulary), or a file written by --save-logits.")],
+    text: Annotated[Optional[Path], typer.Option(
+        "--text", help="The text to evaluate on (UTF-8 or any bytes; tokenized with the reference's "
+                       "vocabulary). Optional with a saved-logits --reference, which carries its tokens.")] = None,
+    ctx: Annotated[Optional[int], typer.Option(
+        "--ctx", "-c", help="Tokens per window (default 512; a saved-logits reference sets it).")] = None,
+    windows: Annotated[Optional[int], typer.Option(
+        "--windows", help="Evaluate only the first N windows.")] = None,
+    save_logits: Annotated[Optional[Path], typer.Option(
+        "--save-logits", help="Save the reference's logits of the scored positions to FILE, to pass as "
+                              "--reference next time.")] = None,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", help="With --save-logits: store the K most likely tokens per position instead of all "
+                        "logits (a far smaller file; its KL divergence is a lower bound).")] = 0,
+    fail_if: Annotated[list[str], typer.Option(
+        "--fail-if", help="FIELD OP NUMBER, e.g. 'kld_mean>0.05' (the whole text) or 'window.flips>10' (any "
+                          "window); exit 1 when it holds (repeatable).")] = [],
+    threads: ThreadsOpt = None,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compare a quantized model's next-token distributions with the original's: KL divergence, perplexity,
+    top-1 agreement, per window of --ctx tokens."""
+    from qtool.analysis.eval import check_gates, evaluate, parse_gate
+    from qtool.cli.output import Output
+
+    out = Output(json_mode=json, quiet=quiet)
+    checks = [parse_gate(t) for t in fail_if]
+    with out.progress(total=None, description="evaluating") as advance:
+        result = evaluate(quant, reference, text, ctx=ctx, threads=threads or os.cpu_count() or 1,
+                          max_windows=windows, save_logits=save_logits, top_k=top_k,
+                          on_start=advance.set_total, on_window=lambda i: advance(1, f"window {i}"))
+    if out.json_mode:
+        out.json(result.document())
+    else:
+        _render(out, result)
+    if result.saved_logits:
+        out.note(f"saved the reference's logits to {result.saved_logits}")
+    failures = check_gates(checks, result)
+    if failures:
+        _fail(out, failures, len(checks))
+
+
+def _fail(out, failures, n_checks: int) -> None:
+    from qtool.cli.inspect import _num
+    from qtool.errors import CheckFailed
+
+    for f in failures:
+        g = f.gate
+        num = (lambda v: str(int(v))) if g.field in ("flips", "n_positions") else _num
+        if g.summary:
+            line = f"check failed: {g.text}: the whole text has {g.field}={num(f.offenders[0][1])}"
+        else:
+            shown = ", ".join(f"{name} ({num(v)})" for name, v in f.offenders[:10])
+            more = f" and {len(f.offenders) - 10} more" if len(f.offenders) > 10 else ""
+            line = f"check failed: {g.text}: {len(f.offenders)} window(s): {shown}{more}"
+        out.err.print(line, markup=False, highlight=False, soft_wrap=True)
+    raise CheckFailed(f"{len(failures)} of {n_checks} check(s) failed: " + "; ".join(f.gate.text for f in failures))
+
+
+def _render(out, result) -> None:
+    from rich.table import Table
+
+    from qtool.cli.inspect import _num
+
+    ref = result.reference_logits and f"{result.reference} (saved logits)" or result.reference
+    t = Table(title=f"{result.quant} against {ref}: {len(result.windows)} window(s) of {result.ctx} tokens, "
+                    f"positions {result.first}..{result.ctx - 2} of each scored", title_justify="left")
+    for name in ("window", "tokens", "PPL ref", "PPL quant", "KLD mean", "median", "p99", "max", "top-1 %",
+                 "flips"):
+        t.add_column(name, justify="left" if name == "window" else "right")
+
+    def cells(f: dict) -> list[str]:
+        agree = f["top1_agreement"]
+        return [_num(f["ppl_reference"], 3), _num(f["ppl_quant"], 3), _num(f["kld_mean"], 5),
+                _num(f["kld_median"], 5), _num(f["kld_p99"], 5), _num(f["kld_max"], 5),
+                "—" if agree is None else f"{100 * agree:.2f}", str(f["flips"])]
+
+    for w in result.windows:
+        t.add_row(str(w["index"]), f"{w['start']}..{w['start'] + result.ctx - 1}", *cells(w))
+    t.add_section()
+    t.add_row("all", f"{result.summary['n_positions']} scored", *cells(result.summary))
+    out.print(t)
+    s = result.summary
+    out.print(f"KL divergence {_num(s['kld_mean'], 6)} nats (mean), top-1 agreement "
+              f"{100 * s['top1_agreement']:.2f}% ({s['flips']} flips of {s['n_positions']}), perplexity "
+              f"{_num(s['ppl_quant'], 4)} against {_num(s['ppl_reference'], 4)} (x{_num(s['ppl_ratio'], 4)})"
+              + (f"; reference saved as top-{result.top_k}: KL is a lower bound" if result.top_k and
+                 result.reference_logits else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", no_args_is_help=True)(eval_command)
