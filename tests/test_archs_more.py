@@ -140,32 +140,38 @@ def test_gemma_windows_are_shorter_than_the_prompt():
 
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
-def test_norm_shift_rounds_as_torch(dtype):
-    """norm_plus_one in the stored precision, on widened values and on stored words alike: the reference adds
-    1 to the torch tensor of the file's dtype (float32 arithmetic, then rounding to nearest even). Checked
-    once against torch 2.13's own bf16/f16 ``w + 1`` on 100,000 values (equal); torch is no test dependency."""
+def test_norm_shift_as_the_reference(dtype):
+    """norm_plus_one as convert_hf_to_gguf computes it: F32 and BF16 weights (widened to F32 before
+    modify_tensors) shifted in float32, F16 weights in F16 (torch's half add, rounded to nearest even; checked
+    once against torch 2.13 on 100,000 values, torch being no test dependency). On stored words the result is
+    stored in the same dtype again (BF16: rounded to nearest even). tests/test_reference_meta checks the BF16
+    case bit for bit against the reference's own output (gemma3_bf16)."""
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.standard_normal(4000).astype(np.float32) * 0.3,
                         np.float32([0, -1, -0.5, 1e-8, 3.0, 65504.0, -2.0 ** -14])])
     t = gemma_mod.NormShift().for_dtype(dtype)
+
+    def bf16(v):
+        bits = v.view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
     if dtype == "F32":
-        stored, widen = x, x
-        want = x + np.float32(1)
-        words_out = t([stored.view(np.uint32)]).view(np.float32)
+        widen, words = x, x.view(np.uint32)
+        want = want_words = x + np.float32(1)
+        words_out = t([words]).view(np.float32)
     elif dtype == "F16":
         stored = x.astype(np.float16)
-        widen = stored.astype(np.float32)
-        want = (widen + np.float32(1)).astype(np.float16).astype(np.float32)
-        words_out = t([stored.view(np.uint16)]).view(np.float16).astype(np.float32)
+        widen, words = stored.astype(np.float32), stored.view(np.uint16)
+        want = want_words = (widen + np.float32(1)).astype(np.float16).astype(np.float32)
+        words_out = t([words]).view(np.float16).astype(np.float32)
     else:
-        bits = x.view(np.uint32)
-        stored = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # bf16 words
-        widen = (stored.astype(np.uint32) << 16).view(np.float32)
-        s = (widen + np.float32(1)).view(np.uint32)
-        want = ((((s + 0x7FFF + ((s >> 16) & 1)) >> 16).astype(np.uint32)) << 16).view(np.float32)
-        words_out = (t([stored]).astype(np.uint32) << 16).view(np.float32)
+        words = bf16(x)
+        widen = (words.astype(np.uint32) << 16).view(np.float32)
+        want = widen + np.float32(1)
+        want_words = (bf16(want).astype(np.uint32) << 16).view(np.float32)
+        words_out = (t([words]).astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(t([widen]), want)
-    np.testing.assert_array_equal(words_out, want)
+    np.testing.assert_array_equal(words_out, want_words)
 
 
 def test_bert_pooling_type_follows_1_pooling(tmp_path):

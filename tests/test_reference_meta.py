@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qtool.testing import hf_models_more as more
@@ -36,6 +37,7 @@ XFAIL: dict[str, str] = {}
 
 
 def _param(case: str):
+    """A case, strict-xfail where XFAIL names it."""
     marks = [pytest.mark.xfail(strict=True, reason=XFAIL[case])] if case in XFAIL else []
     return pytest.param(case, marks=marks, id=case)
 
@@ -89,18 +91,45 @@ def compare(golden: dict, got: dict) -> list[str]:
     return problems
 
 
+_CONVERTED: dict[str, tuple[dict, dict, dict]] = {}
+
+
+def converted(case: str, tmp_path_factory) -> tuple[dict, dict, dict]:
+    """(golden, facts of the rebuilt folder, description of qtool's F32 GGUF with tensor sha256), once per case."""
+    if case not in _CONVERTED:
+        golden = json.loads((GOLDEN / f"{case}.reference.json").read_text(encoding="utf-8"))
+        tmp = tmp_path_factory.mktemp(case)
+        folder = more.write_folder(tmp / case, golden["family"], golden["tokenizer"], golden["config"],
+                                   dtype=golden.get("dtype", "F32"))
+        facts = more.folder_facts(folder)
+        assert {k: facts[k] for k in ("files", "safetensors")} == {k: golden[k] for k in ("files", "safetensors")}, (
+            f"the folder hf_models_more writes for {case} is no longer the one the reference converted: rerun "
+            f"fixtures/archs/make_reference.py")
+        out = tmp / f"{case}.gguf"
+        _convert(folder, out)
+        _CONVERTED[case] = golden, facts, more.describe_gguf(out, data=True)
+    return _CONVERTED[case]
+
+
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
-def test_metadata_equals_reference(case, tmp_path):
-    golden = json.loads((GOLDEN / f"{case}.reference.json").read_text(encoding="utf-8"))
-    folder = more.write_folder(tmp_path / case, golden["family"], golden["tokenizer"], golden["config"])
-    facts = more.folder_facts(folder)
-    assert facts == {"files": golden["files"], "safetensors": golden["safetensors"]}, (
-        f"the folder hf_models_more writes for {case} is no longer the one the reference converted: rerun "
-        f"fixtures/archs/make_reference.py")
-    out = tmp_path / f"{case}.gguf"
-    _convert(folder, out)
-    problems = compare(golden, more.describe_gguf(out))
+def test_metadata_equals_reference(case, tmp_path_factory):
+    golden, _, got = converted(case, tmp_path_factory)
+    problems = compare(golden, got)
     assert not problems, f"{case}: {len(problems)} difference(s) from convert_hf_to_gguf.py:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+def test_tensor_data_equals_reference(case, tmp_path_factory):
+    """Every tensor's bytes equal the reference converter's F32 output (sha256 per tensor): the renames,
+    permutations, norm shifts (in the stored precision), stacked experts and generated tensors are the
+    reference's to the bit. Needs the very weights the reference converted: numpy's seeded generator gives
+    them unless a numpy release changed its stream, which is then said."""
+    golden, facts, got = converted(case, tmp_path_factory)
+    if facts["weights_sha256"] != golden["weights_sha256"]:
+        pytest.skip(f"numpy {np.__version__} seeds other weights than the ones the reference converted")
+    ours = {t["name"]: t["sha256"] for t in got["tensors"]}
+    bad = [name for name, sha in golden["tensor_sha256"].items() if ours.get(name) != sha]
+    assert not bad, f"{case}: {len(bad)} tensor(s) whose bytes differ from the reference's: {bad[:8]}"
 
 
 def test_compare_catches_differences():

@@ -34,9 +34,11 @@ def _bf16_words(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NormShift(Transform):
-    """norm_plus_one: weight + shift computed in the stored precision (the reference adds to the torch tensor
-    of the file's dtype, so a BF16 norm comes out as the BF16 rounding of weight + 1). Takes the widened
-    float32 values (``load``) or the stored words (``raw``) and gives back the same kind."""
+    """norm_plus_one: weight + shift as the reference computes it. ModelBase.prepare_tensors widens every dtype
+    but F16 and F32 to F32 before modify_tensors adds the shift: F32 and BF16 weights are shifted in float32,
+    F16 weights in F16 (torch's half add: float32 arithmetic, rounded to nearest even). Takes the widened
+    float32 values (``load``) or the stored words (``raw``: the shifted value stored in that dtype again,
+    as llama-quantize would store the reference's F32 value) and gives back the same kind."""
 
     shift: float = 1.0
     dtype: str = "F32"
@@ -62,8 +64,8 @@ class NormShift(Transform):
             return out.view(np.uint16) if words else out.astype(np.float32)
         if self.dtype == "BF16":
             x = (a.astype(np.uint32) << np.uint32(16)).view(np.float32) if words else a.astype(np.float32)
-            out = _bf16_words(x + np.float32(self.shift))
-            return out if words else (out.astype(np.uint32) << np.uint32(16)).view(np.float32)
+            out = (x + np.float32(self.shift)).astype(np.float32)
+            return _bf16_words(out) if words else out
         raise FormatError(f"norm_plus_one: cannot shift a {self.dtype} tensor")
 
 

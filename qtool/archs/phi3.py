@@ -89,8 +89,19 @@ def _longrope(cfg: Config, hp) -> tuple[float, list, list] | None:
 
 
 def rope_factor_key(w: gguf.GGUFWriter, cfg: Config, hp, folder) -> None:
-    if (lr := _longrope(cfg, hp)) is not None:
-        w.add_rope_scaling_attn_factors(lr[0])
+    """rope.scaling.attn_factor of long-context scaling. The reference adds it while generating the factor
+    tensors, before any other key but general.architecture, so it goes there."""
+    if (lr := _longrope(cfg, hp)) is None:
+        return
+    w.add_rope_scaling_attn_factors(lr[0])
+    kv = w.kv_data[0]
+    key = gguf.Keys.Rope.SCALING_ATTN_FACTOR.format(arch=gguf.MODEL_ARCH_NAMES[MODEL_ARCH.PHI3])
+    items = list(kv.items())
+    moved = [it for it in items if it[0] == key]
+    rest = [it for it in items if it[0] != key]
+    at = next((i + 1 for i, it in enumerate(rest) if it[0] == gguf.Keys.General.ARCHITECTURE), 0)
+    kv.clear()
+    kv.update(rest[:at] + moved + rest[at:])
 
 
 def rope_factors(cfg: Config, hp):
@@ -102,12 +113,22 @@ def rope_factors(cfg: Config, hp):
             (T.ROPE_FACTORS_SHORT, np.asarray(lr[2], dtype=np.float32))]
 
 
+def sliding_window_ignored(cfg: Config, hp) -> list[str]:
+    """llama.cpp 0.3.36's phi3 reads the sliding window but turns it off ("Phi SWA is currently disabled")."""
+    window = cfg.data.get("sliding_window")
+    if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+        return [f"{cfg.path}: sliding_window {window}: llama.cpp's phi3 runs full attention, so prompts longer "
+                f"than {window} tokens attend further back there than in the original"]
+    return []
+
+
 class Phi3(Family, hf=("Phi3ForCausalLM",), model_types=("phi3",)):
     arch = MODEL_ARCH.PHI3
     tokenizer = "phi3"
     own_hparams = phi3_hparams
     keys = (rope_factor_key,)
     generate = (rope_factors,)
+    checks = (sliding_window_ignored,)
     shapes = {T.ATTN_QKV: ("(n_head+2*n_head_kv)*head_dim", "n_embd"), T.FFN_UP: ("2*n_ff", "n_embd")}
     # transformers 4.57's Phi3Config defaults for keys the conversion writes
     defaults = {"phi3": {"max_position_embeddings": 4096, "original_max_position_embeddings": 4096,

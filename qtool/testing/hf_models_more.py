@@ -475,6 +475,7 @@ class Case:
     family: str
     tokenizer: str
     changes: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "F32"  # of the stored weights: F32, F16 or BF16
 
 
 CASES: dict[str, Case] = {
@@ -490,6 +491,15 @@ CASES: dict[str, Case] = {
     "gemma3": Case("gemma3", "spm-gemma"),
     "phi3": Case("phi3", "phi3"),
     "bert": Case("bert", "minilm"),
+    # BF16 / F16 weights: the norm shift (in F32 / in F16) and the q/k permutation on stored 16-bit words
+    "gemma3_bf16": Case("gemma3", "spm-gemma", dtype="BF16"),
+    "gemma2_f16": Case("gemma2", "spm-gemma", dtype="F16"),
+    "llama3_bf16": Case("llama3", "spm-llama", dtype="BF16"),
+    # Phi-3-mini-128k's long-context scaling: rope factor tensors and the attention factor key
+    "phi3_longrope": Case("phi3", "phi3", {
+        "max_position_embeddings": 131072,
+        "rope_scaling": {"type": "longrope", "long_factor": [1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 12.5],
+                         "short_factor": [1.0, 1.01, 1.02, 1.05, 1.1, 1.2, 1.4, 1.8]}}),
 }
 
 
@@ -506,11 +516,25 @@ def case_config(case: str, **config_changes: Any) -> dict[str, Any]:
     return cfg
 
 
-def write_folder(folder: str | Path, family: str, tokenizer: str, config: dict[str, Any], *, seed: int = 0) -> Path:
-    """Write config.json, model.safetensors (F32, seeded) and the tokenizer files into ``folder``."""
+def _stored(value: Any, dtype: str) -> Any:
+    """A float32 tensor as ``dtype`` (BF16: round to nearest even); integer buffers as they are."""
+    if isinstance(value, tuple) or dtype == "F32":
+        return value
+    if dtype == "F16":
+        return value.astype(np.float16)
+    bits = np.ascontiguousarray(value, dtype=np.float32).view(np.uint32)
+    return ("BF16", ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+            .astype(np.uint16))
+
+
+def write_folder(folder: str | Path, family: str, tokenizer: str, config: dict[str, Any], *, seed: int = 0,
+                 dtype: str = "F32") -> Path:
+    """Write config.json, model.safetensors (seeded, stored as ``dtype``) and the tokenizer files into
+    ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = hf_models.FAMILIES[family].tensors(config, np.random.default_rng(seed))
+    tensors = {k: _stored(v, dtype) for k, v in
+               hf_models.FAMILIES[family].tensors(config, np.random.default_rng(seed)).items()}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
     TOKENIZER_KINDS[tokenizer][0](folder)
@@ -520,7 +544,7 @@ def write_folder(folder: str | Path, family: str, tokenizer: str, config: dict[s
 def write_case(folder: str | Path, case: str, *, seed: int = 0, **config_changes: Any) -> Path:
     """Write ``CASES[case]`` (config keys changed as ``config_changes`` say) into ``folder``."""
     c = CASES[case]
-    return write_folder(folder, c.family, c.tokenizer, case_config(case, **config_changes), seed=seed)
+    return write_folder(folder, c.family, c.tokenizer, case_config(case, **config_changes), seed=seed, dtype=c.dtype)
 
 
 def folder_facts(folder: str | Path) -> dict[str, Any]:
@@ -536,7 +560,8 @@ def folder_facts(folder: str | Path) -> dict[str, Any]:
         header = [[n, e.dtype, list(e.shape)] for n, e in f.entries.items()]
     finally:
         f.close()
-    return {"files": files, "safetensors": header}
+    weights_sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    return {"files": files, "safetensors": header, "weights_sha256": weights_sha}
 
 
 def _summary(v: Any, n: int = 16) -> Any:
@@ -550,9 +575,10 @@ def _summary(v: Any, n: int = 16) -> Any:
     return {"length": len(v), "sha256": hashlib.sha256(canon).hexdigest(), "head": v[:4], "tail": v[-4:]}
 
 
-def describe_gguf(path: str | Path) -> dict[str, Any]:
+def describe_gguf(path: str | Path, data: bool = False) -> dict[str, Any]:
     """Every metadata key of a GGUF in file order with its value type (ARRAY: and item type) and value
-    (:func:`_summary`), and every tensor's name, shape (numpy order) and ggml type."""
+    (:func:`_summary`), and every tensor's name, shape (numpy order) and ggml type (``data``: and the sha256
+    of its bytes)."""
     from gguf import GGUFReader, GGUFValueType
 
     r = GGUFReader(str(path))
@@ -568,6 +594,11 @@ def describe_gguf(path: str | Path) -> dict[str, Any]:
                      "value": _summary(value)})
     tensors = [{"name": t.name, "shape": [int(d) for d in reversed(t.shape.tolist())], "type": t.tensor_type.name}
                for t in r.tensors]
+    if data:
+        import hashlib
+
+        for d, t in zip(tensors, r.tensors):
+            d["sha256"] = hashlib.sha256(np.ascontiguousarray(t.data).tobytes()).hexdigest()
     return {"metadata": meta, "tensors": tensors}
 
 
