@@ -189,3 +189,38 @@ def test_bert_pooling_type_follows_1_pooling(tmp_path):
     pool.write_text(json.dumps(cfg))
     with open_model(folder) as src:
         assert src.metadata["bert.pooling_type"] == int(gguf.PoolingType.CLS)
+
+
+@pytest.mark.oracle
+def test_phi3_longrope_runs_as_the_forward_pass(tmp_path, oracle, monkeypatch):
+    """Phi-3-mini-128k's scaling: llama.cpp takes rope_factors_short while its context fits the original
+    4096 and rope_factors_long beyond, times the attention factor key; transformers takes the short factors
+    while the sequence fits and the long ones beyond. A 512 context against the short factors, an 8192
+    context against the long ones (the forward pass given the long factors as its short ones, the prompt
+    being short); without the generated factor tensors the error is far outside the bound."""
+    from qtool.convert import convert
+    from qtool.testing import client
+
+    folder = more.write_case(tmp_path / "phi3_longrope", "phi3_longrope")
+    cfg = json.loads((folder / "config.json").read_text())
+    W = more.weights(folder)
+    short = more.forward(folder, "phi3", TOKENS)
+    rs = cfg["rope_scaling"]
+    long = more.MORE["phi3"].forward({**cfg, "rope_scaling": {**rs, "short_factor": rs["long_factor"]}}, W, TOKENS)
+    assert np.abs(long - short).max() > 100 * BOUND * np.abs(short).max()  # the two factor sets differ here
+
+    out = convert(folder, "F32", tmp_path / "lr.gguf").output
+    res = client.run(out, logits=[TOKENS], n_ctx=512, f32_cache=True)
+    err_short = float(np.abs(res.logits[0] - short).max() / np.abs(short).max())
+    res = client.run(out, logits=[TOKENS], n_ctx=8192, f32_cache=True)
+    err_long = float(np.abs(res.logits[0] - long).max() / np.abs(long).max())
+    print(f"\nphi3 longrope: short factors {err_short:.2e}, long factors {err_long:.2e}")
+    assert err_short < BOUND and err_long < BOUND, (err_short, err_long)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(phi3_mod.Phi3, "generate", ())
+        bad_out = convert(folder, "F32", tmp_path / "lr-bad.gguf").output
+    bad = client.run(bad_out, logits=[TOKENS], n_ctx=8192, f32_cache=True).logits[0]
+    err_bad = float(np.abs(bad - long).max() / np.abs(long).max())
+    print(f"phi3 longrope without the factor tensors: {err_bad:.2e}")
+    assert err_bad > 100 * BOUND

@@ -89,14 +89,18 @@ def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nd
     return (x - mu) / np.sqrt(var + eps) * w + b
 
 
-def rope_half(x: np.ndarray, base: float, dim: int) -> np.ndarray:
-    """apply_rotary_pos_emb (rotate_half) with default rope, positions 0..n-1; x [n, heads, head_dim]: the
-    first ``dim`` of each head rotate (partial rotary), the rest pass."""
+def rope_half(x: np.ndarray, base: float, dim: int, factors: np.ndarray | None = None,
+              attention_factor: float = 1.0) -> np.ndarray:
+    """apply_rotary_pos_emb (rotate_half), positions 0..n-1; x [n, heads, head_dim]: the first ``dim`` of
+    each head rotate (partial rotary), the rest pass. ``factors`` divide the frequencies and
+    ``attention_factor`` scales cos and sin (longrope)."""
     n = x.shape[0]
     inv = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    if factors is not None:
+        inv = inv / np.asarray(factors, dtype=np.float64)
     angle = np.arange(n, dtype=np.float64)[:, None] * inv[None]
     emb = np.concatenate([angle, angle], -1)
-    cos, sin = np.cos(emb)[:, None], np.sin(emb)[:, None]
+    cos, sin = np.cos(emb)[:, None] * attention_factor, np.sin(emb)[:, None] * attention_factor
     r, rest = x[..., :dim], x[..., dim:]
     rotated = np.concatenate([-r[..., dim // 2:], r[..., :dim // 2]], -1)
     return np.concatenate([r * cos + rotated * sin, rest], -1)
@@ -260,13 +264,27 @@ def _phi3_tensors(cfg: dict, rng: np.random.Generator) -> dict:
     return t
 
 
+def _longrope(cfg: dict, n: int) -> tuple[np.ndarray | None, float]:
+    """_compute_longrope_parameters + longrope_frequency_update: the short factors while the sequence fits
+    original_max_position_embeddings, the long ones beyond; cos/sin scaled by sqrt(1 + ln(s) / ln(orig)),
+    s = max_position_embeddings / original_max_position_embeddings."""
+    rs = cfg.get("rope_scaling") or {}
+    if rs.get("rope_type", rs.get("type")) not in ("longrope", "su"):
+        return None, 1.0
+    orig = cfg["original_max_position_embeddings"]
+    scale = cfg["max_position_embeddings"] / orig
+    attention = rs.get("attention_factor") or (1.0 if scale <= 1 else math.sqrt(1 + math.log(scale) / math.log(orig)))
+    return np.asarray(rs["long_factor"] if n > orig else rs["short_factor"], dtype=np.float64), attention
+
+
 def _phi3_forward(cfg: dict, W: dict, tokens: list[int]) -> np.ndarray:
     """Phi3ForCausalLM: fused qkv_proj split q | k | v, fused gate_up_proj split gate | up, rotate_half rope
-    over partial_rotary_factor of each head, sliding window."""
+    over partial_rotary_factor of each head (longrope factors and attention factor), sliding window."""
     eps = cfg["rms_norm_eps"]
     H, KV, D = _dims(cfg)
     F = cfg["intermediate_size"]
     rot = int(D * cfg.get("partial_rotary_factor", 1.0))
+    factors, attention_factor = _longrope(cfg, len(tokens))
     n = len(tokens)
     x = W["model.embed_tokens.weight"][tokens]
     for i in range(cfg["num_hidden_layers"]):
@@ -277,7 +295,7 @@ def _phi3_forward(cfg: dict, W: dict, tokens: list[int]) -> np.ndarray:
         k = qkv[:, H * D:(H + KV) * D].reshape(n, KV, D)
         v = qkv[:, (H + KV) * D:].reshape(n, KV, D)
         base = cfg.get("rope_theta", 10000.0)
-        q, k = rope_half(q, base, rot), rope_half(k, base, rot)
+        q, k = rope_half(q, base, rot, factors, attention_factor), rope_half(k, base, rot, factors, attention_factor)
         a = attend(q, k, v, 1 / math.sqrt(D), window=cfg.get("sliding_window"))
         x = x + a @ W[p + "self_attn.o_proj.weight"].T
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
