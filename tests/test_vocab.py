@@ -5,10 +5,11 @@ tokenizer files (fixtures/tokenizers, and the Llama 3 tokenizer.json of the llam
   by the check-text hash for real tokenizers, add_bos/add_eos and add_space_prefix as the reference writes
   them, chat templates, SentencePiece pieces/scores/types and added tokens, the --pre-tokenizer override and
   the warning for a pre-tokenizer nobody knows.
-- Tokenization (oracle): a tiny random-weight llama folder carrying the tokenizer, converted by qtool, and
-  tokenized by llama.cpp (vocab only) equals the original tokenizer (the ``tokenizers`` package, or
-  ``sentencepiece`` for tokenizer.model), id for id, on a hard multilingual text. BERT's WordPiece goes
-  into a vocab-only GGUF written from qtool's tokenizer metadata (until BertModel folders convert).
+- Tokenization (oracle): a tiny random-weight folder carrying the tokenizer (llama; BERT, Gemma 2 and Phi-3
+  from fixtures/archs), converted by qtool and tokenized by llama.cpp (vocab only), equals the original
+  tokenizer (the ``tokenizers`` package, or ``sentencepiece`` for tokenizer.model), id for id, on a hard
+  multilingual text.
+- Against the reference converter: every tokenizer.* key of its golden metadata (fixtures/archs).
 """
 
 from __future__ import annotations
@@ -507,27 +508,6 @@ def convert_folder(folder: Path) -> Path:
     return out
 
 
-def vocab_only_gguf(path: Path, meta: HFMeta) -> Path:
-    """A GGUF holding llama hyperparameters and qtool's tokenizer metadata, no tensors: enough for llama.cpp
-    to load the vocabulary."""
-    w = gguf.GGUFWriter(str(path), "llama")
-    for key, value in {"llama.block_count": 1, "llama.context_length": 512, "llama.embedding_length": 32,
-                       "llama.feed_forward_length": 64, "llama.attention.head_count": 2,
-                       "llama.attention.layer_norm_rms_epsilon": 1e-5}.items():
-        if isinstance(value, float):
-            w.add_float32(key, value)
-        else:
-            w.add_uint32(key, value)
-    for key, value in meta.kv.items():
-        if key != "general.architecture":
-            w.add_key_value(key, value, meta.types[key], meta.sub_types.get(key))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
-    return path
-
-
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -565,22 +545,14 @@ def converted(name: str, tokenizer: Callable[[Path], Path], n_vocab: int, **conf
     return make
 
 
-def golden_case(case: str, arch: str) -> Callable:
-    """A tiny folder of fixtures/archs (trained SentencePiece models) in a vocab-only GGUF, until its family
-    converts."""
+def golden_case(case: str) -> Callable:
+    """A tiny folder of fixtures/archs (its family's weights and tokenizer), converted by qtool."""
     def make(tmp: Path) -> tuple[Path, Path]:
         from qtool.testing import hf_models_more as more
 
         folder = more.write_case(tmp / case, case)
-        meta = meta_of(folder, json.loads((folder / "config.json").read_text()), arch=arch)
-        return vocab_only_gguf(tmp / f"{case}.gguf", meta), folder
+        return convert_folder(folder), folder
     return make
-
-
-def minilm(tmp: Path) -> tuple[Path, Path]:
-    folder = TOKS / "all-minilm-l6-v2"
-    meta = meta_of(folder, {"vocab_size": 30522, "type_vocab_size": 2}, arch="bert")
-    return vocab_only_gguf(tmp / "minilm.gguf", meta), folder
 
 
 CASES = [
@@ -598,11 +570,12 @@ CASES = [
          hf_spm, parse_special=False),
     # trained 384-piece models: no dummy prefix (Gemma's recipe), and Phi-3's variant with add_bos_token off;
     # mostly byte fallback on this text
-    Case("spm-gemma", golden_case("gemma2", "gemma2"), hf_spm, parse_special=False),
-    Case("spm-phi3", golden_case("phi3", "phi3"), hf_spm, parse_special=False),
+    Case("spm-gemma", golden_case("gemma2"), hf_spm, parse_special=False),
+    Case("spm-phi3", golden_case("phi3"), hf_spm, parse_special=False),
     # llama.cpp's WordPiece strips Hangul vowel jamo (after NFD) and Devanagari vowel signs as if they were
     # accents; BertNormalizer keeps them ("한국어": 3 tokens vs 8, "हिन्दी": 3 vs 5). Its metadata is the reference's.
-    Case("all-minilm-l6-v2", minilm, hf_json, ("[CLS]", "[SEP]", "[MASK]"), skip=("한국어 텍스트", "हिन्दी")),
+    Case("all-minilm-l6-v2", golden_case("bert"), hf_json, ("[CLS]", "[SEP]", "[MASK]"),
+         skip=("한국어 텍스트", "हिन्दी")),
 ]
 
 
