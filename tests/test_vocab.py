@@ -653,3 +653,18 @@ def test_tokenizer_keys_equal_the_reference(case, tmp_path):
     assert [m["key"] for m in ours] == [m["key"] for m in ref]
     for o, r in zip(ours, ref):
         assert o == r, f"{case}: {o['key']}: ours {json.dumps(o)[:300]}, reference {json.dumps(r)[:300]}"
+
+
+@pytest.mark.oracle
+def test_a_wrong_pre_tokenizer_is_caught(tmp_path):
+    """The comparison is sensitive: SmolLM's vocabulary with llama.cpp's "default" pre-tokenizer (what qtool
+    wrote before the hash table) tokenizes the hard text differently from the original."""
+    need_oracle()
+    from qtool.testing import client
+
+    folder = tiny_llama(tmp_path / "s", TOKS / "smollm2", 49152, bos_token_id=1, eos_token_id=2)
+    with vocab.force_pre_tokenizer("default"):
+        path = convert_folder(folder)
+    got = client.run(path, tokenize=[(HARD_TEXT.encode(), False, True)], vocab_only=True).tokens[0]
+    want = hf_json(folder, HARD_TEXT, False)
+    assert list(got) != want
