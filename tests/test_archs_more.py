@@ -224,3 +224,44 @@ def test_phi3_longrope_runs_as_the_forward_pass(tmp_path, oracle, monkeypatch):
     err_bad = float(np.abs(bad - long).max() / np.abs(long).max())
     print(f"phi3 longrope without the factor tensors: {err_bad:.2e}")
     assert err_bad > 100 * BOUND
+
+
+#: sizes at which the K-quant and legacy block rules apply (rows of 256) -- the config keys stay the real ones
+WIDE = {"gemma2": {"hidden_size": 256, "intermediate_size": 512, "head_dim": 64, "query_pre_attn_scalar": 64},
+        "gemma3": {"hidden_size": 256, "intermediate_size": 512, "head_dim": 64, "query_pre_attn_scalar": 64},
+        "phi3": {"hidden_size": 256, "intermediate_size": 512},
+        "bert": {"hidden_size": 256, "intermediate_size": 512}}
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("preset", ["Q4_K_M", "Q8_0", "Q6_K"])
+@pytest.mark.parametrize("case", list(WIDE))
+def test_quantized_file_equals_llama_quantize(tmp_path, case, preset, oracle):
+    """qtool convert FOLDER --type PRESET is byte for byte llama_model_quantize(F32 conversion, PRESET): the
+    F32 conversion being the reference converter's (test_reference_meta: keys and tensor bytes), this is
+    convert_hf_to_gguf.py --outtype f32 followed by llama-quantize, for the families' own tensors (fused
+    attn_qkv and double-width ffn_up, the four Gemma norms, BERT's biases, token types and position table)."""
+    import ctypes
+
+    import llama_cpp as lc
+    from gguf import LlamaFileType
+
+    from qtool.convert import convert
+    from qtool.formats.ggml_types import file_type_named
+
+    folder = more.write_case(tmp_path / case, case, **WIDE[case])
+    f32 = convert(folder, "F32", tmp_path / f"{case}-F32.gguf").output
+    ours = convert(folder, preset, tmp_path / f"{case}-{preset}.gguf").output
+    theirs = tmp_path / f"{case}-{preset}-llama.gguf"
+    params = lc.llama_model_quantize_default_params()
+    params.nthread = 2
+    params.ftype = int(file_type_named("MOSTLY_" + preset))
+    assert lc.llama_model_quantize(str(f32).encode(), str(theirs).encode(), ctypes.byref(params)) == 0
+    a, b = Path(ours).read_bytes(), theirs.read_bytes()
+    if a != b:
+        ra, rb = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
+        kinds = [(t.name, t.tensor_type.name, u.tensor_type.name) for t, u in zip(ra.tensors, rb.tensors)
+                 if t.name != u.name or t.tensor_type != u.tensor_type or bytes(t.data) != bytes(u.data)]
+        pytest.fail(f"{case} {preset}: {len(a)} vs {len(b)} bytes; differing tensors (name, ours, llama.cpp): "
+                    f"{kinds[:6]}")
+    assert LlamaFileType(int(gguf.GGUFReader(theirs).fields["general.file_type"].contents())).name.endswith(preset)
