@@ -264,8 +264,9 @@ def _as_transformers_loads(tok, tok_json: dict, tok_config: dict, tokenizers) ->
             return
         single = (f"{bos}:0 " if add_bos else "") + "$A:0" + (f" {eos}:0" if add_eos else "")
         pair = single + (f" {bos}:1" if add_bos else "") + " $B:1" + (f" {eos}:1" if add_eos else "")
-        specials = ([(bos, bos_id)] if add_bos else []) + ([(eos, eos_id)] if add_eos and eos != bos or
-                                                            (add_eos and not add_bos) else [])
+        specials = [(bos, bos_id)] if add_bos else []
+        if add_eos and (eos, eos_id) not in specials:
+            specials.append((eos, eos_id))
         tok.post_processor = tokenizers.processors.TemplateProcessing(single=single, pair=pair,
                                                                      special_tokens=specials)
     elif cls == "GPT2Tokenizer":
