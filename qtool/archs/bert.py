@@ -1,4 +1,4 @@
-"""BERT (convert_hf_to_gguf's BertModel): an encoder for embeddings. Non-causal attention, the pooling type
+"""BERT (convert_hf_to_gguf's BertModel, also for BertForMaskedLM checkpoints): an encoder for embeddings. Non-causal attention, the pooling type
 of a sentence-transformers folder (modules.json -> 1_Pooling/config.json), the WordPiece vocabulary with
 token type count; the ``bert.`` prefix and ``gamma``/``beta`` names of older checkpoints normalized; the
 position-id buffer, the pooler and the masked-LM / next-sentence heads dropped (llama.cpp pools itself).
@@ -34,7 +34,7 @@ _DROPPED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias
             "cls.seq_relationship.weight", "cls.seq_relationship.bias")
 
 
-class Bert(Family, hf=("BertModel",), model_types=("bert",)):
+class Bert(Family, hf=("BertModel", "BertForMaskedLM"), model_types=("bert",)):
     arch = MODEL_ARCH.BERT
     tokenizer = "bert"
     strip = ("bert.",)

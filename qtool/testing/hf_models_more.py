@@ -393,6 +393,38 @@ def _bert_config() -> dict:
             "use_cache": True, "vocab_size": 30522}
 
 
+def _bert_mlm_tensors(cfg: dict, rng: np.random.Generator) -> dict:
+    """BertForMaskedLM as older checkpoints store it (bert-base-uncased): "bert." prefix, LayerNorm
+    gamma/beta, no pooler, the masked-LM head (cls.predictions.*)."""
+    E, V = cfg["hidden_size"], cfg["vocab_size"]
+    t = {}
+    for name, v in _bert_tensors(cfg, rng).items():
+        if name.startswith("pooler."):
+            continue
+        if ".LayerNorm." in name:
+            name = name.replace(".LayerNorm.weight", ".LayerNorm.gamma").replace(".LayerNorm.bias", ".LayerNorm.beta")
+        t["bert." + name] = v
+    t["cls.predictions.bias"] = np.zeros(V, np.float32)
+    t["cls.predictions.transform.dense.weight"] = _w(rng, E, E)
+    t["cls.predictions.transform.dense.bias"] = np.zeros(E, np.float32)
+    t["cls.predictions.transform.LayerNorm.gamma"] = np.ones(E, np.float32)
+    t["cls.predictions.transform.LayerNorm.beta"] = np.zeros(E, np.float32)
+    t["cls.predictions.decoder.weight"] = _w(rng, V, E)
+    return t
+
+
+def _bert_mlm_forward(cfg: dict, W: dict, tokens: list[int]) -> np.ndarray:
+    """The encoder's mean-pooled output, as for BertModel (the masked-LM head is not run)."""
+    renamed = {n.removeprefix("bert.").replace(".gamma", ".weight").replace(".beta", ".bias"): v
+               for n, v in W.items() if n.startswith("bert.")}
+    return _bert_forward(cfg, renamed, tokens)
+
+
+def _bert_mlm_config() -> dict:
+    # bert-base-uncased's keys, small
+    return {**_bert_config(), "architectures": ["BertForMaskedLM"], "_name_or_path": "bert-base-uncased"}
+
+
 MORE: dict[str, HFFamily] = {
     "gemma2": HFFamily(_gemma2_config, lambda c, r: _gemma_tensors(c, r, qk_norm=False),
                        lambda c, W, t: _gemma_forward(c, W, t, gemma3=False)),
@@ -400,6 +432,7 @@ MORE: dict[str, HFFamily] = {
                        lambda c, W, t: _gemma_forward(c, W, t, gemma3=True)),
     "phi3": HFFamily(_phi3_config, _phi3_tensors, _phi3_forward),
     "bert": HFFamily(_bert_config, _bert_tensors, _bert_forward),
+    "bert_mlm": HFFamily(_bert_mlm_config, _bert_mlm_tensors, _bert_mlm_forward),
 }
 for _name, _fam in MORE.items():
     if _name in hf_models.FAMILIES and hf_models.FAMILIES[_name] is not _fam:
@@ -509,6 +542,7 @@ CASES: dict[str, Case] = {
     "gemma3": Case("gemma3", "spm-gemma"),
     "phi3": Case("phi3", "phi3"),
     "bert": Case("bert", "minilm"),
+    "bert_mlm": Case("bert_mlm", "minilm"),
     # BF16 / F16 weights: the norm shift (in F32 / in F16) and the q/k permutation on stored 16-bit words
     "gemma3_bf16": Case("gemma3", "spm-gemma", dtype="BF16"),
     "gemma2_f16": Case("gemma2", "spm-gemma", dtype="F16"),
