@@ -115,7 +115,8 @@ def converted(case: str, tmp_path_factory) -> tuple[dict, dict, dict]:
 def test_metadata_equals_reference(case, tmp_path_factory):
     golden, _, got = converted(case, tmp_path_factory)
     problems = compare(golden, got)
-    assert not problems, f"{case}: {len(problems)} difference(s) from convert_hf_to_gguf.py:\n  " + "\n  ".join(problems)
+    assert not problems, (f"{case}: {len(problems)} difference(s) from convert_hf_to_gguf.py:\n  "
+                          + "\n  ".join(problems))
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])

@@ -1,7 +1,8 @@
-"""BERT (convert_hf_to_gguf's BertModel, also for BertForMaskedLM checkpoints): an encoder for embeddings. Non-causal attention, the pooling type
-of a sentence-transformers folder (modules.json -> 1_Pooling/config.json), the WordPiece vocabulary with
-token type count; the ``bert.`` prefix and ``gamma``/``beta`` names of older checkpoints normalized; the
-position-id buffer, the pooler and the masked-LM / next-sentence heads dropped (llama.cpp pools itself).
+"""BERT (convert_hf_to_gguf's BertModel, which also takes BertForMaskedLM checkpoints): an encoder for
+embeddings. Non-causal attention, the pooling type of a sentence-transformers folder (modules.json ->
+1_Pooling/config.json), the WordPiece vocabulary with token type count; the ``bert.`` prefix and
+``gamma``/``beta`` names of older checkpoints normalized; the position-id buffer, the pooler and the
+masked-LM / next-sentence heads dropped (llama.cpp pools itself).
 """
 
 from __future__ import annotations

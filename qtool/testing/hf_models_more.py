@@ -329,7 +329,8 @@ def _bert_tensors(cfg: dict, rng: np.random.Generator) -> dict:
                 name + ".bias": (0.1 * rng.standard_normal(E)).astype(np.float32)}
 
     def dense(name, rows, cols):
-        return {name + ".weight": _w(rng, rows, cols), name + ".bias": (0.1 * rng.standard_normal(rows)).astype(np.float32)}
+        return {name + ".weight": _w(rng, rows, cols),
+                name + ".bias": (0.1 * rng.standard_normal(rows)).astype(np.float32)}
 
     # all-MiniLM-L6-v2's model.safetensors order and names (BertModel: no "bert." prefix)
     t = {**ln("embeddings.LayerNorm"), "embeddings.position_embeddings.weight": _w(rng, P, E, scale=0.5),
@@ -493,7 +494,8 @@ def _phi3_tokenizer(folder: Path) -> None:
         "add_bos_token": False, "add_eos_token": False, "added_tokens_decoder": decoder, "bos_token": "<s>",
         "chat_template": template, "clean_up_tokenization_spaces": False, "eos_token": "<|endoftext|>",
         "legacy": False, "model_max_length": 4096, "pad_token": "<|endoftext|>", "padding_side": "left",
-        "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>", "use_default_system_prompt": False})
+        "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
+        "use_default_system_prompt": False})
 
 
 def _smollm2(folder: Path) -> None:
