@@ -1,14 +1,15 @@
-"""F32, F16 and BF16 against ggml bit for bit (quantize and to_float), and round trips."""
+"""F32, F16 and BF16 beyond tests/test_identity.py: every rounding boundary and every half / bfloat16 bit
+pattern against ggml bit for bit, against numpy and an exact rounding, and round trips."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 
 from qtool.quantizers import get
 from qtool.testing import ggml
-from qtool.testing.data import hard_rows
 from qtool.testing.golden import mismatch_report
 
 TYPES = [T.F32, T.F16, T.BF16]
@@ -16,11 +17,6 @@ ids = {"ids": lambda t: t.name}
 oracle = pytest.mark.oracle
 
 _F32_MAX = np.finfo(np.float32).max
-
-
-def _need_oracle():
-    if not ggml.available():
-        pytest.skip("llama-cpp-python (the ggml oracle) is not installed")
 
 
 def rounding_cases() -> np.ndarray:
@@ -49,13 +45,14 @@ def rounding_cases() -> np.ndarray:
 
 @oracle
 @pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_quantize_matches_ggml(qtype):
-    _need_oracle()
+def test_rounding_cases_match_ggml(qtype):
+    """(Hard rows: tests/test_identity.py.)"""
+    need_oracle()
     q = get(qtype)
-    for x in (rounding_cases(), hard_rows(39, 256, 5)):
-        with np.errstate(over="ignore"):
-            want = ggml.quantize(qtype, x)
-        assert mismatch_report(q.quantize(x), want, q.type_size * 32) == ""
+    x = rounding_cases()
+    with np.errstate(over="ignore"):
+        want = ggml.quantize(qtype, x)
+    assert mismatch_report(q.quantize(x), want, q.type_size * 32) == ""
 
 
 def _is_signalling_nan(h: np.ndarray, qtype) -> np.ndarray:
@@ -78,14 +75,14 @@ def _every_pattern_vs_ggml(qtype, signalling: bool) -> str:
 @pytest.mark.parametrize("qtype", [T.F16, T.BF16], **ids)
 def test_dequantize_every_bit_pattern_matches_ggml(qtype):
     """All half / bfloat16 patterns but signalling NaNs (zeros, subnormals, infinities, quiet NaNs)."""
-    _need_oracle()
+    need_oracle()
     assert _every_pattern_vs_ggml(qtype, signalling=False) == ""
 
 
 @oracle
 @pytest.mark.parametrize("qtype", [T.F16, T.BF16], **ids)
 def test_dequantize_signalling_nans_match_ggml(qtype):
-    _need_oracle()
+    need_oracle()
     assert _every_pattern_vs_ggml(qtype, signalling=True) == ""
 
 

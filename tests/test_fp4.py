@@ -1,21 +1,20 @@
-"""MXFP4 and NVFP4 against ggml bit for bit: quantize on hard rows, scale-exponent boundaries, rounding
-midpoints and degenerate (denormal, FLT_MAX) blocks; dequantize on ggml's blocks and on every scale
-byte; thread counts; and against gguf-py (MXFP4 both ways, NVFP4 dequantize: gguf-py has no NVFP4
-quantizer)."""
+"""MXFP4 and NVFP4 beyond tests/test_identity.py (hard rows, ggml's and random bytes, thread counts):
+against ggml bit for bit on scale-exponent boundaries, rounding midpoints, degenerate (denormal,
+FLT_MAX) blocks and every scale byte; against gguf-py (MXFP4 both ways, NVFP4 dequantize: gguf-py has
+no NVFP4 quantizer); round-trip error and the code scan."""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
+from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
-import qtool.quantizers.fp4  # noqa: F401  (registers MXFP4 and NVFP4)
 from qtool.kernels import fp4 as k
-from qtool.quantizers.base import _REGISTRY
+from qtool.quantizers import get
 from qtool.testing import ggml
-from qtool.testing.data import hard_rows, importance
+from qtool.testing.data import hard_rows
 from qtool.testing.golden import mismatch_report
 
 TYPES = [T.MXFP4, T.NVFP4]
@@ -26,17 +25,8 @@ oracle = pytest.mark.oracle
 ids = {"ids": lambda t: t.name}
 
 
-def _q(qtype):
-    return _REGISTRY[qtype]
-
-
-def _need_oracle():
-    if not ggml.available():
-        pytest.skip("llama-cpp-python (the ggml oracle) is not installed")
-
-
 def _check(qtype, x, w=None):
-    q = _q(qtype)
+    q = get(qtype)
     with np.errstate(all="ignore"):
         want = ggml.quantize(qtype, x)
     assert mismatch_report(q.quantize(x, w), want, q.type_size) == ""
@@ -136,30 +126,10 @@ def ue4m3_rows(seed: int = 6) -> np.ndarray:
 
 
 @oracle
-@pytest.mark.parametrize("nrows,n_per_row,seed", SHAPES)
-@pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_quantize_matches_ggml(qtype, nrows, n_per_row, seed):
-    _need_oracle()
-    _check(qtype, hard_rows(nrows, n_per_row, seed))
-
-
-@oracle
-@pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_importance_vector_is_ignored_as_by_ggml(qtype):
-    """ggml's quantize_mxfp4/nvfp4 ignore quant_weights; an imatrix must not change our bytes either."""
-    _need_oracle()
-    x = hard_rows(26, 512, 9)
-    q = _q(qtype)
-    assert not q.uses_imatrix
-    assert mismatch_report(q.quantize(x, importance(512, 9)), ggml.quantize(qtype, x, importance(512, 9)),
-                           q.type_size) == ""
-
-
-@oracle
 @pytest.mark.parametrize("kind", ["boundary", "midpoint", "extreme", "ue4m3"])
 @pytest.mark.parametrize("qtype", TYPES, **ids)
 def test_hard_scales_match_ggml(qtype, kind):
-    _need_oracle()
+    need_oracle()
     x = {"boundary": boundary_rows, "extreme": extreme_rows, "ue4m3": ue4m3_rows}.get(kind)
     x = midpoint_rows(qtype) if x is None else x()
     _check(qtype, x)
@@ -168,7 +138,7 @@ def test_hard_scales_match_ggml(qtype, kind):
 def _scale_blocks(qtype) -> np.ndarray:
     """Random codes under every scale byte (0..255: E8M0's denormal halves and 2^127, UE4M3's two zeros,
     its ignored top bit), plus random bytes."""
-    q = _q(qtype)
+    q = get(qtype)
     rng = np.random.default_rng(13)
     blocks = rng.integers(0, 256, (512, q.type_size), dtype=np.uint8)
     n_scales = 1 if qtype == T.MXFP4 else 4
@@ -178,22 +148,22 @@ def _scale_blocks(qtype) -> np.ndarray:
 
 @oracle
 @pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_dequantize_matches_ggml(qtype):
-    _need_oracle()
-    q = _q(qtype)
-    x = hard_rows(39, 512, 11)
-    for data in (ggml.quantize(qtype, x), _scale_blocks(qtype)):
-        n = data.shape[1] // q.type_size * q.block_size
-        with np.errstate(all="ignore"):
-            want = ggml.dequantize(qtype, data, n)
-        assert mismatch_report(q.dequantize(data), want, 4 * q.block_size, "ggml's to_float") == ""
+def test_every_scale_byte_dequantizes_as_ggml(qtype):
+    """(ggml's own bytes and random bytes: tests/test_identity.py.)"""
+    need_oracle()
+    q = get(qtype)
+    data = _scale_blocks(qtype)
+    n = data.shape[1] // q.type_size * q.block_size
+    with np.errstate(all="ignore"):
+        want = ggml.dequantize(qtype, data, n)
+    assert mismatch_report(q.dequantize(data), want, 4 * q.block_size, "ggml's to_float") == ""
 
 
 @pytest.mark.parametrize("nrows,n_per_row,seed", SHAPES)
 def test_mxfp4_matches_gguf_py(nrows, n_per_row, seed):
     """gguf-py's numpy MXFP4 is bit-exact with ggml's _ref: a second oracle needing no llama-cpp-python."""
     x = hard_rows(nrows, n_per_row, seed)
-    q = _q(T.MXFP4)
+    q = get(T.MXFP4)
     with np.errstate(all="ignore"):
         want = gq.quantize(x, T.MXFP4)
     assert mismatch_report(q.quantize(x), want, q.type_size, "gguf-py") == ""
@@ -202,7 +172,7 @@ def test_mxfp4_matches_gguf_py(nrows, n_per_row, seed):
 
 @pytest.mark.parametrize("qtype", TYPES, **ids)
 def test_dequantize_matches_gguf_py(qtype):
-    q = _q(qtype)
+    q = get(qtype)
     data = _scale_blocks(qtype)
     with np.errstate(all="ignore"):
         want = gq.dequantize(data, qtype).astype(np.float32)
@@ -210,23 +180,11 @@ def test_dequantize_matches_gguf_py(qtype):
 
 
 @pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_thread_count_does_not_change_bytes(qtype):
-    x = hard_rows(53, 512, 21)
-    q = _q(qtype)
-    one = q.quantize(x, threads=1)
-    two = q.quantize(x, threads=2)
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    assert mismatch_report(two, one, q.type_size, "1 thread") == ""
-    assert mismatch_report(q.dequantize(one, threads=2), q.dequantize(one, threads=1),
-                           4 * q.block_size, "1 thread") == ""
-
-
-@pytest.mark.parametrize("qtype", TYPES, **ids)
 def test_round_trip_error_is_bounded(qtype):
     """Dequantized ~ input: within one E2M1 level spacing (2*d at the top, 4 in doubled units) of each weight."""
     rng = np.random.default_rng(31)
     x = rng.standard_normal((8, 512)).astype(np.float32)
-    q = _q(qtype)
+    q = get(qtype)
     y = q.dequantize(q.quantize(x))
     assert y.shape == x.shape and y.dtype == np.float32
     g = 32 if qtype == T.MXFP4 else 16
@@ -247,16 +205,3 @@ def test_code_scan_equals_full_best_index():
     want = np.argmin(errs, axis=1)  # numpy's argmin keeps the first minimum, as the C loop does
     got = np.array([k._code(v, d, k.MAGNITUDES) for v in x])
     np.testing.assert_array_equal(got, want)
-
-
-@pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_matches_stored_golden(qtype):
-    """ggml's stored vectors (fixtures/golden), for machines without llama-cpp-python."""
-    from qtool.testing import golden
-
-    g = golden.load(qtype)
-    assert g is not None, f"run python fixtures/golden/make_golden.py {qtype.name}"
-    q = _q(qtype)
-    assert mismatch_report(q.quantize(g.rows), g.q, q.type_size, "golden") == ""
-    assert mismatch_report(q.quantize(g.rows, g.imatrix), g.qi, q.type_size, "golden") == ""
-    assert mismatch_report(q.dequantize(g.q), g.dq, 4 * q.block_size, "golden") == ""

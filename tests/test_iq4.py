@@ -1,34 +1,23 @@
-"""IQ4_NL and IQ4_XS against ggml, bit for bit: both quantize paths, edge-case importance vectors,
-dequantize (also of random bytes), thread counts, and the stored golden vectors."""
+"""IQ4_NL and IQ4_XS beyond tests/test_identity.py (hard rows on both paths, ggml's and random bytes,
+thread counts): edge-case importance vectors and codebook-search edges against ggml bit for bit; the
+round-trip error; the nearest-entry search against ggml's bisection."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import need_oracle
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-import qtool.quantizers.iq4  # noqa: F401  (registers IQ4_NL and IQ4_XS)
 from qtool.kernels import iq4 as ki
 from qtool.quantizers import get
-from qtool.testing import ggml, golden
+from qtool.testing import ggml
 from qtool.testing.data import hard_rows, importance
-from qtool.testing.golden import dequantize_vs_ggml_report, mismatch_report, thread_count_report
+from qtool.testing.golden import mismatch_report
 
 oracle = pytest.mark.oracle
 TYPES = [T.IQ4_NL, T.IQ4_XS]
-
-# (nrows, n_per_row, seed) per type: widths multiples of the block, every hard_rows case several times
-SHAPES = {
-    T.IQ4_NL: [(130, 32, 0), (104, 96, 1), (65, 512, 2), (39, 4096, 3)],
-    T.IQ4_XS: [(130, 256, 0), (104, 768, 1), (65, 1024, 2), (39, 4096, 3)],
-}
-CASES = [(t, *s) for t in TYPES for s in SHAPES[t]]
-
-
-def _need_oracle():
-    if not ggml.available():
-        pytest.skip("llama-cpp-python (the ggml oracle) is not installed")
 
 
 def _check(qtype, x, imat, what):
@@ -40,22 +29,12 @@ def _check(qtype, x, imat, what):
 
 
 @oracle
-@pytest.mark.parametrize("path", ["null", "imatrix"])
-@pytest.mark.parametrize("qtype,nrows,n_per_row,seed", CASES, ids=lambda v: getattr(v, "name", str(v)))
-def test_quantize_matches_ggml(qtype, nrows, n_per_row, seed, path):
-    """null: C's NULL quant_weights (ggml still weights by x^2); imatrix: weights qw*sqrt(sigma2 + x^2)."""
-    _need_oracle()
-    imat = importance(n_per_row, seed + 100) if path == "imatrix" else None
-    _check(qtype, hard_rows(nrows, n_per_row, seed), imat, f"{path} seed {seed}")
-
-
-@oracle
 @pytest.mark.parametrize("kind", ["zero", "tiny", "huge", "one_hot"])
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_edge_importance_vectors(qtype, kind):
     """All-zero weights (0/0 in the scale search), denormal-scale, overflowing (w*q*x reaches inf) and
     a single non-zero weight per row."""
-    _need_oracle()
+    need_oracle()
     n = 1024
     imat = {
         "zero": np.zeros(n, np.float32),
@@ -72,7 +51,7 @@ def test_edge_importance_vectors(qtype, kind):
 def test_codebook_search_edges(qtype):
     """Values on and between codebook entries and the midpoints between them, +-inf-scale magnitudes
     near float32's limits: the nearest-entry search must tie-break exactly as ggml's bisection."""
-    _need_oracle()
+    need_oracle()
     v = ki.KVALUES_IQ4NL.astype(np.float32)
     mids = (v[1:] + v[:-1]) / np.float32(2)
     pool = np.concatenate([v, -v, mids, np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, -np.inf),
@@ -83,51 +62,6 @@ def test_codebook_search_edges(qtype):
     x[~np.isfinite(x)] = 0
     for imat in (None, importance(512, 24)):
         _check(qtype, x, imat, "codebook edges")
-
-
-@oracle
-@pytest.mark.parametrize("source", ["ggml", "random"])
-@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_dequantize_matches_ggml(qtype, source):
-    """Bit-for-bit floats, on ggml's own output and on random bytes (NaN/Inf/subnormal halves)."""
-    _need_oracle()
-    n_per_row = 1024
-    if source == "ggml":
-        data = ggml.quantize(qtype, hard_rows(26, n_per_row, 7), importance(n_per_row, 8))
-    else:
-        block, size = GGML_QUANT_SIZES[qtype]
-        data = np.random.default_rng(9).integers(0, 256, (64, n_per_row // block * size), dtype=np.uint8)
-    report = dequantize_vs_ggml_report(qtype, data, n_per_row)
-    assert not report, f"{qtype.name} dequantize ({source} bytes): {report}"
-
-
-@pytest.mark.parametrize("path", ["null", "imatrix"])
-@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_same_bytes_for_any_thread_count(qtype, path):
-    x = hard_rows(26, 1024, 11)
-    imat = importance(1024, 12) if path == "imatrix" else None
-    report = thread_count_report(qtype, x, imat)
-    assert not report, f"{qtype.name} {path}: 1 thread vs 2 threads: {report}"
-
-
-@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_golden_vectors(qtype):
-    """ggml's stored bytes and floats (fixtures/golden), checked without llama-cpp-python."""
-    g = golden.load(qtype)
-    assert g is not None, f"run python fixtures/golden/make_golden.py {qtype.name}"
-    q = get(qtype)
-    assert mismatch_report(q.quantize(g.rows), g.q, q.type_size) == ""
-    assert mismatch_report(q.quantize(g.rows, g.imatrix), g.qi, q.type_size) == ""
-    for data, want in ((g.q, g.dq), (g.qi, g.dqi)):
-        assert mismatch_report(q.dequantize(data), want, 4 * q.block_size, "ggml's to_float") == ""
-
-
-@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_importance_vector_changes_the_result(qtype):
-    """The weighted path is really taken (a regression to the x^2 path would pass the thread test)."""
-    x = hard_rows(13, 512, 13)
-    q = get(qtype)
-    assert not np.array_equal(q.quantize(x), q.quantize(x, importance(512, 14)))
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)

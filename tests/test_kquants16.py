@@ -1,76 +1,25 @@
-"""Q2_K, Q3_K and Q6_K kernels against ggml, bit for bit: both quantize paths, dequantize, threads.
-
-The kernels are called directly (drivers on plain arrays), so these tests hold whether or not the
-registry classes exist yet.
-"""
+"""Q2_K, Q3_K and Q6_K beyond tests/test_identity.py (hard rows on both paths, dequantize, thread counts):
+odd importance vectors and extreme finite values against ggml, bit for bit; the round-trip error; the
+all-zero block; the batched 16-sub-block searches against the one-block searches."""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
+from conftest import need_oracle
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from qtool.kernels import kquants16 as kb
+from qtool.quantizers import get
 from qtool.testing import ggml
 from qtool.testing.data import hard_rows, importance
 from qtool.testing.golden import mismatch_report
 
 oracle = pytest.mark.oracle
 
-KERNELS = {
-    T.Q2_K: (kb.quantize_q2_K, kb.dequantize_q2_K),
-    T.Q3_K: (kb.quantize_q3_K, kb.dequantize_q3_K),
-    T.Q6_K: (kb.quantize_q6_K, kb.dequantize_q6_K),
-}
-QTYPES = list(KERNELS)
+QTYPES = [T.Q2_K, T.Q3_K, T.Q6_K]
 NO_WEIGHTS = np.zeros(0, np.float32)
-
-# (nrows, n_per_row, seed): 325 rows in all; every hard_rows case appears in each shape
-SHAPES = [(104, 256, 0), (78, 1024, 1), (26, 4096, 2), (52, 512, 3), (65, 768, 4)]
-
-
-def _need_oracle():
-    if not ggml.available():
-        pytest.skip("llama-cpp-python (the ggml oracle) is not installed")
-
-
-def quantize(qtype, x, imatrix=None):
-    n_per_row = x.shape[1]
-    block, size = GGML_QUANT_SIZES[qtype]
-    out = np.empty((x.shape[0], n_per_row // block * size), np.uint8)
-    KERNELS[qtype][0](np.ascontiguousarray(x, np.float32), NO_WEIGHTS if imatrix is None else imatrix, out)
-    return out
-
-
-def dequantize(qtype, data):
-    block, size = GGML_QUANT_SIZES[qtype]
-    out = np.empty((data.shape[0], data.shape[1] // size * block), np.float32)
-    KERNELS[qtype][1](data, out)
-    return out
-
-
-def float_report(ours: np.ndarray, ref: np.ndarray) -> str:
-    diff = np.flatnonzero(ours.view(np.uint32).ravel() != ref.view(np.uint32).ravel())
-    if diff.size == 0:
-        return ""
-    i = diff[0]
-    return f"{diff.size} values differ; first at flat index {i}: {ours.ravel()[i]!r} vs ggml {ref.ravel()[i]!r}"
-
-
-@oracle
-@pytest.mark.parametrize("nrows,n_per_row,seed", SHAPES)
-@pytest.mark.parametrize("path", ["ref", "imatrix"])
-@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
-def test_quantize_matches_ggml(qtype, path, nrows, n_per_row, seed):
-    _need_oracle()
-    x = hard_rows(nrows, n_per_row, seed)
-    imat = importance(n_per_row, seed + 100) if path == "imatrix" else None
-    ours = quantize(qtype, x, imat)
-    ref = ggml.quantize(qtype, x, imat)
-    report = mismatch_report(ours, ref, GGML_QUANT_SIZES[qtype][1])
-    assert not report, f"{qtype.name} {path} {nrows}x{n_per_row} seed {seed}: {report}"
 
 
 def _odd_imatrix(kind: str, n: int) -> np.ndarray:
@@ -91,10 +40,10 @@ def _odd_imatrix(kind: str, n: int) -> np.ndarray:
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
 def test_odd_importance_vectors_match_ggml(qtype, kind):
     """Degenerate weights drive the scale searches into their zero-sum and no-improvement branches."""
-    _need_oracle()
+    need_oracle()
     x = hard_rows(26, 512, 23)
     imat = _odd_imatrix(kind, 512)
-    report = mismatch_report(quantize(qtype, x, imat), ggml.quantize(qtype, x, imat), GGML_QUANT_SIZES[qtype][1])
+    report = mismatch_report(get(qtype).quantize(x, imat), ggml.quantize(qtype, x, imat), GGML_QUANT_SIZES[qtype][1])
     assert not report, f"{qtype.name} imatrix={kind}: {report}"
 
 
@@ -119,54 +68,11 @@ def _extreme_rows(n: int) -> np.ndarray:
 @pytest.mark.parametrize("path", ["ref", "imatrix"])
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
 def test_extreme_finite_values_match_ggml(qtype, path):
-    _need_oracle()
+    need_oracle()
     x = _extreme_rows(512)
     imat = importance(512, 32) if path == "imatrix" else None
-    report = mismatch_report(quantize(qtype, x, imat), ggml.quantize(qtype, x, imat), GGML_QUANT_SIZES[qtype][1])
+    report = mismatch_report(get(qtype).quantize(x, imat), ggml.quantize(qtype, x, imat), GGML_QUANT_SIZES[qtype][1])
     assert not report, f"{qtype.name} {path} extreme values: {report}"
-
-
-@oracle
-@pytest.mark.parametrize("source", ["ggml", "random"])
-@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
-def test_dequantize_matches_ggml(qtype, source):
-    """Bit-for-bit equal floats, on ggml's own output and on random bytes (NaN/Inf/subnormal halves)."""
-    _need_oracle()
-    n_per_row = 1024
-    if source == "ggml":
-        data = ggml.quantize(qtype, hard_rows(26, n_per_row, 7), importance(n_per_row, 8))
-    else:
-        block, size = GGML_QUANT_SIZES[qtype]
-        data = np.random.default_rng(9).integers(0, 256, (26, n_per_row // block * size), dtype=np.uint8)
-    report = float_report(dequantize(qtype, data), ggml.dequantize(qtype, data, n_per_row))
-    assert not report, f"{qtype.name} dequantize ({source} bytes): {report}"
-
-
-@pytest.mark.parametrize("path", ["ref", "imatrix"])
-@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
-def test_same_bytes_for_any_thread_count(qtype, path):
-    x = hard_rows(26, 512, 11)
-    imat = importance(512, 12) if path == "imatrix" else None
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = quantize(qtype, x, imat)
-        back_one = dequantize(qtype, one)
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        many = quantize(qtype, x, imat)
-        back_many = dequantize(qtype, one)
-    finally:
-        numba.set_num_threads(before)
-    report = mismatch_report(one, many, GGML_QUANT_SIZES[qtype][1])
-    assert not report, f"{qtype.name} {path}: 1 thread vs {numba.config.NUMBA_NUM_THREADS}: {report}"
-    assert not float_report(back_one, back_many)
-
-
-@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
-def test_importance_vector_changes_the_result(qtype):
-    """The imatrix path is really taken (a regression to the ref path would pass the thread test)."""
-    x = hard_rows(13, 512, 13)
-    assert not np.array_equal(quantize(qtype, x), quantize(qtype, x, importance(512, 14)))
 
 
 @pytest.mark.parametrize("path", ["ref", "imatrix"])
@@ -175,7 +81,7 @@ def test_round_trip_error_is_small(qtype, path):
     """Independent of ggml: plain gaussian rows come back within the type's usual relative RMS error."""
     x = (np.random.default_rng(15).standard_normal((8, 512)) * 0.02).astype(np.float32)
     imat = importance(512, 16) if path == "imatrix" else None
-    back = dequantize(qtype, quantize(qtype, x, imat))
+    back = get(qtype).dequantize(get(qtype).quantize(x, imat))
     rel = np.sqrt(np.mean((back - x) ** 2)) / np.sqrt(np.mean(x ** 2))
     assert rel < {T.Q2_K: 0.36, T.Q3_K: 0.2, T.Q6_K: 0.03}[qtype], rel
 
@@ -184,8 +90,8 @@ def test_round_trip_error_is_small(qtype, path):
 def test_all_zero_rows_give_zero_blocks(qtype):
     """ggml writes an all-zero block for an all-zero super-block (d = 0, every scale 0)."""
     x = np.zeros((2, 512), np.float32)
-    out = quantize(qtype, x)
-    back = dequantize(qtype, out)
+    out = get(qtype).quantize(x)
+    back = get(qtype).dequantize(out)
     assert not back.any()
     if qtype == T.Q6_K:  # quantize_row_q6_K memsets the whole block
         assert not out.any()

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+#: hard_rows' case of huge (1e30) magnitudes: rows HUGE_CASE, HUGE_CASE + N_CASES, ...
+HUGE_CASE, N_CASES = 10, 13
 
-def hard_rows(nrows: int, n_per_row: int, seed: int = 0) -> np.ndarray:
+#: half-precision bit patterns: +-0, subnormals, normals, +-inf, quiet and signalling NaNs of both signs
+SPECIAL_HALVES = (0x0000, 0x8000, 0x0001, 0x83FF, 0x3C00, 0xC000, 0x7BFF, 0x7C00, 0xFC00,
+                  0x7E00, 0xFE00, 0x7C01, 0xFDC0, 0x7F88, 0xFFA9, 0x3555)
+
+
+def hard_rows(nrows: int, n_per_row: int, seed: int = 0, huge_scale: float = 1.0) -> np.ndarray:
     """float32 [nrows, n_per_row]: gaussian rows with, per row, one of the hard cases mixed in.
 
     Cases (cycling over rows): plain gaussian; all zeros; tiny (1e-30, denormal-scale) values;
@@ -20,7 +27,7 @@ def hard_rows(nrows: int, n_per_row: int, seed: int = 0) -> np.ndarray:
     """
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((nrows, n_per_row)).astype(np.float32) * np.float32(0.02)
-    n_cases = 13
+    n_cases = N_CASES
     for r in range(nrows):
         case = r % n_cases
         row = x[r]
@@ -57,6 +64,8 @@ def hard_rows(nrows: int, n_per_row: int, seed: int = 0) -> np.ndarray:
     # a few sprinkled exact zeros and sign-symmetric pairs everywhere
     zero_mask = rng.random((nrows, n_per_row)) < 0.02
     x[zero_mask] = 0
+    if huge_scale != 1.0:
+        x[HUGE_CASE::N_CASES] *= np.float32(huge_scale)
     return x
 
 
@@ -68,3 +77,35 @@ def importance(n_per_row: int, seed: int = 1) -> np.ndarray:
     w[rng.choice(n_per_row, size=max(1, n_per_row // 50), replace=False)] = 0
     w[rng.choice(n_per_row, size=max(1, n_per_row // 100), replace=False)] *= np.float32(100.0)
     return w
+
+
+def boundary_rows(nrows: int = 48, n: int = 512, seed: int = 9, spacing: int = 256) -> np.ndarray:
+    """Weights on and one ulp either side of +-amax/2, where round-half-away-from-zero decides a
+    ternary code, with amax a power of two or not, and -amax/+amax ties for the block maximum (one
+    +-amax every ``spacing`` weights: the block size, so that every block holds its maximum)."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((nrows, n), np.float32)
+    for r in range(nrows):
+        amax = np.float32(rng.choice([1.0, 0.75, 3.0, 1e-3, 0.1, 7.0 / 3.0]))
+        half = np.float32(amax * np.float32(0.5))
+        cands = np.array([half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(1e9)),
+                          amax, -amax, np.float32(0), np.float32(-0.0)], np.float32)
+        v = rng.choice(cands, n) * rng.choice(np.array([-1, 1], np.float32), n)
+        v[::spacing] = amax if r % 2 else -amax
+        x[r] = v
+    return x
+
+
+def special_scale_blocks(type_size: int, offsets: tuple[int, ...], seed: int = 17) -> np.ndarray:
+    """uint8 [n_blocks, type_size]: random bytes, with the half-precision scales at byte ``offsets`` of
+    each block (negative: from the block's end) set to every combination of SPECIAL_HALVES, one block
+    each (16 blocks for one scale, 256 for two)."""
+    import itertools
+
+    combos = list(itertools.product(SPECIAL_HALVES, repeat=len(offsets)))
+    out = np.random.default_rng(seed).integers(0, 256, (len(combos), type_size), dtype=np.uint8)
+    for i, halves in enumerate(combos):
+        for off, h in zip(offsets, halves):
+            o = off % type_size
+            out[i, o:o + 2] = (h & 0xFF, h >> 8)
+    return out

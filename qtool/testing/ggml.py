@@ -107,6 +107,20 @@ def problem() -> str | None:
     return None
 
 
+def _c_name(qtype: QType) -> str:
+    """ggml's spelling in function names: Q8_K -> q8_K."""
+    return qtype.name[0].lower() + qtype.name[1:]
+
+
+def _exported(name: str):
+    """An exported row function of libggml-base (src, dst, n) by name, or None."""
+    fn = getattr(_lib(), name, None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        fn.restype = None
+    return fn
+
+
 def requires_imatrix(qtype: QType | int) -> bool:
     return bool(_lib().ggml_quantize_requires_imatrix(int(qtype)))
 
@@ -114,9 +128,11 @@ def requires_imatrix(qtype: QType | int) -> bool:
 def quantize(qtype: QType | int, data: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """ggml_quantize_chunk over all rows of ``data`` (float32 [nrows, n_per_row]) -> uint8 [nrows, row_bytes]."""
     qtype = ggml_type(int(qtype))
-    if qtype in _NOT_IN_QUANTIZE_CHUNK:
+    row_ref = _exported(f"quantize_row_{_c_name(qtype)}_ref") if qtype in _NOT_IN_QUANTIZE_CHUNK else None
+    if qtype in _NOT_IN_QUANTIZE_CHUNK and (row_ref is None or imatrix is not None):
         # ggml_quantize_chunk aborts the whole process on these (GGML_ABORT), so refuse politely
-        raise ValueError(f"ggml_quantize_chunk has no {qtype.name} case (use its quantize_row_*_ref)")
+        raise ValueError(f"ggml_quantize_chunk has no {qtype.name} case, and its quantize_row_*_ref "
+                         f"{'takes no importance vector' if row_ref else 'is not exported here'}")
     src = np.ascontiguousarray(data, dtype=np.float32)
     if src.ndim == 1:
         src = src.reshape(1, -1)
@@ -129,6 +145,9 @@ def quantize(qtype: QType | int, data: np.ndarray, imatrix: np.ndarray | None = 
     if imatrix is not None:
         imat = np.ascontiguousarray(imatrix, dtype=np.float32)
         assert imat.shape == (n_per_row,)
+    if row_ref is not None:  # Q8_K: the reference row function over all rows at once
+        row_ref(src.ctypes.data, dst.ctypes.data, src.size)
+        return dst
     written = _lib().ggml_quantize_chunk(int(qtype), src.ctypes.data, dst.ctypes.data, 0, nrows, n_per_row,
                                          None if imat is None else imat.ctypes.data)
     assert written == dst.nbytes, (written, dst.nbytes)
@@ -144,7 +163,8 @@ def dequantize(qtype: QType | int, data: np.ndarray, n_per_row: int) -> np.ndarr
     traits = _lib().ggml_get_type_traits(int(qtype)).contents
     if qtype == GGMLQuantizationType.F32:
         return raw.view(np.float32).reshape(nrows, n_per_row).copy()
-    assert traits.to_float, f"ggml has no to_float for {qtype.name}"
-    fn = _TO_FLOAT(traits.to_float)
+    # not in ggml-base's trait table (Q8_K): the exported dequantize_row_<type> by name
+    fn = _TO_FLOAT(traits.to_float) if traits.to_float else _exported(f"dequantize_row_{_c_name(qtype)}")
+    assert fn is not None, f"ggml has no to_float for {qtype.name}"
     fn(raw.ctypes.data, out.ctypes.data, nrows * n_per_row)
     return out

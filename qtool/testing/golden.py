@@ -100,14 +100,21 @@ def dequantize_vs_ggml_report(qtype: GGMLQuantizationType, data: np.ndarray, n_p
 
 
 def thread_count_report(qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None) -> str:
-    """'' when 1 and 2 threads give the same quantized bytes and dequantized floats, else what differs."""
+    """'' when 1 and 2 threads give the same quantized bytes and dequantized floats, else what differs.
+    Numba's thread count is put back as it was."""
+    import numba
+
     from qtool.quantizers import get
 
     q = get(qtype)
-    one = q.quantize(rows, imatrix, threads=1)
-    report = mismatch_report(one, q.quantize(rows, imatrix, threads=2), q.type_size, "2 threads")
-    if report:
-        return f"quantize: {report}"
-    report = mismatch_report(q.dequantize(one, threads=1), q.dequantize(one, threads=2), 4 * q.block_size,
-                             "2 threads")
-    return f"dequantize: {report}" if report else ""
+    before = numba.get_num_threads()
+    try:
+        one = q.quantize(rows, imatrix, threads=1)
+        report = mismatch_report(one, q.quantize(rows, imatrix, threads=2), q.type_size, "2 threads")
+        if report:
+            return f"quantize: {report}"
+        report = mismatch_report(q.dequantize(one, threads=1), q.dequantize(one, threads=2), 4 * q.block_size,
+                                 "2 threads")
+        return f"dequantize: {report}" if report else ""
+    finally:
+        numba.set_num_threads(before)

@@ -1,0 +1,208 @@
+"""Every registered type against ggml, bit for bit, parametrized over the registry: a new type is tested
+the moment it registers.
+
+For each type: seeded hard rows (qtool.testing.data.hard_rows) quantized on each path ggml has (no
+importance vector, an importance vector, an all-zero one) at several widths; ggml's to_float on ggml's
+own bytes, on random bytes and on blocks whose half-precision scales are every special value; the same
+bytes for any thread count; the importance-vector flags (read / required) as ggml's. What a family needs
+differently is data in FEATURES below, not code. Family-specific checks (rounding ties, codebook edges,
+abort rows, subnormal blocks, second oracles) stay in the family test files; the stored golden vectors
+are tests/test_golden.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+from qtool.errors import QuantError
+from qtool.formats.ggml_types import ggml_type_named
+from qtool.quantizers import get, registered
+from qtool.testing.data import hard_rows, importance, special_scale_blocks
+from qtool.testing.golden import dequantize_vs_ggml_report, mismatch_report, thread_count_report
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What one type is fed. Shapes are (nrows, n_per_row, seed) of hard_rows; importance vectors are
+    importance(n_per_row, seed + 100) on the quantize paths and importance(n_per_row, seed + 1) elsewhere."""
+
+    shapes: tuple[tuple[int, int, int], ...]
+    #: paths compared with ggml: "null" (C's NULL quant_weights), "imatrix", "zero_imatrix" (all-zero
+    #: weights: columns never activated). "null" is left out by itself where ggml requires a vector.
+    paths: tuple[str, ...] = ("null", "imatrix")
+    #: factor on hard_rows' 1e30 rows: ggml's lattice searches abort the process on them (their
+    #: distances overflow), so those rows are brought down to where ggml still quantizes
+    huge_scale: float = 1.0
+    #: ggml's bytes of hard_rows(*dequant) are dequantized; random bytes: 64 rows of the same width
+    dequant: tuple[int, int, int] = (26, 1024, 7)
+    #: hard_rows(*threads) for the thread-count check
+    threads: tuple[int, int, int] = (26, 1024, 11)
+    #: byte offsets of the half-precision scales in a block (negative: from its end), for the blocks
+    #: that carry every special half (NaNs, infinities, subnormals, signed zeros) there
+    scales: tuple[int, ...] = ()
+
+
+_LEGACY = dict(shapes=((130, 32, 0), (65, 96, 1), (52, 512, 2), (39, 1024, 3), (26, 4096, 4)),
+               paths=("null", "imatrix", "zero_imatrix"), dequant=(39, 512, 11), threads=(53, 256, 21))
+_K32 = dict(shapes=((26, 256, 0), (26, 1024, 1), (13, 4096, 2), (39, 512, 3)), threads=(26, 512, 11))
+_K16 = dict(shapes=((104, 256, 0), (78, 1024, 1), (26, 4096, 2), (52, 512, 3), (65, 768, 4)),
+            threads=(26, 512, 11))
+_FLOATS = dict(shapes=((39, 256, 5),))
+_FP4 = dict(shapes=((130, 64, 0), (65, 128, 1), (52, 512, 2), (39, 1024, 3), (26, 4096, 4)),
+            dequant=(39, 512, 11), threads=(53, 512, 21))
+_TERNARY = dict(shapes=((130, 256, 0), (78, 512, 1), (65, 1024, 2), (39, 2048, 3), (26, 4096, 4)),
+                dequant=(39, 1024, 11), threads=(53, 1024, 21), scales=(-2,))
+_LOWBIT = dict(shapes=((130, 128, 0), (78, 512, 1), (39, 1536, 2), (26, 4096, 3)),
+               dequant=(39, 1024, 11), threads=(53, 1024, 21), scales=(0,))
+_IQ1 = dict(shapes=((52, 256, 0), (39, 768, 1), (26, 2048, 2)))
+_IQ2 = dict(shapes=((52, 256, 0), (39, 1024, 1), (26, 2048, 2)), huge_scale=1e-17, scales=(0,))
+_IQ3 = dict(shapes=((26, 256, 0), (26, 512, 1), (13, 1024, 2), (13, 2048, 3)), huge_scale=1e-20,
+            dequant=(13, 1024, 7), threads=(26, 512, 11), scales=(0,))
+
+FEATURES: dict = {
+    T.F32: Feed(**_FLOATS), T.F16: Feed(**_FLOATS), T.BF16: Feed(**_FLOATS),
+    T.Q4_0: Feed(**_LEGACY, scales=(0,)), T.Q4_1: Feed(**_LEGACY, scales=(0, 2)),
+    T.Q5_0: Feed(**_LEGACY, scales=(0,)), T.Q5_1: Feed(**_LEGACY, scales=(0, 2)),
+    T.Q8_0: Feed(**_LEGACY, scales=(0,)),
+    T.Q4_K: Feed(**_K32, paths=("null", "imatrix", "zero_imatrix"), scales=(0, 2)),
+    T.Q5_K: Feed(**_K32, paths=("null", "imatrix", "zero_imatrix"), scales=(0, 2)),
+    T.Q8_K: Feed(**_K32, paths=("null",)),  # its quantize_row_q8_K_ref has no importance path
+    T.Q2_K: Feed(**_K16, scales=(-4, -2)), T.Q3_K: Feed(**_K16, scales=(-2,)), T.Q6_K: Feed(**_K16, scales=(-2,)),
+    T.MXFP4: Feed(**_FP4), T.NVFP4: Feed(**_FP4),
+    T.TQ1_0: Feed(**_TERNARY), T.TQ2_0: Feed(**_TERNARY),
+    T.Q1_0: Feed(**_LOWBIT), ggml_type_named("Q2_0"): Feed(**_LOWBIT),
+    T.IQ4_NL: Feed(shapes=((130, 32, 0), (104, 96, 1), (65, 512, 2), (39, 4096, 3)), scales=(0,)),
+    T.IQ4_XS: Feed(shapes=((130, 256, 0), (104, 768, 1), (65, 1024, 2), (39, 4096, 3)), scales=(0,)),
+    T.IQ1_S: Feed(**_IQ1, scales=(0,)), T.IQ1_M: Feed(**_IQ1),
+    T.IQ2_XXS: Feed(**_IQ2), T.IQ2_XS: Feed(**_IQ2), T.IQ2_S: Feed(**_IQ2),
+    T.IQ3_XXS: Feed(**_IQ3), T.IQ3_S: Feed(**_IQ3),
+}
+
+
+def feed(qtype) -> Feed:
+    """The type's entry, or for a type registered since this table was written, hard rows at two
+    widths of whole blocks."""
+    if qtype in FEATURES:
+        return FEATURES[qtype]
+    w = get(qtype).block_size * max(1, 512 // get(qtype).block_size)
+    return Feed(shapes=((52, w, 0), (26, 4 * w, 1)), dequant=(26, 2 * w, 7), threads=(26, 2 * w, 11))
+
+
+TYPES = list(registered())
+ids = {"ids": lambda v: getattr(v, "name", str(v))}
+
+
+def paths(qtype) -> list[str]:
+    return [p for p in feed(qtype).paths if not (p == "null" and get(qtype).requires_imatrix)]
+
+
+def rows(qtype, nrows: int, n_per_row: int, seed: int) -> np.ndarray:
+    return hard_rows(nrows, n_per_row, seed, huge_scale=feed(qtype).huge_scale)
+
+
+def weights(path: str, n_per_row: int, seed: int) -> np.ndarray | None:
+    return {"null": None, "imatrix": importance(n_per_row, seed),
+            "zero_imatrix": np.zeros(n_per_row, np.float32)}[path]
+
+
+CASES = [(t, path, *shape) for t in TYPES for path in paths(t) for shape in feed(t).shapes]
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("qtype,path,nrows,n_per_row,seed", CASES, **ids)
+def test_quantize_matches_ggml(oracle, qtype, path, nrows, n_per_row, seed):
+    x = rows(qtype, nrows, n_per_row, seed)
+    w = weights(path, n_per_row, seed + 100)
+    q = get(qtype)
+    ours = q.quantize(x, w)
+    with np.errstate(all="ignore"):  # the 1e30 rows overflow float32 in ggml as in qtool
+        ref = oracle.quantize(qtype, x, w)
+    assert ours.shape == ref.shape
+    report = mismatch_report(ours, ref, q.type_size)
+    assert not report, f"{qtype.name} {path} {nrows}x{n_per_row} seed {seed}: {report}"
+
+
+def _dequantize_sources(oracle, qtype) -> dict[str, np.ndarray]:
+    q = get(qtype)
+    f = feed(qtype)
+    nrows, n, seed = f.dequant
+    x = rows(qtype, nrows, n, seed)
+    out = {}
+    for path in paths(qtype):
+        if path != "zero_imatrix":
+            with np.errstate(all="ignore"):
+                out[f"ggml's bytes ({path})"] = oracle.quantize(qtype, x, weights(path, n, seed + 1))
+    out["random bytes"] = np.random.default_rng(9).integers(0, 256, (64, q.row_bytes(n)), dtype=np.uint8)
+    if f.scales:
+        blocks = special_scale_blocks(q.type_size, f.scales)
+        out["special scales"] = blocks.reshape(-1, 16 * q.type_size)
+    return out
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("qtype", TYPES, **ids)
+def test_dequantize_matches_ggml(oracle, qtype):
+    """ggml's to_float bit for bit: NaN payloads, infinities and signed zeros count."""
+    q = get(qtype)
+    for source, data in _dequantize_sources(oracle, qtype).items():
+        with np.errstate(all="ignore"):
+            report = dequantize_vs_ggml_report(qtype, data, data.shape[1] // q.type_size * q.block_size)
+        assert not report, f"{qtype.name} dequantize ({source}): {report}"
+
+
+THREAD_CASES = [(t, path) for t in TYPES for path in paths(t) if path != "zero_imatrix"]
+
+
+@pytest.mark.parametrize("qtype,path", THREAD_CASES, **ids)
+def test_same_bytes_for_any_thread_count(qtype, path):
+    nrows, n, seed = feed(qtype).threads
+    report = thread_count_report(qtype, rows(qtype, nrows, n, seed), weights(path, n, seed + 1))
+    assert not report, f"{qtype.name} {path}: 1 thread vs 2 threads: {report}"
+
+
+def _flag_rows(qtype):
+    n = feed(qtype).dequant[1]
+    return rows(qtype, 13, n, 13), importance(n, 14)
+
+
+@pytest.mark.parametrize("qtype", TYPES, **ids)
+def test_importance_vector_is_read_where_the_type_says(qtype):
+    """uses_imatrix: the weighted path is really taken (a regression to the unweighted one would pass the
+    thread test); otherwise the vector changes nothing."""
+    q = get(qtype)
+    if q.requires_imatrix:
+        with pytest.raises(QuantError, match="importance"):
+            q.quantize(hard_rows(2, q.block_size * max(1, 256 // q.block_size), 0))
+        return
+    x, w = _flag_rows(qtype)
+    with np.errstate(all="ignore"):
+        changed = not np.array_equal(q.quantize(x), q.quantize(x, w))
+    assert changed == q.uses_imatrix, f"{qtype.name}: uses_imatrix is {q.uses_imatrix}"
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("qtype", [t for t in TYPES if "imatrix" in feed(t).paths], **ids)
+def test_importance_flags_are_ggml_s(oracle, qtype):
+    """requires_imatrix as ggml_quantize_requires_imatrix; uses_imatrix exactly where ggml's bytes depend
+    on the vector."""
+    q = get(qtype)
+    assert q.requires_imatrix == oracle.requires_imatrix(qtype)
+    if q.requires_imatrix:
+        return
+    x, w = _flag_rows(qtype)
+    with np.errstate(all="ignore"):
+        changed = not np.array_equal(oracle.quantize(qtype, x), oracle.quantize(qtype, x, w))
+    assert changed == q.uses_imatrix, f"{qtype.name}: uses_imatrix is {q.uses_imatrix}, ggml's bytes {'' if changed else 'do not '}change"
+
+
+def test_table_names_registered_types():
+    """A misspelt or removed type in FEATURES would silently test nothing."""
+    assert set(FEATURES) <= set(registered()), set(FEATURES) - set(registered())
+    for qtype, f in FEATURES.items():
+        q = get(qtype)
+        for _, n, _ in f.shapes + (f.dequant, f.threads):
+            assert q.fits(n), (qtype.name, n)
