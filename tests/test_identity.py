@@ -21,7 +21,8 @@ from gguf import GGMLQuantizationType as T
 from qtool.errors import QuantError
 from qtool.formats.ggml_types import ggml_type_named
 from qtool.quantizers import get, registered
-from qtool.testing.data import hard_rows, importance, special_scale_blocks
+from qtool.testing.data import (HUGE_CASE, N_CASES, boundary_rows, edge_importance, extreme_rows, hard_rows, importance,
+                                special_scale_blocks)
 from qtool.testing.golden import dequantize_vs_ggml_report, mismatch_report, thread_count_report
 
 
@@ -44,24 +45,45 @@ class Feed:
     #: byte offsets of the half-precision scales in a block (negative: from its end), for the blocks
     #: that carry every special half (NaNs, infinities, subnormals, signed zeros) there
     scales: tuple[int, ...] = ()
+    #: data.extreme_rows(kinds, n, seed) on each path (importance(n, seed + 100)); none where ggml aborts
+    extreme: tuple = ()
+    extreme_at: tuple[int, int] = (512, 5)
+    #: data.edge_importance kinds, each on hard_rows(nrows, n, seed) for every seed listed
+    edge_weights: tuple[str, ...] = ()
+    edge_rows: tuple[int, int, tuple[int, ...]] = (26, 512, (4,))
+    #: data.boundary_rows' spacing of the block maxima (the block size) for ternary-rounding types; 0: none
+    boundary: int = 0
 
 
+#: extreme_rows kinds: denormal, smallest-subnormal and overflowing blocks, FLT_MAX, ...
+_EXTREME = (1e-39, 1e-44, 1e38, "+-max")
 _LEGACY = dict(shapes=((130, 32, 0), (65, 96, 1), (52, 512, 2), (39, 1024, 3), (26, 4096, 4)),
-               paths=("null", "imatrix", "zero_imatrix"), dequant=(39, 512, 11), threads=(53, 256, 21))
+               paths=("null", "imatrix", "zero_imatrix"), dequant=(39, 512, 11), threads=(53, 256, 21),
+               extreme=_EXTREME + (1e-20, 3e-39, "max,0", "min,-max/32"), extreme_at=(256, 5))
 _K32 = dict(shapes=((26, 256, 0), (26, 1024, 1), (13, 4096, 2), (39, 512, 3)), threads=(26, 512, 11))
 _K16 = dict(shapes=((104, 256, 0), (78, 1024, 1), (26, 4096, 2), (52, 512, 3), (65, 768, 4)),
-            threads=(26, 512, 11))
+            threads=(26, 512, 11),
+            extreme=("1e38 clipped", "+-3e38", 1e-39, 1e-14, "3.3e38", 1e19), extreme_at=(512, 31),
+            edge_weights=("zero", "ones", "tiny uniform", "zeroed sub-blocks"), edge_rows=(26, 512, (23,)))
 _FLOATS = dict(shapes=((39, 256, 5),))
 _FP4 = dict(shapes=((130, 64, 0), (65, 128, 1), (52, 512, 2), (39, 1024, 3), (26, 4096, 4)),
-            dequant=(39, 512, 11), threads=(53, 512, 21))
+            dequant=(39, 512, 11), threads=(53, 512, 21),
+            extreme=_EXTREME + (1e-20, 3e-39, 1e-3, 4e-3, 448.0 * 6, 3000.0, "max,0", "min,-max/32"))
 _TERNARY = dict(shapes=((130, 256, 0), (78, 512, 1), (65, 1024, 2), (39, 2048, 3), (26, 4096, 4)),
-                dequant=(39, 1024, 11), threads=(53, 1024, 21), scales=(-2,))
+                dequant=(39, 1024, 11), threads=(53, 1024, 21), scales=(-2,),
+                extreme=_EXTREME + (1e-37, 3e-39, "max,0", "lone/256"), boundary=256)
 _LOWBIT = dict(shapes=((130, 128, 0), (78, 512, 1), (39, 1536, 2), (26, 4096, 3)),
-               dequant=(39, 1024, 11), threads=(53, 1024, 21), scales=(0,))
-_IQ1 = dict(shapes=((52, 256, 0), (39, 768, 1), (26, 2048, 2)))
-_IQ2 = dict(shapes=((52, 256, 0), (39, 1024, 1), (26, 2048, 2)), huge_scale=1e-17, scales=(0,))
+               dequant=(39, 1024, 11), threads=(53, 1024, 21), scales=(0,),
+               extreme=_EXTREME + (1e-37, 3e-39, "+-0", "lone/64"), boundary=64)
+_EDGE = ("zero", "tiny", "huge", "one_hot")
+_IQ4 = dict(scales=(0,), edge_weights=_EDGE, edge_rows=(52, 1024, (4, 5)))
+_IQ1 = dict(shapes=((52, 256, 0), (39, 768, 1), (26, 2048, 2)), edge_weights=_EDGE, edge_rows=(26, 512, (4, 5)))
+#: IQ2/IQ3: ggml aborts where weight * diff^2 overflows, so their 1e30 rows are scaled down and IQ2's
+#: heaviest importance vector is 'big' (1e6), not 'huge'
+_IQ2 = dict(shapes=((52, 256, 0), (39, 1024, 1), (26, 2048, 2)), huge_scale=1e-17, scales=(0,),
+            edge_weights=("zero", "tiny", "big", "one_hot"))
 _IQ3 = dict(shapes=((26, 256, 0), (26, 512, 1), (13, 1024, 2), (13, 2048, 3)), huge_scale=1e-20,
-            dequant=(13, 1024, 7), threads=(26, 512, 11), scales=(0,))
+            dequant=(13, 1024, 7), threads=(26, 512, 11), scales=(0,), edge_weights=_EDGE)
 
 FEATURES: dict = {
     T.F32: Feed(**_FLOATS), T.F16: Feed(**_FLOATS), T.BF16: Feed(**_FLOATS),
@@ -75,8 +97,8 @@ FEATURES: dict = {
     T.MXFP4: Feed(**_FP4), T.NVFP4: Feed(**_FP4),
     T.TQ1_0: Feed(**_TERNARY), T.TQ2_0: Feed(**_TERNARY),
     T.Q1_0: Feed(**_LOWBIT), ggml_type_named("Q2_0"): Feed(**_LOWBIT),
-    T.IQ4_NL: Feed(shapes=((130, 32, 0), (104, 96, 1), (65, 512, 2), (39, 4096, 3)), scales=(0,)),
-    T.IQ4_XS: Feed(shapes=((130, 256, 0), (104, 768, 1), (65, 1024, 2), (39, 4096, 3)), scales=(0,)),
+    T.IQ4_NL: Feed(shapes=((130, 32, 0), (104, 96, 1), (65, 512, 2), (39, 4096, 3)), **_IQ4),
+    T.IQ4_XS: Feed(shapes=((130, 256, 0), (104, 768, 1), (65, 1024, 2), (39, 4096, 3)), **_IQ4),
     T.IQ1_S: Feed(**_IQ1, scales=(0,)), T.IQ1_M: Feed(**_IQ1),
     T.IQ2_XXS: Feed(**_IQ2), T.IQ2_XS: Feed(**_IQ2), T.IQ2_S: Feed(**_IQ2),
     T.IQ3_XXS: Feed(**_IQ3), T.IQ3_S: Feed(**_IQ3),
@@ -124,6 +146,56 @@ def test_quantize_matches_ggml(oracle, qtype, path, nrows, n_per_row, seed):
     assert ours.shape == ref.shape
     report = mismatch_report(ours, ref, q.type_size)
     assert not report, f"{qtype.name} {path} {nrows}x{n_per_row} seed {seed}: {report}"
+
+
+EXTREME_CASES = [(t, path) for t in TYPES if feed(t).extreme for path in paths(t)]
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("qtype,path", EXTREME_CASES, **ids)
+def test_extreme_rows_match_ggml(oracle, qtype, path):
+    f = feed(qtype)
+    n, seed = f.extreme_at
+    x = extreme_rows(f.extreme, n, seed)
+    w = weights(path, n, seed + 100)
+    q = get(qtype)
+    with np.errstate(all="ignore"):
+        ref = oracle.quantize(qtype, x, w)
+        ours = q.quantize(x, w)
+    report = mismatch_report(ours, ref, q.type_size)
+    assert not report, f"{qtype.name} {path} extreme rows: {report}"
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("qtype", [t for t in TYPES if feed(t).boundary], **ids)
+def test_rounding_boundaries_match_ggml(oracle, qtype):
+    """Weights on and an ulp either side of +-amax/2, where round-half-away-from-zero decides."""
+    x = boundary_rows(spacing=feed(qtype).boundary)
+    q = get(qtype)
+    report = mismatch_report(q.quantize(x), oracle.quantize(qtype, x), q.type_size)
+    assert not report, f"{qtype.name} boundary rows: {report}"
+
+
+EDGE_CASES = [(t, kind) for t in TYPES for kind in feed(t).edge_weights]
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("qtype,kind", EDGE_CASES, **ids)
+def test_edge_importance_vectors_match_ggml(oracle, qtype, kind):
+    """Degenerate weights (data.edge_importance) drive the searches into their zero-sum and
+    no-improvement branches."""
+    f = feed(qtype)
+    nrows, n, seeds = f.edge_rows
+    w = edge_importance(kind, n)
+    q = get(qtype)
+    for seed in seeds:
+        x = rows(qtype, nrows, n, seed)
+        if kind == "huge" and f.huge_scale != 1.0:  # huge weights on the scaled-down rows overflow again
+            x = np.delete(x, np.s_[HUGE_CASE::N_CASES], axis=0)
+        with np.errstate(all="ignore"):
+            ref = oracle.quantize(qtype, x, w)
+        report = mismatch_report(q.quantize(x, w), ref, q.type_size)
+        assert not report, f"{qtype.name} importance {kind} seed {seed}: {report}"
 
 
 def _dequantize_sources(oracle, qtype) -> dict[str, np.ndarray]:

@@ -1,18 +1,16 @@
-"""TQ1_0 and TQ2_0 beyond tests/test_identity.py (hard rows, ggml's, random and special-scale bytes,
-thread counts): degenerate and rounding-boundary blocks against ggml bit for bit; against gguf-py's
-numpy quantizers; the ternary round trip; whole blocks only."""
+"""TQ1_0 and TQ2_0 beyond tests/test_identity.py (which compares them with ggml bit for bit: hard
+rows, extreme and rounding-boundary rows, ggml's, random and special-scale bytes, thread counts): against
+gguf-py's numpy quantizers; the ternary round trip; whole blocks only."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
 from qtool.errors import QuantError
 from qtool.quantizers import get
-from qtool.testing import ggml
 from qtool.testing.data import boundary_rows, hard_rows
 from qtool.testing.golden import mismatch_report
 
@@ -22,38 +20,6 @@ SHAPES = [(130, 256, 0), (78, 512, 1), (65, 1024, 2), (39, 2048, 3), (26, 4096, 
 
 oracle = pytest.mark.oracle
 ids = {"ids": lambda t: t.name}
-
-
-def extreme_rows(n: int = 512, seed: int = 5) -> np.ndarray:
-    """Finite rows at the edges of ggml's arithmetic: all-subnormal blocks (1/amax overflows to inf),
-    tiny normal blocks, magnitudes past half precision (d stored as inf), FLT_MAX, lone spikes."""
-    rng = np.random.default_rng(seed)
-    g = rng.standard_normal((8, n)).astype(np.float32)
-    fmax = np.finfo(np.float32).max
-    rows = [g[0] * np.float32(1e-39), g[1] * np.float32(1e-44), g[2] * np.float32(1e38),
-            np.where(g[3] > 0, fmax, -fmax).astype(np.float32), g[4] * np.float32(1e-37),
-            g[5] * np.float32(3e-39)]
-    r = g[6].copy()
-    r[::2] = fmax
-    r[1::2] = 0
-    rows.append(r)
-    r = np.zeros(n, np.float32)
-    r[::256] = np.float32(1e-45)  # one smallest subnormal per block, the rest zeros
-    r[7::256] = -np.float32(1e-45)
-    rows.append(r)
-    return np.stack(rows)
-
-
-@oracle
-@pytest.mark.parametrize("rows", [extreme_rows, boundary_rows], ids=["extreme", "boundary"])
-@pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_degenerate_and_boundary_blocks_match_ggml(qtype, rows):
-    need_oracle()
-    x = rows()
-    q = get(qtype)
-    with np.errstate(all="ignore"):
-        want = ggml.quantize(qtype, x)
-    assert mismatch_report(q.quantize(x), want, q.type_size) == ""
 
 
 @pytest.mark.parametrize("nrows,n_per_row,seed", SHAPES)

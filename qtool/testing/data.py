@@ -109,3 +109,82 @@ def special_scale_blocks(type_size: int, offsets: tuple[int, ...], seed: int = 1
             o = off % type_size
             out[i, o:o + 2] = (h & 0xFF, h >> 8)
     return out
+
+
+def extreme_rows(kinds: tuple, n: int = 512, seed: int = 5) -> np.ndarray:
+    """float32 [len(kinds), n]: finite rows that drive a quantizer into float32's degenerate arithmetic
+    (scales with an infinite reciprocal, ranges that overflow: inf - inf, 0 * inf), one row per kind.
+
+    A number s: a gaussian row times s (1e-39: denormal blocks; 1e38: overflowing sums). By name:
+    '+-max' FLT_MAX by the sign of a gaussian row; 'max,0' FLT_MAX and 0 alternating; 'min,-max/32' a
+    gaussian row with 1e-45 and -FLT_MAX at the start of every 32; '+-0' zeros of random sign; 'lone/B'
+    zeros but for the smallest subnormal at 0 and its negative at 7 of every B; '1e38 clipped' a gaussian
+    row times 1e38 in float64, clipped to +-3.4e38; '+-3e38' 3e38 and -3e38 alternating; '3.3e38' constant.
+    Row i is built from the i-th of len(kinds) gaussian rows of default_rng(seed).
+    """
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((len(kinds), n)).astype(np.float32)
+    fmax = np.finfo(np.float32).max
+    rows = []
+    for kind, r in zip(kinds, g):
+        r = r.copy()
+        if not isinstance(kind, str):
+            r = r * np.float32(kind)
+        elif kind == "+-max":
+            r = np.where(r > 0, fmax, -fmax).astype(np.float32)
+        elif kind == "max,0":
+            r[::2], r[1::2] = fmax, 0
+        elif kind == "min,-max/32":
+            r[::32], r[1::32] = np.float32(1e-45), -fmax
+        elif kind == "+-0":
+            r = np.where(r > 0, np.float32(0.0), np.float32(-0.0)).astype(np.float32)
+        elif kind.startswith("lone/"):
+            b = int(kind[5:])
+            r[:] = 0
+            r[::b], r[7::b] = np.float32(1e-45), -np.float32(1e-45)
+        elif kind == "1e38 clipped":
+            r = np.clip(r.astype(np.float64) * 1e38, -3.4e38, 3.4e38).astype(np.float32)
+        elif kind == "+-3e38":
+            r[:] = np.float32(3e38)
+            r[::2] = np.float32(-3e38)
+        elif kind == "3.3e38":
+            r[:] = np.float32(3.3e38)
+        else:
+            raise ValueError(f"unknown extreme row kind {kind!r}")
+        rows.append(r)
+    x = np.stack(rows).astype(np.float32)
+    assert np.isfinite(x).all()
+    return x
+
+
+#: edge_importance's kinds
+EDGE_IMPORTANCE = ("zero", "ones", "tiny", "tiny uniform", "huge", "big", "one_hot", "zeroed sub-blocks")
+
+
+def edge_importance(kind: str, n_per_row: int) -> np.ndarray:
+    """float32 [n_per_row] importance vectors that drive the weighted searches into their degenerate
+    branches: 'zero' (every weight 0: zero sums, 0/0, no trial ever taken), 'ones', 'tiny' (denormal
+    scale, 1e-38 times importance()), 'tiny uniform' (uniform below 1e-30), 'huge' (1e30 times: w*x*q
+    reaches inf), 'big' (1e6 times), 'one_hot' (a single non-zero weight), 'zeroed sub-blocks'
+    (columns 16..47 without weight, 100..115 a million times heavier)."""
+    n = n_per_row
+    if kind == "zero":
+        return np.zeros(n, np.float32)
+    if kind == "ones":
+        return np.ones(n, np.float32)
+    if kind == "tiny":
+        return importance(n, 21) * np.float32(1e-38)
+    if kind == "tiny uniform":
+        return (np.random.default_rng(21).random(n) * 1e-30).astype(np.float32)
+    if kind == "huge":
+        return importance(n, 22) * np.float32(1e30)
+    if kind == "big":
+        return importance(n, 22) * np.float32(1e6)
+    if kind == "one_hot":
+        return np.eye(1, n, 5, dtype=np.float32)[0]
+    if kind == "zeroed sub-blocks":
+        w = importance(n, 22)
+        w[16:48] = 0
+        w[100:116] *= np.float32(1e6)
+        return w
+    raise ValueError(f"unknown importance kind {kind!r}")
