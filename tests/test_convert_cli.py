@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, need_oracle
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 from safetensors.numpy import load_file, save_file
@@ -382,8 +382,7 @@ def test_imatrix(fmt, preset, work, runs, imatrices, f32_rows):
         plain = tensors(runs(f"base-{preset}", "--type", preset))
         same = [n for n, qt in quantized.items() if qt in IMATRIX_TYPES and plain[n] == ours[n]]
         assert not same, f"the importance matrix changed nothing in {same}"
-    if not ggml.available():
-        pytest.skip("the ggml oracle (llama-cpp-python) is not installed")
+    need_oracle()
     bad = []
     for name, qt in quantized.items():
         want = ggml.quantize(qt, f32_rows[name], use[name]).tobytes()

@@ -12,13 +12,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from conftest import need_oracle
+from conftest import ROOT, need_oracle
 
 from qtool.formats.safetensors import SafetensorsFile, widen
 from qtool.formats.source import open_model
 from qtool.testing import client
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = ROOT / "fixtures"
 TINY, TINY_F32 = FIXTURES / "tiny-llama", FIXTURES / "tiny-llama-f32"
 FILES = ("config.json", "tokenizer.json", "model.safetensors")
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import refuses
+from conftest import ROOT, refuses
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
@@ -17,7 +17,7 @@ from qtool.formats.hf import HFSource, rope_row_order
 from qtool.formats.safetensors import SafetensorsFile, widen, write_safetensors
 from qtool.formats.source import open_model
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = ROOT / "fixtures"
 TINY, TINY_F32 = FIXTURES / "tiny-llama", FIXTURES / "tiny-llama-f32"
 RNG = np.random.default_rng(5)
 

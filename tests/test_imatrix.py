@@ -346,13 +346,8 @@ class _GgmlInit(ctypes.Structure):
 
 
 @pytest.mark.oracle
-def test_reads_a_file_written_by_ggml(tmp_path):
-    from qtool.testing import ggml as oracle
-
-    path = oracle.library_path()
-    if path is None:
-        pytest.skip("llama-cpp-python's ggml is not installed")
-    lib = ctypes.CDLL(str(path))
+def test_reads_a_file_written_by_ggml(tmp_path, oracle):
+    lib = ctypes.CDLL(str(oracle.library_path()))
     lib.ggml_init.restype = ctypes.c_void_p
     lib.ggml_init.argtypes = [_GgmlInit]
     lib.ggml_new_tensor_2d.restype = ctypes.c_void_p

@@ -12,6 +12,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from conftest import ROOT
 from gguf import GGMLQuantizationType as T
 
 from qtool.cli.app import main
@@ -154,7 +155,7 @@ def microscope(model):
     import sys
 
     r = subprocess.run([sys.executable, "-m", "qtool", "inspect", str(model["q"]), "--reference", str(model["ref"]),
-                        "--json"], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+                        "--json"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     return strict_json(r.stdout)
 
@@ -347,7 +348,7 @@ def test_bad_file_is_a_format_error(model, capsys, tmp_path):
 
 
 def test_bundled_model_if_present(capsys):
-    root = Path(__file__).parent.parent / "fixtures" / "tiny-llama"
+    root = ROOT / "fixtures" / "tiny-llama"
     if not root.exists():
         pytest.skip("fixtures/tiny-llama not committed yet")
     code, out, err = run(capsys, root, "--json")

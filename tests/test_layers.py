@@ -19,8 +19,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-PKG = Path(__file__).resolve().parent.parent / "qtool"
+PKG = ROOT / "qtool"
 
 #: layer of each top-level part of the package; a module may import its own layer or any lower one
 RANK = {

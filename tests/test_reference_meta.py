@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from qtool.testing import hf_models_more as more
 
-ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "fixtures" / "archs"
 CASES = sorted(p.name.removesuffix(".reference.json") for p in GOLDEN.glob("*.reference.json"))
 

@@ -28,14 +28,13 @@ from typing import Callable
 import gguf
 import numpy as np
 import pytest
-from conftest import need_oracle
+from conftest import ROOT, need_oracle
 
 from qtool.errors import FormatError, UsageError
 from qtool.formats import vocab
 from qtool.archs.metadata import HFMeta
 from qtool.formats.safetensors import write_safetensors
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKS = ROOT / "fixtures" / "tokenizers"
 V = gguf.GGUFValueType
 TT = gguf.TokenType
