@@ -49,10 +49,11 @@ BOUND_GGML_GELU = 5e-5
 RUNS = {
     "gemma2": {"sliding_window": 5},
     "gemma3": {"sliding_window": 4},
+    "gemma3_mm": {},  # the text model of a multimodal checkpoint (vision tower and projector dropped)
     "phi3": {},
     "bert": {},
 }
-GELU = {"gemma2", "gemma3", "bert"}
+GELU = {"gemma2", "gemma3", "gemma3_mm", "bert"}
 
 
 class SwapHalves(Transform):
@@ -80,6 +81,7 @@ BROKEN = {
     "gemma3": [("no norm shift", lambda mp: mp.setattr(gemma_mod.Gemma3, "transforms", {})),
                ("q/k norms not shifted", lambda mp: mp.setattr(gemma_mod.Gemma3, "transforms", {
                    ("layernorm.weight", "model.norm.weight"): gemma_mod.norm_plus_one}))],
+    "gemma3_mm": [("no norm shift", lambda mp: mp.setattr(gemma_mod.Gemma3, "transforms", {}))],
     "phi3": [("llama's rope permutation on the fused qkv", lambda mp: mp.setattr(phi3_mod.Phi3, "transforms", {
                  ("qkv_proj.weight",): lambda hp: PermuteQK(hp.n_head + 2 * hp.n_head_kv)})),
              ("gate and up swapped", lambda mp: mp.setattr(phi3_mod.Phi3, "transforms", {

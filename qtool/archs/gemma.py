@@ -181,7 +181,7 @@ class Gemma2(Family, hf=("Gemma2ForCausalLM",), model_types=("gemma2",)):
                            "final_logit_softcapping": 30.0, "sliding_window": 4096, "rope_theta": 10000.0}}
 
 
-class Gemma3(Family, hf=("Gemma3ForCausalLM",), model_types=("gemma3_text",)):
+class Gemma3(Family, hf=("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"), model_types=("gemma3_text",)):
     arch = MODEL_ARCH.GEMMA3
     tokenizer = "gemma3"
     skip = _SKIP

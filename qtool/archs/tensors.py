@@ -89,6 +89,19 @@ class Plan:
     n_layer: int = 0
 
 
+#: TextModel.filter_tensors: the vision / audio parts of a multimodal checkpoint, dropped by every text family
+_MM_PREFIXES = ("mlp", "vit.", "vpm.", "siglip2.", "conformer.", "merger.", "resampler.", "sound_encoder.",
+                "sound_projection.", "speech_embeddings.")
+_MM_PARTS = ("visual.", "vision.", "audio.", "talker.", "vision_", "audio_", "token2wav.", "code2wav.", "projector.",
+             "pre_mm_projector_norm", "image_newline", "view_seperator", "patch_embed", "patch_embedding",
+             "patch_merger.", "patch_merge_mlp.", "model.connector.")
+
+
+def multimodal(name: str) -> bool:
+    """A stored tensor of a multimodal checkpoint's non-text parts (the reference's TextModel skips them)."""
+    return name.startswith(_MM_PREFIXES) or any(p in name for p in _MM_PARTS)
+
+
 def block_id(name: str) -> int | None:
     """The first number-like part of a tensor name (the reference's block id)."""
     for part in name.split("."):
@@ -105,6 +118,9 @@ def build(family: type[Family], cfg: Config, hp: Hparams, weights: Any) -> Plan:
     names: dict[str, str] = {}   # name as mapped -> stored name
     for stored in weights.names():
         name = stored
+        if multimodal(stored):
+            plan.skipped.append(stored)
+            continue
         for s in family.strip:
             name = name.replace(s, "")
         if name.endswith(family.skip) or (family.skip_tied_head and tied and name == "lm_head.weight"):

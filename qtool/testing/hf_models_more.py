@@ -240,6 +240,40 @@ def _gemma3_config() -> dict:
             "torch_dtype": "float32", "use_cache": True, "vocab_size": SPM_VOCAB}
 
 
+def _gemma3_mm_config() -> dict:
+    # gemma-3-4b-it's keys (Gemma3ForConditionalGeneration: the text model in text_config, a SigLIP vision
+    # tower), small
+    text = {k: v for k, v in _gemma3_config().items() if k not in ("architectures", "torch_dtype", "use_cache")}
+    return {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "boi_token_index": 5,
+            "eoi_token_index": 6, "eos_token_id": [1, 106], "image_token_index": 4, "initializer_range": 0.02,
+            "mm_tokens_per_image": 16, "text_config": text, "torch_dtype": "float32",
+            "vision_config": {"hidden_size": 32, "image_size": 16, "intermediate_size": 64,
+                              "model_type": "siglip_vision_model", "num_attention_heads": 2,
+                              "num_hidden_layers": 1, "patch_size": 4, "vision_use_head": False}}
+
+
+def _gemma3_mm_tensors(cfg: dict, rng: np.random.Generator) -> dict:
+    """transformers 4.57's layout: model.language_model.*, model.vision_tower.*, model.multi_modal_projector.*"""
+    t = {"model.language_model." + n.removeprefix("model."): v
+         for n, v in _gemma_tensors(cfg["text_config"], rng, qk_norm=True).items()}
+    v, e = cfg["vision_config"]["hidden_size"], cfg["text_config"]["hidden_size"]
+    p = "model.vision_tower.vision_model."
+    t[p + "embeddings.patch_embedding.weight"] = _w(rng, v, 3, 4, 4)
+    t[p + "embeddings.position_embedding.weight"] = _w(rng, 16, v)
+    t[p + "encoder.layers.0.self_attn.q_proj.weight"] = _w(rng, v, v)
+    t[p + "post_layernorm.weight"] = np.ones(v, np.float32)
+    t["model.multi_modal_projector.mm_input_projection_weight"] = _w(rng, v, e)
+    t["model.multi_modal_projector.mm_soft_emb_norm.weight"] = np.zeros(v, np.float32)
+    return t
+
+
+def _gemma3_mm_forward(cfg: dict, W: dict, tokens: list[int]) -> np.ndarray:
+    """The text model's logits (no image in the prompt)."""
+    text = {"model." + n.removeprefix("model.language_model."): v for n, v in W.items()
+            if n.startswith("model.language_model.")}
+    return _gemma_forward(cfg["text_config"], text, tokens, gemma3=True)
+
+
 # -- Phi-3 ----------------------------------------------------------------------------------------------
 
 
@@ -431,6 +465,7 @@ MORE: dict[str, HFFamily] = {
                        lambda c, W, t: _gemma_forward(c, W, t, gemma3=False)),
     "gemma3": HFFamily(_gemma3_config, lambda c, r: _gemma_tensors(c, r, qk_norm=True),
                        lambda c, W, t: _gemma_forward(c, W, t, gemma3=True)),
+    "gemma3_mm": HFFamily(_gemma3_mm_config, _gemma3_mm_tensors, _gemma3_mm_forward),
     "phi3": HFFamily(_phi3_config, _phi3_tensors, _phi3_forward),
     "bert": HFFamily(_bert_config, _bert_tensors, _bert_forward),
     "bert_mlm": HFFamily(_bert_mlm_config, _bert_mlm_tensors, _bert_mlm_forward),
@@ -548,6 +583,8 @@ CASES: dict[str, Case] = {
     # BF16 / F16 weights: the norm shift (in F32 / in F16) and the q/k permutation on stored 16-bit words
     "gemma3_bf16": Case("gemma3", "spm-gemma", dtype="BF16"),
     "gemma2_f16": Case("gemma2", "spm-gemma", dtype="F16"),
+    # a multimodal Gemma 3 checkpoint: its text model (the vision tower and projector dropped)
+    "gemma3_mm": Case("gemma3_mm", "spm-gemma"),
     "llama3_bf16": Case("llama3", "spm-llama", dtype="BF16"),
     # Phi-3-mini-128k's long-context scaling: rope factor tensors and the attention factor key
     "phi3_longrope": Case("phi3", "phi3", {
