@@ -8,6 +8,7 @@ go green because the oracle quietly did not load.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -47,6 +48,38 @@ def oracle():
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+def edit_config(folder: Path, **changes) -> None:
+    """Rewrite ``folder``/config.json with ``changes`` (a value of None removes the key)."""
+    cfg = json.loads((folder / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def write_gguf_py(path: Path, tensors: dict, setup=None) -> None:
+    """A GGUF file written and quantized by gguf-py (not qtool): ``tensors`` maps names to (array, type);
+    ``setup(writer)`` adds key/values."""
+    import gguf
+    from gguf import GGMLQuantizationType
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    if setup is not None:
+        setup(w)
+    for name, (arr, qtype) in tensors.items():
+        if qtype == GGMLQuantizationType.F32:
+            w.add_tensor(name, arr)
+        else:
+            data = gguf.quants.quantize(arr, qtype)
+            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def refuses(path, *fragments: str, name=None) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, refuses
+from conftest import ROOT, edit_config, refuses
 from gguf import GGUFReader, MODEL_ARCH_NAMES
 
 from qtool import archs
@@ -44,16 +44,6 @@ BOUND = 1e-5
 def folder_of(tmp_path: Path, name: str, **claims) -> Path:
     """The tiny ``name`` folder, its config.json claiming ``claims`` over what the weights are."""
     return hf_models.write(tmp_path / name, name, claims=claims)
-
-
-def edit(folder: Path, **changes) -> None:
-    cfg = json.loads((folder / "config.json").read_text())
-    for k, v in changes.items():
-        if v is None:
-            cfg.pop(k, None)
-        else:
-            cfg[k] = v
-    (folder / "config.json").write_text(json.dumps(cfg))
 
 
 # -- the registry ---------------------------------------------------------------------------------------
@@ -186,7 +176,7 @@ def test_llama3_rope_freqs(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-6)
         assert got[0] == 1.0 and got[-1] == 8.0 and 1.0 < got[1] <= 8.0
         assert "llama.rope.scaling.type" not in src.metadata
-    edit(folder, rope_scaling=None)
+    edit_config(folder, rope_scaling=None)
     with open_model(folder) as src:
         assert "rope_freqs.weight" not in [t.name for t in src.tensors]
 
@@ -200,7 +190,7 @@ def test_claimed_layer_count_is_checked_before_anything_is_sized(tmp_path):
     msg = refuses(folder, "num_hidden_layers is 100000", "layers 0 to 1", "model.safetensors",
                   name=folder / "config.json")
     assert time.perf_counter() - t0 < 2.0, msg
-    edit(folder, num_hidden_layers=1)
+    edit_config(folder, num_hidden_layers=1)
     refuses(folder, "num_hidden_layers is 1", "(2 layers)", name=folder / "config.json")
 
 
@@ -266,7 +256,7 @@ def test_integer_buffers(tmp_path):
 
 def unknown_folder(tmp_path: Path) -> Path:
     folder = folder_of(tmp_path, "llama3")
-    edit(folder, architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    edit_config(folder, architectures=["GPT2LMHeadModel"], model_type="gpt2")
     w = {k: v.astype(np.float32) for k, v in hf_models.weights(folder).items()}
     w["transformer.h.0.attn.bias"] = ("BOOL", np.ones((4, 4), dtype=np.uint8))
     write_safetensors(folder / "model.safetensors", w)

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import ROOT, refuses
+from conftest import ROOT, edit_config, refuses
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
@@ -31,16 +31,6 @@ def copy_model(tmp_path: Path, src: Path = TINY_F32) -> Path:
     dst = tmp_path / src.name
     shutil.copytree(src, dst)
     return dst
-
-
-def edit_config(folder: Path, **changes) -> None:
-    cfg = json.loads((folder / "config.json").read_text())
-    for k, v in changes.items():
-        if v is None:
-            cfg.pop(k, None)
-        else:
-            cfg[k] = v
-    (folder / "config.json").write_text(json.dumps(cfg))
 
 
 # -- the fixture model --------------------------------------------------------------------------------

@@ -7,10 +7,9 @@ import math
 import subprocess
 import sys
 
-import gguf
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_gguf_py
 from gguf import GGMLQuantizationType as T
 
 from qtool.analysis import gates
@@ -113,17 +112,7 @@ def files(tmp_path_factory):
     t = {"blk.0.attn_q.weight": (rng.standard_normal((32, 64)) * 0.02).astype(np.float32),
          "blk.0.ffn_up.weight": (rng.standard_normal((64, 64)) * 0.02).astype(np.float32)}
     for path, qtype in ((d / "ref.gguf", T.F32), (d / "q.gguf", T.Q4_0)):
-        w = gguf.GGUFWriter(str(path), "llama")
-        for name, arr in t.items():
-            if qtype == T.F32:
-                w.add_tensor(name, arr)
-            else:
-                data = gguf.quants.quantize(arr, qtype)
-                w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
+        write_gguf_py(path, {name: (arr, qtype) for name, arr in t.items()})
     return d
 
 

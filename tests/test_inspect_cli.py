@@ -12,7 +12,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_gguf_py
 from gguf import GGMLQuantizationType as T
 
 from qtool.cli.app import main
@@ -26,21 +26,13 @@ TENSOR_KEYS = {"name", "type", "shape", "n_elements", "n_bytes", "bpw"}
 
 def write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, T]], n_vocab: int = 320) -> None:
     """A GGUF file quantized by gguf-py's numpy quantizers (not qtool's)."""
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(2)
-    w.add_context_length(256)
-    w.add_token_list([f"tok{i}" for i in range(n_vocab)])
-    w.add_token_scores([0.0] * n_vocab)
-    for name, (arr, qtype) in tensors.items():
-        if qtype == T.F32:
-            w.add_tensor(name, arr)
-        else:
-            data = gguf.quants.quantize(arr, qtype)
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    def setup(w):
+        w.add_block_count(2)
+        w.add_context_length(256)
+        w.add_token_list([f"tok{i}" for i in range(n_vocab)])
+        w.add_token_scores([0.0] * n_vocab)
+
+    write_gguf_py(path, tensors, setup)
 
 
 def weights() -> dict[str, np.ndarray]:
