@@ -1,4 +1,5 @@
-"""Gemma 2, Gemma 3 (text), Phi-3 and BERT, run in llama.cpp.
+"""Gemma, Gemma 2, Gemma 3 (text, and the text model of a multimodal checkpoint), Phi-3 and BERT, run in
+llama.cpp.
 
 Each tiny folder (qtool.testing.hf_models_more: the config keys of the real checkpoints, seeded random
 weights; Gemma's sliding windows shorter than the prompt so that the window masks and the local rope base
@@ -47,13 +48,14 @@ BOUND_GGML_GELU = 5e-5
 
 #: case -> config changes for the run (Gemma: windows shorter than the 16 tokens)
 RUNS = {
+    "gemma": {},
     "gemma2": {"sliding_window": 5},
     "gemma3": {"sliding_window": 4},
     "gemma3_mm": {},  # the text model of a multimodal checkpoint (vision tower and projector dropped)
     "phi3": {},
     "bert": {},
 }
-GELU = {"gemma2", "gemma3", "gemma3_mm", "bert"}
+GELU = {"gemma", "gemma2", "gemma3", "gemma3_mm", "bert"}
 
 
 class SwapHalves(Transform):
@@ -77,6 +79,7 @@ def _write_pooling(mode: gguf.PoolingType):
 
 
 BROKEN = {
+    "gemma": [("no norm shift", lambda mp: mp.setattr(gemma_mod.Gemma, "transforms", {}))],
     "gemma2": [("no norm shift", lambda mp: mp.setattr(gemma_mod.Gemma2, "transforms", {}))],
     "gemma3": [("no norm shift", lambda mp: mp.setattr(gemma_mod.Gemma3, "transforms", {})),
                ("q/k norms not shifted", lambda mp: mp.setattr(gemma_mod.Gemma3, "transforms", {

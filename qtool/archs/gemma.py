@@ -1,7 +1,7 @@
-"""Gemma 2 and Gemma 3 (text), as convert_hf_to_gguf's Gemma2Model and Gemma3Model convert them: every
-``*norm.weight`` shifted by +1 (Gemma's RMSNorm multiplies by 1 + weight; llama.cpp by the weight),
-``lm_head`` dropped (tied to the embeddings), soft-capping and sliding-window keys, SentencePiece vocabulary
-without a space prefix. No q/k permutation: llama.cpp runs Gemma with NeoX-style rope, the HF layout.
+"""Gemma, Gemma 2 and Gemma 3 (text; also the text model of Gemma3ForConditionalGeneration), as
+convert_hf_to_gguf's GemmaModel, Gemma2Model and Gemma3Model convert them: every ``*norm.weight`` shifted by +1
+(Gemma's RMSNorm multiplies by 1 + weight; llama.cpp by the weight), ``lm_head`` dropped (tied to the
+embeddings), soft-capping and sliding-window keys, SentencePiece vocabulary without a space prefix. No q/k permutation: llama.cpp runs Gemma with NeoX-style rope, the HF layout.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def _quiet_overwrites():
         log.setLevel(level)
 
 
-def gemma2_hparams(w: gguf.GGUFWriter, cfg: Config, hp) -> None:
-    """Gemma2Model.set_gguf_parameters (its own: no rope keys), in its order."""
+def gemma_hparams(w: gguf.GGUFWriter, cfg: Config, hp) -> None:
+    """GemmaModel.set_gguf_parameters (its own: no rope keys), in its order."""
     w.add_context_length(cfg.int("max_position_embeddings", required=True))
     w.add_embedding_length(hp.n_embd)
     w.add_block_count(hp.n_layer)
@@ -97,6 +97,11 @@ def gemma2_hparams(w: gguf.GGUFWriter, cfg: Config, hp) -> None:
     w.add_layer_norm_rms_eps(_required_float(cfg, "rms_norm_eps"))
     w.add_key_length(cfg.int("head_dim", required=True))
     w.add_value_length(cfg.int("head_dim", required=True))
+
+
+def gemma2_hparams(w: gguf.GGUFWriter, cfg: Config, hp) -> None:
+    """Gemma2Model.set_gguf_parameters: Gemma's keys, then the soft-caps and the sliding window."""
+    gemma_hparams(w, cfg, hp)
     w.add_attn_logit_softcapping(_required_float(cfg, "attn_logit_softcapping"))
     w.add_final_logit_softcapping(_required_float(cfg, "final_logit_softcapping"))
     w.add_sliding_window(cfg.int("sliding_window", required=True))
@@ -166,6 +171,17 @@ def _attention_scale(n_layer_27b: int):
 
 #: the reference's Gemma models drop lm_head.weight whatever tie_word_embeddings says
 _SKIP = SKIPPED_SUFFIXES + ("lm_head.weight",)
+
+
+class Gemma(Family, hf=("GemmaForCausalLM",), model_types=("gemma",)):
+    arch = MODEL_ARCH.GEMMA
+    tokenizer = "gemma"
+    skip = _SKIP
+    transforms = {("norm.weight",): norm_plus_one}
+    own_hparams = gemma_hparams
+    # transformers 4.57's GemmaConfig defaults for keys the conversion writes
+    defaults = {"gemma": {"max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "head_dim": 256,
+                          "num_key_value_heads": 16}}
 
 
 class Gemma2(Family, hf=("Gemma2ForCausalLM",), model_types=("gemma2",)):

@@ -140,7 +140,7 @@ def _w(rng, *shape, scale=None):
 # -- Gemma 2 and Gemma 3 (text) -------------------------------------------------------------------------
 
 
-def _gemma_tensors(cfg: dict, rng: np.random.Generator, *, qk_norm: bool) -> dict:
+def _gemma_tensors(cfg: dict, rng: np.random.Generator, *, qk_norm: bool, sandwich: bool = True) -> dict:
     E, F, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     H, KV, D = _dims(cfg)
 
@@ -159,11 +159,13 @@ def _gemma_tensors(cfg: dict, rng: np.random.Generator, *, qk_norm: bool) -> dic
             t[p + "self_attn.q_norm.weight"] = norm(D)
             t[p + "self_attn.k_norm.weight"] = norm(D)
         t[p + "post_attention_layernorm.weight"] = norm(E)
-        t[p + "pre_feedforward_layernorm.weight"] = norm(E)
+        if sandwich:
+            t[p + "pre_feedforward_layernorm.weight"] = norm(E)
         t[p + "mlp.gate_proj.weight"] = _w(rng, F, E)
         t[p + "mlp.up_proj.weight"] = _w(rng, F, E)
         t[p + "mlp.down_proj.weight"] = _w(rng, E, F)
-        t[p + "post_feedforward_layernorm.weight"] = norm(E)
+        if sandwich:
+            t[p + "post_feedforward_layernorm.weight"] = norm(E)
     t["model.norm.weight"] = norm(E)
     return t  # tied: no lm_head (Gemma ties the output to the embeddings)
 
@@ -212,6 +214,38 @@ def _gemma_forward(cfg: dict, W: dict, tokens: list[int], *, gemma3: bool) -> np
     if cap := cfg.get("final_logit_softcapping"):
         logits = np.tanh(logits / cap) * cap
     return logits
+
+
+def _gemma1_forward(cfg: dict, W: dict, tokens: list[int]) -> np.ndarray:
+    """GemmaForCausalLM: scaled embeddings, pre-norm blocks (1 + weight), gelu_tanh MLP, 1/sqrt(head_dim)."""
+    eps = cfg["rms_norm_eps"]
+    H, KV, D = _dims(cfg)
+    x = W["model.embed_tokens.weight"][tokens] * math.sqrt(cfg["hidden_size"])
+    n = len(tokens)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = gemma_norm(x, W[p + "input_layernorm.weight"], eps)
+        q = (h @ W[p + "self_attn.q_proj.weight"].T).reshape(n, H, D)
+        k = (h @ W[p + "self_attn.k_proj.weight"].T).reshape(n, KV, D)
+        v = (h @ W[p + "self_attn.v_proj.weight"].T).reshape(n, KV, D)
+        base = cfg.get("rope_theta", 10000.0)
+        q, k = rope_half(q, base, D), rope_half(k, base, D)
+        x = x + attend(q, k, v, D ** -0.5) @ W[p + "self_attn.o_proj.weight"].T
+        h = gemma_norm(x, W[p + "post_attention_layernorm.weight"], eps)
+        x = x + (gelu_tanh(h @ W[p + "mlp.gate_proj.weight"].T) * (h @ W[p + "mlp.up_proj.weight"].T)) \
+            @ W[p + "mlp.down_proj.weight"].T
+    return gemma_norm(x, W["model.norm.weight"], eps) @ W["model.embed_tokens.weight"].T
+
+
+def _gemma1_config() -> dict:
+    # gemma-2b's keys, small
+    return {"architectures": ["GemmaForCausalLM"], "model_type": "gemma", "attention_bias": False,
+            "attention_dropout": 0.0, "bos_token_id": 2, "eos_token_id": 1, "head_dim": 16,
+            "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 64,
+            "initializer_range": 0.02, "intermediate_size": 128, "max_position_embeddings": 8192,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 1, "pad_token_id": 0,
+            "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0, "torch_dtype": "float32",
+            "use_cache": True, "vocab_size": SPM_VOCAB}
 
 
 def _gemma2_config() -> dict:
@@ -461,6 +495,8 @@ def _bert_mlm_config() -> dict:
 
 
 MORE: dict[str, HFFamily] = {
+    "gemma": HFFamily(_gemma1_config, lambda c, r: _gemma_tensors(c, r, qk_norm=False, sandwich=False),
+                      _gemma1_forward),
     "gemma2": HFFamily(_gemma2_config, lambda c, r: _gemma_tensors(c, r, qk_norm=False),
                        lambda c, W, t: _gemma_forward(c, W, t, gemma3=False)),
     "gemma3": HFFamily(_gemma3_config, lambda c, r: _gemma_tensors(c, r, qk_norm=True),
@@ -575,6 +611,7 @@ CASES: dict[str, Case] = {
     "qwen2": Case("qwen2", "smollm2"),
     "qwen3": Case("qwen3", "smollm2"),
     "qwen3_moe": Case("qwen3_moe", "smollm2"),
+    "gemma": Case("gemma", "spm-gemma"),
     "gemma2": Case("gemma2", "spm-gemma"),
     "gemma3": Case("gemma3", "spm-gemma"),
     "phi3": Case("phi3", "phi3"),
