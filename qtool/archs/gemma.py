@@ -1,7 +1,8 @@
 """Gemma, Gemma 2 and Gemma 3 (text; also the text model of Gemma3ForConditionalGeneration), as
 convert_hf_to_gguf's GemmaModel, Gemma2Model and Gemma3Model convert them: every ``*norm.weight`` shifted by +1
 (Gemma's RMSNorm multiplies by 1 + weight; llama.cpp by the weight), ``lm_head`` dropped (tied to the
-embeddings), soft-capping and sliding-window keys, SentencePiece vocabulary without a space prefix. No q/k permutation: llama.cpp runs Gemma with NeoX-style rope, the HF layout.
+embeddings), soft-capping and sliding-window keys, SentencePiece vocabulary without a space prefix. No q/k
+permutation: llama.cpp runs Gemma with NeoX-style rope, the HF layout.
 """
 
 from __future__ import annotations
