@@ -84,18 +84,15 @@ def find_best_neighbour2(neighbours, kmap_entry, levels, xval, weight, scale, xx
 @jit
 def _sort_index(xb, idx):
     """idx = the order of xb ascending, equal values in index order: glibc's qsort (a merge sort,
-    stable) with iq1_sort_helper, as ggml sorts its (x, index) pairs."""
+    stable) with iq1_sort_helper, as ggml sorts its (x, index) pairs. Each value's place is counted
+    (those below it, and equal ones before it), which vectorizes and has no unpredictable branches."""
     n = xb.shape[0]
-    for j in range(n):
-        idx[j] = j
-    for j in range(1, n):
-        v = idx[j]
-        xv = xb[v]
-        k = j - 1
-        while k >= 0 and xb[idx[k]] > xv:
-            idx[k + 1] = idx[k]
-            k -= 1
-        idx[k + 1] = v
+    for i in range(n):
+        xi = xb[i]
+        c = 0
+        for j in range(n):
+            c += np.int32((xb[j] < xi) | ((xb[j] == xi) & (j < i)))
+        idx[c] = i
 
 
 @jit
@@ -120,9 +117,9 @@ def _sigma2(xbl):
 
 @jit
 def quantize_block_iq1_s(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, scales, weight, sumx, sumw, idx,
-                         L, index, shifts):
+                         L, index, shifts, cand, flag):
     """ggml quantize_row_iq1_s_impl for one 256-weight super-block: x, qw float32[256] -> y uint8[50].
-    xrest: the row from this super-block on (for the neighbour fallback)."""
+    xrest: the row from this super-block on (for the neighbour fallback); cand float32[4, 33], flag int32[33] scratch."""
     for j in range(IQ1_S_BYTES):
         y[j] = 0
     bs = 32
@@ -152,24 +149,47 @@ def quantize_block_iq1_s(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
         b1 = -1
         b2 = -1
         bshift = 0
+        # ggml tries every split i1 <= i2 of the sorted block, x_p then x_m at each, keeping a strictly
+        # better sqx^2/sq2. For each i1 all splits are computed side by side (the same float32 ops),
+        # each flagged if it beats the best so far; ggml's in-order scan starts at the first flagged
+        # one: the best does not change before it, so skipping the others is exact.
+        sp = cand[0]
+        qp = cand[1]
+        sm = cand[2]
+        qm = cand[3]
         for i1 in range(bs + 1):
-            for i2 in range(i1, bs + 1):
-                a0 = sumx[i1] - sumx[0]
+            a0 = sumx[i1] - sumx[0]
+            w0 = sumw[i1] - sumw[0]
+            for i2 in range(bs + 1):
                 a1 = sumx[i2] - sumx[i1]
                 a2 = sumx[bs] - sumx[i2]
-                w0 = sumw[i1] - sumw[0]
                 w1 = sumw[i2] - sumw[i1]
                 w2 = sumw[bs] - sumw[i2]
-                sqx = a0 * x_p[0] + a1 * x_p[1] + a2 * x_p[2]
-                sq2 = w0 * x_p[0] * x_p[0] + w1 * x_p[1] * x_p[1] + w2 * x_p[2] * x_p[2]
+                cx = a0 * x_p[0] + a1 * x_p[1] + a2 * x_p[2]
+                c2 = w0 * x_p[0] * x_p[0] + w1 * x_p[1] * x_p[1] + w2 * x_p[2] * x_p[2]
+                dx = a0 * x_m[0] + a1 * x_m[1] + a2 * x_m[2]
+                d2 = w0 * x_m[0] * x_m[0] + w1 * x_m[1] * x_m[1] + w2 * x_m[2] * x_m[2]
+                sp[i2] = cx
+                qp[i2] = c2
+                sm[i2] = dx
+                qm[i2] = d2
+                flag[i2] = ((c2 > F32(0.0)) & (cx * cx > best * c2)) | ((d2 > F32(0.0)) & (dx * dx > best * d2))
+            first = bs + 1
+            for i2 in range(i1, bs + 1):
+                if flag[i2]:
+                    first = i2
+                    break
+            for i2 in range(first, bs + 1):
+                sqx = sp[i2]
+                sq2 = qp[i2]
                 if sq2 > F32(0.0) and sqx * sqx > best * sq2:
                     scale = sqx / sq2
                     best = scale * sqx
                     b1 = i1
                     b2 = i2
                     bshift = 1
-                sqx = a0 * x_m[0] + a1 * x_m[1] + a2 * x_m[2]
-                sq2 = w0 * x_m[0] * x_m[0] + w1 * x_m[1] * x_m[1] + w2 * x_m[2] * x_m[2]
+                sqx = sm[i2]
+                sq2 = qm[i2]
                 if sq2 > F32(0.0) and sqx * sqx > best * sq2:
                     scale = sqx / sq2
                     best = scale * sqx
@@ -251,12 +271,15 @@ def quantize_iq1_s(rows, weights, out, levels, kmap, neighbours, x_p, x_m, statu
         L = np.empty(32, np.uint8)
         index = np.empty(4, np.int32)
         shifts = np.empty(8, np.int32)
+        cand = np.empty((4, 33), np.float32)
+        flag = np.empty(33, np.int32)
         status[r, 0] = OK
         status[r, 1] = 0
         for i in range(nb):
             ok = quantize_block_iq1_s(rows[r, QK_K * i:QK_K * (i + 1)], weights[QK_K * i:QK_K * (i + 1)],
                                       rows[r, QK_K * i:], out[r, IQ1_S_BYTES * i:IQ1_S_BYTES * (i + 1)], levels,
-                                      kmap, neighbours, x_p, x_m, scales, weight, sumx, sumw, idx, L, index, shifts)
+                                      kmap, neighbours, x_p, x_m, scales, weight, sumx, sumw, idx, L, index, shifts,
+                                      cand, flag)
             if not ok and status[r, 0] == OK:
                 status[r, 0] = FAILED
                 status[r, 1] = i
@@ -295,9 +318,9 @@ def dequantize_iq1_s(data, out, values):
 
 @jit
 def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, scales, weight, idx, px,
-                         pw, L, index, shifts):
+                         pw, L, index, shifts, cand, flag):
     """ggml quantize_row_iq1_m_impl for one 256-weight super-block: x, qw float32[256] (qw empty for
-    none) -> y uint8[56]. px, pw float32[2, 17] are the per-half prefix sums."""
+    none) -> y uint8[56]. px, pw float32[2, 17] are the per-half prefix sums; cand float32[8, 17], flag int32[17] scratch."""
     for j in range(IQ1_M_BYTES):
         y[j] = 0
     bs = 16
@@ -347,8 +370,10 @@ def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
         b1 = -1
         b2 = -1
         bk = -1
+        # as in IQ1_S: every split side by side, ggml's in-order scan (k = 0..3 at each i2) from the
+        # first that beats the best so far
         for i1 in range(bs + 1):
-            for i2 in range(i1, bs + 1):
+            for i2 in range(bs + 1):
                 sx0 = px[0, i1] + px[0, i2]
                 sx1 = px[1, i1] + px[1, i2]
                 qxp0 = tx0 * p2 - sx0
@@ -359,19 +384,28 @@ def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
                 q2m0 = tw0 * m2 * m2 + pw[0, i1] * cm1 + pw[0, i2] * cm2
                 q2p1 = tw1 * p2 * p2 + pw[1, i1] * cp1 + pw[1, i2] * cp2
                 q2m1 = tw1 * m2 * m2 + pw[1, i1] * cm1 + pw[1, i2] * cm2
+                cand[0, i2] = qxp0 + qxp1
+                cand[1, i2] = q2p0 + q2p1
+                cand[2, i2] = qxp0 + qxm1
+                cand[3, i2] = q2p0 + q2m1
+                cand[4, i2] = qxm0 + qxp1
+                cand[5, i2] = q2m0 + q2p1
+                cand[6, i2] = qxm0 + qxm1
+                cand[7, i2] = q2m0 + q2m1
+                f = np.int32(0)
                 for k in range(4):
-                    if k == 0:
-                        sqx = qxp0 + qxp1
-                        sq2 = q2p0 + q2p1
-                    elif k == 1:
-                        sqx = qxp0 + qxm1
-                        sq2 = q2p0 + q2m1
-                    elif k == 2:
-                        sqx = qxm0 + qxp1
-                        sq2 = q2m0 + q2p1
-                    else:
-                        sqx = qxm0 + qxm1
-                        sq2 = q2m0 + q2m1
+                    f |= np.int32((cand[2 * k + 1, i2] > F32(0.0))
+                                  & (cand[2 * k, i2] * cand[2 * k, i2] > best * cand[2 * k + 1, i2]))
+                flag[i2] = f
+            first = bs + 1
+            for i2 in range(i1, bs + 1):
+                if flag[i2]:
+                    first = i2
+                    break
+            for i2 in range(first, bs + 1):
+                for k in range(4):
+                    sqx = cand[2 * k, i2]
+                    sq2 = cand[2 * k + 1, i2]
                     if sq2 > F32(0.0) and sqx * sqx > best * sq2:
                         scale = sqx / sq2
                         best = scale * sqx
@@ -502,13 +536,15 @@ def quantize_iq1_m(rows, weights, out, levels, kmap, neighbours, x_p, x_m, statu
         L = np.empty(16, np.uint8)
         index = np.empty(2, np.int32)
         shifts = np.empty(16, np.int32)
+        cand = np.empty((8, 17), np.float32)
+        flag = np.empty(17, np.int32)
         status[r, 0] = OK
         status[r, 1] = 0
         for i in range(nb):
             qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
             ok = quantize_block_iq1_m(rows[r, QK_K * i:QK_K * (i + 1)], qw, rows[r, QK_K * i:],
                                       out[r, IQ1_M_BYTES * i:IQ1_M_BYTES * (i + 1)], levels, kmap, neighbours,
-                                      x_p, x_m, scales, weight, idx, px, pw, L, index, shifts)
+                                      x_p, x_m, scales, weight, idx, px, pw, L, index, shifts, cand, flag)
             if not ok and status[r, 0] == OK:
                 status[r, 0] = FAILED
                 status[r, 1] = i
