@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,23 @@ def write_gguf_py(path: Path, tensors: dict, setup=None) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def ggml_in_a_child(qtype, x, imatrix=None) -> subprocess.CompletedProcess:
+    """ggml.quantize(qtype, x, imatrix) in a child process, so that where ggml aborts (GGML_ASSERT) the
+    child dies, not the test run: the finished process, its stderr captured."""
+    import io
+
+    import numpy as np
+
+    code = ("import io, sys, numpy as np; from qtool.testing import ggml; "
+            "z = np.load(io.BytesIO(sys.stdin.buffer.read())); "
+            "ggml.quantize(int(z['qtype']), z['x'], z['w'] if 'w' in z.files else None)")
+    buf = io.BytesIO()
+    np.savez(buf, qtype=np.int64(int(qtype)), x=x, **({} if imatrix is None else {"w": imatrix}))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code], input=buf.getvalue(), capture_output=True, env=env,
+                          timeout=120)
 
 
 def refuses(path, *fragments: str, name=None) -> str:
