@@ -234,22 +234,25 @@ class LogitsWriter:
 
 
 class LogitsReader:
-    """A saved-logits file, read one window at a time (memory-mapped)."""
+    """A saved-logits file, read one window at a time (so that memory stays near one window)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            raw = np.memmap(self.path, dtype=np.uint8, mode="r")
-        except (OSError, ValueError) as e:
-            raise FormatError(f"{self.path}: cannot read it as saved logits ({e})") from None
-        self._raw = raw
-        if raw.size < 16 or bytes(raw[:8]) != MAGIC:
+            self._f = open(self.path, "rb")
+            size = os.fstat(self._f.fileno()).st_size
+            lead = self._f.read(16)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read it as saved logits ({e.strerror or e})") from None
+        if len(lead) < 16 or lead[:8] != MAGIC:
             raise FormatError(f"{self.path}: not a qtool saved-logits file (written by qtool eval --save-logits)")
-        version, n_head = struct.unpack("<II", bytes(raw[8:16]))
+        version, n_head = struct.unpack("<II", lead[8:16])
         if version != VERSION:
             raise FormatError(f"{self.path}: saved-logits version {version}; this qtool reads version {VERSION}")
         try:
-            doc = json.loads(bytes(raw[16:16 + n_head]).decode())
+            if 16 + n_head > size:
+                raise ValueError("header runs past the end of the file")
+            doc = json.loads(self._f.read(n_head).decode())
             doc.pop("format")
             self.header = h = LogitsHeader(**doc)
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
@@ -260,26 +263,37 @@ class LogitsReader:
         self._tokens_at = 16 + n_head
         self._data_at = self._tokens_at + 4 * h.n_windows * h.ctx
         expected = self._data_at + h.n_windows * h.window_bytes()
-        if raw.size != expected:
-            raise FormatError(f"{self.path}: {raw.size} bytes where its header says {expected} "
+        if size != expected:
+            raise FormatError(f"{self.path}: {size} bytes where its header says {expected} "
                               f"({h.n_windows} windows): truncated or damaged")
+
+    def close(self) -> None:
+        self._f.close()
+
+    def _read(self, at: int, dtype: str, count: int) -> np.ndarray:
+        self._f.seek(at)
+        a = np.fromfile(self._f, dtype=dtype, count=count)
+        if a.size != count:
+            raise FormatError(f"{self.path}: truncated while reading")
+        return a
 
     def tokens(self) -> np.ndarray:
         h = self.header
-        return np.frombuffer(self._raw, dtype="<i4", count=h.n_windows * h.ctx, offset=self._tokens_at).copy()
+        t = self._read(self._tokens_at, "<i4", h.n_windows * h.ctx)
+        if t.size and (t.min() < 0 or t.max() >= h.n_vocab):
+            raise FormatError(f"{self.path}: a token id out of the vocabulary's range")
+        return t
 
     def window(self, i: int) -> np.ndarray | TopK:
         h = self.header
         at, n = self._data_at + i * h.window_bytes(), h.n_scored
         if h.top_k == 0:
-            return np.frombuffer(self._raw, dtype="<f4", count=n * h.n_vocab, offset=at).reshape(n, h.n_vocab)
+            return self._read(at, "<f4", n * h.n_vocab).reshape(n, h.n_vocab)
         k = h.top_k
-        ids = np.frombuffer(self._raw, dtype="<i4", count=n * k, offset=at).reshape(n, k)
-        at += 4 * n * k
-        logp = np.frombuffer(self._raw, dtype="<f8", count=n * k, offset=at).reshape(n, k)
-        at += 8 * n * k
-        tail = np.frombuffer(self._raw, dtype="<f8", count=n, offset=at)
-        nll = np.frombuffer(self._raw, dtype="<f8", count=n, offset=at + 8 * n)
+        ids = self._read(at, "<i4", n * k).reshape(n, k)
+        logp = self._read(at + 4 * n * k, "<f8", n * k).reshape(n, k)
+        tail = self._read(at + 12 * n * k, "<f8", n)
+        nll = self._read(at + 12 * n * k + 8 * n, "<f8", n)
         if ids.size and (ids.min() < 0 or ids.max() >= h.n_vocab):
             raise FormatError(f"{self.path}: window {i}: token id out of the vocabulary's range")
         return TopK(ids, logp, tail, nll)
@@ -348,7 +362,7 @@ def evaluate(quant: Path, reference: Path, text: Path | None, *, ctx: int | None
              on_start: Callable[[int], None] = lambda n: None,
              on_window: Callable[[int], None] = lambda i: None) -> EvalResult:
     """Run QUANT (and REFERENCE, unless it is a saved-logits file) window by window; see the module doc."""
-    from qtool.analysis.llama_runner import LlamaModel, load_llama
+    from qtool.analysis.llama_runner import load_llama
 
     load_llama()  # the one-line install hint before anything else is read
     for p, what in ((quant, "QUANT"), (reference, "--reference")):
@@ -375,6 +389,27 @@ def evaluate(quant: Path, reference: Path, text: Path | None, *, ctx: int | None
     if max_windows is not None and max_windows < 1:
         raise UsageError(f"--windows {max_windows}: expected at least 1")
     first = ctx // 2
+    if save_logits is not None:
+        for p in (quant, reference, text):
+            if p is not None and Path(save_logits).exists() and Path(save_logits).samefile(p):
+                raise UsageError(f"--save-logits {save_logits} is an input of this run; qtool never writes "
+                                 "over its input")
+    try:
+        result = _evaluate(quant, reference, text, saved, ctx, first, threads, max_windows, save_logits, top_k,
+                           on_start, on_window)
+    finally:
+        if saved is not None:
+            saved.close()
+    result.quant, result.reference = str(quant), str(reference)
+    result.reference_logits = str(reference) if saved is not None else None
+    result.text = None if text is None else str(text)
+    result.saved_logits = None if save_logits is None else str(save_logits)
+    return result
+
+
+def _evaluate(quant, reference, text, saved, ctx, first, threads, max_windows, save_logits, top_k, on_start,
+              on_window) -> EvalResult:
+    from qtool.analysis.llama_runner import LlamaModel
 
     with LlamaModel(quant, n_ctx=ctx, threads=threads) as qm:
         if saved is None:
@@ -411,10 +446,6 @@ def evaluate(quant: Path, reference: Path, text: Path | None, *, ctx: int | None
             n_win = h.n_windows if max_windows is None else min(h.n_windows, max_windows)
             header = LogitsHeader(**{**h.__dict__, "n_windows": n_win})
             result = _run(qm, lambda i, w: saved.window(i), tokens, header, None, on_start, on_window)
-    result.quant, result.reference = str(quant), str(reference)
-    result.reference_logits = str(reference) if saved is not None else None
-    result.text = None if text is None else str(text)
-    result.saved_logits = None if save_logits is None else str(save_logits)
     return result
 
 
