@@ -53,6 +53,7 @@ RUNS = {
     "gemma3": {"sliding_window": 4},
     "gemma3_mm": {},  # the text model of a multimodal checkpoint (vision tower and projector dropped)
     "phi3": {},
+    "phi3_partial": {},  # Phi-4-mini's shape: partial rotary, tied embeddings
     "bert": {},
 }
 GELU = {"gemma", "gemma2", "gemma3", "gemma3_mm", "bert"}
@@ -89,6 +90,8 @@ BROKEN = {
                  ("qkv_proj.weight",): lambda hp: PermuteQK(hp.n_head + 2 * hp.n_head_kv)})),
              ("gate and up swapped", lambda mp: mp.setattr(phi3_mod.Phi3, "transforms", {
                  ("gate_up_proj.weight",): lambda hp: SwapHalves()}))],
+    "phi3_partial": [("rope over the whole head", lambda mp: mp.setattr(phi3_mod, "_rope_dims",
+                                                                         lambda cfg, hp: hp.n_embd // hp.n_head))],
     "bert": [("CLS pooling for mean", lambda mp: mp.setattr(bert_mod.Bert, "keys", (
                  bert_mod.not_causal, _write_pooling(gguf.PoolingType.CLS)))),
              ("last-token pooling for mean", lambda mp: mp.setattr(bert_mod.Bert, "keys", (

@@ -328,7 +328,8 @@ def _phi3_tensors(cfg: dict, rng: np.random.Generator) -> dict:
         t[p + "mlp.gate_up_proj.weight"] = _w(rng, 2 * F, E)  # rows: gate | up
         t[p + "mlp.down_proj.weight"] = _w(rng, E, F)
     t["model.norm.weight"] = norm(E)
-    t["lm_head.weight"] = _w(rng, V, E)
+    if not cfg.get("tie_word_embeddings"):
+        t["lm_head.weight"] = _w(rng, V, E)
     return t
 
 
@@ -369,7 +370,8 @@ def _phi3_forward(cfg: dict, W: dict, tokens: list[int]) -> np.ndarray:
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
         gu = h @ W[p + "mlp.gate_up_proj.weight"].T
         x = x + (gu[:, F:] * silu(gu[:, :F])) @ W[p + "mlp.down_proj.weight"].T
-    return rms_norm(x, W["model.norm.weight"], eps) @ W["lm_head.weight"].T
+    head = W["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
+    return rms_norm(x, W["model.norm.weight"], eps) @ head.T
 
 
 def _phi3_config() -> dict:
@@ -624,6 +626,8 @@ CASES: dict[str, Case] = {
     "gemma3_mm": Case("gemma3_mm", "spm-gemma"),
     "llama3_bf16": Case("llama3", "spm-llama", dtype="BF16"),
     # Phi-3-mini-128k's long-context scaling: rope factor tensors and the attention factor key
+    # Phi-4-mini's shape of Phi3ForCausalLM: partial rotary (3/4 of each head), tied embeddings
+    "phi3_partial": Case("phi3", "phi3", {"partial_rotary_factor": 0.75, "tie_word_embeddings": True}),
     "phi3_longrope": Case("phi3", "phi3", {
         "max_position_embeddings": 131072,
         "rope_scaling": {"type": "longrope", "long_factor": [1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 12.5],
