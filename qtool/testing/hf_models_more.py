@@ -1,9 +1,11 @@
-"""More tiny Hugging Face folders: Gemma 2, Gemma 3 (text), Phi-3 and BERT (sentence-transformers), each
-with a float64 numpy forward pass written from the transformers model definition (modeling_gemma2.py,
-modeling_gemma3.py, modeling_phi3.py, modeling_bert.py + sentence-transformers' Pooling), never from
-qtool's conversion; and the tokenizers the reference converter accepts.
+"""More tiny Hugging Face folders: Gemma, Gemma 2, Gemma 3 (text, and a multimodal Gemma3ForConditionalGeneration
+checkpoint), Phi-3 (also longrope and partial rotary) and BERT (sentence-transformers; BertForMaskedLM), each
+with a float64 numpy forward pass written from the transformers model definition (modeling_gemma.py,
+modeling_gemma2.py, modeling_gemma3.py, modeling_phi3.py, modeling_bert.py + sentence-transformers' Pooling),
+never from qtool's conversion, and checked against transformers 4.57.6 itself; and the tokenizers the
+reference converter accepts.
 
-Importing this module adds ``gemma2``, ``gemma3``, ``phi3`` and ``bert`` to ``hf_models.FAMILIES``, so
+Importing this module adds its families (:data:`MORE`) to ``hf_models.FAMILIES``, so
 ``hf_models.write``/``hf_models.logits`` work for them too. ``write_case(folder, case)`` writes one of the
 :data:`CASES` (a family with a real or trained tokenizer of the kind the reference converter reads:
 SentencePiece ``tokenizer.model``, a byte-level BPE whose pre-tokenizer hash llama.cpp knows, WordPiece):
