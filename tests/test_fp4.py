@@ -15,7 +15,7 @@ from qtool.kernels import fp4 as k
 from qtool.quantizers import get
 from qtool.testing import ggml
 from qtool.testing.data import hard_rows
-from qtool.testing.golden import mismatch_report
+from qtool.testing.golden import mismatch_report, quantize_vs_ggml_report
 
 TYPES = [T.MXFP4, T.NVFP4]
 # (nrows, n_per_row, seed): 312 rows, every hard_rows case many times, widths 64 .. 4096
@@ -23,13 +23,6 @@ SHAPES = [(130, 64, 0), (65, 128, 1), (52, 512, 2), (39, 1024, 3), (26, 4096, 4)
 
 oracle = pytest.mark.oracle
 ids = {"ids": lambda t: t.name}
-
-
-def _check(qtype, x, w=None):
-    q = get(qtype)
-    with np.errstate(all="ignore"):
-        want = ggml.quantize(qtype, x)
-    assert mismatch_report(q.quantize(x, w), want, q.type_size) == ""
 
 
 def boundary_rows(seed: int = 3) -> np.ndarray:
@@ -111,7 +104,8 @@ def test_hard_scales_match_ggml(qtype, kind):
     need_oracle()
     x = {"boundary": boundary_rows, "ue4m3": ue4m3_rows}.get(kind)
     x = midpoint_rows(qtype) if x is None else x()
-    _check(qtype, x)
+    report = quantize_vs_ggml_report(qtype, x)
+    assert not report, f"{qtype.name} {kind} rows: {report}"
 
 
 def _scale_blocks(qtype) -> np.ndarray:

@@ -23,7 +23,7 @@ from qtool.formats.ggml_types import ggml_type_named
 from qtool.quantizers import get, registered
 from qtool.testing.data import (HUGE_CASE, N_CASES, boundary_rows, edge_importance, extreme_rows, hard_rows, importance,
                                 special_scale_blocks)
-from qtool.testing.golden import dequantize_vs_ggml_report, mismatch_report, thread_count_report
+from qtool.testing.golden import dequantize_vs_ggml_report, quantize_vs_ggml_report, thread_count_report
 
 
 @dataclass(frozen=True)
@@ -138,13 +138,7 @@ CASES = [(t, path, *shape) for t in TYPES for path in paths(t) for shape in feed
 @pytest.mark.parametrize("qtype,path,nrows,n_per_row,seed", CASES, **ids)
 def test_quantize_matches_ggml(oracle, qtype, path, nrows, n_per_row, seed):
     x = rows(qtype, nrows, n_per_row, seed)
-    w = weights(path, n_per_row, seed + 100)
-    q = get(qtype)
-    ours = q.quantize(x, w)
-    with np.errstate(all="ignore"):  # the 1e30 rows overflow float32 in ggml as in qtool
-        ref = oracle.quantize(qtype, x, w)
-    assert ours.shape == ref.shape
-    report = mismatch_report(ours, ref, q.type_size)
+    report = quantize_vs_ggml_report(qtype, x, weights(path, n_per_row, seed + 100))
     assert not report, f"{qtype.name} {path} {nrows}x{n_per_row} seed {seed}: {report}"
 
 
@@ -156,13 +150,7 @@ EXTREME_CASES = [(t, path) for t in TYPES if feed(t).extreme for path in paths(t
 def test_extreme_rows_match_ggml(oracle, qtype, path):
     f = feed(qtype)
     n, seed = f.extreme_at
-    x = extreme_rows(f.extreme, n, seed)
-    w = weights(path, n, seed + 100)
-    q = get(qtype)
-    with np.errstate(all="ignore"):
-        ref = oracle.quantize(qtype, x, w)
-        ours = q.quantize(x, w)
-    report = mismatch_report(ours, ref, q.type_size)
+    report = quantize_vs_ggml_report(qtype, extreme_rows(f.extreme, n, seed), weights(path, n, seed + 100))
     assert not report, f"{qtype.name} {path} extreme rows: {report}"
 
 
@@ -170,9 +158,7 @@ def test_extreme_rows_match_ggml(oracle, qtype, path):
 @pytest.mark.parametrize("qtype", [t for t in TYPES if feed(t).boundary], **ids)
 def test_rounding_boundaries_match_ggml(oracle, qtype):
     """Weights on and an ulp either side of +-amax/2, where round-half-away-from-zero decides."""
-    x = boundary_rows(spacing=feed(qtype).boundary)
-    q = get(qtype)
-    report = mismatch_report(q.quantize(x), oracle.quantize(qtype, x), q.type_size)
+    report = quantize_vs_ggml_report(qtype, boundary_rows(spacing=feed(qtype).boundary))
     assert not report, f"{qtype.name} boundary rows: {report}"
 
 
@@ -187,14 +173,11 @@ def test_edge_importance_vectors_match_ggml(oracle, qtype, kind):
     f = feed(qtype)
     nrows, n, seeds = f.edge_rows
     w = edge_importance(kind, n)
-    q = get(qtype)
     for seed in seeds:
         x = rows(qtype, nrows, n, seed)
         if kind == "huge" and f.huge_scale != 1.0:  # huge weights on the scaled-down rows overflow again
             x = np.delete(x, np.s_[HUGE_CASE::N_CASES], axis=0)
-        with np.errstate(all="ignore"):
-            ref = oracle.quantize(qtype, x, w)
-        report = mismatch_report(q.quantize(x, w), ref, q.type_size)
+        report = quantize_vs_ggml_report(qtype, x, w)
         assert not report, f"{qtype.name} importance {kind} seed {seed}: {report}"
 
 

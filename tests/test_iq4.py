@@ -7,25 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import need_oracle
-from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from qtool.kernels import iq4 as ki
 from qtool.quantizers import get
-from qtool.testing import ggml
 from qtool.testing.data import importance
-from qtool.testing.golden import mismatch_report
+from qtool.testing.golden import quantize_vs_ggml_report
 
 oracle = pytest.mark.oracle
 TYPES = [T.IQ4_NL, T.IQ4_XS]
-
-
-def _check(qtype, x, imat, what):
-    ours = get(qtype).quantize(x, imat)
-    ref = ggml.quantize(qtype, x, imat)
-    assert ours.shape == ref.shape
-    report = mismatch_report(ours, ref, GGML_QUANT_SIZES[qtype][1])
-    assert not report, f"{qtype.name} {what} {x.shape[0]}x{x.shape[1]}: {report}"
 
 
 @oracle
@@ -43,7 +33,8 @@ def test_codebook_search_edges(qtype):
     x = x.astype(np.float32)
     x[~np.isfinite(x)] = 0
     for imat in (None, importance(512, 24)):
-        _check(qtype, x, imat, "codebook edges")
+        report = quantize_vs_ggml_report(qtype, x, imat)
+        assert not report, f"{qtype.name} codebook edges, imatrix {imat is not None}: {report}"
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)

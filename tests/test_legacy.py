@@ -13,7 +13,7 @@ from gguf import quants as gq
 from qtool.quantizers import get
 from qtool.testing import ggml
 from qtool.testing.data import hard_rows, importance
-from qtool.testing.golden import mismatch_report
+from qtool.testing.golden import mismatch_report, quantize_vs_ggml_report
 
 TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 # (nrows, n_per_row, seed): 312 rows, every hard_rows case many times, widths 32 .. 4096
@@ -123,5 +123,4 @@ def test_ties_match_ggml(qtype, path):
     need_oracle()
     x = tie_rows()
     w = _imatrix(path, x.shape[1], 3)
-    q = get(qtype)
-    assert mismatch_report(q.quantize(x, w), ggml.quantize(qtype, x, w), q.type_size) == ""
+    assert quantize_vs_ggml_report(qtype, x, w) == ""

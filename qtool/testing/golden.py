@@ -87,6 +87,22 @@ def mismatch_report(ours: np.ndarray, ref: np.ndarray, block_bytes: int, what: s
             f"(ours vs {what}): {diffs}{more}")
 
 
+def quantize_vs_ggml_report(qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None = None) -> str:
+    """'' when qtool's quantizer gives ggml's bytes for ``rows`` (float32 [nrows, n_per_row]) with
+    ``imatrix``, else what differs (mismatch_report). Float warnings of the hard rows are silenced on
+    both sides (they overflow float32 in ggml as in qtool)."""
+    from qtool.quantizers import get
+    from qtool.testing import ggml
+
+    q = get(qtype)
+    with np.errstate(all="ignore"):
+        ref = ggml.quantize(qtype, rows, imatrix)
+        ours = q.quantize(rows, imatrix)
+    if ours.shape != ref.shape:
+        return f"got {ours.shape}, ggml gives {ref.shape}"
+    return mismatch_report(ours, ref, q.type_size)
+
+
 def dequantize_vs_ggml_report(qtype: GGMLQuantizationType, data: np.ndarray, n_per_row: int) -> str:
     """'' when qtool's dequantizer gives ggml's to_float floats bit for bit on ``data``, else what differs."""
     from qtool.quantizers import get
