@@ -38,6 +38,12 @@ class ConvertResult:
     target: Path | None = None
     #: why llama.cpp may not load the result (from the reader: unknown architecture metadata, no tokenizer)
     notes: list[str] = field(default_factory=list)
+    #: a size-targeted mix (analysis.mix.Mix), when --target-bpw/--target-size chose the types
+    mix: Any = None
+    #: the bytes of the whole file (header, metadata, padded tensors)
+    file_bytes: int | None = None
+    #: where --recipe-out wrote the plan as a llama-quantize --tensor-type-file
+    recipe: Path | None = None
 
     @property
     def bits_per_weight(self) -> float:
@@ -65,7 +71,7 @@ def _input_files(source) -> list[Path]:
 
 def convert(
     input_path: str | Path,
-    type_name: str,
+    type_name: str | None,
     output: str | Path | None = None,
     *,
     threads: int | None = None,
@@ -74,13 +80,24 @@ def convert(
     include_weights: list[str] | None = None,
     exclude_weights: list[str] | None = None,
     dry_run: bool = False,
+    target: Any = None,
+    candidates: list | None = None,
+    types_from: str | Path | None = None,
+    recipe_out: str | Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_tensor: Callable[[Any, int], None] | None = None,
+    on_measure_start: Callable[[int], None] | None = None,
+    on_measure: Callable[[str, int], None] | None = None,
 ) -> ConvertResult:
     """Convert (and quantize) a model; see `qtool convert --help` for what each argument means.
 
-    ``options`` is a plan.PlanOptions. For progress bars: ``on_start(total_elements)`` is called once
-    the plan is made, ``on_tensor(plan_entry, n_elements)`` after each tensor is written.
+    ``options`` is a plan.PlanOptions. ``target`` (analysis.mix.Target) chooses the types of the tensors the
+    mixture rules would place, from ``candidates`` (default: near the target), under a byte budget;
+    ``types_from`` takes them from another GGUF; ``type_name`` may then be None (the preset is found).
+    ``recipe_out`` receives the plan as a llama-quantize --tensor-type-file (also on a dry run).
+    For progress bars: ``on_start(total_elements)`` is called once the plan is made, ``on_tensor(plan_entry,
+    n_elements)`` after each tensor is written; ``on_measure_start``/``on_measure(name, n)`` while a mix
+    measures its candidates.
     """
     from qtool.formats.source import open_model
     from qtool import plan as planner
@@ -88,7 +105,18 @@ def convert(
 
     t0 = time.perf_counter()
     options = options or planner.PlanOptions()
-    preset = presets.get_preset(type_name)
+    if target is not None and types_from is not None:
+        raise UsageError("--types-from and --target-bpw/--target-size exclude each other")
+    if candidates and target is None:
+        raise UsageError("--candidates needs --target-bpw or --target-size")
+    if type_name is None and target is None and types_from is None:
+        raise UsageError("--type is required (a preset such as Q4_K_M), unless --target-bpw, --target-size or "
+                         "--types-from chooses the types")
+    preset = presets.get_preset(type_name) if type_name is not None else None
+    if preset is not None and (target is not None or types_from is not None) and \
+            (preset.only_copy or not presets.is_quantized(preset.base_type)):
+        raise UsageError(f"--type {preset.name} quantizes nothing; with --target-bpw/--target-size/--types-from "
+                         f"give a quantized preset (it sets general.file_type) or none")
     imat = None
     if imatrix is not None:
         from qtool.formats.imatrix import load_imatrix
@@ -109,6 +137,22 @@ def convert(
         as_f32 = source.format != "gguf"
         planned = [dataclasses.replace(t, qtype=GGMLQuantizationType.F32) for t in source.tensors] if as_f32 \
             else list(source.tensors)
+        mix = None
+        if types_from is not None:
+            other_preset, exact = _types_from(types_from, planned)
+            options = dataclasses.replace(options, exact_types=exact)
+            preset = preset or other_preset
+        if target is not None:
+            from qtool.analysis import mix as mixer
+
+            rules_preset = preset or presets.get_preset("Q4_K_M")  # places no tensor the mix decides
+            base = planner.plan_model(rules_preset, source.metadata, planned, options)
+            offset, alignment = _data_offset(source, base, imat, int(rules_preset.ftype), output or input_path)
+            mix = mixer.make_mix(source, source.metadata, planned, options, target, candidates=candidates,
+                                 imat=imat, preset=rules_preset, header_bytes=offset, alignment=alignment,
+                                 threads=threads, on_start=on_measure_start, on_tensor=on_measure)
+            options = dataclasses.replace(options, exact_types=mix.types)
+            preset = preset or mixer.preset_for(mix)
         plan = planner.plan_model(preset, source.metadata, planned, options)
         planner.check_imatrix(plan, imat.names() if imat is not None else None)
 
@@ -119,14 +163,23 @@ def convert(
                                file_type=planner.file_type(preset, source.metadata, planned), plan=plan,
                                bytes_in=bytes_in, bytes_out=bytes_out, n_elements=n_elements, seconds=0.0,
                                imatrix=str(imatrix) if imatrix else None, unmapped=list(source.unmapped),
-                               notes=list(getattr(source, "problems", []) or []))
+                               notes=list(getattr(source, "problems", []) or []), mix=mix)
+        if source.architecture:
+            offset, alignment = _data_offset(source, plan, imat, result.file_type, output or input_path)
+            result.file_bytes = offset + sum(-(-_nbytes(p.shape, p.qtype) // alignment) * alignment for p in plan)
 
         # everything a real run would refuse, a dry run refuses too
         from qtool.formats.gguf_out import GGUFOut, check_output_path
 
-        out_path = Path(output) if output is not None else default_output(Path(input_path), preset.name)
+        tag = preset.name if target is None else f"mix-{target.text.replace(' ', '')}" + \
+            ("bpw" if target.kind == "bpw" else "")
+        out_path = Path(output) if output is not None else default_output(Path(input_path), tag)
         check_output_path(out_path, _input_files(source))
         result.target = out_path
+        if recipe_out is not None:
+            check_output_path(Path(recipe_out), _input_files(source) + [out_path])
+            Path(recipe_out).write_text(planner.recipe_text(plan))
+            result.recipe = Path(recipe_out)
         if imat is not None:
             for p in plan:
                 if p.quantize:
@@ -160,6 +213,36 @@ def convert(
             result.output = out.commit()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _types_from(path: str | Path, planned: list) -> tuple[Any, dict]:
+    """The per-tensor types of GGUF ``path`` for the planner's ``planned`` tensors, and the preset its
+    general.file_type names."""
+    from qtool import plan as planner
+    from qtool.formats.gguf_in import GGUFSource
+    from qtool.quantizers import presets
+
+    with GGUFSource(path) as other:
+        exact = planner.types_from(planned, list(other.tensors), str(path))
+        ft = other.metadata.get("general.file_type")
+    if ft is None:
+        raise UsageError(f"--types-from {path} has no general.file_type; give --type (it sets the file type)")
+    return presets.get_preset(str(int(ft) & ~1024)), exact
+
+
+def _data_offset(source, plan, imat, file_type: int, where) -> tuple[int, int]:
+    """(offset of the tensor data, alignment) of the file ``plan`` makes: header, metadata and tensor infos
+    as convert writes them, without writing anything (every type has a fixed-size info, so any plan of
+    the same tensors gives the same offset)."""
+    from qtool.formats.gguf_out import GGUFOut
+
+    out = GGUFOut(Path(where), source.architecture or "unknown", alignment=source.metadata.get("general.alignment"))
+    fake = ConvertResult(input=Path(where), output=None, preset="", file_type=file_type, plan=plan, bytes_in=0,
+                         bytes_out=0, n_elements=0, seconds=0.0)
+    _write_metadata(out, source, fake, imat)
+    for p in plan:
+        out.add_tensor(p.name, p.shape, p.qtype)
+    return out.data_offset(), out.alignment
 
 
 def _nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:

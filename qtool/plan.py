@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from gguf import GGMLQuantizationType, LlamaFileType
@@ -511,6 +512,10 @@ class PlanOptions:
     leave_output_tensor: bool = False
     has_imatrix: bool = False
     allow_requantize: bool = False
+    #: name -> (type, reason): per-tensor types by exact name (--types-from, a size-targeted mix). They
+    #: stand where llama.cpp's mixture rules would; the explicit options above win over them, and the
+    #: fallback for rows that do not fit still applies.
+    exact_types: dict[str, tuple[GGMLQuantizationType, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -575,7 +580,7 @@ def plan_model(preset: str | Preset, metadata: Mapping[str, Any], tensors: Itera
         src = ggml_type(int(t.qtype))
         why_not = why_not_quantized(t.name, shape, facts.arch, opt.leave_output_tensor)
         if why_not is not None:
-            plans.append(TensorPlan(t.name, shape, src, src, False, f"not quantized: {why_not}"))
+            plans.append(TensorPlan(t.name, shape, src, src, False, f"{_NOT_QUANTIZED_PREFIX}{why_not}"))
             continue
         new, why = _choose(t.name, shape, default, ftype, opt, patterns, rules)
         new = ggml_type(int(new))
@@ -613,6 +618,10 @@ def _choose(name: str, shape: tuple[int, ...], default: int, ftype: int, opt: Pl
         if rx.search(name):
             new, why, manual = qt, f"--tensor-type {src}", True
             break
+    if not manual and name in opt.exact_types:
+        (new, why), manual = opt.exact_types[name], True
+        fb, fb_why = _fallback(name, ne[0], new)
+        return (fb, f"{why}; {fb_why}") if fb_why else (new, why)
     if not manual:
         if opt.pure:
             why = "--pure"
@@ -622,6 +631,31 @@ def _choose(name: str, shape: tuple[int, ...], default: int, ftype: int, opt: Pl
     if fb_why:
         return fb, fb_why
     return new, why
+
+
+def mixable(metadata: Mapping[str, Any], tensors: Iterable[TensorInfo],
+            options: PlanOptions | None = None) -> list[TensorInfo]:
+    """The tensors a per-tensor map (``PlanOptions.exact_types``) decides, in llama-quantize's order: those
+    llama.cpp quantizes and no explicit option names (--token-embedding-type, --output-tensor-type, also
+    for tied embeddings, --tensor-type). Requires a preset whose base type is quantized."""
+    opt = options or PlanOptions()
+    facts = ModelFacts.from_metadata(metadata)
+    ordered = _ordered(tensors)
+    patterns = [_compile(rx) for rx, _ in opt.tensor_types]
+    tied = "output.weight" not in {t.name for t in ordered}
+    out = []
+    for t in ordered:
+        if why_not_quantized(t.name, tuple(t.shape), facts.arch, opt.leave_output_tensor) is not None:
+            continue
+        cat = category(t.name)
+        if opt.token_embedding_type is not None and cat == TOKEN_EMBD:
+            continue
+        if opt.output_tensor_type is not None and (cat == OUTPUT or (tied and cat == TOKEN_EMBD)):
+            continue
+        if any(rx.search(t.name) for rx in patterns):
+            continue
+        out.append(t)
+    return out
 
 
 def _fits(name: str, ncols: int, qtype: int, option: str) -> tuple[int, str]:
@@ -693,3 +727,102 @@ def _stand_in(name: str, shape: tuple[int, ...]) -> TensorInfo:
 
 
 _STAND_IN = _stand_in_model()
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipes: llama-quantize's --tensor-type-file, and replaying another file's types
+# --------------------------------------------------------------------------------------------------
+
+_NOT_QUANTIZED_PREFIX = "not quantized: "
+
+
+def read_tensor_type_file(path: str | Path) -> list[tuple[str, GGMLQuantizationType]]:
+    """A --tensor-type-file as llama-quantize reads it: NAME=TYPE entries separated by any whitespace
+    (spaces or newlines), each read as a --tensor-type (the name lower-cased, a regular expression
+    searched in tensor names, first match wins), in file order. The format has no comments. A bad entry
+    is a UsageError naming the file and line."""
+    from qtool.quantizers.presets import parse_ggml_type
+
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read the tensor-type file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p}: the tensor-type file is not UTF-8 text (byte {e.start})") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for token in line.split():
+            where = f"{p}:{lineno}: {token!r}"
+            if token.startswith("#"):
+                raise UsageError(f"{where}: llama-quantize's tensor-type file has no comments; "
+                                 f"every entry is NAME=TYPE")
+            name, sep, qtype = token.partition("=")
+            if not sep:
+                raise UsageError(f"{where} is not NAME=TYPE")
+            if not name:
+                raise UsageError(f"{where} has no tensor name")
+            if not qtype:
+                raise UsageError(f"{where} has no type")
+            pattern = name.lower()
+            try:
+                re.compile(pattern)
+                t = parse_ggml_type(qtype)
+            except re.error as e:
+                raise UsageError(f"{where}: {pattern!r} is not a regular expression: {e}") from None
+            except UsageError as e:
+                raise UsageError(f"{where}: {e}") from None
+            out.append((pattern, t))
+    return out
+
+
+_REGEX_SPECIAL = set("\\^$.|?*+()[]{}")
+
+
+def recipe_pattern(name: str) -> str:
+    """A pattern that llama-quantize's --tensor-type reading (lower-cased, std::regex searched) matches
+    against ``name`` alone: anchored, metacharacters escaped, and upper-case letters, '=', and whitespace
+    written as \\xHH (which lower-casing leaves intact)."""
+    out = []
+    for ch in name:
+        if ch in _REGEX_SPECIAL:
+            out.append("\\" + ch)
+        elif ch.isupper() or ch == "=" or ch.isspace() or ord(ch) < 32:
+            if ord(ch) > 0xFF:
+                raise UsageError(f"{name!r}: a recipe cannot name this tensor ({ch!r} has no \\xHH form)")
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "^" + "".join(out) + "$"
+
+
+def recipe_text(plans: Iterable[TensorPlan]) -> str:
+    """The plan as a llama-quantize --tensor-type-file: one ``^name$=TYPE`` line per tensor llama.cpp
+    quantizes, in plan order. Run with the same preset on the same input, llama-quantize gives every
+    tensor the type the plan gives it (each type already fits its rows, so no fallback moves it)."""
+    lines = [f"{recipe_pattern(pl.name)}={pl.qtype.name}" for pl in plans
+             if not pl.reason.startswith(_NOT_QUANTIZED_PREFIX)]
+    return "".join(line + "\n" for line in lines)
+
+
+def types_from(tensors: Sequence[TensorInfo], other: Sequence[TensorInfo],
+               source: str) -> dict[str, tuple[GGMLQuantizationType, str]]:
+    """``other``'s tensor types (a GGUF's, e.g. a community quant) as an exact per-tensor map for
+    ``tensors`` (new weights of the same model). The two must hold the same tensors with the same shapes:
+    a missing, extra or reshaped tensor is a UsageError naming it and ``source``."""
+    mine = {t.name: t for t in tensors}
+    theirs = {t.name: t for t in other}
+    missing = [n for n in mine if n not in theirs]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UsageError(f"--types-from {source} has no tensor {missing[0]}{more}, which the input has")
+    extra = [n for n in theirs if n not in mine]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise UsageError(f"--types-from {source} has tensor {extra[0]}{more}, which the input lacks")
+    for n, t in mine.items():
+        a, b = tuple(int(d) for d in t.shape), tuple(int(d) for d in theirs[n].shape)
+        if a != b:
+            raise UsageError(f"{n}: shape {list(a)} in the input but {list(b)} in --types-from {source}")
+    label = f"--types-from {Path(source).name}"
+    return {n: (ggml_type(int(theirs[n].qtype)), label) for n in mine}

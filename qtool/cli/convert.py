@@ -22,8 +22,10 @@ def _human_bytes(n: float) -> str:
 def convert_command(
     input: Annotated[Path, typer.Argument(help="A .safetensors file, a *.safetensors.index.json, a Hugging Face "
                                                 "model folder, or a .gguf file.", show_default=False)],
-    type: Annotated[str, typer.Option("--type", "-T", help="llama-quantize preset (Q4_K_M, Q8_0, ...) or ggml "
-                                                          "type name; `qtool types` lists them.")],
+    type: Annotated[Optional[str], typer.Option("--type", "-T", help="llama-quantize preset (Q4_K_M, Q8_0, ...) "
+                                                "or ggml type name; `qtool types` lists them. Optional with "
+                                                "--target-*/--types-from (it then sets general.file_type).",
+                                                show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: "
                                                    "<input-stem>-<TYPE>.gguf beside the input).")] = None,
     threads: ThreadsOpt = None,
@@ -39,6 +41,25 @@ def convert_command(
                                                                 help="ggml type for token_embd.weight.")] = None,
     tensor_type: Annotated[list[str], typer.Option("--tensor-type", help="REGEX=TYPE: type for matching "
                                                    "tensors (repeatable; first match wins).")] = [],
+    tensor_type_file: Annotated[list[Path], typer.Option("--tensor-type-file", help="File of REGEX=TYPE "
+                                                         "entries separated by spaces or newlines, as "
+                                                         "llama-quantize reads it; after the --tensor-type "
+                                                         "entries (repeatable).")] = [],
+    recipe_out: Annotated[Optional[Path], typer.Option("--recipe-out", help="Write the chosen type of every "
+                                                       "quantized tensor as a --tensor-type-file that "
+                                                       "llama-quantize (same preset) reproduces the file "
+                                                       "from.")] = None,
+    types_from: Annotated[Optional[Path], typer.Option("--types-from", help="Take each tensor's type from "
+                                                       "this GGUF (e.g. a published quant of the same "
+                                                       "model).")] = None,
+    target_bpw: Annotated[Optional[float], typer.Option("--target-bpw", help="Choose a type per tensor for "
+                                                        "the least predicted error at this many bits per "
+                                                        "weight (tensor bytes).")] = None,
+    target_size: Annotated[Optional[str], typer.Option("--target-size", help="As --target-bpw, for a whole "
+                                                       "file of this size: 3.5GB, 3.5GiB, 900MB ...")] = None,
+    candidates: Annotated[Optional[str], typer.Option("--candidates", help="Types a target mix chooses from, "
+                                                      "e.g. Q3_K,Q4_K,Q5_K,Q6_K (default: the K and IQ types "
+                                                      "near the target).")] = None,
     pure: Annotated[bool, typer.Option("--pure", help="Every quantized tensor gets the preset's base type "
                                                       "(no per-tensor rules).")] = False,
     leave_output_tensor: Annotated[bool, typer.Option("--leave-output-tensor",
@@ -60,14 +81,16 @@ def convert_command(
     """Convert a model to GGUF, quantizing tensor by tensor exactly as llama.cpp's llama-quantize does."""
     from qtool.cli.output import Output
     from qtool.convert import convert
-    from qtool.plan import PlanOptions
+    from qtool.analysis.mix import parse_candidates, parse_target
+    from qtool.plan import PlanOptions, read_tensor_type_file
     from qtool.quantizers.presets import parse_ggml_type, parse_tensor_type
 
     out = Output(json_mode=json, quiet=quiet)
     options = PlanOptions(
         output_tensor_type=parse_ggml_type(output_tensor_type) if output_tensor_type else None,
         token_embedding_type=parse_ggml_type(token_embedding_type) if token_embedding_type else None,
-        tensor_types=[parse_tensor_type(spec) for spec in tensor_type],
+        tensor_types=[parse_tensor_type(spec) for spec in tensor_type]
+        + [entry for f in tensor_type_file for entry in read_tensor_type_file(f)],
         pure=pure,
         leave_output_tensor=leave_output_tensor,
         allow_requantize=allow_requantize,
@@ -75,11 +98,22 @@ def convert_command(
     from qtool.archs import tensors_only as tensors_only_mode
     from qtool.formats.vocab import force_pre_tokenizer
 
+    target = parse_target(target_bpw, target_size)
+    cands = parse_candidates(candidates) if candidates is not None else None
     with out.progress(total=None, description="quantizing") as advance, force_pre_tokenizer(pre_tokenizer), \
             tensors_only_mode(tensors_only), _warnings_to(out):
+        measured = [0]  # one bar for both phases: measuring a mix's candidates, then writing
+
+        def measure(name: str, n: int) -> None:
+            measured[0] += n
+            advance(n, f"measuring {name}")
+
         result = convert(input, type, output, threads=threads, options=options, imatrix=imatrix,
                          include_weights=include_weights, exclude_weights=exclude_weights, dry_run=dry_run,
-                         on_start=advance.set_total, on_tensor=lambda p, n: advance(n, p.name))
+                         target=target, candidates=cands, types_from=types_from, recipe_out=recipe_out,
+                         on_start=lambda n: advance.set_total(measured[0] + n),
+                         on_tensor=lambda p, n: advance(n, p.name),
+                         on_measure_start=advance.set_total, on_measure=measure)
     _report(out, result, dry_run)
 
 
@@ -124,9 +158,14 @@ def _report(out, result, dry_run: bool) -> None:
         "bpw": result.bits_per_weight,
         "seconds": result.seconds,
     }
+    summary["file_bytes"] = result.file_bytes
     doc = {"input": str(result.input), "output": str(result.target) if result.target else None,
            "type": result.preset, "file_type": result.file_type, "dry_run": dry_run,
            "imatrix": result.imatrix, "unmapped": result.unmapped, "tensors": tensors, "summary": summary}
+    if result.recipe is not None:
+        doc["recipe"] = str(result.recipe)
+    if result.mix is not None:
+        doc["mix"] = result.mix.document()
     if out.json_mode:
         out.json(doc)
         return
@@ -146,6 +185,16 @@ def _report(out, result, dry_run: bool) -> None:
             table.add_row(t["name"], "x".join(map(str, t["shape"])), t["type"],
                           _human_bytes(t["n_bytes"]) if t["n_bytes"] is not None else "?", t["reason"])
         out.print(table)
+    if result.mix is not None:
+        m = result.mix
+        unit = "file bytes" if m.target.kind == "size" else "tensor bytes"
+        out.print(f"mix for {m.target.label}: {m.total} {unit} (budget {m.budget}, "
+                  f"{100 * (m.budget - m.total) / m.budget:.2f}% under), predicted error {m.predicted_error:.4g} "
+                  f"({'imatrix-weighted ' if m.weighted else ''}rel_mse, element-weighted mean), candidates "
+                  f"{','.join(t.name for t in m.candidates)}")
+    if result.recipe is not None:
+        out.note(f"recipe: {result.recipe} (llama-quantize --tensor-type-file {result.recipe} IN.gguf OUT.gguf "
+                 f"{result.preset} reproduces the file)")
     verb = f"would write {result.target}" if dry_run else f"wrote {result.output}"
     out.print(f"{verb}: {summary['tensors']} tensors ({summary['quantized']} quantized), "
               f"{_human_bytes(result.bytes_in)} -> {_human_bytes(result.bytes_out)}, "

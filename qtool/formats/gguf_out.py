@@ -203,6 +203,22 @@ class GGUFOut:
         self._expected.append((name, nbytes))
         return nbytes
 
+    def data_offset(self) -> int:
+        """Where tensor data will start (header, metadata and tensor infos as declared so far, padded to
+        the alignment), computed without writing; each tensor then takes its bytes padded to the alignment."""
+        w = self._writer
+        n = 4 + 4 + 8 + 8  # magic, version, tensor count, key/value count
+        for key, val in w.kv_data[0].items():
+            n += len(w._pack_val(key, GGUFValueType.STRING, add_vtype=False))
+            n += len(w._pack_val(val.value, val.type, add_vtype=True, sub_type=val.sub_type))
+        for name, ti in w.tensors[0].items():
+            n += len(w._pack_val(name, GGUFValueType.STRING, add_vtype=False)) + 4 + 8 * len(ti.shape) + 4 + 8
+        return GGUFWriter.ggml_pad(n, w.data_alignment)
+
+    @property
+    def alignment(self) -> int:
+        return self._writer.data_alignment
+
     def begin(self) -> None:
         """Open the temporary file and write header, metadata and tensor infos."""
         self._started = True
