@@ -291,3 +291,12 @@ def test_text_too_short(files, tmp_path):
     short.write_text("too short")
     p = run_qtool("eval", files["Q8_0"], "--reference", files["F32"], "--text", short, "--ctx", CTX)
     assert p.returncode == 2 and "needs at least 64" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
+@pytest.mark.oracle
+def test_file_llama_cpp_cannot_load_is_one_line(files):
+    cut = files["dir"] / "cut.gguf"
+    cut.write_bytes(files["Q8_0"].read_bytes()[:100_000])
+    p = run_qtool("eval", cut, "--reference", files["F32"], "--text", files["text"], "--ctx", CTX)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"qtool: error: {cut}: llama.cpp could not load it: ") and "bounds" in p.stderr

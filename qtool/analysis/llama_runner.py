@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -37,7 +39,7 @@ def load_llama():
     return lc
 
 
-_state = {"init": False, "log": None}
+_state = {"init": False, "log": None, "errors": []}
 
 
 def _quiet_logs(lc) -> None:
@@ -48,11 +50,22 @@ def _quiet_logs(lc) -> None:
     def _log(level, text, user_data):
         if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous line (the loader's progress dots)
             last[0] = level
-        if last[0] == 4 and text:  # GGML_LOG_LEVEL_ERROR
-            sys.stderr.write(text.decode("utf-8", "replace"))
+        if last[0] == 4 and text:  # GGML_LOG_LEVEL_ERROR: kept for the one-line message of a failure
+            line = text.decode("utf-8", "replace")
+            _state["errors"].append(line)
+            if os.environ.get("QTOOL_DEBUG"):
+                sys.stderr.write(line)
 
     lc.llama_log_set(_log, None)
     _state["log"] = _log  # the callback must outlive this function
+
+
+def _why() -> str:
+    """What llama.cpp logged as its error, as the tail of a one-line message ("" when it said nothing)."""
+    lines = [re.sub(r"^(\w+: )+", "", ln.strip()) for ln in _state["errors"] if ln.strip()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("error loading model: llama_model_loader: failed "
+                                                             "to load model from", "failed to load model"))]
+    return ": " + lines[0].replace("error loading model: ", "") if lines else ""
 
 
 class LlamaModel:
@@ -69,9 +82,10 @@ class LlamaModel:
         mparams = lc.llama_model_default_params()
         mparams.use_extra_bufts = False
         mparams.n_gpu_layers = 0
+        _state["errors"].clear()
         self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
-            raise FormatError(f"{self.path}: llama.cpp could not load this model (not a GGUF it can run?)")
+            raise FormatError(f"{self.path}: llama.cpp could not load it{_why()}")
         self._ctx = None
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
@@ -88,7 +102,7 @@ class LlamaModel:
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()
-            raise FormatError(f"{self.path}: llama.cpp could not make a context of {self.n_ctx} tokens")
+            raise FormatError(f"{self.path}: llama.cpp could not make a context of {self.n_ctx} tokens{_why()}")
 
     def __enter__(self) -> "LlamaModel":
         return self
@@ -150,9 +164,10 @@ class LlamaModel:
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = 1 if first <= i < last else 0
+            _state["errors"].clear()
             rc = lc.llama_decode(self._ctx, batch)
             if rc != 0:
-                raise QtoolError(f"{self.path}: llama_decode returned {rc}")
+                raise QtoolError(f"{self.path}: llama_decode returned {rc}{_why()}")
         finally:
             lc.llama_batch_free(batch)
         ptr = lc.llama_get_logits(self._ctx)
