@@ -326,6 +326,7 @@ class EvalResult:
     summary: dict = field(default_factory=dict)
     saved_logits: str | None = None
     top_k: int = 0                 # of the saved logits used or written (0: full logits)
+    notes: list[str] = field(default_factory=list)  # for people (stderr), not in the JSON document
 
     def document(self) -> dict:
         return {"quant": self.quant, "reference": self.reference, "reference_logits": self.reference_logits,
@@ -446,6 +447,9 @@ def _evaluate(quant, reference, text, saved, ctx, first, threads, max_windows, s
             n_win = h.n_windows if max_windows is None else min(h.n_windows, max_windows)
             header = LogitsHeader(**{**h.__dict__, "n_windows": n_win})
             result = _run(qm, lambda i, w: saved.window(i), tokens, header, None, on_start, on_window)
+        if 0 < qm.n_ctx_train < ctx:
+            result.notes.append(f"note: --ctx {ctx} is longer than the context {quant} was trained for "
+                                f"({qm.n_ctx_train} tokens)")
     return result
 
 

@@ -59,6 +59,8 @@ def eval_command(
         out.json(result.document())
     else:
         _render(out, result)
+    for note in result.notes:
+        out.note(note)
     if result.saved_logits:
         out.note(f"saved the reference's logits to {result.saved_logits}")
     failures = check_gates(checks, result)
