@@ -36,7 +36,7 @@ import struct
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -375,10 +375,10 @@ def evaluate(quant: Path, reference: Path, text: Path | None, *, ctx: int | None
                          "carries its own tokens")
     if saved is not None and save_logits is not None:
         raise UsageError("--save-logits: the reference is already a saved-logits file")
-    if top_k and save_logits is None:
-        raise UsageError("--top-k sets what --save-logits stores; it needs --save-logits")
     if top_k < 0:
         raise UsageError(f"--top-k {top_k}: expected a positive count")
+    if top_k and save_logits is None:
+        raise UsageError("--top-k sets what --save-logits stores; it needs --save-logits")
     if saved is not None:
         h = saved.header
         if ctx is not None and ctx != h.ctx:
