@@ -181,32 +181,36 @@ def test_edge_importance_vectors_match_ggml(oracle, qtype, kind):
         assert not report, f"{qtype.name} importance {kind} seed {seed}: {report}"
 
 
-def _dequantize_sources(oracle, qtype) -> dict[str, np.ndarray]:
+def dequantize_sources(qtype) -> list[str]:
+    """ggml's bytes of hard rows on each path, random bytes, blocks with every special half as a scale."""
+    out = [f"ggml-{path}" for path in paths(qtype) if path != "zero_imatrix"] + ["random"]
+    return out + ["special-scales"] if feed(qtype).scales else out
+
+
+def _bytes_to_dequantize(oracle, qtype, source: str) -> np.ndarray:
     q = get(qtype)
     f = feed(qtype)
     nrows, n, seed = f.dequant
-    x = rows(qtype, nrows, n, seed)
-    out = {}
-    for path in paths(qtype):
-        if path != "zero_imatrix":
-            with np.errstate(all="ignore"):
-                out[f"ggml's bytes ({path})"] = oracle.quantize(qtype, x, weights(path, n, seed + 1))
-    out["random bytes"] = np.random.default_rng(9).integers(0, 256, (64, q.row_bytes(n)), dtype=np.uint8)
-    if f.scales:
-        blocks = special_scale_blocks(q.type_size, f.scales)
-        out["special scales"] = blocks.reshape(-1, 16 * q.type_size)
-    return out
+    if source.startswith("ggml-"):
+        with np.errstate(all="ignore"):
+            return oracle.quantize(qtype, rows(qtype, nrows, n, seed), weights(source[5:], n, seed + 1))
+    if source == "random":
+        return np.random.default_rng(9).integers(0, 256, (64, q.row_bytes(n)), dtype=np.uint8)
+    return special_scale_blocks(q.type_size, f.scales).reshape(-1, 16 * q.type_size)
+
+
+DEQUANTIZE_CASES = [(t, source) for t in TYPES for source in dequantize_sources(t)]
 
 
 @pytest.mark.oracle
-@pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_dequantize_matches_ggml(oracle, qtype):
+@pytest.mark.parametrize("qtype,source", DEQUANTIZE_CASES, **ids)
+def test_dequantize_matches_ggml(oracle, qtype, source):
     """ggml's to_float bit for bit: NaN payloads, infinities and signed zeros count."""
     q = get(qtype)
-    for source, data in _dequantize_sources(oracle, qtype).items():
-        with np.errstate(all="ignore"):
-            report = dequantize_vs_ggml_report(qtype, data, data.shape[1] // q.type_size * q.block_size)
-        assert not report, f"{qtype.name} dequantize ({source}): {report}"
+    data = _bytes_to_dequantize(oracle, qtype, source)
+    with np.errstate(all="ignore"):
+        report = dequantize_vs_ggml_report(qtype, data, data.shape[1] // q.type_size * q.block_size)
+    assert not report, f"{qtype.name} dequantize ({source} bytes): {report}"
 
 
 THREAD_CASES = [(t, path) for t in TYPES for path in paths(t) if path != "zero_imatrix"]
