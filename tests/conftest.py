@@ -47,6 +47,14 @@ def oracle():
     return ggml
 
 
+def pytest_collection_modifyitems(items):
+    """A test that takes the ``oracle`` fixture carries the oracle marker (for -m oracle / -m 'not oracle')
+    without a decorator of its own."""
+    for item in items:
+        if "oracle" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.oracle)
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 
 from qtool.quantizers import get
@@ -14,7 +13,6 @@ from qtool.testing.golden import mismatch_report
 
 TYPES = [T.F32, T.F16, T.BF16]
 ids = {"ids": lambda t: t.name}
-oracle = pytest.mark.oracle
 
 _F32_MAX = np.finfo(np.float32).max
 
@@ -43,15 +41,13 @@ def rounding_cases() -> np.ndarray:
     return out[: out.size // 32 * 32].reshape(-1, 32)
 
 
-@oracle
 @pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_rounding_cases_match_ggml(qtype):
+def test_rounding_cases_match_ggml(oracle, qtype):
     """(Hard rows: tests/test_identity.py.)"""
-    need_oracle()
     q = get(qtype)
     x = rounding_cases()
     with np.errstate(over="ignore"):
-        want = ggml.quantize(qtype, x)
+        want = oracle.quantize(qtype, x)
     assert mismatch_report(q.quantize(x), want, q.type_size * 32) == ""
 
 
@@ -71,18 +67,14 @@ def _every_pattern_vs_ggml(qtype, signalling: bool) -> str:
     return mismatch_report(got, want, 4, "ggml's to_float")
 
 
-@oracle
 @pytest.mark.parametrize("qtype", [T.F16, T.BF16], **ids)
-def test_dequantize_every_bit_pattern_matches_ggml(qtype):
+def test_dequantize_every_bit_pattern_matches_ggml(oracle, qtype):
     """All half / bfloat16 patterns but signalling NaNs (zeros, subnormals, infinities, quiet NaNs)."""
-    need_oracle()
     assert _every_pattern_vs_ggml(qtype, signalling=False) == ""
 
 
-@oracle
 @pytest.mark.parametrize("qtype", [T.F16, T.BF16], **ids)
-def test_dequantize_signalling_nans_match_ggml(qtype):
-    need_oracle()
+def test_dequantize_signalling_nans_match_ggml(oracle, qtype):
     assert _every_pattern_vs_ggml(qtype, signalling=True) == ""
 
 

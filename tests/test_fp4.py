@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
 from qtool.kernels import fp4 as k
 from qtool.quantizers import get
-from qtool.testing import ggml
 from qtool.testing.data import hard_rows
 from qtool.testing.golden import mismatch_report, quantize_vs_ggml_report
 
@@ -21,7 +19,6 @@ TYPES = [T.MXFP4, T.NVFP4]
 # (nrows, n_per_row, seed): 312 rows, every hard_rows case many times, widths 64 .. 4096
 SHAPES = [(130, 64, 0), (65, 128, 1), (52, 512, 2), (39, 1024, 3), (26, 4096, 4)]
 
-oracle = pytest.mark.oracle
 ids = {"ids": lambda t: t.name}
 
 
@@ -97,11 +94,9 @@ def ue4m3_rows(seed: int = 6) -> np.ndarray:
     return x.reshape(-1, 512)
 
 
-@oracle
 @pytest.mark.parametrize("kind", ["boundary", "midpoint", "ue4m3"])
 @pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_hard_scales_match_ggml(qtype, kind):
-    need_oracle()
+def test_hard_scales_match_ggml(oracle, qtype, kind):
     x = {"boundary": boundary_rows, "ue4m3": ue4m3_rows}.get(kind)
     x = midpoint_rows(qtype) if x is None else x()
     report = quantize_vs_ggml_report(qtype, x)
@@ -119,16 +114,14 @@ def _scale_blocks(qtype) -> np.ndarray:
     return blocks.reshape(-1, 16 * q.type_size)
 
 
-@oracle
 @pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_every_scale_byte_dequantizes_as_ggml(qtype):
+def test_every_scale_byte_dequantizes_as_ggml(oracle, qtype):
     """(ggml's own bytes and random bytes: tests/test_identity.py.)"""
-    need_oracle()
     q = get(qtype)
     data = _scale_blocks(qtype)
     n = data.shape[1] // q.type_size * q.block_size
     with np.errstate(all="ignore"):
-        want = ggml.dequantize(qtype, data, n)
+        want = oracle.dequantize(qtype, data, n)
     assert mismatch_report(q.dequantize(data), want, 4 * q.block_size, "ggml's to_float") == ""
 
 

@@ -134,7 +134,6 @@ def weights(path: str, n_per_row: int, seed: int) -> np.ndarray | None:
 CASES = [(t, path, *shape) for t in TYPES for path in paths(t) for shape in feed(t).shapes]
 
 
-@pytest.mark.oracle
 @pytest.mark.parametrize("qtype,path,nrows,n_per_row,seed", CASES, **ids)
 def test_quantize_matches_ggml(oracle, qtype, path, nrows, n_per_row, seed):
     x = rows(qtype, nrows, n_per_row, seed)
@@ -145,7 +144,6 @@ def test_quantize_matches_ggml(oracle, qtype, path, nrows, n_per_row, seed):
 EXTREME_CASES = [(t, path) for t in TYPES if feed(t).extreme for path in paths(t)]
 
 
-@pytest.mark.oracle
 @pytest.mark.parametrize("qtype,path", EXTREME_CASES, **ids)
 def test_extreme_rows_match_ggml(oracle, qtype, path):
     f = feed(qtype)
@@ -154,7 +152,6 @@ def test_extreme_rows_match_ggml(oracle, qtype, path):
     assert not report, f"{qtype.name} {path} extreme rows: {report}"
 
 
-@pytest.mark.oracle
 @pytest.mark.parametrize("qtype", [t for t in TYPES if feed(t).boundary], **ids)
 def test_rounding_boundaries_match_ggml(oracle, qtype):
     """Weights on and an ulp either side of +-amax/2, where round-half-away-from-zero decides."""
@@ -165,7 +162,6 @@ def test_rounding_boundaries_match_ggml(oracle, qtype):
 EDGE_CASES = [(t, kind) for t in TYPES for kind in feed(t).edge_weights]
 
 
-@pytest.mark.oracle
 @pytest.mark.parametrize("qtype,kind", EDGE_CASES, **ids)
 def test_edge_importance_vectors_match_ggml(oracle, qtype, kind):
     """Degenerate weights (data.edge_importance) drive the searches into their zero-sum and
@@ -202,7 +198,6 @@ def _bytes_to_dequantize(oracle, qtype, source: str) -> np.ndarray:
 DEQUANTIZE_CASES = [(t, source) for t in TYPES for source in dequantize_sources(t)]
 
 
-@pytest.mark.oracle
 @pytest.mark.parametrize("qtype,source", DEQUANTIZE_CASES, **ids)
 def test_dequantize_matches_ggml(oracle, qtype, source):
     """ggml's to_float bit for bit: NaN payloads, infinities and signed zeros count."""
@@ -243,7 +238,6 @@ def test_importance_vector_is_read_where_the_type_says(qtype):
     assert changed == q.uses_imatrix, f"{qtype.name}: uses_imatrix is {q.uses_imatrix}"
 
 
-@pytest.mark.oracle
 @pytest.mark.parametrize("qtype", [t for t in TYPES if "imatrix" in feed(t).paths], **ids)
 def test_importance_flags_are_ggml_s(oracle, qtype):
     """requires_imatrix as ggml_quantize_requires_imatrix; uses_imatrix exactly where ggml's bytes depend

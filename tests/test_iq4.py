@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 
 from qtool.kernels import iq4 as ki
@@ -14,16 +13,13 @@ from qtool.quantizers import get
 from qtool.testing.data import importance
 from qtool.testing.golden import quantize_vs_ggml_report
 
-oracle = pytest.mark.oracle
 TYPES = [T.IQ4_NL, T.IQ4_XS]
 
 
-@oracle
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_codebook_search_edges(qtype):
+def test_codebook_search_edges(oracle, qtype):
     """Values on and between codebook entries and the midpoints between them, +-inf-scale magnitudes
     near float32's limits: the nearest-entry search must tie-break exactly as ggml's bisection."""
-    need_oracle()
     v = ki.KVALUES_IQ4NL.astype(np.float32)
     mids = (v[1:] + v[:-1]) / np.float32(2)
     pool = np.concatenate([v, -v, mids, np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, -np.inf),

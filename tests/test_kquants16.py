@@ -12,7 +12,6 @@ from qtool.kernels import kquants16 as kb
 from qtool.quantizers import get
 from qtool.testing.data import hard_rows, importance
 
-oracle = pytest.mark.oracle
 
 QTYPES = [T.Q2_K, T.Q3_K, T.Q6_K]
 NO_WEIGHTS = np.zeros(0, np.float32)

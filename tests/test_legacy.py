@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import need_oracle
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
 from qtool.quantizers import get
-from qtool.testing import ggml
 from qtool.testing.data import hard_rows, importance
 from qtool.testing.golden import mismatch_report, quantize_vs_ggml_report
 
@@ -20,7 +18,6 @@ TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 SHAPES = [(130, 32, 0), (65, 96, 1), (52, 512, 2), (39, 1024, 3), (26, 4096, 4)]
 PATHS = ["ref", "imatrix", "zero_imatrix"]
 
-oracle = pytest.mark.oracle
 ids = {"ids": lambda t: t.name}
 
 
@@ -67,10 +64,8 @@ def test_round_trip_error_is_bounded(qtype):
     assert err.mean() < 0.6 * (spread / levels).mean()
 
 
-@oracle
-def test_per_expert_imatrix_matches_ggml():
+def test_per_expert_imatrix_matches_ggml(oracle):
     """A 3-D tensor with one importance vector per expert: each expert quantized with its own."""
-    need_oracle()
     n_expert, rows, n = 3, 13, 256
     x = hard_rows(n_expert * rows, n, 41).reshape(n_expert, rows, n)
     w = np.stack([importance(n, 50 + e) for e in range(n_expert)])
@@ -79,7 +74,7 @@ def test_per_expert_imatrix_matches_ggml():
         got = q.quantize(x, w)
         assert got.shape == (n_expert, rows, q.row_bytes(n))
         for e in range(n_expert):
-            want = ggml.quantize(qtype, x[e], w[e])
+            want = oracle.quantize(qtype, x[e], w[e])
             assert mismatch_report(got[e], want, q.type_size) == "", f"expert {e}"
 
 
@@ -116,11 +111,9 @@ def test_ties_match_gguf_py(qtype):
     assert mismatch_report(q.quantize(x), gq.quantize(x, qtype), q.type_size, "gguf-py") == ""
 
 
-@oracle
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("qtype", TYPES, **ids)
-def test_ties_match_ggml(qtype, path):
-    need_oracle()
+def test_ties_match_ggml(oracle, qtype, path):
     x = tie_rows()
     w = _imatrix(path, x.shape[1], 3)
     assert quantize_vs_ggml_report(qtype, x, w) == ""

@@ -18,7 +18,6 @@ TYPES = [T.TQ1_0, T.TQ2_0]
 # (nrows, n_per_row, seed): 338 rows, every hard_rows case many times, widths 256 .. 4096
 SHAPES = [(130, 256, 0), (78, 512, 1), (65, 1024, 2), (39, 2048, 3), (26, 4096, 4)]
 
-oracle = pytest.mark.oracle
 ids = {"ids": lambda t: t.name}
 
 
