@@ -53,6 +53,8 @@ class Feed:
     edge_rows: tuple[int, int, tuple[int, ...]] = (26, 512, (4,))
     #: data.boundary_rows' spacing of the block maxima (the block size) for ternary-rounding types; 0: none
     boundary: int = 0
+    #: (path, bound): gaussian rows come back within this relative RMS error (no oracle needed)
+    round_trip: tuple[tuple[str, float], ...] = ()
 
 
 #: extreme_rows kinds: denormal, smallest-subnormal and overflowing blocks, FLT_MAX, ...
@@ -61,6 +63,7 @@ _LEGACY = dict(shapes=((130, 32, 0), (65, 96, 1), (52, 512, 2), (39, 1024, 3), (
                paths=("null", "imatrix", "zero_imatrix"), dequant=(39, 512, 11), threads=(53, 256, 21),
                extreme=_EXTREME + (1e-20, 3e-39, "max,0", "min,-max/32"), extreme_at=(256, 5))
 _K32 = dict(shapes=((26, 256, 0), (26, 1024, 1), (13, 4096, 2), (39, 512, 3)), threads=(26, 512, 11))
+_BOTH = ("null", "imatrix")
 _K16 = dict(shapes=((104, 256, 0), (78, 1024, 1), (26, 4096, 2), (52, 512, 3), (65, 768, 4)),
             threads=(26, 512, 11),
             extreme=("1e38 clipped", "+-3e38", 1e-39, 1e-14, "3.3e38", 1e19), extreme_at=(512, 31),
@@ -76,24 +79,29 @@ _LOWBIT = dict(shapes=((130, 128, 0), (78, 512, 1), (39, 1536, 2), (26, 4096, 3)
                dequant=(39, 1024, 11), threads=(53, 1024, 21), scales=(0,),
                extreme=_EXTREME + (1e-37, 3e-39, "+-0", "lone/64"), boundary=64)
 _EDGE = ("zero", "tiny", "huge", "one_hot")
-_IQ4 = dict(scales=(0,), edge_weights=_EDGE, edge_rows=(52, 1024, (4, 5)))
-_IQ1 = dict(shapes=((52, 256, 0), (39, 768, 1), (26, 2048, 2)), edge_weights=_EDGE, edge_rows=(26, 512, (4, 5)))
+_IQ4 = dict(scales=(0,), edge_weights=_EDGE, edge_rows=(52, 1024, (4, 5)), round_trip=(("null", 0.12),))
+_IQ1 = dict(shapes=((52, 256, 0), (39, 768, 1), (26, 2048, 2)), edge_weights=_EDGE, edge_rows=(26, 512, (4, 5)),
+            round_trip=(("ones", 0.8),))
 #: IQ2/IQ3: ggml aborts where weight * diff^2 overflows, so their 1e30 rows are scaled down and IQ2's
 #: heaviest importance vector is 'big' (1e6), not 'huge'
 _IQ2 = dict(shapes=((52, 256, 0), (39, 1024, 1), (26, 2048, 2)), huge_scale=1e-17, scales=(0,),
-            edge_weights=("zero", "tiny", "big", "one_hot"))
+            edge_weights=("zero", "tiny", "big", "one_hot"), round_trip=(("ones", 0.6),))
 _IQ3 = dict(shapes=((26, 256, 0), (26, 512, 1), (13, 1024, 2), (13, 2048, 3)), huge_scale=1e-20,
-            dequant=(13, 1024, 7), threads=(26, 512, 11), scales=(0,), edge_weights=_EDGE)
+            dequant=(13, 1024, 7), threads=(26, 512, 11), scales=(0,), edge_weights=_EDGE,
+            round_trip=(("null", 0.25),))
 
 FEATURES: dict = {
     T.F32: Feed(**_FLOATS), T.F16: Feed(**_FLOATS), T.BF16: Feed(**_FLOATS),
     T.Q4_0: Feed(**_LEGACY, scales=(0,)), T.Q4_1: Feed(**_LEGACY, scales=(0, 2)),
     T.Q5_0: Feed(**_LEGACY, scales=(0,)), T.Q5_1: Feed(**_LEGACY, scales=(0, 2)),
     T.Q8_0: Feed(**_LEGACY, scales=(0,)),
-    T.Q4_K: Feed(**_K32, paths=("null", "imatrix", "zero_imatrix"), scales=(0, 2)),
-    T.Q5_K: Feed(**_K32, paths=("null", "imatrix", "zero_imatrix"), scales=(0, 2)),
-    T.Q8_K: Feed(**_K32, paths=("null",)),  # its quantize_row_q8_K_ref has no importance path
-    T.Q2_K: Feed(**_K16, scales=(-4, -2)), T.Q3_K: Feed(**_K16, scales=(-2,)), T.Q6_K: Feed(**_K16, scales=(-2,)),
+    T.Q4_K: Feed(**_K32, paths=("null", "imatrix", "zero_imatrix"), scales=(0, 2), round_trip=(("null", 0.12),)),
+    T.Q5_K: Feed(**_K32, paths=("null", "imatrix", "zero_imatrix"), scales=(0, 2), round_trip=(("null", 0.06),)),
+    # its quantize_row_q8_K_ref has no importance path
+    T.Q8_K: Feed(**_K32, paths=("null",), round_trip=(("null", 0.01),)),
+    T.Q2_K: Feed(**_K16, scales=(-4, -2), round_trip=tuple((p, 0.36) for p in _BOTH)),
+    T.Q3_K: Feed(**_K16, scales=(-2,), round_trip=tuple((p, 0.2) for p in _BOTH)),
+    T.Q6_K: Feed(**_K16, scales=(-2,), round_trip=tuple((p, 0.03) for p in _BOTH)),
     T.MXFP4: Feed(**_FP4), T.NVFP4: Feed(**_FP4),
     T.TQ1_0: Feed(**_TERNARY), T.TQ2_0: Feed(**_TERNARY),
     T.Q1_0: Feed(**_LOWBIT), ggml_type_named("Q2_0"): Feed(**_LOWBIT),
@@ -127,8 +135,8 @@ def rows(qtype, nrows: int, n_per_row: int, seed: int) -> np.ndarray:
 
 
 def weights(path: str, n_per_row: int, seed: int) -> np.ndarray | None:
-    return {"null": None, "imatrix": importance(n_per_row, seed),
-            "zero_imatrix": np.zeros(n_per_row, np.float32)}[path]
+    return {"null": None, "imatrix": importance(n_per_row, seed), "zero_imatrix": np.zeros(n_per_row, np.float32),
+            "ones": np.ones(n_per_row, np.float32)}[path]
 
 
 CASES = [(t, path, *shape) for t in TYPES for path in paths(t) for shape in feed(t).shapes]
@@ -250,6 +258,19 @@ def test_importance_flags_are_ggml_s(oracle, qtype):
     with np.errstate(all="ignore"):
         changed = not np.array_equal(oracle.quantize(qtype, x), oracle.quantize(qtype, x, w))
     assert changed == q.uses_imatrix, f"{qtype.name}: uses_imatrix is {q.uses_imatrix}, ggml's bytes {'' if changed else 'do not '}change"
+
+
+ROUND_TRIP_CASES = [(t, path, bound) for t in TYPES for path, bound in feed(t).round_trip]
+
+
+@pytest.mark.parametrize("qtype,path,bound", ROUND_TRIP_CASES, **ids)
+def test_round_trip_error_is_small(qtype, path, bound):
+    """Independent of ggml: plain gaussian rows come back within the type's usual relative RMS error."""
+    x = (np.random.default_rng(15).standard_normal((8, 512)) * 0.02).astype(np.float32)
+    q = get(qtype)
+    back = q.dequantize(q.quantize(x, weights(path, 512, 16)))
+    rel = np.sqrt(np.mean((back - x) ** 2)) / np.sqrt(np.mean(x ** 2))
+    assert rel < bound, rel
 
 
 def test_table_names_registered_types():

@@ -1,5 +1,5 @@
 """Q2_K, Q3_K and Q6_K beyond tests/test_identity.py (which compares them with ggml bit for bit: hard rows
-on both paths, extreme rows, odd importance vectors, dequantize, thread counts): the round-trip error, the
+on both paths, extreme rows, odd importance vectors, dequantize, thread counts, round-trip error): the
 all-zero block, the batched 16-sub-block searches against the one-block searches."""
 
 from __future__ import annotations
@@ -15,17 +15,6 @@ from qtool.testing.data import hard_rows, importance
 
 QTYPES = [T.Q2_K, T.Q3_K, T.Q6_K]
 NO_WEIGHTS = np.zeros(0, np.float32)
-
-
-@pytest.mark.parametrize("path", ["ref", "imatrix"])
-@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
-def test_round_trip_error_is_small(qtype, path):
-    """Independent of ggml: plain gaussian rows come back within the type's usual relative RMS error."""
-    x = (np.random.default_rng(15).standard_normal((8, 512)) * 0.02).astype(np.float32)
-    imat = importance(512, 16) if path == "imatrix" else None
-    back = get(qtype).dequantize(get(qtype).quantize(x, imat))
-    rel = np.sqrt(np.mean((back - x) ** 2)) / np.sqrt(np.mean(x ** 2))
-    assert rel < {T.Q2_K: 0.36, T.Q3_K: 0.2, T.Q6_K: 0.03}[qtype], rel
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)

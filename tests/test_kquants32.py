@@ -1,24 +1,12 @@
-"""Q4_K, Q5_K and Q8_K beyond tests/test_identity.py (which compares them with ggml bit for bit): the
-round-trip error, and the scale searches' NULL-weights and scratch variants against their plain forms."""
+"""Q4_K, Q5_K and Q8_K beyond tests/test_identity.py (which compares them with ggml bit for bit and bounds
+their round-trip error): the scale searches' NULL-weights and scratch variants against their plain forms."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as T
 
-from qtool.quantizers import get
 from qtool.testing.data import hard_rows
-
-
-@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q5_K, T.Q8_K])
-def test_round_trip_error_is_small(qtype):
-    """Independent of ggml: plain gaussian rows come back within a few percent of their RMS."""
-    x = (np.random.default_rng(15).standard_normal((8, 512)) * 0.02).astype(np.float32)
-    q = get(qtype)
-    back = q.dequantize(q.quantize(x))
-    rel = np.sqrt(np.mean((back - x) ** 2)) / np.sqrt(np.mean(x ** 2))
-    assert rel < {T.Q4_K: 0.12, T.Q5_K: 0.06, T.Q8_K: 0.01}[qtype], rel
 
 
 @pytest.mark.parametrize("use_mad", [False, True])
