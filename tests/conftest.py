@@ -126,17 +126,16 @@ def refuses(path, *fragments: str, name=None) -> str:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and require_oracle() and _ORACLE_MISSING.search(_reason(report)):
-        report.outcome = "failed"
-        report.longrepr = f"oracle unavailable under QTOOL_REQUIRE_ORACLE=1: {_reason(report)}"
+    _fail_a_missing_oracle((yield).get_result())
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
-    outcome = yield
-    report = outcome.get_result()
+    _fail_a_missing_oracle((yield).get_result())
+
+
+def _fail_a_missing_oracle(report) -> None:
+    """Under QTOOL_REQUIRE_ORACLE=1, a skip for want of the oracle (a test's or a whole module's) fails."""
     if report.skipped and require_oracle() and _ORACLE_MISSING.search(_reason(report)):
         report.outcome = "failed"
         report.longrepr = f"oracle unavailable under QTOOL_REQUIRE_ORACLE=1: {_reason(report)}"
