@@ -9,9 +9,11 @@ Grids: IQ2_XXS 256 points, IQ2_XS 512, IQ2_S 1024, handed in by the caller (qtoo
 The quantizer rounds 8 weights to a level vector ``u`` (8 x 2 bits); ``u`` on the grid is used as is,
 otherwise the best of its precomputed nearest grid points (ggml's iq2xs_init_impl, kernels/lattice.py).
 
-The search tables per type: ``pos`` float32[n, 8] the odd coordinates 2l + 1, ``kmap`` int32[43692]
-(u -> grid index, or -(start + 1) into ``neigh``), ``neigh`` uint16[...] (at start: count, then that
-many grid indices); dequantizing takes ``grid`` float32[n, 8], ggml's coordinate bytes.
+The search tables per type: ``kmap`` int32[43692] (u -> grid index, or -(start + 1) into ``neigh``),
+``neigh`` uint16[...] (at start: count, then that many grid indices) and ``npos`` float32[8,
+len(neigh) + 16], the listed points' odd coordinates 2l + 1 at their list entries (coordinate-major,
+so that a list's points are read 16 at a time); dequantizing takes ``grid`` float32[n, 8], ggml's
+coordinate bytes.
 
 Each quantize driver takes ``weights`` as float32[n_per_row] or a zero-length array (C's NULL, only
 IQ2_S has that path: ggml refuses IQ2_XXS and IQ2_XS without an importance vector) and a ``status``
@@ -70,7 +72,7 @@ def _round_group(xval, off, inv, L):
 @jit
 def _nearest_listed(neigh, start, npos, xval, waux, off, scale, d2):
     """ggml iq2_find_best_neighbour: the position in the list at ``start`` of the grid point nearest
-    (waux-weighted) to scale*pos ~ xval[off:off+8]; -1 where no distance is below FLT_MAX (inf/NaN
+    (waux-weighted) to scale*p ~ xval[off:off+8]; -1 where no distance is below FLT_MAX (inf/NaN
     weights: ggml aborts).
 
     The distances of all listed points are computed first, side by side (npos holds each list's
@@ -274,7 +276,7 @@ def _sigma2_sum(xbl):
 
 
 @jit
-def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp, signs, scales, Ls, sv, off):
+def quantize_block_iq2_xxs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, Lqp, signs, scales, Ls, sv, off):
     """ggml quantize_row_iq2_xxs_impl for one super-block: xbl, qwl float32[256] -> y uint8[66].
     scratch float32[4, >= 32] (weight, waux, xval, neighbour distances); L, Laux int32[32]; Lqp uint8[32]; signs int32[4];
     scales float32[8]; Ls, sv, off: _step_search's scratch. Returns a status code."""
@@ -306,7 +308,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
         if eff_max <= F32(0.0):
             scales[ib] = F32(0.0)
             continue
-        bs, bscale, st = _step_search(xval, weight, waux, 32, eff_max, 6, pos, kmap, neigh, d2, Ls, sv, off)
+        bs, bscale, st = _step_search(xval, weight, waux, 32, eff_max, 6, npos, kmap, neigh, d2, Ls, sv, off)
         if st != OK:
             return st
         if bs >= 0:
@@ -316,7 +318,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
         if scale > F32(0.0):
             inv = F32(1.0) / scale
             for k in range(4):
-                if _snap(xval, 8 * k, inv, scale, L, waux, pos, kmap, neigh, d2)[0] < 0:
+                if _snap(xval, 8 * k, inv, scale, L, waux, npos, kmap, neigh, d2)[0] < 0:
                     return NO_NEIGHBOUR
             sumqx, sumq2 = _sums(weight, xval, L, 32)
             if sumq2 > F32(0.0):
@@ -353,7 +355,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, Lqp,
 
 
 @jit_rows
-def quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh, status):
+def quantize_iq2_xxs(rows, weights, out, npos, kmap, neigh, status):
     """ggml quantize_iq2_xxs: rows float32[nrows, n], weights float32[n] -> out uint8[nrows, n/256*66];
     status int32[nrows, 2] gets (code, super-block) where ggml would abort."""
     nrows, n = rows.shape
@@ -370,7 +372,7 @@ def quantize_iq2_xxs(rows, weights, out, pos, kmap, neigh, status):
         scales = np.zeros(QK_K // 32, np.float32)
         for i in range(nb):
             st = quantize_block_iq2_xxs(rows[r, QK_K * i:QK_K * (i + 1)], weights[QK_K * i:QK_K * (i + 1)],
-                                        out[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)], pos, kmap, neigh,
+                                        out[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)], npos, kmap, neigh,
                                         scratch, L, Laux, Lqp, signs, scales, Ls, sv, off)
             if st != OK:
                 status[r, 0] = st
@@ -421,7 +423,7 @@ def dequantize_iq2_xxs(data, out, grid, ksigns):
 
 
 @jit
-def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh, d2, Ls, sv, off):
+def _search16(xb, weight, waux, xval, L, Laux, eps, npos, kmap, neigh, d2, Ls, sv, off):
     """The per-16-weight search shared by quantize_row_iq2_xs_impl and quantize_row_iq2_s_impl, after
     the signs are folded into xval; returns (scale, block not empty, status) (L gets the levels, all 0
     for an empty block)."""
@@ -431,7 +433,7 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh, d2, Ls, sv
     if mx < eps:
         return F32(0.0), False, OK
     scale = mx / F32(2 * _KMAXQ - 1)
-    bs, bscale, st = _step_search(xval, weight, waux, 16, mx, 9, pos, kmap, neigh, d2, Ls, sv, off)
+    bs, bscale, st = _step_search(xval, weight, waux, 16, mx, 9, npos, kmap, neigh, d2, Ls, sv, off)
     if st != OK:
         return scale, True, st
     if bs < 0:
@@ -443,9 +445,9 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, pos, kmap, neigh, d2, Ls, sv
     on1 = not off[1, bs]
     if (not on0 or not on1) and scale > F32(0.0):
         inv = F32(1.0) / scale
-        if not on0 and _snap(xval, 0, inv, scale, L, waux, pos, kmap, neigh, d2)[0] < 0:
+        if not on0 and _snap(xval, 0, inv, scale, L, waux, npos, kmap, neigh, d2)[0] < 0:
             return scale, True, NO_NEIGHBOUR
-        if not on1 and _snap(xval, 8, inv, scale, L, waux, pos, kmap, neigh, d2)[0] < 0:
+        if not on1 and _snap(xval, 8, inv, scale, L, waux, npos, kmap, neigh, d2)[0] < 0:
             return scale, True, NO_NEIGHBOUR
         sumqx, sumq2 = _sums(weight, xval, L, 16)
         if sumq2 > F32(0.0):
@@ -469,7 +471,7 @@ def _put_scales(y, at, scales, max_scale):
 
 
 @jit
-def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off):
+def quantize_block_iq2_xs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off):
     """ggml quantize_row_iq2_xs_impl for one super-block: xbl, qwl float32[256] -> y uint8[74].
     scratch float32[4, >= 16] (weight, waux, xval, neighbour distances); L, Laux int32[16]; scales float32[16]. Returns a
     status code."""
@@ -489,7 +491,7 @@ def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scale
             waux[i] = np.sqrt(weight[i])
         s0 = _fold_signs(xb, weight, xval, 0, True) & 127
         s1 = _fold_signs(xb, weight, xval, 1, True) & 127
-        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, pos, kmap, neigh, scratch[3], Ls, sv, off)
+        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, npos, kmap, neigh, scratch[3], Ls, sv, off)
         if st != OK:
             return st
         if not live:
@@ -520,7 +522,7 @@ def quantize_block_iq2_xs(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scale
 
 
 @jit
-def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off):
+def quantize_block_iq2_s(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off):
     """ggml quantize_row_iq2_s_impl for one super-block: xbl float32[256], qwl float32[256] or [0]
     -> y uint8[82]. Scratch and status as quantize_block_iq2_xs."""
     weight = scratch[0]
@@ -543,7 +545,7 @@ def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales
             waux[i] = np.sqrt(weight[i])
         s0 = _fold_signs(xb, weight, xval, 0, False)
         s1 = _fold_signs(xb, weight, xval, 1, False)
-        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, pos, kmap, neigh, scratch[3], Ls, sv, off)
+        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, npos, kmap, neigh, scratch[3], Ls, sv, off)
         if st != OK:
             return st
         if not live:
@@ -573,7 +575,7 @@ def quantize_block_iq2_s(xbl, qwl, y, pos, kmap, neigh, scratch, L, Laux, scales
 
 
 @jit_rows
-def quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s, status):
+def quantize_iq2_16(rows, weights, out, npos, kmap, neigh, is_s, status):
     """ggml quantize_iq2_xs (is_s False) / quantize_iq2_s (True): rows float32[nrows, n], weights
     float32[n] (or [0], IQ2_S only) -> out uint8[nrows, n/256*74 or *82]; status int32[nrows, 2] gets
     (code, super-block) where ggml would abort."""
@@ -593,9 +595,9 @@ def quantize_iq2_16(rows, weights, out, pos, kmap, neigh, is_s, status):
             qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
             y = out[r, bs * i:bs * (i + 1)]
             if is_s:
-                st = quantize_block_iq2_s(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off)
+                st = quantize_block_iq2_s(x, qw, y, npos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off)
             else:
-                st = quantize_block_iq2_xs(x, qw, y, pos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off)
+                st = quantize_block_iq2_xs(x, qw, y, npos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off)
             if st != OK:
                 status[r, 0] = st
                 status[r, 1] = i
