@@ -5,7 +5,7 @@ For each type: seeded hard rows (qtool.testing.data.hard_rows) quantized on each
 importance vector, an importance vector, an all-zero one) at several widths; ggml's to_float on ggml's
 own bytes, on random bytes and on blocks whose half-precision scales are every special value; the same
 bytes for any thread count; the importance-vector flags (read / required) as ggml's. What a family needs
-differently is data in FEATURES below, not code. Family-specific checks (rounding ties, codebook edges,
+differently is data in FEEDS below, not code. Family-specific checks (rounding ties, codebook edges,
 abort rows, subnormal blocks, second oracles) stay in the family test files; the stored golden vectors
 are tests/test_golden.py.
 """
@@ -33,7 +33,8 @@ class Feed:
 
     shapes: tuple[tuple[int, int, int], ...]
     #: paths compared with ggml: "null" (C's NULL quant_weights), "imatrix", "zero_imatrix" (all-zero
-    #: weights: columns never activated). "null" is left out by itself where ggml requires a vector.
+    #: weights: columns never activated); "ones" (all-one weights) in round_trip. "null" is left out by
+    #: itself where ggml requires a vector.
     paths: tuple[str, ...] = ("null", "imatrix")
     #: factor on hard_rows' 1e30 rows: ggml's lattice searches abort the process on them (their
     #: distances overflow), so those rows are brought down to where ggml still quantizes
@@ -63,7 +64,6 @@ _LEGACY = dict(shapes=((130, 32, 0), (65, 96, 1), (52, 512, 2), (39, 1024, 3), (
                paths=("null", "imatrix", "zero_imatrix"), dequant=(39, 512, 11), threads=(53, 256, 21),
                extreme=_EXTREME + (1e-20, 3e-39, "max,0", "min,-max/32"), extreme_at=(256, 5))
 _K32 = dict(shapes=((26, 256, 0), (26, 1024, 1), (13, 4096, 2), (39, 512, 3)), threads=(26, 512, 11))
-_BOTH = ("null", "imatrix")
 _K16 = dict(shapes=((104, 256, 0), (78, 1024, 1), (26, 4096, 2), (52, 512, 3), (65, 768, 4)),
             threads=(26, 512, 11),
             extreme=("1e38 clipped", "+-3e38", 1e-39, 1e-14, "3.3e38", 1e19), extreme_at=(512, 31),
@@ -90,7 +90,7 @@ _IQ3 = dict(shapes=((26, 256, 0), (26, 512, 1), (13, 1024, 2), (13, 2048, 3)), h
             dequant=(13, 1024, 7), threads=(26, 512, 11), scales=(0,), edge_weights=_EDGE,
             round_trip=(("null", 0.25),))
 
-FEATURES: dict = {
+FEEDS: dict[object, Feed] = {
     T.F32: Feed(**_FLOATS), T.F16: Feed(**_FLOATS), T.BF16: Feed(**_FLOATS),
     T.Q4_0: Feed(**_LEGACY, scales=(0,)), T.Q4_1: Feed(**_LEGACY, scales=(0, 2)),
     T.Q5_0: Feed(**_LEGACY, scales=(0,)), T.Q5_1: Feed(**_LEGACY, scales=(0, 2)),
@@ -99,9 +99,9 @@ FEATURES: dict = {
     T.Q5_K: Feed(**_K32, paths=("null", "imatrix", "zero_imatrix"), scales=(0, 2), round_trip=(("null", 0.06),)),
     # its quantize_row_q8_K_ref has no importance path
     T.Q8_K: Feed(**_K32, paths=("null",), round_trip=(("null", 0.01),)),
-    T.Q2_K: Feed(**_K16, scales=(-4, -2), round_trip=tuple((p, 0.36) for p in _BOTH)),
-    T.Q3_K: Feed(**_K16, scales=(-2,), round_trip=tuple((p, 0.2) for p in _BOTH)),
-    T.Q6_K: Feed(**_K16, scales=(-2,), round_trip=tuple((p, 0.03) for p in _BOTH)),
+    T.Q2_K: Feed(**_K16, scales=(-4, -2), round_trip=(("null", 0.36), ("imatrix", 0.36))),
+    T.Q3_K: Feed(**_K16, scales=(-2,), round_trip=(("null", 0.2), ("imatrix", 0.2))),
+    T.Q6_K: Feed(**_K16, scales=(-2,), round_trip=(("null", 0.03), ("imatrix", 0.03))),
     T.MXFP4: Feed(**_FP4), T.NVFP4: Feed(**_FP4),
     T.TQ1_0: Feed(**_TERNARY), T.TQ2_0: Feed(**_TERNARY),
     T.Q1_0: Feed(**_LOWBIT), ggml_type_named("Q2_0"): Feed(**_LOWBIT),
@@ -116,8 +116,8 @@ FEATURES: dict = {
 def feed(qtype) -> Feed:
     """The type's entry, or for a type registered since this table was written, hard rows at two
     widths of whole blocks."""
-    if qtype in FEATURES:
-        return FEATURES[qtype]
+    if qtype in FEEDS:
+        return FEEDS[qtype]
     w = get(qtype).block_size * max(1, 512 // get(qtype).block_size)
     return Feed(shapes=((52, w, 0), (26, 4 * w, 1)), dequant=(26, 2 * w, 7), threads=(26, 2 * w, 11))
 
@@ -274,9 +274,9 @@ def test_round_trip_error_is_small(qtype, path, bound):
 
 
 def test_table_names_registered_types():
-    """A misspelt or removed type in FEATURES would silently test nothing."""
-    assert set(FEATURES) <= set(registered()), set(FEATURES) - set(registered())
-    for qtype, f in FEATURES.items():
+    """A misspelt or removed type in FEEDS would silently test nothing."""
+    assert set(FEEDS) <= set(registered()), set(FEEDS) - set(registered())
+    for qtype, f in FEEDS.items():
         q = get(qtype)
         for _, n, _ in f.shapes + (f.dequant, f.threads):
             assert q.fits(n), (qtype.name, n)
