@@ -53,14 +53,18 @@ def test_neighbour_lists(name, src, n, dim, bits, nreach, nwant):
 @pytest.mark.parametrize("name", [g[0] for g in GRIDS])
 def test_neighbour_coordinates(name):
     """neighbour_odd holds, at each list entry, the listed point's odd coordinates (0 at count slots
-    and in the 16 spare columns the vectorized searches read past a short list)."""
+    and in the 16 spare columns the vectorized searches read past a short list); starts are the
+    count slots."""
     lat = lattice(name)
     nb = lat.neighbours.astype(np.int64)
     assert lat.neighbour_odd.shape == (lat.levels.shape[1], nb.size + 16)
     at = 0
+    walked = []
     while at < nb.size:
+        walked.append(at)
         n = int(nb[at])
         assert (lat.neighbour_odd[:, at] == 0).all()
         assert np.array_equal(lat.neighbour_odd[:, at + 1:at + 1 + n], lat.odd[nb[at + 1:at + 1 + n]].T)
         at += 1 + n
     assert (lat.neighbour_odd[:, nb.size:] == 0).all()
+    assert lat.starts.tolist() == walked

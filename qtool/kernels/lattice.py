@@ -34,7 +34,8 @@ def _append(buf, used, v):
 
 @jit
 def build_neighbours(levels, bits, nreach, nwant, kmap_size):
-    """(kmap int32[kmap_size], neigh uint16[...]) of the grid ``levels`` uint8[n, dim] (see above)."""
+    """(kmap int32[kmap_size], neigh uint16[...], starts int64[...]) of the grid ``levels`` uint8[n, dim]
+    (see above); starts: the offset of each list's count slot."""
     n, dim = levels.shape
     kmap = np.full(kmap_size, -1, np.int32)
     lt = np.empty((dim, n), np.int32)  # coordinate-major, so the distance loop over points vectorizes
@@ -49,6 +50,8 @@ def build_neighbours(levels, bits, nreach, nwant, kmap_size):
     pos = np.empty(dim, np.int32)
     cand = np.empty(n, np.int32)
     neigh = np.empty(1 << 16, np.uint16)
+    starts = np.empty(kmap_size, np.int64)
+    nlists = 0
     used = 0
     for u in range(kmap_size):
         if kmap[u] >= 0:
@@ -90,9 +93,11 @@ def build_neighbours(levels, bits, nreach, nwant, kmap_size):
                 b -= 1
             cand[b + 1] = g
         kmap[u] = -(used + 1)
+        starts[nlists] = used
+        nlists += 1
         neigh = _append(neigh, used, m)
         used += 1
         for a in range(m):
             neigh = _append(neigh, used, cand[a])
             used += 1
-    return kmap, neigh[:used].copy()
+    return kmap, neigh[:used].copy(), starts[:nlists].copy()

@@ -17,17 +17,25 @@ import numpy as np
 from qtool.quantizers.base import NO_WEIGHTS, Quantizer, first_failure
 
 
-@dataclass(frozen=True)
+@dataclass
 class Lattice:
     levels: np.ndarray  #: uint8 [n, dim]: level index of each coordinate
     values: np.ndarray  #: float32 [n, dim]: ggml's grid coordinates (grid_map[level]), for dequantizing
     odd: np.ndarray  #: float32 [n, dim]: 2*level + 1, the coordinates the IQ2/IQ3 searches measure in
     kmap: np.ndarray  #: int32 [kmap_size]: see qtool.kernels.lattice
     neighbours: np.ndarray  #: uint16 [...]: see qtool.kernels.lattice
-    #: float32 [dim, len(neighbours) + 16]: odd coordinates of each listed grid point, coordinate-major,
-    #: at the list entry's offset (count slots and the 16 spare columns hold 0), so that a search reads
-    #: a list's points contiguously, in whole vectors of 16
-    neighbour_odd: np.ndarray
+    starts: np.ndarray  #: int64 [lists]: offset of each list's count slot in ``neighbours``
+
+    @functools.cached_property
+    def neighbour_odd(self) -> np.ndarray:
+        """float32 [dim, len(neighbours) + 16]: odd coordinates of each listed grid point, coordinate-
+        major, at the list entry's offset (count slots and the 16 spare columns hold 0), so that a
+        search reads a list's points contiguously, in whole vectors of 16 (IQ2, IQ3)."""
+        nb = self.neighbours.astype(np.intp)
+        out = np.zeros((self.levels.shape[1], nb.size + 16), dtype=np.float32)
+        out[:, :nb.size] = self.odd[nb % self.levels.shape[0]].T  # count slots pick a point too: zeroed next
+        out[:, self.starts] = 0
+        return out
 
 
 # grid -> (gguf-py class name, kmap size, levels the quantizer forms, distinct distances kept) as
@@ -63,24 +71,8 @@ def lattice(name: str) -> Lattice:
     levels, bits = _decode(src)
     values = np.asarray(src.grid_map, dtype=np.float32)[levels]
     odd = (2 * levels.astype(np.float32) + 1).astype(np.float32)
-    kmap, neighbours = build_neighbours(levels, bits, nreach, nwant, kmap_size)
-    listed = odd[neighbours.astype(np.intp) % levels.shape[0]].T  # count slots give a point too: zeroed below
-    starts = _list_starts(neighbours)
-    neighbour_odd = np.zeros((levels.shape[1], neighbours.shape[0] + 16), dtype=np.float32)
-    neighbour_odd[:, :neighbours.shape[0]] = listed
-    neighbour_odd[:, starts] = 0
-    return Lattice(levels, values, odd, kmap, neighbours, neighbour_odd)
-
-
-def _list_starts(neighbours: np.ndarray) -> np.ndarray:
-    """Offsets of the count slots in a neighbour-list array."""
-    starts = []
-    at = 0
-    counts = neighbours.tolist()
-    while at < len(counts):
-        starts.append(at)
-        at += 1 + counts[at]
-    return np.array(starts, dtype=np.intp)
+    kmap, neighbours, starts = build_neighbours(levels, bits, nreach, nwant, kmap_size)
+    return Lattice(levels, values, odd, kmap, neighbours, starts)
 
 
 class LatticeQuantizer(Quantizer):
