@@ -741,8 +741,6 @@ def read_tensor_type_file(path: str | Path) -> list[tuple[str, GGMLQuantizationT
     (spaces or newlines), each read as a --tensor-type (the name lower-cased, a regular expression
     searched in tensor names, first match wins), in file order. The format has no comments. A bad entry
     is a UsageError naming the file and line."""
-    from qtool.quantizers.presets import parse_ggml_type
-
     p = Path(path)
     try:
         text = p.read_bytes().decode("utf-8")
@@ -750,10 +748,18 @@ def read_tensor_type_file(path: str | Path) -> list[tuple[str, GGMLQuantizationT
         raise UsageError(f"{p}: cannot read the tensor-type file: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise UsageError(f"{p}: the tensor-type file is not UTF-8 text (byte {e.start})") from None
+    return parse_tensor_type_text(text, str(p))
+
+
+def parse_tensor_type_text(text: str, source: str) -> list[tuple[str, GGMLQuantizationType]]:
+    """The entries of a tensor-type file's ``text`` (see :func:`read_tensor_type_file`); errors name
+    ``source`` and the line."""
+    from qtool.quantizers.presets import parse_ggml_type
+
     out = []
     for lineno, line in enumerate(text.splitlines(), 1):
         for token in line.split():
-            where = f"{p}:{lineno}: {token!r}"
+            where = f"{source}:{lineno}: {token!r}"
             if token.startswith("#"):
                 raise UsageError(f"{where}: llama-quantize's tensor-type file has no comments; "
                                  f"every entry is NAME=TYPE")

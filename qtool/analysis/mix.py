@@ -146,25 +146,24 @@ def default_candidates(bpw: float, has_imatrix: bool) -> list:
 
 
 def rel_mse(q: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """sum w (q - x)^2 / sum w x^2 over the tensor, float64 accumulated a row chunk at a time; ``weights``
-    per column (``n_per_row``, or ``n_expert * n_per_row`` for a 3-D tensor) or None for 1."""
+    """sum w (q - x)^2 / sum w x^2 over the tensor, in float64, a row chunk at a time in a fixed order (the
+    same figure for any thread count); ``weights`` per column (``n_per_row``, or ``n_expert * n_per_row``
+    for a 3-D tensor) or None for 1 (then it is what-if's rel_rmse squared)."""
     n = x.shape[-1]
     xr = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, n)
     qr = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, n)
-    if weights is None:
-        from qtool.analysis import stats
-
-        r = stats.error_brief(qr, xr)["rel_rmse"]
-        return r * r
-    w = np.asarray(weights, dtype=np.float64).reshape(-1, n)
-    rows_per = xr.shape[0] // w.shape[0]
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1, n)
+    rows_per = xr.shape[0] // w.shape[0] if w is not None else 0
     num = den = 0.0
-    step = max(1, (1 << 20) // n)
+    step = max(1, (1 << 20) // n)  # a fixed order of summation, whatever the thread count
     for start in range(0, xr.shape[0], step):
         stop = min(start + step, xr.shape[0])
         xs = xr[start:stop].astype(np.float64)
         d = qr[start:stop].astype(np.float64) - xs
-        if w.shape[0] == 1:
+        if w is None:
+            num += float(np.sum(d * d))
+            den += float(np.sum(xs * xs))
+        elif w.shape[0] == 1:
             ws = w[0]
             num += float(np.dot(d * d, ws).sum())
             den += float(np.dot(xs * xs, ws).sum())
@@ -499,13 +498,12 @@ def make_mix(source, metadata: Mapping[str, Any], tensors: Sequence, options, ta
     except ValueError:
         smallest = fixed + sum(min(o.cost for o in t.options) for t in result)
         raise UsageError(f"{target.label}: the budget ({_describe(budget, target)}) is below the smallest file "
-                         f"these candidates make ({_describe(smallest, target)}, all "
-                         f"{', '.join(t.name for t in cands[:1])} or cheaper); raise the target or add "
-                         f"cheaper --candidates") from None
+                         f"these candidates make ({_describe(smallest, target)}: each tensor at its cheapest of "
+                         f"{','.join(t.name for t in cands)}); raise the target or add cheaper --candidates") from None
     largest = fixed + sum(max(o.cost for o in t.options) for t in result)
     if total < budget * (1 - TOLERANCE) and largest < budget * (1 - TOLERANCE):
-        raise UsageError(f"{target.label}: even the largest candidates ({', '.join(t.name for t in cands[-1:])} "
-                         f"everywhere) make only {_describe(largest, target)}, more than "
+        raise UsageError(f"{target.label}: even the largest of the candidates ({','.join(t.name for t in cands)}) "
+                         f"make only {_describe(largest, target)}, more than "
                          f"{100 * TOLERANCE:g}% under the budget ({_describe(budget, target)}); lower the "
                          f"target or add larger --candidates")
     return Mix(target, budget, total, fixed, cands, weighted, result, pinned_err,
