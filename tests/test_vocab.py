@@ -619,7 +619,8 @@ def test_llama_cpp_tokenizes_like_the_original(case, tmp_path):
 GOLDEN = ROOT / "fixtures" / "archs"
 #: GGUF architecture of each golden case's family (add_tokenizer's "auto" picks the family's recipe by it)
 ARCH_OF = {"llama3": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe",
-           "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "bert": "bert"}
+           "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "bert": "bert", "gemma": "gemma",
+           "gemma3_mm": "gemma3", "bert_mlm": "bert"}
 
 
 @pytest.mark.parametrize("case", sorted(p.name.removesuffix(".reference.json")
