@@ -147,7 +147,7 @@ def convert(
 
             rules_preset = preset or presets.get_preset("Q4_K_M")  # places no tensor the mix decides
             base = planner.plan_model(rules_preset, source.metadata, planned, options)
-            offset, alignment = _data_offset(source, base, imat, int(rules_preset.ftype), output or input_path)
+            offset, alignment = _data_offset(source, base, imat, int(rules_preset.ftype))
             mix = mixer.make_mix(source, source.metadata, planned, options, target, candidates=candidates,
                                  imat=imat, preset=rules_preset, header_bytes=offset, alignment=alignment,
                                  threads=threads, on_start=on_measure_start, on_tensor=on_measure)
@@ -165,7 +165,7 @@ def convert(
                                imatrix=str(imatrix) if imatrix else None, unmapped=list(source.unmapped),
                                notes=list(getattr(source, "problems", []) or []), mix=mix)
         if source.architecture:
-            offset, alignment = _data_offset(source, plan, imat, result.file_type, output or input_path)
+            offset, alignment = _data_offset(source, plan, imat, result.file_type)
             result.file_bytes = offset + sum(-(-_nbytes(p.shape, p.qtype) // alignment) * alignment for p in plan)
 
         # everything a real run would refuse, a dry run refuses too
@@ -230,14 +230,16 @@ def _types_from(path: str | Path, planned: list) -> tuple[Any, dict]:
     return presets.get_preset(str(int(ft) & ~1024)), exact
 
 
-def _data_offset(source, plan, imat, file_type: int, where) -> tuple[int, int]:
+def _data_offset(source, plan, imat, file_type: int) -> tuple[int, int]:
     """(offset of the tensor data, alignment) of the file ``plan`` makes: header, metadata and tensor infos
     as convert writes them, without writing anything (every type has a fixed-size info, so any plan of
     the same tensors gives the same offset)."""
     from qtool.formats.gguf_out import GGUFOut
 
-    out = GGUFOut(Path(where), source.architecture or "unknown", alignment=source.metadata.get("general.alignment"))
-    fake = ConvertResult(input=Path(where), output=None, preset="", file_type=file_type, plan=plan, bytes_in=0,
+    # nothing is written: the path only names the (never opened) temporary file
+    out = GGUFOut(Path("offset.gguf"), source.architecture or "unknown",
+                  alignment=source.metadata.get("general.alignment"))
+    fake = ConvertResult(input=Path("."), output=None, preset="", file_type=file_type, plan=plan, bytes_in=0,
                          bytes_out=0, n_elements=0, seconds=0.0)
     _write_metadata(out, source, fake, imat)
     for p in plan:
