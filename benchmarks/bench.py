@@ -575,15 +575,18 @@ def bench_startup(args) -> None:
                             str(Path(tmp) / "o.gguf"), "-q"], check=True, cwd=ROOT)
         bare = _best_child(["-c", "pass"], args.repeat, parse=None)
         print(f"best of {args.repeat} fresh processes; python itself: {bare * 1e3:.0f} ms")
-        print("import alone (minus the bare interpreter):")
-        for mod in ("numpy", "typer", "pydantic", "rich.console", "gguf", "numba", "tokenizers", "qtool.cli.app",
-                    "qtool.quantizers"):
+        print("import, timed in the process, with what it needs from the lines above already imported:")
+        for mod, before in (("numpy", ""), ("typer", ""), ("pydantic", ""), ("rich.console", ""),
+                            ("gguf", "numpy"), ("numba", "numpy"), ("tokenizers", ""),
+                            ("qtool.cli.app", "typer"), ("qtool.quantizers", "numpy, gguf, numba")):
+            code = (f"import time{', ' + before if before else ''}; t = time.perf_counter(); import {mod}; "
+                    f"print(time.perf_counter() - t)")
             try:
-                t = _best_child(["-c", f"import {mod}"], args.repeat, parse=None)
+                t = _best_child(["-c", code], args.repeat)
             except subprocess.CalledProcessError:
                 print(f"  {mod:18} not importable")
                 continue
-            print(f"  {mod:18} {(t - bare) * 1e3:6.0f} ms")
+            print(f"  {mod:18} {t * 1e3:6.0f} ms" + (f"  (after {before})" if before else ""))
         print(f"  typer dispatch of `convert` (its pydantic adapters; imports done): "
               f"{_best_child(['-c', _TYPER_DISPATCH], args.repeat) * 1e3:.0f} ms")
         print(f"  Numba's first kernel call (cache load, target initialisation): "
