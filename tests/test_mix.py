@@ -447,3 +447,46 @@ def test_imatrix_weighted_mix(work, tmp_path):
     imat = load_imatrix(imatrix)
     assert plan_error(FIXTURE, r.plan, imat) == pytest.approx(r.mix.predicted_error, rel=1e-9)
     assert r.output.stat().st_size == r.file_bytes
+
+
+def _random_instance(rng, n: int, k: int) -> list:
+    types = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_0][:k]
+    tensors = []
+    for i in range(n):
+        size = int(rng.integers(1, 20))
+        opts = []
+        for j, t in enumerate(types):
+            cost = size * (j + 2) * 4 + int(rng.integers(0, 5))
+            err = size * float(np.exp(-1.3 * j + rng.normal(0, 0.3)))  # not convex: the hull greedy alone misses
+            opts.append(M.Option(t, t, cost, cost, err / size, err))
+        tensors.append(M.MixTensor(f"t{i:02d}", (1,), size, opts))
+    return tensors
+
+
+def _exact(tensors, budget: int) -> float:
+    """The least total error with total cost <= budget, by dynamic programming over every byte."""
+    best = np.zeros(budget + 1)  # best[s]: least error of the tensors so far within s bytes
+    for t in tensors:
+        new = np.full(budget + 1, np.inf)
+        for o in t.options:
+            if o.cost <= budget:
+                new[o.cost:] = np.minimum(new[o.cost:], best[: budget + 1 - o.cost] + o.error)
+        best = new
+    return float(best[budget])
+
+
+def test_search_is_the_exact_knapsack_on_small_problems():
+    # 100 seeded instances (12 tensors x 5 options, budgets anywhere between the cheapest and the largest
+    # choice), against the exact dynamic programme over every byte
+    rng = np.random.default_rng(1)
+    for trial in range(100):
+        tensors = _random_instance(rng, 12, 5)
+        lo = sum(min(o.cost for o in t.options) for t in tensors)
+        hi = sum(max(o.cost for o in t.options) for t in tensors)
+        budget = int(rng.integers(lo, hi))
+        total = M.search(tensors, budget)
+        assert total == sum(t.chosen.cost for t in tensors) <= budget
+        got = sum(t.chosen.error for t in tensors)
+        assert got == pytest.approx(_exact(tensors, budget), rel=1e-12), trial
+    with pytest.raises(ValueError):
+        M.search(_random_instance(rng, 3, 3), 10)

@@ -254,7 +254,7 @@ def _hull(opts: list[Option]) -> list[int]:
 
 def search(tensors: list[MixTensor], budget: int) -> int:
     """Choose one option per tensor (sets ``choice``) with total cost <= ``budget``, minimising the total
-    error; returns the total cost. ``budget`` below the cheapest choice is a UsageError."""
+    error; returns the total cost. ``budget`` below the cheapest choice raises ValueError."""
     for t in tensors:
         t.options.sort(key=lambda o: (o.cost, o.error, o.effective.name))
         t.choice = 0
@@ -263,7 +263,19 @@ def search(tensors: list[MixTensor], budget: int) -> int:
         raise ValueError(total)
     slack = budget - total
 
-    # 1. greedy along the convex hulls
+    _greedy(tensors, slack)
+    _exchange(tensors, budget - sum(t.chosen.cost for t in tensors))
+    by_greedy = ([t.choice for t in tensors], sum(t.chosen.error for t in tensors))
+    _dp(tensors, slack)
+    _exchange(tensors, budget - sum(t.chosen.cost for t in tensors))
+    if by_greedy[1] <= sum(t.chosen.error for t in tensors):
+        for t, j in zip(tensors, by_greedy[0]):
+            t.choice = j
+    return sum(t.chosen.cost for t in tensors)
+
+
+def _greedy(tensors: list[MixTensor], slack: int) -> None:
+    """From the cheapest options, the steepest convex-hull upgrades that fit ``slack``, one at a time."""
     hulls = [_hull(t.options) for t in tensors]
     pos = [0] * len(tensors)
     heap: list[tuple[float, str, int]] = []
@@ -286,7 +298,10 @@ def search(tensors: list[MixTensor], budget: int) -> int:
             pos[i] += 1
             t.choice = h[pos[i]]
             push(i)
-    # 2. local exchange: the best single or paired move that fits and lowers the error, until none does
+
+
+def _exchange(tensors: list[MixTensor], slack: int) -> None:
+    """While a single or paired move fits ``slack`` and lowers the total error, apply the best one."""
     for _ in range(50 * len(tensors) + 50):
         move = _best_move(tensors, slack)
         if move is None:
@@ -294,7 +309,39 @@ def search(tensors: list[MixTensor], budget: int) -> int:
         for i, j in move:
             slack -= tensors[i].options[j].cost - tensors[i].chosen.cost
             tensors[i].choice = j
-    return budget - slack
+
+
+def _dp(tensors: list[MixTensor], slack: int, cells: int = 1 << 26) -> None:
+    """The knapsack solved exactly on a grid: each option's extra cost over the tensor's cheapest is
+    rounded up to a unit of slack/R bytes (R up to 32768 cells, fewer for very many tensors), so the
+    answer always fits; it is optimal on the grid, and the exchange that follows spends what rounding left."""
+    n = len(tensors)
+    cells_per = max(256, min(1 << 15, cells // max(n, 1)))
+    unit = max(1, -(-slack // cells_per))
+    size = slack // unit
+    best = np.zeros(size + 1)  # best[s]: least extra error with at most s units spent
+    choices = np.zeros((n, size + 1), dtype=np.int16)
+    steps = []
+    for i, t in enumerate(tensors):
+        base = t.options[0]
+        dc = [-(-(o.cost - base.cost) // unit) for o in t.options]
+        steps.append(dc)
+        new = best.copy()
+        for j in range(1, len(t.options)):
+            c = dc[j]
+            if c > size:
+                continue
+            cand = np.full(size + 1, np.inf)
+            cand[c:] = best[: size + 1 - c] + (t.options[j].error - base.error)
+            better = cand < new
+            new[better] = cand[better]
+            choices[i, better] = j
+        best = new
+    s = size
+    for i in range(n - 1, -1, -1):
+        j = int(choices[i, s])
+        tensors[i].choice = j
+        s -= steps[i][j]
 
 
 def _best_move(tensors: list[MixTensor], slack: int) -> list[tuple[int, int]] | None:
