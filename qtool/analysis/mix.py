@@ -11,14 +11,19 @@ with ``w`` the imatrix entry of the tensor (per column, per expert) where ``--im
 mean ``sum_t n_t rel_mse(t) / sum_t n_t`` over the tensors measured: every weight counts the same, and a
 tensor's scale does not. One tensor is in memory at a time (plus one candidate's bytes).
 
-The search is a multiple-choice knapsack: one option per tensor, costs in bytes, a total budget.
+The search is a multiple-choice knapsack: one option per tensor, costs in bytes, a total budget. Two
+solutions are made and the better kept (ties: the first):
 
 1. Greedy on each tensor's lower convex hull of (bytes, error): start every tensor at its cheapest option
    and repeatedly take the upgrade with the largest error decrease per byte that still fits (the
    Lagrangian relaxation's solution path; ties by tensor name, so the result is deterministic).
-2. Local exchange: then, while any move decreases the total error and fits, apply the best one, where a
-   move is one tensor changing to any of its options, or two tensors changing at once (one may get
-   smaller to pay for the other). This recovers what the hull greedy leaves on the table near the budget.
+2. Dynamic programming on a grid: each option's extra bytes over the tensor's cheapest are rounded up to a
+   unit of slack/R bytes, R = 32768 cells (fewer beyond 2048 tensors), so the answer always fits, and the
+   grid problem is solved exactly. Where the slack is under R bytes the unit is one byte: the exact optimum.
+
+After each, a local exchange: while any move lowers the total error and fits, apply the best one, where a
+move is one tensor changing to any of its options or two tensors changing at once (one may get smaller to
+pay for the other); this spends what the hull steps or the rounding left.
 
 Costs count what the budget counts: for ``--target-size``, the whole file (the header and metadata, and
 every tensor's bytes padded to the file's alignment, as the writer lays them out); for ``--target-bpw``,
