@@ -5,6 +5,7 @@
     qtool inspect QUANT.gguf --reference ORIG    the microscope: error, sign loss, outliers per tensor
     qtool inspect ORIG --what-if Q4_0,Q4_K       what each type would do to each tensor
     ... --fail-if 'rel_rmse>0.05'                exit 1 when a check trips (CI gates)
+    ... --plot damage.png                        the damage per layer and tensor class as a heat map
 
 The CLI only parses, calls qtool.analysis and prints.
 """
@@ -46,6 +47,10 @@ def inspect_command(
                           "exit 1 when it holds (repeatable).")] = [],
     no_stats: Annotated[bool, typer.Option(
         "--no-stats", help="Read the header only: metadata and tensor table, no figures.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Also draw the damage per layer and tensor class as a heat map into FILE.png or "
+                       "FILE.svg (with --reference or --what-if; needs matplotlib: pip install "
+                       "'qtool[plots]').")] = None,
     threads: ThreadsOpt = None,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -55,6 +60,12 @@ def inspect_command(
     from qtool.errors import UsageError
 
     out = Output(json_mode=json, quiet=quiet)
+    if plot is not None:
+        from qtool.analysis.plots import prepare
+
+        if reference is None and what_if is None:
+            raise UsageError("--plot draws the damage: give --reference ORIGINAL or --what-if TYPES")
+        prepare(plot)  # the extension, the folder and matplotlib, before any work
     if threads is not None:
         import numba
 
@@ -66,20 +77,20 @@ def inspect_command(
         if fail_if:
             raise UsageError("--fail-if checks an existing quantization (--reference or the weights); "
                              "it does not apply to --what-if")
-        _what_if(out, model, what_if, tensor, sort, top, threads)
+        _what_if(out, model, what_if, tensor, sort, top, threads, plot)
         return
     if histogram and tensor is None:
         raise UsageError("--histogram needs --tensor NAME (the tensor to draw)")
     if no_stats and (histogram or reference is not None):
         raise UsageError("--no-stats reads no weights: it goes with neither --reference nor --histogram")
-    _inspect(out, model, reference, tensor, sort, top, histogram, fail_if, not no_stats)
+    _inspect(out, model, reference, tensor, sort, top, histogram, fail_if, not no_stats, plot)
 
 
 # ----------------------------------------------------------------------------------------------
 # inspect / microscope
 # ----------------------------------------------------------------------------------------------
 
-def _inspect(out, model, reference, tensor, sort, top, histogram, fail_if, figures) -> None:
+def _inspect(out, model, reference, tensor, sort, top, histogram, fail_if, figures, plot=None) -> None:
     from qtool.analysis import gates
     from qtool.analysis.report import inspect_model, mode_fields, resolve_field
 
@@ -108,6 +119,11 @@ def _inspect(out, model, reference, tensor, sort, top, histogram, fail_if, figur
         names = report.reference_only
         out.note(f"note: {len(names)} reference tensor(s) not in {model}: " + ", ".join(names[:5])
                  + (" ..." if len(names) > 5 else ""))
+    if plot is not None:
+        from qtool.analysis.plots import plot_inspect
+
+        plot_inspect(report.document(), plot)
+        out.note(f"wrote {plot}")
     failures = gates.evaluate(checks, report)
     if failures:
         _fail(out, failures, len(checks))
@@ -257,7 +273,7 @@ def _render_histogram(out, h: dict) -> None:
 # what-if
 # ----------------------------------------------------------------------------------------------
 
-def _what_if(out, model, spec, tensor, sort, top, threads) -> None:
+def _what_if(out, model, spec, tensor, sort, top, threads, plot=None) -> None:
     from qtool.analysis.whatif import parse_types, what_if
 
     types = parse_types(spec)
@@ -271,6 +287,11 @@ def _what_if(out, model, spec, tensor, sort, top, threads) -> None:
         _render_what_if(out, result, tensors)
     for s in result.skipped:
         out.note(f"note: {s['name']}: {s['reason']}")
+    if plot is not None:
+        from qtool.analysis.plots import plot_what_if
+
+        plot_what_if(result.document(), plot)
+        out.note(f"wrote {plot}")
 
 
 def _render_what_if(out, result, tensors) -> None:
