@@ -4,6 +4,7 @@
     ... --save-logits ORIG.logits                                           keep the reference's logits
     qtool eval OTHER.gguf --reference ORIG.logits                           reuse them (no reference run)
     ... --fail-if 'kld_mean>0.05'                                           exit 1 when a check trips
+    ... --plot kld.png                                                      KL divergence per window, drawn
 
 The CLI only parses, calls qtool.analysis.eval and prints.
 """
@@ -40,6 +41,9 @@ def eval_command(
     fail_if: Annotated[list[str], typer.Option(
         "--fail-if", help="FIELD OP NUMBER, e.g. 'kld_mean>0.05' (the whole text) or 'window.flips>10' (any "
                           "window); exit 1 when it holds (repeatable).")] = [],
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Also draw the KL divergence per window (mean and p99, flips as bars) into FILE.png or "
+                       "FILE.svg (needs matplotlib: pip install 'qtool[plots]').")] = None,
     threads: ThreadsOpt = None,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -51,6 +55,10 @@ def eval_command(
 
     out = Output(json_mode=json, quiet=quiet)
     checks = [parse_gate(t) for t in fail_if]
+    if plot is not None:
+        from qtool.analysis.plots import prepare
+
+        prepare(plot)  # the extension, the folder and matplotlib, before any work
     with out.progress(total=None, description="evaluating") as advance:
         result = evaluate(quant, reference, text, ctx=ctx, threads=threads or os.cpu_count() or 1,
                           max_windows=windows, save_logits=save_logits, top_k=top_k,
@@ -63,6 +71,11 @@ def eval_command(
         out.note(note)
     if result.saved_logits:
         out.note(f"saved the reference's logits to {result.saved_logits}")
+    if plot is not None:
+        from qtool.analysis.plots import plot_eval
+
+        plot_eval(result.document(), plot)
+        out.note(f"wrote {plot}")
     failures = check_gates(checks, result)
     if failures:
         _fail(out, failures, len(checks))
