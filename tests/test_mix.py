@@ -385,10 +385,13 @@ def test_target_bpw(work):
 
 
 def test_default_candidates_near_the_target():
+    # 0.6x-1.6x of 4.3 bpw is 2.58-6.88: Q2_K (2.625) to Q6_K (6.5625), not IQ2_S (2.5625, and it needs an
+    # imatrix) nor Q8_0 (8.5); cheapest first, equal sizes by name
     c = M.default_candidates(4.3, has_imatrix=False)
-    assert T.Q4_K in c and T.IQ4_XS in c and T.Q3_K in c and T.Q5_K in c and T.Q6_K in c
+    assert c == [T.Q2_K, T.IQ3_S, T.Q3_K, T.IQ4_XS, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K]
     assert not any(M._needs_imatrix(t) for t in c)
-    assert T.Q8_0 not in c and T.Q2_K in c or T.Q2_K not in c  # only by the window
+    # beyond the window's reach, the nearest type above is still offered
+    assert M.default_candidates(12.0, has_imatrix=False) == [T.Q8_0]
     low = M.default_candidates(2.2, has_imatrix=True)
     assert T.IQ2_XXS in low and T.IQ2_XS in low
     assert T.IQ2_XXS not in M.default_candidates(2.2, has_imatrix=False)
