@@ -417,15 +417,20 @@ def test_bad_target_options_are_one_line(work, args, needle):
 
 
 def test_dry_run_json_shows_the_mix(work):
-    r = qtool("convert", FIXTURE, "--target-size", "1MB", "--dry-run", "--json", "-o", work / "unused.gguf")
+    recipe = work / "cli.recipe.txt"
+    r = qtool("convert", FIXTURE, "--target-size", "1MB", "--dry-run", "--json", "-o", work / "unused.gguf",
+              "--recipe-out", recipe)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     mix = doc["mix"]
     assert mix["target"] == "size" and mix["budget"] == 1_000_000
     assert doc["summary"]["file_bytes"] == mix["bytes"] <= 1_000_000
-    assert {t["name"]: t["type"] for t in mix["tensors"]} == \
-        {t["name"]: t["type"] for t in doc["tensors"] if t["quantize"]}
+    chosen = {t["name"]: t["type"] for t in doc["tensors"] if t["quantize"]}
+    assert {t["name"]: t["type"] for t in mix["tensors"]} == chosen
     assert 0 < mix["predicted_error"] < 1
+    # the dry run wrote the recipe (and no model): the same map, one anchored line per tensor
+    assert doc["recipe"] == str(recipe) and not (work / "unused.gguf").exists()
+    assert PL.read_tensor_type_file(recipe) == [(PL.recipe_pattern(n), T[t]) for n, t in chosen.items()]
 
 
 def test_imatrix_weighted_mix(work, tmp_path):
