@@ -1,0 +1,352 @@
+"""`--plot FILE.png|.svg`: the pictures are written, are valid PNG/SVG with their titles and labels, and draw
+the figures of the report they come from (the data-building functions are checked against the JSON
+document, apart from the drawing); a missing matplotlib and a bad name are one-line errors, exit 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, need_oracle
+
+from qtool.analysis import plots
+from qtool.cli.app import main
+
+FIXTURE = ROOT / "fixtures" / "tiny-llama"
+FIXTURE_F32 = ROOT / "fixtures" / "tiny-llama-f32"
+SVG = "{http://www.w3.org/2000/svg}"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+needs_matplotlib = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("matplotlib") is None,
+    reason="matplotlib not installed (pip install 'qtool[plots]')")
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        main([*map(str, argv)])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def svg_texts(path: Path) -> list[str]:
+    """Every text of an SVG (matplotlib writes them as <text> with svg.fonttype 'none'), whitespace folded."""
+    root = ET.parse(path).getroot()
+    assert root.tag == f"{SVG}svg"
+    return [" ".join("".join(t.itertext()).split()) for t in root.iter(f"{SVG}text")]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG: {data[:8]!r}"
+    assert data[12:16] == b"IHDR" and data[-8:-4] == b"IEND"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def quant(tmp_path_factory) -> Path:
+    """The bundled model as Q4_K_M (Q6_K on attn_v/ffn_down of layer 1 and on output: cells the map names)."""
+    from qtool.convert import convert
+
+    d = tmp_path_factory.mktemp("plots")
+    return convert(FIXTURE, "Q4_K_M", d / "tiny-Q4_K_M.gguf").output
+
+
+@pytest.fixture(scope="module")
+def inspect_doc(quant) -> dict:
+    """The report of `qtool inspect QUANT --reference FIXTURE --json`, built by the library (no CLI run)."""
+    from qtool.analysis.report import inspect_model
+
+    return inspect_model(quant, reference=FIXTURE).document()
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """The documents the CLI hands to the plotting functions, by function name."""
+    seen: dict[str, dict] = {}
+    for name in ("plot_inspect", "plot_what_if", "plot_eval"):
+        real = getattr(plots, name)
+
+        def wrapper(doc, path, _real=real, _name=name):
+            seen[_name] = doc
+            return _real(doc, path)
+
+        monkeypatch.setattr(plots, name, wrapper)
+    return seen
+
+
+# --------------------------------------------------------------------------------------------------
+# the data: built from the JSON documents, checked without drawing
+# --------------------------------------------------------------------------------------------------
+
+
+def _tensor(name, qtype, rel, collapsed=0.0, flipped=0.0):
+    return {"name": name, "type": qtype, "error": {"rel_rmse": rel},
+            "sign": {"collapsed_frac": collapsed, "flipped_frac": flipped}}
+
+
+def test_heatmap_rows_columns_and_what_is_left_out():
+    doc = {"file": "q.gguf", "reference": "ref", "tensors": [
+        _tensor("output_norm.weight", "F32", 0.0),
+        _tensor("blk.1.ffn_down.weight", "Q6_K", 0.02, 0.01, 0.0),
+        _tensor("blk.0.ffn_down.weight", "Q4_K", 0.09, 0.0, 0.04),
+        _tensor("blk.0.attn_norm.weight", "F32", 0.0),
+        _tensor("blk.1.attn_norm.weight", "F32", 0.0),
+        _tensor("blk.0.attn_q.weight", "Q8_0", 0.0),  # quantized yet exact: kept, drawn grey
+        _tensor("blk.1.attn_q.weight", "Q4_K", 0.08, 0.001, 0.03),
+        _tensor("blk.2.attn_q.weight", "Q4_K", None, None, None),  # no figures: a blank cell
+        {"name": "blk.2.ffn_down.weight", "type": "Q4_K", "error": None, "sign": None},  # skipped: no cell
+        _tensor("token_embd.weight", "Q4_K", 0.07, 0.0, 0.05),
+        _tensor("output.weight", "Q6_K", 0.03, 0.02, 0.0),
+    ]}
+    err, sign = plots.inspect_heatmaps(doc)
+    assert err.classes == sign.classes == ["attn_q", "ffn_down"]  # the canonical order, not the file's
+    assert err.layers == [0, 1, 2]
+    assert err.exact == ["attn_norm", "output_norm"]
+    assert err.side == ["token_embd", "output"]
+    nan = math.nan
+    np.testing.assert_array_equal(err.values, [[0.0, 0.08, nan], [0.09, 0.02, nan]])
+    np.testing.assert_array_equal(err.side_values, [0.07, 0.03])
+    np.testing.assert_array_equal(sign.values, [[0.0, 0.031, nan], [0.04, 0.01, nan]])
+    np.testing.assert_array_equal(sign.side_values, [0.05, 0.02])
+    assert err.types == [["Q8_0", "Q4_K", "Q4_K"], ["Q4_K", "Q6_K", None]]
+    assert err.common_type == "Q4_K"
+
+
+def test_heatmap_of_an_unquantized_model_keeps_everything():
+    """All exact and unquantized (an F32 file against itself): nothing left out, so there is a picture."""
+    doc = {"file": "a", "reference": "a", "tensors": [_tensor("blk.0.attn_q.weight", "F32", 0.0),
+                                                      _tensor("blk.0.attn_norm.weight", "F32", 0.0)]}
+    err, _ = plots.inspect_heatmaps(doc)
+    assert err.classes == ["attn_norm", "attn_q"] and err.exact == []
+    np.testing.assert_array_equal(err.values, [[0.0], [0.0]])
+
+
+def test_heatmap_needs_a_reference_and_a_figure():
+    from qtool.errors import UsageError
+
+    with pytest.raises(UsageError, match="--reference"):
+        plots.inspect_heatmaps({"file": "a", "reference": None, "tensors": []})
+    with pytest.raises(UsageError, match="nothing to draw"):
+        plots.inspect_heatmaps({"file": "a", "reference": "b", "tensors": [
+            {"name": "blk.0.attn_q.weight", "type": "Q4_0", "error": None, "sign": None}]})
+
+
+def test_split_name():
+    assert plots.split_name("blk.12.attn_q.weight") == (12, "attn_q")
+    assert plots.split_name("blk.3.ffn_gate_exps.weight") == (3, "ffn_gate_exps")
+    assert plots.split_name("blk.0.attn_q.bias") == (0, "attn_q.bias")
+    assert plots.split_name("token_embd.weight") == (None, "token_embd")
+    assert plots.split_name("rope_freqs") == (None, "rope_freqs")
+
+
+def test_eval_series_is_the_windows_figures():
+    windows = [{"index": i, "start": 64 * i, "kld_mean": 0.1 * (i + 1), "kld_p99": 0.5 * (i + 1), "flips": 3 * i}
+               for i in range(4)]
+    windows[2]["kld_mean"] = None
+    s = plots.eval_series({"windows": windows})
+    np.testing.assert_array_equal(s.index, [0, 1, 2, 3])
+    np.testing.assert_array_equal(s.start, [0, 64, 128, 192])
+    np.testing.assert_array_equal(s.kld_mean, [0.1, 0.2, math.nan, 0.4])
+    np.testing.assert_array_equal(s.kld_p99, [0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_array_equal(s.flips, [0, 3, 6, 9])
+
+
+# --------------------------------------------------------------------------------------------------
+# the pictures, through the CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def _same_maps(drawn: list, printed: list) -> None:
+    """The maps the CLI drew are those of the JSON it printed (which has NaN as null: compared NaN-aware)."""
+    assert len(drawn) == len(printed)
+    for a, b in zip(drawn, printed):
+        assert (a.title, a.classes, a.layers, a.types, a.side, a.side_types, a.exact) == \
+               (b.title, b.classes, b.layers, b.types, b.side, b.side_types, b.exact)
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.side_values, b.side_values)
+
+
+def _check_inspect_maps(doc: dict) -> None:
+    """The heat maps built from a report are its figures, cell by cell."""
+    err, sign = plots.inspect_heatmaps(doc)
+    by_name = {t["name"]: t for t in doc["tensors"]}
+    assert err.layers == [0, 1]
+    assert err.classes == ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+    assert sorted(err.exact) == ["attn_norm", "ffn_norm", "output_norm"]
+    assert err.side == ["token_embd", "output"]
+    for i, cls in enumerate(err.classes):
+        for j, layer in enumerate(err.layers):
+            t = by_name[f"blk.{layer}.{cls}.weight"]
+            assert err.values[i, j] == t["error"]["rel_rmse"]
+            assert sign.values[i, j] == t["sign"]["collapsed_frac"] + t["sign"]["flipped_frac"]
+            assert err.types[i][j] == t["type"]
+    for k, name in enumerate(err.side):
+        assert err.side_values[k] == by_name[f"{name}.weight"]["error"]["rel_rmse"]
+        assert err.side_types[k] == by_name[f"{name}.weight"]["type"]
+    # Q4_K_M on the bundled model: Q4_K mostly; the layer-1 attn_v and ffn_down and the output get Q6_K
+    assert err.common_type == "Q4_K"
+    assert err.types[err.classes.index("attn_v")][1] == err.types[err.classes.index("ffn_down")][1] == "Q6_K"
+
+
+@needs_matplotlib
+def test_inspect_png(capsys, tmp_path, quant, spy):
+    picture = tmp_path / "damage.png"
+    code, out, err = run(capsys, "inspect", quant, "--reference", FIXTURE, "--json", "--plot", picture)
+    assert code == 0, err
+    doc = json.loads(out)
+    _same_maps(plots.inspect_heatmaps(spy["plot_inspect"]), plots.inspect_heatmaps(doc))  # what was printed
+    _check_inspect_maps(doc)
+    width, height = png_size(picture)
+    assert picture.stat().st_size > 30_000 and width >= 1000 and height >= 800, (picture.stat().st_size, width, height)
+    assert f"wrote {picture}" in err
+    assert sorted(os.listdir(tmp_path)) == ["damage.png"]  # no temporary file left behind
+
+
+@needs_matplotlib
+def test_inspect_svg_has_its_titles_and_labels(tmp_path, quant, inspect_doc):
+    picture = tmp_path / "damage.svg"
+    plots.plot_inspect(inspect_doc, picture)
+    texts = svg_texts(picture)
+    assert f"qtool inspect: {quant.name} against tiny-llama" in texts
+    for label in ("layer (blk.N)", "tensor class", "rel_rmse", "not in a layer", "attn_q", "attn_v", "ffn_down",
+                  "token_embd", "output", "error: rel_rmse = ‖q−x‖/‖x‖", "sign loss: collapsed_frac + flipped_frac"):
+        assert label in texts, (label, texts)
+    assert texts.count("Q6_K") == 6  # attn_v.1, ffn_down.1, output: named in both maps
+    assert "Q4_K" not in texts  # the common type is not repeated in every cell
+    assert any(t.startswith("sign loss (fraction of nonzero weights)") for t in texts)
+    assert any("left out (kept unquantized, exactly 0): attn_norm, ffn_norm, output_norm" in t for t in texts)
+
+
+@needs_matplotlib
+def test_what_if_svg(capsys, tmp_path, spy):
+    picture = tmp_path / "whatif.svg"
+    code, out, err = run(capsys, "inspect", FIXTURE, "--what-if", "Q4_0,Q6_K", "--json", "--plot", picture)
+    assert code == 0, err
+    doc = json.loads(out)
+    _same_maps(plots.whatif_heatmaps(spy["plot_what_if"]), plots.whatif_heatmaps(doc))
+    maps = plots.whatif_heatmaps(doc)
+    assert [m.title.split(" ")[2] for m in maps] == ["Q4_0", "Q6_K"]
+    by_name = {t["name"]: t for t in doc["tensors"]}
+    for m, qtype in zip(maps, ("Q4_0", "Q6_K")):
+        assert m.layers == [0, 1] and m.side == ["token_embd", "output"] and m.exact == []
+        for i, cls in enumerate(m.classes):
+            for j, layer in enumerate(m.layers):
+                assert m.values[i, j] == by_name[f"blk.{layer}.{cls}.weight"]["candidates"][qtype]["rel_rmse"]
+        assert list(m.side_values) == [by_name[f"{s}.weight"]["candidates"][qtype]["rel_rmse"] for s in m.side]
+    assert (maps[1].values < maps[0].values).all()  # more bits, less error, everywhere
+    texts = svg_texts(picture)
+    assert any(t.startswith("what if Q4_0 (4.5 bpw)") for t in texts)
+    assert any(t.startswith("what if Q6_K (6.56 bpw)") for t in texts)
+    assert texts.count("layer (blk.N)") == 2
+
+
+@needs_matplotlib
+def test_a_failed_write_leaves_the_old_picture(tmp_path, inspect_doc, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from qtool.errors import QtoolError
+
+    picture = tmp_path / "damage.png"
+    picture.write_bytes(b"the old picture")
+
+    def broken(self, fname, **kw):
+        fname.write(b"half a pic")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(QtoolError, match=f"--plot {picture}: cannot write it: No space left on device") as e:
+        plots.plot_inspect(inspect_doc, picture)
+    assert e.value.exit_code == 2
+    assert picture.read_bytes() == b"the old picture"
+    assert os.listdir(tmp_path) == ["damage.png"]
+
+
+# --------------------------------------------------------------------------------------------------
+# errors: one line, exit 2, before any work
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval"])
+def test_missing_matplotlib_is_one_line_exit_2(capsys, tmp_path, monkeypatch, command):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    picture = tmp_path / "p.png"
+    args = ([FIXTURE, "--reference", FIXTURE] if command == "inspect"
+            else [tmp_path / "missing.gguf", "--reference", tmp_path / "missing-ref.gguf"])
+    code, out, err = run(capsys, command, *args, "--plot", picture)
+    assert code == 2, err
+    assert err.count("\n") == 1 and "pip install 'qtool[plots]'" in err and "Traceback" not in err, err
+    assert not picture.exists() and out == ""
+
+
+@pytest.mark.parametrize("name", ["p.jpg", "p.pdf", "p", "p.png.txt"])
+@pytest.mark.parametrize("command", ["inspect", "eval"])
+def test_bad_picture_name_is_one_line_exit_2(capsys, tmp_path, command, name):
+    args = ([FIXTURE, "--reference", FIXTURE] if command == "inspect"
+            else [tmp_path / "missing.gguf", "--reference", tmp_path / "missing-ref.gguf"])
+    code, out, err = run(capsys, command, *args, "--plot", tmp_path / name)
+    assert code == 2 and err.count("\n") == 1 and ".png or .svg" in err and name in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_other_plot_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "inspect", FIXTURE, "--plot", tmp_path / "p.png")
+    assert code == 2 and err.count("\n") == 1 and "--reference" in err and "--what-if" in err, err
+    code, _, err = run(capsys, "inspect", FIXTURE, "-r", FIXTURE, "--plot", tmp_path / "no" / "p.png")
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err, err
+    (tmp_path / "d.svg").mkdir()
+    code, _, err = run(capsys, "inspect", FIXTURE, "-r", FIXTURE, "--plot", tmp_path / "d.svg")
+    assert code == 2 and err.count("\n") == 1 and "is a folder" in err, err
+
+
+# --------------------------------------------------------------------------------------------------
+# eval, in llama.cpp (a child process)
+# --------------------------------------------------------------------------------------------------
+
+TEXT = ("A quantized model keeps fewer bits per weight than the original; the question is how much of its "
+        "judgement survives, position by position, window by window. ") * 12
+
+
+@needs_matplotlib
+def test_eval_png_and_svg(tmp_path):
+    need_oracle()
+    from qtool.convert import convert
+
+    ref = convert(FIXTURE_F32, "F32", tmp_path / "f32.gguf").output
+    q = convert(FIXTURE_F32, "Q4_K_M", tmp_path / "q4.gguf").output
+    (tmp_path / "text.txt").write_text(TEXT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("QTOOL_DEBUG", None)
+    p = subprocess.run([sys.executable, "-m", "qtool", "eval", str(q), "--reference", str(ref), "--text",
+                        str(tmp_path / "text.txt"), "--ctx", "64", "--json", "--plot", str(tmp_path / "kld.svg")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert f"wrote {tmp_path / 'kld.svg'}" in p.stderr
+    doc = json.loads(p.stdout)
+    assert len(doc["windows"]) >= 4
+    s = plots.eval_series(doc)
+    assert list(s.flips) == [w["flips"] for w in doc["windows"]]
+    assert list(s.kld_mean) == [w["kld_mean"] for w in doc["windows"]]
+    assert list(s.kld_p99) == [w["kld_p99"] for w in doc["windows"]]
+    texts = svg_texts(tmp_path / "kld.svg")
+    summ = doc["summary"]
+    assert "qtool eval: KL divergence per window, q4.gguf against f32.gguf" in texts
+    # the subtitle carries the whole text's figures of this very run
+    assert any(f"({summ['flips']} flips)" in t and f"KLD mean {summ['kld_mean']:.4g}" in t for t in texts), texts
+    assert any(t.startswith("KL divergence (nats") for t in texts) and "flips per window" in texts
+    for label in ("KLD mean", "KLD p99", "flips (top token changed)"):
+        assert label in texts
+    plots.plot_eval(doc, tmp_path / "kld.png")  # the same document as a PNG (drawing needs no llama.cpp)
+    width, height = png_size(tmp_path / "kld.png")
+    assert (tmp_path / "kld.png").stat().st_size > 20_000 and width >= 1000 and height >= 600
