@@ -227,7 +227,11 @@ def _types_from(path: str | Path, planned: list) -> tuple[Any, dict]:
         ft = other.metadata.get("general.file_type")
     if ft is None:
         raise UsageError(f"--types-from {path} has no general.file_type; give --type (it sets the file type)")
-    return presets.get_preset(str(int(ft) & ~1024)), exact
+    try:
+        return presets.get_preset(str(int(ft) & ~1024)), exact
+    except UsageError:
+        raise UsageError(f"--types-from {path}: its general.file_type {int(ft)} names no llama-quantize preset; "
+                         f"give --type (it sets the file type)") from None
 
 
 def _data_offset(source, plan, imat, file_type: int) -> tuple[int, int]:

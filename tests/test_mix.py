@@ -355,6 +355,18 @@ def test_bigger_budget_never_predicts_more_error(mixes):
     assert errors[0] > errors[-1]
 
 
+def test_frontier_from_the_same_measurements(mixes):
+    # re-solving on the measured table gives what a fresh run at that budget gives, and leaves the mix as it was
+    m = mixes(BUDGETS[2]).mix
+    before = [t.choice for t in m.tensors]
+    points = m.frontier([100_000] + BUDGETS)
+    assert points[0] is None  # below the smallest file
+    assert [t.choice for t in m.tensors] == before
+    for (budget, total, err), b in zip(points[1:], BUDGETS):
+        fresh = mixes(b).mix
+        assert budget == b and total == fresh.total and err == pytest.approx(fresh.predicted_error, rel=1e-12)
+
+
 def test_mix_is_deterministic(mixes, work):
     a = mixes(BUDGETS[2])
     b = convert(FIXTURE, None, work / "again.gguf", threads=1, dry_run=True,

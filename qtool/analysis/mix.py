@@ -438,6 +438,25 @@ class Mix:
         n = sum(t.n_elements for t in self.tensors) + self.pinned_elements
         return err / n if n else 0.0
 
+    def frontier(self, budgets: Sequence[int]) -> list[tuple[int, int, float] | None]:
+        """(budget, bytes, predicted error) of the best mix at each of ``budgets`` (counted as this mix's
+        budget is), from the same measurements: no tensor is quantized again. None where a budget is
+        below the smallest mix."""
+        saved = [t.choice for t in self.tensors]
+        out: list[tuple[int, int, float] | None] = []
+        try:
+            for b in budgets:
+                try:
+                    total = self.fixed + search(self.tensors, int(b) - self.fixed)
+                except ValueError:
+                    out.append(None)
+                    continue
+                out.append((int(b), total, self.predicted_error))
+        finally:
+            for t, j in zip(self.tensors, saved):
+                t.choice = j
+        return out
+
     def document(self) -> dict:
         return {"target": self.target.kind, "value": self.target.value, "budget": self.budget,
                 "bytes": self.total, "fixed_bytes": self.fixed,
