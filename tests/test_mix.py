@@ -169,7 +169,8 @@ def test_recipe_patterns_name_one_tensor_each(presets):
     lines = text.splitlines()
     quantized = [p for p in plan if not p.reason.startswith("not quantized")]
     assert len(lines) == len(quantized) == 16
-    assert PL.parse_tensor_type_text(text, "recipe") == [(PL.recipe_pattern(p.name).lower(), p.qtype) for p in quantized]
+    want = [(PL.recipe_pattern(p.name).lower(), p.qtype) for p in quantized]
+    assert PL.parse_tensor_type_text(text, "recipe") == want
 
 
 def _llama_quantize_with_recipe(lc, src: Path, dst: Path, preset: str, entries) -> int:
