@@ -455,3 +455,134 @@ def plot_eval(doc: dict, path: Path) -> None:
            f"PPL {_fmt(summ.get('ppl_quant'), 5)} vs {_fmt(summ.get('ppl_reference'), 5)}")
     fig.suptitle(f"qtool eval: KL divergence per window, {_short(doc['quant'])} against {ref}\n{sub}", fontsize=9.5)
     _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a target-size run: size against predicted error
+# ---------------------------------------------------------------------------------------------------------
+
+#: the stock presets a frontier picture marks (those needing no importance matrix), smallest first
+STOCK_PRESETS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "IQ4_XS", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
+                 "Q8_0")
+
+
+@dataclass
+class Frontier:
+    kind: str                  # "size" (x: whole-file bytes) or "bpw" (x: tensor bits per weight)
+    measure: str               # what the error is ("rel_mse", "imatrix-weighted rel_mse")
+    x: np.ndarray              # the frontier: the sizes of the mixes along the hull path, smallest first
+    y: np.ndarray              # and their predicted errors
+    chosen: tuple[float, float]
+    budget: float
+    target: str                # as the user wrote it
+    #: (preset, x, predicted error or None where one of its types was not measured)
+    presets: list[tuple[str, float, float | None]] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+
+
+def _lower_hull(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The lower convex hull of (cost, error) points, cheapest first, each next one strictly better."""
+    pts = sorted(set(points))
+    hull: list[tuple[int, float]] = []
+    for c, e in pts:
+        if hull and e >= hull[-1][1]:
+            continue  # no cheaper-or-equal point may be beaten by a dearer one
+        while len(hull) >= 2:
+            (c1, e1), (c2, e2) = hull[-2], hull[-1]
+            if (e2 - e1) * (c - c1) >= (e - e1) * (c2 - c1):  # hull[-1] lies on or above the chord
+                hull.pop()
+            else:
+                break
+        hull.append((c, e))
+    return hull
+
+
+def frontier_data(mix, n_elements: int, stock: dict[str, tuple[int, dict]] | None = None) -> Frontier:
+    """The size/error frontier of a mix's measured options: every tensor it decides starts at its cheapest
+    option and takes the upgrades along its convex hull, steepest error decrease per byte first, across all
+    tensors (the search's greedy path: each point is a real choice of types, the lower convex envelope of
+    all of them). ``n_elements``: all the file's weights (for bits per weight); ``stock``: preset ->
+    (its bytes as the target counts them, {tensor: ggml type}), scored by the mix's own measure."""
+    n = sum(t.n_elements for t in mix.tensors) + mix.pinned_elements
+    if n == 0:
+        raise UsageError("--plot: the mix decides no tensor; nothing to draw")
+    steps = []
+    cost = mix.fixed
+    err = mix.pinned_error
+    for t in mix.tensors:
+        hull = _lower_hull([(o.cost, o.error) for o in t.options])
+        cost += hull[0][0]
+        err += hull[0][1]
+        for (c0, e0), (c1, e1) in zip(hull, hull[1:]):
+            steps.append(((e1 - e0) / (c1 - c0), t.name, c1 - c0, e1 - e0))
+    steps.sort(key=lambda s: (s[0], s[1]))  # most negative slope first; per tensor in hull order (convex)
+    xs, ys = [cost], [err]
+    for _, _, dc, de in steps:
+        cost += dc
+        err += de
+        xs.append(cost)
+        ys.append(err)
+
+    def x_of(nbytes: float) -> float:
+        return float(nbytes) if mix.target.kind == "size" else 8.0 * nbytes / n_elements
+
+    presets = []
+    for name, (nbytes, types) in (stock or {}).items():
+        presets.append((name, x_of(nbytes), mix.error_of(types)))
+    return Frontier(mix.target.kind, "imatrix-weighted rel_mse" if mix.weighted else "rel_mse",
+                    np.array([x_of(c) for c in xs]), np.array(ys) / n,
+                    (x_of(mix.total), float(mix.predicted_error)), x_of(mix.budget), mix.target.text, presets,
+                    [getattr(c, "name", str(c)) for c in mix.candidates])
+
+
+def _size_unit(values: Sequence[float]) -> tuple[float, str]:
+    top = max(values)
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if top >= scale:
+            return scale, unit
+    return 1.0, "bytes"
+
+
+def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
+    """The frontier (line), the chosen mix (star) at its budget (dashed), the stock presets (dots, named;
+    those with a type outside the measured ones as ticks on the axis)."""
+    prepare(path)
+    from matplotlib.ticker import FuncFormatter
+
+    fig = _figure(8.5, 5.4)
+    ax = fig.add_subplot()
+    xs_all = list(f.x) + [f.chosen[0], f.budget] + [p[1] for p in f.presets]
+    scale, unit = _size_unit(xs_all) if f.kind == "size" else (1.0, "bits per weight")
+    ax.plot(f.x / scale, f.y, color="#1f77b4", lw=1.6, label="frontier: best predicted error per size")
+    ax.axvline(f.budget / scale, color="#555555", lw=1, ls="--", label=f"budget ({f.target})")
+    ax.plot([f.chosen[0] / scale], [f.chosen[1]], marker="*", ms=15, color="#d62728", ls="none",
+            label=f"the mix: {f.chosen[1]:.4g}", zorder=5)
+    scored = [p for p in f.presets if p[2] is not None]
+    unscored = [p for p in f.presets if p[2] is None]
+    if scored:
+        ax.plot([p[1] / scale for p in scored], [p[2] for p in scored], "o", color="#2ca02c", ms=6,
+                label="stock presets (same measure)", zorder=4)
+        for name, x, y in scored:
+            ax.annotate(name, (x / scale, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ys = np.concatenate([f.y, [f.chosen[1]], [p[2] for p in scored]])
+    ys = ys[np.isfinite(ys) & (ys > 0)]
+    if ys.size and ys.max() >= 10 * ys.min():
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if unscored:
+        trans = ax.get_xaxis_transform()
+        for name, x, _ in unscored:
+            ax.plot([x / scale], [0.0], marker="|", ms=12, color="#888888", transform=trans, clip_on=False)
+            ax.annotate(name, (x / scale, 0.0), xycoords=trans, xytext=(0, 8), textcoords="offset points",
+                        fontsize=7, color="#777777", rotation=90, ha="center", va="bottom")
+        ax.plot([], [], marker="|", ms=10, color="#888888", ls="none",
+                label="stock presets with a type not measured (size only)")
+    ax.set_xlabel(f"file size ({unit})" if f.kind == "size" else "tensor bits per weight", fontsize=9)
+    ax.set_ylabel(f"predicted error ({f.measure}, element-weighted mean"
+                  + (", log scale)" if ax.get_yscale() == "log" else ")"), fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(color="#e6e6e6", lw=0.6)
+    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    fig.suptitle((title or "qtool convert: size against predicted error")
+                 + f"\ncandidates {','.join(f.candidates)}", fontsize=9.5)
+    _save(fig, path)

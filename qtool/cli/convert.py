@@ -75,6 +75,10 @@ def convert_command(
                                                "tensors alone, also for an architecture qtool cannot convert. "
                                                "The file is marked not runnable: general.architecture is the "
                                                "HF class name, general.description says why.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="With --target-bpw/--target-size: also draw "
+                                                 "size against predicted error (the frontier, the mix, the stock "
+                                                 "presets) into FILE.png or FILE.svg (needs matplotlib: pip "
+                                                 "install 'qtool[plots]').")] = None,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -100,6 +104,13 @@ def convert_command(
 
     target = parse_target(target_bpw, target_size)
     cands = parse_candidates(candidates) if candidates is not None else None
+    if plot is not None:
+        from qtool.analysis.plots import prepare
+        from qtool.errors import UsageError
+
+        if target is None:
+            raise UsageError("--plot draws a size-targeted mix: it goes with --target-bpw or --target-size")
+        prepare(plot)  # the extension, the folder and matplotlib, before any work
     with out.progress(total=None, description="quantizing") as advance, force_pre_tokenizer(pre_tokenizer), \
             tensors_only_mode(tensors_only), _warnings_to(out):
         measured = [0]  # one bar for both phases: measuring a mix's candidates, then writing
@@ -114,7 +125,32 @@ def convert_command(
                          on_start=lambda n: advance.set_total(measured[0] + n),
                          on_tensor=lambda p, n: advance(n, p.name),
                          on_measure_start=advance.set_total, on_measure=measure)
+        stock = _stock_presets(input, options, result) if plot is not None else None
     _report(out, result, dry_run)
+    if plot is not None:
+        from qtool.analysis.plots import frontier_data, plot_frontier
+
+        plot_frontier(frontier_data(result.mix, result.n_elements, stock), plot,
+                      title=f"qtool convert {input.name} {result.mix.target.label}: size against predicted error")
+        out.note(f"wrote {plot}")
+
+
+def _stock_presets(input, options, result) -> dict:
+    """Each stock preset's plan of the same input (a dry run: nothing measured or written): preset ->
+    (its bytes as the mix's target counts them, {tensor: type}); presets that cannot be planned are left out."""
+    from qtool.analysis.plots import STOCK_PRESETS
+    from qtool.convert import convert
+    from qtool.errors import QtoolError
+
+    stock = {}
+    for name in STOCK_PRESETS:
+        try:
+            r = convert(input, name, None, options=options, dry_run=True)
+        except QtoolError:
+            continue
+        nbytes = r.file_bytes if result.mix.target.kind == "size" else r.bytes_out
+        stock[name] = (nbytes, {p.name: p.qtype for p in r.plan})
+    return stock
 
 
 @contextlib.contextmanager
