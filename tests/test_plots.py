@@ -350,3 +350,109 @@ def test_eval_png_and_svg(tmp_path):
     plots.plot_eval(doc, tmp_path / "kld.png")  # the same document as a PNG (drawing needs no llama.cpp)
     width, height = png_size(tmp_path / "kld.png")
     assert (tmp_path / "kld.png").stat().st_size > 20_000 and width >= 1000 and height >= 600
+
+
+# --------------------------------------------------------------------------------------------------
+# a target-size run: the frontier
+# --------------------------------------------------------------------------------------------------
+
+
+def _toy_mix():
+    """Three tensors, three options each (one of them off the hull), a fixed part and a pinned error."""
+    from gguf import GGMLQuantizationType as T
+
+    from qtool.analysis.mix import Mix, MixTensor, Option, Target
+
+    def opts(n, rows):
+        return [Option(t, t, c, c, e, n * e) for t, c, e in rows]
+
+    tensors = [
+        MixTensor("blk.0.attn_q.weight", (8, 8), 64, opts(64, [(T.Q2_K, 10, 0.09), (T.Q4_K, 20, 0.02),
+                                                                 (T.Q6_K, 30, 0.004)])),
+        MixTensor("blk.0.ffn_up.weight", (8, 16), 128, opts(128, [(T.Q2_K, 20, 0.08), (T.Q4_K, 40, 0.07),
+                                                                   (T.Q6_K, 60, 0.003)])),  # Q4_K: off the hull
+        MixTensor("output.weight", (8, 4), 32, opts(32, [(T.Q4_K, 8, 0.03), (T.Q6_K, 12, 0.01),
+                                                          (T.Q8_0, 16, 0.001)])),
+    ]
+    mix = Mix(Target("size", 150.0, "150B"), budget=150, total=0, fixed=50, candidates=[T.Q2_K, T.Q4_K, T.Q6_K],
+              weighted=False, tensors=tensors, pinned_error=16 * 0.05, pinned_elements=16)
+    return mix, T
+
+
+def test_frontier_is_the_lower_envelope_of_every_choice():
+    import itertools
+
+    mix, T = _toy_mix()
+    mix.tensors[0].choice, mix.tensors[1].choice, mix.tensors[2].choice = 1, 0, 1
+    mix.total = 50 + 20 + 20 + 12
+    f = plots.frontier_data(mix, n_elements=1000)
+    n = 64 + 128 + 32 + 16
+    every = []
+    for choice in itertools.product(*(t.options for t in mix.tensors)):
+        every.append((50 + sum(o.cost for o in choice), (sum(o.error for o in choice) + mix.pinned_error) / n))
+    # the ends: all cheapest, all best
+    assert (f.x[0], f.y[0]) == min(every)
+    assert f.x[-1] == 50 + 30 + 60 + 16 and f.y[-1] == pytest.approx(min(e for _, e in every), rel=1e-12)
+    # every point of the path is a real choice of types, sizes grow and errors fall
+    for x, y in zip(f.x, f.y):
+        assert any(c == x and e == pytest.approx(y, rel=1e-12) for c, e in every), (x, y)
+    assert (np.diff(f.x) > 0).all() and (np.diff(f.y) < 0).all()
+    # and no choice lies below it
+    for c, e in every:
+        if f.x[0] <= c <= f.x[-1]:
+            assert e >= np.interp(c, f.x, f.y) * (1 - 1e-12), (c, e)
+    assert f.chosen == (102.0, mix.predicted_error) and f.budget == 150.0 and f.kind == "size"
+    assert f.candidates == ["Q2_K", "Q4_K", "Q6_K"] and f.measure == "rel_mse"
+
+
+def test_frontier_presets_are_scored_by_the_mix_measure():
+    mix, T = _toy_mix()
+    stock = {"A": (120, {"blk.0.attn_q.weight": T.Q4_K, "blk.0.ffn_up.weight": T.Q4_K, "output.weight": T.Q6_K}),
+             "B": (170, {"blk.0.attn_q.weight": T.Q6_K, "blk.0.ffn_up.weight": T.Q6_K, "output.weight": T.Q5_K})}
+    f = plots.frontier_data(mix, n_elements=1000, stock=stock)
+    n = 64 + 128 + 32 + 16
+    assert f.presets[0] == ("A", 120.0, pytest.approx((64 * 0.02 + 128 * 0.07 + 32 * 0.01 + 16 * 0.05) / n))
+    assert f.presets[1] == ("B", 170.0, None)  # Q5_K was not measured: size only
+    mix.target = type(mix.target)("bpw", 1.2, "1.2")
+    g = plots.frontier_data(mix, n_elements=1000, stock=stock)
+    assert g.x[0] == 8.0 * f.x[0] / 1000 and g.presets[0][1] == 8.0 * 120 / 1000 and g.budget == 8.0 * 150 / 1000
+
+
+@needs_matplotlib
+def test_convert_target_size_frontier_svg(capsys, tmp_path, monkeypatch):
+    from qtool.convert import convert
+
+    drawn = {}
+    real = plots.plot_frontier
+    monkeypatch.setattr(plots, "plot_frontier",
+                        lambda f, path, **kw: (drawn.setdefault("f", f), real(f, path, **kw))[1])
+    q4km = convert(FIXTURE, "Q4_K_M", None, dry_run=True)
+    picture = tmp_path / "frontier.svg"
+    code, out, err = run(capsys, "convert", FIXTURE, "--target-size", f"{q4km.file_bytes}B", "--dry-run", "--json",
+                         "--plot", picture)
+    assert code == 0, err
+    mix = json.loads(out)["mix"]
+    f = drawn["f"]
+    assert f.chosen == (mix["bytes"], mix["predicted_error"]) and f.budget == q4km.file_bytes
+    presets = {name: (x, y) for name, x, y in f.presets}
+    assert set(presets) == set(plots.STOCK_PRESETS)
+    assert presets["Q4_K_M"][0] == q4km.file_bytes
+    # at Q4_K_M's size the mix predicts no more error than Q4_K_M by the same measure, and no preset that was
+    # scored lies below the frontier
+    assert presets["Q4_K_M"][1] is not None and f.chosen[1] <= presets["Q4_K_M"][1]
+    for name, (x, y) in presets.items():
+        if y is not None and f.x[0] <= x <= f.x[-1]:
+            assert y >= np.interp(x, f.x, f.y) * (1 - 1e-12), name
+    texts = svg_texts(picture)
+    assert f"the mix: {mix['predicted_error']:.4g}" in texts and "file size (MB)" in texts
+    assert "Q4_K_M" in texts and f"budget ({q4km.file_bytes}B)" in texts
+    assert any(t.startswith("predicted error (rel_mse") for t in texts)
+    assert any(t.startswith("qtool convert tiny-llama target-size:") for t in texts)
+    assert not list(tmp_path.glob("*.gguf")) and sorted(os.listdir(tmp_path)) == ["frontier.svg"]
+
+
+def test_convert_plot_needs_a_target(capsys, tmp_path):
+    code, _, err = run(capsys, "convert", FIXTURE, "--type", "Q4_K_M", "--dry-run", "--plot", tmp_path / "f.png")
+    assert code == 2 and err.count("\n") == 1 and "--target-bpw or --target-size" in err, err
+    code, _, err = run(capsys, "convert", FIXTURE, "--target-bpw", "4.5", "--dry-run", "--plot", tmp_path / "f.gif")
+    assert code == 2 and err.count("\n") == 1 and ".png or .svg" in err, err
