@@ -225,7 +225,7 @@ def test_inspect_svg_has_its_titles_and_labels(tmp_path, quant, inspect_doc):
         assert label in texts, (label, texts)
     assert texts.count("Q6_K") == 6  # attn_v.1, ffn_down.1, output: named in both maps
     assert "Q4_K" not in texts  # the common type is not repeated in every cell
-    assert any(t.startswith("sign loss (fraction of nonzero weights)") for t in texts)
+    assert any(t.startswith("sign loss, fraction of nonzero weights") for t in texts)
     assert any("left out (kept unquantized, exactly 0): attn_norm, ffn_norm, output_norm" in t for t in texts)
 
 

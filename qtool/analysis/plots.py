@@ -213,8 +213,8 @@ def inspect_heatmaps(doc: dict) -> list[HeatMap]:
     sign = [(t["name"], t["type"], _sign_loss(t.get("sign"))) for t in tensors]
     return [_heatmap(err, title="error: rel_rmse = ‖q−x‖/‖x‖", label="rel_rmse", key="rel_rmse",
                      label_types=True),
-            _heatmap(sign, title="sign loss: collapsed_frac + flipped_frac", label="sign loss (fraction of nonzero "
-                     "weights)", key="sign", label_types=True)]
+            _heatmap(sign, title="sign loss: collapsed_frac + flipped_frac", label="sign loss, fraction of nonzero "
+                     "weights", key="sign", label_types=True)]
 
 
 def whatif_heatmaps(doc: dict) -> list[HeatMap]:
@@ -282,7 +282,7 @@ def draw_heatmaps(maps: Sequence[HeatMap], path: Path, *, title: str, subtitle: 
     has_side = any(m.side for m in maps)
     has_main = n_layers > 0
     main_w = min(16.0, max(4.0, 0.32 * n_layers + 1.5)) if has_main else 0.0
-    side_w = 1.7 if has_side else 0.0
+    side_w = 1.2 if has_side else 0.0
     width = max(7.5, main_w + side_w + 2.6)
     height = 1.3 + sum(0.32 * n + 1.1 for n in n_rows)
     fig = _figure(width, height)
