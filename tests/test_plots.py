@@ -225,7 +225,7 @@ def test_inspect_svg_has_its_titles_and_labels(tmp_path, quant, inspect_doc):
         assert label in texts, (label, texts)
     assert texts.count("Q6_K") == 6  # attn_v.1, ffn_down.1, output: named in both maps
     assert "Q4_K" not in texts  # the common type is not repeated in every cell
-    assert any(t.startswith("sign loss, fraction of nonzero weights") for t in texts)
+    assert any(t.startswith("collapsed + flipped fraction") for t in texts)
     assert any("left out (kept unquantized, exactly 0): attn_norm, ffn_norm, output_norm" in t for t in texts)
 
 
@@ -456,3 +456,24 @@ def test_convert_plot_needs_a_target(capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "--target-bpw or --target-size" in err, err
     code, _, err = run(capsys, "convert", FIXTURE, "--target-bpw", "4.5", "--dry-run", "--plot", tmp_path / "f.gif")
     assert code == 2 and err.count("\n") == 1 and ".png or .svg" in err, err
+
+
+@needs_matplotlib
+def test_drawing_edge_cases(tmp_path):
+    """A model with no layer tensors, a 100-layer model (no type labels), one window of zero divergence."""
+    only_side = {"file": "a.gguf", "reference": "b", "summary": {"n_tensors": 1, "bpw": None},
+                 "tensors": [_tensor("token_embd.weight", "Q4_0", 0.1, 0.01, 0.0)]}
+    plots.plot_inspect(only_side, tmp_path / "side.svg")
+    assert "token_embd" in svg_texts(tmp_path / "side.svg")
+    deep = {"file": "a.gguf", "reference": "b", "summary": {"n_tensors": 200, "bpw": 4.5},
+            "tensors": [_tensor(f"blk.{i}.{c}.weight", "Q6_K" if i % 7 == 0 else "Q4_K", 0.02 + 0.001 * i, 0.01)
+                        for i in range(100) for c in ("attn_q", "ffn_down")]}
+    plots.plot_inspect(deep, tmp_path / "deep.svg")
+    texts = svg_texts(tmp_path / "deep.svg")
+    assert "Q6_K" not in texts and "99" not in texts and "96" in texts  # every 4th layer numbered
+    flat = {"quant": "a.gguf", "reference": "a.gguf", "reference_logits": None, "ctx": 64, "scored_from": 32,
+            "windows": [{"index": 0, "start": 0, "kld_mean": 0.0, "kld_p99": 0.0, "flips": 0}],
+            "summary": {"n_positions": 31, "kld_mean": 0.0, "kld_median": 0.0, "kld_p99": 0.0, "kld_max": 0.0,
+                        "top1_agreement": 1.0, "flips": 0, "ppl_quant": 300.0, "ppl_reference": 300.0}}
+    plots.plot_eval(flat, tmp_path / "flat.png")
+    assert png_size(tmp_path / "flat.png")[0] >= 1000

@@ -18,7 +18,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -39,8 +39,11 @@ _LAYER_NAME = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
 
 DPI = 150
 
+#: heat maps of more layers than this do not name the cells' types (too small to read)
+MAX_LABELLED_LAYERS = 64
 
-def _pyplot_free_matplotlib():
+
+def _matplotlib():
     """matplotlib on the Agg backend, or a one-line error naming the extra to install."""
     try:
         import matplotlib
@@ -62,7 +65,7 @@ def prepare(path: Path) -> str:
         raise UsageError(f"--plot {path}: folder {parent} does not exist")
     if Path(path).is_dir():
         raise UsageError(f"--plot {path} is a folder")
-    _pyplot_free_matplotlib()
+    _matplotlib()
     return fmt
 
 
@@ -213,8 +216,8 @@ def inspect_heatmaps(doc: dict) -> list[HeatMap]:
     sign = [(t["name"], t["type"], _sign_loss(t.get("sign"))) for t in tensors]
     return [_heatmap(err, title="error: rel_rmse = ‖q−x‖/‖x‖", label="rel_rmse", key="rel_rmse",
                      label_types=True),
-            _heatmap(sign, title="sign loss: collapsed_frac + flipped_frac", label="sign loss, fraction of nonzero "
-                     "weights", key="sign", label_types=True)]
+            _heatmap(sign, title="sign loss: collapsed_frac + flipped_frac", label="collapsed + flipped fraction",
+                     key="sign", label_types=True)]
 
 
 def whatif_heatmaps(doc: dict) -> list[HeatMap]:
@@ -304,6 +307,7 @@ def draw_heatmaps(maps: Sequence[HeatMap], path: Path, *, title: str, subtitle: 
         im = None
         for i in idx:
             m = maps[i]
+            labels = m.common_type if n_layers <= MAX_LABELLED_LAYERS else None
             col = 0
             blanks |= bool(np.isnan(m.values).any() or np.isnan(m.side_values).any())
             for e in m.exact:
@@ -314,7 +318,7 @@ def draw_heatmaps(maps: Sequence[HeatMap], path: Path, *, title: str, subtitle: 
                 col += 1
                 axes.append(ax)
                 if m.classes:
-                    im = _draw_grid(ax, m.values, m.types, norm, cmap, m.common_type, fontsize)
+                    im = _draw_grid(ax, m.values, m.types, norm, cmap, labels, fontsize)
                     ax.set_yticks(range(len(m.classes)), m.classes, fontsize=8)
                     step = 1 if len(m.layers) <= 32 else 2 if len(m.layers) <= 64 else 4
                     ax.set_xticks(range(0, len(m.layers), step), [str(n) for n in m.layers[::step]], fontsize=7)
@@ -328,7 +332,7 @@ def draw_heatmaps(maps: Sequence[HeatMap], path: Path, *, title: str, subtitle: 
                 axes.append(ax)
                 if m.side:
                     im2 = _draw_grid(ax, m.side_values.reshape(-1, 1), [[t] for t in m.side_types], norm, cmap,
-                                     m.common_type, 7)
+                                     labels, 7)
                     im = im if im is not None else im2
                     ax.set_yticks(range(len(m.side)), m.side, fontsize=8)
                     ax.yaxis.tick_right()
@@ -342,7 +346,7 @@ def draw_heatmaps(maps: Sequence[HeatMap], path: Path, *, title: str, subtitle: 
             cb.ax.tick_params(labelsize=7)
     notes = []
     common = {m.common_type for m in maps if m.common_type}
-    if common:
+    if common and n_layers <= MAX_LABELLED_LAYERS:
         notes.append(f"cells name their type where it is not {'/'.join(sorted(common))}")
     if exact_all:
         notes.append("left out (kept unquantized, exactly 0): " + ", ".join(exact_all))
@@ -355,7 +359,7 @@ def plot_inspect(doc: dict, path: Path) -> None:
     """`qtool inspect QUANT --reference ORIG --plot PATH` (``doc``: the --json document)."""
     maps = inspect_heatmaps(doc)
     s = doc["summary"]
-    sub = (f"{s['n_tensors']} tensors, {s['bpw']:.3f} bits per weight; rel_rmse {_fmt(s.get('rel_rmse'))}, "
+    sub = (f"{s['n_tensors']} tensors, {_fmt(s.get('bpw'), 4)} bits per weight; rel_rmse {_fmt(s.get('rel_rmse'))}, "
            f"collapsed {_pct(s.get('collapsed_frac'))}, flipped {_pct(s.get('flipped_frac'))} (element-weighted)")
     draw_heatmaps(maps, path, title=f"qtool inspect: {_short(doc['file'])} against {_short(doc['reference'])}",
                   subtitle=sub)
