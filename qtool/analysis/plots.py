@@ -454,7 +454,7 @@ def plot_eval(doc: dict, path: Path) -> None:
     ref = _short(doc.get("reference_logits") or doc["reference"])
     agree = summ.get("top1_agreement")
     sub = (f"{summ['n_positions']:,} positions: KLD mean {_fmt(summ.get('kld_mean'), 4)}, median "
-           f"{_fmt(summ.get('kld_median'), 4)}, p99 {_fmt(summ.get('kld_p99'), 4)}, max {_fmt(summ.get('kld_max'), 4)}; "
+           f"{_fmt(summ.get('kld_median'), 4)}, p99 {_fmt(summ.get('kld_p99'), 4)}, max {_fmt(summ.get('kld_max'), 4)}\n"
            f"top-1 agreement {'—' if agree is None else f'{100 * agree:.2f}%'} ({summ['flips']} flips); "
            f"PPL {_fmt(summ.get('ppl_quant'), 5)} vs {_fmt(summ.get('ppl_reference'), 5)}")
     fig.suptitle(f"qtool eval: KL divergence per window, {_short(doc['quant'])} against {ref}\n{sub}", fontsize=9.5)
@@ -587,6 +587,8 @@ def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
     ax.tick_params(labelsize=8)
     ax.grid(color="#e6e6e6", lw=0.6)
     ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
-    fig.suptitle((title or "qtool convert: size against predicted error")
-                 + f"\ncandidates {','.join(f.candidates)}", fontsize=9.5)
+    import textwrap
+
+    fig.suptitle((title or "qtool convert: size against predicted error") + "\n"
+                 + textwrap.fill(f"candidates {', '.join(f.candidates)}", 110), fontsize=9.5)
     _save(fig, path)
