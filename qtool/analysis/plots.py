@@ -547,6 +547,50 @@ def _size_unit(values: Sequence[float]) -> tuple[float, str]:
     return 1.0, "bytes"
 
 
+def _same_point(points: list[tuple[str, float, float | None]]) -> list[tuple[str, float, float | None]]:
+    """Presets that make the same plan (Q2_K and Q3_K_S where every row falls back alike) as one label, by x."""
+    out: dict[tuple, list[str]] = {}
+    for name, x, y in points:
+        out.setdefault((x, y), []).append(name)
+    return sorted(((" = ".join(names), x, y) for (x, y), names in out.items()), key=lambda p: p[1])
+
+
+#: where a point's label may go, in points from the point (tried in this order): right above, right below,
+#: left above, left below, then further out
+_LABEL_SPOTS = ((5, 3, "left", "bottom"), (5, -3, "left", "top"), (-5, 3, "right", "bottom"),
+                (-5, -3, "right", "top"), (5, 12, "left", "bottom"), (5, -12, "left", "top"))
+
+
+def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: Sequence[tuple[float, float]] = ()):
+    """Name each point beside it, at the first spot where the label overlaps no label placed before and no
+    other point of ``points`` or ``avoid`` (where every spot does: the first). Call it last, once the axes,
+    scales and titles are set: it lays the figure out to know where things are."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    canvas = FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # the layout, so that display coordinates hold
+    renderer = canvas.get_renderer()
+    centres = [ax.transData.transform((x, y)) for _, x, y in points] + [ax.transData.transform(p) for p in avoid]
+    marks = [Bbox.from_bounds(cx - 6, cy - 6, 12, 12) for cx, cy in centres]
+    labels: list = []
+    for k, (name, x, y) in enumerate(points):
+        others = labels + [m for j, m in enumerate(marks) if j != k]
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                               fontsize=8)
+            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(o) for o in others):
+                break
+            text.remove()
+        else:
+            dx, dy, ha, va = _LABEL_SPOTS[0]
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                               fontsize=8)
+            box = text.get_window_extent(renderer)
+        labels.append(box)
+
+
 def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
     """The frontier (line), the chosen mix (star) at its budget (dashed), the stock presets (dots, named;
     those with a type outside the measured ones as ticks on the axis)."""
@@ -561,13 +605,14 @@ def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
     ax.axvline(f.budget / scale, color="#555555", lw=1, ls="--", label=f"budget ({f.target})")
     ax.plot([f.chosen[0] / scale], [f.chosen[1]], marker="*", ms=15, color="#d62728", ls="none",
             label=f"the mix: {f.chosen[1]:.4g}", zorder=5)
-    scored = [p for p in f.presets if p[2] is not None]
-    unscored = [p for p in f.presets if p[2] is None]
+    scored = _same_point([p for p in f.presets if p[2] is not None])
+    unscored = _same_point([p for p in f.presets if p[2] is None])
+    lo, hi = min(xs_all) / scale, max(xs_all) / scale
+    span = (hi - lo) or 1.0
+    ax.set_xlim(lo - 0.04 * span, hi + 0.04 * span)
     if scored:
         ax.plot([p[1] / scale for p in scored], [p[2] for p in scored], "o", color="#2ca02c", ms=6,
                 label="stock presets (same measure)", zorder=4)
-        for name, x, y in scored:
-            ax.annotate(name, (x / scale, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ys = np.concatenate([f.y, [f.chosen[1]], [p[2] for p in scored]])
     ys = ys[np.isfinite(ys) & (ys > 0)]
     if ys.size and ys.max() >= 10 * ys.min():
@@ -586,9 +631,12 @@ def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
                   + (", log scale)" if ax.get_yscale() == "log" else ")"), fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(color="#e6e6e6", lw=0.6)
-    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9)
     import textwrap
 
     fig.suptitle((title or "qtool convert: size against predicted error") + "\n"
                  + textwrap.fill(f"candidates {', '.join(f.candidates)}", 110), fontsize=9.5)
+    if scored:
+        _place_labels(fig, ax, [(name, x / scale, y) for name, x, y in scored],
+                      avoid=[(f.chosen[0] / scale, f.chosen[1])])
     _save(fig, path)
