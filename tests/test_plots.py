@@ -278,16 +278,17 @@ def test_a_failed_write_leaves_the_old_picture(tmp_path, inspect_doc, monkeypatc
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["inspect", "eval"])
+@pytest.mark.parametrize("command", ["inspect", "eval", "convert"])
 def test_missing_matplotlib_is_one_line_exit_2(capsys, tmp_path, monkeypatch, command):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     picture = tmp_path / "p.png"
-    args = ([FIXTURE, "--reference", FIXTURE] if command == "inspect"
-            else [tmp_path / "missing.gguf", "--reference", tmp_path / "missing-ref.gguf"])
+    args = {"inspect": [FIXTURE, "--reference", FIXTURE],
+            "eval": [tmp_path / "missing.gguf", "--reference", tmp_path / "missing-ref.gguf"],
+            "convert": [FIXTURE, "--target-bpw", "4.5", "-o", tmp_path / "m.gguf"]}[command]
     code, out, err = run(capsys, command, *args, "--plot", picture)
     assert code == 2, err
     assert err.count("\n") == 1 and "pip install 'qtool[plots]'" in err and "Traceback" not in err, err
-    assert not picture.exists() and out == ""
+    assert os.listdir(tmp_path) == [] and out == ""  # no picture, nor a converted model: refused before any work
 
 
 @pytest.mark.parametrize("name", ["p.jpg", "p.pdf", "p", "p.png.txt"])
