@@ -34,7 +34,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, bits_f32, f32_bits, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.common import F32, bits_f32, f32_bits, fp32_to_fp16_bits, jit, jit_rows, load_fp16, store_fp16
 from qtool.kernels.search import make_qkx3_quants_s, make_qx_quants_s, qkx_scratch, qx_scratch
 
 QK = 32
@@ -69,97 +69,9 @@ def c_int_roundf(v):
     return i
 
 
-@jit
-def _min_i8(v, hi):
-    """MIN(hi, (int8_t)v) as uint8_t: the low byte of the cast, signed, clamped above only."""
-    q = np.int8(c_int(v))
-    if q > hi:
-        q = np.int8(hi)
-    return np.uint8(q)
-
-
 # -- block statistics ----------------------------------------------------------------------------
 # Block functions take the block's own slices (xb float32[32], yb uint8[type_size]): indices that
 # start at zero let LLVM drop numba's negative-index wraparound and vectorize the loops.
-#
-# The C scans a block in order, keeping the first value that ties (``if (amax < fabsf(v))``,
-# ``if (v < min)``): the result is the first element equal to the extreme, which matters for
-# -x/+x and -0/+0 ties. Four independent scans over the quarters of the block, merged in order
-# with the same strict comparison, give that same element with a quarter of the dependency chain.
-
-@jit
-def _signed_absmax(xb):
-    """The value of largest magnitude in xb[0:32], the first one on ties (0 for an all-zero block)."""
-    a0 = F32(0.0)
-    a1 = F32(0.0)
-    a2 = F32(0.0)
-    a3 = F32(0.0)
-    m0 = F32(0.0)
-    m1 = F32(0.0)
-    m2 = F32(0.0)
-    m3 = F32(0.0)
-    for j in range(8):
-        v = xb[j]
-        av = abs(v)
-        g = a0 < av
-        a0 = av if g else a0
-        m0 = v if g else m0
-        v = xb[8 + j]
-        av = abs(v)
-        g = a1 < av
-        a1 = av if g else a1
-        m1 = v if g else m1
-        v = xb[16 + j]
-        av = abs(v)
-        g = a2 < av
-        a2 = av if g else a2
-        m2 = v if g else m2
-        v = xb[24 + j]
-        av = abs(v)
-        g = a3 < av
-        a3 = av if g else a3
-        m3 = v if g else m3
-    g = a0 < a1
-    a0 = a1 if g else a0
-    m0 = m1 if g else m0
-    g = a0 < a2
-    a0 = a2 if g else a0
-    m0 = m2 if g else m0
-    return m3 if a0 < a3 else m0
-
-
-@jit
-def _min_max(xb):
-    """(min, max) of xb[0:32] as the C finds them from (FLT_MAX, -FLT_MAX): first element on ties."""
-    a0 = _FLT_MAX
-    a1 = _FLT_MAX
-    a2 = _FLT_MAX
-    a3 = _FLT_MAX
-    b0 = -_FLT_MAX
-    b1 = -_FLT_MAX
-    b2 = -_FLT_MAX
-    b3 = -_FLT_MAX
-    for j in range(8):
-        v = xb[j]
-        a0 = v if v < a0 else a0
-        b0 = v if v > b0 else b0
-        v = xb[8 + j]
-        a1 = v if v < a1 else a1
-        b1 = v if v > b1 else b1
-        v = xb[16 + j]
-        a2 = v if v < a2 else a2
-        b2 = v if v > b2 else b2
-        v = xb[24 + j]
-        a3 = v if v < a3 else a3
-        b3 = v if v > b3 else b3
-    a0 = a1 if a1 < a0 else a0
-    a0 = a2 if a2 < a0 else a0
-    a0 = a3 if a3 < a0 else a0
-    b0 = b1 if b1 > b0 else b0
-    b0 = b2 if b2 > b0 else b0
-    b0 = b3 if b3 > b0 else b0
-    return a0, b0
-
 
 @jit
 def _inverse(d):
@@ -219,64 +131,178 @@ def _pack_q5_codes(L, yb, pqh, pqs):
     _store_u32(yb, pqh, qh)
 
 
-# -- per-block quantizers, reference (no importance) path ----------------------------------------
+# -- row quantizers, reference (no importance) path ----------------------------------------------
+# One function per row, indexing the row's arrays at block offsets: no per-block slices (each slice
+# is a reference-counted array, whose NRT incref/decref cost more than the block's arithmetic) and
+# no per-block calls (the helpers below are inlined by Numba, so LLVM sees one loop nest). The 16
+# byte-wide steps of each block then vectorize: the casts are written branch-free with selects.
+
+_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+
+
+@_inline
+def _code(v, hi):
+    """MIN(hi, (int8_t)v) read back as the uint8 the C stores, in an int32; c_int's cast without a branch."""
+    ok = (v >= F32(-2147483648.0)) & (v < F32(2147483648.0))
+    i = np.int32(v if ok else F32(0.0))
+    i = i if ok else _I32_MIN
+    q = np.int32(np.int8(i))
+    q = q if q < hi else np.int32(hi)
+    return q & np.int32(0xFF)
+
+
+@_inline
+def _code_u8(v):
+    """(uint8_t)v as the C compiles it: the low byte of c_int(v), branch-free."""
+    ok = (v >= F32(-2147483648.0)) & (v < F32(2147483648.0))
+    i = np.int32(v if ok else F32(0.0))
+    i = i if ok else _I32_MIN
+    return i & np.int32(0xFF)
+
+
+@_inline
+def _put_fp16(y, p, f):
+    h = fp32_to_fp16_bits(f)
+    y[p] = np.uint8(h & np.uint16(0xFF))
+    y[p + 1] = np.uint8(h >> np.uint16(8))
+
+
+@_inline
+def _put_u32(y, p, v):
+    y[p] = np.uint8(v & np.uint32(0xFF))
+    y[p + 1] = np.uint8((v >> np.uint32(8)) & np.uint32(0xFF))
+    y[p + 2] = np.uint8((v >> np.uint32(16)) & np.uint32(0xFF))
+    y[p + 3] = np.uint8(v >> np.uint32(24))
+
+
+# The C scans a block in order and keeps the first value that ties (``if (amax < fabsf(v))``,
+# ``if (v < min)``): the first element equal to the extreme, which matters for -x/+x and -0/+0. Here
+# each element gets an int64 key, its float32 bits made ordered (magnitude bits for absmax; the
+# sign-magnitude bits as a signed integer for min/max, -0 and +0 both 0) shifted left by 5, with the
+# element's index in the low 5 bits, arranged so that the earlier index wins a tie. One integer
+# max or min over the 32 keys (a reduction LLVM vectorizes, which it may not do for floats without
+# fast-math) then names the element the C keeps. NaN never wins, as no comparison in the C is true
+# for it, and the C's starting values (0, FLT_MAX, -FLT_MAX) are kept where nothing beats them.
+
+_ABS_BITS = np.uint32(0x7FFFFFFF)
+_INF_KEY = np.int64(0x7F800000)
+_FLT_MAX_KEY = np.int64(0x7F7FFFFF)
+
+
+@_inline
+def _absmax_at(x, o):
+    """The value of largest magnitude in x[o:o+32], the first one on ties (0 when all are zero)."""
+    best = np.int64(0)
+    for j in range(QK):
+        a = np.int64(f32_bits(x[o + j]) & _ABS_BITS)
+        a = a if a <= _INF_KEY else np.int64(0)  # NaN
+        k = (a << 5) | np.int64(31 - j)
+        best = k if k > best else best
+    if (best >> 5) == 0:
+        return F32(0.0)
+    return x[o + 31 - (best & 31)]
+
+
+@_inline
+def _order_key(v):
+    """float32 -> int64 in the float order, -0 == +0 (NaN: greater than +inf in magnitude)."""
+    bits = f32_bits(v)
+    a = np.int64(bits & _ABS_BITS)
+    return -a if (bits >> np.uint32(31)) != np.uint32(0) else a
+
+
+@_inline
+def _min_max_at(x, o):
+    """(min, max) of x[o:o+32] as the C finds them from (FLT_MAX, -FLT_MAX): first element on ties."""
+    kmin = np.int64(0x7FFFFFFFFFFFFFFF)
+    kmax = np.int64(-0x7FFFFFFFFFFFFFFF)
+    for j in range(QK):
+        v = x[o + j]
+        k = _order_key(v)
+        nan = v != v
+        k1 = ((_INF_KEY + 1) if nan else k) << 5 | np.int64(j)
+        k2 = ((-_INF_KEY - 1) if nan else k) << 5 | np.int64(31 - j)
+        kmin = k1 if k1 < kmin else kmin
+        kmax = k2 if k2 > kmax else kmax
+    mn = _FLT_MAX if (kmin >> 5) > _FLT_MAX_KEY else x[o + (kmin & 31)]
+    mx = -_FLT_MAX if (kmax >> 5) < -_FLT_MAX_KEY else x[o + 31 - (kmax & 31)]
+    return mn, mx
+
+
+@_inline
+def _inv(d):
+    """``d ? 1.0f/d : 0.0f``, inlined."""
+    return F32(1.0) / d if d != F32(0.0) else F32(0.0)
+
 
 @jit
-def q4_0_block_ref(xb, yb):
-    """quantize_row_q4_0_ref for one block: xb float32[32] -> yb uint8[18]."""
-    d = _signed_absmax(xb) / F32(-8.0)
-    idv = _inverse(d)
-    store_fp16(yb, 0, d)
-    for j in range(16):
-        lo = _min_i8(xb[j] * idv + F32(8.5), 15)
-        hi = _min_i8(xb[16 + j] * idv + F32(8.5), 15)
-        yb[2 + j] = np.uint8((np.int32(lo) | (np.int32(hi) << 4)) & 0xFF)
+def q4_0_row_ref(x, y):
+    """quantize_row_q4_0_ref: x float32[n] -> y uint8[n/32*18]."""
+    for ib in range(x.shape[0] // QK):
+        o = ib * QK
+        p = ib * 18
+        d = _absmax_at(x, o) / F32(-8.0)
+        idv = _inv(d)
+        _put_fp16(y, p, d)
+        for j in range(16):
+            lo = _code(x[o + j] * idv + F32(8.5), 15)
+            hi = _code(x[o + 16 + j] * idv + F32(8.5), 15)
+            y[p + 2 + j] = np.uint8(lo | (hi << 4))
 
 
 @jit
-def q4_1_block_ref(xb, yb):
-    """quantize_row_q4_1_ref for one block: xb float32[32] -> yb uint8[20]."""
-    mn, mx = _min_max(xb)
-    d = (mx - mn) / F32(15.0)
-    idv = _inverse(d)
-    store_fp16(yb, 0, d)
-    store_fp16(yb, 2, mn)
-    for j in range(16):
-        lo = _min_i8((xb[j] - mn) * idv + F32(0.5), 15)
-        hi = _min_i8((xb[16 + j] - mn) * idv + F32(0.5), 15)
-        yb[4 + j] = np.uint8((np.int32(lo) | (np.int32(hi) << 4)) & 0xFF)
+def q4_1_row_ref(x, y):
+    """quantize_row_q4_1_ref: x float32[n] -> y uint8[n/32*20]."""
+    for ib in range(x.shape[0] // QK):
+        o = ib * QK
+        p = ib * 20
+        mn, mx = _min_max_at(x, o)
+        d = (mx - mn) / F32(15.0)
+        idv = _inv(d)
+        _put_fp16(y, p, d)
+        _put_fp16(y, p + 2, mn)
+        for j in range(16):
+            lo = _code((x[o + j] - mn) * idv + F32(0.5), 15)
+            hi = _code((x[o + 16 + j] - mn) * idv + F32(0.5), 15)
+            y[p + 4 + j] = np.uint8(lo | (hi << 4))
 
 
 @jit
-def q5_0_block_ref(xb, yb):
-    """quantize_row_q5_0_ref for one block: xb float32[32] -> yb uint8[22]."""
-    d = _signed_absmax(xb) / F32(-16.0)
-    idv = _inverse(d)
-    store_fp16(yb, 0, d)
-    qs = yb[6:22]
-    qh = np.uint32(0)
-    for j in range(16):
-        a = np.uint32(_min_i8(xb[j] * idv + F32(16.5), 31))
-        b = np.uint32(_min_i8(xb[16 + j] * idv + F32(16.5), 31))
-        qh |= _pack_q5(a, b, j, qs)
-    _store_u32(yb, 2, qh)
+def q5_0_row_ref(x, y):
+    """quantize_row_q5_0_ref: x float32[n] -> y uint8[n/32*22]."""
+    for ib in range(x.shape[0] // QK):
+        o = ib * QK
+        p = ib * 22
+        d = _absmax_at(x, o) / F32(-16.0)
+        idv = _inv(d)
+        _put_fp16(y, p, d)
+        qh = np.uint32(0)
+        for j in range(16):
+            a = _code(x[o + j] * idv + F32(16.5), 31)
+            b = _code(x[o + 16 + j] * idv + F32(16.5), 31)
+            y[p + 6 + j] = np.uint8((a & np.int32(0x0F)) | ((b & np.int32(0x0F)) << 4))
+            qh |= (np.uint32((a >> 4) & 1) << np.uint32(j)) | (np.uint32((b >> 4) & 1) << np.uint32(j + 16))
+        _put_u32(y, p + 2, qh)
 
 
 @jit
-def q5_1_block_ref(xb, yb):
-    """quantize_row_q5_1_ref for one block: xb float32[32] -> yb uint8[24]."""
-    mn, mx = _min_max(xb)
-    d = (mx - mn) / F32(31.0)
-    idv = _inverse(d)
-    store_fp16(yb, 0, d)
-    store_fp16(yb, 2, mn)
-    qs = yb[8:24]
-    qh = np.uint32(0)
-    for j in range(16):
-        a = np.uint32(c_int((xb[j] - mn) * idv + F32(0.5)) & np.int32(0xFF))
-        b = np.uint32(c_int((xb[16 + j] - mn) * idv + F32(0.5)) & np.int32(0xFF))
-        qh |= _pack_q5(a, b, j, qs)
-    _store_u32(yb, 4, qh)
+def q5_1_row_ref(x, y):
+    """quantize_row_q5_1_ref: x float32[n] -> y uint8[n/32*24]."""
+    for ib in range(x.shape[0] // QK):
+        o = ib * QK
+        p = ib * 24
+        mn, mx = _min_max_at(x, o)
+        d = (mx - mn) / F32(31.0)
+        idv = _inv(d)
+        _put_fp16(y, p, d)
+        _put_fp16(y, p + 2, mn)
+        qh = np.uint32(0)
+        for j in range(16):
+            a = _code_u8((x[o + j] - mn) * idv + F32(0.5))
+            b = _code_u8((x[o + 16 + j] - mn) * idv + F32(0.5))
+            y[p + 8 + j] = np.uint8((a & np.int32(0x0F)) | ((b & np.int32(0x0F)) << 4))
+            qh |= (np.uint32((a >> 4) & 1) << np.uint32(j)) | (np.uint32((b >> 4) & 1) << np.uint32(j + 16))
+        _put_u32(y, p + 4, qh)
 
 
 @jit
@@ -344,8 +370,7 @@ def quantize_q4_0(rows, qw, out):
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            for ib in range(n // QK):
-                q4_0_block_ref(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 18:(ib + 1) * 18])
+            q4_0_row_ref(rows[r], out[r])
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
@@ -363,8 +388,7 @@ def quantize_q5_0(rows, qw, out):
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            for ib in range(n // QK):
-                q5_0_block_ref(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 22:(ib + 1) * 22])
+            q5_0_row_ref(rows[r], out[r])
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
@@ -382,8 +406,7 @@ def quantize_q4_1(rows, qw, out):
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            for ib in range(n // QK):
-                q4_1_block_ref(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 20:(ib + 1) * 20])
+            q4_1_row_ref(rows[r], out[r])
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
@@ -402,8 +425,7 @@ def quantize_q5_1(rows, qw, out):
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            for ib in range(n // QK):
-                q5_1_block_ref(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 24:(ib + 1) * 24])
+            q5_1_row_ref(rows[r], out[r])
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
