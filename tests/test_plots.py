@@ -415,6 +415,11 @@ def test_frontier_presets_are_scored_by_the_mix_measure():
     n = 64 + 128 + 32 + 16
     assert f.presets[0] == ("A", 120.0, pytest.approx((64 * 0.02 + 128 * 0.07 + 32 * 0.01 + 16 * 0.05) / n))
     assert f.presets[1] == ("B", 170.0, None)  # Q5_K was not measured: size only
+    # the search at each preset's size: within it, and no worse than the preset where it could be scored
+    (name_a, xa, ya), (name_b, xb, yb) = f.mixes_at_presets
+    assert (name_a, name_b) == ("A", "B") and xa <= 120 and xb <= 170
+    assert ya <= f.presets[0][2] and yb <= ya
+    assert [t.choice for t in mix.tensors] == [0, 0, 0]  # the mix itself is left as it was
     mix.target = type(mix.target)("bpw", 1.2, "1.2")
     g = plots.frontier_data(mix, n_elements=1000, stock=stock)
     assert g.x[0] == 8.0 * f.x[0] / 1000 and g.presets[0][1] == 8.0 * 120 / 1000 and g.budget == 8.0 * 150 / 1000
@@ -442,6 +447,10 @@ def test_convert_target_size_frontier_svg(capsys, tmp_path, monkeypatch):
     # at Q4_K_M's size the mix predicts no more error than Q4_K_M by the same measure, and no preset that was
     # scored lies below the frontier
     assert presets["Q4_K_M"][1] is not None and f.chosen[1] <= presets["Q4_K_M"][1]
+    at = {name: (x, y) for name, x, y in f.mixes_at_presets}
+    assert at["Q4_K_M"] == f.chosen  # the search at Q4_K_M's size is this run's mix
+    for name, (x, y) in at.items():
+        assert x <= presets[name][0] and (presets[name][1] is None or y <= presets[name][1] * (1 + 1e-12)), name
     for name, (x, y) in presets.items():
         if y is not None and f.x[0] <= x <= f.x[-1]:
             assert y >= np.interp(x, f.x, f.y) * (1 - 1e-12), name

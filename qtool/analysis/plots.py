@@ -481,6 +481,8 @@ class Frontier:
     target: str                # as the user wrote it
     #: (preset, x, predicted error or None where one of its types was not measured)
     presets: list[tuple[str, float, float | None]] = field(default_factory=list)
+    #: (preset, x, predicted error) of the mix the search chooses with each preset's size as the budget
+    mixes_at_presets: list[tuple[str, float, float]] = field(default_factory=list)
     candidates: list[str] = field(default_factory=list)
 
 
@@ -533,10 +535,15 @@ def frontier_data(mix, n_elements: int, stock: dict[str, tuple[int, dict]] | Non
     presets = []
     for name, (nbytes, types) in (stock or {}).items():
         presets.append((name, x_of(nbytes), mix.error_of(types)))
+    # the search itself at each preset's size (re-solved on the measured table, nothing quantized again)
+    names = list(stock or {})
+    solved = mix.frontier([stock[p][0] for p in names]) if names else []
+    at = [(p, x_of(r[1]), float(r[2])) for p, r in zip(names, solved) if r is not None]
     return Frontier(mix.target.kind, "imatrix-weighted rel_mse" if mix.weighted else "rel_mse",
                     np.array([x_of(c) for c in xs]), np.array(ys) / n,
-                    (x_of(mix.total), float(mix.predicted_error)), x_of(mix.budget), mix.target.text, presets,
-                    [getattr(c, "name", str(c)) for c in mix.candidates])
+                    (x_of(mix.total), float(mix.predicted_error)), x_of(mix.budget), mix.target.text,
+                    presets=presets, mixes_at_presets=at,
+                    candidates=[getattr(c, "name", str(c)) for c in mix.candidates])
 
 
 def _size_unit(values: Sequence[float]) -> tuple[float, str]:
@@ -562,8 +569,8 @@ _LABEL_SPOTS = ((5, 3, "left", "bottom"), (5, -3, "left", "top"), (-5, 3, "right
 
 
 def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: Sequence[tuple[float, float]] = ()):
-    """Name each point beside it, at the first spot where the label overlaps no label placed before and no
-    other point of ``points`` or ``avoid`` (where every spot does: the first). Call it last, once the axes,
+    """Name each point beside it, at the first spot inside the axes where the label overlaps no label placed
+    before and no other point of ``points`` or ``avoid`` (where every spot does: the first). Call it last, once the axes,
     scales and titles are set: it lays the figure out to know where things are."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.transforms import Bbox
@@ -575,12 +582,15 @@ def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: Sequen
     marks = [Bbox.from_bounds(cx - 6, cy - 6, 12, 12) for cx, cy in centres]
     labels: list = []
     for k, (name, x, y) in enumerate(points):
-        others = labels + [m for j, m in enumerate(marks) if j != k]
+        here = centres[k]  # marks on the point itself (a mix that is the preset) do not count
+        others = labels + [m for j, m in enumerate(marks) if j != k and
+                           (abs(centres[j][0] - here[0]) > 2 or abs(centres[j][1] - here[1]) > 2)]
         for dx, dy, ha, va in _LABEL_SPOTS:
             text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
                                fontsize=8)
-            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(o) for o in others):
+            box = text.get_window_extent(renderer).expanded(1.1, 1.15)
+            inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
+            if inside and not any(box.overlaps(o) for o in others):
                 break
             text.remove()
         else:
@@ -588,6 +598,7 @@ def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: Sequen
             text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
                                fontsize=8)
             box = text.get_window_extent(renderer)
+        text.set_in_layout(False)  # the layout must not move the axes under the labels just placed
         labels.append(box)
 
 
@@ -606,6 +617,14 @@ def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
     ax.plot([f.chosen[0] / scale], [f.chosen[1]], marker="*", ms=15, color="#d62728", ls="none",
             label=f"the mix: {f.chosen[1]:.4g}", zorder=5)
     scored = _same_point([p for p in f.presets if p[2] is not None])
+    by_preset = {name: (x, y) for name, x, y in f.presets}
+    if f.mixes_at_presets:
+        for name, x, y in f.mixes_at_presets:
+            px, py = by_preset.get(name, (None, None))
+            if py is not None:  # from the preset to the mix of its size
+                ax.plot([px / scale, x / scale], [py, y], color="#d62728", lw=0.8, alpha=0.6, zorder=3)
+        ax.plot([p[1] / scale for p in f.mixes_at_presets], [p[2] for p in f.mixes_at_presets], "o", ms=4.5,
+                mfc="white", mec="#d62728", mew=1.2, ls="none", zorder=4, label="a mix at each preset's size")
     unscored = _same_point([p for p in f.presets if p[2] is None])
     lo, hi = min(xs_all) / scale, max(xs_all) / scale
     span = (hi - lo) or 1.0
@@ -613,7 +632,7 @@ def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
     if scored:
         ax.plot([p[1] / scale for p in scored], [p[2] for p in scored], "o", color="#2ca02c", ms=6,
                 label="stock presets (same measure)", zorder=4)
-    ys = np.concatenate([f.y, [f.chosen[1]], [p[2] for p in scored]])
+    ys = np.concatenate([f.y, [f.chosen[1]], [p[2] for p in scored], [p[2] for p in f.mixes_at_presets]])
     ys = ys[np.isfinite(ys) & (ys > 0)]
     if ys.size and ys.max() >= 10 * ys.min():
         ax.set_yscale("log")
@@ -638,5 +657,5 @@ def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
                  + textwrap.fill(f"candidates {', '.join(f.candidates)}", 110), fontsize=9.5)
     if scored:
         _place_labels(fig, ax, [(name, x / scale, y) for name, x, y in scored],
-                      avoid=[(f.chosen[0] / scale, f.chosen[1])])
+                      avoid=[(f.chosen[0] / scale, f.chosen[1])] + [(x / scale, y) for _, x, y in f.mixes_at_presets])
     _save(fig, path)
