@@ -236,12 +236,16 @@ def _inv(d):
 
 
 @jit
-def q4_0_row_ref(x, y):
-    """quantize_row_q4_0_ref: x float32[n] -> y uint8[n/32*18]."""
-    for ib in range(x.shape[0] // QK):
+def q4_0_row_ref(x, y, amax):
+    """quantize_row_q4_0_ref: x float32[n] -> y uint8[n/32*18]; amax float32[n/32] scratch
+    (two passes, as q4_1_row_ref)."""
+    nb = x.shape[0] // QK
+    for ib in range(nb):
+        amax[ib] = _absmax_at(x, ib * QK)
+    for ib in range(nb):
         o = ib * QK
         p = ib * 18
-        d = _absmax_at(x, o) / F32(-8.0)
+        d = amax[ib] / F32(-8.0)
         idv = _inv(d)
         _put_fp16(y, p, d)
         for j in range(16):
@@ -251,13 +255,19 @@ def q4_0_row_ref(x, y):
 
 
 @jit
-def q4_1_row_ref(x, y):
-    """quantize_row_q4_1_ref: x float32[n] -> y uint8[n/32*20]."""
-    for ib in range(x.shape[0] // QK):
+def q4_1_row_ref(x, y, mins, maxs):
+    """quantize_row_q4_1_ref: x float32[n] -> y uint8[n/32*20]; mins, maxs float32[n/32] scratch.
+
+    Two passes: every block's min and max first (independent reductions the CPU overlaps), then
+    the scales and codes, on a row that the first pass has brought into cache."""
+    nb = x.shape[0] // QK
+    for ib in range(nb):
+        mins[ib], maxs[ib] = _min_max_at(x, ib * QK)
+    for ib in range(nb):
         o = ib * QK
         p = ib * 20
-        mn, mx = _min_max_at(x, o)
-        d = (mx - mn) / F32(15.0)
+        mn = mins[ib]
+        d = (maxs[ib] - mn) / F32(15.0)
         idv = _inv(d)
         _put_fp16(y, p, d)
         _put_fp16(y, p + 2, mn)
@@ -268,12 +278,16 @@ def q4_1_row_ref(x, y):
 
 
 @jit
-def q5_0_row_ref(x, y):
-    """quantize_row_q5_0_ref: x float32[n] -> y uint8[n/32*22]."""
-    for ib in range(x.shape[0] // QK):
+def q5_0_row_ref(x, y, amax):
+    """quantize_row_q5_0_ref: x float32[n] -> y uint8[n/32*22]; amax float32[n/32] scratch
+    (two passes, as q4_1_row_ref)."""
+    nb = x.shape[0] // QK
+    for ib in range(nb):
+        amax[ib] = _absmax_at(x, ib * QK)
+    for ib in range(nb):
         o = ib * QK
         p = ib * 22
-        d = _absmax_at(x, o) / F32(-16.0)
+        d = amax[ib] / F32(-16.0)
         idv = _inv(d)
         _put_fp16(y, p, d)
         qh = np.uint32(0)
@@ -286,13 +300,17 @@ def q5_0_row_ref(x, y):
 
 
 @jit
-def q5_1_row_ref(x, y):
-    """quantize_row_q5_1_ref: x float32[n] -> y uint8[n/32*24]."""
-    for ib in range(x.shape[0] // QK):
+def q5_1_row_ref(x, y, mins, maxs):
+    """quantize_row_q5_1_ref: x float32[n] -> y uint8[n/32*24]; mins, maxs float32[n/32] scratch
+    (two passes, as q4_1_row_ref)."""
+    nb = x.shape[0] // QK
+    for ib in range(nb):
+        mins[ib], maxs[ib] = _min_max_at(x, ib * QK)
+    for ib in range(nb):
         o = ib * QK
         p = ib * 24
-        mn, mx = _min_max_at(x, o)
-        d = (mx - mn) / F32(31.0)
+        mn = mins[ib]
+        d = (maxs[ib] - mn) / F32(31.0)
         idv = _inv(d)
         _put_fp16(y, p, d)
         _put_fp16(y, p + 2, mn)
@@ -370,7 +388,7 @@ def quantize_q4_0(rows, qw, out):
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            q4_0_row_ref(rows[r], out[r])
+            q4_0_row_ref(rows[r], out[r], np.empty(n // QK, dtype=np.float32))
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
@@ -388,7 +406,7 @@ def quantize_q5_0(rows, qw, out):
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            q5_0_row_ref(rows[r], out[r])
+            q5_0_row_ref(rows[r], out[r], np.empty(n // QK, dtype=np.float32))
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
@@ -406,7 +424,9 @@ def quantize_q4_1(rows, qw, out):
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            q4_1_row_ref(rows[r], out[r])
+            mins = np.empty(n // QK, dtype=np.float32)
+            maxs = np.empty(n // QK, dtype=np.float32)
+            q4_1_row_ref(rows[r], out[r], mins, maxs)
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
@@ -425,7 +445,9 @@ def quantize_q5_1(rows, qw, out):
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            q5_1_row_ref(rows[r], out[r])
+            mins = np.empty(n // QK, dtype=np.float32)
+            maxs = np.empty(n // QK, dtype=np.float32)
+            q5_1_row_ref(rows[r], out[r], mins, maxs)
     else:
         for r in numba.prange(nrows):
             weight = np.empty(QK, dtype=np.float32)
