@@ -341,7 +341,8 @@ def draw_heatmaps(maps: Sequence[HeatMap], path: Path, *, title: str, subtitle: 
                 else:
                     ax.set_axis_off()
         if im is not None:
-            cb = fig.colorbar(im, ax=axes, fraction=0.04 if len(idx) == 1 else 0.025, pad=0.02)
+            cb = fig.colorbar(im, ax=axes, fraction=0.04 if len(idx) == 1 else 0.025, pad=0.02,
+                              aspect=20 * len(idx), shrink=0.9 if len(idx) > 1 else 1.0)
             cb.set_label(maps[idx[0]].label + (" (log scale)" if log else ""), fontsize=8)
             cb.ax.tick_params(labelsize=7)
     notes = []
