@@ -117,3 +117,32 @@ def test_ties_match_ggml(oracle, qtype, path):
     x = tie_rows()
     w = _imatrix(path, x.shape[1], 3)
     assert quantize_vs_ggml_report(qtype, x, w) == ""
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1], **ids)
+def test_ref_kernel_nonfinite_blocks_match_ggml(oracle, qtype):
+    """The ref kernels' block scans on NaN (both signs, with payloads), +-inf, +-FLT_MAX-scale, subnormal and
+    signed-zero values, alone and mixed into gaussian blocks, give ggml's bytes. quantize() refuses such rows
+    before the kernel; this pins the kernels' own claim that NaN never wins a scan and the C's start values
+    (0, FLT_MAX, -FLT_MAX) are kept."""
+    from qtool.kernels import legacy as k
+
+    rng = np.random.default_rng(12)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 3e38, -3e38, 1e-40, -1e-40], np.float32)
+    picks = [special, special[[0, 2]], special[[0, 3, 4]], special[[3, 4, 7, 8]], special[[0, 1]]]
+    x = rng.standard_normal((250, 128)).astype(np.float32)
+    for r in range(x.shape[0]):
+        if r % 2:
+            x[r] = rng.choice(picks[r // 2 % len(picks)], x.shape[1])
+        else:
+            m = rng.random(x.shape[1]) < 0.2
+            x[r, m] = rng.choice(special, int(m.sum()))
+    bits = x.view(np.uint32)
+    nan = np.isnan(x)
+    bits[nan] = np.where(rng.random(int(nan.sum())) < 0.5, 0x7FC00001, 0xFFC12345).astype(np.uint32)
+    kernel = getattr(k, f"quantize_{qtype.name.lower()}")
+    ours = np.empty((x.shape[0], get(qtype).row_bytes(x.shape[1])), np.uint8)
+    with np.errstate(all="ignore"):
+        kernel(x, k.NO_WEIGHTS, ours)
+        ref = oracle.quantize(qtype, x, None)
+    assert mismatch_report(ours, ref, get(qtype).type_size) == ""
