@@ -212,8 +212,8 @@ def _order_key(v):
 
 
 @_inline
-def _min_max_at(x, o):
-    """(min, max) of x[o:o+32] as the C finds them from (FLT_MAX, -FLT_MAX): first element on ties."""
+def _min_max_nan_at(x, o):
+    """_min_max_at for a block where a NaN won the plain key scan: NaN keys masked out."""
     kmin = np.int64(0x7FFFFFFFFFFFFFFF)
     kmax = np.int64(-0x7FFFFFFFFFFFFFFF)
     for j in range(QK):
@@ -224,6 +224,28 @@ def _min_max_at(x, o):
         k2 = ((-_INF_KEY - 1) if nan else k) << 5 | np.int64(31 - j)
         kmin = k1 if k1 < kmin else kmin
         kmax = k2 if k2 > kmax else kmax
+    mn = _FLT_MAX if (kmin >> 5) > _FLT_MAX_KEY else x[o + (kmin & 31)]
+    mx = -_FLT_MAX if (kmax >> 5) < -_FLT_MAX_KEY else x[o + 31 - (kmax & 31)]
+    return mn, mx
+
+
+@_inline
+def _min_max_at(x, o):
+    """(min, max) of x[o:o+32] as the C finds them from (FLT_MAX, -FLT_MAX): first element on ties.
+
+    The keys of a NaN lie beyond those of +-inf, so a NaN can only spoil the scan by winning it (a
+    negative NaN the min, a positive NaN the max), which its key shows: then the block is scanned
+    again with NaN masked out. A +NaN losing the min or a -NaN losing the max changes nothing."""
+    kmin = np.int64(0x7FFFFFFFFFFFFFFF)
+    kmax = np.int64(-0x7FFFFFFFFFFFFFFF)
+    for j in range(QK):
+        k = _order_key(x[o + j]) << 5
+        k1 = k | np.int64(j)
+        k2 = k | np.int64(31 - j)
+        kmin = k1 if k1 < kmin else kmin
+        kmax = k2 if k2 > kmax else kmax
+    if (kmin >> 5) < -_INF_KEY or (kmax >> 5) > _INF_KEY:
+        return _min_max_nan_at(x, o)
     mn = _FLT_MAX if (kmin >> 5) > _FLT_MAX_KEY else x[o + (kmin & 31)]
     mx = -_FLT_MAX if (kmax >> 5) < -_FLT_MAX_KEY else x[o + 31 - (kmax & 31)]
     return mn, mx
