@@ -74,7 +74,10 @@ class LlamaModel:
     Use as a context manager (or call :meth:`close`): the model and context live in C memory.
     """
 
-    def __init__(self, path: str | Path, *, n_ctx: int, threads: int):
+    def __init__(self, path: str | Path, *, n_ctx: int = 0, threads: int = 2, embeddings: bool = False,
+                 f32_cache: bool = False, vocab_only: bool = False):
+        """``embeddings``: the context pools embeddings instead of computing logits; ``f32_cache``: the KV cache
+        in F32; ``vocab_only``: load the vocabulary alone (tokenize/detokenize only, no context)."""
         self.path = Path(path)
         lc = self._lc = load_llama()
         if not self.path.is_file():
@@ -82,6 +85,7 @@ class LlamaModel:
         mparams = lc.llama_model_default_params()
         mparams.use_extra_bufts = False
         mparams.n_gpu_layers = 0
+        mparams.vocab_only = bool(vocab_only)
         _state["errors"].clear()
         self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
@@ -93,12 +97,16 @@ class LlamaModel:
         self.bos = int(lc.llama_vocab_bos(self._vocab))
         self.n_ctx_train = int(lc.llama_model_n_ctx_train(self._model))
         self.n_ctx = int(n_ctx)
+        if vocab_only:
+            return
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = self.n_ctx
         cparams.n_seq_max = 1
         cparams.n_threads = cparams.n_threads_batch = int(threads)
         cparams.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cparams.embeddings = False
+        cparams.embeddings = bool(embeddings)
+        if f32_cache:
+            cparams.type_k = cparams.type_v = 0  # GGML_TYPE_F32
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()
@@ -144,11 +152,23 @@ class LlamaModel:
                 return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
             n_max = -n
 
+    def detokenize(self, tokens) -> bytes:
+        """The text of ``tokens`` (special tokens rendered, no space stripping)."""
+        lc = self._lc
+        arr = (lc.llama_token * max(1, len(tokens)))(*map(int, tokens))
+        n_max = 16 * len(tokens) + 16
+        while True:
+            buf = ctypes.create_string_buffer(n_max)
+            n = lc.llama_detokenize(self._vocab, arr, len(tokens), buf, n_max, False, False)
+            if n >= 0:
+                return buf.raw[:n]
+            n_max = -n
+
     # -- evaluation -------------------------------------------------------------------------------
 
-    def window_logits(self, tokens: np.ndarray, first: int, last: int) -> np.ndarray:
-        """Run ``tokens`` (one window, at most n_ctx) from an empty cache; the logits at positions
-        ``first`` .. ``last - 1`` as float32 ``[last - first, n_vocab]`` (a copy)."""
+    def _run(self, tokens, first: int, last: int) -> None:
+        """Run ``tokens`` as one sequence from an empty cache, outputs at positions ``first`` .. ``last - 1``
+        (an encoder-only model, BERT, is encoded)."""
         lc, n = self._lc, len(tokens)
         if n > self.n_ctx or not 0 <= first < last <= n:
             raise ValueError(f"window of {n} tokens, outputs {first}..{last} (n_ctx {self.n_ctx})")
@@ -165,10 +185,27 @@ class LlamaModel:
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = 1 if first <= i < last else 0
             _state["errors"].clear()
-            rc = lc.llama_decode(self._ctx, batch)
+            decode = lc.llama_model_has_decoder(self._model)
+            rc = lc.llama_decode(self._ctx, batch) if decode else lc.llama_encode(self._ctx, batch)
             if rc != 0:
-                raise QtoolError(f"{self.path}: llama_decode returned {rc}{_why()}")
+                raise QtoolError(f"{self.path}: llama_{'decode' if decode else 'encode'} returned {rc}{_why()}")
         finally:
             lc.llama_batch_free(batch)
+
+    def embedding(self, tokens) -> np.ndarray:
+        """The model's pooled embedding of ``tokens`` (its own pooling type), float32 ``[n_embd]`` (a copy);
+        the model must have been loaded with ``embeddings=True``."""
+        lc = self._lc
+        self._run(tokens, 0, len(tokens))
+        ptr = lc.llama_get_embeddings_seq(self._ctx, 0)
+        if not ptr:
+            raise QtoolError(f"{self.path}: no pooled embedding (the model's pooling type is none?)")
+        return np.ctypeslib.as_array(ptr, shape=(int(lc.llama_model_n_embd(self._model)),)).copy()
+
+    def window_logits(self, tokens: np.ndarray, first: int, last: int) -> np.ndarray:
+        """Run ``tokens`` (one window, at most n_ctx) from an empty cache; the logits at positions
+        ``first`` .. ``last - 1`` as float32 ``[last - first, n_vocab]`` (a copy)."""
+        self._run(tokens, first, last)
+        lc = self._lc
         ptr = lc.llama_get_logits(self._ctx)
         return np.ctypeslib.as_array(ptr, shape=(last - first, self.n_vocab)).copy()
