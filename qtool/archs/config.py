@@ -3,22 +3,11 @@ look-ups that name the file and the key when a value is not what it should be.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from qtool.errors import FormatError
-
-
-def read_json(path: Path, what: str = "file") -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise FormatError(f"{path}: cannot read {what}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise FormatError(f"{path}: {what} is not UTF-8 text") from None
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise FormatError(f"{path}: {what} is not valid JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
+from qtool.formats.source import read_json
 
 
 _MISSING = object()

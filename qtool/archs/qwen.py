@@ -8,7 +8,8 @@ import gguf
 from gguf import MODEL_ARCH
 
 from qtool.archs.base import Experts, Family, Split
-from qtool.archs.config import Config, read_json
+from qtool.archs.config import Config
+from qtool.formats.source import read_json
 from qtool.errors import FormatError
 
 

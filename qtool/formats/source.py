@@ -196,3 +196,19 @@ def _open_gguf(p: Path) -> ModelSource:
     from qtool.formats.gguf_in import GGUFSource
 
     return GGUFSource(p)
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """A JSON file (config.json, tokenizer.json, ...) parsed, or a one-line FormatError naming it."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}: {what} is not UTF-8 text") from None
+    except RecursionError:
+        raise FormatError(f"{path}: {what} is not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, and integers too long to convert
+        raise FormatError(f"{path}: {what} is not valid JSON ({getattr(e, 'msg', e)})") from None

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from gguf import GGUFValueType, GGUFWriter, TokenType
 
 from qtool.errors import FormatError, UsageError
+from qtool.formats.source import read_json
 
 if TYPE_CHECKING:
     from qtool.archs.metadata import HFMeta
@@ -174,7 +175,7 @@ class _Folder:
             path = self.path / name
             data: Any = {}
             if path.is_file():
-                data = _read_json(path, what)
+                data = read_json(path, what)
                 if not isinstance(data, dict):
                     raise FormatError(f"{path}: {what} is not a JSON object")
             self._json[name] = data
@@ -416,8 +417,8 @@ def _special_vocab_class():
 
         def _try_load_from_tokenizer_json(self, path: Path) -> bool:
             tok_path, cfg_path = path / "tokenizer.json", path / "tokenizer_config.json"
-            tok = _read_json(tok_path, "tokenizer") if tok_path.is_file() else None
-            cfg = _read_json(cfg_path, "tokenizer config") if cfg_path.is_file() else None
+            tok = read_json(tok_path, "tokenizer") if tok_path.is_file() else None
+            cfg = read_json(cfg_path, "tokenizer config") if cfg_path.is_file() else None
             if tok is not None and not isinstance(tok, dict):
                 raise FormatError(f"{tok_path}: tokenizer is not a JSON object")
             if cfg is not None and not isinstance(cfg, dict):
@@ -530,7 +531,7 @@ def _special_vocab_class():
                     alt = [{"name": "default", "template": alt}] + [
                         {"name": p.stem, "template": _read_text(p)} for p in more]
             elif js.is_file():
-                data = _read_json(js, "chat template")
+                data = read_json(js, "chat template")
                 alt = data.get("chat_template") if isinstance(data, dict) else None
             template = cfg.get("chat_template", alt)
             if template is None or isinstance(template, (str, list)):
@@ -561,19 +562,6 @@ def _special_vocab_class():
                     gw.add_bool(key, value)
 
     return ReferenceSpecialVocab
-
-
-def _read_json(path: Path, what: str) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise FormatError(f"{path}: cannot read {what}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise FormatError(f"{path}: {what} is not UTF-8 text") from None
-    except (ValueError, RecursionError) as e:
-        raise FormatError(f"{path}: {what} is not valid JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
 
 
 def _read_text(path: Path) -> str:
