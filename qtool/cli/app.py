@@ -34,7 +34,7 @@ app = typer.Typer(
 def _register() -> None:
     import importlib
 
-    for module in ("convert", "inspect", "eval", "types"):
+    for module in ("convert", "inspect", "eval", "imatrix", "types"):
         try:
             mod = importlib.import_module(f"qtool.cli.{module}")
         except ModuleNotFoundError as e:  # a command still being built is simply absent

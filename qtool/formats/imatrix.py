@@ -14,6 +14,8 @@ Two formats, told apart the way llama.cpp does (a GGUF file, else the legacy lay
         tensors      <name>.in_sum2  F32 [n_mat, n_per_row]  sum of x^2 per column
                      <name>.counts   F32 [n_mat, 1]          how many rows went into each matrix
 
+write_imatrix_gguf writes the GGUF format as llama-imatrix does (`qtool imatrix`).
+
 What llama-quantize hands to the quantizer, per entry:
     legacy:  value / ncall                      (the value as stored when ncall <= 0)
     GGUF:    in_sum2[j, :] / counts[j]          (1.0 for a matrix j with no count, e.g. an unused expert)
@@ -21,6 +23,7 @@ What llama-quantize hands to the quantizer, per entry:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from dataclasses import dataclass, field, replace
@@ -302,3 +305,82 @@ def _normalize(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         out[sl] = sums[sl] / cnt if cnt > 0 else np.float32(1.0)
     return out
 
+
+
+# --------------------------------------------------------------------------------------------------
+# writing (llama-imatrix's GGUF output)
+# --------------------------------------------------------------------------------------------------
+
+_GGUF_ALIGNMENT = 32
+
+
+def write_imatrix_gguf(path: str | Path, sums: dict[str, np.ndarray], counts: dict[str, np.ndarray], *,
+                       datasets: Sequence[str], chunk_count: int, chunk_size: int) -> Path:
+    """Write an importance matrix as llama-imatrix writes its GGUF (save_imatrix in tools/imatrix/imatrix.cpp).
+
+    ``sums[name]``: float32 sums of squared activations, ``n_mat x n_per_row`` (or flat); ``counts[name]``:
+    rows per matrix (one count covers all matrices of a dense weight). Layout, GGUF v3, alignment 32::
+
+        metadata   general.type = "imatrix", imatrix.datasets [string], imatrix.chunk_count u32,
+                   imatrix.chunk_size u32                                           (in this order)
+        tensors    for each name in sorted order: <name>.in_sum2  F32 ne [n_per_row * n_mat / n_counts, n_counts]
+                                                  <name>.counts   F32 ne [1, n_counts]
+                   (ggml order; as ggml_n_dims counts, trailing dimensions of 1 are not written)
+
+    Written under a temporary name beside ``path`` and renamed into place when complete.
+    """
+    import os
+    import tempfile
+
+    path = Path(path)
+    kv = [
+        ("general.type", GGUFValueType.STRING, "imatrix"),
+        ("imatrix.datasets", GGUFValueType.ARRAY, list(datasets)),
+        ("imatrix.chunk_count", GGUFValueType.UINT32, int(chunk_count)),
+        ("imatrix.chunk_size", GGUFValueType.UINT32, int(chunk_size)),
+    ]
+    tensors: list[tuple[str, list[int], bytes]] = []
+    for name in sorted(sums):
+        values = np.ascontiguousarray(sums[name], dtype="<f4").reshape(-1)
+        c = np.asarray(counts[name]).reshape(-1)
+        n_mat = int(c.size)
+        if n_mat < 1 or values.size % n_mat:
+            raise ValueError(f"{name}: {values.size} sums do not split into {n_mat} matrices")
+        tensors.append((f"{name}{_SUMS}", [values.size // n_mat, n_mat], values.tobytes()))
+        tensors.append((f"{name}{_COUNTS}", [1, n_mat], c.astype("<f4").tobytes()))
+
+    def s(text: str) -> bytes:
+        raw = text.encode("utf-8", "surrogateescape")
+        return struct.pack("<Q", len(raw)) + raw
+
+    head = [b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(kv))]
+    for key, vtype, value in kv:
+        head += [s(key), struct.pack("<I", int(vtype))]
+        if vtype == GGUFValueType.STRING:
+            head.append(s(value))
+        elif vtype == GGUFValueType.UINT32:
+            head.append(struct.pack("<I", value))
+        else:
+            head += [struct.pack("<IQ", int(GGUFValueType.STRING), len(value))] + [s(v) for v in value]
+    offset = 0
+    for name, ne, data in tensors:
+        while len(ne) > 1 and ne[-1] == 1:  # ggml_n_dims
+            ne = ne[:-1]
+        head += [s(name), struct.pack("<I", len(ne)), struct.pack(f"<{len(ne)}Q", *ne),
+                 struct.pack("<IQ", int(GGMLQuantizationType.F32), offset)]
+        offset += -(-len(data) // _GGUF_ALIGNMENT) * _GGUF_ALIGNMENT
+    header = b"".join(head)
+    header += b"\0" * (-len(header) % _GGUF_ALIGNMENT)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            for _, _, data in tensors:
+                f.write(data)
+                f.write(b"\0" * (-len(data) % _GGUF_ALIGNMENT))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
