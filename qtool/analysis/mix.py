@@ -61,6 +61,8 @@ class Target:
     kind: str      # "size" (whole file, bytes) or "bpw" (tensor bits per weight)
     value: float   # bytes, or bits per weight
     text: str      # as the user wrote it
+    #: how the error is weighed beyond the proxy: a Calibration (--calibrate-text), or None
+    calibration: Any = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -226,6 +228,101 @@ def measure_tensor(x: np.ndarray, name: str, types: Sequence, weights: np.ndarra
         out[t] = rel_mse(back, x, weights)
         del data, back
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# KL calibration of the per-class error weights
+# --------------------------------------------------------------------------------------------------
+
+
+def tensor_class(name: str) -> str:
+    """The tensor class a calibration weighs: ``attn_q`` for ``blk.3.attn_q.weight``, ``token_embd`` for
+    ``token_embd.weight``."""
+    n = re.sub(r"^blk\.\d+\.", "", name)
+    return n[: -len(".weight")] if n.endswith(".weight") else n
+
+
+@dataclass
+class ClassKL:
+    name: str            # the class (attn_q, ffn_down, token_embd ...)
+    tensors: int
+    elements: int
+    kld_mean: float      # measured, nats: this class alone at the calibration type, the rest unquantized
+    proxy_error: float   # sum over its tensors of n_elements * rel_mse at the calibration type
+    weight: float        # the factor on this class's errors in the mix's objective
+
+
+@dataclass
+class Calibration:
+    """``--calibrate-text``: a weight per tensor class from measured KL divergence.
+
+    For each class of the tensors the mix decides (in plan order of first appearance), a model is written
+    with that class's tensors at the calibration type (``qtype``; default: the cheapest candidate that needs
+    no importance matrix) and every other quantizable tensor unquantized (F32), and its mean KL divergence
+    against the unquantized model on ``text`` is measured (``measure``: supplied by the caller, which writes
+    and runs the models). With ``E_c`` the class's proxy error at that type (``sum n_t * rel_mse_t``) and
+    ``K_c`` its KL divergence, the class's weight is ``K_c / E_c``, scaled by ``sum E / sum K`` over the
+    classes so that the weights keep the proxy's scale (at the calibration type, the weighted and the plain
+    proxy errors add up to the same). Every option's error of the class is multiplied by it: the objective
+    becomes the classes' predicted KL divergences, added up. A class whose KL divergence measures 0 gets a
+    weight of 1e-9 of the largest (positive, so the search still orders its options).
+    """
+    text: str
+    measure: Callable[[str, dict[str, Any]], float]  # (class, {tensor: type}) -> mean KL divergence, nats
+    qtype: Any = None
+    ctx: int = 512
+    chosen_type: Any = None
+    classes: list[ClassKL] = field(default_factory=list)
+
+    def pick_type(self, cands: Sequence) -> Any:
+        from qtool.quantizers import registered
+
+        if self.qtype is not None:
+            return self.qtype
+        reg = registered()
+        plain = [t for t in cands if not _needs_imatrix(t)] or list(cands)
+        return min(plain, key=lambda t: (reg[t].bits_per_weight, t.name))
+
+    def apply(self, tensors: list[MixTensor], low_of: Callable[[MixTensor], Any]) -> None:
+        """Measure each class, set the weights and multiply every option's error by its class's weight.
+        ``low_of(tensor)`` is the type written for the calibration type there (llama.cpp's fallback)."""
+        groups: dict[str, list[MixTensor]] = {}
+        for t in tensors:
+            groups.setdefault(tensor_class(t.name), []).append(t)
+        raw: list[tuple[str, list[MixTensor], float, float]] = []
+        for cls, members in groups.items():
+            types, proxy = {}, 0.0
+            for t in members:
+                eff = low_of(t)
+                opt = next((o for o in t.options + t.extra if o.effective == eff), None)
+                if opt is None:  # the type cannot go there (needs an imatrix entry): its cheapest option
+                    opt = min(t.options, key=lambda o: (o.cost, o.error, o.effective.name))
+                types[t.name] = opt.effective
+                proxy += opt.error
+            kld = float(self.measure(cls, types))
+            if not math.isfinite(kld) or kld < 0:
+                raise QtoolError(f"--calibrate-text: {cls} measured a KL divergence of {kld}")
+            raw.append((cls, members, kld, proxy))
+        total_e = sum(e for _, _, k, e in raw if e > 0)
+        total_k = sum(k for _, _, k, e in raw if e > 0)
+        scale = total_e / total_k if total_k > 0 else 1.0
+        ratios = {cls: (k / e if e > 0 else None) for cls, _, k, e in raw}
+        top = max([r for r in ratios.values() if r], default=1.0)
+        self.classes = []
+        for cls, members, kld, proxy in raw:
+            r = ratios[cls]
+            w = 1.0 if r is None else max(r, 1e-9 * top) * scale
+            for t in members:
+                for o in t.options + t.extra:
+                    o.error *= w
+            self.classes.append(ClassKL(cls, len(members), sum(t.n_elements for t in members), kld, proxy, w))
+
+    def document(self) -> dict:
+        return {"type": self.chosen_type.name if self.chosen_type is not None else None, "text": str(self.text),
+                "ctx": self.ctx,
+                "classes": [{"class": c.name, "tensors": c.tensors, "n_elements": c.elements,
+                             "kld_mean": c.kld_mean, "proxy_error": c.proxy_error, "weight": c.weight}
+                            for c in self.classes]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,6 +511,8 @@ class Mix:
     #: the element-weighted rel_mse of the tensors the mix decides and of those pinned by explicit options
     pinned_error: float = 0.0
     pinned_elements: int = 0
+    #: the per-class KL calibration applied to the errors (Calibration, with its results), or None
+    calibration: Any = None
 
     @property
     def types(self) -> dict[str, tuple[Any, str]]:
@@ -425,6 +524,11 @@ class Mix:
     def predicted_error(self) -> float:
         n = sum(t.n_elements for t in self.tensors) + self.pinned_elements
         return (sum(t.chosen.error for t in self.tensors) + self.pinned_error) / n if n else 0.0
+
+    @property
+    def measure(self) -> str:
+        base = "imatrix-weighted rel_mse" if self.weighted else "rel_mse"
+        return f"KL-calibrated {base}" if self.calibration is not None else base
 
     def error_of(self, types: Mapping[str, Any]) -> float | None:
         """The predicted error of another choice of types for the same tensors (a preset's plan, say),
@@ -462,8 +566,9 @@ class Mix:
                 "bytes": self.total, "fixed_bytes": self.fixed,
                 "under_budget_frac": (self.budget - self.total) / self.budget if self.budget else None,
                 "predicted_error": self.predicted_error,
-                "measure": "imatrix-weighted rel_mse" if self.weighted else "rel_mse",
+                "measure": self.measure,
                 "candidates": [t.name for t in self.candidates],
+                "calibration": self.calibration.document() if self.calibration is not None else None,
                 "tensors": [{"name": t.name, "type": t.chosen.effective.name, "rel_mse": t.chosen.rel_mse,
                              "options": {o.effective.name: o.rel_mse for o in t.options}} for t in self.tensors]}
 
@@ -509,6 +614,11 @@ def make_mix(source, metadata: Mapping[str, Any], tensors: Sequence, options, ta
     bpw_free = 8.0 * max(budget - fixed, 0) / n_free
     cands = list(candidates) if candidates else default_candidates(bpw_free, imat is not None)
     weighted = imat is not None
+    calib = target.calibration
+    if calib is not None:
+        calib.chosen_type = calib.pick_type(cands)
+        if calib.chosen_type not in cands and calib.chosen_type not in extra_types:
+            extra_types = list(extra_types) + [calib.chosen_type]
 
     pinned = [p for p in fixed_plans if p.quantize]
     if on_start is not None:
@@ -564,6 +674,13 @@ def make_mix(source, metadata: Mapping[str, Any], tensors: Sequence, options, ta
         if on_tensor is not None:
             on_tensor(p.name, int(np.prod(p.shape)))
 
+    if calib is not None:
+        low = calib.chosen_type
+
+        def low_of(t: MixTensor):
+            return planner.ggml_type(int(planner._fallback(t.name, t.shape[-1], low)[0]))
+
+        calib.apply(result, low_of)
     try:
         total = fixed + search(result, budget - fixed)
     except ValueError:
@@ -578,7 +695,7 @@ def make_mix(source, metadata: Mapping[str, Any], tensors: Sequence, options, ta
                          f"{100 * TOLERANCE:g}% under the budget ({_describe(budget, target)}); lower the "
                          f"target or add larger --candidates")
     return Mix(target, budget, total, fixed, cands, weighted, result, pinned_err,
-               sum(int(np.prod(p.shape)) for p in pinned))
+               sum(int(np.prod(p.shape)) for p in pinned), calib)
 
 
 def _describe(n: int, target: Target) -> str:

@@ -75,6 +75,15 @@ def convert_command(
                                                "tensors alone, also for an architecture qtool cannot convert. "
                                                "The file is marked not runnable: general.architecture is the "
                                                "HF class name, general.description says why.")] = False,
+    calibrate_text: Annotated[Optional[Path], typer.Option("--calibrate-text", help="With --target-*: weigh "
+                                                           "each tensor class's error by the KL divergence "
+                                                           "measured on this text with that class alone "
+                                                           "quantized (runs llama.cpp: qtool[eval]).")] = None,
+    calibrate_type: Annotated[Optional[str], typer.Option("--calibrate-type", help="The type each class is "
+                                                          "quantized to for --calibrate-text (default: the "
+                                                          "cheapest candidate needing no imatrix).")] = None,
+    calibrate_ctx: Annotated[int, typer.Option("--calibrate-ctx", help="Tokens per window of the "
+                                               "--calibrate-text evaluation.")] = 512,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="With --target-bpw/--target-size: also draw "
                                                  "size against predicted error (the frontier, the mix, the stock "
                                                  "presets) into FILE.png or FILE.svg (needs matplotlib: pip "
@@ -111,8 +120,13 @@ def convert_command(
         if target is None:
             raise UsageError("--plot draws a size-targeted mix: it goes with --target-bpw or --target-size")
         prepare(plot)  # the extension, the folder and matplotlib, before any work
+    workdir = _calibration(out, target, input, calibrate_text, calibrate_type, calibrate_ctx, threads)
+    if workdir is not None:
+        import dataclasses
+
+        target = dataclasses.replace(target, calibration=workdir[1])
     with out.progress(total=None, description="quantizing") as advance, force_pre_tokenizer(pre_tokenizer), \
-            tensors_only_mode(tensors_only), _warnings_to(out):
+            tensors_only_mode(tensors_only), _warnings_to(out), workdir[0] if workdir else contextlib.nullcontext():
         measured = [0]  # one bar for both phases: measuring a mix's candidates, then writing
 
         def measure(name: str, n: int) -> None:
@@ -133,6 +147,32 @@ def convert_command(
         plot_frontier(frontier_data(result.mix, result.n_elements, stock), plot,
                       title=f"qtool convert {input.name} {result.mix.target.label}: size against predicted error")
         out.note(f"wrote {plot}")
+
+
+def _calibration(out, target, input, text, qtype, ctx, threads):
+    """--calibrate-text: (a temporary folder for the calibration's models, the Calibration), or None."""
+    if text is None:
+        if qtype is not None:
+            from qtool.errors import UsageError
+
+            raise UsageError("--calibrate-type goes with --calibrate-text")
+        return None
+    import tempfile
+
+    from qtool.analysis.llama_runner import load_llama
+    from qtool.analysis.mix import Calibration
+    from qtool.cli.eval import kl_measure
+    from qtool.errors import FormatError, UsageError
+    from qtool.quantizers.presets import parse_ggml_type
+
+    if target is None:
+        raise UsageError("--calibrate-text weighs a size-targeted mix: it goes with --target-bpw or --target-size")
+    if not text.is_file():
+        raise FormatError(f"{text}: no such file (--calibrate-text)")
+    load_llama()  # the one-line install hint before any work
+    tmp = tempfile.TemporaryDirectory(prefix="qtool-calibrate-")
+    measure = kl_measure(input, text, Path(tmp.name), ctx=ctx, threads=threads, note=out.note)
+    return tmp, Calibration(str(text), measure, parse_ggml_type(qtype) if qtype else None, ctx)
 
 
 def _stock_presets(input, options, result) -> dict:
@@ -226,8 +266,11 @@ def _report(out, result, dry_run: bool) -> None:
         unit = "file bytes" if m.target.kind == "size" else "tensor bytes"
         out.print(f"mix for {m.target.label}: {m.total} {unit} (budget {m.budget}, "
                   f"{100 * (m.budget - m.total) / m.budget:.2f}% under), predicted error {m.predicted_error:.4g} "
-                  f"({'imatrix-weighted ' if m.weighted else ''}rel_mse, element-weighted mean), candidates "
-                  f"{','.join(t.name for t in m.candidates)}")
+                  f"({m.measure}, element-weighted mean), candidates {','.join(t.name for t in m.candidates)}")
+        if m.calibration is not None:
+            out.print(f"KL calibration at {m.calibration.chosen_type.name} on {m.calibration.text}: "
+                      + ", ".join(f"{c.name} {c.kld_mean:.4g} nats (weight {c.weight:.3g})"
+                                  for c in m.calibration.classes))
     if result.recipe is not None:
         out.note(f"recipe: {result.recipe} (llama-quantize --tensor-type-file {result.recipe} IN.gguf OUT.gguf "
                  f"{result.preset} reproduces the file)")

@@ -129,5 +129,47 @@ def _render(out, result) -> None:
                  result.reference_logits else ""))
 
 
+def kl_measure(input: Path, text: Path, workdir: Path, *, ctx: int, threads: int | None,
+               note=lambda message: None):
+    """For `qtool convert --calibrate-text`: a function ``(class, {tensor: type}) -> mean KL divergence`` that
+    writes ``input`` with those tensors at those types and every other quantizable tensor F32 into ``workdir``,
+    and evaluates it against ``input`` written all F32 (the reference, written on the first call; its logits
+    saved there and reused by the later calls). Each class's file is removed once measured."""
+    from gguf import GGMLQuantizationType as T
+
+    from qtool.analysis.eval import evaluate
+    from qtool.convert import convert
+    from qtool.plan import PlanOptions, recipe_pattern
+
+    all_f32 = [(".", T.F32)]
+    state: dict = {}
+    n_threads = threads or os.cpu_count() or 1
+
+    def write(path: Path, patterns: list) -> Path:
+        # a quantized preset only carries the per-tensor patterns; every tensor is named by one of them
+        return convert(input, "Q8_0", path, threads=threads, options=PlanOptions(tensor_types=patterns)).output
+
+    def measure(cls: str, types: dict) -> float:
+        path = workdir / f"calibrate-{cls}.gguf"
+        write(path, [(recipe_pattern(n), t) for n, t in types.items()] + all_f32)
+        try:
+            if "logits" not in state:
+                ref = write(workdir / "calibrate-reference.gguf", all_f32)
+                logits = workdir / "calibrate-reference.logits"
+                r = evaluate(path, ref, text, ctx=ctx, threads=n_threads, save_logits=logits)
+                ref.unlink()
+                state["logits"] = logits
+            else:
+                r = evaluate(path, state["logits"], None, ctx=None, threads=n_threads)
+        finally:
+            path.unlink(missing_ok=True)
+        kld = r.summary["kld_mean"]
+        note(f"calibration: {cls} at {next(iter(types.values())).name}: KL divergence {kld:.5g} "
+             f"({r.summary['n_positions']} positions)")
+        return kld
+
+    return measure
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval", no_args_is_help=True)(eval_command)
