@@ -14,7 +14,8 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
 from qtool.formats.hf import HFSource, rope_row_order
-from qtool.formats.safetensors import SafetensorsFile, widen, write_safetensors
+from qtool.formats.safetensors import SafetensorsFile, write_safetensors
+from qtool.formats.source import widen
 from qtool.formats.source import open_model
 
 FIXTURES = ROOT / "fixtures"

@@ -33,6 +33,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from qtool.errors import FormatError
 from qtool.formats.ggml_types import QUANT_SIZES, ggml_type
+from qtool.formats.source import widen
 from qtool.formats.source import ModelSource, TensorInfo, byte_shape
 
 GGML_MAX_DIMS = 4
@@ -55,6 +56,7 @@ PLAIN_TYPES = {
     GGMLQuantizationType.I8: "i1", GGMLQuantizationType.I16: "<i2", GGMLQuantizationType.I32: "<i4",
     GGMLQuantizationType.I64: "<i8",
 }
+_HALF_WIDTH = {GGMLQuantizationType.F16: "F16", GGMLQuantizationType.BF16: "BF16"}
 #: string arrays longer than this many bytes are walked record by record rather than located in bulk, which
 #: holds a few bytes of scratch per byte of the array (a 150k-token vocabulary takes about 3 MB)
 _BULK_WINDOW_MAX = 32 << 20
@@ -439,10 +441,10 @@ class GGUFSource(ModelSource):
         if dtype is None:
             raise FormatError(f"{self.path}: tensor {info.name!r} is {info.qtype.name}, a quantized type: the "
                               f"reader gives its bytes (raw); dequantize them through the type registry")
-        raw = self._raw(info).view(dtype)
-        if info.qtype == GGMLQuantizationType.BF16:
-            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
-        return raw.astype(np.float32, copy=False).reshape(info.shape)
+        raw = self._raw(info)
+        if info.qtype in _HALF_WIDTH:
+            return widen(raw, _HALF_WIDTH[info.qtype], info.shape)
+        return raw.view(dtype).astype(np.float32, copy=False).reshape(info.shape)
 
     def close(self) -> None:
         self._map = None

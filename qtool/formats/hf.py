@@ -22,7 +22,8 @@ from qtool.archs import tensors as archs_tensors
 from qtool.archs.config import Config
 from qtool.archs.transforms import rope_row_order  # noqa: F401  (re-exported for callers and tests)
 from qtool.errors import FormatError
-from qtool.formats.safetensors import WeightFiles, widen
+from qtool.formats.safetensors import WeightFiles
+from qtool.formats.source import widen
 from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, byte_shape, drop_pages
 from gguf import GGMLQuantizationType
 

@@ -29,7 +29,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from qtool.errors import FormatError
-from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo
+from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, widen
 
 #: The safetensors library refuses headers larger than this; so do we.
 MAX_HEADER_BYTES = 100_000_000
@@ -190,21 +190,6 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def widen(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Stored F32/F16/BF16 bytes (flat uint8) -> a float32 array of ``shape``: a view of the
-    (copy-on-write) map for aligned F32, else a fresh array."""
-    if dtype == "F32":
-        aligned = data.ctypes.data % 4 == 0
-        out = data.view("<f4").astype(np.float32, copy=not aligned)
-    elif dtype == "F16":
-        out = data.view("<f2").astype(np.float32)
-    elif dtype == "BF16":  # bfloat16 is the top half of a float32
-        out = (data.view("<u2").astype(np.uint32) << np.uint32(16)).view(np.float32)
-    else:
-        raise ValueError(f"cannot widen {dtype}")
-    return out.reshape(shape)
 
 
 # -- sets of files: one file, or the shards an index names --------------------------------------------

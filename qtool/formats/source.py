@@ -9,6 +9,7 @@ safetensors.py (bare safetensors files and shard sets), hf.py (Hugging Face mode
 
 from __future__ import annotations
 
+import functools
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,44 @@ def drop_pages(view: np.ndarray) -> None:
     last = end // mmap.PAGESIZE * mmap.PAGESIZE
     if 0 <= first < last <= len(mm):
         mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+#: below this many elements NumPy widens faster than a parallel kernel starts
+_WIDEN_IN_KERNEL = 1 << 18
+
+
+def widen(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Stored F32/F16/BF16 elements (flat bytes or already typed) -> float32 of ``shape``: a view of the
+    (copy-on-write) map for aligned F32, else a fresh array. Exact: every half and bfloat16 is a float32."""
+    if dtype == "F32":
+        data = data.view(np.uint8) if data.dtype != np.uint8 else data
+        aligned = data.ctypes.data % 4 == 0
+        return data.view("<f4").astype(np.float32, copy=not aligned).reshape(shape)
+    if dtype not in ("F16", "BF16"):
+        raise ValueError(f"cannot widen {dtype}")
+    bits = data.reshape(-1).view("<u2")
+    if bits.size < _WIDEN_IN_KERNEL:
+        if dtype == "F16":
+            out = bits.view("<f2").astype(np.float32)
+        else:  # bfloat16 is the top half of a float32
+            out = (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        return out.reshape(shape)
+    from qtool.kernels import widen as kernels
+
+    if bits.ctypes.data % 2:
+        bits = bits.copy()
+    out = np.empty(bits.size, dtype=np.float32)
+    if dtype == "F16":
+        kernels.lookup_f32(bits, _half_table(), out)
+    else:
+        kernels.bf16_to_f32(bits, out)
+    return out.reshape(shape)
+
+
+@functools.cache
+def _half_table() -> np.ndarray:
+    """Every half's float32 value, by its bits (NumPy's conversion, as for small tensors)."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 def byte_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int, ...]:

@@ -385,8 +385,12 @@ def _recipe_generic(w: GGUFWriter, f: _Folder) -> str:
 
 def _special_vocab(f: _Folder, **kwargs):
     """The folder's special tokens, flags, merges and chat template (the reference's SpecialVocab)."""
+    cls = _special_vocab_class()
+    sv = cls.__new__(cls)
+    sv.folder = f  # its tokenizer files, already read and checked
     try:
-        return _special_vocab_class()(f.path, **kwargs)
+        sv.__init__(f.path, **kwargs)
+        return sv
     except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
         raise FormatError(f"{f.path}: special tokens: {_first_line(e)}") from None
 
@@ -414,11 +418,17 @@ def _special_vocab_class():
     class ReferenceSpecialVocab(SpecialVocab):
         normalizer_lowercase: bool | None = None
         normalizer_strip_accents: bool | None = None
+        #: the _Folder whose parsed tokenizer.json/tokenizer_config.json to use instead of reading them again
+        folder: Any = None
 
         def _try_load_from_tokenizer_json(self, path: Path) -> bool:
             tok_path, cfg_path = path / "tokenizer.json", path / "tokenizer_config.json"
-            tok = read_json(tok_path, "tokenizer") if tok_path.is_file() else None
-            cfg = read_json(cfg_path, "tokenizer config") if cfg_path.is_file() else None
+            if self.folder is not None:
+                tok = self.folder.tok_json if tok_path.is_file() else None
+                cfg = dict(self.folder.tok_config) if cfg_path.is_file() else None  # filled in below
+            else:
+                tok = read_json(tok_path, "tokenizer") if tok_path.is_file() else None
+                cfg = read_json(cfg_path, "tokenizer config") if cfg_path.is_file() else None
             if tok is not None and not isinstance(tok, dict):
                 raise FormatError(f"{tok_path}: tokenizer is not a JSON object")
             if cfg is not None and not isinstance(cfg, dict):
@@ -579,13 +589,15 @@ def _merges_of(path: Path, merges: Any) -> list[str]:
         return []
     if not isinstance(merges, list):
         raise FormatError(f"{path}: model.merges is not a list")
-    if all(isinstance(m, str) for m in merges):
+    if all(type(m) is str for m in merges):
         return list(merges)
     out = []
     for m in merges:
-        if not (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m)):
+        # the reference shifts a space inside a pair's part by 256 code points, to U+0120
+        if type(m) is list and len(m) == 2 and type(m[0]) is str and type(m[1]) is str:
+            out.append(f"{m[0].replace(' ', chr(0x120))} {m[1].replace(' ', chr(0x120))}")
+        else:
             raise FormatError(f"{path}: merge {m!r} is neither \"a b\" nor a pair of strings")
-        out.append(" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in m))
     return out
 
 

@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qtool.formats.safetensors import SafetensorsFile, widen, write_safetensors
+from qtool.formats.safetensors import SafetensorsFile, write_safetensors
+from qtool.formats.source import widen
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-llama" / "tokenizer.json"
 N_VOCAB = 320  # the fixture tokenizer's 318 tokens and 2 specials

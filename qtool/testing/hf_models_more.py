@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from qtool.formats.safetensors import SafetensorsFile, widen, write_safetensors
+from qtool.formats.safetensors import SafetensorsFile, write_safetensors
+from qtool.formats.source import widen
 from qtool.testing import hf_models
 from qtool.testing.hf_models import HFFamily, rms_norm, silu
 
