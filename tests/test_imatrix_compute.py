@@ -237,6 +237,9 @@ def test_written_file_reads_back(tmp_path):
     assert shapes["blk.1.w.weight.in_sum2"] == [16]
     assert [t.name for t in r.tensors][:2] == ["blk.0.attn_q.weight.in_sum2", "blk.0.attn_q.weight.counts"]
     assert not list(tmp_path.glob(".*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private one
 
 
 # --------------------------------------------------------------------------------------------------

@@ -604,8 +604,9 @@ def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: Sequen
 
 
 def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
-    """The frontier (line), the chosen mix (star) at its budget (dashed), the stock presets (dots, named;
-    those with a type outside the measured ones as ticks on the axis)."""
+    """The frontier (a staircase: at each size, the error of the last greedy choice that fits it, so that no
+    point of the line is a choice that does not exist), the chosen mix (star) at its budget (dashed), the stock
+    presets (dots, named; those with a type outside the measured ones as ticks on the axis)."""
     prepare(path)
     from matplotlib.ticker import FuncFormatter
 
@@ -613,7 +614,8 @@ def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
     ax = fig.add_subplot()
     xs_all = list(f.x) + [f.chosen[0], f.budget] + [p[1] for p in f.presets]
     scale, unit = _size_unit(xs_all) if f.kind == "size" else (1.0, "bits per weight")
-    ax.plot(f.x / scale, f.y, color="#1f77b4", lw=1.6, label="frontier: best predicted error per size")
+    ax.plot(f.x / scale, f.y, color="#1f77b4", lw=1.6, drawstyle="steps-post",
+            label="frontier: greedy upgrades, best error within each size")
     ax.axvline(f.budget / scale, color="#555555", lw=1, ls="--", label=f"budget ({f.target})")
     ax.plot([f.chosen[0] / scale], [f.chosen[1]], marker="*", ms=15, color="#d62728", ls="none",
             label=f"the mix: {f.chosen[1]:.4g}", zorder=5)

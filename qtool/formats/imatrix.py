@@ -378,6 +378,9 @@ def write_imatrix_gguf(path: str | Path, sums: dict[str, np.ndarray], counts: di
             for _, _, data in tensors:
                 f.write(data)
                 f.write(b"\0" * (-len(data) % _GGUF_ALIGNMENT))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
