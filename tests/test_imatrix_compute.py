@@ -379,3 +379,35 @@ def test_text_too_short_and_bad_options_are_one_line(computed, tmp_path):
     p = run_qtool("imatrix", model, "--text", d / "text.txt", "-o", model)
     assert p.returncode == 2 and "refusing to overwrite" in p.stderr, p.stderr
     assert not list(tmp_path.glob("x.gguf*")) and not list(tmp_path.glob(".x.gguf*"))
+
+
+@pytest.mark.oracle
+def test_experts_in_a_moe_model(tmp_path):
+    """Qwen3-MoE (4 experts, 2 used): every token counts once for each expert it is routed to, the gate and up
+    projections of the experts see the same rows, and each expert has its own values."""
+    need_oracle()
+    from qtool.convert import convert
+    from qtool.testing import hf_models
+
+    folder = hf_models.write(tmp_path / "moe", "qwen3_moe")
+    model = convert(folder, "F32", tmp_path / "moe.gguf").output
+    (tmp_path / "text.txt").write_text(TEXT)
+    p = run_qtool("imatrix", model, "--text", tmp_path / "text.txt", "-o", tmp_path / "moe.imatrix.gguf",
+                  "--ctx", 32, "--json", "--threads", "2")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    r = GGUFReader(model)
+    n_exp = int(r.fields["qwen3moe.expert_count"].contents())
+    n_used = int(r.fields["qwen3moe.expert_used_count"].contents())
+    im = load_imatrix(tmp_path / "moe.imatrix.gguf")
+    tokens = doc["tokens_evaluated"]
+    for layer in range(2):
+        names = [f"blk.{layer}.ffn_{k}_exps.weight" for k in ("gate", "up", "down")]
+        counts = [im.counts[n] for n in names]
+        assert all(c.size == n_exp for c in counts) and counts[0].sum() == tokens * n_used
+        assert all(np.array_equal(c, counts[0]) for c in counts)
+        gate, up = im.entries[names[0]], im.entries[names[1]]
+        assert np.array_equal(gate, up) and gate.size == n_exp * 64
+        per_expert = gate.reshape(n_exp, -1)
+        assert len({row.tobytes() for row in per_expert}) == n_exp
+        assert im.counts[f"blk.{layer}.ffn_gate_inp.weight"].tolist() == [tokens]
