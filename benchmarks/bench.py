@@ -5,6 +5,7 @@
     python benchmarks/bench.py table [--quick] [--threads 2] [--repeat 3] [--vocab-gguf FILE]
     python benchmarks/bench.py open [--strings 150000] [--vocab-gguf FILE]
     python benchmarks/bench.py startup [--repeat 5]
+    python benchmarks/bench.py scaling [--threads 1,2] [--presets Q8_0,Q4_K_M] [--vocab-gguf FILE]
 
 `kernels` quantizes the same seeded weight-like data with qtool's registry, ggml's ggml_quantize_chunk
 (llama-cpp-python's libggml-base, through ctypes) and gguf-py's numpy quantizers, with and without an
@@ -112,13 +113,13 @@ def bench_kernels(args) -> None:
                   f"{gp:13.1f} {same:>10}")
 
 
-def make_llama_gguf(path: Path, params_m: float, seed: int = 0, vocab: int = 8192) -> int:
-    """A llama-architecture F32 GGUF with about params_m million weights (hparams only, no tokenizer:
-    llama_model_quantize reads no vocabulary). Returns the parameter count."""
+def make_llama_gguf(path: Path, params_m: float, seed: int = 0, vocab: int = 8192, hidden: int = 1024,
+                    ffn: int = 2816, tokenizer: list | None = None) -> int:
+    """A llama-architecture F32 GGUF with about params_m million weights: hparams, and the tokenizer keys
+    ``tokenizer`` ([(key, value, type, sub_type)]) if given (llama_model_quantize reads no vocabulary, qtool
+    copies it). Returns the parameter count."""
     import gguf
 
-    hidden = 1024
-    ffn = 2816
     n_head, n_kv = 16, 4
     per_layer = hidden * hidden * 2 + hidden * (hidden // (n_head // n_kv)) * 2 + 3 * hidden * ffn + 2 * hidden
     n_layer = max(1, int((params_m * 1e6 - 2 * vocab * hidden) // per_layer))
@@ -133,6 +134,8 @@ def make_llama_gguf(path: Path, params_m: float, seed: int = 0, vocab: int = 819
     w.add_rope_dimension_count(hidden // n_head)
     w.add_vocab_size(vocab)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    for key, value, vtype, sub in tokenizer or []:
+        w.add_key_value(key, value, vtype, sub_type=sub)
     rng = np.random.default_rng(seed)
     total = 0
 
@@ -419,6 +422,39 @@ def bench_table(args) -> None:
             print(f"geometric mean of qtool/llama.cpp over {len(ratios)} cases: {gm:.2f}")
 
 
+def bench_scaling(args) -> None:
+    """A 1B-weight model with a real vocabulary: qtool at 1 and 2 threads, llama.cpp at the same, wall time
+    and peak RSS of each whole process, and whether the files are identical."""
+    vocab_src = find_vocab_gguf(args.vocab_gguf)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        src = tmp / "vocab-1b-f32.gguf"
+        # made in a child process: Linux carries a process's peak RSS across fork+exec
+        n = int(subprocess.run([sys.executable, __file__, "make-input", "vocab-1B", str(src), "--vocab-gguf",
+                                str(vocab_src)], check=True, capture_output=True, text=True).stdout.strip())
+        print(f"input: llama F32 GGUF, {n / 1e9:.2f}B random weights, SmolLM2's 49,152-token vocabulary, "
+              f"{src.stat().st_size / 2**30:.2f} GiB; whole processes, one run each")
+        print(f"{'preset':7} {'threads':>7} {'qtool s':>8} {'llama.cpp s':>11} {'qtool/llama':>11} "
+              f"{'qtool MiB':>9} {'llama MiB':>9} {'bytes':>9}")
+        for preset in args.presets.split(","):
+            ours, theirs = tmp / f"q-{preset}.gguf", tmp / f"l-{preset}.gguf"
+            one = {}
+            for threads in [int(t) for t in args.threads.split(",")]:
+                tq, mq, rq = _peak_rss_run(_qtool_cmd(src, ours, preset, threads, False))
+                tl, ml, rl = _peak_rss_run(_llama_cmd(src, theirs, preset, threads, False))
+                if rq or rl or not ours.exists() or not theirs.exists():
+                    print(f"{preset:7} {threads:7d} failed (qtool exit {rq}, llama.cpp exit {rl})")
+                    continue
+                one.setdefault("q", tq)
+                one.setdefault("l", tl)
+                same = _same_file(ours, theirs)
+                print(f"{preset:7} {threads:7d} {tq:8.2f} {tl:11.2f} {tq / tl:11.2f} {mq:9.0f} {ml:9.0f} "
+                      f"{same:>9}   speed-up over the first row: qtool {one['q'] / tq:.2f}, llama.cpp "
+                      f"{one['l'] / tl:.2f}", flush=True)
+                ours.unlink()
+                theirs.unlink()
+
+
 def _same_file(a: Path, b: Path) -> str:
     """'identical' when the whole files are equal; else whether the tensors are (metadata differs)."""
     if a.stat().st_size == b.stat().st_size:
@@ -439,6 +475,15 @@ def make_input(case: str, path: Path, vocab_gguf: str | None) -> int:
         return make_real_gguf(find_vocab_gguf(vocab_gguf), path)
     if case == "hf-135M":
         return make_real_hf(find_vocab_gguf(vocab_gguf), path)
+    if case == "vocab-1B":
+        import gguf
+
+        r = gguf.GGUFReader(find_vocab_gguf(vocab_gguf))
+        tok = [(k, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+               for k, f in r.fields.items() if k.startswith("tokenizer.")]
+        n_vocab = len(r.fields["tokenizer.ggml.tokens"].contents())
+        # 18 layers of 45.1M (hidden 2048, ffn 5632, 16 heads, 4 KV heads) + 2 x 49,152 x 2048: 1.01B weights
+        return make_llama_gguf(path, 1012, vocab=n_vocab, hidden=2048, ffn=5632, tokenizer=tok)
     return make_llama_gguf(path, 33.5, vocab=10880)  # 2 layers of 11.3M + 2 x 10880 x 1024: 33.6M weights
 
 
@@ -651,9 +696,14 @@ def main() -> None:
     su.add_argument("--repeat", type=int, default=5)
     su.add_argument("--tmp", default=None)
     mi = sub.add_parser("make-input", help="write one of the table's inputs")
-    mi.add_argument("case", choices=["real-135M", "hf-135M", "synthetic-33.5M"])
+    mi.add_argument("case", choices=["real-135M", "hf-135M", "synthetic-33.5M", "vocab-1B"])
     mi.add_argument("path", type=Path)
     mi.add_argument("--vocab-gguf", default=None)
+    sc = sub.add_parser("scaling", help="a 1B model with a real vocabulary at 1 and 2 threads: time, RSS")
+    sc.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    sc.add_argument("--presets", default="Q8_0,Q4_K_M")
+    sc.add_argument("--vocab-gguf", default=None)
+    sc.add_argument("--tmp", default=None)
     args = ap.parse_args()
     if args.what == "kernels":
         bench_kernels(args)
@@ -667,6 +717,8 @@ def main() -> None:
         bench_open(args)
     elif args.what == "startup":
         bench_startup(args)
+    elif args.what == "scaling":
+        bench_scaling(args)
     elif args.what == "make-input":
         print(make_input(args.case, args.path, args.vocab_gguf))
     else:

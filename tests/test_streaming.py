@@ -35,6 +35,11 @@ def model(tmp_path_factory):
     return path
 
 
+#: the child's own peak resident set in KiB: VmHWM, not ru_maxrss, which Linux carries over fork+exec from the
+#: (much bigger) pytest process, so that every child would look as big as it
+_PEAK_KB = "[l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]"
+
+
 def _rss_file_kb() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("RssFile:"):
@@ -59,19 +64,128 @@ def test_release_drops_a_consumed_tensors_pages(model):
 def test_convert_peak_memory_is_not_the_model(model, tmp_path):
     out = tmp_path / "o.gguf"
     code = (
-        "import resource, sys; from qtool.cli.app import main\n"
+        "import sys; from qtool.cli.app import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        f"print({_PEAK_KB})\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", code, "convert", str(model), "--type", "Q8_0", "-o", str(out), "-q"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     peak_mib = int(r.stdout.strip().splitlines()[-1]) / 1024
-    baseline = subprocess.run([sys.executable, "-c", "import resource; import qtool.quantizers, qtool.cli.app; "
-                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-                              capture_output=True, text=True, env=env)
+    # the runtime a convert needs, without a model: the CLI imported, the Q8_0 kernel loaded and run once
+    baseline = subprocess.run([sys.executable, "-c", "import numpy as np, qtool.cli.app; from qtool.quantizers import "
+                               "get; get('Q8_0').quantize(np.ones((4, 32), np.float32)); import qtool.convert; "
+                               f"print({_PEAK_KB})"], capture_output=True, text=True, env=env)
     base_mib = int(baseline.stdout.strip()) / 1024
     model_mib = model.stat().st_size / 2**20
     # the run may hold a few tensors' worth (input view, output bytes, numba/LLVM working memory) but not the model
     assert peak_mib - base_mib < 0.5 * model_mib, (peak_mib, base_mib, model_mib)
+
+
+# -- a big tensor a slice of rows at a time ------------------------------------------------------------------
+
+
+def _one_tensor_gguf(path: Path, a: np.ndarray, name: str = "blk.0.ffn_up.weight") -> Path:
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_tensor(name, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+class _Plan:
+    def __init__(self, name, shape, qtype):
+        from gguf import GGMLQuantizationType
+
+        self.name, self.shape, self.qtype, self.quantize = name, shape, qtype, True
+        self.source_type = GGMLQuantizationType.F32
+
+
+class _Imatrix:
+    def __init__(self, w):
+        self.w = w
+
+    def for_tensor(self, name, shape):
+        return self.w
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K", "IQ4_NL"])
+def test_slices_give_the_whole_tensors_bytes(tmp_path, monkeypatch, type_name):
+    """A tensor bigger than the slice size is quantized in slices of rows; the bytes are those of the whole."""
+    import qtool.convert as pipeline
+    from gguf import GGMLQuantizationType
+    from qtool.quantizers import get
+
+    rng = np.random.default_rng(1)
+    a = (rng.standard_t(4, (300, 512)) * 0.02).astype(np.float32)
+    imp = (rng.random(512) + 0.01).astype(np.float32)
+    qtype = GGMLQuantizationType[type_name]
+    monkeypatch.setattr(pipeline, "_CHUNK_BYTES", 7 * 512 * 4)  # 7 rows a slice: the last one short
+    with open_model(_one_tensor_gguf(tmp_path / "m.gguf", a)) as src:
+        for imatrix in (None, imp):
+            got = pipeline._tensor_bytes(src, _Plan("blk.0.ffn_up.weight", a.shape, qtype),
+                                         None if imatrix is None else _Imatrix(imatrix), 2)
+            whole = get(qtype).quantize(a, imatrix, threads=2)
+            assert got.shape == whole.shape and np.array_equal(got, whole), (type_name, imatrix is not None)
+
+
+def test_slices_of_experts_keep_each_experts_importance(tmp_path, monkeypatch):
+    import qtool.convert as pipeline
+    from gguf import GGMLQuantizationType
+    from qtool.quantizers import get
+
+    rng = np.random.default_rng(2)
+    a = (rng.standard_normal((4, 40, 256)) * 0.02).astype(np.float32)
+    imp = (rng.random((4, 256)) * np.array([[1], [10], [100], [1000]]) + 0.01).astype(np.float32)
+    monkeypatch.setattr(pipeline, "_CHUNK_BYTES", 16 * 256 * 4)  # 16 rows a slice: slices end at each expert
+    with open_model(_one_tensor_gguf(tmp_path / "m.gguf", a, "blk.0.ffn_up_exps.weight")) as src:
+        got = pipeline._tensor_bytes(src, _Plan("blk.0.ffn_up_exps.weight", a.shape, GGMLQuantizationType.IQ4_XS),
+                                     _Imatrix(imp), 2)
+    whole = get(GGMLQuantizationType.IQ4_XS).quantize(a, imp, threads=2)
+    assert np.array_equal(got, whole)
+
+
+def test_a_bad_row_in_a_later_slice_is_named_by_its_row_in_the_tensor(tmp_path, monkeypatch):
+    import qtool.convert as pipeline
+    from gguf import GGMLQuantizationType
+    from qtool.errors import QuantError
+
+    a = np.ones((64, 256), dtype=np.float32)
+    a[45, 17] = np.inf
+    monkeypatch.setattr(pipeline, "_CHUNK_BYTES", 10 * 256 * 4)
+    with open_model(_one_tensor_gguf(tmp_path / "m.gguf", a)) as src:
+        with pytest.raises(QuantError, match=r"blk\.0\.ffn_up\.weight: row 45 holds a non-finite value \(inf\) at "
+                                             r"column 17"):
+            pipeline._tensor_bytes(src, _Plan("blk.0.ffn_up.weight", a.shape, GGMLQuantizationType.Q4_0), None, 1)
+
+
+def test_one_big_tensor_is_not_resident_whole(tmp_path):
+    """A 96 MiB tensor (a big vocabulary's embeddings, say) converts with its input pages dropped slice by
+    slice: the peak is most of a tensor below the same run with one slice (8 MiB slices here)."""
+    rows, cols = 6144, 4096
+    rng = np.random.default_rng(0)
+    model = _one_tensor_gguf(tmp_path / "big.gguf", (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def peak_mib(slice_bytes: int) -> float:
+        code = (
+            f"import sys; import qtool.convert; qtool.convert._CHUNK_BYTES = {slice_bytes}\n"
+            "from qtool.cli.app import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            f"print({_PEAK_KB})\n"
+        )
+        out = tmp_path / "o.gguf"
+        out.unlink(missing_ok=True)
+        r = subprocess.run([sys.executable, "-c", code, "convert", str(model), "--type", "Q8_0", "--pure", "-o",
+                            str(out), "--quiet"], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout.strip().splitlines()[-1]) / 1024
+
+    peak_mib(8 << 20)  # the kernels compiled (or loaded from Numba's cache) before anything is compared
+    whole, sliced = peak_mib(1 << 40), peak_mib(8 << 20)
+    tensor_mib = rows * cols * 4 / 2**20
+    assert whole - sliced > 0.6 * tensor_mib, (whole, sliced, tensor_mib)

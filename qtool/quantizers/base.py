@@ -94,11 +94,12 @@ class Quantizer:
         return n_rows * self.row_bytes(shape[-1])
 
     def quantize(self, data: np.ndarray, imatrix: np.ndarray | None = None, *, name: str = "tensor",
-                 threads: int | None = None) -> np.ndarray:
+                 threads: int | None = None, first_row: int = 0) -> np.ndarray:
         """Quantize float32 ``data`` (numpy order, rows along the last axis) to uint8 [..., row_bytes].
 
         ``imatrix`` is one importance vector of length n_per_row, or for a 3-D tensor one per
-        expert ([n_expert, n_per_row]), as llama.cpp passes them.
+        expert ([n_expert, n_per_row]), as llama.cpp passes them. ``first_row``: where ``data`` starts in
+        tensor ``name`` (a slice of its rows), for the row numbers of errors.
         """
         data = np.ascontiguousarray(data, dtype=np.float32)
         if data.ndim == 0 or data.size == 0:
@@ -116,16 +117,18 @@ class Quantizer:
         bad = first_nonfinite_row(rows)
         if bad >= 0:
             col = int(np.flatnonzero(~np.isfinite(rows[bad]))[0])
-            raise QuantError(f"{name}: row {bad} holds a non-finite value ({rows[bad, col]}) at column {col}")
+            raise QuantError(f"{name}: row {first_row + bad} holds a non-finite value ({rows[bad, col]}) at "
+                             f"column {col}")
         out = np.empty((rows.shape[0], self.row_bytes(n_per_row)), dtype=np.uint8)
         weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
         if weights is None or weights.ndim == 1:
-            self._raise_on(self.quantize_blocks(rows, weights, out), 0, name)
+            self._raise_on(self.quantize_blocks(rows, weights, out), first_row, name)
         else:  # one importance vector per expert of a 3-D tensor
             per_expert = rows.shape[0] // weights.shape[0]
             for e in range(weights.shape[0]):
                 sl = slice(e * per_expert, (e + 1) * per_expert)
-                self._raise_on(self.quantize_blocks(rows[sl], weights[e], out[sl]), e * per_expert, name)
+                self._raise_on(self.quantize_blocks(rows[sl], weights[e], out[sl]), first_row + e * per_expert,
+                               name)
         return out.reshape(data.shape[:-1] + (out.shape[1],))
 
     def _raise_on(self, failed: RowFailure | None, first_row: int, name: str) -> None:
