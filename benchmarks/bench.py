@@ -482,8 +482,8 @@ def make_input(case: str, path: Path, vocab_gguf: str | None) -> int:
         tok = [(k, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
                for k, f in r.fields.items() if k.startswith("tokenizer.")]
         n_vocab = len(r.fields["tokenizer.ggml.tokens"].contents())
-        # 18 layers of 45.1M (hidden 2048, ffn 5632, 16 heads, 4 KV heads) + 2 x 49,152 x 2048: 1.01B weights
-        return make_llama_gguf(path, 1012, vocab=n_vocab, hidden=2048, ffn=5632, tokenizer=tok)
+        # 19 layers of 45.1M (hidden 2048, ffn 5632, 16 heads, 4 KV heads) + 2 x 49,152 x 2048: 1.06B weights
+        return make_llama_gguf(path, 1060, vocab=n_vocab, hidden=2048, ffn=5632, tokenizer=tok)
     return make_llama_gguf(path, 33.5, vocab=10880)  # 2 layers of 11.3M + 2 x 10880 x 1024: 33.6M weights
 
 
