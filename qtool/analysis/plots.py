@@ -540,7 +540,7 @@ def frontier_data(mix, n_elements: int, stock: dict[str, tuple[int, dict]] | Non
     names = list(stock or {})
     solved = mix.frontier([stock[p][0] for p in names]) if names else []
     at = [(p, x_of(r[1]), float(r[2])) for p, r in zip(names, solved) if r is not None]
-    return Frontier(mix.target.kind, "imatrix-weighted rel_mse" if mix.weighted else "rel_mse",
+    return Frontier(mix.target.kind, mix.measure,
                     np.array([x_of(c) for c in xs]), np.array(ys) / n,
                     (x_of(mix.total), float(mix.predicted_error)), x_of(mix.budget), mix.target.text,
                     presets=presets, mixes_at_presets=at,
@@ -566,7 +566,11 @@ def _same_point(points: list[tuple[str, float, float | None]]) -> list[tuple[str
 #: where a point's label may go, in points from the point (tried in this order): right above, right below,
 #: left above, left below, then further out
 _LABEL_SPOTS = ((5, 3, "left", "bottom"), (5, -3, "left", "top"), (-5, 3, "right", "bottom"),
-                (-5, -3, "right", "top"), (5, 12, "left", "bottom"), (5, -12, "left", "top"))
+                (-5, -3, "right", "top"), (5, 12, "left", "bottom"), (5, -12, "left", "top"),
+                (-5, 12, "right", "bottom"), (-5, -12, "right", "top"), (12, 24, "left", "bottom"),
+                (12, -24, "left", "top"), (-12, 24, "right", "bottom"), (-12, -24, "right", "top"))
+#: a thin line from a label to its point, so that a label between two points names one of them
+_LEADER = {"arrowstyle": "-", "lw": 0.5, "color": "#999999", "shrinkA": 0, "shrinkB": 3}
 
 
 def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: Sequence[tuple[float, float]] = ()):
@@ -581,14 +585,15 @@ def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: Sequen
     renderer = canvas.get_renderer()
     centres = [ax.transData.transform((x, y)) for _, x, y in points] + [ax.transData.transform(p) for p in avoid]
     marks = [Bbox.from_bounds(cx - 6, cy - 6, 12, 12) for cx, cy in centres]
-    labels: list = []
+    legend = ax.get_legend()
+    labels: list = [legend.get_window_extent(renderer)] if legend is not None else []
     for k, (name, x, y) in enumerate(points):
         here = centres[k]  # marks on the point itself (a mix that is the preset) do not count
         others = labels + [m for j, m in enumerate(marks) if j != k and
                            (abs(centres[j][0] - here[0]) > 2 or abs(centres[j][1] - here[1]) > 2)]
         for dx, dy, ha, va in _LABEL_SPOTS:
             text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
-                               fontsize=8)
+                               fontsize=8, arrowprops=_LEADER)
             box = text.get_window_extent(renderer).expanded(1.1, 1.15)
             inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
             if inside and not any(box.overlaps(o) for o in others):
@@ -597,7 +602,7 @@ def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: Sequen
         else:
             dx, dy, ha, va = _LABEL_SPOTS[0]
             text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
-                               fontsize=8)
+                               fontsize=8, arrowprops=_LEADER)
             box = text.get_window_extent(renderer)
         text.set_in_layout(False)  # the layout must not move the axes under the labels just placed
         labels.append(box)
@@ -653,7 +658,8 @@ def plot_frontier(f: Frontier, path: Path, *, title: str = "") -> None:
                   + (", log scale)" if ax.get_yscale() == "log" else ")"), fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(color="#e6e6e6", lw=0.6)
-    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    # below the frontier's left end nothing is drawn (no choice of types is there): the legend's place
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
     import textwrap
 
     fig.suptitle((title or "qtool convert: size against predicted error") + "\n"
