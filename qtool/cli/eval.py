@@ -164,7 +164,8 @@ def kl_measure(input: Path, text: Path, workdir: Path, *, ctx: int, threads: int
         finally:
             path.unlink(missing_ok=True)
         kld = r.summary["kld_mean"]
-        note(f"calibration: {cls} at {next(iter(types.values())).name}: KL divergence {kld:.5g} "
+        written = ",".join(sorted({t.name for t in types.values()}))
+        note(f"calibration: {cls} ({len(types)} tensor(s) as {written}): KL divergence {kld:.5g} "
              f"({r.summary['n_positions']} positions)")
         return kld
 
