@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import ROOT, edit_config, refuses
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
@@ -339,3 +340,22 @@ def test_tokenizer_malformed(tmp_path):
     tok = folder / "tokenizer.json"
     tok.write_text("{")
     refuses(folder, name=tok)
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16"])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_widening_a_big_tensor_in_parallel_equals_numpys(dtype, offset):
+    """Above 256k elements widen() runs a parallel kernel: every half/bfloat16 bit pattern (NaNs and
+    subnormals included) widens to NumPy's float32 bits, also from an odd byte address."""
+    from qtool.formats.source import _WIDEN_IN_KERNEL
+
+    codes = np.tile(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16), 5)
+    codes = np.random.default_rng(3).permutation(codes)
+    assert codes.size > _WIDEN_IN_KERNEL
+    stored = np.zeros(codes.nbytes + offset, dtype=np.uint8)
+    stored[offset:] = codes.view(np.uint8)
+    got = widen(stored[offset:], dtype, (5, 1 << 16))
+    want = codes.view(np.float16).astype(np.float32) if dtype == "F16" else \
+        (codes.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    assert got.dtype == np.float32 and got.shape == (5, 1 << 16)
+    assert np.array_equal(got.reshape(-1).view(np.uint32), want.view(np.uint32))
