@@ -7,6 +7,9 @@ inside a kernel (it is a float64 and silently promotes the expression); wrap it:
 
 from __future__ import annotations
 
+import sys
+import types as pytypes
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -165,3 +168,61 @@ def first_nonfinite_row(rows):
         if bad[r]:
             return r
     return -1
+
+
+# -- row drivers ----------------------------------------------------------------------------------
+# Every type's parallel driver is the same loop over rows and blocks around a different block
+# function. The loop is written once below, as a template, and each type gets its own jitted copy
+# from ``row_driver``: the template's code with the block function and the block sizes bound as
+# globals (Numba freezes globals as compile-time constants, so a copy compiles to exactly what a
+# hand-written driver does, the block function inlined).
+#
+# Why copies and not one driver taking the block function: Numba cannot cache either of the usual
+# ways. A closure over a jitted function hashes the pickled dispatcher, which holds a random
+# per-process uuid, and a dispatcher passed as an argument puts the process's function object in
+# the signature; both miss the cache in every new process and compile again (checked with numba
+# 0.68). A copy is a plain function: it caches under its own name, in the __pycache__ of the module
+# that asks for it, stamped with that module's source (so editing the block functions there
+# recompiles it; an edited template changes the bytecode hash, which recompiles every copy).
+
+def row_driver(template, module: str, name: str, doc: str, **bind):
+    """A jitted driver ``module.name``: ``template``'s code with the globals ``bind`` adds."""
+    code = template.__code__.replace(co_filename=sys.modules[module].__file__, co_name=name, co_qualname=name)
+    fn = pytypes.FunctionType(code, {**template.__globals__, **bind}, name)
+    fn.__module__, fn.__qualname__, fn.__doc__ = module, name, doc
+    return jit_rows(fn)
+
+
+# Template globals, bound per driver: BLOCK (the block function), IN and OUT (the widths of one block
+# in the source and destination rows: weights and bytes, or bytes and weights), SCRATCH (a jitted
+# function returning the block function's per-row scratch), ELEMENT (an element-wise conversion).
+BLOCK = IN = OUT = SCRATCH = ELEMENT = None
+
+
+def each_block(src, dst, *tables):
+    """For every row r and block b: BLOCK(src[r, b*IN:(b+1)*IN], dst[r, b*OUT:(b+1)*OUT], *tables)."""
+    nrows, n = src.shape
+    for r in numba.prange(nrows):
+        for b in range(n // IN):
+            BLOCK(src[r, b * IN:(b + 1) * IN], dst[r, b * OUT:(b + 1) * OUT], *tables)
+
+
+def each_block_weighted(rows, weights, out, *tables):
+    """For every row r and block b: BLOCK(x, qw, y, scratch, *tables), x and y the block's weights and
+    bytes, qw its slice of the importance vector (or the zero-length ``weights`` itself: C's NULL,
+    the ``_ref`` path), scratch = SCRATCH() once per row."""
+    nrows, n = rows.shape
+    use_w = weights.shape[0] > 0
+    for r in numba.prange(nrows):
+        scratch = SCRATCH()
+        for b in range(n // IN):
+            qw = weights[b * IN:(b + 1) * IN] if use_w else weights
+            BLOCK(rows[r, b * IN:(b + 1) * IN], qw, out[r, b * OUT:(b + 1) * OUT], scratch, *tables)
+
+
+def each_element(src, dst):
+    """dst[r, j] = ELEMENT(src[r, j]) over 2-D arrays of one shape."""
+    nrows, n = src.shape
+    for r in numba.prange(nrows):
+        for j in range(n):
+            dst[r, j] = ELEMENT(src[r, j])

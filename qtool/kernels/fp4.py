@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import F32, f32_bits, jit, jit_rows
+from qtool.kernels.common import F32, each_block, f32_bits, jit, row_driver
 
 #: ggml's kvalues_mxfp4 (kvalues_fp4): E2M1 values doubled, as float32, indexed by code
 KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.float32)
@@ -156,36 +155,26 @@ def _quantize_block_mxfp4(xb, yb, e8m0_half, mags):
     _pack_codes(xb, e8m0_half[e], mags, yb[1:17])
 
 
-@jit_rows
-def _quantize_mxfp4(rows, out, e8m0_half, mags):
-    nrows, n = rows.shape
-    for r in numba.prange(nrows):
-        x = rows[r]
-        y = out[r]
-        for b in range(n // 32):
-            _quantize_block_mxfp4(x[32 * b:32 * b + 32], y[17 * b:17 * b + 17], e8m0_half, mags)
+@jit
+def _dequantize_block_mxfp4(qb, yb, e8m0_half, kvalues):
+    """dequantize_row_mxfp4 for one block: qb uint8[17] -> yb float32[32]."""
+    d = e8m0_half[qb[0]]
+    for j in range(16):
+        c = qb[1 + j]
+        yb[j] = kvalues[c & np.uint8(0x0F)] * d
+        yb[j + 16] = kvalues[c >> np.uint8(4)] * d
 
 
-def quantize_mxfp4(rows, weights, out):
+_quantize_mxfp4 = row_driver(each_block, __name__, "_quantize_mxfp4", "quantize_row_mxfp4_ref over all rows.",
+                             BLOCK=_quantize_block_mxfp4, IN=32, OUT=17)
+_dequantize_mxfp4 = row_driver(each_block, __name__, "_dequantize_mxfp4", "dequantize_row_mxfp4 over all rows.",
+                               BLOCK=_dequantize_block_mxfp4, IN=17, OUT=32)
+
+
+def quantize_mxfp4(rows, out):
     """ggml's quantize_mxfp4 (the _ref path; ggml ignores the importance vector).
     rows float32 [nrows, 32*nb] -> out uint8 [nrows, 17*nb]."""
     _quantize_mxfp4(rows, out, E8M0_HALF, MAGNITUDES)
-
-
-@jit_rows
-def _dequantize_mxfp4(data, out, e8m0_half, kvalues):
-    nrows, nbytes = data.shape
-    for r in numba.prange(nrows):
-        q = data[r]
-        y = out[r]
-        for b in range(nbytes // 17):
-            qb = q[17 * b:17 * b + 17]
-            yb = y[32 * b:32 * b + 32]
-            d = e8m0_half[qb[0]]
-            for j in range(16):
-                c = qb[1 + j]
-                yb[j] = kvalues[c & np.uint8(0x0F)] * d
-                yb[j + 16] = kvalues[c >> np.uint8(4)] * d
 
 
 def dequantize_mxfp4(data, out):
@@ -205,37 +194,27 @@ def _quantize_block_nvfp4(xb, yb, ue4m3, mags):
         _pack_codes(xg, ue4m3[u], mags, yb[4 + 8 * s:12 + 8 * s])
 
 
-@jit_rows
-def _quantize_nvfp4(rows, out, ue4m3, mags):
-    nrows, n = rows.shape
-    for r in numba.prange(nrows):
-        x = rows[r]
-        y = out[r]
-        for b in range(n // 64):
-            _quantize_block_nvfp4(x[64 * b:64 * b + 64], y[36 * b:36 * b + 36], ue4m3, mags)
+@jit
+def _dequantize_block_nvfp4(qb, yb, ue4m3, kvalues):
+    """dequantize_row_nvfp4 for one block: qb uint8[36] -> yb float32[64]."""
+    for s in range(4):
+        d = ue4m3[qb[s]]
+        for j in range(8):
+            c = qb[4 + 8 * s + j]
+            yb[16 * s + j] = kvalues[c & np.uint8(0x0F)] * d
+            yb[16 * s + j + 8] = kvalues[c >> np.uint8(4)] * d
 
 
-def quantize_nvfp4(rows, weights, out):
+_quantize_nvfp4 = row_driver(each_block, __name__, "_quantize_nvfp4", "quantize_row_nvfp4_ref over all rows.",
+                             BLOCK=_quantize_block_nvfp4, IN=64, OUT=36)
+_dequantize_nvfp4 = row_driver(each_block, __name__, "_dequantize_nvfp4", "dequantize_row_nvfp4 over all rows.",
+                               BLOCK=_dequantize_block_nvfp4, IN=36, OUT=64)
+
+
+def quantize_nvfp4(rows, out):
     """ggml's quantize_nvfp4 (the _ref path; ggml ignores the importance vector).
     rows float32 [nrows, 64*nb] -> out uint8 [nrows, 36*nb]."""
     _quantize_nvfp4(rows, out, UE4M3, MAGNITUDES)
-
-
-@jit_rows
-def _dequantize_nvfp4(data, out, ue4m3, kvalues):
-    nrows, nbytes = data.shape
-    for r in numba.prange(nrows):
-        q = data[r]
-        y = out[r]
-        for b in range(nbytes // 36):
-            qb = q[36 * b:36 * b + 36]
-            yb = y[64 * b:64 * b + 64]
-            for s in range(4):
-                d = ue4m3[qb[s]]
-                for j in range(8):
-                    c = qb[4 + 8 * s + j]
-                    yb[16 * s + j] = kvalues[c & np.uint8(0x0F)] * d
-                    yb[16 * s + j + 8] = kvalues[c >> np.uint8(4)] * d
 
 
 def dequantize_nvfp4(data, out):

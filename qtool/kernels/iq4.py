@@ -13,10 +13,10 @@ in float32, so the float32 copy of the table changes no result.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import F32, jit, jit_rows, load_fp16, load_u16, nearest_int, store_fp16, store_u16
+from qtool.kernels.common import (F32, each_block, each_block_weighted, jit, load_fp16, load_u16, nearest_int,
+                                 row_driver, store_fp16, store_u16)
 
 QK4_NL = 32
 QK_K = 256
@@ -136,9 +136,9 @@ def _sigma2(x):
 
 
 @jit
-def _pack_nibbles(L, qs, pos):
-    """Per 32 indices: byte j holds L[j] (low nibble) and L[16 + j] (high nibble)."""
-    for i in range(L.shape[0] // 32):
+def _pack_nibbles(L, n, qs, pos):
+    """Per 32 of the n indices L[0:n]: byte j holds L[j] (low nibble) and L[16 + j] (high nibble)."""
+    for i in range(n // 32):
         for j in range(16):
             qs[pos + 16 * i + j] = L[32 * i + j] | (L[32 * i + 16 + j] << np.uint8(4))
 
@@ -152,48 +152,40 @@ def _pack_nibbles(L, qs, pos):
 
 
 @jit
-def quantize_block_iq4_nl(x, qw, y, values, weight, qv, L):
-    """ggml quantize_row_iq4_nl_impl(QK4_NL, 32, ..., ntry=7): x, qw float32[32] -> y uint8[18]."""
+def _scratch():
+    """Per-row scratch of the IQ4 block functions: weight, qv float32[32], L uint8[256], scales float32[8]."""
+    return (np.empty(32, np.float32), np.empty(32, np.float32), np.empty(QK_K, np.uint8),
+            np.empty(QK_K // 32, np.float32))
+
+
+@jit
+def quantize_block_iq4_nl(x, qw, y, s, values):
+    """ggml quantize_row_iq4_nl_impl(QK4_NL, 32, ..., ntry=7): x, qw float32[32] -> y uint8[18];
+    scratch s = _scratch()."""
+    weight, qv, L, _ = s
     sigma2 = _sigma2(x)
     scale = _block_scale(x, qw, sigma2, values, weight, L, qv)
     store_fp16(y, _NL_D, scale)
     inv = F32(1.0) / scale if scale != F32(0.0) else F32(0.0)
     for j in range(QK4_NL):
         L[j] = best_index_iq4(values, inv * x[j])
-    _pack_nibbles(L, y, _NL_QS)
+    _pack_nibbles(L, QK4_NL, y, _NL_QS)
 
 
-@jit_rows
-def _quantize_iq4_nl(rows, weights, out, values):
-    """ggml quantize_iq4_nl: rows float32[nrows, n], weights float32[n] or [0], values float32[16]
-    -> out uint8[nrows, n/32*18]."""
-    nrows, n = rows.shape
-    nb = n // QK4_NL
-    for r in numba.prange(nrows):
-        weight = np.empty(QK4_NL, np.float32)
-        qv = np.empty(QK4_NL, np.float32)
-        L = np.empty(QK4_NL, np.uint8)
-        for i in range(nb):
-            x = rows[r, QK4_NL * i:QK4_NL * (i + 1)]
-            y = out[r, IQ4_NL_BYTES * i:IQ4_NL_BYTES * (i + 1)]
-            qw = weights[QK4_NL * i:QK4_NL * (i + 1)] if weights.shape[0] > 0 else weights
-            quantize_block_iq4_nl(x, qw, y, values, weight, qv, L)
+@jit
+def dequantize_block_iq4_nl(y, o, values):
+    """ggml dequantize_row_iq4_nl for one block: y uint8[18] -> o float32[32]."""
+    d = load_fp16(y, _NL_D)
+    for j in range(16):
+        b = y[_NL_QS + j]
+        o[j] = d * values[b & np.uint8(0xF)]
+        o[j + 16] = d * values[b >> np.uint8(4)]
 
 
-@jit_rows
-def _dequantize_iq4_nl(data, out, values):
-    """ggml dequantize_row_iq4_nl: data uint8[nrows, nb*18] -> out float32[nrows, nb*32]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // IQ4_NL_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, IQ4_NL_BYTES * i:IQ4_NL_BYTES * (i + 1)]
-            o = out[r, QK4_NL * i:QK4_NL * (i + 1)]
-            d = load_fp16(y, _NL_D)
-            for j in range(16):
-                b = y[_NL_QS + j]
-                o[j] = d * values[b & np.uint8(0xF)]
-                o[j + 16] = d * values[b >> np.uint8(4)]
+_quantize_iq4_nl = row_driver(each_block_weighted, __name__, "_quantize_iq4_nl", "ggml quantize_iq4_nl over all rows.",
+                              BLOCK=quantize_block_iq4_nl, SCRATCH=_scratch, IN=QK4_NL, OUT=IQ4_NL_BYTES)
+_dequantize_iq4_nl = row_driver(each_block, __name__, "_dequantize_iq4_nl", "ggml dequantize_row_iq4_nl over all "
+                                "rows.", BLOCK=dequantize_block_iq4_nl, IN=IQ4_NL_BYTES, OUT=QK4_NL)
 
 
 def quantize_iq4_nl(rows, weights, out):
@@ -221,8 +213,10 @@ def dequantize_iq4_nl(data, out):
 
 
 @jit
-def quantize_block_iq4_xs(x, qw, y, values, weight, qv, L, scales):
-    """ggml quantize_row_iq4_nl_impl(QK_K, 32, ..., ntry=7): x, qw float32[256] -> y uint8[136]."""
+def quantize_block_iq4_xs(x, qw, y, s, values):
+    """ggml quantize_row_iq4_nl_impl(QK_K, 32, ..., ntry=7): x, qw float32[256] -> y uint8[136];
+    scratch s = _scratch()."""
+    weight, qv, L, scales = s
     sigma2 = _sigma2(x)
     max_scale = F32(0.0)
     amax_scale = F32(0.0)
@@ -251,46 +245,28 @@ def quantize_block_iq4_xs(x, qw, y, values, weight, qv, L, scales):
             y[_XS_SCALES_L + ib // 2] |= lo << np.uint8(4)
         scales_h |= np.uint16((l >> 4) << (2 * ib))
     store_u16(y, _XS_SCALES_H, scales_h)
-    _pack_nibbles(L, y, _XS_QS)
+    _pack_nibbles(L, QK_K, y, _XS_QS)
 
 
-@jit_rows
-def _quantize_iq4_xs(rows, weights, out, values):
-    """ggml quantize_iq4_xs: rows float32[nrows, n], weights float32[n] or [0], values float32[16]
-    -> out uint8[nrows, n/256*136]."""
-    nrows, n = rows.shape
-    nb = n // QK_K
-    for r in numba.prange(nrows):
-        weight = np.empty(32, np.float32)
-        qv = np.empty(32, np.float32)
-        L = np.empty(QK_K, np.uint8)
-        scales = np.empty(QK_K // 32, np.float32)
-        for i in range(nb):
-            x = rows[r, QK_K * i:QK_K * (i + 1)]
-            y = out[r, IQ4_XS_BYTES * i:IQ4_XS_BYTES * (i + 1)]
-            qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
-            quantize_block_iq4_xs(x, qw, y, values, weight, qv, L, scales)
+@jit
+def dequantize_block_iq4_xs(y, o, values):
+    """ggml dequantize_row_iq4_xs for one super-block: y uint8[136] -> o float32[256]."""
+    d = load_fp16(y, _XS_D)
+    scales_h = np.int32(load_u16(y, _XS_SCALES_H))
+    for ib in range(QK_K // 32):
+        lo = (np.int32(y[_XS_SCALES_L + ib // 2]) >> (4 * (ib % 2))) & 0xF
+        ls = lo | (((scales_h >> (2 * ib)) & 3) << 4)
+        dl = d * F32(ls - 32)
+        for j in range(16):
+            b = y[_XS_QS + 16 * ib + j]
+            o[32 * ib + j] = dl * values[b & np.uint8(0xF)]
+            o[32 * ib + j + 16] = dl * values[b >> np.uint8(4)]
 
 
-@jit_rows
-def _dequantize_iq4_xs(data, out, values):
-    """ggml dequantize_row_iq4_xs: data uint8[nrows, nb*136] -> out float32[nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // IQ4_XS_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, IQ4_XS_BYTES * i:IQ4_XS_BYTES * (i + 1)]
-            o = out[r, QK_K * i:QK_K * (i + 1)]
-            d = load_fp16(y, _XS_D)
-            scales_h = np.int32(load_u16(y, _XS_SCALES_H))
-            for ib in range(QK_K // 32):
-                lo = (np.int32(y[_XS_SCALES_L + ib // 2]) >> (4 * (ib % 2))) & 0xF
-                ls = lo | (((scales_h >> (2 * ib)) & 3) << 4)
-                dl = d * F32(ls - 32)
-                for j in range(16):
-                    b = y[_XS_QS + 16 * ib + j]
-                    o[32 * ib + j] = dl * values[b & np.uint8(0xF)]
-                    o[32 * ib + j + 16] = dl * values[b >> np.uint8(4)]
+_quantize_iq4_xs = row_driver(each_block_weighted, __name__, "_quantize_iq4_xs", "ggml quantize_iq4_xs over all rows.",
+                              BLOCK=quantize_block_iq4_xs, SCRATCH=_scratch, IN=QK_K, OUT=IQ4_XS_BYTES)
+_dequantize_iq4_xs = row_driver(each_block, __name__, "_dequantize_iq4_xs", "ggml dequantize_row_iq4_xs over all "
+                                "rows.", BLOCK=dequantize_block_iq4_xs, IN=IQ4_XS_BYTES, OUT=QK_K)
 
 
 def quantize_iq4_xs(rows, weights, out):

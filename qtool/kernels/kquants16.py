@@ -23,7 +23,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16, store_u16
+from qtool.kernels.common import (F32, each_block, each_block_weighted, jit, jit_rows, load_fp16, nearest_int, row_driver,
+                                 store_fp16, store_u16)
 from qtool.kernels.search import (
     GROUP_MAX_EPS,
     make_qp_quants,
@@ -552,12 +553,15 @@ def quantize_block_q2_K_impl(x, qw, out, L, scales, mins, sw, Ls, Lm, xt, wt, S,
     _q2_finish(x, L, out)
 
 
+# Q2_K and Q3_K keep drivers of their own: through each_block_weighted (per-row scratch as a tuple
+# that the block function unpacks) they ran 5-10% slower, the tuple's arrays reference-counted per
+# block, which a block this fast notices. Q6_K's slower block does not.
+
 @jit_rows
 def quantize_q2_K(rows, weights, out):
     """quantize_q2_K over rows float32 [nrows, n] -> out uint8 [nrows, n/256*84];
     weights float32 [n] selects quantize_row_q2_K_impl, zero-length the _ref path."""
     nrows, n = rows.shape
-    nb = n // QK_K
     use_w = weights.shape[0] > 0
     for r in numba.prange(nrows):
         L = np.empty(QK_K, np.uint8)
@@ -570,7 +574,7 @@ def quantize_q2_K(rows, weights, out):
         wt = np.empty((16, 16), np.float32)
         lt = np.empty((16, 16), np.float32)
         S = np.empty((16, 16), np.float32)
-        for b in range(nb):
+        for b in range(n // QK_K):
             x = rows[r, QK_K * b:QK_K * (b + 1)]
             blk = out[r, Q2_K_BYTES * b:Q2_K_BYTES * (b + 1)]
             if use_w:
@@ -596,16 +600,6 @@ def dequantize_block_q2_K(blk, y):
         for l in range(16):
             q = (np.int32(blk[_Q2_QS + 32 * h + 16 * k + l]) >> (2 * p)) & 3
             y[16 * s + l] = dl * F32(q) - ml
-
-
-@jit_rows
-def dequantize_q2_K(data, out):
-    """dequantize_row_q2_K over data uint8 [nrows, nb*84] -> out float32 [nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // Q2_K_BYTES
-    for r in numba.prange(nrows):
-        for b in range(nb):
-            dequantize_block_q2_K(data[r, Q2_K_BYTES * b:Q2_K_BYTES * (b + 1)], out[r, QK_K * b:QK_K * (b + 1)])
 
 
 # -- Q3_K -----------------------------------------------------------------------------------------
@@ -675,7 +669,6 @@ def quantize_q3_K(rows, weights, out):
     """quantize_q3_K over rows float32 [nrows, n] -> out uint8 [nrows, n/256*110];
     weights float32 [n] selects quantize_row_q3_K_impl, zero-length the _ref path."""
     nrows, n = rows.shape
-    nb = n // QK_K
     use_w = weights.shape[0] > 0
     for r in numba.prange(nrows):
         L = np.empty(QK_K, np.int8)
@@ -687,12 +680,11 @@ def quantize_q3_K(rows, weights, out):
         wxt = np.empty((16, 16), np.float32)
         S = np.empty((7, 16), np.float32)
         Lt = np.empty((16, 16), np.int32)
-        for b in range(nb):
+        for b in range(n // QK_K):
             x = rows[r, QK_K * b:QK_K * (b + 1)]
             blk = out[r, Q3_K_BYTES * b:Q3_K_BYTES * (b + 1)]
             if use_w:
-                quantize_block_q3_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, sw, Ls,
-                                         xt, wt, S, wxt)
+                quantize_block_q3_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, sw, Ls, xt, wt, S, wxt)
             else:
                 quantize_block_q3_K_ref(x, blk, L, scales, xt, S, Lt)
 
@@ -714,24 +706,22 @@ def dequantize_block_q3_K(blk, y):
             y[16 * s + l] = dl * F32(q)
 
 
-@jit_rows
-def dequantize_q3_K(data, out):
-    """dequantize_row_q3_K over data uint8 [nrows, nb*110] -> out float32 [nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // Q3_K_BYTES
-    for r in numba.prange(nrows):
-        for b in range(nb):
-            dequantize_block_q3_K(data[r, Q3_K_BYTES * b:Q3_K_BYTES * (b + 1)], out[r, QK_K * b:QK_K * (b + 1)])
-
-
 # -- Q6_K -----------------------------------------------------------------------------------------
 
 
 @jit
-def quantize_block_q6_K(x, qw, out, L, scales, xt, wt, S, wxt):
+def _q6_K_scratch():
+    """Per-row scratch of quantize_block_q6_K: L int8[256], scales float32[16], xt, wt, wxt float32[16, 16],
+    S float32[7, 16]."""
+    return (np.empty(QK_K, np.int8), np.empty(16, np.float32), np.empty((16, 16), np.float32),
+            np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((7, 16), np.float32))
+
+
+@jit
+def quantize_block_q6_K(x, qw, out, s):
     """quantize_row_q6_K_ref (qw empty) or quantize_row_q6_K_impl (qw float32[256]) for one block:
-    x float32[256] -> out uint8[210].
-    Scratch: L int8[256], scales float32[16], xt/wt/wxt float32[16, 16], S float32[7, 16]."""
+    x float32[256] -> out uint8[210], scratch s = _q6_K_scratch()."""
+    L, scales, xt, wt, wxt, S = s
     use_w = qw.shape[0] > 0
     for j in range(16):
         for i in range(16):
@@ -751,27 +741,6 @@ def quantize_block_q6_K(x, qw, out, L, scales, xt, wt, S, wxt):
             out[i] = 0
         return
     _q6_finish(x, L, scales, max_scale, out)
-
-
-@jit_rows
-def quantize_q6_K(rows, weights, out):
-    """quantize_q6_K over rows float32 [nrows, n] -> out uint8 [nrows, n/256*210];
-    weights float32 [n] selects quantize_row_q6_K_impl, zero-length the _ref path."""
-    nrows, n = rows.shape
-    nb = n // QK_K
-    use_w = weights.shape[0] > 0
-    for r in numba.prange(nrows):
-        L = np.empty(QK_K, np.int8)
-        scales = np.empty(16, np.float32)
-        xt = np.empty((16, 16), np.float32)
-        wt = np.empty((16, 16), np.float32)
-        wxt = np.empty((16, 16), np.float32)
-        S = np.empty((7, 16), np.float32)
-        for b in range(nb):
-            x = rows[r, QK_K * b:QK_K * (b + 1)]
-            blk = out[r, Q6_K_BYTES * b:Q6_K_BYTES * (b + 1)]
-            qw = weights[QK_K * b:QK_K * (b + 1)] if use_w else weights
-            quantize_block_q6_K(x, qw, blk, L, scales, xt, wt, S, wxt)
 
 
 @jit
@@ -797,11 +766,14 @@ def dequantize_block_q6_K(blk, y):
                 y[128 * h + l + 96] = s3 * F32(((lo1 >> 4) | (((hb >> 6) & 3) << 4)) - 32)
 
 
-@jit_rows
-def dequantize_q6_K(data, out):
-    """dequantize_row_q6_K over data uint8 [nrows, nb*210] -> out float32 [nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // Q6_K_BYTES
-    for r in numba.prange(nrows):
-        for b in range(nb):
-            dequantize_block_q6_K(data[r, Q6_K_BYTES * b:Q6_K_BYTES * (b + 1)], out[r, QK_K * b:QK_K * (b + 1)])
+# -- row drivers: rows float32[nrows, n] and weights float32[n] (or [0]: the _ref path)
+# -- -> out uint8[nrows, n/256*size], and back --------------------------------------------------------
+
+quantize_q6_K = row_driver(each_block_weighted, __name__, "quantize_q6_K", "quantize_q6_K over all rows.",
+                           BLOCK=quantize_block_q6_K, SCRATCH=_q6_K_scratch, IN=QK_K, OUT=Q6_K_BYTES)
+dequantize_q2_K = row_driver(each_block, __name__, "dequantize_q2_K", "dequantize_row_q2_K over all rows.",
+                             BLOCK=dequantize_block_q2_K, IN=Q2_K_BYTES, OUT=QK_K)
+dequantize_q3_K = row_driver(each_block, __name__, "dequantize_q3_K", "dequantize_row_q3_K over all rows.",
+                             BLOCK=dequantize_block_q3_K, IN=Q3_K_BYTES, OUT=QK_K)
+dequantize_q6_K = row_driver(each_block, __name__, "dequantize_q6_K", "dequantize_row_q6_K over all rows.",
+                             BLOCK=dequantize_block_q6_K, IN=Q6_K_BYTES, OUT=QK_K)

@@ -12,10 +12,10 @@ zero-length array for none: without one ggml takes the ``quantize_row_*_ref`` pa
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import F32, bits_f32, f32_bits, jit, jit_rows, load_fp16, nearest_int, store_fp16
+from qtool.kernels.common import (F32, bits_f32, each_block, each_block_weighted, f32_bits, jit, load_fp16,
+                                 nearest_int, row_driver, store_fp16)
 from qtool.kernels.search import make_qkx2_quants_s, make_qkx3_quants_s, make_qp_quants, qkx_scratch
 
 QK_K = 256
@@ -204,53 +204,41 @@ def quantize_block_q4_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, L
     _pack_q4_K(L, y)
 
 
-@jit_rows
-def quantize_q4_K(rows, weights, out):
-    """ggml quantize_q4_K: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*144]."""
-    nrows, n = rows.shape
-    nb = n // QK_K
-    for r in numba.prange(nrows):
-        L = np.zeros(QK_K, np.uint8)
-        Laux = np.zeros(32, np.uint8)
-        w = np.zeros(32, np.float32)
-        scales = np.zeros(8, np.float32)
-        mins = np.zeros(8, np.float32)
-        sw = np.zeros(8, np.float32)
-        Ls = np.zeros(8, np.uint8)
-        Lm = np.zeros(8, np.uint8)
-        scratch = qkx_scratch(32)
-        for i in range(nb):
-            x = rows[r, QK_K * i:QK_K * (i + 1)]
-            y = out[r, Q4_K_BYTES * i:Q4_K_BYTES * (i + 1)]
-            if weights.shape[0] == 0:
-                quantize_block_q4_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
-            else:
-                quantize_block_q4_K_impl(x, weights[QK_K * i:QK_K * (i + 1)], y, L, Laux, w, scales, mins, sw,
-                                         Ls, Lm, scratch)
+@jit
+def _k4_scratch():
+    """The per-row scratch of the Q4_K / Q5_K block functions: L uint8[256], Laux uint8[32], weights
+    float32[32], scales, mins, sw float32[8], Ls, Lm uint8[8] and make_qkx*_quants_s' scratch."""
+    return (np.zeros(QK_K, np.uint8), np.zeros(32, np.uint8), np.zeros(32, np.float32), np.zeros(8, np.float32),
+            np.zeros(8, np.float32), np.zeros(8, np.float32), np.zeros(8, np.uint8), np.zeros(8, np.uint8),
+            qkx_scratch(32))
 
 
-@jit_rows
-def dequantize_q4_K(data, out):
-    """ggml dequantize_row_q4_K: data uint8[nrows, nb*144] -> out float32[nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // Q4_K_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, Q4_K_BYTES * i:Q4_K_BYTES * (i + 1)]
-            o = out[r, QK_K * i:QK_K * (i + 1)]
-            d = load_fp16(y, _D)
-            dmin = load_fp16(y, _DMIN)
-            for c in range(4):
-                sc, m = get_scale_min_k4(2 * c, y)
-                d1 = d * F32(sc)
-                m1 = dmin * F32(m)
-                sc, m = get_scale_min_k4(2 * c + 1, y)
-                d2 = d * F32(sc)
-                m2 = dmin * F32(m)
-                for l in range(32):
-                    q = y[_Q4_QS + 32 * c + l]
-                    o[64 * c + l] = d1 * F32(q & np.uint8(0xF)) - m1
-                    o[64 * c + 32 + l] = d2 * F32(q >> np.uint8(4)) - m2
+@jit
+def quantize_block_q4_K(x, qw, y, s):
+    """ggml quantize_row_q4_K_ref (qw empty) or _impl for one super-block, scratch s = _k4_scratch()."""
+    L, Laux, w, scales, mins, sw, Ls, Lm, scratch = s
+    if qw.shape[0] == 0:
+        quantize_block_q4_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
+    else:
+        quantize_block_q4_K_impl(x, qw, y, L, Laux, w, scales, mins, sw, Ls, Lm, scratch)
+
+
+@jit
+def dequantize_block_q4_K(y, o):
+    """ggml dequantize_row_q4_K for one super-block: y uint8[144] -> o float32[256]."""
+    d = load_fp16(y, _D)
+    dmin = load_fp16(y, _DMIN)
+    for c in range(4):
+        sc, m = get_scale_min_k4(2 * c, y)
+        d1 = d * F32(sc)
+        m1 = dmin * F32(m)
+        sc, m = get_scale_min_k4(2 * c + 1, y)
+        d2 = d * F32(sc)
+        m2 = dmin * F32(m)
+        for l in range(32):
+            q = y[_Q4_QS + 32 * c + l]
+            o[64 * c + l] = d1 * F32(q & np.uint8(0xF)) - m1
+            o[64 * c + 32 + l] = d2 * F32(q >> np.uint8(4)) - m2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,58 +297,37 @@ def quantize_block_q5_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, L
     _pack_q5_K(L, y)
 
 
-@jit_rows
-def quantize_q5_K(rows, weights, out):
-    """ggml quantize_q5_K: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*176]."""
-    nrows, n = rows.shape
-    nb = n // QK_K
-    for r in numba.prange(nrows):
-        L = np.zeros(QK_K, np.uint8)
-        Laux = np.zeros(32, np.uint8)
-        w = np.zeros(32, np.float32)
-        scales = np.zeros(8, np.float32)
-        mins = np.zeros(8, np.float32)
-        sw = np.zeros(8, np.float32)
-        Ls = np.zeros(8, np.uint8)
-        Lm = np.zeros(8, np.uint8)
-        scratch = qkx_scratch(32)
-        for i in range(nb):
-            x = rows[r, QK_K * i:QK_K * (i + 1)]
-            y = out[r, Q5_K_BYTES * i:Q5_K_BYTES * (i + 1)]
-            if weights.shape[0] == 0:
-                quantize_block_q5_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
-            else:
-                quantize_block_q5_K_impl(x, weights[QK_K * i:QK_K * (i + 1)], y, L, Laux, w, scales, mins, sw,
-                                         Ls, Lm, scratch)
+@jit
+def quantize_block_q5_K(x, qw, y, s):
+    """ggml quantize_row_q5_K_ref (qw empty) or _impl for one super-block, scratch s = _k4_scratch()."""
+    L, Laux, w, scales, mins, sw, Ls, Lm, scratch = s
+    if qw.shape[0] == 0:
+        quantize_block_q5_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
+    else:
+        quantize_block_q5_K_impl(x, qw, y, L, Laux, w, scales, mins, sw, Ls, Lm, scratch)
 
 
-@jit_rows
-def dequantize_q5_K(data, out):
-    """ggml dequantize_row_q5_K: data uint8[nrows, nb*176] -> out float32[nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // Q5_K_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, Q5_K_BYTES * i:Q5_K_BYTES * (i + 1)]
-            o = out[r, QK_K * i:QK_K * (i + 1)]
-            d = load_fp16(y, _D)
-            dmin = load_fp16(y, _DMIN)
-            for c in range(4):
-                sc, m = get_scale_min_k4(2 * c, y)
-                d1 = d * F32(sc)
-                m1 = dmin * F32(m)
-                sc, m = get_scale_min_k4(2 * c + 1, y)
-                d2 = d * F32(sc)
-                m2 = dmin * F32(m)
-                u1 = np.uint8(1 << (2 * c))
-                u2 = np.uint8(2 << (2 * c))
-                for l in range(32):
-                    q = y[_Q5_QS + 32 * c + l]
-                    h = y[_Q5_QH + l]
-                    lo = np.int64(q & np.uint8(0xF)) + (16 if (h & u1) != 0 else 0)
-                    hi = np.int64(q >> np.uint8(4)) + (16 if (h & u2) != 0 else 0)
-                    o[64 * c + l] = d1 * F32(lo) - m1
-                    o[64 * c + 32 + l] = d2 * F32(hi) - m2
+@jit
+def dequantize_block_q5_K(y, o):
+    """ggml dequantize_row_q5_K for one super-block: y uint8[176] -> o float32[256]."""
+    d = load_fp16(y, _D)
+    dmin = load_fp16(y, _DMIN)
+    for c in range(4):
+        sc, m = get_scale_min_k4(2 * c, y)
+        d1 = d * F32(sc)
+        m1 = dmin * F32(m)
+        sc, m = get_scale_min_k4(2 * c + 1, y)
+        d2 = d * F32(sc)
+        m2 = dmin * F32(m)
+        u1 = np.uint8(1 << (2 * c))
+        u2 = np.uint8(2 << (2 * c))
+        for l in range(32):
+            q = y[_Q5_QS + 32 * c + l]
+            h = y[_Q5_QH + l]
+            lo = np.int64(q & np.uint8(0xF)) + (16 if (h & u1) != 0 else 0)
+            hi = np.int64(q >> np.uint8(4)) + (16 if (h & u2) != 0 else 0)
+            o[64 * c + l] = d1 * F32(lo) - m1
+            o[64 * c + 32 + l] = d2 * F32(hi) - m2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -421,24 +388,26 @@ def quantize_block_q8_K(x, y):
     _store_f32(y, 0, F32(1.0) / iscale)
 
 
-@jit_rows
-def quantize_q8_K(rows, weights, out):
-    """ggml quantize_row_q8_K_ref over rows float32[nrows, n] -> out uint8[nrows, n/256*292]; weights unused."""
-    nrows, n = rows.shape
-    nb = n // QK_K
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            quantize_block_q8_K(rows[r, QK_K * i:QK_K * (i + 1)], out[r, Q8_K_BYTES * i:Q8_K_BYTES * (i + 1)])
+@jit
+def dequantize_block_q8_K(y, o):
+    """ggml dequantize_row_q8_K for one super-block: y uint8[292] -> o float32[256]."""
+    d = _load_f32(y, 0)
+    for j in range(QK_K):
+        o[j] = d * F32(np.int8(y[_Q8_QS + j]))
 
 
-@jit_rows
-def dequantize_q8_K(data, out):
-    """ggml dequantize_row_q8_K: data uint8[nrows, nb*292] -> out float32[nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // Q8_K_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, Q8_K_BYTES * i:Q8_K_BYTES * (i + 1)]
-            d = _load_f32(y, 0)
-            for j in range(QK_K):
-                out[r, QK_K * i + j] = d * F32(np.int8(y[_Q8_QS + j]))
+# -- row drivers: rows float32[nrows, n] and weights float32[n] (or [0]: the _ref path)
+# -- -> out uint8[nrows, n/256*size], and back --------------------------------------------------------
+
+quantize_q4_K = row_driver(each_block_weighted, __name__, "quantize_q4_K", "ggml quantize_q4_K over all rows.",
+                           BLOCK=quantize_block_q4_K, SCRATCH=_k4_scratch, IN=QK_K, OUT=Q4_K_BYTES)
+quantize_q5_K = row_driver(each_block_weighted, __name__, "quantize_q5_K", "ggml quantize_q5_K over all rows.",
+                           BLOCK=quantize_block_q5_K, SCRATCH=_k4_scratch, IN=QK_K, OUT=Q5_K_BYTES)
+quantize_q8_K = row_driver(each_block, __name__, "quantize_q8_K", "ggml quantize_row_q8_K_ref over all rows.",
+                           BLOCK=quantize_block_q8_K, IN=QK_K, OUT=Q8_K_BYTES)
+dequantize_q4_K = row_driver(each_block, __name__, "dequantize_q4_K", "ggml dequantize_row_q4_K over all rows.",
+                             BLOCK=dequantize_block_q4_K, IN=Q4_K_BYTES, OUT=QK_K)
+dequantize_q5_K = row_driver(each_block, __name__, "dequantize_q5_K", "ggml dequantize_row_q5_K over all rows.",
+                             BLOCK=dequantize_block_q5_K, IN=Q5_K_BYTES, OUT=QK_K)
+dequantize_q8_K = row_driver(each_block, __name__, "dequantize_q8_K", "ggml dequantize_row_q8_K over all rows.",
+                             BLOCK=dequantize_block_q8_K, IN=Q8_K_BYTES, OUT=QK_K)

@@ -34,7 +34,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, bits_f32, f32_bits, fp32_to_fp16_bits, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.common import (F32, bits_f32, each_block, f32_bits, fp32_to_fp16_bits, jit, load_fp16, row_driver,
+                                 store_fp16)
 from qtool.kernels.search import make_qkx3_quants_s, make_qx_quants_s, qkx_scratch, qx_scratch
 
 QK = 32
@@ -258,10 +259,11 @@ def _inv(d):
 
 
 @jit
-def q4_0_row_ref(x, y, amax):
-    """quantize_row_q4_0_ref: x float32[n] -> y uint8[n/32*18]; amax float32[n/32] scratch
+def q4_0_row_ref(x, y, mm):
+    """quantize_row_q4_0_ref: x float32[n] -> y uint8[n/32*18]; mm float32[2, n/32] scratch
     (two passes, as q4_1_row_ref)."""
     nb = x.shape[0] // QK
+    amax = mm[0]
     for ib in range(nb):
         amax[ib] = _absmax_at(x, ib * QK)
     for ib in range(nb):
@@ -277,12 +279,14 @@ def q4_0_row_ref(x, y, amax):
 
 
 @jit
-def q4_1_row_ref(x, y, mins, maxs):
-    """quantize_row_q4_1_ref: x float32[n] -> y uint8[n/32*20]; mins, maxs float32[n/32] scratch.
+def q4_1_row_ref(x, y, mm):
+    """quantize_row_q4_1_ref: x float32[n] -> y uint8[n/32*20]; mm float32[2, n/32] scratch (mins, maxs).
 
     Two passes: every block's min and max first (independent reductions the CPU overlaps), then
     the scales and codes, on a row that the first pass has brought into cache."""
     nb = x.shape[0] // QK
+    mins = mm[0]
+    maxs = mm[1]
     for ib in range(nb):
         mins[ib], maxs[ib] = _min_max_at(x, ib * QK)
     for ib in range(nb):
@@ -300,10 +304,11 @@ def q4_1_row_ref(x, y, mins, maxs):
 
 
 @jit
-def q5_0_row_ref(x, y, amax):
-    """quantize_row_q5_0_ref: x float32[n] -> y uint8[n/32*22]; amax float32[n/32] scratch
+def q5_0_row_ref(x, y, mm):
+    """quantize_row_q5_0_ref: x float32[n] -> y uint8[n/32*22]; mm float32[2, n/32] scratch
     (two passes, as q4_1_row_ref)."""
     nb = x.shape[0] // QK
+    amax = mm[0]
     for ib in range(nb):
         amax[ib] = _absmax_at(x, ib * QK)
     for ib in range(nb):
@@ -322,10 +327,12 @@ def q5_0_row_ref(x, y, amax):
 
 
 @jit
-def q5_1_row_ref(x, y, mins, maxs):
-    """quantize_row_q5_1_ref: x float32[n] -> y uint8[n/32*24]; mins, maxs float32[n/32] scratch
-    (two passes, as q4_1_row_ref)."""
+def q5_1_row_ref(x, y, mm):
+    """quantize_row_q5_1_ref: x float32[n] -> y uint8[n/32*24]; mm float32[2, n/32] scratch
+    (mins, maxs; two passes, as q4_1_row_ref)."""
     nb = x.shape[0] // QK
+    mins = mm[0]
+    maxs = mm[1]
     for ib in range(nb):
         mins[ib], maxs[ib] = _min_max_at(x, ib * QK)
     for ib in range(nb):
@@ -360,13 +367,24 @@ def q8_0_block(xb, yb):
 
 
 # -- per-block quantizers, importance-weighted path ----------------------------------------------
-# qwb: the block's importance slice; sigma2: the row's; weight float32[32], L (int8 for make_qx_quants,
-# uint8 for make_qkx3_quants_s), Laux uint8[32] and the searches' qx_scratch / qkx_scratch: per-row
-# scratch.
+# qwb: the block's importance slice; sigma2: the row's; s: per-row scratch, _qx_scratch() (weight
+# float32[32], L int8[32], make_qx_quants' scratch) or _qkx_scratch() (weight, L and Laux uint8[32],
+# make_qkx3_quants_s' scratch).
 
 @jit
-def q4_0_block_impl(xb, qwb, sigma2, yb, weight, L, scratch):
+def _qx_scratch():
+    return np.empty(QK, dtype=np.float32), np.empty(QK, dtype=np.int8), qx_scratch(QK)
+
+
+@jit
+def _qkx_scratch():
+    return np.empty(QK, dtype=np.float32), np.empty(QK, dtype=np.uint8), np.empty(QK, dtype=np.uint8), qkx_scratch(QK)
+
+
+@jit
+def q4_0_block_impl(xb, qwb, sigma2, yb, s):
     """quantize_row_q4_0_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[18]."""
+    weight, L, scratch = s
     _block_weights(xb, qwb, sigma2, weight)
     d = make_qx_quants_s(QK, 8, xb, L, 1, weight, scratch)
     store_fp16(yb, 0, d)
@@ -374,8 +392,9 @@ def q4_0_block_impl(xb, qwb, sigma2, yb, weight, L, scratch):
 
 
 @jit
-def q5_0_block_impl(xb, qwb, sigma2, yb, weight, L, scratch):
+def q5_0_block_impl(xb, qwb, sigma2, yb, s):
     """quantize_row_q5_0_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[22]."""
+    weight, L, scratch = s
     _block_weights(xb, qwb, sigma2, weight)
     d = make_qx_quants_s(QK, 16, xb, L, 1, weight, scratch)
     store_fp16(yb, 0, d)
@@ -383,8 +402,9 @@ def q5_0_block_impl(xb, qwb, sigma2, yb, weight, L, scratch):
 
 
 @jit
-def q4_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux, scratch):
+def q4_1_block_impl(xb, qwb, sigma2, yb, s):
     """quantize_row_q4_1_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[20]."""
+    weight, L, Laux, scratch = s
     _block_weights(xb, qwb, sigma2, weight)
     d, the_min = make_qkx3_quants_s(QK, 15, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False, scratch)
     store_fp16(yb, 0, d)
@@ -393,8 +413,9 @@ def q4_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux, scratch):
 
 
 @jit
-def q5_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux, scratch):
+def q5_1_block_impl(xb, qwb, sigma2, yb, s):
     """quantize_row_q5_1_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[24]."""
+    weight, L, Laux, scratch = s
     _block_weights(xb, qwb, sigma2, weight)
     d, the_min = make_qkx3_quants_s(QK, 31, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False, scratch)
     store_fp16(yb, 0, d)
@@ -402,93 +423,37 @@ def q5_1_block_impl(xb, qwb, sigma2, yb, weight, L, Laux, scratch):
     _pack_q5_codes(L, yb, 4, 8)
 
 
-# -- row drivers: rows float32 [nrows, n], qw float32 [n] or [0], out uint8 [nrows, n/32*size] ----
+# -- quantize drivers: rows float32 [nrows, n], qw float32 [n] or [0], out uint8 [nrows, n/32*size] --
 
-@jit_rows
-def quantize_q4_0(rows, qw, out):
-    """quantize_q4_0 over all rows."""
+REF = IMPL = SCRATCH = OUT = None  # bound per driver by row_driver
+
+
+def _rows(rows, qw, out):
+    """One type's quantize over all rows: without an importance vector REF(x, y, mm) per row (mm
+    float32[2, n/32] scratch), with one IMPL(xb, qwb, sigma2, yb, s) per block, s = SCRATCH() per row."""
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            q4_0_row_ref(rows[r], out[r], np.empty(n // QK, dtype=np.float32))
+            REF(rows[r], out[r], np.empty((2, n // QK), dtype=np.float32))
     else:
         for r in numba.prange(nrows):
-            weight = np.empty(QK, dtype=np.float32)
-            L = np.empty(QK, dtype=np.int8)
-            scratch = qx_scratch(QK)
+            s = SCRATCH()
             sigma2 = _row_sigma2(rows[r])
             for ib in range(n // QK):
-                q4_0_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
-                                out[r, ib * 18:(ib + 1) * 18], weight, L, scratch)
+                IMPL(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
+                     out[r, ib * OUT:(ib + 1) * OUT], s)
 
 
-@jit_rows
-def quantize_q5_0(rows, qw, out):
-    """quantize_q5_0 over all rows."""
-    nrows, n = rows.shape
-    if qw.shape[0] == 0:
-        for r in numba.prange(nrows):
-            q5_0_row_ref(rows[r], out[r], np.empty(n // QK, dtype=np.float32))
-    else:
-        for r in numba.prange(nrows):
-            weight = np.empty(QK, dtype=np.float32)
-            L = np.empty(QK, dtype=np.int8)
-            scratch = qx_scratch(QK)
-            sigma2 = _row_sigma2(rows[r])
-            for ib in range(n // QK):
-                q5_0_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
-                                out[r, ib * 22:(ib + 1) * 22], weight, L, scratch)
-
-
-@jit_rows
-def quantize_q4_1(rows, qw, out):
-    """quantize_q4_1 over all rows."""
-    nrows, n = rows.shape
-    if qw.shape[0] == 0:
-        for r in numba.prange(nrows):
-            mins = np.empty(n // QK, dtype=np.float32)
-            maxs = np.empty(n // QK, dtype=np.float32)
-            q4_1_row_ref(rows[r], out[r], mins, maxs)
-    else:
-        for r in numba.prange(nrows):
-            weight = np.empty(QK, dtype=np.float32)
-            L = np.empty(QK, dtype=np.uint8)
-            Laux = np.empty(QK, dtype=np.uint8)
-            scratch = qkx_scratch(QK)
-            sigma2 = _row_sigma2(rows[r])
-            for ib in range(n // QK):
-                q4_1_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
-                                out[r, ib * 20:(ib + 1) * 20], weight, L, Laux, scratch)
-
-
-@jit_rows
-def quantize_q5_1(rows, qw, out):
-    """quantize_q5_1 over all rows."""
-    nrows, n = rows.shape
-    if qw.shape[0] == 0:
-        for r in numba.prange(nrows):
-            mins = np.empty(n // QK, dtype=np.float32)
-            maxs = np.empty(n // QK, dtype=np.float32)
-            q5_1_row_ref(rows[r], out[r], mins, maxs)
-    else:
-        for r in numba.prange(nrows):
-            weight = np.empty(QK, dtype=np.float32)
-            L = np.empty(QK, dtype=np.uint8)
-            Laux = np.empty(QK, dtype=np.uint8)
-            scratch = qkx_scratch(QK)
-            sigma2 = _row_sigma2(rows[r])
-            for ib in range(n // QK):
-                q5_1_block_impl(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
-                                out[r, ib * 24:(ib + 1) * 24], weight, L, Laux, scratch)
-
-
-@jit_rows
-def quantize_q8_0(rows, out):
-    """quantize_q8_0 over all rows (ggml ignores the importance vector)."""
-    nrows, n = rows.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK):
-            q8_0_block(rows[r, ib * QK:(ib + 1) * QK], out[r, ib * 34:(ib + 1) * 34])
+quantize_q4_0 = row_driver(_rows, __name__, "quantize_q4_0", "quantize_q4_0 over all rows.",
+                           REF=q4_0_row_ref, IMPL=q4_0_block_impl, SCRATCH=_qx_scratch, OUT=18)
+quantize_q4_1 = row_driver(_rows, __name__, "quantize_q4_1", "quantize_q4_1 over all rows.",
+                           REF=q4_1_row_ref, IMPL=q4_1_block_impl, SCRATCH=_qkx_scratch, OUT=20)
+quantize_q5_0 = row_driver(_rows, __name__, "quantize_q5_0", "quantize_q5_0 over all rows.",
+                           REF=q5_0_row_ref, IMPL=q5_0_block_impl, SCRATCH=_qx_scratch, OUT=22)
+quantize_q5_1 = row_driver(_rows, __name__, "quantize_q5_1", "quantize_q5_1 over all rows.",
+                           REF=q5_1_row_ref, IMPL=q5_1_block_impl, SCRATCH=_qkx_scratch, OUT=24)
+quantize_q8_0 = row_driver(each_block, __name__, "quantize_q8_0", "quantize_q8_0 over all rows (ggml ignores the "
+                           "importance vector).", BLOCK=q8_0_block, IN=QK, OUT=34)
 
 
 # -- dequantizers: data uint8 [nrows, nb*size] -> out float32 [nrows, nb*32] ---------------------
@@ -573,46 +538,13 @@ def q8_0_block_dequant(yb, xb):
         xb[j] = F32(np.int8(yb[2 + j])) * d
 
 
-@jit_rows
-def dequantize_q4_0(data, out):
-    """dequantize_row_q4_0 over all rows."""
-    nrows, n = out.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK):
-            q4_0_block_dequant(data[r, ib * 18:(ib + 1) * 18], out[r, ib * QK:(ib + 1) * QK])
-
-
-@jit_rows
-def dequantize_q4_1(data, out):
-    """dequantize_row_q4_1 over all rows."""
-    nrows, n = out.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK):
-            q4_1_block_dequant(data[r, ib * 20:(ib + 1) * 20], out[r, ib * QK:(ib + 1) * QK])
-
-
-@jit_rows
-def dequantize_q5_0(data, out):
-    """dequantize_row_q5_0 over all rows."""
-    nrows, n = out.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK):
-            q5_0_block_dequant(data[r, ib * 22:(ib + 1) * 22], out[r, ib * QK:(ib + 1) * QK])
-
-
-@jit_rows
-def dequantize_q5_1(data, out):
-    """dequantize_row_q5_1 over all rows."""
-    nrows, n = out.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK):
-            q5_1_block_dequant(data[r, ib * 24:(ib + 1) * 24], out[r, ib * QK:(ib + 1) * QK])
-
-
-@jit_rows
-def dequantize_q8_0(data, out):
-    """dequantize_row_q8_0 over all rows."""
-    nrows, n = out.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK):
-            q8_0_block_dequant(data[r, ib * 34:(ib + 1) * 34], out[r, ib * QK:(ib + 1) * QK])
+dequantize_q4_0 = row_driver(each_block, __name__, "dequantize_q4_0", "dequantize_row_q4_0 over all rows.",
+                             BLOCK=q4_0_block_dequant, IN=18, OUT=QK)
+dequantize_q4_1 = row_driver(each_block, __name__, "dequantize_q4_1", "dequantize_row_q4_1 over all rows.",
+                             BLOCK=q4_1_block_dequant, IN=20, OUT=QK)
+dequantize_q5_0 = row_driver(each_block, __name__, "dequantize_q5_0", "dequantize_row_q5_0 over all rows.",
+                             BLOCK=q5_0_block_dequant, IN=22, OUT=QK)
+dequantize_q5_1 = row_driver(each_block, __name__, "dequantize_q5_1", "dequantize_row_q5_1 over all rows.",
+                             BLOCK=q5_1_block_dequant, IN=24, OUT=QK)
+dequantize_q8_0 = row_driver(each_block, __name__, "dequantize_q8_0", "dequantize_row_q8_0 over all rows.",
+                             BLOCK=q8_0_block_dequant, IN=34, OUT=QK)

@@ -30,10 +30,9 @@ float-to-int conversion turns into INT_MIN, so every code clamps to 0.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import F32, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.common import F32, each_block, jit, load_fp16, row_driver, store_fp16
 
 QK1_0 = 128
 QK2_0 = 64
@@ -100,37 +99,13 @@ def q2_0_block_dequant(yb, y):
             y[4 * k + i] = F32(c - np.int32(1)) * d
 
 
-@jit_rows
-def quantize_q1_0(rows, out):
-    """quantize_q1_0 over all rows: rows float32[nrows, n] -> out uint8[nrows, n/128*18]."""
-    nrows, n = rows.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK1_0):
-            q1_0_block(rows[r, ib * QK1_0:(ib + 1) * QK1_0], out[r, ib * Q1_0_BYTES:(ib + 1) * Q1_0_BYTES])
+# -- row drivers: rows float32[nrows, n] -> out uint8[nrows, n/QK*18], and back -------------------
 
-
-@jit_rows
-def quantize_q2_0(rows, out):
-    """quantize_q2_0 over all rows: rows float32[nrows, n] -> out uint8[nrows, n/64*18]."""
-    nrows, n = rows.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK2_0):
-            q2_0_block(rows[r, ib * QK2_0:(ib + 1) * QK2_0], out[r, ib * Q2_0_BYTES:(ib + 1) * Q2_0_BYTES])
-
-
-@jit_rows
-def dequantize_q1_0(data, out):
-    """dequantize_row_q1_0 over all rows: data uint8[nrows, n/128*18] -> out float32[nrows, n]."""
-    nrows, n = out.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK1_0):
-            q1_0_block_dequant(data[r, ib * Q1_0_BYTES:(ib + 1) * Q1_0_BYTES], out[r, ib * QK1_0:(ib + 1) * QK1_0])
-
-
-@jit_rows
-def dequantize_q2_0(data, out):
-    """dequantize_row_q2_0 over all rows: data uint8[nrows, n/64*18] -> out float32[nrows, n]."""
-    nrows, n = out.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK2_0):
-            q2_0_block_dequant(data[r, ib * Q2_0_BYTES:(ib + 1) * Q2_0_BYTES], out[r, ib * QK2_0:(ib + 1) * QK2_0])
+quantize_q1_0 = row_driver(each_block, __name__, "quantize_q1_0", "quantize_q1_0 over all rows.",
+                           BLOCK=q1_0_block, IN=QK1_0, OUT=Q1_0_BYTES)
+quantize_q2_0 = row_driver(each_block, __name__, "quantize_q2_0", "quantize_q2_0 over all rows.",
+                           BLOCK=q2_0_block, IN=QK2_0, OUT=Q2_0_BYTES)
+dequantize_q1_0 = row_driver(each_block, __name__, "dequantize_q1_0", "dequantize_row_q1_0 over all rows.",
+                             BLOCK=q1_0_block_dequant, IN=Q1_0_BYTES, OUT=QK1_0)
+dequantize_q2_0 = row_driver(each_block, __name__, "dequantize_q2_0", "dequantize_row_q2_0 over all rows.",
+                             BLOCK=q2_0_block_dequant, IN=Q2_0_BYTES, OUT=QK2_0)

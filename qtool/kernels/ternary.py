@@ -33,10 +33,9 @@ against +-0.5, which vectorizes where a call to lroundf would not.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import F32, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.common import F32, each_block, jit, load_fp16, row_driver, store_fp16
 
 QK_K = 256
 TQ1_0_BYTES = 54
@@ -156,37 +155,13 @@ def tq2_0_block_dequant(yb, y):
                 y[128 * k + 32 * n + c] = F32(t - np.int32(1)) * d
 
 
-@jit_rows
-def quantize_tq1_0(rows, out):
-    """quantize_tq1_0 over all rows: rows float32[nrows, n] -> out uint8[nrows, n/256*54]."""
-    nrows, n = rows.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK_K):
-            tq1_0_block(rows[r, ib * QK_K:(ib + 1) * QK_K], out[r, ib * TQ1_0_BYTES:(ib + 1) * TQ1_0_BYTES])
+# -- row drivers: rows float32[nrows, n] -> out uint8[nrows, n/256*size], and back ----------------
 
-
-@jit_rows
-def quantize_tq2_0(rows, out):
-    """quantize_tq2_0 over all rows: rows float32[nrows, n] -> out uint8[nrows, n/256*66]."""
-    nrows, n = rows.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK_K):
-            tq2_0_block(rows[r, ib * QK_K:(ib + 1) * QK_K], out[r, ib * TQ2_0_BYTES:(ib + 1) * TQ2_0_BYTES])
-
-
-@jit_rows
-def dequantize_tq1_0(data, out):
-    """dequantize_row_tq1_0 over all rows: data uint8[nrows, n/256*54] -> out float32[nrows, n]."""
-    nrows, n = out.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK_K):
-            tq1_0_block_dequant(data[r, ib * TQ1_0_BYTES:(ib + 1) * TQ1_0_BYTES], out[r, ib * QK_K:(ib + 1) * QK_K])
-
-
-@jit_rows
-def dequantize_tq2_0(data, out):
-    """dequantize_row_tq2_0 over all rows: data uint8[nrows, n/256*66] -> out float32[nrows, n]."""
-    nrows, n = out.shape
-    for r in numba.prange(nrows):
-        for ib in range(n // QK_K):
-            tq2_0_block_dequant(data[r, ib * TQ2_0_BYTES:(ib + 1) * TQ2_0_BYTES], out[r, ib * QK_K:(ib + 1) * QK_K])
+quantize_tq1_0 = row_driver(each_block, __name__, "quantize_tq1_0", "quantize_tq1_0 over all rows.",
+                            BLOCK=tq1_0_block, IN=QK_K, OUT=TQ1_0_BYTES)
+quantize_tq2_0 = row_driver(each_block, __name__, "quantize_tq2_0", "quantize_tq2_0 over all rows.",
+                            BLOCK=tq2_0_block, IN=QK_K, OUT=TQ2_0_BYTES)
+dequantize_tq1_0 = row_driver(each_block, __name__, "dequantize_tq1_0", "dequantize_row_tq1_0 over all rows.",
+                              BLOCK=tq1_0_block_dequant, IN=TQ1_0_BYTES, OUT=QK_K)
+dequantize_tq2_0 = row_driver(each_block, __name__, "dequantize_tq2_0", "dequantize_row_tq2_0 over all rows.",
+                              BLOCK=tq2_0_block_dequant, IN=TQ2_0_BYTES, OUT=QK_K)

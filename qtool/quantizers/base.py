@@ -171,17 +171,30 @@ NO_WEIGHTS = np.zeros(0, dtype=np.float32)
 
 class KernelQuantizer(Quantizer):
     """A type whose Numba drivers follow the house convention, so that declaring it is naming them:
-    ``quantize_kernel(rows, weights or NO_WEIGHTS, out)`` and ``dequantize_kernel(data, out)``."""
+    ``quantize_kernel(rows, weights or NO_WEIGHTS, out)`` where ggml reads an importance vector
+    (``uses_imatrix``), else ``quantize_kernel(rows, out)``; ``dequantize_kernel(data, out)``."""
 
     quantize_kernel: ClassVar[Callable]
     dequantize_kernel: ClassVar[Callable]
 
     def quantize_blocks(self, rows, weights, out):
-        type(self).quantize_kernel(rows, NO_WEIGHTS if weights is None else weights, out)
+        if self.uses_imatrix:
+            type(self).quantize_kernel(rows, NO_WEIGHTS if weights is None else weights, out)
+        else:
+            type(self).quantize_kernel(rows, out)
         return None
 
     def dequantize_blocks(self, data, out):
         type(self).dequantize_kernel(data, out)
+
+
+def kernel_type(qtype: QType, quantize: Callable, dequantize: Callable, *, uses_imatrix: bool,
+                base: type[Quantizer] = KernelQuantizer, **attrs) -> type[Quantizer]:
+    """Register ``qtype`` as a ``base`` subclass with these drivers (and class attributes); returns the
+    class. ``uses_imatrix``: ggml's quantize function for the type reads quant_weights."""
+    ns = {"uses_imatrix": uses_imatrix, "quantize_kernel": staticmethod(quantize),
+          "dequantize_kernel": staticmethod(dequantize), **attrs}
+    return type(qtype.name, (base,), ns, qtype=qtype)
 
 
 def _set_threads(threads: int | None) -> None:

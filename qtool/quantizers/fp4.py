@@ -5,14 +5,8 @@ from __future__ import annotations
 from gguf import GGMLQuantizationType as T
 
 from qtool.kernels import fp4 as k
-from qtool.quantizers.base import KernelQuantizer
+from qtool.quantizers.base import kernel_type
 
-
-class MXFP4(KernelQuantizer, qtype=T.MXFP4):
-    uses_imatrix = False  # ggml's quantize_mxfp4 ignores quant_weights
-    quantize_kernel, dequantize_kernel = k.quantize_mxfp4, k.dequantize_mxfp4
-
-
-class NVFP4(KernelQuantizer, qtype=T.NVFP4):
-    uses_imatrix = False  # ggml's quantize_nvfp4 ignores quant_weights
-    quantize_kernel, dequantize_kernel = k.quantize_nvfp4, k.dequantize_nvfp4
+# ggml's quantize_mxfp4 and quantize_nvfp4 ignore quant_weights
+MXFP4 = kernel_type(T.MXFP4, k.quantize_mxfp4, k.dequantize_mxfp4, uses_imatrix=False)
+NVFP4 = kernel_type(T.NVFP4, k.quantize_nvfp4, k.dequantize_nvfp4, uses_imatrix=False)

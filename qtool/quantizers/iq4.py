@@ -5,14 +5,7 @@ from __future__ import annotations
 from gguf import GGMLQuantizationType as T
 
 from qtool.kernels import iq4 as k
-from qtool.quantizers.base import KernelQuantizer
+from qtool.quantizers.base import kernel_type
 
-
-class IQ4_NL(KernelQuantizer, qtype=T.IQ4_NL):
-    uses_imatrix = True
-    quantize_kernel, dequantize_kernel = k.quantize_iq4_nl, k.dequantize_iq4_nl
-
-
-class IQ4_XS(KernelQuantizer, qtype=T.IQ4_XS):
-    uses_imatrix = True
-    quantize_kernel, dequantize_kernel = k.quantize_iq4_xs, k.dequantize_iq4_xs
+IQ4_NL = kernel_type(T.IQ4_NL, k.quantize_iq4_nl, k.dequantize_iq4_nl, uses_imatrix=True)
+IQ4_XS = kernel_type(T.IQ4_XS, k.quantize_iq4_xs, k.dequantize_iq4_xs, uses_imatrix=True)

@@ -6,40 +6,16 @@ from gguf import GGMLQuantizationType as T
 
 from qtool.kernels import kquants16 as kb
 from qtool.kernels import kquants32 as ka
-from qtool.quantizers.base import KernelQuantizer
+from qtool.quantizers.base import kernel_type
 
-
-class Q2_K(KernelQuantizer, qtype=T.Q2_K):
-    uses_imatrix = True
-    quantize_kernel, dequantize_kernel = kb.quantize_q2_K, kb.dequantize_q2_K
-
-
-class Q3_K(KernelQuantizer, qtype=T.Q3_K):
-    uses_imatrix = True
-    quantize_kernel, dequantize_kernel = kb.quantize_q3_K, kb.dequantize_q3_K
-
-
-class Q4_K(KernelQuantizer, qtype=T.Q4_K):
-    uses_imatrix = True
-    quantize_kernel, dequantize_kernel = ka.quantize_q4_K, ka.dequantize_q4_K
-
-
-class Q5_K(KernelQuantizer, qtype=T.Q5_K):
-    uses_imatrix = True
-    quantize_kernel, dequantize_kernel = ka.quantize_q5_K, ka.dequantize_q5_K
-
-
-class Q6_K(KernelQuantizer, qtype=T.Q6_K):
-    uses_imatrix = True
-    quantize_kernel, dequantize_kernel = kb.quantize_q6_K, kb.dequantize_q6_K
-
-
-class Q8_K(KernelQuantizer, qtype=T.Q8_K):
-    """The k-quants' dot-product partner (quantize_row_q8_K_ref); not a file type llama-quantize writes,
-    and ggml_quantize_chunk does not accept it. It has no importance-weighted path."""
-
-    quantize_kernel, dequantize_kernel = ka.quantize_q8_K, ka.dequantize_q8_K
-
+Q2_K = kernel_type(T.Q2_K, kb.quantize_q2_K, kb.dequantize_q2_K, uses_imatrix=True)
+Q3_K = kernel_type(T.Q3_K, kb.quantize_q3_K, kb.dequantize_q3_K, uses_imatrix=True)
+Q4_K = kernel_type(T.Q4_K, ka.quantize_q4_K, ka.dequantize_q4_K, uses_imatrix=True)
+Q5_K = kernel_type(T.Q5_K, ka.quantize_q5_K, ka.dequantize_q5_K, uses_imatrix=True)
+Q6_K = kernel_type(T.Q6_K, kb.quantize_q6_K, kb.dequantize_q6_K, uses_imatrix=True)
+# The k-quants' dot-product partner (quantize_row_q8_K_ref); not a file type llama-quantize writes, and
+# ggml_quantize_chunk does not accept it. It has no importance-weighted path.
+Q8_K = kernel_type(T.Q8_K, ka.quantize_q8_K, ka.dequantize_q8_K, uses_imatrix=False)
 
 for _q, _nbytes in ((Q2_K, kb.Q2_K_BYTES), (Q3_K, kb.Q3_K_BYTES), (Q6_K, kb.Q6_K_BYTES)):
     assert _q.type_size == _nbytes, (_q.name, _q.type_size, _nbytes)  # the kernels' block layout is gguf's

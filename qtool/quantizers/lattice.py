@@ -14,7 +14,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from qtool.quantizers.base import NO_WEIGHTS, Quantizer, first_failure
+from qtool.quantizers.base import NO_WEIGHTS, Quantizer, first_failure, kernel_type
 
 
 @dataclass
@@ -80,20 +80,40 @@ class LatticeQuantizer(Quantizer):
 
     A type declares ``grid`` (a name of ``lattice``), ``failures`` (kernel status code -> why) and
     ``quantize_kernel(rows, weights or NO_WEIGHTS, out, lattice, status)``, ``dequantize_kernel(data,
-    out, lattice)``."""
+    out, lattice)``; ``lattice_type`` builds one from the kernels themselves."""
 
+    uses_imatrix = True
     grid: ClassVar[str]
     failures: ClassVar[dict[int, str]]
     quantize_kernel: ClassVar[Callable]
     dequantize_kernel: ClassVar[Callable]
 
     def quantize_blocks(self, rows, weights, out):
+        assert weights is not None or not self.requires_imatrix, f"{self.name} needs an importance vector"
         status = np.zeros((rows.shape[0], 2), np.int32)
         type(self).quantize_kernel(rows, NO_WEIGHTS if weights is None else weights, out, lattice(self.grid), status)
         return first_failure(status, self.failures)
 
     def dequantize_blocks(self, data, out):
         type(self).dequantize_kernel(data, out, lattice(self.grid))
+
+
+SEARCH_TABLES = ("neighbour_odd", "kmap", "neighbours")
+
+
+def lattice_type(qtype, grid: str, failures: dict[int, str], quantize: Callable, dequantize: Callable, *,
+                 quantize_extra=(), dequantize_extra=(), tables=SEARCH_TABLES, requires_imatrix=False):
+    """Register an IQ type whose kernels are ``quantize(rows, weights, out, *<the lattice's tables>,
+    *quantize_extra, status)`` and ``dequantize(data, out, lattice.values, *dequantize_extra)``."""
+
+    def quantize_kernel(rows, weights, out, lat, status):
+        quantize(rows, weights, out, *(getattr(lat, t) for t in tables), *quantize_extra, status)
+
+    def dequantize_kernel(data, out, lat):
+        dequantize(data, out, lat.values, *dequantize_extra)
+
+    return kernel_type(qtype, quantize_kernel, dequantize_kernel, uses_imatrix=True, base=LatticeQuantizer,
+                       grid=grid, failures=failures, requires_imatrix=requires_imatrix)
 
 
 #: why a row stops, in the words of ggml's abort

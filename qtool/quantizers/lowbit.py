@@ -9,20 +9,8 @@ from gguf import GGMLQuantizationType as T
 
 from qtool.formats.ggml_types import ggml_type_named
 from qtool.kernels import lowbit as k
-from qtool.quantizers.base import KernelQuantizer
+from qtool.quantizers.base import kernel_type
 
-
-class Q1_0(KernelQuantizer, qtype=T.Q1_0):
-    uses_imatrix = False  # ggml's quantize_q1_0 ignores quant_weights
-    dequantize_kernel = k.dequantize_q1_0
-
-    def quantize_blocks(self, rows, weights, out):
-        k.quantize_q1_0(rows, out)
-
-
-class Q2_0(KernelQuantizer, qtype=ggml_type_named("Q2_0")):
-    uses_imatrix = False  # ggml's quantize_q2_0 ignores quant_weights
-    dequantize_kernel = k.dequantize_q2_0
-
-    def quantize_blocks(self, rows, weights, out):
-        k.quantize_q2_0(rows, out)
+# ggml's quantize_q1_0 and quantize_q2_0 ignore quant_weights
+Q1_0 = kernel_type(T.Q1_0, k.quantize_q1_0, k.dequantize_q1_0, uses_imatrix=False)
+Q2_0 = kernel_type(ggml_type_named("Q2_0"), k.quantize_q2_0, k.dequantize_q2_0, uses_imatrix=False)

@@ -5,20 +5,8 @@ from __future__ import annotations
 from gguf import GGMLQuantizationType as T
 
 from qtool.kernels import ternary as k
-from qtool.quantizers.base import KernelQuantizer
+from qtool.quantizers.base import kernel_type
 
-
-class TQ1_0(KernelQuantizer, qtype=T.TQ1_0):
-    uses_imatrix = False  # ggml's quantize_tq1_0 ignores quant_weights
-    dequantize_kernel = k.dequantize_tq1_0
-
-    def quantize_blocks(self, rows, weights, out):
-        k.quantize_tq1_0(rows, out)
-
-
-class TQ2_0(KernelQuantizer, qtype=T.TQ2_0):
-    uses_imatrix = False  # ggml's quantize_tq2_0 ignores quant_weights
-    dequantize_kernel = k.dequantize_tq2_0
-
-    def quantize_blocks(self, rows, weights, out):
-        k.quantize_tq2_0(rows, out)
+# ggml's quantize_tq1_0 and quantize_tq2_0 ignore quant_weights
+TQ1_0 = kernel_type(T.TQ1_0, k.quantize_tq1_0, k.dequantize_tq1_0, uses_imatrix=False)
+TQ2_0 = kernel_type(T.TQ2_0, k.quantize_tq2_0, k.dequantize_tq2_0, uses_imatrix=False)
