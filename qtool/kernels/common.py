@@ -185,12 +185,37 @@ def first_nonfinite_row(rows):
 # that asks for it, stamped with that module's source (so editing the block functions there
 # recompiles it; an edited template changes the bytecode hash, which recompiles every copy).
 
-def row_driver(template, module: str, name: str, doc: str, **bind):
-    """A jitted driver ``module.name``: ``template``'s code with the globals ``bind`` adds."""
+def row_driver(template, module: str, name: str, doc: str, tables: tuple = (), **bind):
+    """A jitted driver ``module.name``: ``template``'s code with the globals ``bind`` adds. With
+    ``tables`` (lookup arrays the block function takes last), a Python function that passes them."""
     code = template.__code__.replace(co_filename=sys.modules[module].__file__, co_name=name, co_qualname=name)
     fn = pytypes.FunctionType(code, {**template.__globals__, **bind}, name)
     fn.__module__, fn.__qualname__, fn.__doc__ = module, name, doc
-    return jit_rows(fn)
+    driver = jit_rows(fn)
+    if not tables:
+        return driver
+
+    def with_tables(*args):
+        return driver(*args, *tables)
+
+    with_tables.__module__, with_tables.__name__, with_tables.__qualname__, with_tables.__doc__ = module, name, name, doc
+    return with_tables
+
+
+def block_drivers(module: str, name: str, qk: int, nbytes: int, quantize_block, dequantize_block, *, scratch=None,
+                  tables: tuple = (), dequantize_tables: tuple | None = None, template=None, **bind):
+    """``(quantize_<name>, dequantize_<name>)`` of ``module`` over all rows: each_block of ``quantize_block``
+    (rows, out), or each_block_weighted with ``scratch`` (rows, weights, out), or a ``template`` of the
+    module's own with ``bind``; each_block of ``dequantize_block`` (data, out). ``tables`` go to both
+    block functions unless ``dequantize_tables`` is given."""
+    if template is None:
+        template = each_block_weighted if scratch is not None else each_block
+    quantize = row_driver(template, module, f"quantize_{name}", f"ggml's quantize_{name} over all rows.", tables,
+                          BLOCK=quantize_block, SCRATCH=scratch, IN=qk, OUT=nbytes, **bind)
+    dequantize = row_driver(each_block, module, f"dequantize_{name}", f"ggml's dequantize_row_{name} over all rows.",
+                            tables if dequantize_tables is None else dequantize_tables, BLOCK=dequantize_block,
+                            IN=nbytes, OUT=qk)
+    return quantize, dequantize
 
 
 # Template globals, bound per driver: BLOCK (the block function), IN and OUT (the widths of one block

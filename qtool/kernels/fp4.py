@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from qtool.kernels.common import F32, each_block, f32_bits, jit, row_driver
+from qtool.kernels.common import F32, block_drivers, f32_bits, jit
 
 #: ggml's kvalues_mxfp4 (kvalues_fp4): E2M1 values doubled, as float32, indexed by code
 KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.float32)
@@ -165,21 +165,11 @@ def _dequantize_block_mxfp4(qb, yb, e8m0_half, kvalues):
         yb[j + 16] = kvalues[c >> np.uint8(4)] * d
 
 
-_quantize_mxfp4 = row_driver(each_block, __name__, "_quantize_mxfp4", "quantize_row_mxfp4_ref over all rows.",
-                             BLOCK=_quantize_block_mxfp4, IN=32, OUT=17)
-_dequantize_mxfp4 = row_driver(each_block, __name__, "_dequantize_mxfp4", "dequantize_row_mxfp4 over all rows.",
-                               BLOCK=_dequantize_block_mxfp4, IN=17, OUT=32)
-
-
-def quantize_mxfp4(rows, out):
-    """ggml's quantize_mxfp4 (the _ref path; ggml ignores the importance vector).
-    rows float32 [nrows, 32*nb] -> out uint8 [nrows, 17*nb]."""
-    _quantize_mxfp4(rows, out, E8M0_HALF, MAGNITUDES)
-
-
-def dequantize_mxfp4(data, out):
-    """dequantize_row_mxfp4: data uint8 [nrows, 17*nb] -> out float32 [nrows, 32*nb]."""
-    _dequantize_mxfp4(data, out, E8M0_HALF, KVALUES)
+# ggml's quantize_mxfp4 (the _ref path; ggml ignores the importance vector): rows float32 [nrows, 32*nb]
+# -> out uint8 [nrows, 17*nb]; dequantize_row_mxfp4 back
+quantize_mxfp4, dequantize_mxfp4 = block_drivers(__name__, "mxfp4", 32, 17, _quantize_block_mxfp4,
+                                                 _dequantize_block_mxfp4, tables=(E8M0_HALF, MAGNITUDES),
+                                                 dequantize_tables=(E8M0_HALF, KVALUES))
 
 
 # -- NVFP4 ---------------------------------------------------------------------------------------
@@ -205,18 +195,8 @@ def _dequantize_block_nvfp4(qb, yb, ue4m3, kvalues):
             yb[16 * s + j + 8] = kvalues[c >> np.uint8(4)] * d
 
 
-_quantize_nvfp4 = row_driver(each_block, __name__, "_quantize_nvfp4", "quantize_row_nvfp4_ref over all rows.",
-                             BLOCK=_quantize_block_nvfp4, IN=64, OUT=36)
-_dequantize_nvfp4 = row_driver(each_block, __name__, "_dequantize_nvfp4", "dequantize_row_nvfp4 over all rows.",
-                               BLOCK=_dequantize_block_nvfp4, IN=36, OUT=64)
-
-
-def quantize_nvfp4(rows, out):
-    """ggml's quantize_nvfp4 (the _ref path; ggml ignores the importance vector).
-    rows float32 [nrows, 64*nb] -> out uint8 [nrows, 36*nb]."""
-    _quantize_nvfp4(rows, out, UE4M3, MAGNITUDES)
-
-
-def dequantize_nvfp4(data, out):
-    """dequantize_row_nvfp4: data uint8 [nrows, 36*nb] -> out float32 [nrows, 64*nb]."""
-    _dequantize_nvfp4(data, out, UE4M3, KVALUES)
+# ggml's quantize_nvfp4 (the _ref path; ggml ignores the importance vector): rows float32 [nrows, 64*nb]
+# -> out uint8 [nrows, 36*nb]; dequantize_row_nvfp4 back
+quantize_nvfp4, dequantize_nvfp4 = block_drivers(__name__, "nvfp4", 64, 36, _quantize_block_nvfp4,
+                                                 _dequantize_block_nvfp4, tables=(UE4M3, MAGNITUDES),
+                                                 dequantize_tables=(UE4M3, KVALUES))

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import (F32, each_block, each_block_weighted, jit, load_fp16, load_u16, nearest_int,
-                                 row_driver, store_fp16, store_u16)
+from qtool.kernels.common import F32, block_drivers, jit, load_fp16, load_u16, nearest_int, store_fp16, store_u16
 
 QK4_NL = 32
 QK_K = 256
@@ -182,20 +181,11 @@ def dequantize_block_iq4_nl(y, o, values):
         o[j + 16] = d * values[b >> np.uint8(4)]
 
 
-_quantize_iq4_nl = row_driver(each_block_weighted, __name__, "_quantize_iq4_nl", "ggml quantize_iq4_nl over all rows.",
-                              BLOCK=quantize_block_iq4_nl, SCRATCH=_scratch, IN=QK4_NL, OUT=IQ4_NL_BYTES)
-_dequantize_iq4_nl = row_driver(each_block, __name__, "_dequantize_iq4_nl", "ggml dequantize_row_iq4_nl over all "
-                                "rows.", BLOCK=dequantize_block_iq4_nl, IN=IQ4_NL_BYTES, OUT=QK4_NL)
-
-
-def quantize_iq4_nl(rows, weights, out):
-    """ggml quantize_iq4_nl: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/32*18]."""
-    _quantize_iq4_nl(rows, weights, out, KVALUES_IQ4NL_F32)
-
-
-def dequantize_iq4_nl(data, out):
-    """ggml dequantize_row_iq4_nl: data uint8[nrows, nb*18] -> out float32[nrows, nb*32]."""
-    _dequantize_iq4_nl(data, out, KVALUES_IQ4NL_F32)
+# ggml's quantize_iq4_nl: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/32*18];
+# dequantize_row_iq4_nl back
+quantize_iq4_nl, dequantize_iq4_nl = block_drivers(__name__, "iq4_nl", QK4_NL, IQ4_NL_BYTES, quantize_block_iq4_nl,
+                                                   dequantize_block_iq4_nl, scratch=_scratch,
+                                                   tables=(KVALUES_IQ4NL_F32,))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,17 +253,8 @@ def dequantize_block_iq4_xs(y, o, values):
             o[32 * ib + j + 16] = dl * values[b >> np.uint8(4)]
 
 
-_quantize_iq4_xs = row_driver(each_block_weighted, __name__, "_quantize_iq4_xs", "ggml quantize_iq4_xs over all rows.",
-                              BLOCK=quantize_block_iq4_xs, SCRATCH=_scratch, IN=QK_K, OUT=IQ4_XS_BYTES)
-_dequantize_iq4_xs = row_driver(each_block, __name__, "_dequantize_iq4_xs", "ggml dequantize_row_iq4_xs over all "
-                                "rows.", BLOCK=dequantize_block_iq4_xs, IN=IQ4_XS_BYTES, OUT=QK_K)
-
-
-def quantize_iq4_xs(rows, weights, out):
-    """ggml quantize_iq4_xs: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*136]."""
-    _quantize_iq4_xs(rows, weights, out, KVALUES_IQ4NL_F32)
-
-
-def dequantize_iq4_xs(data, out):
-    """ggml dequantize_row_iq4_xs: data uint8[nrows, nb*136] -> out float32[nrows, nb*256]."""
-    _dequantize_iq4_xs(data, out, KVALUES_IQ4NL_F32)
+# ggml's quantize_iq4_xs: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*136];
+# dequantize_row_iq4_xs back
+quantize_iq4_xs, dequantize_iq4_xs = block_drivers(__name__, "iq4_xs", QK_K, IQ4_XS_BYTES, quantize_block_iq4_xs,
+                                                   dequantize_block_iq4_xs, scratch=_scratch,
+                                                   tables=(KVALUES_IQ4NL_F32,))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, each_block, each_block_weighted, jit, jit_rows, load_fp16, nearest_int, row_driver,
+from qtool.kernels.common import (F32, block_drivers, each_block, jit, jit_rows, load_fp16, nearest_int, row_driver,
                                  store_fp16, store_u16)
 from qtool.kernels.search import (
     GROUP_MAX_EPS,
@@ -769,11 +769,9 @@ def dequantize_block_q6_K(blk, y):
 # -- row drivers: rows float32[nrows, n] and weights float32[n] (or [0]: the _ref path)
 # -- -> out uint8[nrows, n/256*size], and back --------------------------------------------------------
 
-quantize_q6_K = row_driver(each_block_weighted, __name__, "quantize_q6_K", "quantize_q6_K over all rows.",
-                           BLOCK=quantize_block_q6_K, SCRATCH=_q6_K_scratch, IN=QK_K, OUT=Q6_K_BYTES)
 dequantize_q2_K = row_driver(each_block, __name__, "dequantize_q2_K", "dequantize_row_q2_K over all rows.",
                              BLOCK=dequantize_block_q2_K, IN=Q2_K_BYTES, OUT=QK_K)
 dequantize_q3_K = row_driver(each_block, __name__, "dequantize_q3_K", "dequantize_row_q3_K over all rows.",
                              BLOCK=dequantize_block_q3_K, IN=Q3_K_BYTES, OUT=QK_K)
-dequantize_q6_K = row_driver(each_block, __name__, "dequantize_q6_K", "dequantize_row_q6_K over all rows.",
-                             BLOCK=dequantize_block_q6_K, IN=Q6_K_BYTES, OUT=QK_K)
+quantize_q6_K, dequantize_q6_K = block_drivers(__name__, "q6_K", QK_K, Q6_K_BYTES, quantize_block_q6_K,
+                                               dequantize_block_q6_K, scratch=_q6_K_scratch)

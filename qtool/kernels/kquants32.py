@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import (F32, bits_f32, each_block, each_block_weighted, f32_bits, jit, load_fp16,
-                                 nearest_int, row_driver, store_fp16)
+from qtool.kernels.common import F32, bits_f32, block_drivers, f32_bits, jit, load_fp16, nearest_int, store_fp16
 from qtool.kernels.search import make_qkx2_quants_s, make_qkx3_quants_s, make_qp_quants, qkx_scratch
 
 QK_K = 256
@@ -183,28 +182,6 @@ def _pack_q4_K(L, y):
 
 
 @jit
-def quantize_block_q4_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
-    """ggml quantize_row_q4_K_ref for one super-block: x float32[256] -> y uint8[144]."""
-    for k in range(12):
-        y[_SCALES + k] = 0
-    _ref_subblock_scales(x, 15, F32(-1.0), 20, L, Laux, weights, scales, mins, scratch)
-    _ref_pack_factors(scales, mins, y, Ls, Lm)
-    _requantize_k4(x, y, L, 15)
-    _pack_q4_K(L, y)
-
-
-@jit
-def quantize_block_q4_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
-    """ggml quantize_row_q4_K_impl for one super-block: x, qw float32[256] -> y uint8[144]."""
-    for k in range(12):
-        y[_SCALES + k] = 0
-    _impl_subblock_scales(x, qw, 15, L, Laux, weights, scales, mins, sw, scratch)
-    _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
-    _requantize_k4(x, y, L, 15)
-    _pack_q4_K(L, y)
-
-
-@jit
 def _k4_scratch():
     """The per-row scratch of the Q4_K / Q5_K block functions: L uint8[256], Laux uint8[32], weights
     float32[32], scales, mins, sw float32[8], Ls, Lm uint8[8] and make_qkx*_quants_s' scratch."""
@@ -214,18 +191,33 @@ def _k4_scratch():
 
 
 @jit
-def quantize_block_q4_K(x, qw, y, s):
-    """ggml quantize_row_q4_K_ref (qw empty) or _impl for one super-block, scratch s = _k4_scratch()."""
+def _quantize_block_k4(x, qw, y, s, nmax, rmin, nstep):
+    """quantize_row_q4_K / q5_K, _ref (qw empty; ggml's search takes rmin and nstep) or _impl, for one
+    super-block up to the codes: y's d, dmin and scales field; the codes 0..nmax in s[0]."""
     L, Laux, w, scales, mins, sw, Ls, Lm, scratch = s
+    for k in range(12):
+        y[_SCALES + k] = 0
     if qw.shape[0] == 0:
-        quantize_block_q4_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
+        _ref_subblock_scales(x, nmax, rmin, nstep, L, Laux, w, scales, mins, scratch)
+        _ref_pack_factors(scales, mins, y, Ls, Lm)
     else:
-        quantize_block_q4_K_impl(x, qw, y, L, Laux, w, scales, mins, sw, Ls, Lm, scratch)
+        _impl_subblock_scales(x, qw, nmax, L, Laux, w, scales, mins, sw, scratch)
+        _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
+    _requantize_k4(x, y, L, nmax)
 
 
 @jit
-def dequantize_block_q4_K(y, o):
-    """ggml dequantize_row_q4_K for one super-block: y uint8[144] -> o float32[256]."""
+def quantize_block_q4_K(x, qw, y, s):
+    """ggml quantize_row_q4_K_ref (qw empty) or _impl for one super-block: x float32[256] -> y uint8[144];
+    scratch s = _k4_scratch()."""
+    _quantize_block_k4(x, qw, y, s, 15, F32(-1.0), 20)
+    _pack_q4_K(s[0], y)
+
+
+@jit
+def _dequantize_block_k4(y, o, qs, qh):
+    """ggml dequantize_row_q4_K (qh < 0) or dequantize_row_q5_K (fifth bits at y[qh:qh+32]) for one
+    super-block: codes at y[qs:qs+128] -> o float32[256]."""
     d = load_fp16(y, _D)
     dmin = load_fp16(y, _DMIN)
     for c in range(4):
@@ -236,9 +228,21 @@ def dequantize_block_q4_K(y, o):
         d2 = d * F32(sc)
         m2 = dmin * F32(m)
         for l in range(32):
-            q = y[_Q4_QS + 32 * c + l]
-            o[64 * c + l] = d1 * F32(q & np.uint8(0xF)) - m1
-            o[64 * c + 32 + l] = d2 * F32(q >> np.uint8(4)) - m2
+            q = y[qs + 32 * c + l]
+            lo = np.int32(q & np.uint8(0xF))
+            hi = np.int32(q >> np.uint8(4))
+            if qh >= 0:
+                h = np.int32(y[qh + l]) >> (2 * c)
+                lo += (h & 1) << 4
+                hi += ((h >> 1) & 1) << 4
+            o[64 * c + l] = d1 * F32(lo) - m1
+            o[64 * c + 32 + l] = d2 * F32(hi) - m2
+
+
+@jit
+def dequantize_block_q4_K(y, o):
+    """ggml dequantize_row_q4_K for one super-block: y uint8[144] -> o float32[256]."""
+    _dequantize_block_k4(y, o, _Q4_QS, -1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,58 +280,17 @@ def _pack_q5_K(L, y):
 
 
 @jit
-def quantize_block_q5_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
-    """ggml quantize_row_q5_K_ref for one super-block: x float32[256] -> y uint8[176]."""
-    for k in range(12):
-        y[_SCALES + k] = 0
-    _ref_subblock_scales(x, 31, F32(-0.5), 15, L, Laux, weights, scales, mins, scratch)
-    _ref_pack_factors(scales, mins, y, Ls, Lm)
-    _requantize_k4(x, y, L, 31)
-    _pack_q5_K(L, y)
-
-
-@jit
-def quantize_block_q5_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
-    """ggml quantize_row_q5_K_impl for one super-block: x, qw float32[256] -> y uint8[176]."""
-    for k in range(12):
-        y[_SCALES + k] = 0
-    _impl_subblock_scales(x, qw, 31, L, Laux, weights, scales, mins, sw, scratch)
-    _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
-    _requantize_k4(x, y, L, 31)
-    _pack_q5_K(L, y)
-
-
-@jit
 def quantize_block_q5_K(x, qw, y, s):
-    """ggml quantize_row_q5_K_ref (qw empty) or _impl for one super-block, scratch s = _k4_scratch()."""
-    L, Laux, w, scales, mins, sw, Ls, Lm, scratch = s
-    if qw.shape[0] == 0:
-        quantize_block_q5_K_ref(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
-    else:
-        quantize_block_q5_K_impl(x, qw, y, L, Laux, w, scales, mins, sw, Ls, Lm, scratch)
+    """ggml quantize_row_q5_K_ref (qw empty) or _impl for one super-block: x float32[256] -> y uint8[176];
+    scratch s = _k4_scratch()."""
+    _quantize_block_k4(x, qw, y, s, 31, F32(-0.5), 15)
+    _pack_q5_K(s[0], y)
 
 
 @jit
 def dequantize_block_q5_K(y, o):
     """ggml dequantize_row_q5_K for one super-block: y uint8[176] -> o float32[256]."""
-    d = load_fp16(y, _D)
-    dmin = load_fp16(y, _DMIN)
-    for c in range(4):
-        sc, m = get_scale_min_k4(2 * c, y)
-        d1 = d * F32(sc)
-        m1 = dmin * F32(m)
-        sc, m = get_scale_min_k4(2 * c + 1, y)
-        d2 = d * F32(sc)
-        m2 = dmin * F32(m)
-        u1 = np.uint8(1 << (2 * c))
-        u2 = np.uint8(2 << (2 * c))
-        for l in range(32):
-            q = y[_Q5_QS + 32 * c + l]
-            h = y[_Q5_QH + l]
-            lo = np.int64(q & np.uint8(0xF)) + (16 if (h & u1) != 0 else 0)
-            hi = np.int64(q >> np.uint8(4)) + (16 if (h & u2) != 0 else 0)
-            o[64 * c + l] = d1 * F32(lo) - m1
-            o[64 * c + 32 + l] = d2 * F32(hi) - m2
+    _dequantize_block_k4(y, o, _Q5_QS, _Q5_QH)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -399,15 +362,10 @@ def dequantize_block_q8_K(y, o):
 # -- row drivers: rows float32[nrows, n] and weights float32[n] (or [0]: the _ref path)
 # -- -> out uint8[nrows, n/256*size], and back --------------------------------------------------------
 
-quantize_q4_K = row_driver(each_block_weighted, __name__, "quantize_q4_K", "ggml quantize_q4_K over all rows.",
-                           BLOCK=quantize_block_q4_K, SCRATCH=_k4_scratch, IN=QK_K, OUT=Q4_K_BYTES)
-quantize_q5_K = row_driver(each_block_weighted, __name__, "quantize_q5_K", "ggml quantize_q5_K over all rows.",
-                           BLOCK=quantize_block_q5_K, SCRATCH=_k4_scratch, IN=QK_K, OUT=Q5_K_BYTES)
-quantize_q8_K = row_driver(each_block, __name__, "quantize_q8_K", "ggml quantize_row_q8_K_ref over all rows.",
-                           BLOCK=quantize_block_q8_K, IN=QK_K, OUT=Q8_K_BYTES)
-dequantize_q4_K = row_driver(each_block, __name__, "dequantize_q4_K", "ggml dequantize_row_q4_K over all rows.",
-                             BLOCK=dequantize_block_q4_K, IN=Q4_K_BYTES, OUT=QK_K)
-dequantize_q5_K = row_driver(each_block, __name__, "dequantize_q5_K", "ggml dequantize_row_q5_K over all rows.",
-                             BLOCK=dequantize_block_q5_K, IN=Q5_K_BYTES, OUT=QK_K)
-dequantize_q8_K = row_driver(each_block, __name__, "dequantize_q8_K", "ggml dequantize_row_q8_K over all rows.",
-                             BLOCK=dequantize_block_q8_K, IN=Q8_K_BYTES, OUT=QK_K)
+quantize_q4_K, dequantize_q4_K = block_drivers(__name__, "q4_K", QK_K, Q4_K_BYTES, quantize_block_q4_K,
+                                               dequantize_block_q4_K, scratch=_k4_scratch)
+quantize_q5_K, dequantize_q5_K = block_drivers(__name__, "q5_K", QK_K, Q5_K_BYTES, quantize_block_q5_K,
+                                               dequantize_block_q5_K, scratch=_k4_scratch)
+# quantize_row_q8_K_ref: no importance-weighted path
+quantize_q8_K, dequantize_q8_K = block_drivers(__name__, "q8_K", QK_K, Q8_K_BYTES, quantize_block_q8_K,
+                                               dequantize_block_q8_K)

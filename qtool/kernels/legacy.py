@@ -34,7 +34,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, bits_f32, each_block, f32_bits, fp32_to_fp16_bits, jit, load_fp16, row_driver,
+from qtool.kernels.common import (OUT, SCRATCH, F32, bits_f32, block_drivers, f32_bits, fp32_to_fp16_bits, jit, load_fp16,
                                  store_fp16)
 from qtool.kernels.search import make_qkx3_quants_s, make_qx_quants_s, qkx_scratch, qx_scratch
 
@@ -425,7 +425,7 @@ def q5_1_block_impl(xb, qwb, sigma2, yb, s):
 
 # -- quantize drivers: rows float32 [nrows, n], qw float32 [n] or [0], out uint8 [nrows, n/32*size] --
 
-REF = IMPL = SCRATCH = OUT = None  # bound per driver by row_driver
+REF = IMPL = None  # bound per driver by block_drivers, as SCRATCH and OUT
 
 
 def _rows(rows, qw, out):
@@ -442,18 +442,6 @@ def _rows(rows, qw, out):
             for ib in range(n // QK):
                 IMPL(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
                      out[r, ib * OUT:(ib + 1) * OUT], s)
-
-
-quantize_q4_0 = row_driver(_rows, __name__, "quantize_q4_0", "quantize_q4_0 over all rows.",
-                           REF=q4_0_row_ref, IMPL=q4_0_block_impl, SCRATCH=_qx_scratch, OUT=18)
-quantize_q4_1 = row_driver(_rows, __name__, "quantize_q4_1", "quantize_q4_1 over all rows.",
-                           REF=q4_1_row_ref, IMPL=q4_1_block_impl, SCRATCH=_qkx_scratch, OUT=20)
-quantize_q5_0 = row_driver(_rows, __name__, "quantize_q5_0", "quantize_q5_0 over all rows.",
-                           REF=q5_0_row_ref, IMPL=q5_0_block_impl, SCRATCH=_qx_scratch, OUT=22)
-quantize_q5_1 = row_driver(_rows, __name__, "quantize_q5_1", "quantize_q5_1 over all rows.",
-                           REF=q5_1_row_ref, IMPL=q5_1_block_impl, SCRATCH=_qkx_scratch, OUT=24)
-quantize_q8_0 = row_driver(each_block, __name__, "quantize_q8_0", "quantize_q8_0 over all rows (ggml ignores the "
-                           "importance vector).", BLOCK=q8_0_block, IN=QK, OUT=34)
 
 
 # -- dequantizers: data uint8 [nrows, nb*size] -> out float32 [nrows, nb*32] ---------------------
@@ -538,13 +526,15 @@ def q8_0_block_dequant(yb, xb):
         xb[j] = F32(np.int8(yb[2 + j])) * d
 
 
-dequantize_q4_0 = row_driver(each_block, __name__, "dequantize_q4_0", "dequantize_row_q4_0 over all rows.",
-                             BLOCK=q4_0_block_dequant, IN=18, OUT=QK)
-dequantize_q4_1 = row_driver(each_block, __name__, "dequantize_q4_1", "dequantize_row_q4_1 over all rows.",
-                             BLOCK=q4_1_block_dequant, IN=20, OUT=QK)
-dequantize_q5_0 = row_driver(each_block, __name__, "dequantize_q5_0", "dequantize_row_q5_0 over all rows.",
-                             BLOCK=q5_0_block_dequant, IN=22, OUT=QK)
-dequantize_q5_1 = row_driver(each_block, __name__, "dequantize_q5_1", "dequantize_row_q5_1 over all rows.",
-                             BLOCK=q5_1_block_dequant, IN=24, OUT=QK)
-dequantize_q8_0 = row_driver(each_block, __name__, "dequantize_q8_0", "dequantize_row_q8_0 over all rows.",
-                             BLOCK=q8_0_block_dequant, IN=34, OUT=QK)
+# -- drivers: rows float32 [nrows, n], qw float32 [n] or [0] -> out uint8 [nrows, n/32*size] and back --
+
+quantize_q4_0, dequantize_q4_0 = block_drivers(__name__, "q4_0", QK, 18, None, q4_0_block_dequant, template=_rows,
+                                               REF=q4_0_row_ref, IMPL=q4_0_block_impl, scratch=_qx_scratch)
+quantize_q4_1, dequantize_q4_1 = block_drivers(__name__, "q4_1", QK, 20, None, q4_1_block_dequant, template=_rows,
+                                               REF=q4_1_row_ref, IMPL=q4_1_block_impl, scratch=_qkx_scratch)
+quantize_q5_0, dequantize_q5_0 = block_drivers(__name__, "q5_0", QK, 22, None, q5_0_block_dequant, template=_rows,
+                                               REF=q5_0_row_ref, IMPL=q5_0_block_impl, scratch=_qx_scratch)
+quantize_q5_1, dequantize_q5_1 = block_drivers(__name__, "q5_1", QK, 24, None, q5_1_block_dequant, template=_rows,
+                                               REF=q5_1_row_ref, IMPL=q5_1_block_impl, scratch=_qkx_scratch)
+# ggml's quantize_q8_0 ignores the importance vector
+quantize_q8_0, dequantize_q8_0 = block_drivers(__name__, "q8_0", QK, 34, q8_0_block, q8_0_block_dequant)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import F32, each_block, jit, load_fp16, row_driver, store_fp16
+from qtool.kernels.common import F32, block_drivers, jit, load_fp16, store_fp16
 
 QK1_0 = 128
 QK2_0 = 64
@@ -101,11 +101,5 @@ def q2_0_block_dequant(yb, y):
 
 # -- row drivers: rows float32[nrows, n] -> out uint8[nrows, n/QK*18], and back -------------------
 
-quantize_q1_0 = row_driver(each_block, __name__, "quantize_q1_0", "quantize_q1_0 over all rows.",
-                           BLOCK=q1_0_block, IN=QK1_0, OUT=Q1_0_BYTES)
-quantize_q2_0 = row_driver(each_block, __name__, "quantize_q2_0", "quantize_q2_0 over all rows.",
-                           BLOCK=q2_0_block, IN=QK2_0, OUT=Q2_0_BYTES)
-dequantize_q1_0 = row_driver(each_block, __name__, "dequantize_q1_0", "dequantize_row_q1_0 over all rows.",
-                             BLOCK=q1_0_block_dequant, IN=Q1_0_BYTES, OUT=QK1_0)
-dequantize_q2_0 = row_driver(each_block, __name__, "dequantize_q2_0", "dequantize_row_q2_0 over all rows.",
-                             BLOCK=q2_0_block_dequant, IN=Q2_0_BYTES, OUT=QK2_0)
+quantize_q1_0, dequantize_q1_0 = block_drivers(__name__, "q1_0", QK1_0, Q1_0_BYTES, q1_0_block, q1_0_block_dequant)
+quantize_q2_0, dequantize_q2_0 = block_drivers(__name__, "q2_0", QK2_0, Q2_0_BYTES, q2_0_block, q2_0_block_dequant)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import F32, each_block, jit, load_fp16, row_driver, store_fp16
+from qtool.kernels.common import F32, block_drivers, jit, load_fp16, store_fp16
 
 QK_K = 256
 TQ1_0_BYTES = 54
@@ -157,11 +157,5 @@ def tq2_0_block_dequant(yb, y):
 
 # -- row drivers: rows float32[nrows, n] -> out uint8[nrows, n/256*size], and back ----------------
 
-quantize_tq1_0 = row_driver(each_block, __name__, "quantize_tq1_0", "quantize_tq1_0 over all rows.",
-                            BLOCK=tq1_0_block, IN=QK_K, OUT=TQ1_0_BYTES)
-quantize_tq2_0 = row_driver(each_block, __name__, "quantize_tq2_0", "quantize_tq2_0 over all rows.",
-                            BLOCK=tq2_0_block, IN=QK_K, OUT=TQ2_0_BYTES)
-dequantize_tq1_0 = row_driver(each_block, __name__, "dequantize_tq1_0", "dequantize_row_tq1_0 over all rows.",
-                              BLOCK=tq1_0_block_dequant, IN=TQ1_0_BYTES, OUT=QK_K)
-dequantize_tq2_0 = row_driver(each_block, __name__, "dequantize_tq2_0", "dequantize_row_tq2_0 over all rows.",
-                              BLOCK=tq2_0_block_dequant, IN=TQ2_0_BYTES, OUT=QK_K)
+quantize_tq1_0, dequantize_tq1_0 = block_drivers(__name__, "tq1_0", QK_K, TQ1_0_BYTES, tq1_0_block, tq1_0_block_dequant)
+quantize_tq2_0, dequantize_tq2_0 = block_drivers(__name__, "tq2_0", QK_K, TQ2_0_BYTES, tq2_0_block, tq2_0_block_dequant)
