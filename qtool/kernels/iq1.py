@@ -26,6 +26,7 @@ import numpy as np
 
 from qtool.kernels.common import (F32, fp16_bits_to_fp32, fp32_to_fp16_bits, jit, jit_rows, load_fp16, load_u16,
                                  nearest_int, store_fp16, store_u16)
+from qtool.kernels.lattice import sum_squares
 
 QK_K = 256
 IQ1_S_BYTES = 50  # d (f16) + qs[32] + qh u16[8]
@@ -97,10 +98,43 @@ def _sort_index(xb, idx):
 
 @jit
 def _sigma2(xbl):
-    s = F32(0.0)
-    for i in range(QK_K):
-        s += xbl[i] * xbl[i]
-    return F32(2.0) * s / F32(QK_K)
+    return F32(2.0) * sum_squares(xbl, QK_K) / F32(QK_K)
+
+
+@jit
+def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbours, xrest, index):
+    """Each of the ng 8-groups of the block's levels L onto the grid: its own pattern where that is a
+    grid point, else ggml's best neighbour at scale (iq1_find_best_neighbour2) with the group's levels
+    x_m if bit k of negs is set, else x_p; index gets the grid indices. Where a group moved, the scale
+    is refit over the block as ggml refits it. Returns (False where ggml aborts, scale)."""
+    on_grid = True
+    for k in range(ng):
+        xx = x_m if (negs >> k) & 1 else x_p
+        u = 0
+        for j in range(8):
+            u |= np.int32(L[8 * k + j]) << (2 * j)
+        gi = kmap[u]
+        if gi < 0:
+            on_grid = False
+            gi = find_best_neighbour2(neighbours, gi, levels, xb[8 * k:8 * k + 8], weight[8 * k:8 * k + 8],
+                                      scale, xx, L[8 * k:8 * k + 8], xrest[8 * k:])
+            if gi < 0:
+                return False, scale
+        index[k] = gi
+    if not on_grid:
+        sqx = F32(0.0)
+        sq2 = F32(0.0)
+        for k in range(ng):
+            xx = x_m if (negs >> k) & 1 else x_p
+            g = index[k]
+            for j in range(8):
+                w = weight[8 * k + j]
+                q = xx[levels[g, j]]
+                sqx += w * q * xb[8 * k + j]
+                sq2 += w * q * q
+        if sqx > F32(0.0) and sq2 > F32(0.0):
+            scale = sqx / sq2
+    return True, scale
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,32 +241,10 @@ def quantize_block_iq1_s(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
                 L[j] = 2 - L[j]
             scale = -scale
             bshift = -bshift
-        xx = x_p if bshift == 1 else x_m
-        on_grid = True
-        for k in range(bs // 8):
-            u = 0
-            for j in range(8):
-                u |= np.int32(L[8 * k + j]) << (2 * j)
-            gi = kmap[u]
-            if gi < 0:
-                on_grid = False
-                gi = find_best_neighbour2(neighbours, gi, levels, xb[8 * k:8 * k + 8], weight[8 * k:8 * k + 8],
-                                          scale, xx, L[8 * k:8 * k + 8], xrest[bs * ib + 8 * k:])
-                if gi < 0:
-                    return False
-            index[k] = gi
-        if not on_grid:
-            sqx = F32(0.0)
-            sq2 = F32(0.0)
-            for k in range(bs // 8):
-                g = index[k]
-                for j in range(8):
-                    w = weight[8 * k + j]
-                    q = xx[levels[g, j]]
-                    sqx += w * q * xb[8 * k + j]
-                    sq2 += w * q * q
-            if sqx > F32(0.0) and sq2 > F32(0.0):
-                scale = sqx / sq2
+        ok, scale = _snap_groups(xb, weight, L, bs // 8, 0 if bshift == 1 else 15, x_p, x_m, scale, levels, kmap,
+                                 neighbours, xrest[bs * ib:], index)
+        if not ok:
+            return False
         h = 0
         for k in range(bs // 8):
             y[2 + 4 * ib + k] = np.uint8(index[k] & 255)
@@ -423,39 +435,11 @@ def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
                 L[j] = 2 - L[j]
             scale = -scale
             bk = 3 - bk
-        on_grid = True
-        for k in range(2):
-            if k == 0:
-                xx = x_p if bk < 2 else x_m
-            else:
-                xx = x_p if bk % 2 == 0 else x_m
-            u = 0
-            for j in range(8):
-                u |= np.int32(L[8 * k + j]) << (2 * j)
-            gi = kmap[u]
-            if gi < 0:
-                on_grid = False
-                gi = find_best_neighbour2(neighbours, gi, levels, xb[8 * k:8 * k + 8], weight[8 * k:8 * k + 8],
-                                          scale, xx, L[8 * k:8 * k + 8], xrest[bs * ib + 8 * k:])
-                if gi < 0:
-                    return False
-            index[k] = gi
-        if not on_grid:
-            sqx = F32(0.0)
-            sq2 = F32(0.0)
-            for k in range(2):
-                if k == 0:
-                    xx = x_p if bk < 2 else x_m
-                else:
-                    xx = x_p if bk % 2 == 0 else x_m
-                g = index[k]
-                for j in range(8):
-                    w = weight[8 * k + j]
-                    q = xx[levels[g, j]]
-                    sqx += w * q * xb[8 * k + j]
-                    sq2 += w * q * q
-            if sqx > F32(0.0) and sq2 > F32(0.0):
-                scale = sqx / sq2
+        # group 0 takes -delta for bk 2, 3; group 1 for bk 1, 3
+        ok, scale = _snap_groups(xb, weight, L, 2, (1 if bk >= 2 else 0) | ((bk % 2) << 1), x_p, x_m, scale, levels,
+                                 kmap, neighbours, xrest[bs * ib:], index)
+        if not ok:
+            return False
         y[2 * ib] = np.uint8(index[0] & 255)
         y[2 * ib + 1] = np.uint8(index[1] & 255)
         y[32 + ib] = np.uint8((index[0] >> 8) | ((index[1] >> 8) << 4))

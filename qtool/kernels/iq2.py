@@ -27,6 +27,8 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16
+from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, round_trials, start_trials,
+                                   sum_squares, sum_trials)
 from qtool.kernels.search import make_qp_quants
 
 QK_K = 256
@@ -40,7 +42,7 @@ _GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAXQ = 3
 _MAX_LIST = 1024  # no neighbour list is longer than the largest grid
-_LANES = 32  # trial scales searched side by side (IQ2_XS, IQ2_S: 19; IQ2_XXS: 13)
+_LANES = TRIAL_LANES  # trial scales searched side by side (IQ2_XS, IQ2_S: 19; IQ2_XXS: 13)
 
 #: status codes (ggml aborts on each): no grid neighbour at a finite distance (GGML_ASSERT(grid_index >= 0)),
 #: a NaN block scale leaving its levels off the grid ("Oops: found point ... not on grid"), a NaN block
@@ -143,21 +145,9 @@ def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, d2, Ls,
     Ls int32[n, _LANES] gets every trial's levels, off bool[n/8, _LANES] whether a group was off the
     grid; sv float32[4, _LANES] scratch. Returns (winning lane or -1, its scale sumqx/sumq2, status)."""
     ns = 2 * nhalf + 1
-    inv = sv[0]
-    sqx = sv[1]
-    sq2 = sv[2]
-    tsc = sv[3]
-    for s in range(_LANES):
-        inv[s] = (F32(2 * _KMAXQ - 1) + F32(min(s, ns - 1) - nhalf) * F32(0.1)) / denom
-        tsc[s] = F32(1.0) / inv[s]
-        sqx[s] = F32(0.0)
-        sq2[s] = F32(0.0)
-    for i in range(n):
-        xi = xval[i]
-        row = Ls[i]
-        for s in range(_LANES):
-            l = nearest_int(F32(0.5) * (inv[s] * xi - F32(1.0)))
-            row[s] = max(0, min(_KMAXQ - 1, l))
+    start_trials(sv, ns, nhalf, F32(2 * _KMAXQ - 1), F32(0.1), denom)
+    tsc = sv[SCALE]
+    round_trials(xval, n, sv, Ls, _KMAXQ - 1)
     for k in range(n // 8):
         for s in range(ns):
             u = 0
@@ -172,22 +162,8 @@ def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, d2, Ls,
                     return -1, F32(0.0), NO_NEIGHBOUR
                 for i in range(8):
                     Ls[8 * k + i, s] = (np.int32(npos[i, start + 1 + jb]) - 1) // 2
-    for i in range(n):
-        w = weight[i]
-        wx = w * xval[i]
-        row = Ls[i]
-        for s in range(_LANES):
-            q = F32(2 * row[s] + 1)
-            sqx[s] += wx * q
-            sq2[s] += w * q * q
-    best = F32(0.0)
-    bs = -1
-    scale = F32(0.0)
-    for s in range(ns):
-        if sq2[s] > F32(0.0) and sqx[s] * sqx[s] > best * sq2[s]:
-            scale = sqx[s] / sq2[s]
-            best = scale * sqx[s]
-            bs = s
+    sum_trials(weight, xval, n, sv, Ls)
+    bs, scale = best_trial(sv, ns, F32(0.0))
     return bs, scale, OK
 
 
@@ -254,15 +230,6 @@ def _max_of(xval, n):
     return m
 
 
-@jit
-def _sigma2_sum(xbl):
-    """sum(x^2) over the super-block, float32 in order."""
-    s = F32(0.0)
-    for i in range(QK_K):
-        s += xbl[i] * xbl[i]
-    return s
-
-
 # ---------------------------------------------------------------------------------------------------
 # IQ2_XXS block, 66 bytes; per 32 weights (ib = 0..7) two little-endian uint32 words:
 #
@@ -286,15 +253,11 @@ def quantize_block_iq2_xxs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, Lqp
     d2 = scratch[3]
     for j in range(IQ2_XXS_BYTES):
         y[j] = 0
-    sigma2 = _sigma2_sum(xbl) / F32(QK_K)
+    sigma2 = sum_squares(xbl, QK_K) / F32(QK_K)
     max_scale = F32(0.0)
     for ib in range(QK_K // 32):
         xb = xbl[32 * ib:32 * ib + 32]
-        qw = qwl[32 * ib:32 * ib + 32]
-        for i in range(32):
-            weight[i] = qw[i] * np.sqrt(sigma2 + xb[i] * xb[i])
-        for i in range(32):
-            waux[i] = np.sqrt(weight[i])
+        block_weights(xb, qwl[32 * ib:32 * ib + 32], 32, sigma2, F32(0.0), weight, waux)
         for k in range(4):
             signs[k] = _fold_signs(xb, weight, xval, k, True) & 127
         mx = _max_of(xval, 32)
@@ -480,15 +443,11 @@ def quantize_block_iq2_xs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, scal
     xval = scratch[2]
     for j in range(IQ2_XS_BYTES):
         y[j] = 0
-    sigma2 = _sigma2_sum(xbl) / F32(QK_K)
+    sigma2 = sum_squares(xbl, QK_K) / F32(QK_K)
     max_scale = F32(0.0)
     for ib in range(QK_K // 16):
         xb = xbl[16 * ib:16 * ib + 16]
-        qw = qwl[16 * ib:16 * ib + 16]
-        for i in range(16):
-            weight[i] = qw[i] * np.sqrt(sigma2 + xb[i] * xb[i])
-        for i in range(16):
-            waux[i] = np.sqrt(weight[i])
+        block_weights(xb, qwl[16 * ib:16 * ib + 16], 16, sigma2, F32(0.0), weight, waux)
         s0 = _fold_signs(xb, weight, xval, 0, True) & 127
         s1 = _fold_signs(xb, weight, xval, 1, True) & 127
         scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, npos, kmap, neigh, scratch[3], Ls, sv, off)
@@ -530,19 +489,12 @@ def quantize_block_iq2_s(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, scale
     xval = scratch[2]
     for j in range(IQ2_S_BYTES):
         y[j] = 0
-    sigma2 = F32(2.0) * _sigma2_sum(xbl) / F32(QK_K)
+    sigma2 = F32(2.0) * sum_squares(xbl, QK_K) / F32(QK_K)
     max_scale = F32(0.0)
     for ib in range(QK_K // 16):
         xb = xbl[16 * ib:16 * ib + 16]
-        if qwl.shape[0] > 0:
-            qw = qwl[16 * ib:16 * ib + 16]
-            for i in range(16):
-                weight[i] = qw[i] * np.sqrt(sigma2 + xb[i] * xb[i])
-        else:
-            for i in range(16):
-                weight[i] = F32(0.25) * sigma2 + xb[i] * xb[i]
-        for i in range(16):
-            waux[i] = np.sqrt(weight[i])
+        block_weights(xb, qwl[16 * ib:16 * ib + 16] if qwl.shape[0] > 0 else qwl, 16, sigma2, F32(0.25) * sigma2,
+                      weight, waux)
         s0 = _fold_signs(xb, weight, xval, 0, False)
         s1 = _fold_signs(xb, weight, xval, 1, False)
         scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, npos, kmap, neigh, scratch[3], Ls, sv, off)

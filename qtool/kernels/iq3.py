@@ -27,6 +27,8 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16
+from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, round_trials, start_trials,
+                                   sum_squares, sum_trials)
 
 QK_K = 256
 IQ3_XXS_BYTES = 98  # d (f16) + qs[64] + scales_and_signs[32]
@@ -39,7 +41,7 @@ _EPS_XXS = F32(1e-8)
 _FUDGE_XXS = F32(1.0125)
 _FUDGE_S = F32(1.033)
 _KMAX = 8
-_LANES = 32  # trial scales searched side by side (IQ3_XXS: 31, IQ3_S: 19)
+_LANES = TRIAL_LANES  # trial scales searched side by side (IQ3_XXS: 31, IQ3_S: 19)
 
 #: status codes per row (ggml aborts on both): no grid neighbour at a finite distance
 #: (GGML_ASSERT(grid_index >= 0)), a NaN block scale (GGML_ASSERT(scale >= 0))
@@ -120,21 +122,9 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
         L[i] = 0
     scale = vmax / F32(2 * _KMAX - 1)
     ns = 2 * nstep + 1
-    inv = sv[0]
-    sqx = sv[1]
-    sq2 = sv[2]
-    tsc = sv[3]
-    for s in range(_LANES):
-        inv[s] = (F32(2 * _KMAX - 1) + F32(min(s, ns - 1) - nstep) * F32(0.2)) / vmax
-        tsc[s] = F32(1.0) / inv[s]
-        sqx[s] = F32(0.0)
-        sq2[s] = F32(0.0)
-    for i in range(32):
-        xi = xval[i]
-        row = Ls[i]
-        for s in range(_LANES):
-            l = nearest_int(F32(0.5) * (inv[s] * xi - F32(1.0)))
-            row[s] = max(0, min(_KMAX - 1, l))
+    start_trials(sv, ns, nstep, F32(2 * _KMAX - 1), F32(0.2), vmax)
+    tsc = sv[SCALE]
+    round_trials(xval, 32, sv, Ls, _KMAX - 1)
     for k in range(8):
         for s in range(ns):
             u = Ls[4 * k, s] | (Ls[4 * k + 1, s] << 3) | (Ls[4 * k + 2, s] << 6) | (Ls[4 * k + 3, s] << 9)
@@ -147,21 +137,8 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
                     return scale, NO_NEIGHBOUR
                 for i in range(4):
                     Ls[4 * k + i, s] = (np.int32(npos[i, start + 1 + jb]) - 1) // 2
-    for i in range(32):
-        w = weight[i]
-        wx = w * xval[i]
-        row = Ls[i]
-        for s in range(_LANES):
-            q = F32(2 * row[s] + 1)
-            sqx[s] += wx * q
-            sq2[s] += w * q * q
-    best = F32(0.0)
-    bs = -1
-    for s in range(ns):
-        if sq2[s] > F32(0.0) and sqx[s] * sqx[s] > best * sq2[s]:
-            scale = sqx[s] / sq2[s]
-            best = scale * sqx[s]
-            bs = s
+    sum_trials(weight, xval, 32, sv, Ls)
+    bs, scale = best_trial(sv, ns, scale)
     if bs >= 0:
         for i in range(32):
             L[i] = np.int8(Ls[i, bs])
@@ -198,42 +175,6 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
 
 
 @jit
-def _weights(xb, qw, sigma2, weight, waux):
-    """Per-weight importance of a 32-weight block (qw*sqrt(sigma2 + x^2), or x^2 without qw) into
-    weight, and its square root (the neighbour search's weight) into waux."""
-    if qw.shape[0] > 0:
-        for i in range(32):
-            weight[i] = qw[i] * np.sqrt(sigma2 + xb[i] * xb[i])
-    else:
-        for i in range(32):
-            weight[i] = xb[i] * xb[i]
-    for i in range(32):
-        waux[i] = np.sqrt(weight[i])
-
-
-@jit
-def _sigma2(x):
-    """2 * sum(x^2) / 256 in float32, in ggml's order."""
-    s = F32(0.0)
-    for i in range(QK_K):
-        s += x[i] * x[i]
-    return F32(2.0) * s / F32(QK_K)
-
-
-# ---------------------------------------------------------------------------------------------------
-# IQ3_XXS block, 98 bytes; per 32-weight block b (b = 0..7), groups k = 0..7 of 4 weights:
-#
-#   0       2                           66                                 98
-#   | d f16 | qs[64]: grid index of     | scales_and_signs: u32 per block  |
-#   |       | group k of block b at 8b+k| bits 7j..7j+6: signs of weights  |
-#   |       |                           |   8j..8j+7 (8th by even parity)  |
-#   |       |                           | bits 28..31: ls                  |
-#
-#   x = d * (0.5 + ls) * 0.5 * grid_xxs[q][i] * sign
-# ---------------------------------------------------------------------------------------------------
-
-
-@jit
 def quantize_block_iq3_xxs(x, qw, y, npos, kmap, neigh, s):
     """ggml quantize_row_iq3_xxs_impl for one super-block: x, qw float32[256] -> y uint8[98].
     s: the row's scratch tuple. Returns a status code."""
@@ -241,10 +182,10 @@ def quantize_block_iq3_xxs(x, qw, y, npos, kmap, neigh, s):
     for j in range(IQ3_XXS_BYTES):
         y[j] = 0
     max_scale = F32(0.0)
-    sigma2 = _sigma2(x)
+    sigma2 = F32(2.0) * sum_squares(x, QK_K) / F32(QK_K)
     for ib in range(8):
         xb = x[32 * ib:32 * ib + 32]
-        _weights(xb, qw[32 * ib:32 * ib + 32] if qw.shape[0] > 0 else qw, sigma2, weight, waux)
+        block_weights(xb, qw[32 * ib:32 * ib + 32] if qw.shape[0] > 0 else qw, 32, sigma2, F32(0.0), weight, waux)
         for k in range(4):
             nflip = 0
             sg = 0
@@ -328,10 +269,10 @@ def quantize_block_iq3_s(x, qw, y, npos, kmap, neigh, s):
     qs = 2
     sp = 74
     max_scale = F32(0.0)
-    sigma2 = _sigma2(x)
+    sigma2 = F32(2.0) * sum_squares(x, QK_K) / F32(QK_K)
     for ib in range(8):
         xb = x[32 * ib:32 * ib + 32]
-        _weights(xb, qw[32 * ib:32 * ib + 32] if qw.shape[0] > 0 else qw, sigma2, weight, waux)
+        block_weights(xb, qw[32 * ib:32 * ib + 32] if qw.shape[0] > 0 else qw, 32, sigma2, F32(0.0), weight, waux)
         for k in range(4):
             sg = 0
             for i in range(8):
@@ -388,40 +329,40 @@ def _scratch():
             np.empty(4, np.int32), np.empty(8, np.float32))
 
 
+@jit
+def _quantize_row(x, weights, y, npos, kmap, neigh, status, is_s):
+    """One row of quantize_iq3_xxs (is_s False) or quantize_iq3_s: status int32[2] gets (code, super-block)
+    where ggml would abort."""
+    s = _scratch()
+    bsz = IQ3_S_BYTES if is_s else IQ3_XXS_BYTES
+    for i in range(x.shape[0] // QK_K):
+        qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
+        xb = x[QK_K * i:QK_K * (i + 1)]
+        yb = y[bsz * i:bsz * (i + 1)]
+        if is_s:
+            st = quantize_block_iq3_s(xb, qw, yb, npos, kmap, neigh, s)
+        else:
+            st = quantize_block_iq3_xxs(xb, qw, yb, npos, kmap, neigh, s)
+        if st != OK:
+            status[0] = st
+            status[1] = i
+            break
+
+
 @jit_rows
 def quantize_iq3_xxs(rows, weights, out, npos, kmap, neigh, status):
     """ggml quantize_iq3_xxs: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*98];
     status int32[nrows, 2] gets (code, super-block) where ggml would abort."""
-    nrows, n = rows.shape
-    nb = n // QK_K
-    for r in numba.prange(nrows):
-        s = _scratch()
-        for i in range(nb):
-            qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
-            st = quantize_block_iq3_xxs(rows[r, QK_K * i:QK_K * (i + 1)], qw,
-                                        out[r, IQ3_XXS_BYTES * i:IQ3_XXS_BYTES * (i + 1)], npos, kmap, neigh, s)
-            if st != OK:
-                status[r, 0] = st
-                status[r, 1] = i
-                break
+    for r in numba.prange(rows.shape[0]):
+        _quantize_row(rows[r], weights, out[r], npos, kmap, neigh, status[r], False)
 
 
 @jit_rows
 def quantize_iq3_s(rows, weights, out, npos, kmap, neigh, status):
     """ggml quantize_iq3_s: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*110];
     status int32[nrows, 2] gets (code, super-block) where ggml would abort."""
-    nrows, n = rows.shape
-    nb = n // QK_K
-    for r in numba.prange(nrows):
-        s = _scratch()
-        for i in range(nb):
-            qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
-            st = quantize_block_iq3_s(rows[r, QK_K * i:QK_K * (i + 1)], qw,
-                                      out[r, IQ3_S_BYTES * i:IQ3_S_BYTES * (i + 1)], npos, kmap, neigh, s)
-            if st != OK:
-                status[r, 0] = st
-                status[r, 1] = i
-                break
+    for r in numba.prange(rows.shape[0]):
+        _quantize_row(rows[r], weights, out[r], npos, kmap, neigh, status[r], True)
 
 
 @jit

@@ -1,4 +1,5 @@
-"""ggml's lattice search tables (iq2xs_init_impl, iq3xs_init_impl), built from a grid handed in.
+"""ggml's lattice search tables (iq2xs_init_impl, iq3xs_init_impl), built from a grid handed in, and the
+search steps the IQ1, IQ2 and IQ3 kernels share (the trial-scale lanes, block weights, sums of squares).
 
 A lattice grid is ``levels`` uint8[n, dim]: each point's level index per coordinate. A level vector
 ``p`` is keyed ``u = sum(p[j] << (bits * j))``. The tables:
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import jit
+from qtool.kernels.common import F32, jit, nearest_int
 
 
 @jit
@@ -101,3 +102,97 @@ def build_neighbours(levels, bits, nreach, nwant, kmap_size):
             neigh = _append(neigh, used, cand[a])
             used += 1
     return kmap, neigh[:used].copy(), starts[:nlists].copy()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trial-scale loop of the IQ2 and IQ3 searches (quantize_row_iq2_*_impl, quantize_row_iq3_*_impl)
+#
+# ggml tries the inverse scales inv = (top + step*s)/denom, s = -nhalf..nhalf, one after another; the
+# trials do not depend on each other until the winner is picked. qtool runs them side by side, trial s
+# in lane s + nhalf of TRIAL_LANES (lanes past the last trial repeat it): sv float32[4, TRIAL_LANES]
+# holds inv, sum w*x*q, sum w*q*q and the trial scale 1/inv; Ls int32[n, TRIAL_LANES] each trial's
+# levels, in C's order per lane.
+# ---------------------------------------------------------------------------------------------------
+
+TRIAL_LANES = 32
+INV, SUMQX, SUMQ2, SCALE = range(4)
+
+
+@jit
+def start_trials(sv, ns, nhalf, top, step, denom):
+    """The ns trials' inverse scales and scales into sv, their sums zeroed."""
+    inv = sv[INV]
+    tsc = sv[SCALE]
+    sqx = sv[SUMQX]
+    sq2 = sv[SUMQ2]
+    for s in range(TRIAL_LANES):
+        inv[s] = (top + F32(min(s, ns - 1) - nhalf) * step) / denom
+        tsc[s] = F32(1.0) / inv[s]
+        sqx[s] = F32(0.0)
+        sq2[s] = F32(0.0)
+
+
+@jit
+def round_trials(xval, n, sv, Ls, lmax):
+    """Ls[i, s] = clamp(nearest_int(0.5*(inv_s*x_i - 1)), 0, lmax) for the n values, every lane."""
+    inv = sv[INV]
+    for i in range(n):
+        xi = xval[i]
+        row = Ls[i]
+        for s in range(TRIAL_LANES):
+            l = nearest_int(F32(0.5) * (inv[s] * xi - F32(1.0)))
+            row[s] = max(0, min(lmax, l))
+
+
+@jit
+def sum_trials(weight, xval, n, sv, Ls):
+    """Every lane's sum w*x*q and sum w*q*q over q = 2*level + 1, in C's order."""
+    sqx = sv[SUMQX]
+    sq2 = sv[SUMQ2]
+    for i in range(n):
+        w = weight[i]
+        wx = w * xval[i]
+        row = Ls[i]
+        for s in range(TRIAL_LANES):
+            q = F32(2 * row[s] + 1)
+            sqx[s] += wx * q
+            sq2[s] += w * q * q
+
+
+@jit
+def best_trial(sv, ns, scale):
+    """ggml's pick among the ns trials, in trial order: (winning lane or -1, its scale sumqx/sumq2, or
+    the scale given when none wins)."""
+    sqx = sv[SUMQX]
+    sq2 = sv[SUMQ2]
+    best = F32(0.0)
+    bs = -1
+    for s in range(ns):
+        if sq2[s] > F32(0.0) and sqx[s] * sqx[s] > best * sq2[s]:
+            scale = sqx[s] / sq2[s]
+            best = scale * sqx[s]
+            bs = s
+    return bs, scale
+
+
+@jit
+def sum_squares(x, n):
+    """sum(x^2) over the first n values, float32 in order."""
+    s = F32(0.0)
+    for i in range(n):
+        s += x[i] * x[i]
+    return s
+
+
+@jit
+def block_weights(xb, qw, n, sigma2, base, weight, waux):
+    """The importance of the n weights of a block: qw*sqrt(sigma2 + x^2), or base + x^2 without qw (qw
+    empty: base 0 for IQ3's x^2, sigma2/4 for IQ2_S), into weight; its square root into waux."""
+    if qw.shape[0] > 0:
+        for i in range(n):
+            weight[i] = qw[i] * np.sqrt(sigma2 + xb[i] * xb[i])
+    else:
+        for i in range(n):
+            weight[i] = base + xb[i] * xb[i]
+    for i in range(n):
+        waux[i] = np.sqrt(weight[i])

@@ -427,11 +427,11 @@ def _qkx_search(n, nmax, x, w, L, vmin, vmax, sum_w, sum_x, rmin, rdelta, nstep,
 
 
 @jit
-def make_qkx2_quants_s(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, scratch):
-    """make_qkx2_quants with caller-owned scratch (qkx_scratch(n)); Laux is not needed."""
+def _min_max_sums(n, x, w):
+    """The start of make_qkx2_quants/make_qkx3_quants: (min(x) capped at 0, max(x), sum w, sum w*x)."""
     vmin = x[0]
     vmax = x[0]
-    sum_w = weights[0]
+    sum_w = w[0]
     sum_x = sum_w * x[0]
     for i in range(1, n):
         xi = x[i]
@@ -439,11 +439,18 @@ def make_qkx2_quants_s(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_ma
             vmin = xi
         if xi > vmax:
             vmax = xi
-        w = weights[i]
-        sum_w += w
-        sum_x += w * xi
+        wi = w[i]
+        sum_w += wi
+        sum_x += wi * xi
     if vmin > F32(0.0):
         vmin = F32(0.0)
+    return vmin, vmax, sum_w, sum_x
+
+
+@jit
+def make_qkx2_quants_s(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, scratch):
+    """make_qkx2_quants with caller-owned scratch (qkx_scratch(n)); Laux is not needed."""
+    vmin, vmax, sum_w, sum_x = _min_max_sums(n, x, weights)
     if vmax == vmin:
         for i in range(n):
             L[i] = 0
@@ -466,21 +473,7 @@ def make_qkx3_quants_s(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_ma
         w = scratch[_W]
         for i in range(n):
             w[i] = x[i] * x[i]
-    vmin = x[0]
-    vmax = x[0]
-    sum_w = w[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        xi = x[i]
-        if xi < vmin:
-            vmin = xi
-        if xi > vmax:
-            vmax = xi
-        wi = w[i]
-        sum_w += wi
-        sum_x += wi * xi
-    if vmin > F32(0.0):
-        vmin = F32(0.0)
+    vmin, vmax, sum_w, sum_x = _min_max_sums(n, x, w)
     if vmax <= vmin:
         for i in range(n):
             L[i] = 0
