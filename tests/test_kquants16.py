@@ -28,6 +28,12 @@ def test_all_zero_rows_give_zero_blocks(qtype):
         assert not out.any()
 
 
+def _assert_sub_block(b, j, s1, L1, scales, L):
+    """Sub-block j of block b: the one-block search's scale s1 and quants L1 are the batched search's."""
+    assert np.float32(s1).view(np.uint32) == scales[j].view(np.uint32), (b, j, s1, scales[j])
+    assert np.array_equal(L1, L[16 * j:16 * j + 16]), (b, j, L1, L[16 * j:16 * j + 16])
+
+
 @pytest.mark.parametrize("weighted", [False, True], ids=["x2", "importance"])
 @pytest.mark.parametrize("nmax", [4, 32])
 def test_batched_search_equals_one_block_search(nmax, weighted):
@@ -53,8 +59,7 @@ def test_batched_search_equals_one_block_search(nmax, weighted):
         for j in range(16):
             qw = w_all[b, 16 * j:16 * j + 16] if weighted else NO_WEIGHTS
             s1 = make_qx_quants(16, nmax, row[16 * j:16 * j + 16], L1, 1, qw)
-            assert np.float32(s1).view(np.uint32) == scales[j].view(np.uint32), (b, j, s1, scales[j])
-            assert np.array_equal(L1, L[16 * j:16 * j + 16]), (b, j, L1, L[16 * j:16 * j + 16])
+            _assert_sub_block(b, j, s1, L1, scales, L)
 
 
 def _sub_block_rows():
@@ -118,5 +123,4 @@ def test_batched_q3_search_equals_one_block_search():
             kb.make_q3_quants_x16(4, xt, L, scales, S, Lt)
             for j in range(16):
                 s1 = make_q3_quants(16, 4, row[16 * j:16 * j + 16], L1, True)
-                assert np.float32(s1).view(np.uint32) == scales[j].view(np.uint32), (b, j, s1, scales[j])
-                assert np.array_equal(L1, L[16 * j:16 * j + 16]), (b, j, L1, L[16 * j:16 * j + 16])
+                _assert_sub_block(b, j, s1, L1, scales, L)

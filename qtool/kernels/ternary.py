@@ -120,23 +120,19 @@ def tq1_0_block_dequant(yb, y):
     ``(float)(t - 1) * d``, so the order changes nothing but the speed (2x ggml's order in Numba).
     """
     d = load_fp16(yb, 52)
-    for c in range(32):
-        b = np.int32(yb[c])
+    _unpack_bytes(yb, 0, 32, 5, y, 0, d)
+    _unpack_bytes(yb, 32, 16, 5, y, 160, d)
+    _unpack_bytes(yb, 48, 4, 4, y, 240, d)
+
+
+@jit
+def _unpack_bytes(yb, src, nbytes, ntrits, y, dst, d):
+    """The TQ1_0 bytes yb[src:src+nbytes], ntrits each: trit n of byte c is weight dst + nbytes*n + c."""
+    for c in range(nbytes):
+        b = np.int32(yb[src + c])
         pow3 = np.int32(1)
-        for n in range(5):
-            y[32 * n + c] = F32(_unpack_trit(b, pow3)) * d
-            pow3 *= np.int32(3)
-    for c in range(16):
-        b = np.int32(yb[32 + c])
-        pow3 = np.int32(1)
-        for n in range(5):
-            y[160 + 16 * n + c] = F32(_unpack_trit(b, pow3)) * d
-            pow3 *= np.int32(3)
-    for c in range(4):
-        b = np.int32(yb[48 + c])
-        pow3 = np.int32(1)
-        for n in range(4):
-            y[240 + 4 * n + c] = F32(_unpack_trit(b, pow3)) * d
+        for n in range(ntrits):
+            y[dst + nbytes * n + c] = F32(_unpack_trit(b, pow3)) * d
             pow3 *= np.int32(3)
 
 
