@@ -23,8 +23,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, block_drivers, each_block, jit, jit_rows, load_fp16, nearest_int, row_driver,
-                                 store_fp16, store_u16)
+from qtool.kernels.common import (F32, block_drivers, each_block, jit, jit_rows, load_fp16, nearest_int, requantize,
+                                 row_driver, store_fp16, store_u16)
 from qtool.kernels.search import (
     GROUP_MAX_EPS,
     make_qp_quants,
@@ -405,19 +405,16 @@ def _q3_put_scale(out, j, l):
 
 
 @jit
-def _q3_finish(x, L, out):
+def _q3_finish(x, L, out, dd, mm):
     """Tail shared by quantize_row_q3_K_ref and _impl: requantize against the stored scales,
-    then split L into hmask and the 2-bit planes. L: int8[256] holding 0..7 on entry."""
+    then split L into hmask and the 2-bit planes. L: int8[256] holding 0..7 on entry.
+    Scratch: dd, mm float32[256] (mm is zero)."""
     d_all = load_fp16(out, _Q3_D)
     for j in range(16):
-        sc = _q3_scale(out, j) - 32
-        d = d_all * F32(sc)
-        if d == F32(0.0):
-            continue
-        for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / d)
-            l = max(-4, min(3, l))
-            L[16 * j + ii] = l + 4
+        d = d_all * F32(_q3_scale(out, j) - 32)
+        for i in range(16):
+            dd[16 * j + i] = d
+    requantize(x, dd, mm, L, -4, 3, 4)
     # high bit of weight 32*b + i -> bit b of hmask[i]; what is left is 0..3
     for i in range(32):
         m = np.int32(0)
@@ -606,9 +603,10 @@ def dequantize_block_q2_K(blk, y):
 
 
 @jit
-def quantize_block_q3_K_ref(x, out, L, scales, xt, S, Lt):
+def quantize_block_q3_K_ref(x, out, L, scales, xt, S, Lt, dd, mm):
     """quantize_row_q3_K_ref for one block: x float32[256] -> out uint8[110].
-    Scratch: L int8[256], scales float32[16], xt float32[16, 16], S float32[7, 16], Lt int32[16, 16]."""
+    Scratch: L int8[256], scales float32[16], xt float32[16, 16], S float32[7, 16], Lt int32[16, 16],
+    dd, mm float32[256] (mm zero)."""
     for j in range(16):
         for i in range(16):
             xt[i, j] = x[16 * j + i]
@@ -633,14 +631,14 @@ def quantize_block_q3_K_ref(x, out, L, scales, xt, S, Lt):
         store_fp16(out, _Q3_D, F32(1.0) / iscale)
     else:
         store_u16(out, _Q3_D, np.uint16(0))
-    _q3_finish(x, L, out)
+    _q3_finish(x, L, out, dd, mm)
 
 
 @jit
-def quantize_block_q3_K_impl(x, qw, out, L, scales, sw, Ls, xt, wt, S, wxt):
+def quantize_block_q3_K_impl(x, qw, out, L, scales, sw, Ls, xt, wt, S, wxt, dd, mm):
     """quantize_row_q3_K_impl for one block: x, qw float32[256] -> out uint8[110].
     Scratch: L int8[256], Ls int8[16], scales/sw float32[16], xt/wt/wxt float32[16, 16],
-    S float32[7, 16]."""
+    S float32[7, 16], dd, mm float32[256] (mm zero)."""
     sumx2 = F32(0.0)
     for j in range(QK_K):
         sumx2 += x[j] * x[j]
@@ -661,7 +659,7 @@ def quantize_block_q3_K_impl(x, qw, out, L, scales, sw, Ls, xt, wt, S, wxt):
     for j in range(16):
         _q3_put_scale(out, j, np.int32(Ls[j]))
     store_fp16(out, _Q3_D, d_block)
-    _q3_finish(x, L, out)
+    _q3_finish(x, L, out, dd, mm)
 
 
 @jit_rows
@@ -680,13 +678,16 @@ def quantize_q3_K(rows, weights, out):
         wxt = np.empty((16, 16), np.float32)
         S = np.empty((7, 16), np.float32)
         Lt = np.empty((16, 16), np.int32)
+        dd = np.empty(QK_K, np.float32)
+        mm = np.zeros(QK_K, np.float32)
         for b in range(n // QK_K):
             x = rows[r, QK_K * b:QK_K * (b + 1)]
             blk = out[r, Q3_K_BYTES * b:Q3_K_BYTES * (b + 1)]
             if use_w:
-                quantize_block_q3_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, sw, Ls, xt, wt, S, wxt)
+                quantize_block_q3_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, sw, Ls, xt, wt, S, wxt,
+                                         dd, mm)
             else:
-                quantize_block_q3_K_ref(x, blk, L, scales, xt, S, Lt)
+                quantize_block_q3_K_ref(x, blk, L, scales, xt, S, Lt, dd, mm)
 
 
 @jit
