@@ -428,8 +428,9 @@ def _q3_finish(x, L, out, dd, mm):
 
 
 @jit
-def _q6_finish(x, L, scales, max_scale, out):
-    """Tail of quantize_row_q6_K_ref / _impl once the sub-block scales are known."""
+def _q6_finish(x, L, scales, max_scale, out, dd, mm):
+    """Tail of quantize_row_q6_K_ref / _impl once the sub-block scales are known.
+    Scratch: dd, mm float32[256] (mm zero)."""
     iscale = F32(-128.0) / max_scale
     d_all = store_fp16(out, _Q6_D, F32(1.0) / iscale)
     for ib in range(16):
@@ -437,12 +438,9 @@ def _q6_finish(x, L, scales, max_scale, out):
         out[_Q6_SCALES + ib] = np.uint8(v & 0xFF)
     for j in range(16):
         d = d_all * F32(_i8(out[_Q6_SCALES + j]))
-        if d == F32(0.0):
-            continue
-        for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / d)
-            l = max(-32, min(31, l))
-            L[16 * j + ii] = l + 32
+        for i in range(16):
+            dd[16 * j + i] = d
+    requantize(x, dd, mm, L, -32, 31, 32)
     for h in range(2):
         for l in range(32):
             w = 128 * h + l
@@ -463,7 +461,8 @@ def _q6_finish(x, L, scales, max_scale, out):
 @jit
 def _q2_finish(x, L, out):
     """Tail shared by quantize_row_q2_K_ref and _impl: requantize against the stored scales and
-    mins, then pack. L: uint8[256]."""
+    mins, then pack. L: uint8[256]. (Through common.requantize, as Q3_K and Q6_K, it measured a
+    few percent slower: the search dominates Q2_K.)"""
     d_all = load_fp16(out, _Q2_D)
     m_all = load_fp16(out, _Q2_DMIN)
     for j in range(16):
@@ -542,9 +541,9 @@ def quantize_block_q2_K_impl(x, qw, out, L, scales, mins, sw, Ls, Lm, xt, wt, S,
         sw[j] = acc
     make_qkx_quants_x16(3, xt, wt, L, scales, mins, F32(-0.9), F32(0.05), 36, False, True, S, lt)
     dm = make_qp_quants(16, 15, scales, Ls, sw)
-    mm = make_qp_quants(16, 15, mins, Lm, sw)
+    m_block = make_qp_quants(16, 15, mins, Lm, sw)
     store_fp16(out, _Q2_D, dm)
-    store_fp16(out, _Q2_DMIN, mm)
+    store_fp16(out, _Q2_DMIN, m_block)
     for j in range(16):
         out[_Q2_SCALES + j] = np.uint8((np.int32(Ls[j]) | (np.int32(Lm[j]) << 4)) & 0xFF)
     _q2_finish(x, L, out)
@@ -713,16 +712,17 @@ def dequantize_block_q3_K(blk, y):
 @jit
 def _q6_K_scratch():
     """Per-row scratch of quantize_block_q6_K: L int8[256], scales float32[16], xt, wt, wxt float32[16, 16],
-    S float32[7, 16]."""
+    S float32[7, 16], dd, mm float32[256] (mm zero)."""
     return (np.empty(QK_K, np.int8), np.empty(16, np.float32), np.empty((16, 16), np.float32),
-            np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((7, 16), np.float32))
+            np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((7, 16), np.float32),
+            np.empty(QK_K, np.float32), np.zeros(QK_K, np.float32))
 
 
 @jit
 def quantize_block_q6_K(x, qw, out, s):
     """quantize_row_q6_K_ref (qw empty) or quantize_row_q6_K_impl (qw float32[256]) for one block:
     x float32[256] -> out uint8[210], scratch s = _q6_K_scratch()."""
-    L, scales, xt, wt, wxt, S = s
+    L, scales, xt, wt, wxt, S, dd, mm = s
     use_w = qw.shape[0] > 0
     for j in range(16):
         for i in range(16):
@@ -741,7 +741,7 @@ def quantize_block_q6_K(x, qw, out, s):
         for i in range(Q6_K_BYTES):
             out[i] = 0
         return
-    _q6_finish(x, L, scales, max_scale, out)
+    _q6_finish(x, L, scales, max_scale, out, dd, mm)
 
 
 @jit
