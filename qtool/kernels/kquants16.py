@@ -25,6 +25,7 @@ import numpy as np
 
 from qtool.kernels.common import (F32, block_drivers, each_block, jit, jit_rows, load_fp16, nearest_int, requantize,
                                  row_driver, store_fp16, store_u16)
+from qtool.kernels.kquants32 import largest_scale_min
 from qtool.kernels.search import (
     GROUP_MAX_EPS,
     make_qp_quants,
@@ -481,13 +482,7 @@ def _q2_finish(x, L, out):
 def _q2_store_scales_ref(scales, mins, out):
     """The scale/min quantization of quantize_row_q2_K_ref: 4-bit indices against the largest."""
     q4scale = F32(15.0)
-    max_scale = F32(0.0)
-    max_min = F32(0.0)
-    for j in range(16):
-        if scales[j] > max_scale:
-            max_scale = scales[j]
-        if mins[j] > max_min:
-            max_min = mins[j]
+    max_scale, max_min = largest_scale_min(scales, mins)
     if max_scale > F32(0.0):
         iscale = q4scale / max_scale
         for j in range(16):

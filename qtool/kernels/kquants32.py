@@ -12,9 +12,10 @@ zero-length array for none: without one ggml takes the ``quantize_row_*_ref`` pa
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from qtool.kernels.common import F32, bits_f32, block_drivers, f32_bits, jit, load_fp16, nearest_int, store_fp16
+from qtool.kernels.common import OUT, F32, bits_f32, block_drivers, f32_bits, jit, load_fp16, nearest_int, store_fp16
 from qtool.kernels.search import make_qkx2_quants_s, make_qkx3_quants_s, make_qp_quants, qkx_scratch
 
 QK_K = 256
@@ -104,15 +105,22 @@ def _ref_subblock_scales(x, nmax, rmin, nstep, L, Laux, weights, scales, mins, s
 
 
 @jit
-def _ref_pack_factors(scales, mins, y, Ls, Lm):
-    """quantize_row_q4_K_ref/q5_K_ref: quantize the 8 scales and mins to 6 bits against their maxima."""
+def largest_scale_min(scales, mins):
+    """(max_scale, max_min) of the k-quants' _ref paths: the largest sub-block scale and min, from 0."""
     max_scale = F32(0.0)
     max_min = F32(0.0)
-    for j in range(8):
+    for j in range(scales.shape[0]):
         if scales[j] > max_scale:
             max_scale = scales[j]
         if mins[j] > max_min:
             max_min = mins[j]
+    return max_scale, max_min
+
+
+@jit
+def _ref_pack_factors(scales, mins, y, Ls, Lm):
+    """quantize_row_q4_K_ref/q5_K_ref: quantize the 8 scales and mins to 6 bits against their maxima."""
+    max_scale, max_min = largest_scale_min(scales, mins)
     inv_scale = F32(63.0) / max_scale if max_scale > F32(0.0) else F32(0.0)
     inv_min = F32(63.0) / max_min if max_min > F32(0.0) else F32(0.0)
     for j in range(8):
@@ -182,36 +190,52 @@ def _pack_q4_K(L, y):
 
 
 @jit
-def _k4_scratch():
-    """The per-row scratch of the Q4_K / Q5_K block functions: L uint8[256], Laux uint8[32], weights
-    float32[32], scales, mins, sw float32[8], Ls, Lm uint8[8] and make_qkx*_quants_s' scratch."""
-    return (np.zeros(QK_K, np.uint8), np.zeros(32, np.uint8), np.zeros(32, np.float32), np.zeros(8, np.float32),
-            np.zeros(8, np.float32), np.zeros(8, np.float32), np.zeros(8, np.uint8), np.zeros(8, np.uint8),
-            qkx_scratch(32))
-
-
-@jit
-def _quantize_block_k4(x, qw, y, s, nmax, rmin, nstep):
-    """quantize_row_q4_K / q5_K, _ref (qw empty; ggml's search takes rmin and nstep) or _impl, for one
-    super-block up to the codes: y's d, dmin and scales field; the codes 0..nmax in s[0]."""
-    L, Laux, w, scales, mins, sw, Ls, Lm, scratch = s
+def quantize_block_q4_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
+    """ggml quantize_row_q4_K_ref for one super-block: x float32[256] -> y uint8[144]."""
     for k in range(12):
         y[_SCALES + k] = 0
-    if qw.shape[0] == 0:
-        _ref_subblock_scales(x, nmax, rmin, nstep, L, Laux, w, scales, mins, scratch)
-        _ref_pack_factors(scales, mins, y, Ls, Lm)
-    else:
-        _impl_subblock_scales(x, qw, nmax, L, Laux, w, scales, mins, sw, scratch)
-        _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
-    _requantize_k4(x, y, L, nmax)
+    _ref_subblock_scales(x, 15, F32(-1.0), 20, L, Laux, weights, scales, mins, scratch)
+    _ref_pack_factors(scales, mins, y, Ls, Lm)
+    _requantize_k4(x, y, L, 15)
+    _pack_q4_K(L, y)
 
 
 @jit
-def quantize_block_q4_K(x, qw, y, s):
-    """ggml quantize_row_q4_K_ref (qw empty) or _impl for one super-block: x float32[256] -> y uint8[144];
-    scratch s = _k4_scratch()."""
-    _quantize_block_k4(x, qw, y, s, 15, F32(-1.0), 20)
-    _pack_q4_K(s[0], y)
+def quantize_block_q4_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
+    """ggml quantize_row_q4_K_impl for one super-block: x, qw float32[256] -> y uint8[144]."""
+    for k in range(12):
+        y[_SCALES + k] = 0
+    _impl_subblock_scales(x, qw, 15, L, Laux, weights, scales, mins, sw, scratch)
+    _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
+    _requantize_k4(x, y, L, 15)
+    _pack_q4_K(L, y)
+
+
+REF = IMPL = None  # bound per driver by block_drivers
+
+
+def _rows_k4(rows, weights, out):
+    """quantize_q4_K / q5_K over all rows: REF(x, y, scratch...) per super-block without an importance
+    vector (zero-length weights), IMPL(x, qw, y, scratch...) with one. The scratch arrays are locals of
+    the driver (a per-row tuple of them, unpacked per block, measured 2-4% slower)."""
+    nrows, n = rows.shape
+    for r in numba.prange(nrows):
+        L = np.zeros(QK_K, np.uint8)
+        Laux = np.zeros(32, np.uint8)
+        w = np.zeros(32, np.float32)
+        scales = np.zeros(8, np.float32)
+        mins = np.zeros(8, np.float32)
+        sw = np.zeros(8, np.float32)
+        Ls = np.zeros(8, np.uint8)
+        Lm = np.zeros(8, np.uint8)
+        scratch = qkx_scratch(32)
+        for i in range(n // QK_K):
+            x = rows[r, QK_K * i:QK_K * (i + 1)]
+            y = out[r, OUT * i:OUT * (i + 1)]
+            if weights.shape[0] == 0:
+                REF(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
+            else:
+                IMPL(x, weights[QK_K * i:QK_K * (i + 1)], y, L, Laux, w, scales, mins, sw, Ls, Lm, scratch)
 
 
 @jit
@@ -280,11 +304,25 @@ def _pack_q5_K(L, y):
 
 
 @jit
-def quantize_block_q5_K(x, qw, y, s):
-    """ggml quantize_row_q5_K_ref (qw empty) or _impl for one super-block: x float32[256] -> y uint8[176];
-    scratch s = _k4_scratch()."""
-    _quantize_block_k4(x, qw, y, s, 31, F32(-0.5), 15)
-    _pack_q5_K(s[0], y)
+def quantize_block_q5_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
+    """ggml quantize_row_q5_K_ref for one super-block: x float32[256] -> y uint8[176]."""
+    for k in range(12):
+        y[_SCALES + k] = 0
+    _ref_subblock_scales(x, 31, F32(-0.5), 15, L, Laux, weights, scales, mins, scratch)
+    _ref_pack_factors(scales, mins, y, Ls, Lm)
+    _requantize_k4(x, y, L, 31)
+    _pack_q5_K(L, y)
+
+
+@jit
+def quantize_block_q5_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
+    """ggml quantize_row_q5_K_impl for one super-block: x, qw float32[256] -> y uint8[176]."""
+    for k in range(12):
+        y[_SCALES + k] = 0
+    _impl_subblock_scales(x, qw, 31, L, Laux, weights, scales, mins, sw, scratch)
+    _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
+    _requantize_k4(x, y, L, 31)
+    _pack_q5_K(L, y)
 
 
 @jit
@@ -362,10 +400,12 @@ def dequantize_block_q8_K(y, o):
 # -- row drivers: rows float32[nrows, n] and weights float32[n] (or [0]: the _ref path)
 # -- -> out uint8[nrows, n/256*size], and back --------------------------------------------------------
 
-quantize_q4_K, dequantize_q4_K = block_drivers(__name__, "q4_K", QK_K, Q4_K_BYTES, quantize_block_q4_K,
-                                               dequantize_block_q4_K, scratch=_k4_scratch)
-quantize_q5_K, dequantize_q5_K = block_drivers(__name__, "q5_K", QK_K, Q5_K_BYTES, quantize_block_q5_K,
-                                               dequantize_block_q5_K, scratch=_k4_scratch)
+quantize_q4_K, dequantize_q4_K = block_drivers(__name__, "q4_K", QK_K, Q4_K_BYTES, None, dequantize_block_q4_K,
+                                               template=_rows_k4, REF=quantize_block_q4_K_ref,
+                                               IMPL=quantize_block_q4_K_impl)
+quantize_q5_K, dequantize_q5_K = block_drivers(__name__, "q5_K", QK_K, Q5_K_BYTES, None, dequantize_block_q5_K,
+                                               template=_rows_k4, REF=quantize_block_q5_K_ref,
+                                               IMPL=quantize_block_q5_K_impl)
 # quantize_row_q8_K_ref: no importance-weighted path
 quantize_q8_K, dequantize_q8_K = block_drivers(__name__, "q8_K", QK_K, Q8_K_BYTES, quantize_block_q8_K,
                                                dequantize_block_q8_K)
