@@ -203,13 +203,19 @@ def first_nonfinite_row(rows):
 # that asks for it, stamped with that module's source (so editing the block functions there
 # recompiles it; an edited template changes the bytecode hash, which recompiles every copy).
 
-def row_driver(template, module: str, name: str, doc: str, tables: tuple = (), **bind):
-    """A jitted driver ``module.name``: ``template``'s code with the globals ``bind`` adds. With
-    ``tables`` (lookup arrays the block function takes last), a Python function that passes them."""
+def specialize(template, module: str, name: str, doc: str, decorator, **bind):
+    """``decorator`` applied to a copy ``module.name`` of ``template``'s code, with the globals ``bind``
+    adds (Numba reads them as compile-time constants: an ``if`` on a bound flag costs nothing)."""
     code = template.__code__.replace(co_filename=sys.modules[module].__file__, co_name=name, co_qualname=name)
     fn = pytypes.FunctionType(code, {**template.__globals__, **bind}, name)
     fn.__module__, fn.__qualname__, fn.__doc__ = module, name, doc
-    driver = jit_rows(fn)
+    return decorator(fn)
+
+
+def row_driver(template, module: str, name: str, doc: str, tables: tuple = (), **bind):
+    """A jitted driver ``module.name``: ``template``'s code with the globals ``bind`` adds. With
+    ``tables`` (lookup arrays the block function takes last), a Python function that passes them."""
+    driver = specialize(template, module, name, doc, jit_rows, **bind)
     if not tables:
         return driver
 

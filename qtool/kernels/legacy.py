@@ -35,7 +35,7 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import (OUT, SCRATCH, F32, bits_f32, block_drivers, f32_bits, fp32_to_fp16_bits, jit, load_fp16,
-                                 store_fp16)
+                                 specialize, store_fp16)
 from qtool.kernels.search import make_qkx3_quants_s, make_qx_quants_s, qkx_scratch, qx_scratch
 
 QK = 32
@@ -258,29 +258,38 @@ def _inv(d):
     return F32(1.0) / d if d != F32(0.0) else F32(0.0)
 
 
-@jit
-def q4_0_row_ref(x, y, mm):
-    """quantize_row_q4_0_ref: x float32[n] -> y uint8[n/32*18]; mm float32[2, n/32] scratch
-    (two passes, as q4_1_row_ref)."""
+NMAX = QH = CODE = None  # bound per row function by specialize
+
+
+def _absmax_row(x, y, mm):
+    """quantize_row_q4_0_ref (NMAX 8) / q5_0_ref (NMAX 16, QH: fifth bits in qh): x float32[n] -> y;
+    mm float32[2, n/32] scratch (two passes, as _min_max_row)."""
     nb = x.shape[0] // QK
     amax = mm[0]
     for ib in range(nb):
         amax[ib] = _absmax_at(x, ib * QK)
     for ib in range(nb):
         o = ib * QK
-        p = ib * 18
-        d = amax[ib] / F32(-8.0)
+        p = ib * (22 if QH else 18)
+        d = amax[ib] / F32(-NMAX)
         idv = _inv(d)
         _put_fp16(y, p, d)
+        qh = np.uint32(0)
         for j in range(16):
-            lo = _code(x[o + j] * idv + F32(8.5), 15)
-            hi = _code(x[o + 16 + j] * idv + F32(8.5), 15)
-            y[p + 2 + j] = np.uint8(lo | (hi << 4))
+            a = _code(x[o + j] * idv + F32(NMAX + 0.5), 2 * NMAX - 1)
+            b = _code(x[o + 16 + j] * idv + F32(NMAX + 0.5), 2 * NMAX - 1)
+            if QH:
+                y[p + 6 + j] = np.uint8((a & np.int32(0x0F)) | ((b & np.int32(0x0F)) << 4))
+                qh |= (np.uint32((a >> 4) & 1) << np.uint32(j)) | (np.uint32((b >> 4) & 1) << np.uint32(j + 16))
+            else:
+                y[p + 2 + j] = np.uint8(a | (b << 4))  # the C ORs the uint8 codes: no mask
+        if QH:
+            _put_u32(y, p + 2, qh)
 
 
-@jit
-def q4_1_row_ref(x, y, mm):
-    """quantize_row_q4_1_ref: x float32[n] -> y uint8[n/32*20]; mm float32[2, n/32] scratch (mins, maxs).
+def _min_max_row(x, y, mm):
+    """quantize_row_q4_1_ref (NMAX 15) / q5_1_ref (NMAX 31, QH: fifth bits in qh), codes cast by CODE:
+    x float32[n] -> y; mm float32[2, n/32] scratch (mins, maxs).
 
     Two passes: every block's min and max first (independent reductions the CPU overlaps), then
     the scales and codes, on a row that the first pass has brought into cache."""
@@ -291,65 +300,39 @@ def q4_1_row_ref(x, y, mm):
         mins[ib], maxs[ib] = _min_max_at(x, ib * QK)
     for ib in range(nb):
         o = ib * QK
-        p = ib * 20
+        p = ib * (24 if QH else 20)
         mn = mins[ib]
-        d = (maxs[ib] - mn) / F32(15.0)
-        idv = _inv(d)
-        _put_fp16(y, p, d)
-        _put_fp16(y, p + 2, mn)
-        for j in range(16):
-            lo = _code((x[o + j] - mn) * idv + F32(0.5), 15)
-            hi = _code((x[o + 16 + j] - mn) * idv + F32(0.5), 15)
-            y[p + 4 + j] = np.uint8(lo | (hi << 4))
-
-
-@jit
-def q5_0_row_ref(x, y, mm):
-    """quantize_row_q5_0_ref: x float32[n] -> y uint8[n/32*22]; mm float32[2, n/32] scratch
-    (two passes, as q4_1_row_ref)."""
-    nb = x.shape[0] // QK
-    amax = mm[0]
-    for ib in range(nb):
-        amax[ib] = _absmax_at(x, ib * QK)
-    for ib in range(nb):
-        o = ib * QK
-        p = ib * 22
-        d = amax[ib] / F32(-16.0)
-        idv = _inv(d)
-        _put_fp16(y, p, d)
-        qh = np.uint32(0)
-        for j in range(16):
-            a = _code(x[o + j] * idv + F32(16.5), 31)
-            b = _code(x[o + 16 + j] * idv + F32(16.5), 31)
-            y[p + 6 + j] = np.uint8((a & np.int32(0x0F)) | ((b & np.int32(0x0F)) << 4))
-            qh |= (np.uint32((a >> 4) & 1) << np.uint32(j)) | (np.uint32((b >> 4) & 1) << np.uint32(j + 16))
-        _put_u32(y, p + 2, qh)
-
-
-@jit
-def q5_1_row_ref(x, y, mm):
-    """quantize_row_q5_1_ref: x float32[n] -> y uint8[n/32*24]; mm float32[2, n/32] scratch
-    (mins, maxs; two passes, as q4_1_row_ref)."""
-    nb = x.shape[0] // QK
-    mins = mm[0]
-    maxs = mm[1]
-    for ib in range(nb):
-        mins[ib], maxs[ib] = _min_max_at(x, ib * QK)
-    for ib in range(nb):
-        o = ib * QK
-        p = ib * 24
-        mn = mins[ib]
-        d = (maxs[ib] - mn) / F32(31.0)
+        d = (maxs[ib] - mn) / F32(NMAX)
         idv = _inv(d)
         _put_fp16(y, p, d)
         _put_fp16(y, p + 2, mn)
         qh = np.uint32(0)
         for j in range(16):
-            a = _code_u8((x[o + j] - mn) * idv + F32(0.5))
-            b = _code_u8((x[o + 16 + j] - mn) * idv + F32(0.5))
-            y[p + 8 + j] = np.uint8((a & np.int32(0x0F)) | ((b & np.int32(0x0F)) << 4))
-            qh |= (np.uint32((a >> 4) & 1) << np.uint32(j)) | (np.uint32((b >> 4) & 1) << np.uint32(j + 16))
-        _put_u32(y, p + 4, qh)
+            a = CODE((x[o + j] - mn) * idv + F32(0.5))
+            b = CODE((x[o + 16 + j] - mn) * idv + F32(0.5))
+            if QH:
+                y[p + 8 + j] = np.uint8((a & np.int32(0x0F)) | ((b & np.int32(0x0F)) << 4))
+                qh |= (np.uint32((a >> 4) & 1) << np.uint32(j)) | (np.uint32((b >> 4) & 1) << np.uint32(j + 16))
+            else:
+                y[p + 4 + j] = np.uint8(a | (b << 4))
+        if QH:
+            _put_u32(y, p + 4, qh)
+
+
+@_inline
+def _code_15(v):
+    """MIN(15, (int8_t)v) as quantize_row_q4_1_ref stores it."""
+    return _code(v, 15)
+
+
+q4_0_row_ref = specialize(_absmax_row, __name__, "q4_0_row_ref", "quantize_row_q4_0_ref over one row.", jit,
+                          NMAX=8, QH=False)
+q5_0_row_ref = specialize(_absmax_row, __name__, "q5_0_row_ref", "quantize_row_q5_0_ref over one row.", jit,
+                          NMAX=16, QH=True)
+q4_1_row_ref = specialize(_min_max_row, __name__, "q4_1_row_ref", "quantize_row_q4_1_ref over one row.", jit,
+                          NMAX=15, QH=False, CODE=_code_15)
+q5_1_row_ref = specialize(_min_max_row, __name__, "q5_1_row_ref", "quantize_row_q5_1_ref over one row.", jit,
+                          NMAX=31, QH=True, CODE=_code_u8)
 
 
 @jit
