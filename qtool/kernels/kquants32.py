@@ -15,7 +15,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import OUT, F32, bits_f32, block_drivers, f32_bits, jit, load_fp16, nearest_int, store_fp16
+from qtool.kernels.common import (OUT, F32, bits_f32, block_drivers, f32_bits, jit, load_fp16, nearest_int, specialize,
+                                 store_fp16)
 from qtool.kernels.search import make_qkx2_quants_s, make_qkx3_quants_s, make_qp_quants, qkx_scratch
 
 QK_K = 256
@@ -189,28 +190,6 @@ def _pack_q4_K(L, y):
             y[_Q4_QS + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << np.uint8(4))
 
 
-@jit
-def quantize_block_q4_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
-    """ggml quantize_row_q4_K_ref for one super-block: x float32[256] -> y uint8[144]."""
-    for k in range(12):
-        y[_SCALES + k] = 0
-    _ref_subblock_scales(x, 15, F32(-1.0), 20, L, Laux, weights, scales, mins, scratch)
-    _ref_pack_factors(scales, mins, y, Ls, Lm)
-    _requantize_k4(x, y, L, 15)
-    _pack_q4_K(L, y)
-
-
-@jit
-def quantize_block_q4_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
-    """ggml quantize_row_q4_K_impl for one super-block: x, qw float32[256] -> y uint8[144]."""
-    for k in range(12):
-        y[_SCALES + k] = 0
-    _impl_subblock_scales(x, qw, 15, L, Laux, weights, scales, mins, sw, scratch)
-    _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
-    _requantize_k4(x, y, L, 15)
-    _pack_q4_K(L, y)
-
-
 REF = IMPL = None  # bound per driver by block_drivers
 
 
@@ -303,26 +282,38 @@ def _pack_q5_K(L, y):
         m2 <<= 2
 
 
-@jit
-def quantize_block_q5_K_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
-    """ggml quantize_row_q5_K_ref for one super-block: x float32[256] -> y uint8[176]."""
+NMAX = RMIN = NSTEP = PACK = None  # bound per type by specialize
+
+
+def _block_k4_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
+    """ggml quantize_row_q4_K_ref / q5_K_ref for one super-block (codes 0..NMAX, ggml's search from RMIN
+    in NSTEP steps, packed by PACK): x float32[256] -> y uint8[144 or 176]."""
     for k in range(12):
         y[_SCALES + k] = 0
-    _ref_subblock_scales(x, 31, F32(-0.5), 15, L, Laux, weights, scales, mins, scratch)
+    _ref_subblock_scales(x, NMAX, F32(RMIN), NSTEP, L, Laux, weights, scales, mins, scratch)
     _ref_pack_factors(scales, mins, y, Ls, Lm)
-    _requantize_k4(x, y, L, 31)
-    _pack_q5_K(L, y)
+    _requantize_k4(x, y, L, NMAX)
+    PACK(L, y)
 
 
-@jit
-def quantize_block_q5_K_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
-    """ggml quantize_row_q5_K_impl for one super-block: x, qw float32[256] -> y uint8[176]."""
+def _block_k4_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
+    """ggml quantize_row_q4_K_impl / q5_K_impl for one super-block: x, qw float32[256] -> y uint8[144 or 176]."""
     for k in range(12):
         y[_SCALES + k] = 0
-    _impl_subblock_scales(x, qw, 31, L, Laux, weights, scales, mins, sw, scratch)
+    _impl_subblock_scales(x, qw, NMAX, L, Laux, weights, scales, mins, sw, scratch)
     _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
-    _requantize_k4(x, y, L, 31)
-    _pack_q5_K(L, y)
+    _requantize_k4(x, y, L, NMAX)
+    PACK(L, y)
+
+
+quantize_block_q4_K_ref = specialize(_block_k4_ref, __name__, "quantize_block_q4_K_ref", "ggml quantize_row_q4_K_ref, "
+                                     "one super-block.", jit, NMAX=15, RMIN=-1.0, NSTEP=20, PACK=_pack_q4_K)
+quantize_block_q5_K_ref = specialize(_block_k4_ref, __name__, "quantize_block_q5_K_ref", "ggml quantize_row_q5_K_ref, "
+                                     "one super-block.", jit, NMAX=31, RMIN=-0.5, NSTEP=15, PACK=_pack_q5_K)
+quantize_block_q4_K_impl = specialize(_block_k4_impl, __name__, "quantize_block_q4_K_impl", "ggml "
+                                      "quantize_row_q4_K_impl, one super-block.", jit, NMAX=15, PACK=_pack_q4_K)
+quantize_block_q5_K_impl = specialize(_block_k4_impl, __name__, "quantize_block_q5_K_impl", "ggml "
+                                      "quantize_row_q5_K_impl, one super-block.", jit, NMAX=31, PACK=_pack_q5_K)
 
 
 @jit

@@ -364,46 +364,41 @@ def _qkx_scratch():
     return np.empty(QK, dtype=np.float32), np.empty(QK, dtype=np.uint8), np.empty(QK, dtype=np.uint8), qkx_scratch(QK)
 
 
-@jit
-def q4_0_block_impl(xb, qwb, sigma2, yb, s):
-    """quantize_row_q4_0_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[18]."""
+def _qx_block_impl(xb, qwb, sigma2, yb, s):
+    """quantize_row_q4_0_impl (NMAX 8) / q5_0_impl (NMAX 16, QH) with quant_weights, one block:
+    xb float32[32] -> yb uint8[18 or 22]; s = _qx_scratch()."""
     weight, L, scratch = s
     _block_weights(xb, qwb, sigma2, weight)
-    d = make_qx_quants_s(QK, 8, xb, L, 1, weight, scratch)
+    d = make_qx_quants_s(QK, NMAX, xb, L, 1, weight, scratch)
     store_fp16(yb, 0, d)
-    _pack_q4(L, yb[2:18])
+    if QH:
+        _pack_q5_codes(L, yb, 2, 6)
+    else:
+        _pack_q4(L, yb[2:18])
 
 
-@jit
-def q5_0_block_impl(xb, qwb, sigma2, yb, s):
-    """quantize_row_q5_0_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[22]."""
-    weight, L, scratch = s
-    _block_weights(xb, qwb, sigma2, weight)
-    d = make_qx_quants_s(QK, 16, xb, L, 1, weight, scratch)
-    store_fp16(yb, 0, d)
-    _pack_q5_codes(L, yb, 2, 6)
-
-
-@jit
-def q4_1_block_impl(xb, qwb, sigma2, yb, s):
-    """quantize_row_q4_1_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[20]."""
+def _qkx_block_impl(xb, qwb, sigma2, yb, s):
+    """quantize_row_q4_1_impl (NMAX 15) / q5_1_impl (NMAX 31, QH) with quant_weights, one block:
+    xb float32[32] -> yb uint8[20 or 24]; s = _qkx_scratch()."""
     weight, L, Laux, scratch = s
     _block_weights(xb, qwb, sigma2, weight)
-    d, the_min = make_qkx3_quants_s(QK, 15, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False, scratch)
+    d, the_min = make_qkx3_quants_s(QK, NMAX, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False, scratch)
     store_fp16(yb, 0, d)
     store_fp16(yb, 2, -the_min)
-    _pack_q4(L, yb[4:20])
+    if QH:
+        _pack_q5_codes(L, yb, 4, 8)
+    else:
+        _pack_q4(L, yb[4:20])
 
 
-@jit
-def q5_1_block_impl(xb, qwb, sigma2, yb, s):
-    """quantize_row_q5_1_impl (quant_weights given) for one block: xb float32[32] -> yb uint8[24]."""
-    weight, L, Laux, scratch = s
-    _block_weights(xb, qwb, sigma2, weight)
-    d, the_min = make_qkx3_quants_s(QK, 31, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False, scratch)
-    store_fp16(yb, 0, d)
-    store_fp16(yb, 2, -the_min)
-    _pack_q5_codes(L, yb, 4, 8)
+q4_0_block_impl = specialize(_qx_block_impl, __name__, "q4_0_block_impl", "quantize_row_q4_0_impl, one block.", jit,
+                             NMAX=8, QH=False)
+q5_0_block_impl = specialize(_qx_block_impl, __name__, "q5_0_block_impl", "quantize_row_q5_0_impl, one block.", jit,
+                             NMAX=16, QH=True)
+q4_1_block_impl = specialize(_qkx_block_impl, __name__, "q4_1_block_impl", "quantize_row_q4_1_impl, one block.",
+                             jit, NMAX=15, QH=False)
+q5_1_block_impl = specialize(_qkx_block_impl, __name__, "q5_1_block_impl", "quantize_row_q5_1_impl, one block.",
+                             jit, NMAX=31, QH=True)
 
 
 # -- quantize drivers: rows float32 [nrows, n], qw float32 [n] or [0], out uint8 [nrows, n/32*size] --
