@@ -252,8 +252,10 @@ def each_block(src, dst, *tables):
     """For every row r and block b: BLOCK(src[r, b*IN:(b+1)*IN], dst[r, b*OUT:(b+1)*OUT], *tables)."""
     nrows, n = src.shape
     for r in numba.prange(nrows):
+        s = src[r]
+        d = dst[r]
         for b in range(n // IN):
-            BLOCK(src[r, b * IN:(b + 1) * IN], dst[r, b * OUT:(b + 1) * OUT], *tables)
+            BLOCK(s[b * IN:(b + 1) * IN], d[b * OUT:(b + 1) * OUT], *tables)
 
 
 def each_block_weighted(rows, weights, out, *tables):
