@@ -188,9 +188,9 @@ def convert(
             result.seconds = time.perf_counter() - t0
             return result
 
-        from qtool.quantizers import registered
+        from qtool.quantizers import can_quantize
 
-        missing = sorted({p.qtype.name for p in plan if p.quantize and p.qtype not in registered()})
+        missing = sorted({p.qtype.name for p in plan if p.quantize and not can_quantize(p.qtype)})
         if missing:
             raise UsageError(f"preset {preset.name} uses ggml type {', '.join(missing)}, which qtool cannot quantize "
                              f"yet (`qtool types` lists what it can; --dry-run shows the plan)")

@@ -3,6 +3,9 @@ lacks), input validation."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES
@@ -122,3 +125,30 @@ def test_dequantize_rejects_partial_blocks(qtype):
     q = REG[qtype]
     with pytest.raises(QuantError, match="not a whole number"):
         q.dequantize(np.zeros((2, q.type_size + 1), np.uint8), name="t")
+
+
+def test_family_of_names_the_module_that_registers_each_type():
+    """FAMILY_OF (which lets a command import only the kernels it uses) agrees with the family modules."""
+    import importlib
+
+    from qtool.quantizers import FAMILY_OF, registered
+
+    reg = registered()
+    assert sorted(t.name for t in reg) == sorted(FAMILY_OF)
+    for qtype, q in reg.items():
+        module = importlib.import_module(f"qtool.quantizers.{FAMILY_OF[qtype.name]}")
+        assert any(v is type(q) for v in vars(module).values()), (qtype.name, module.__name__)
+
+
+def test_a_type_loads_only_its_own_family():
+    code = ("import sys; from qtool.quantizers import get, can_quantize; import qtool.plan, qtool.convert\n"
+            "from gguf import GGMLQuantizationType as T\n"
+            "assert 'numba' not in sys.modules, 'planning imported numba'\n"
+            "assert can_quantize(T.IQ2_XS) and not can_quantize(T.F64)\n"
+            "get('Q8_0')\n"
+            "loaded = sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('qtool.kernels.'))\n"
+            "print(' '.join(loaded))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert "legacy" in loaded and not loaded & {"iq1", "iq2", "iq3", "kquants16", "kquants32", "fp4"}, loaded

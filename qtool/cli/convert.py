@@ -215,13 +215,14 @@ def _warnings_to(out):
 def _report(out, result, dry_run: bool) -> None:
     import numpy as np
 
-    from qtool.quantizers import registered
+    from qtool.formats.ggml_types import QUANT_SIZES
+    from qtool.quantizers import can_quantize
 
-    reg = registered()
     tensors = []
     for p in result.plan:
         n = int(np.prod(p.shape, dtype=np.int64))
-        nbytes = reg[p.qtype].nbytes(p.shape) if p.qtype in reg else None
+        block, size = QUANT_SIZES[p.qtype]
+        nbytes = n // block * size if can_quantize(p.qtype) else None
         tensors.append({"name": p.name, "shape": list(p.shape), "source_type": p.source_type.name,
                         "type": p.qtype.name, "quantize": p.quantize, "n_elements": n, "n_bytes": nbytes,
                         "reason": p.reason})

@@ -1,6 +1,7 @@
 """The type registry: one small Quantizer subclass per ggml type, keyed on GGMLQuantizationType.
 
-A family module (legacy.py, kquants.py, ...) declares::
+A family module (legacy.py, kquants.py, ...) is imported on the first use of one of its types (FAMILY_OF
+names it; ``registered()`` imports them all) and declares::
 
     class Q4_0(Quantizer, qtype=GGMLQuantizationType.Q4_0):
         def quantize_blocks(self, rows, weights, out): kernels.legacy.quantize_q4_0(rows, weights, out)
@@ -14,6 +15,7 @@ validation (dtype, row length, NaN/Inf, importance-vector length), per-expert im
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, ClassVar, NamedTuple
 
 import numpy as np
@@ -22,6 +24,19 @@ from qtool.errors import QuantError
 from qtool.formats.ggml_types import QUANT_SIZES, QType, ggml_type_named
 
 _REGISTRY: dict[QType, "Quantizer"] = {}
+
+#: the family module (of qtool.quantizers) that registers each type, by ggml type name; a command imports
+#: only the kernels of the types it uses
+FAMILY_OF: dict[str, str] = {
+    "F32": "floats", "F16": "floats", "BF16": "floats",
+    "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy",
+    "Q2_K": "kquants", "Q3_K": "kquants", "Q4_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants",
+    "Q8_K": "kquants",
+    "TQ1_0": "ternary", "TQ2_0": "ternary", "MXFP4": "fp4", "NVFP4": "fp4", "IQ4_NL": "iq4", "IQ4_XS": "iq4",
+    "IQ3_XXS": "iq3", "IQ3_S": "iq3", "IQ2_XXS": "iq2", "IQ2_XS": "iq2", "IQ2_S": "iq2", "IQ1_S": "iq1",
+    "IQ1_M": "iq1", "Q1_0": "lowbit", "Q2_0": "lowbit",
+}
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(FAMILY_OF.values()))
 
 
 class RowFailure(NamedTuple):
@@ -207,12 +222,13 @@ def _set_threads(threads: int | None) -> None:
 
 def get(qtype: QType | str) -> Quantizer:
     """The registered quantizer for a type (enum or name, case-insensitive)."""
-    _load_families()
     if isinstance(qtype, str):
         try:
             qtype = ggml_type_named(qtype.upper())
         except KeyError:
             raise QuantError(f"unknown ggml type {qtype!r}") from None
+    if qtype not in _REGISTRY and qtype.name in FAMILY_OF:
+        importlib.import_module(f"qtool.quantizers.{FAMILY_OF[qtype.name]}")
     try:
         return _REGISTRY[qtype]
     except KeyError:
@@ -225,5 +241,11 @@ def registered() -> dict[QType, Quantizer]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def can_quantize(qtype: QType) -> bool:
+    """Whether qtool has a quantizer for the type (without importing its kernels)."""
+    return qtype.name in FAMILY_OF
+
+
 def _load_families() -> None:
-    from qtool.quantizers import FAMILIES  # noqa: F401  (importing registers)
+    for module in FAMILIES:
+        importlib.import_module(f"qtool.quantizers.{module}")
