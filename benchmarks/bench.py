@@ -395,6 +395,7 @@ def bench_table(args) -> None:
         # llama.cpp reads a GGUF: for the folder, the F32 GGUF qtool makes from it (not timed)
         hf_f32 = tmp / "real-135m-hf-f32.gguf"
         subprocess.run(_qtool_cmd(inputs["hf-135M"], hf_f32, "F32", args.threads, False), check=True)
+        os.sync()  # the inputs written back before anything is timed, not during the first runs
         print(f"inputs: real-135M = SmolLM2-135M-Instruct as F32 GGUF ({made['real-135M'] / 1e6:.1f}M weights, "
               f"49,152-token vocabulary); hf-135M = the same as a Hugging Face folder (BF16); synthetic-33.5M = "
               f"{made['synthetic-33.5M'] / 1e6:.1f}M random weights, --pure" +
@@ -443,6 +444,7 @@ def bench_scaling(args) -> None:
         # made in a child process: Linux carries a process's peak RSS across fork+exec
         n = int(subprocess.run([sys.executable, __file__, "make-input", "vocab-1B", str(src), "--vocab-gguf",
                                 str(vocab_src)], check=True, capture_output=True, text=True).stdout.strip())
+        os.sync()  # the input's 4 GiB written back before anything is timed, not during the first run
         print(f"input: llama F32 GGUF, {n / 1e9:.2f}B random weights, SmolLM2's 49,152-token vocabulary, "
               f"{src.stat().st_size / 2**30:.2f} GiB; whole processes, one run each")
         print(f"{'preset':7} {'threads':>7} {'qtool s':>8} {'llama.cpp s':>11} {'qtool/llama':>11} "
