@@ -12,9 +12,8 @@ import contextlib
 import json
 import math
 import sys
+import functools
 from typing import Any, Iterator
-
-from rich.console import Console
 
 
 def _clean(value: Any) -> Any:
@@ -36,9 +35,20 @@ class Output:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False):
         self.json_mode = json_mode
         self.quiet = quiet
-        self.out = Console(file=sys.stdout, soft_wrap=False,
-                           width=None if sys.stdout.isatty() else 160, highlight=False)
-        self.err = Console(file=sys.stderr, highlight=False)
+
+    # rich (~50 ms to import) only once something is printed through it: not for --json, not before the work
+
+    @functools.cached_property
+    def out(self):
+        from rich.console import Console
+
+        return Console(file=sys.stdout, soft_wrap=False, width=None if sys.stdout.isatty() else 160, highlight=False)
+
+    @functools.cached_property
+    def err(self):
+        from rich.console import Console
+
+        return Console(file=sys.stderr, highlight=False)
 
     @property
     def interactive(self) -> bool:
