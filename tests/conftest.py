@@ -60,6 +60,23 @@ def root() -> Path:
     return ROOT
 
 
+#: English prose that the bundled model's byte-level BPE vocabulary tokenizes densely (eval, imatrix and
+#: calibration texts repeat it)
+PROSE = (
+    "The quick brown fox jumps over the lazy dog while the farmer counts his sheep in the morning light. "
+    "A quantized model keeps fewer bits per weight than the original, and the question is how much of its "
+    "judgement survives: which word it would put next, and how sure it is of it. "
+)
+
+
+def run_qtool(*args, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m qtool ARGS` from the checkout, output captured, without QTOOL_DEBUG's tracebacks."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("QTOOL_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "qtool", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=timeout)
+
+
 def edit_config(folder: Path, **changes) -> None:
     """Rewrite ``folder``/config.json with ``changes`` (a value of None removes the key)."""
     cfg = json.loads((folder / "config.json").read_text())

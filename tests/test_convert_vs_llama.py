@@ -11,16 +11,13 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, need_oracle
+from conftest import ROOT, need_oracle, run_qtool
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, LlamaFileType
 
@@ -127,11 +124,6 @@ def assert_same_file(ours: Path, theirs: Path) -> None:
         pytest.fail("files differ:\n  " + describe_difference(ours, theirs), pytrace=False)
 
 
-def run_qtool(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("QTOOL_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "qtool", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
 
 
 # --------------------------------------------------------------------------------------------------

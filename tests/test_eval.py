@@ -8,16 +8,14 @@ recomputed here from the logits that qtool.testing.client brings back for the sa
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, need_oracle
+from conftest import ROOT, need_oracle, run_qtool
 from qtool.analysis import eval as E
 
 FIXTURE = ROOT / "fixtures" / "tiny-llama-f32"
@@ -33,11 +31,6 @@ TEXT = (
 ) * 5
 
 
-def run_qtool(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("QTOOL_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "qtool", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
 
 
 def run_eval(*args) -> dict:

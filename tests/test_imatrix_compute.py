@@ -14,13 +14,12 @@ import ctypes
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, need_oracle
+from conftest import PROSE, ROOT, need_oracle, run_qtool
 from gguf import GGUFReader
 
 from qtool.analysis import llama_runner as R
@@ -28,18 +27,9 @@ from qtool.formats.imatrix import load_imatrix, write_imatrix_gguf
 
 FIXTURE = ROOT / "fixtures" / "tiny-llama-f32"
 CTX = 64
-TEXT = (
-    "The quick brown fox jumps over the lazy dog while the farmer counts his sheep in the morning light. "
-    "A quantized model keeps fewer bits per weight than the original, and the question is how much of its "
-    "judgement survives: which word it would put next, and how sure it is of it. "
-) * 6
+TEXT = PROSE * 6
 
 
-def run_qtool(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("QTOOL_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "qtool", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, need_oracle
+from conftest import ROOT, need_oracle, run_qtool as qtool
 from gguf import GGMLQuantizationType as T
 
 from qtool import plan as PL
@@ -38,11 +36,6 @@ FIXTURE = ROOT / "fixtures" / "tiny-llama-f32"
 FIXTURE_BF16 = ROOT / "fixtures" / "tiny-llama"
 
 
-def qtool(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("QTOOL_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "qtool", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
 
 
 def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:

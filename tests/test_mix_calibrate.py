@@ -11,31 +11,20 @@ run gives the same map, and the option errors are one line each.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, need_oracle
+from conftest import PROSE, ROOT, need_oracle, run_qtool
 from gguf import GGMLQuantizationType as T
 
 from qtool.analysis import mix as M
 
 FIXTURE = ROOT / "fixtures" / "tiny-llama-f32"
 CTX = 64
-TEXT = (
-    "The quick brown fox jumps over the lazy dog while the farmer counts his sheep in the morning light. "
-    "A quantized model keeps fewer bits per weight than the original, and the question is how much of its "
-    "judgement survives: which word it would put next, and how sure it is of it. "
-) * 5
+TEXT = PROSE * 5
 Q4_K_M_SIZE = "1069888B"  # the bundled model's Q4_K_M file (README table)
 
 
-def run_qtool(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("QTOOL_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "qtool", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=900)
 
 
 # --------------------------------------------------------------------------------------------------
