@@ -214,10 +214,8 @@ def bench_convert(args) -> None:
               f"{'types':>6} {'bytes':>6}")
         for preset in args.presets.split(","):
             ours, theirs = tmp / f"q-{preset}.gguf", tmp / f"l-{preset}.gguf"
-            tq, mq, rq = _peak_rss_run([sys.executable, "-m", "qtool", "convert", str(src), "--type", preset,
-                                        "-o", str(ours), "--threads", str(args.threads), "--quiet"])
-            tl, ml, rl = _peak_rss_run([sys.executable, "-c", _LLAMA_QUANTIZE, str(src), str(theirs),
-                                        str(args.threads), preset])
+            tq, mq, rq = _peak_rss_run(_qtool_cmd(src, ours, preset, args.threads, False))
+            tl, ml, rl = _peak_rss_run(_llama_cmd(src, theirs, preset, args.threads, False))
             if not ours.exists() or not theirs.exists():
                 print(f"{preset:8} failed (qtool: {ours.exists()}, llama.cpp: {theirs.exists()})")
                 continue

@@ -9,10 +9,10 @@ nothing but the result. (STYLE.md puts people's tables on stderr; we keep them o
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import sys
-import functools
 from typing import Any, Iterator
 
 

@@ -33,8 +33,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from qtool.errors import FormatError
 from qtool.formats.ggml_types import QUANT_SIZES, ggml_type
-from qtool.formats.source import widen
-from qtool.formats.source import ModelSource, TensorInfo, byte_shape
+from qtool.formats.source import ModelSource, TensorInfo, byte_shape, widen
 
 GGML_MAX_DIMS = 4
 DEFAULT_ALIGNMENT = 32

@@ -23,8 +23,7 @@ from qtool.archs.config import Config
 from qtool.archs.transforms import rope_row_order  # noqa: F401  (re-exported for callers and tests)
 from qtool.errors import FormatError
 from qtool.formats.safetensors import WeightFiles
-from qtool.formats.source import widen
-from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, byte_shape, drop_pages
+from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, byte_shape, drop_pages, widen
 from gguf import GGMLQuantizationType
 
 #: the stored words of each float dtype, for transforms on raw bytes

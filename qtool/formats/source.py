@@ -157,9 +157,8 @@ def widen(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """Stored F32/F16/BF16 elements (flat bytes or already typed) -> float32 of ``shape``: a view of the
     (copy-on-write) map for aligned F32, else a fresh array. Exact: every half and bfloat16 is a float32."""
     if dtype == "F32":
-        data = data.view(np.uint8) if data.dtype != np.uint8 else data
         aligned = data.ctypes.data % 4 == 0
-        return data.view("<f4").astype(np.float32, copy=not aligned).reshape(shape)
+        return data.reshape(-1).view(np.uint8).view("<f4").astype(np.float32, copy=not aligned).reshape(shape)
     if dtype not in ("F16", "BF16"):
         raise ValueError(f"cannot widen {dtype}")
     bits = data.reshape(-1).view("<u2")

@@ -385,12 +385,8 @@ def _recipe_generic(w: GGUFWriter, f: _Folder) -> str:
 
 def _special_vocab(f: _Folder, **kwargs):
     """The folder's special tokens, flags, merges and chat template (the reference's SpecialVocab)."""
-    cls = _special_vocab_class()
-    sv = cls.__new__(cls)
-    sv.folder = f  # its tokenizer files, already read and checked
     try:
-        sv.__init__(f.path, **kwargs)
-        return sv
+        return _special_vocab_class()(f.path, folder=f, **kwargs)
     except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
         raise FormatError(f"{f.path}: special tokens: {_first_line(e)}") from None
 
@@ -418,8 +414,10 @@ def _special_vocab_class():
     class ReferenceSpecialVocab(SpecialVocab):
         normalizer_lowercase: bool | None = None
         normalizer_strip_accents: bool | None = None
-        #: the _Folder whose parsed tokenizer.json/tokenizer_config.json to use instead of reading them again
-        folder: Any = None
+
+        def __init__(self, path: Path, *, folder: _Folder | None = None, **kwargs):
+            self.folder = folder  # its tokenizer files, already read and checked (else they are read here)
+            super().__init__(path, **kwargs)
 
         def _try_load_from_tokenizer_json(self, path: Path) -> bool:
             tok_path, cfg_path = path / "tokenizer.json", path / "tokenizer_config.json"
