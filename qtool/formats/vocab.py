@@ -750,7 +750,11 @@ def _pre_by_definition(tok_json: dict[str, Any]) -> str | None:
 
 def _kind_spm(w: GGUFWriter, f: _Folder) -> None:
     """_set_vocab_sentencepiece."""
-    tokens, scores, types = _spm_vocab(f, ("vocab_size_per_layer_input", "vocab_size"))
+    _add_llama_vocab(w, f, *_spm_vocab(f, ("vocab_size_per_layer_input", "vocab_size")))
+
+
+def _add_llama_vocab(w: GGUFWriter, f: _Folder, tokens: list[str], scores: list[float], types: list[int]) -> None:
+    """A SentencePiece-style vocabulary (tokenizer.ggml.model "llama", pre "default") and its special tokens."""
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -772,7 +776,8 @@ def _load_spm(f: _Folder):
     return sp
 
 
-def _spm_pieces(sp, n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+def _spm_pieces(f: _Folder, sp, n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    """The model's pieces padded to n_vocab with [PADi], then added_tokens.json's tokens as USER_DEFINED."""
     tokens = [f"[PAD{i}]" for i in range(n_vocab)]
     scores = [-10000.0] * n_vocab
     types = [int(TokenType.UNUSED)] * n_vocab
@@ -787,6 +792,9 @@ def _spm_pieces(sp, n_vocab: int) -> tuple[list[str], list[float], list[int]]:
         elif sp.IsByte(i):
             t = TokenType.BYTE
         tokens[i], scores[i], types[i] = sp.IdToPiece(i), sp.GetScore(i), int(t)
+    for tid, text in _added_tokens_json(f).items():
+        if tid < n_vocab:
+            tokens[tid], scores[tid], types[tid] = text, -1000.0, int(TokenType.USER_DEFINED)
     return tokens, scores, types
 
 
@@ -825,10 +833,7 @@ def _spm_vocab(f: _Folder, size_keys: tuple[str, ...]) -> tuple[list[str], list[
     if n_vocab < sp.vocab_size():
         f.meta.notes.append(f"{f.path / 'tokenizer.model'}: {sp.vocab_size()} pieces, config.json's vocabulary "
                             f"{n_vocab}: pieces from id {n_vocab} on left out (as the reference does)")
-    tokens, scores, types = _spm_pieces(sp, n_vocab)
-    for tid, text in _added_tokens_json(f).items():
-        if tid < n_vocab:
-            tokens[tid], scores[tid], types[tid] = text, -1000.0, int(TokenType.USER_DEFINED)
+    tokens, scores, types = _spm_pieces(f, sp, n_vocab)
     for tid, text, special in _added_tokens_decoder(f):
         if tid >= n_vocab:
             continue
@@ -846,10 +851,7 @@ def _kind_phi3(w: GGUFWriter, f: _Folder) -> None:
     typed by their special flag only."""
     sp = _load_spm(f)
     n_vocab = f.vocab_size(sp.vocab_size())
-    tokens, scores, types = _spm_pieces(sp, n_vocab)
-    for tid, text in _added_tokens_json(f).items():
-        if tid < n_vocab:
-            tokens[tid], scores[tid], types[tid] = text, -1000.0, int(TokenType.USER_DEFINED)
+    tokens, scores, types = _spm_pieces(f, sp, n_vocab)
     later = [(tid, text, special) for tid, text, special in _added_tokens_decoder(f)]
     if f.has("tokenizer.json"):
         for a in f.tok_json.get("added_tokens") or []:
@@ -860,12 +862,7 @@ def _kind_phi3(w: GGUFWriter, f: _Folder) -> None:
             raise FormatError(f"{f.path}: added token {text!r} has id {tid}, outside the vocabulary ({n_vocab})")
         tokens[tid], scores[tid] = text, -1000.0
         types[tid] = int(TokenType.CONTROL if special else TokenType.USER_DEFINED)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    _add_special(w, f, _special_vocab(f, n_vocab=len(tokens)))
+    _add_llama_vocab(w, f, tokens, scores, types)
 
 
 def _is_id(v: Any) -> bool:
@@ -903,13 +900,7 @@ def _kind_llama_hf(w: GGUFWriter, f: _Folder) -> None:
     for i, text in added_list:
         tokens.append(text)
         types.append(int(TokenType.CONTROL if text in specials else TokenType.USER_DEFINED))
-    scores = [-1000.0] * len(tokens)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    _add_special(w, f, _special_vocab(f, n_vocab=len(tokens)))
+    _add_llama_vocab(w, f, tokens, [-1000.0] * len(tokens), types)
 
 
 def _transformers_special_tokens(f: _Folder) -> list[str]:
