@@ -30,7 +30,7 @@ from qtool.errors import FormatError, QuantError, UsageError
 from qtool.formats.ggml_types import ExtraType, QType, ggml_type
 from qtool.formats.source import TensorInfo
 from qtool.quantizers.presets import (_FTYPE_OF_TYPE, _GUESSED, MOSTLY_Q2_0, Q2_0, Preset, _compile, block_size,
-                                      get_preset, is_quantized, type_name)
+                                      get_preset, is_quantized, parse_tensor_type, type_name)
 
 T = GGMLQuantizationType
 F = LlamaFileType
@@ -754,8 +754,6 @@ def read_tensor_type_file(path: str | Path) -> list[tuple[str, GGMLQuantizationT
 def parse_tensor_type_text(text: str, source: str) -> list[tuple[str, GGMLQuantizationType]]:
     """The entries of a tensor-type file's ``text`` (see :func:`read_tensor_type_file`); errors name
     ``source`` and the line."""
-    from qtool.quantizers.presets import parse_ggml_type
-
     out = []
     for lineno, line in enumerate(text.splitlines(), 1):
         for token in line.split():
@@ -763,22 +761,7 @@ def parse_tensor_type_text(text: str, source: str) -> list[tuple[str, GGMLQuanti
             if token.startswith("#"):
                 raise UsageError(f"{where}: llama-quantize's tensor-type file has no comments; "
                                  f"every entry is NAME=TYPE")
-            name, sep, qtype = token.partition("=")
-            if not sep:
-                raise UsageError(f"{where} is not NAME=TYPE")
-            if not name:
-                raise UsageError(f"{where} has no tensor name")
-            if not qtype:
-                raise UsageError(f"{where} has no type")
-            pattern = name.lower()
-            try:
-                re.compile(pattern)
-                t = parse_ggml_type(qtype)
-            except re.error as e:
-                raise UsageError(f"{where}: {pattern!r} is not a regular expression: {e}") from None
-            except UsageError as e:
-                raise UsageError(f"{where}: {e}") from None
-            out.append((pattern, t))
+            out.append(parse_tensor_type(token, where))
     return out
 
 

@@ -508,7 +508,7 @@ def test_bad_override_values(work, model):
     usage_error(qtool("convert", model, "--type", "Q4_K_M", "--output-tensor-type", "Q9_K"), "Q9_K")
     usage_error(qtool("convert", model, "--type", "Q4_K_M", "--tensor-type", "attn_v"), "NAME=TYPE")
     usage_error(qtool("convert", model, "--type", "Q4_K_M", "--tensor-type", "attn_v=Q8_K"), "Q8_K")
-    usage_error(qtool("convert", model, "--type", "Q4_K_M", "--tensor-type", "(=Q8_0"), "regex")
+    usage_error(qtool("convert", model, "--type", "Q4_K_M", "--tensor-type", "(=Q8_0"), "not a regular expression")
     nothing_written(work, before)
 
 

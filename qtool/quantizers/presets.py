@@ -216,19 +216,26 @@ def parse_ggml_type(name: str) -> QType:
     return t
 
 
-def parse_tensor_type(spec: str) -> tuple[str, QType]:
+def parse_tensor_type(spec: str, where: str | None = None) -> tuple[str, QType]:
     """One --tensor-type NAME=TYPE argument, as llama-quantize reads it: the name part is lower-cased and
-    used as a regular expression searched in each tensor name."""
+    used as a regular expression searched in each tensor name. Errors begin with ``where`` (by default
+    ``--tensor-type 'SPEC'``)."""
+    where = where or f"--tensor-type {spec!r}"
     name, sep, qtype = spec.partition("=")
     if not sep:
-        raise UsageError(f"malformed --tensor-type {spec!r}: expected NAME=TYPE")
+        raise UsageError(f"{where} is not NAME=TYPE")
     if not name:
-        raise UsageError(f"--tensor-type {spec!r} has no tensor name")
+        raise UsageError(f"{where} has no tensor name")
     if not qtype:
-        raise UsageError(f"--tensor-type {spec!r} has no type")
+        raise UsageError(f"{where} has no type")
     pattern = name.lower()
-    _compile(pattern)
-    return pattern, parse_ggml_type(qtype)
+    try:
+        re.compile(pattern)
+        return pattern, parse_ggml_type(qtype)
+    except re.error as e:
+        raise UsageError(f"{where}: {pattern!r} is not a regular expression: {e}") from None
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
 
 
 def _compile(pattern: str) -> re.Pattern:
