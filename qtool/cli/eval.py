@@ -78,24 +78,9 @@ def eval_command(
         out.note(f"wrote {plot}")
     failures = check_gates(checks, result)
     if failures:
-        _fail(out, failures, len(checks))
+        from qtool.cli.inspect import fail_checks
 
-
-def _fail(out, failures, n_checks: int) -> None:
-    from qtool.cli.inspect import _num
-    from qtool.errors import CheckFailed
-
-    for f in failures:
-        g = f.gate
-        num = (lambda v: str(int(v))) if g.field in ("flips", "n_positions") else _num
-        if g.summary:
-            line = f"check failed: {g.text}: the whole text has {g.field}={num(f.offenders[0][1])}"
-        else:
-            shown = ", ".join(f"{name} ({num(v)})" for name, v in f.offenders[:10])
-            more = f" and {len(f.offenders) - 10} more" if len(f.offenders) > 10 else ""
-            line = f"check failed: {g.text}: {len(f.offenders)} window(s): {shown}{more}"
-        out.err.print(line, markup=False, highlight=False, soft_wrap=True)
-    raise CheckFailed(f"{len(failures)} of {n_checks} check(s) failed: " + "; ".join(f.gate.text for f in failures))
+        fail_checks(out, failures, len(checks), "text", "window", counts=("flips", "n_positions"))
 
 
 def _render(out, result) -> None:

@@ -126,20 +126,24 @@ def _inspect(out, model, reference, tensor, sort, top, histogram, fail_if, figur
         out.note(f"wrote {plot}")
     failures = gates.evaluate(checks, report)
     if failures:
-        _fail(out, failures, len(checks))
+        fail_checks(out, failures, len(checks))
 
 
-def _fail(out, failures, n_checks: int) -> None:
+def fail_checks(out, failures, n_checks: int, whole: str = "model", part: str = "tensor",
+                counts: tuple[str, ...] = ()) -> None:
+    """One stderr line per failed --check gate (its first ten offending parts, or the whole's value for a
+    summary gate), then CheckFailed. Values of the ``counts`` fields print as integers."""
     from qtool.errors import CheckFailed
 
     for f in failures:
         g = f.gate
+        num = (lambda v: str(int(v))) if g.field in counts else _num
         if g.summary:
-            line = f"check failed: {g.text}: the whole model has {g.field}={_num(f.offenders[0][1])}"
+            line = f"check failed: {g.text}: the whole {whole} has {g.field}={num(f.offenders[0][1])}"
         else:
-            shown = ", ".join(f"{name} ({_num(v)})" for name, v in f.offenders[:10])
+            shown = ", ".join(f"{name} ({num(v)})" for name, v in f.offenders[:10])
             more = f" and {len(f.offenders) - 10} more" if len(f.offenders) > 10 else ""
-            line = f"check failed: {g.text}: {len(f.offenders)} tensor(s): {shown}{more}"
+            line = f"check failed: {g.text}: {len(f.offenders)} {part}(s): {shown}{more}"
         out.err.print(line, markup=False, highlight=False, soft_wrap=True)
     raise CheckFailed(f"{len(failures)} of {n_checks} check(s) failed: "
                       + "; ".join(f.gate.text for f in failures))
