@@ -101,39 +101,36 @@ def mlp(h: np.ndarray, W: dict, p: str) -> np.ndarray:
     return (silu(h @ W[p + "gate_proj.weight"].T) * (h @ W[p + "up_proj.weight"].T)) @ W[p + "down_proj.weight"].T
 
 
-def sparse_moe(h: np.ndarray, W: dict, p: str, cfg: dict) -> np.ndarray:
-    """Qwen3MoeSparseMoeBlock: softmax router, top-k, optional renormalization, weighted experts."""
-    logits = h @ W[p + "mlp.gate.weight"].T
+def routed_experts(h: np.ndarray, logits: np.ndarray, k: int, renormalize: bool, expert) -> np.ndarray:
+    """A softmax router's top-k experts (stable order on ties), their probabilities renormalized to sum 1
+    if asked, summed over ``expert(e, x)`` for each row x of h."""
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    k = cfg["num_experts_per_tok"]
     top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     w = np.take_along_axis(probs, top, -1)
-    if cfg.get("norm_topk_prob"):
+    if renormalize:
         w = w / w.sum(-1, keepdims=True)
     out = np.zeros_like(h)
     for t in range(h.shape[0]):
         for j in range(k):
-            out[t] += w[t, j] * mlp(h[t:t + 1], W, p + f"mlp.experts.{top[t, j]}.")[0]
+            out[t] += w[t, j] * expert(top[t, j], h[t])
     return out
+
+
+def sparse_moe(h: np.ndarray, W: dict, p: str, cfg: dict) -> np.ndarray:
+    """Qwen3MoeSparseMoeBlock: softmax router, top-k, optional renormalization, weighted experts."""
+    return routed_experts(h, h @ W[p + "mlp.gate.weight"].T, cfg["num_experts_per_tok"],
+                          bool(cfg.get("norm_topk_prob")),
+                          lambda e, x: mlp(x[None], W, p + f"mlp.experts.{e}.")[0])
 
 
 def mixtral_moe(h: np.ndarray, W: dict, p: str, cfg: dict) -> np.ndarray:
     """MixtralSparseMoeBlock: softmax router, top-k, always renormalized; experts w2(silu(w1 h) * w3 h)."""
-    logits = h @ W[p + "block_sparse_moe.gate.weight"].T
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    k = cfg["num_experts_per_tok"]
-    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-    w = np.take_along_axis(probs, top, -1)
-    w = w / w.sum(-1, keepdims=True)
-    out = np.zeros_like(h)
-    for t in range(h.shape[0]):
-        for j in range(k):
-            e = p + f"block_sparse_moe.experts.{top[t, j]}."
-            x = h[t]
-            out[t] += w[t, j] * (W[e + "w2.weight"] @ (silu(W[e + "w1.weight"] @ x) * (W[e + "w3.weight"] @ x)))
-    return out
+    def expert(e: int, x: np.ndarray) -> np.ndarray:
+        e = p + f"block_sparse_moe.experts.{e}."
+        return W[e + "w2.weight"] @ (silu(W[e + "w1.weight"] @ x) * (W[e + "w3.weight"] @ x))
+
+    return routed_experts(h, h @ W[p + "block_sparse_moe.gate.weight"].T, cfg["num_experts_per_tok"], True, expert)
 
 
 def decoder(cfg: dict, W: dict, tokens: list[int], *, bias=False, qk_norm=False, moe=False) -> np.ndarray:
