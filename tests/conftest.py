@@ -126,6 +126,20 @@ def ggml_in_a_child(qtype, x, imatrix=None) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def round_trip(qtype, shape: tuple[int, int] = (8, 512), seed: int = 31):
+    """Seeded gaussian rows ``x`` and ``y``, what quantizing and dequantizing them as ``qtype`` gives back
+    (checked to keep the shape, as float32)."""
+    import numpy as np
+
+    from qtool.quantizers import get
+
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    q = get(qtype)
+    y = q.dequantize(q.quantize(x))
+    assert y.shape == x.shape and y.dtype == np.float32
+    return x, y
+
+
 def refuses(path, *fragments: str, name=None) -> str:
     """Opening ``path`` as a model raises one line of FormatError that names ``name`` (default: ``path``)
     and holds every fragment; returns the message."""

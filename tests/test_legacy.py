@@ -9,6 +9,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
+from conftest import round_trip
 from qtool.quantizers import get
 from qtool.testing.data import hard_rows, importance
 from qtool.testing.golden import mismatch_report, quantize_vs_ggml_report
@@ -50,11 +51,7 @@ def test_ref_path_matches_gguf_py(qtype, nrows, n_per_row, seed):
 @pytest.mark.parametrize("qtype", TYPES, **ids)
 def test_round_trip_error_is_bounded(qtype):
     """Dequantized ~ input: each weight within one quantization step of its block's range."""
-    rng = np.random.default_rng(31)
-    x = rng.standard_normal((8, 256)).astype(np.float32)
-    q = get(qtype)
-    y = q.dequantize(q.quantize(x))
-    assert y.shape == x.shape and y.dtype == np.float32
+    x, y = round_trip(qtype, (8, 256))
     levels = {T.Q4_0: 8, T.Q4_1: 15, T.Q5_0: 16, T.Q5_1: 31, T.Q8_0: 127}[qtype]
     blocks = x.reshape(-1, 32)
     spread = np.abs(blocks).max(axis=1, keepdims=True) if qtype in (T.Q4_0, T.Q5_0, T.Q8_0) else \

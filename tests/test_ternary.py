@@ -9,6 +9,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
+from conftest import round_trip
 from qtool.errors import QuantError
 from qtool.quantizers import get
 from qtool.testing.data import boundary_rows, hard_rows
@@ -48,11 +49,7 @@ def test_boundary_blocks_match_gguf_py(qtype):
 def test_round_trip_is_ternary(qtype):
     """Every dequantized weight is -d, 0 or +d with d the block's largest |x| in half precision, and
     each weight lands on the nearest of the three."""
-    rng = np.random.default_rng(31)
-    x = rng.standard_normal((8, 512)).astype(np.float32)
-    q = get(qtype)
-    y = q.dequantize(q.quantize(x))
-    assert y.shape == x.shape and y.dtype == np.float32
+    x, y = round_trip(qtype)
     blocks = x.reshape(-1, 256)
     d = np.abs(blocks).max(axis=1, keepdims=True).astype(np.float16).astype(np.float32)
     t = y.reshape(-1, 256) / d
