@@ -199,15 +199,19 @@ def _peak_rss_run(cmd: list[str]) -> tuple[float, float, int]:
     return seconds, rusage.ru_maxrss / 1024, rc
 
 
+def _child(*args) -> list[str]:
+    """This script's subcommand ``args`` run in a child process, its stdout split in words. Inputs are made
+    and files compared in children because Linux carries a process's peak RSS across fork+exec: a parent
+    that had held a model would make every measured child look as big as the model."""
+    return subprocess.run([sys.executable, __file__, *map(str, args)], check=True, capture_output=True,
+                          text=True).stdout.split()
+
+
 def bench_convert(args) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         src = tmp / "model-f32.gguf"
-        # generated in a child process: Linux carries a process's peak RSS across fork+exec, so a parent
-        # that had held the model would make every measured child look as big as the model
-        made = subprocess.run([sys.executable, __file__, "make-model", str(src), str(args.params)],
-                              check=True, capture_output=True, text=True)
-        n = int(made.stdout.strip())
+        n = int(_child("make-model", src, args.params)[0])
         print(f"input: llama-architecture F32 GGUF, {n / 1e6:.1f}M parameters, "
               f"{src.stat().st_size / 2**20:.0f} MiB; threads={args.threads}")
         print(f"{'preset':8} {'qtool s':>8} {'llama s':>8} {'ratio':>6} {'qtool MiB':>10} {'llama MiB':>10} "
@@ -219,9 +223,7 @@ def bench_convert(args) -> None:
             if not ours.exists() or not theirs.exists():
                 print(f"{preset:8} failed (qtool: {ours.exists()}, llama.cpp: {theirs.exists()})")
                 continue
-            # compared in a child process, for the reason the model is generated in one
-            cmp = subprocess.run([sys.executable, __file__, "compare", str(ours), str(theirs)],
-                                 check=True, capture_output=True, text=True).stdout.split()
+            cmp = _child("compare", ours, theirs)
             same_types, same_bytes = cmp[0] == "True", cmp[1] == "True"
             print(f"{preset:8} {tq:8.2f} {tl:8.2f} {tl / tq:6.2f} {mq:10.0f} {ml:10.0f} "
                   f"{'same' if same_types else 'DIFF':>6} {'same' if same_bytes else 'DIFF':>6}")
@@ -380,16 +382,13 @@ def bench_table(args) -> None:
     repeat = 1 if args.quick and args.repeat is None else (args.repeat or 3)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
-        # inputs are made in child processes: Linux carries a process's peak RSS across fork+exec
         inputs = {"real-135M": tmp / "real-135m-f32.gguf", "hf-135M": tmp / "real-135m-hf",
                   "synthetic-33.5M": tmp / "synthetic-33m-f32.gguf", "vocab-1B": tmp / "vocab-1b-f32.gguf"}
         made = {}
         for case, path in inputs.items():
             if case not in cases:
                 continue
-            made[case] = int(subprocess.run([sys.executable, __file__, "make-input", case, str(path),
-                                             "--vocab-gguf", str(vocab_src)], check=True, capture_output=True,
-                                            text=True).stdout.strip())
+            made[case] = int(_child("make-input", case, path, "--vocab-gguf", vocab_src)[0])
         # llama.cpp reads a GGUF: for the folder, the F32 GGUF qtool makes from it (not timed)
         hf_f32 = tmp / "real-135m-hf-f32.gguf"
         subprocess.run(_qtool_cmd(inputs["hf-135M"], hf_f32, "F32", args.threads, False), check=True)
@@ -439,9 +438,7 @@ def bench_scaling(args) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         src = tmp / "vocab-1b-f32.gguf"
-        # made in a child process: Linux carries a process's peak RSS across fork+exec
-        n = int(subprocess.run([sys.executable, __file__, "make-input", "vocab-1B", str(src), "--vocab-gguf",
-                                str(vocab_src)], check=True, capture_output=True, text=True).stdout.strip())
+        n = int(_child("make-input", "vocab-1B", src, "--vocab-gguf", vocab_src)[0])
         os.sync()  # the input's 4 GiB written back before anything is timed, not during the first run
         print(f"input: llama F32 GGUF, {n / 1e9:.2f}B random weights, SmolLM2's 49,152-token vocabulary, "
               f"{src.stat().st_size / 2**30:.2f} GiB; whole processes, one run each")
@@ -484,8 +481,7 @@ def _same_file(a: Path, b: Path) -> str:
                     break
                 if not x:
                     return "identical"
-    cmp = subprocess.run([sys.executable, __file__, "compare", str(a), str(b)], check=True, capture_output=True,
-                         text=True).stdout.split()
+    cmp = _child("compare", a, b)
     return "tensors" if cmp[1] == "True" else "DIFFERENT"
 
 
