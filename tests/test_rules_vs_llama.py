@@ -86,17 +86,12 @@ def _imatrix_array(tensors, keep=lambda name: True):
     return arr, keepalive
 
 
-def llama_quantize(inp: Path, out: Path, preset: str, opt: PL.PlanOptions | None = None,
-                   imatrix_tensors=None, imatrix_keep=lambda name: True) -> int:
-    """Run llama.cpp's quantizer; returns its status (0 = done)."""
-    p = P.get_preset(preset)
-    opt = opt or PL.PlanOptions()
+def _rule_params(opt: PL.PlanOptions) -> tuple[lc.llama_model_quantize_params, list]:
+    """llama_model_quantize_params with ``opt``'s rule options (pure, output tensor, the type of
+    output.weight and token_embd.weight, --tensor-type overrides), and the arrays it points into, which
+    must outlive it."""
     params = lc.llama_model_quantize_default_params()
-    params.ftype = int(p.ftype)
-    params.nthread = 2
-    params.only_copy = p.only_copy
     params.pure = opt.pure
-    params.allow_requantize = opt.allow_requantize
     params.quantize_output_tensor = not opt.leave_output_tensor
     if opt.output_tensor_type is not None:
         params.output_tensor_type = int(opt.output_tensor_type)
@@ -109,6 +104,19 @@ def llama_quantize(inp: Path, out: Path, preset: str, opt: PL.PlanOptions | None
         arr = (lc.llama_model_tensor_override * len(tt))(*tt)
         keep.append(arr)
         params.tt_overrides = arr
+    return params, keep
+
+
+def llama_quantize(inp: Path, out: Path, preset: str, opt: PL.PlanOptions | None = None,
+                   imatrix_tensors=None, imatrix_keep=lambda name: True) -> int:
+    """Run llama.cpp's quantizer; returns its status (0 = done)."""
+    p = P.get_preset(preset)
+    opt = opt or PL.PlanOptions()
+    params, keep = _rule_params(opt)
+    params.ftype = int(p.ftype)
+    params.nthread = 2
+    params.only_copy = p.only_copy
+    params.allow_requantize = opt.allow_requantize
     if imatrix_tensors is not None:
         arr, alive = _imatrix_array(imatrix_tensors, imatrix_keep)
         keep += [arr, alive]
@@ -384,18 +392,7 @@ def planner():
         desc = _Desc(spec.arch.encode(), spec.n_embd, spec.n_ff, spec.n_layer, spec.n_head, spec.n_head_kv,
                      spec.n_expert, spec.head_dim, spec.head_dim)
         model = f["model"](ctypes.byref(desc))
-        params = lc.llama_model_quantize_default_params()
-        params.pure = opt.pure
-        params.quantize_output_tensor = not opt.leave_output_tensor
-        if opt.output_tensor_type is not None:
-            params.output_tensor_type = int(opt.output_tensor_type)
-        if opt.token_embedding_type is not None:
-            params.token_embedding_type = int(opt.token_embedding_type)
-        if opt.tensor_types:  # compiled by llama_quant_init, so it must be set before
-            tt = [lc.llama_model_tensor_override(rx.encode(), int(q)) for rx, q in opt.tensor_types]
-            tt.append(lc.llama_model_tensor_override(None, 43))
-            tt_arr = (lc.llama_model_tensor_override * len(tt))(*tt)
-            params.tt_overrides = tt_arr
+        params, keep = _rule_params(opt)  # the overrides are compiled by llama_quant_init: set before
         qs = f["init"](model, ctypes.byref(params))
         try:
             ptrs = []
