@@ -1,7 +1,7 @@
 """IQ2_XXS, IQ2_XS and IQ2_S beyond tests/test_identity.py (which compares them with ggml bit for bit:
 hard rows with an importance vector, IQ2_S also without, edge-case importance vectors, ggml's and random
 bytes, thread counts, the importance-vector flags; run it with -k IQ2): the unscaled 1e30 rows IQ2_XXS
-takes, and the rows where ggml aborts and qtool raises.
+takes, and the rows where ggml aborts and qtool raises (IQ3's too: the same neighbour search).
 
 ggml aborts the process (iq2_find_best_neighbour: no distance below FLT_MAX) when weight*diff^2
 overflows float32, and qtool raises QuantError there; so the inputs given to the oracle keep |x| well
@@ -30,8 +30,13 @@ def test_iq2_xxs_takes_huge_rows(oracle):
         assert not report, f"IQ2_XXS unscaled hard rows seed {seed}: {report}"
 
 
-@pytest.mark.parametrize("qtype,path", [(T.IQ2_XS, "imatrix"), (T.IQ2_S, "imatrix"), (T.IQ2_S, "null")],
-                         ids=lambda v: getattr(v, "name", str(v)))
+# the IQ2 and IQ3 neighbour searches alike (IQ2_XXS gets through, see above)
+SEARCH_ABORTS = [(T.IQ2_XS, "imatrix"), (T.IQ2_S, "imatrix"), (T.IQ2_S, "null"), (T.IQ3_XXS, "null"),
+                 (T.IQ3_XXS, "imatrix"), (T.IQ3_S, "null"), (T.IQ3_S, "imatrix")]
+abort_ids = {"ids": lambda v: getattr(v, "name", str(v))}
+
+
+@pytest.mark.parametrize("qtype,path", SEARCH_ABORTS, **abort_ids)
 def test_search_overflow_raises(qtype, path):
     """|x| ~ 1e30: every neighbour's weighted distance is inf or NaN, where ggml aborts the process
     (GGML_ASSERT(grid_index >= 0)); qtool names the tensor and the row instead."""
@@ -41,11 +46,11 @@ def test_search_overflow_raises(qtype, path):
         get(qtype).quantize(x, imat, name="blk.3.ffn_up.weight")
 
 
-@pytest.mark.parametrize("qtype", [T.IQ2_XS, T.IQ2_S], ids=lambda t: t.name)
-def test_ggml_aborts_where_we_raise(oracle, qtype):
+@pytest.mark.parametrize("qtype,path", SEARCH_ABORTS, **abort_ids)
+def test_ggml_aborts_where_we_raise(oracle, qtype, path):
     """The rows qtool refuses are rows ggml aborts on (run in a child process: the abort kills it)."""
     x = hard_rows(13, 512, 0)[HUGE_CASE:HUGE_CASE + 1]
-    imat = importance(512, 1)
+    imat = importance(512, 1) if path == "imatrix" else None
     with pytest.raises(QuantError):
         get(qtype).quantize(x, imat)
     res = ggml_in_a_child(qtype, x, imat)
