@@ -574,3 +574,25 @@ def test_debug_shows_the_traceback(tmp_path, model):
     assert "FormatError" in r.stderr or "UsageError" in r.stderr
     r = qtool("convert", model, "--type", "Q4_KM", env={"QTOOL_DEBUG": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr and "did you mean" in r.stderr
+
+
+def test_the_cycle_collector_is_off_until_the_work_starts_and_restored_after(tmp_path, monkeypatch):
+    import gc
+
+    from qtool.cli import app, output
+
+    states = []
+    real = output.collect_from_now
+
+    def spy():
+        states.append(gc.isenabled())
+        real()
+        states.append((gc.isenabled(), gc.get_freeze_count() > 0))
+
+    monkeypatch.setattr(output, "collect_from_now", spy)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    app.main(["convert", str(FIXTURE), "--type", "Q8_0", "-o", str(tmp_path / "o.gguf"), "--quiet"])
+    assert (tmp_path / "o.gguf").is_file()
+    # off while the model was opened and planned, on (everything alive so far frozen) for the tensors
+    assert states[0] is False and states[1] == (True, True)
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # the caller's collector as it was

@@ -7,6 +7,7 @@ the output of QTOOL_DEBUG=1); 130 interrupted.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -60,6 +61,19 @@ def main(argv: list[str] | None = None) -> None:
     # of start-up wherever SciPy is installed. No qtool kernel uses BLAS, so this process says there is none.
     if "scipy.linalg" not in sys.modules:
         sys.modules["scipy.linalg"] = None  # an import of it now raises ImportError: "no BLAS"
+    # no cycle collection until a command has its inputs' metadata loaded: see output.collect_from_now
+    collecting, frozen = gc.isenabled(), gc.get_freeze_count()
+    gc.disable()
+    try:
+        _run(argv)
+    finally:  # a caller in the same process (tests) gets its collector back as it was
+        if not frozen:
+            gc.unfreeze()
+        if collecting:
+            gc.enable()
+
+
+def _run(argv: list[str] | None) -> None:
     debug = bool(os.environ.get("QTOOL_DEBUG"))
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="qtool")
