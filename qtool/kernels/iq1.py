@@ -25,8 +25,8 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import (F32, fp16_bits_to_fp32, fp32_to_fp16_bits, jit, jit_rows, load_fp16, load_u16,
-                                 nearest_int, store_fp16, store_u16)
-from qtool.kernels.lattice import sum_squares
+                                 store_fp16, store_u16)
+from qtool.kernels.lattice import importance, odd_level, sum_squares
 
 QK_K = 256
 IQ1_S_BYTES = 50  # d (f16) + qs[32] + qh u16[8]
@@ -161,8 +161,7 @@ def quantize_block_iq1_s(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
     sigma2 = _sigma2(x)
     for ib in range(QK_K // bs):
         xb = x[bs * ib:bs * ib + bs]
-        for i in range(bs):
-            weight[i] = qw[bs * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+        importance(xb, qw[bs * ib:bs * ib + bs], bs, sigma2, F32(0.0), weight)
         mx = abs(xb[0])
         for i in range(1, bs):
             a = abs(xb[i])
@@ -261,8 +260,7 @@ def quantize_block_iq1_s(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
     store_fp16(y, 0, d * F32(1.125))
     inv = F32(1.0) / d
     for ib in range(QK_K // bs):
-        l = nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))
-        l = max(0, min(7, l))
+        l = odd_level(inv, scales[ib], 7)
         if shifts[ib] == -1:
             l |= 8
         h = np.int32(load_u16(y, 34 + 2 * ib)) | (l << 12)
@@ -347,12 +345,7 @@ def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
     cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2]
     for ib in range(QK_K // bs):
         xb = x[bs * ib:bs * ib + bs]
-        if have_w:
-            for i in range(bs):
-                weight[i] = qw[bs * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-        else:
-            for i in range(bs):
-                weight[i] = xb[i] * xb[i]
+        importance(xb, qw[bs * ib:bs * ib + bs] if have_w else qw, bs, sigma2, F32(0.0), weight)
         mx = abs(xb[0])
         for i in range(1, bs):
             a = abs(xb[i])
@@ -459,8 +452,7 @@ def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
     sc2 = 0
     sc3 = 0
     for ib in range(QK_K // bs):
-        l = nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))
-        l = max(0, min(7, l))
+        l = odd_level(inv, scales[ib], 7)
         bits = l << (3 * (ib % 4))
         if ib // 4 == 0:
             sc0 |= bits
@@ -475,12 +467,7 @@ def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
         qh = np.int32(y[32 + ib]) | mask
         y[32 + ib] = np.uint8(qh)
         xb = x[bs * ib:bs * ib + bs]
-        if have_w:
-            for i in range(bs):
-                weight[i] = qw[bs * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-        else:
-            for i in range(bs):
-                weight[i] = xb[i] * xb[i]
+        importance(xb, qw[bs * ib:bs * ib + bs] if have_w else qw, bs, sigma2, F32(0.0), weight)
         fl = F32(2 * l + 1)
         for k in range(2):
             if k == 0:

@@ -26,9 +26,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16
-from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, round_trials, start_trials,
-                                   sum_squares, sum_trials)
+from qtool.kernels.common import F32, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
+                                   round_trials, start_trials, sum_squares, sum_trials, sum_wq)
 from qtool.kernels.search import make_qp_quants
 
 QK_K = 256
@@ -64,8 +64,7 @@ def _round_group(xval, off, inv, L):
     returns their index u (2 bits each, weight 0 lowest)."""
     u = 0
     for i in range(8):
-        l = nearest_int(F32(0.5) * (inv * xval[off + i] - F32(1.0)))
-        l = max(0, min(_KMAXQ - 1, l))
+        l = odd_level(inv, xval[off + i], _KMAXQ - 1)
         L[off + i] = l
         u |= l << (2 * i)
     return u
@@ -180,56 +179,6 @@ def _grid_index(L, off, kmap):
     return np.int64(kmap[u])
 
 
-@jit
-def _sums(weight, xval, L, n):
-    """sum w*x*q and sum w*q*q over q = 2*L + 1, in ggml's order."""
-    sumqx = F32(0.0)
-    sumq2 = F32(0.0)
-    for i in range(n):
-        w = weight[i]
-        q = F32(2 * L[i] + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
-    return sumqx, sumq2
-
-
-@jit
-def _fold_signs(xb, weight, xval, k, parity):
-    """Take |x| of the 8 weights of group k into xval and return their sign bits. With ``parity``
-    (IQ2_XXS, IQ2_XS: 7 stored bits, the 8th implied even) an odd count of negatives flips the sign
-    back on the weight of least weight*x^2, whose xval goes negative."""
-    nflip = 0
-    s = 0
-    for i in range(8):
-        v = xb[8 * k + i]
-        if v >= F32(0.0):
-            xval[8 * k + i] = v
-        else:
-            xval[8 * k + i] = -v
-            nflip += 1
-            s |= 1 << i
-    if parity and nflip % 2 == 1:
-        imin = 0
-        mn = weight[8 * k] * xb[8 * k] * xb[8 * k]
-        for i in range(1, 8):
-            ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
-            if ax < mn:
-                mn = ax
-                imin = i
-        xval[8 * k + imin] = -xval[8 * k + imin]
-        s ^= 1 << imin
-    return s
-
-
-@jit
-def _max_of(xval, n):
-    """C's running MAX(m, x) = m > x ? m : x."""
-    m = xval[0]
-    for i in range(1, n):
-        m = m if m > xval[i] else xval[i]
-    return m
-
-
 # ---------------------------------------------------------------------------------------------------
 # IQ2_XXS block, 66 bytes; per 32 weights (ib = 0..7) two little-endian uint32 words:
 #
@@ -259,8 +208,8 @@ def quantize_block_iq2_xxs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, Lqp
         xb = xbl[32 * ib:32 * ib + 32]
         block_weights(xb, qwl[32 * ib:32 * ib + 32], 32, sigma2, F32(0.0), weight, waux)
         for k in range(4):
-            signs[k] = _fold_signs(xb, weight, xval, k, True) & 127
-        mx = _max_of(xval, 32)
+            signs[k] = fold_signs(xb, weight, xval, k, True) & 127
+        mx = max_of(xval, 32)
         if mx < _GROUP_MAX_EPS:
             scales[ib] = F32(0.0)
             continue
@@ -283,7 +232,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, Lqp
             for k in range(4):
                 if _snap(xval, 8 * k, inv, scale, L, waux, npos, kmap, neigh, d2)[0] < 0:
                     return NO_NEIGHBOUR
-            sumqx, sumq2 = _sums(weight, xval, L, 32)
+            sumqx, sumq2 = sum_wq(weight, xval, L, 32)
             if sumq2 > F32(0.0):
                 scale = sumqx / sumq2
         if scale < F32(0.0):
@@ -311,9 +260,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, Lqp
     store_fp16(y, 0, d)
     inv = F32(1.0) / d
     for ib in range(QK_K // 32):
-        l = nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))
-        l = max(0, min(15, l))
-        y[2 + 8 * ib + 7] |= np.uint8(l << 4)
+        y[2 + 8 * ib + 7] |= np.uint8(odd_level(inv, scales[ib], 15) << 4)
     return OK
 
 
@@ -390,7 +337,7 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, npos, kmap, neigh, d2, Ls, s
     """The per-16-weight search shared by quantize_row_iq2_xs_impl and quantize_row_iq2_s_impl, after
     the signs are folded into xval; returns (scale, block not empty, status) (L gets the levels, all 0
     for an empty block)."""
-    mx = _max_of(xval, 16)
+    mx = max_of(xval, 16)
     for i in range(16):
         L[i] = 0
     if mx < eps:
@@ -412,7 +359,7 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, npos, kmap, neigh, d2, Ls, s
             return scale, True, NO_NEIGHBOUR
         if not on1 and _snap(xval, 8, inv, scale, L, waux, npos, kmap, neigh, d2)[0] < 0:
             return scale, True, NO_NEIGHBOUR
-        sumqx, sumq2 = _sums(weight, xval, L, 16)
+        sumqx, sumq2 = sum_wq(weight, xval, L, 16)
         if sumq2 > F32(0.0):
             scale = sumqx / sumq2
     return scale, True, OK
@@ -424,8 +371,7 @@ def _put_scales(y, at, scales, max_scale):
     d = max_scale / F32(31.0)
     inv = F32(1.0) / d
     for ib in range(QK_K // 16):
-        l = nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))
-        l = max(0, min(15, l))
+        l = odd_level(inv, scales[ib], 15)
         if ib % 2 == 0:
             y[at + ib // 2] = np.uint8(l)
         else:
@@ -448,8 +394,8 @@ def quantize_block_iq2_xs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, scal
     for ib in range(QK_K // 16):
         xb = xbl[16 * ib:16 * ib + 16]
         block_weights(xb, qwl[16 * ib:16 * ib + 16], 16, sigma2, F32(0.0), weight, waux)
-        s0 = _fold_signs(xb, weight, xval, 0, True) & 127
-        s1 = _fold_signs(xb, weight, xval, 1, True) & 127
+        s0 = fold_signs(xb, weight, xval, 0, True) & 127
+        s1 = fold_signs(xb, weight, xval, 1, True) & 127
         scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, npos, kmap, neigh, scratch[3], Ls, sv, off)
         if st != OK:
             return st
@@ -495,8 +441,8 @@ def quantize_block_iq2_s(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, scale
         xb = xbl[16 * ib:16 * ib + 16]
         block_weights(xb, qwl[16 * ib:16 * ib + 16] if qwl.shape[0] > 0 else qwl, 16, sigma2, F32(0.25) * sigma2,
                       weight, waux)
-        s0 = _fold_signs(xb, weight, xval, 0, False)
-        s1 = _fold_signs(xb, weight, xval, 1, False)
+        s0 = fold_signs(xb, weight, xval, 0, False)
+        s1 = fold_signs(xb, weight, xval, 1, False)
         scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, npos, kmap, neigh, scratch[3], Ls, sv, off)
         if st != OK:
             return st

@@ -26,9 +26,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, jit, jit_rows, load_fp16, nearest_int, store_fp16
-from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, round_trials, start_trials,
-                                   sum_squares, sum_trials)
+from qtool.kernels.common import F32, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
+                                   round_trials, start_trials, sum_squares, sum_trials, sum_wq)
 
 QK_K = 256
 IQ3_XXS_BYTES = 98  # d (f16) + qs[64] + scales_and_signs[32]
@@ -90,21 +90,7 @@ def _code(L, off):
 def _round_group(xval, off, inv, L):
     """Levels of xval[off:off+4] at inverse scale inv: clamp(nearest_int(0.5*(inv*x - 1)), 0, 7)."""
     for i in range(4):
-        l = nearest_int(F32(0.5) * (inv * xval[off + i] - F32(1.0)))
-        L[off + i] = np.int8(max(0, min(_KMAX - 1, l)))
-
-
-@jit
-def _sums(xval, weight, L):
-    """sum(w*x*q) and sum(w*q*q) over a 32-weight block at levels L (q = 2l + 1), in ggml's order."""
-    sumqx = F32(0.0)
-    sumq2 = F32(0.0)
-    for i in range(32):
-        w = weight[i]
-        q = F32(2 * np.int32(L[i]) + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
-    return sumqx, sumq2
+        L[off + i] = np.int8(odd_level(inv, xval[off + i], _KMAX - 1))
 
 
 @jit
@@ -168,7 +154,7 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
             else:  # on the grid: the grid point's levels are the rounded ones
                 for i in range(4):
                     L[4 * k + i] = Laux[4 * k + i]
-        sumqx, sumq2 = _sums(xval, weight, L)
+        sumqx, sumq2 = sum_wq(weight, xval, L, 32)
         if sumq2 > F32(0.0):
             scale = sumqx / sumq2
     return scale, OK
@@ -187,30 +173,8 @@ def quantize_block_iq3_xxs(x, qw, y, npos, kmap, neigh, s):
         xb = x[32 * ib:32 * ib + 32]
         block_weights(xb, qw[32 * ib:32 * ib + 32] if qw.shape[0] > 0 else qw, 32, sigma2, F32(0.0), weight, waux)
         for k in range(4):
-            nflip = 0
-            sg = 0
-            for i in range(8):
-                v = xb[8 * k + i]
-                if v >= F32(0.0):
-                    xval[8 * k + i] = v
-                else:
-                    xval[8 * k + i] = -v
-                    nflip += 1
-                    sg |= 1 << i
-            if nflip % 2:
-                imin = 0
-                vmin = weight[8 * k] * xb[8 * k] * xb[8 * k]
-                for i in range(1, 8):
-                    ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
-                    if ax < vmin:
-                        vmin = ax
-                        imin = i
-                xval[8 * k + imin] = -xval[8 * k + imin]
-                sg ^= 1 << imin
-            signs[k] = sg & 127
-        vmax = xval[0]
-        for i in range(1, 32):
-            vmax = vmax if vmax > xval[i] else xval[i]
+            signs[k] = fold_signs(xb, weight, xval, k, True) & 127
+        vmax = max_of(xval, 32)
         if vmax < _EPS_XXS:
             scales[ib] = F32(0.0)
             continue
@@ -239,8 +203,7 @@ def quantize_block_iq3_xxs(x, qw, y, npos, kmap, neigh, s):
     store_fp16(y, 0, d * _FUDGE_XXS)
     inv = F32(1.0) / d
     for ib in range(8):
-        l = max(0, min(15, nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))))
-        y[66 + 4 * ib + 3] |= np.uint8(l << 4)
+        y[66 + 4 * ib + 3] |= np.uint8(odd_level(inv, scales[ib], 15) << 4)
     return OK
 
 
@@ -274,18 +237,8 @@ def quantize_block_iq3_s(x, qw, y, npos, kmap, neigh, s):
         xb = x[32 * ib:32 * ib + 32]
         block_weights(xb, qw[32 * ib:32 * ib + 32] if qw.shape[0] > 0 else qw, 32, sigma2, F32(0.0), weight, waux)
         for k in range(4):
-            sg = 0
-            for i in range(8):
-                v = xb[8 * k + i]
-                if v >= F32(0.0):
-                    xval[8 * k + i] = v
-                else:
-                    xval[8 * k + i] = -v
-                    sg |= 1 << i
-            signs[k] = sg
-        vmax = xval[0]
-        for i in range(1, 32):
-            vmax = vmax if vmax > xval[i] else xval[i]
+            signs[k] = fold_signs(xb, weight, xval, k, False)
+        vmax = max_of(xval, 32)
         if vmax == F32(0.0):
             scales[ib] = F32(0.0)
             continue
@@ -315,9 +268,7 @@ def quantize_block_iq3_s(x, qw, y, npos, kmap, neigh, s):
     store_fp16(y, 0, d * _FUDGE_S)
     inv = F32(1.0) / d
     for ib in range(0, 8, 2):
-        l1 = max(0, min(15, nearest_int(F32(0.5) * (inv * scales[ib] - F32(1.0)))))
-        l2 = max(0, min(15, nearest_int(F32(0.5) * (inv * scales[ib + 1] - F32(1.0)))))
-        y[106 + ib // 2] = np.uint8(l1 | (l2 << 4))
+        y[106 + ib // 2] = np.uint8(odd_level(inv, scales[ib], 15) | (odd_level(inv, scales[ib + 1], 15) << 4))
     return OK
 
 

@@ -1,5 +1,5 @@
 """ggml's lattice search tables (iq2xs_init_impl, iq3xs_init_impl), built from a grid handed in, and the
-search steps the IQ1, IQ2 and IQ3 kernels share (the trial-scale lanes, block weights, sums of squares).
+search steps the IQ kernels share (the trial-scale lanes, block weights, sign folding, level rounding, sums).
 
 A lattice grid is ``levels`` uint8[n, dim]: each point's level index per coordinate. A level vector
 ``p`` is keyed ``u = sum(p[j] << (bits * j))``. The tables:
@@ -140,8 +140,7 @@ def round_trials(xval, n, sv, Ls, lmax):
         xi = xval[i]
         row = Ls[i]
         for s in range(TRIAL_LANES):
-            l = nearest_int(F32(0.5) * (inv[s] * xi - F32(1.0)))
-            row[s] = max(0, min(lmax, l))
+            row[s] = odd_level(inv[s], xi, lmax)
 
 
 @jit
@@ -185,14 +184,78 @@ def sum_squares(x, n):
 
 
 @jit
-def block_weights(xb, qw, n, sigma2, base, weight, waux):
-    """The importance of the n weights of a block: qw*sqrt(sigma2 + x^2), or base + x^2 without qw (qw
-    empty: base 0 for IQ3's x^2, sigma2/4 for IQ2_S), into weight; its square root into waux."""
+def importance(xb, qw, n, sigma2, base, weight):
+    """The importance of the n weights of a block into weight: qw*sqrt(sigma2 + x^2), or base + x^2
+    without qw (qw empty: base 0 for x^2, which 0 + x^2 is exactly; sigma2/4 for IQ2_S)."""
     if qw.shape[0] > 0:
         for i in range(n):
             weight[i] = qw[i] * np.sqrt(sigma2 + xb[i] * xb[i])
     else:
         for i in range(n):
             weight[i] = base + xb[i] * xb[i]
+
+
+@jit
+def block_weights(xb, qw, n, sigma2, base, weight, waux):
+    """importance() into weight and its square root into waux (the IQ2/IQ3 neighbour distances)."""
+    importance(xb, qw, n, sigma2, base, weight)
     for i in range(n):
         waux[i] = np.sqrt(weight[i])
+
+
+@jit
+def odd_level(inv, x, lmax):
+    """clamp(nearest_int(0.5*(inv*x - 1)), 0, lmax): the level l whose odd value 2l + 1 lies nearest inv*x,
+    as ggml rounds the IQ searches' weights and their block scales."""
+    l = nearest_int(F32(0.5) * (inv * x - F32(1.0)))
+    return max(0, min(lmax, l))
+
+
+@jit
+def max_of(xval, n):
+    """C's running MAX(m, x) = m > x ? m : x over the first n values."""
+    m = xval[0]
+    for i in range(1, n):
+        m = m if m > xval[i] else xval[i]
+    return m
+
+
+@jit
+def fold_signs(xb, weight, xval, k, parity):
+    """|x| of the 8 weights of group k into xval; returns their sign bits. With ``parity`` (IQ2_XXS,
+    IQ2_XS, IQ3_XXS: 7 stored bits, the 8th implied even) an odd count of negatives flips the sign back
+    on the weight of least weight*x^2, whose xval goes negative."""
+    nflip = 0
+    s = 0
+    for i in range(8):
+        v = xb[8 * k + i]
+        if v >= F32(0.0):
+            xval[8 * k + i] = v
+        else:
+            xval[8 * k + i] = -v
+            nflip += 1
+            s |= 1 << i
+    if parity and nflip & 1:
+        imin = 0
+        mn = weight[8 * k] * xb[8 * k] * xb[8 * k]
+        for i in range(1, 8):
+            ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
+            if ax < mn:
+                mn = ax
+                imin = i
+        xval[8 * k + imin] = -xval[8 * k + imin]
+        s ^= 1 << imin
+    return s
+
+
+@jit
+def sum_wq(weight, xval, L, n):
+    """sum w*x*q and sum w*q*q over q = 2*L + 1 (the levels' odd values), in ggml's order."""
+    sumqx = F32(0.0)
+    sumq2 = F32(0.0)
+    for i in range(n):
+        w = weight[i]
+        q = F32(2 * np.int32(L[i]) + 1)
+        sumqx += w * xval[i] * q
+        sumq2 += w * q * q
+    return sumqx, sumq2
