@@ -84,6 +84,8 @@ def convert(
     candidates: list | None = None,
     types_from: str | Path | None = None,
     recipe_out: str | Path | None = None,
+    pre_tokenizer: str | None = None,
+    tensors_only: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_tensor: Callable[[Any, int], None] | None = None,
     on_measure_start: Callable[[int], None] | None = None,
@@ -95,6 +97,7 @@ def convert(
     mixture rules would place, from ``candidates`` (default: near the target), under a byte budget;
     ``types_from`` takes them from another GGUF; ``type_name`` may then be None (the preset is found).
     ``recipe_out`` receives the plan as a llama-quantize --tensor-type-file (also on a dry run).
+    ``pre_tokenizer`` and ``tensors_only`` go to open_model (they apply to Hugging Face folders).
     For progress bars: ``on_start(total_elements)`` is called once the plan is made, ``on_tensor(plan_entry,
     n_elements)`` after each tensor is written; ``on_measure_start``/``on_measure(name, n)`` while a mix
     measures its candidates.
@@ -129,7 +132,7 @@ def convert(
     elif include_weights or exclude_weights:
         raise UsageError("--include-weights/--exclude-weights need --imatrix")
 
-    with open_model(input_path) as source:
+    with open_model(input_path, pre_tokenizer=pre_tokenizer, tensors_only=tensors_only) as source:
         if not source.architecture and source.problems:  # e.g. an architecture not in qtool.archs
             raise UsageError(source.problems[0])
         # safetensors tensors reach the planner as F32, i.e. as llama-quantize sees the F32 GGUF that

@@ -280,8 +280,7 @@ def test_tensors_only(tmp_path):
     from qtool.convert import convert
 
     folder = unknown_folder(tmp_path)
-    with archs.tensors_only():
-        result = convert(folder, "Q8_0", tmp_path / "out.gguf")
+    result = convert(folder, "Q8_0", tmp_path / "out.gguf", tensors_only=True)
     r = GGUFReader(result.output)
     meta = {k: f.contents() for k, f in r.fields.items()}
     assert meta["general.architecture"] == "GPT2LMHeadModel"
@@ -293,8 +292,7 @@ def test_tensors_only(tmp_path):
     assert result.notes and "--tensors-only" in result.notes[0]
     # a known family keeps its GGUF names, still marked not runnable
     known = folder_of(tmp_path, "qwen2")
-    with archs.tensors_only():
-        result = convert(known, "Q8_0", tmp_path / "known.gguf")
+    result = convert(known, "Q8_0", tmp_path / "known.gguf", tensors_only=True)
     r = GGUFReader(result.output)
     assert r.fields["general.architecture"].contents() == "Qwen2ForCausalLM"
     assert "blk.0.attn_q.weight" in {t.name for t in r.tensors}
@@ -384,7 +382,6 @@ def test_llama_cpp_refuses_a_tensors_only_file(tmp_path, oracle):
     from qtool.convert import convert
     from qtool.testing import client
 
-    with archs.tensors_only():
-        out = convert(unknown_folder(tmp_path), "Q8_0", tmp_path / "t.gguf").output
+    out = convert(unknown_folder(tmp_path), "Q8_0", tmp_path / "t.gguf", tensors_only=True).output
     with pytest.raises(client.ClientFailed):
         client.logits(out, [1, 2, 3])

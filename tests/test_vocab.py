@@ -214,12 +214,9 @@ def test_unknown_pre_tokenizer_warns_and_can_be_forced(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="qtool"):
         assert meta_of(folder, {"vocab_size": 49152}, pre_tokenizer="smollm").kv["tokenizer.ggml.pre"] == "smollm"
-        with vocab.force_pre_tokenizer("gpt-2"):
-            assert meta_of(folder, {"vocab_size": 49152}).kv["tokenizer.ggml.pre"] == "gpt-2"
     assert not caplog.records
-    with pytest.raises(UsageError, match="not a pre-tokenizer llama.cpp knows"):
-        with vocab.force_pre_tokenizer("no-such-pre"):
-            pass
+    with pytest.raises(UsageError, match="not one llama.cpp knows"):
+        meta_of(folder, {"vocab_size": 49152}, pre_tokenizer="no-such-pre")
 
 
 def test_cli_pre_tokenizer(tmp_path):
@@ -499,11 +496,11 @@ def tiny_llama(folder: Path, tokenizer: Path, n_vocab: int, **config) -> Path:
     return folder
 
 
-def convert_folder(folder: Path) -> Path:
+def convert_folder(folder: Path, pre_tokenizer: str | None = None) -> Path:
     from qtool.convert import convert
 
     out = folder.with_suffix(".gguf")
-    convert(folder, "F32", out)
+    convert(folder, "F32", out, pre_tokenizer=pre_tokenizer)
     return out
 
 
@@ -663,8 +660,7 @@ def test_a_wrong_pre_tokenizer_is_caught(tmp_path):
     from qtool.testing import client
 
     folder = tiny_llama(tmp_path / "s", TOKS / "smollm2", 49152, bos_token_id=1, eos_token_id=2)
-    with vocab.force_pre_tokenizer("default"):
-        path = convert_folder(folder)
+    path = convert_folder(folder, pre_tokenizer="default")
     got = client.run(path, tokenize=[(HARD_TEXT.encode(), False, True)], vocab_only=True).tokens[0]
     want = hf_json(folder, HARD_TEXT, False)
     assert list(got) != want

@@ -199,8 +199,9 @@ def rope_parameters(cfg: Config) -> dict[str, Any]:
     return rope
 
 
-def build(folder: Path, cfg: Config, family: type[Family], hp: Hparams, plan: Plan) -> HFMeta:
-    """The key/values of a folder whose family is known."""
+def build(folder: Path, cfg: Config, family: type[Family], hp: Hparams, plan: Plan, *,
+          pre_tokenizer: str | None = None) -> HFMeta:
+    """The key/values of a folder whose family is known (``pre_tokenizer``: see vocab.add_tokenizer)."""
     meta = HFMeta(tied_embeddings=cfg.data.get("tie_word_embeddings") is True)
     w = recorder(family.arch_name())
     meta.notes += general(w, folder, plan)
@@ -208,15 +209,15 @@ def build(folder: Path, cfg: Config, family: type[Family], hp: Hparams, plan: Pl
     for add in family.keys:
         add(w, cfg, hp, folder)
     meta.take(w)
-    add_tokenizer(meta, folder, cfg, family.tokenizer)
+    add_tokenizer(meta, folder, cfg, family.tokenizer, pre_tokenizer)
     return meta
 
 
-def add_tokenizer(meta: HFMeta, folder: Path, cfg: Config, kind: str) -> None:
+def add_tokenizer(meta: HFMeta, folder: Path, cfg: Config, kind: str, pre_tokenizer: str | None = None) -> None:
     """qtool.formats.vocab.add_tokenizer with the family's recipe."""
     from qtool.formats import vocab
 
-    vocab.add_tokenizer(meta, folder, cfg.data, kind=kind)
+    vocab.add_tokenizer(meta, folder, cfg.data, kind=kind, pre_tokenizer=pre_tokenizer)
 
 
 def tensors_only(arch: str, folder: Path | None, n_layer: int, why: str) -> HFMeta:

@@ -108,8 +108,10 @@ def convert_command(
         leave_output_tensor=leave_output_tensor,
         allow_requantize=allow_requantize,
     )
-    from qtool.archs import tensors_only as tensors_only_mode
-    from qtool.formats.vocab import force_pre_tokenizer
+    from qtool.formats.vocab import check_pre_tokenizer
+
+    check_pre_tokenizer(pre_tokenizer)
+    reading = {"pre_tokenizer": pre_tokenizer, "tensors_only": tensors_only}  # how the input is read, every time
 
     target = parse_target(target_bpw, target_size)
     cands = parse_candidates(candidates) if candidates is not None else None
@@ -120,13 +122,13 @@ def convert_command(
         if target is None:
             raise UsageError("--plot draws a size-targeted mix: it goes with --target-bpw or --target-size")
         prepare(plot)  # the extension, the folder and matplotlib, before any work
-    workdir = _calibration(out, target, input, calibrate_text, calibrate_type, calibrate_ctx, threads)
+    workdir = _calibration(out, target, input, calibrate_text, calibrate_type, calibrate_ctx, threads, reading)
     if workdir is not None:
         import dataclasses
 
         target = dataclasses.replace(target, calibration=workdir[1])
-    with out.progress(total=None, description="quantizing") as advance, force_pre_tokenizer(pre_tokenizer), \
-            tensors_only_mode(tensors_only), _warnings_to(out), workdir[0] if workdir else contextlib.nullcontext():
+    with out.progress(total=None, description="quantizing") as advance, _warnings_to(out), \
+            workdir[0] if workdir else contextlib.nullcontext():
         measured = [0]  # one bar for both phases: measuring a mix's candidates, then writing
 
         def measure(name: str, n: int) -> None:
@@ -135,11 +137,11 @@ def convert_command(
 
         result = convert(input, type, output, threads=threads, options=options, imatrix=imatrix,
                          include_weights=include_weights, exclude_weights=exclude_weights, dry_run=dry_run,
-                         target=target, candidates=cands, types_from=types_from, recipe_out=recipe_out,
+                         target=target, candidates=cands, types_from=types_from, recipe_out=recipe_out, **reading,
                          on_start=lambda n: advance.set_total(measured[0] + n),
                          on_tensor=lambda p, n: advance(n, p.name),
                          on_measure_start=advance.set_total, on_measure=measure)
-        stock = _stock_presets(input, options, result) if plot is not None else None
+        stock = _stock_presets(input, options, result, reading) if plot is not None else None
     _report(out, result, dry_run)
     if plot is not None:
         from qtool.analysis.plots import frontier_data, plot_frontier
@@ -149,7 +151,7 @@ def convert_command(
         out.note(f"wrote {plot}")
 
 
-def _calibration(out, target, input, text, qtype, ctx, threads):
+def _calibration(out, target, input, text, qtype, ctx, threads, reading):
     """--calibrate-text: (a temporary folder for the calibration's models, the Calibration), or None."""
     if text is None:
         if qtype is not None:
@@ -171,11 +173,11 @@ def _calibration(out, target, input, text, qtype, ctx, threads):
         raise FormatError(f"{text}: no such file (--calibrate-text)")
     load_llama()  # the one-line install hint before any work
     tmp = tempfile.TemporaryDirectory(prefix="qtool-calibrate-")
-    measure = kl_measure(input, text, Path(tmp.name), ctx=ctx, threads=threads, note=out.note)
+    measure = kl_measure(input, text, Path(tmp.name), ctx=ctx, threads=threads, note=out.note, reading=reading)
     return tmp, Calibration(str(text), measure, parse_ggml_type(qtype) if qtype else None, ctx)
 
 
-def _stock_presets(input, options, result) -> dict:
+def _stock_presets(input, options, result, reading) -> dict:
     """Each stock preset's plan of the same input (a dry run: nothing measured or written): preset ->
     (its bytes as the mix's target counts them, {tensor: type}); presets that cannot be planned are left out."""
     from qtool.analysis.plots import STOCK_PRESETS
@@ -185,7 +187,7 @@ def _stock_presets(input, options, result) -> dict:
     stock = {}
     for name in STOCK_PRESETS:
         try:
-            r = convert(input, name, None, options=options, dry_run=True)
+            r = convert(input, name, None, options=options, dry_run=True, **reading)
         except QtoolError:
             continue
         nbytes = r.file_bytes if result.mix.target.kind == "size" else r.bytes_out

@@ -115,11 +115,12 @@ def _render(out, result) -> None:
 
 
 def kl_measure(input: Path, text: Path, workdir: Path, *, ctx: int, threads: int | None,
-               note=lambda message: None):
+               note=lambda message: None, reading: dict | None = None):
     """For `qtool convert --calibrate-text`: a function ``(class, {tensor: type}) -> mean KL divergence`` that
     writes ``input`` with those tensors at those types and every other quantizable tensor F32 into ``workdir``,
     and evaluates it against ``input`` written all F32 (the reference, written on the first call; its logits
-    saved there and reused by the later calls). Each class's file is removed once measured."""
+    saved there and reused by the later calls). Each class's file is removed once measured. ``reading``: convert's
+    pre_tokenizer/tensors_only."""
     from gguf import GGMLQuantizationType as T
 
     from qtool.analysis.eval import evaluate
@@ -132,7 +133,8 @@ def kl_measure(input: Path, text: Path, workdir: Path, *, ctx: int, threads: int
 
     def write(path: Path, patterns: list) -> Path:
         # a quantized preset only carries the per-tensor patterns; every tensor is named by one of them
-        return convert(input, "Q8_0", path, threads=threads, options=PlanOptions(tensor_types=patterns)).output
+        return convert(input, "Q8_0", path, threads=threads, options=PlanOptions(tensor_types=patterns),
+                       **(reading or {})).output
 
     def measure(cls: str, types: dict) -> float:
         path = workdir / f"calibrate-{cls}.gguf"

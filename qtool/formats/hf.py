@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from qtool import archs
 from qtool.archs import base as archs_base
 from qtool.archs import metadata as archs_meta
 from qtool.archs import tensors as archs_tensors
@@ -53,7 +52,9 @@ def find_weights(folder: Path) -> tuple[Path, list[Path] | None]:
 class HFSource(ModelSource):
     format = "safetensors"
 
-    def __init__(self, folder: str | Path, weights: str | Path | None = None):
+    def __init__(self, folder: str | Path, weights: str | Path | None = None, *, pre_tokenizer: str | None = None,
+                 tensors_only: bool = False):
+        """``pre_tokenizer`` forces tokenizer.ggml.pre (None: detect it); ``tensors_only``: see tensors_only()."""
         folder = Path(folder)
         config_path = folder / "config.json"
         cfg = Config.read(config_path)
@@ -69,6 +70,7 @@ class HFSource(ModelSource):
         self.skipped: list[str] = []
         self.notes: list[str] = []
         self._plan: dict[str, archs_tensors.Planned] = {}
+        self._pre_tokenizer = pre_tokenizer
 
         self._w = WeightFiles(weights_path, files)
         try:
@@ -76,7 +78,7 @@ class HFSource(ModelSource):
                 self._index_family(folder, cfg)
             else:
                 self._index_unknown(folder, cfg)
-            if archs.TENSORS_ONLY.get():
+            if tensors_only:
                 self.tensors_only()
         except BaseException:
             self._w.close()
@@ -102,7 +104,7 @@ class HFSource(ModelSource):
             infos.append(TensorInfo(p.name, p.label, p.shape, qtype, nbytes))
             self._plan[p.name] = p
         self._set_tensors(infos)
-        meta = archs_meta.build(folder, cfg, family, hp, plan)
+        meta = archs_meta.build(folder, cfg, family, hp, plan, pre_tokenizer=self._pre_tokenizer)
         for check in family.checks:
             for problem in check(cfg, hp):
                 meta.cannot_load(problem)

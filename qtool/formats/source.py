@@ -194,9 +194,13 @@ def byte_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int
     return (*shape[:-1], shape[-1] // block * size)
 
 
-def open_model(path: str | Path) -> ModelSource:
+def open_model(path: str | Path, *, pre_tokenizer: str | None = None, tensors_only: bool = False) -> ModelSource:
     """Open a model: a .gguf file, a .safetensors file, a *.safetensors.index.json, or a folder
-    (a Hugging Face folder with config.json, or a folder holding exactly one .gguf file)."""
+    (a Hugging Face folder with config.json, or a folder holding exactly one .gguf file).
+
+    For a Hugging Face folder: ``pre_tokenizer`` forces tokenizer.ggml.pre (None: detect it), and
+    ``tensors_only`` reads the tensors alone, with no claim that llama.cpp runs them (HFSource.tensors_only).
+    """
     p = Path(path)
     if not p.exists():
         raise FormatError(f"{p}: no such file or folder")
@@ -204,7 +208,7 @@ def open_model(path: str | Path) -> ModelSource:
         if (p / "config.json").is_file():
             from qtool.formats.hf import HFSource
 
-            return HFSource(p)
+            return HFSource(p, pre_tokenizer=pre_tokenizer, tensors_only=tensors_only)
         ggufs = sorted(q for q in p.iterdir() if q.suffix == ".gguf" and q.is_file())
         if len(ggufs) == 1:
             return _open_gguf(ggufs[0])
@@ -216,7 +220,7 @@ def open_model(path: str | Path) -> ModelSource:
         if (p.parent / "config.json").is_file():
             from qtool.formats.hf import HFSource
 
-            return HFSource(p.parent, weights=p)
+            return HFSource(p.parent, weights=p, pre_tokenizer=pre_tokenizer, tensors_only=tensors_only)
         from qtool.formats.safetensors import SafetensorsSource
 
         return SafetensorsSource(p)

@@ -30,7 +30,7 @@ handed to the caller's metadata), so every name is gguf.Keys' (``unknown_token_i
 ``tokenizer.ggml.pre``: the reference's table of check-text hashes (``PRE_BY_HASH``). A hash it lacks (the
 reference refuses such a model) gets the name of a pre-tokenizer whose definition is exactly one llama.cpp
 implements (GPT-2's, SmolLM's, Llama 3's), with a note; otherwise "default" and a one-line warning on the
-``qtool`` logger naming the file and ``--pre-tokenizer NAME`` (``force_pre_tokenizer``).
+``qtool`` logger naming the file and ``--pre-tokenizer NAME`` (``add_tokenizer(pre_tokenizer=)``).
 
 Where the reference calls ``transformers.AutoTokenizer``, qtool uses the ``tokenizers`` package (the Rust
 library behind it) and reproduces the few things transformers adds: the post-processor the Llama and Gemma
@@ -40,7 +40,6 @@ tokenizer classes rebuild from add_bos_token/add_eos_token, and the decode round
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import hashlib
 import logging
@@ -59,21 +58,10 @@ if TYPE_CHECKING:
 V = GGUFValueType
 log = logging.getLogger(__name__)
 
-#: The pre-tokenizer name ``qtool convert --pre-tokenizer NAME`` forces for this conversion (None: detect).
-forced_pre: contextvars.ContextVar[str | None] = contextvars.ContextVar("qtool_forced_pre", default=None)
-
-
-@contextlib.contextmanager
-def force_pre_tokenizer(name: str | None) -> Iterator[None]:
-    """Within the block, BPE and WordPiece vocabularies get ``tokenizer.ggml.pre = name`` (None: detect)."""
+def check_pre_tokenizer(name: str | None) -> None:
+    """UsageError unless ``name`` is None or a pre-tokenizer llama.cpp knows (for tokenizer.ggml.pre)."""
     if name is not None and name not in PRE_NAMES:
-        raise UsageError(f"--pre-tokenizer {name!r}: not a pre-tokenizer llama.cpp knows; one of "
-                          f"{', '.join(sorted(PRE_NAMES))}")
-    token = forced_pre.set(name)
-    try:
-        yield
-    finally:
-        forced_pre.reset(token)
+        raise UsageError(f"pre-tokenizer {name!r} is not one llama.cpp knows; one of {', '.join(sorted(PRE_NAMES))}")
 
 
 class NotThisKind(Exception):
@@ -91,15 +79,13 @@ def add_tokenizer(meta: HFMeta, folder: Path, config: dict[str, Any], kind: str 
     ``KINDS``, or "auto" (the recipe of meta's ``general.architecture``, else spm, llama_hf, gpt2 in turn,
     with WordPiece folders as bert). Where the folder has no tokenizer the kind can read, ``meta`` is marked
     not loadable and None is returned. ``pre_tokenizer`` forces ``tokenizer.ggml.pre`` of BPE and WordPiece
-    vocabularies (so does ``force_pre_tokenizer``).
+    vocabularies.
     """
     folder = Path(folder)
     arch = meta.kv.get("general.architecture")
     recipe = _recipe(kind, folder, arch)
-    if pre_tokenizer is not None and pre_tokenizer not in PRE_NAMES:
-        raise UsageError(f"pre-tokenizer {pre_tokenizer!r} is not one llama.cpp knows; one of "
-                          f"{', '.join(sorted(PRE_NAMES))}")
-    src = _Folder(folder, config, pre_tokenizer if pre_tokenizer is not None else forced_pre.get(), meta)
+    check_pre_tokenizer(pre_tokenizer)
+    src = _Folder(folder, config, pre_tokenizer, meta)
     out = _writer(arch)
     with _gguf_warnings(meta, folder):
         try:
