@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from qtool.kernels.common import F32, block_drivers, jit, load_fp16, load_u16, nearest_int, store_fp16, store_u16
+from qtool.kernels.search import GROUP_MAX_EPS, signed_absmax
 
 QK4_NL = 32
 QK_K = 256
@@ -27,8 +28,6 @@ KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 3
 #: the same values as float32, the form the kernels take
 KVALUES_IQ4NL_F32 = KVALUES_IQ4NL.astype(np.float32)
 
-#: ggml's GROUP_MAX_EPS: a 32-weight block whose largest |x| is below this gets scale 0
-_GROUP_MAX_EPS = np.float32(1e-15)
 #: the scale search's half-width: ggml's quantize_iq4_nl / quantize_iq4_xs pass ntry = 7
 _NTRY = 7
 
@@ -85,14 +84,8 @@ def _block_scale(xb, qw, sigma2, values, weight, Lb, qv):
     else:
         for j in range(n):
             weight[j] = xb[j] * xb[j]
-    amax = F32(0.0)
-    mx = F32(0.0)
-    for j in range(n):
-        ax = abs(xb[j])
-        if ax > amax:
-            amax = ax
-            mx = xb[j]
-    if amax < _GROUP_MAX_EPS:
+    amax, mx = signed_absmax(xb, n)
+    if amax < GROUP_MAX_EPS:
         return F32(0.0)
     v0 = values[0]
     d = -mx / v0
@@ -208,15 +201,10 @@ def quantize_block_iq4_xs(x, qw, y, s, values):
     scratch s = _scratch()."""
     weight, qv, L, scales = s
     sigma2 = _sigma2(x)
-    max_scale = F32(0.0)
-    amax_scale = F32(0.0)
     for ib in range(QK_K // 32):
         qwb = qw[32 * ib:32 * ib + 32] if qw.shape[0] > 0 else qw
-        s = _block_scale(x[32 * ib:32 * ib + 32], qwb, sigma2, values, weight, L[32 * ib:32 * ib + 32], qv)
-        scales[ib] = s
-        if abs(s) > amax_scale:
-            amax_scale = abs(s)
-            max_scale = s
+        scales[ib] = _block_scale(x[32 * ib:32 * ib + 32], qwb, sigma2, values, weight, L[32 * ib:32 * ib + 32], qv)
+    _, max_scale = signed_absmax(scales, QK_K // 32)
     d = -max_scale / F32(32.0)
     store_fp16(y, _XS_D, d)
     inv = F32(1.0) / d if d != F32(0.0) else F32(0.0)

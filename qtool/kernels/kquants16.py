@@ -26,11 +26,7 @@ import numpy as np
 from qtool.kernels.common import (F32, block_drivers, each_block, jit, jit_rows, load_fp16, nearest_int, requantize,
                                  row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
-from qtool.kernels.search import (
-    GROUP_MAX_EPS,
-    make_qp_quants,
-    make_qx_quants,
-)
+from qtool.kernels.search import GROUP_MAX_EPS, make_qp_quants, make_qx_quants, signed_absmax
 
 # C float arithmetic never traps: on finite but huge inputs ggml divides by zero (a scale that
 # overflowed to inf gives an inverse of 0) and carries on with inf/NaN; common.jit/jit_rows use numba's
@@ -605,14 +601,7 @@ def quantize_block_q3_K_ref(x, out, L, scales, xt, S, Lt, dd, mm):
         for i in range(16):
             xt[i, j] = x[16 * j + i]
     make_q3_quants_x16(4, xt, L, scales, S, Lt)
-    max_scale = F32(0.0)
-    amax = F32(0.0)
-    for j in range(16):
-        s = scales[j]
-        a = abs(s)
-        if a > amax:
-            amax = a
-            max_scale = s
+    _, max_scale = signed_absmax(scales, 16)
     for i in range(12):
         out[_Q3_SCALES + i] = 0
     if max_scale != F32(0.0):
@@ -725,13 +714,7 @@ def quantize_block_q6_K(x, qw, out, s):
             xt[i, j] = v
             wt[i, j] = qw[16 * j + i] if use_w else v * v  # make_qx_quants' rmse_type 1 weight
     make_qx_quants_x16(32, xt, wt, L, scales, S, wxt)
-    max_scale = F32(0.0)
-    max_abs_scale = F32(0.0)
-    for ib in range(16):
-        a = abs(scales[ib])
-        if a > max_abs_scale:
-            max_abs_scale = a
-            max_scale = scales[ib]
+    max_abs_scale, max_scale = signed_absmax(scales, 16)
     if max_abs_scale < GROUP_MAX_EPS:
         for i in range(Q6_K_BYTES):
             out[i] = 0

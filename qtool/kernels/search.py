@@ -20,6 +20,28 @@ GROUP_MAX_EPS = F32(1e-15)
 
 
 @jit
+def signed_absmax(x, n):
+    """(max |x|, the first of the n values with that magnitude): ggml's amax/max scan (strict >, from
+    0: a block of zeros or NaNs gives (0, 0))."""
+    amax = F32(0.0)
+    vmax = F32(0.0)
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            vmax = x[i]
+    return amax, vmax
+
+
+@jit
+def _round_symmetric(n, nmax, x, L, iscale):
+    """L[i] = nmax + clamp(nearest_int(iscale*x[i]), -nmax, nmax - 1) for the n values."""
+    for i in range(n):
+        l = nearest_int(iscale * x[i])
+        L[i] = nmax + max(-nmax, min(nmax - 1, l))
+
+
+@jit
 def _qx_weight(x, qw, i, rmse_type):
     """The per-element weight of make_qx_quants: qw[i], else one picked by rmse_type."""
     if qw.shape[0] > 0:
@@ -103,22 +125,14 @@ def _qx_lane_sums(n, nmax, x, w, nl, isc, slx, sl2):
 @jit
 def make_qx_quants_s(n, nmax, x, L, rmse_type, qw, scratch):
     """make_qx_quants with caller-owned scratch (qx_scratch(n))."""
-    vmax = F32(0.0)
-    amax = F32(0.0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            vmax = x[i]
+    amax, vmax = signed_absmax(x, n)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
         return F32(0.0)
     iscale = F32(-nmax) / vmax
     if rmse_type == 0:
-        for i in range(n):
-            l = nearest_int(iscale * x[i])
-            L[i] = nmax + max(-nmax, min(nmax - 1, l))
+        _round_symmetric(n, nmax, x, L, iscale)
         return F32(1.0) / iscale
     return_early = False
     if rmse_type < 0:
@@ -158,9 +172,7 @@ def make_qx_quants_s(n, nmax, x, L, rmse_type, qw, scratch):
             best = scale * slx[k]
             win = k
     if win >= 0:
-        for i in range(n):
-            l = nearest_int(isc[win] * x[i])
-            L[i] = nmax + max(-nmax, min(nmax - 1, l))
+        _round_symmetric(n, nmax, x, L, isc[win])
     return scale
 
 
@@ -178,13 +190,7 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw):
 def make_q3_quants(n, nmax, x, L, do_rmse):
     """ggml make_q3_quants: symmetric quants L[i] in [0, 2*nmax) (int8) with an optional
     coordinate-descent refit weighted by x^2; returns the scale."""
-    vmax = F32(0.0)
-    amax = F32(0.0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            vmax = x[i]
+    amax, vmax = signed_absmax(x, n)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
@@ -225,10 +231,7 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
         for i in range(n):
             L[i] += nmax
         return sumlx / suml2 if suml2 > F32(0.0) else F32(0.0)
-    for i in range(n):
-        l = nearest_int(iscale * x[i])
-        l = max(-nmax, min(nmax - 1, l))
-        L[i] = l + nmax
+    _round_symmetric(n, nmax, x, L, iscale)
     return F32(1.0) / iscale
 
 
