@@ -273,25 +273,13 @@ def _tensor_bytes(source, p, imat, threads) -> np.ndarray:
         return source.raw(p.name)
     data = load_floats(source, p.name, threads=threads)
     weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
-    q = get(p.qtype)
-    n = data.shape[-1] if data.ndim else 0
-    experts = weights is not None and weights.ndim == 2
-    if getattr(data, "_mmap", None) is None or data.nbytes <= _CHUNK_BYTES or data.ndim < 2 or not q.fits(n) \
-            or (experts and (data.ndim != 3 or weights.shape != (data.shape[0], n))):
-        return q.quantize(data, weights, name=p.name, threads=threads)
+    if getattr(data, "_mmap", None) is None or data.nbytes <= _CHUNK_BYTES or data.ndim < 1:
+        return get(p.qtype).quantize(data, weights, name=p.name, threads=threads)
     # a view of the input's map: quantized a slice of rows at a time, each slice's pages dropped once done,
     # so that a big tensor (a large vocabulary's embeddings) is not resident whole
-    rows = data.reshape(-1, n)
-    out = np.empty((rows.shape[0], q.row_bytes(n)), dtype=np.uint8)
-    per_expert = rows.shape[0] // weights.shape[0] if experts else rows.shape[0]
-    step = max(1, _CHUNK_BYTES // (4 * n))
-    for first in range(0, rows.shape[0], per_expert):
-        w = weights[first // per_expert] if experts else weights
-        for start in range(first, first + per_expert, step):
-            stop = min(start + step, first + per_expert)
-            out[start:stop] = q.quantize(rows[start:stop], w, name=p.name, threads=threads, first_row=start)
-            drop_pages(rows[start:stop])
-    return out.reshape(data.shape[:-1] + (out.shape[1],))
+    return get(p.qtype).quantize(data, weights, name=p.name, threads=threads,
+                                 slice_rows=max(1, _CHUNK_BYTES // (4 * max(1, data.shape[-1]))),
+                                 after_slice=drop_pages)
 
 
 #: a tensor read as a view of the input's map is quantized this many bytes of float32 at a time

@@ -109,14 +109,17 @@ class Quantizer:
         return n_rows * self.row_bytes(shape[-1])
 
     def quantize(self, data: np.ndarray, imatrix: np.ndarray | None = None, *, name: str = "tensor",
-                 threads: int | None = None, first_row: int = 0) -> np.ndarray:
+                 threads: int | None = None, slice_rows: int | None = None,
+                 after_slice: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
         """Quantize float32 ``data`` (numpy order, rows along the last axis) to uint8 [..., row_bytes].
 
         ``imatrix`` is one importance vector of length n_per_row, or for a 3-D tensor one per
-        expert ([n_expert, n_per_row]), as llama.cpp passes them. ``first_row``: where ``data`` starts in
-        tensor ``name`` (a slice of its rows), for the row numbers of errors.
+        expert ([n_expert, n_per_row]), as llama.cpp passes them. ``slice_rows``: check and quantize at
+        most this many rows at a time (never across experts), calling ``after_slice(rows)`` after each,
+        so that a caller reading ``data`` from a map can drop each slice's pages once it is done.
         """
-        data = np.ascontiguousarray(data, dtype=np.float32)
+        if not (isinstance(data, np.ndarray) and data.dtype == np.float32 and data.flags.c_contiguous):
+            data = np.ascontiguousarray(data, dtype=np.float32)  # (a map's view stays one, for after_slice)
         if data.ndim == 0 or data.size == 0:
             raise QuantError(f"{name}: cannot quantize an empty tensor of shape {data.shape}")
         n_per_row = data.shape[-1]
@@ -129,21 +132,22 @@ class Quantizer:
         from qtool.kernels.common import first_nonfinite_row
 
         _set_threads(threads)
-        bad = first_nonfinite_row(rows)
-        if bad >= 0:
-            col = int(np.flatnonzero(~np.isfinite(rows[bad]))[0])
-            raise QuantError(f"{name}: row {first_row + bad} holds a non-finite value ({rows[bad, col]}) at "
-                             f"column {col}")
         out = np.empty((rows.shape[0], self.row_bytes(n_per_row)), dtype=np.uint8)
         weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
-        if weights is None or weights.ndim == 1:
-            self._raise_on(self.quantize_blocks(rows, weights, out), first_row, name)
-        else:  # one importance vector per expert of a 3-D tensor
-            per_expert = rows.shape[0] // weights.shape[0]
-            for e in range(weights.shape[0]):
-                sl = slice(e * per_expert, (e + 1) * per_expert)
-                self._raise_on(self.quantize_blocks(rows[sl], weights[e], out[sl]), first_row + e * per_expert,
-                               name)
+        per_expert = rows.shape[0] // weights.shape[0] if weights is not None and weights.ndim == 2 else rows.shape[0]
+        step = slice_rows or per_expert
+        for first in range(0, rows.shape[0], per_expert):
+            w = weights[first // per_expert] if weights is not None and weights.ndim == 2 else weights
+            for start in range(first, first + per_expert, step):
+                part = rows[start:min(start + step, first + per_expert)]
+                bad = first_nonfinite_row(part)
+                if bad >= 0:
+                    col = int(np.flatnonzero(~np.isfinite(part[bad]))[0])
+                    raise QuantError(f"{name}: row {start + bad} holds a non-finite value ({part[bad, col]}) at "
+                                     f"column {col}")
+                self._raise_on(self.quantize_blocks(part, w, out[start:start + len(part)]), start, name)
+                if after_slice is not None:
+                    after_slice(part)
         return out.reshape(data.shape[:-1] + (out.shape[1],))
 
     def _raise_on(self, failed: RowFailure | None, first_row: int, name: str) -> None:
