@@ -132,6 +132,18 @@ def test_bulk_array_packing_is_gguf_pys(i):
     assert _Writer(None, "llama")._pack_val(value, V.ARRAY, True, sub) == theirs
 
 
+def test_a_big_string_array_packed_again_gives_its_own_bytes():
+    """The recent-arrays reuse answers an equal array with the same bytes, and a changed one with new bytes."""
+    vocab = _arrays()[0][0]
+    first = _pack_array(list(vocab), V.STRING)
+    changed = list(vocab)
+    changed[12345] += "!"
+    again, other = _pack_array(list(vocab), V.STRING), _pack_array(changed, V.STRING)
+    assert again == first and other != first
+    theirs = GGUFWriter(None, "llama")._pack_val(changed, V.ARRAY, True, V.STRING)
+    assert _Writer(None, "llama")._pack_val(changed, V.ARRAY, True, V.STRING) == theirs
+
+
 @pytest.mark.parametrize("value, sub", [([300], V.UINT8), ([1.5], V.INT32), ([1e40], V.FLOAT32),
                                         (["a", 1], V.STRING), (["\ud800"], V.STRING)])
 def test_values_gguf_py_refuses_are_refused(value, sub):

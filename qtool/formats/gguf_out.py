@@ -105,12 +105,30 @@ def _pack_strings(value: Any) -> bytes | None:
     return out.tobytes()
 
 
+#: the big string arrays packed last (a snapshot of the items, the bytes): convert packs the metadata twice,
+#: for the data offset and then into the file, and a vocabulary's tokens and merges take ~20 ms each
+_recent_strings: list[tuple[tuple, bytes | None]] = []
+
+
+def _pack_strings_once(value: Any) -> bytes | None:
+    """_pack_strings, reusing the result for a big array equal to one packed recently."""
+    if len(value) < 4096:
+        return _pack_strings(value)
+    items = tuple(value)
+    for seen, packed in _recent_strings:
+        if len(seen) == len(items) and seen == items:
+            return packed
+    packed = _pack_strings(value)
+    _recent_strings[:] = [(items, packed)] + _recent_strings[:3]
+    return packed
+
+
 def _pack_array(value: Any, sub: GGUFValueType) -> bytes | None:
     """Element type, count and elements of a metadata array; None where gguf-py should pack it."""
     if len(value) == 0:
         body = b""  # llama.cpp writes empty arrays (gguf-py's packing refuses them)
     elif sub == GGUFValueType.STRING:
-        body = _pack_strings(value)
+        body = _pack_strings_once(value)
     elif sub == GGUFValueType.BOOL or sub in _NUMBER_DTYPES:
         body = _pack_numbers(value, sub)
     else:
