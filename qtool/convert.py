@@ -208,8 +208,9 @@ def convert(
             for p in plan:
                 out.add_tensor(p.name, p.shape, p.qtype)
             out.begin()
+            widened = _Reused()
             for p in plan:
-                out.write(p.name, _tensor_bytes(source, p, imat, threads))
+                out.write(p.name, _tensor_bytes(source, p, imat, threads, widened))
                 source.release(p.name)  # keep the resident set near one tensor, not the whole input
                 if on_tensor is not None:
                     on_tensor(p, int(np.prod(p.shape, dtype=np.int64)))
@@ -262,8 +263,24 @@ def _nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
     return rows * (shape[-1] // block) * size
 
 
-def _tensor_bytes(source, p, imat, threads) -> np.ndarray:
-    """The bytes to write for one planned tensor: copied unchanged, converted, or quantized."""
+class _Reused:
+    """One float32 buffer that F16/BF16 tensors are widened into, tensor after tensor (ModelSource.load)."""
+
+    def __init__(self) -> None:
+        self._buffer = np.empty(0, np.float32)
+
+    def for_tensor(self, info) -> np.ndarray | None:
+        if info.qtype not in (GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+            return None
+        if self._buffer.size < info.n_elements:
+            self._buffer = np.empty(0, np.float32)  # the old one goes before the bigger one comes
+            self._buffer = np.empty(info.n_elements, np.float32)
+        return self._buffer
+
+
+def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> np.ndarray:
+    """The bytes to write for one planned tensor: copied unchanged, converted, or quantized. The floats
+    may be widened into ``widened``'s buffer: the bytes returned never share memory with it."""
     from qtool.analysis.weights import load_floats
     from qtool.formats.source import drop_pages
     from qtool.quantizers import get
@@ -271,7 +288,8 @@ def _tensor_bytes(source, p, imat, threads) -> np.ndarray:
     if not p.quantize and p.source_type == p.qtype and source.format == "gguf":
         _check_copied(source, p)
         return source.raw(p.name)
-    data = load_floats(source, p.name, threads=threads)
+    into = widened.for_tensor(source.info(p.name)) if widened is not None else None
+    data = load_floats(source, p.name, threads=threads, into=into)
     weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
     if getattr(data, "_mmap", None) is None or data.nbytes <= _CHUNK_BYTES or data.ndim < 1:
         return get(p.qtype).quantize(data, weights, name=p.name, threads=threads)

@@ -189,3 +189,30 @@ def test_one_big_tensor_is_not_resident_whole(tmp_path):
     whole, sliced = peak_mib(1 << 40), peak_mib(8 << 20)
     tensor_mib = rows * cols * 4 / 2**20
     assert whole - sliced > 0.6 * tensor_mib, (whole, sliced, tensor_mib)
+
+
+# -- F16/BF16 widened into one reused buffer --------------------------------------------------------------
+
+
+def test_a_half_tensor_widens_into_the_callers_buffer(monkeypatch):
+    """load(into=) gives the same floats as a fresh load, as a view of the buffer (llama's permuted q/k too)."""
+    from qtool.formats import source as source_module
+
+    monkeypatch.setattr(source_module, "_WIDEN_IN_KERNEL", 1)  # the bundled model's tensors are small
+    buffer = np.full(1 << 18, np.nan, np.float32)
+    with open_model(ROOT / "fixtures" / "tiny-llama") as src:
+        for info in src.tensors:
+            got = src.load(info.name, into=buffer)
+            assert np.shares_memory(got, buffer), info.name
+            np.testing.assert_array_equal(got, src.load(info.name))
+
+
+def test_converting_through_one_buffer_writes_the_same_file(tmp_path, monkeypatch):
+    from qtool import convert as pipeline
+    from qtool.formats import source as source_module
+
+    monkeypatch.setattr(source_module, "_WIDEN_IN_KERNEL", 1)
+    reused = pipeline.convert(ROOT / "fixtures" / "tiny-llama", "Q4_K_M", tmp_path / "a.gguf").output
+    monkeypatch.setattr(pipeline._Reused, "for_tensor", lambda self, info: None)
+    fresh = pipeline.convert(ROOT / "fixtures" / "tiny-llama", "Q4_K_M", tmp_path / "b.gguf").output
+    assert reused.read_bytes() == fresh.read_bytes()

@@ -10,12 +10,12 @@ from qtool.errors import FormatError, QuantError
 from qtool.formats.gguf_in import PLAIN_TYPES
 
 
-def load_floats(source, name: str, *, threads: int | None = None) -> np.ndarray:
+def load_floats(source, name: str, *, threads: int | None = None, into: np.ndarray | None = None) -> np.ndarray:
     """Tensor ``name`` of ``source`` (a ModelSource) as float32 in numpy order. FormatError for a type
-    that nothing here can dequantize."""
+    that nothing here can dequantize. ``into``: see ModelSource.load."""
     info = source.info(name)
     if info.qtype in PLAIN_TYPES:
-        return source.load(name)
+        return source.load(name, into=into)
     raw = source.raw(name)
     from qtool import quantizers
 

@@ -434,7 +434,7 @@ class GGUFSource(ModelSource):
         start, nbytes = self._spans[info.name]
         return self._map[start:start + nbytes].reshape(byte_shape(info.shape, info.qtype))
 
-    def _load(self, info: TensorInfo) -> np.ndarray:
+    def _load(self, info: TensorInfo, into: np.ndarray | None = None) -> np.ndarray:
         """Plain number types widened to float32 (F32 as a view of the copy-on-write map: no copy)."""
         dtype = PLAIN_TYPES.get(info.qtype)
         if dtype is None:
@@ -442,7 +442,7 @@ class GGUFSource(ModelSource):
                               f"reader gives its bytes (raw); dequantize them through the type registry")
         raw = self._raw(info)
         if info.qtype in _HALF_WIDTH:
-            return widen(raw, _HALF_WIDTH[info.qtype], info.shape)
+            return widen(raw, _HALF_WIDTH[info.qtype], info.shape, into)
         return raw.view(dtype).astype(np.float32, copy=False).reshape(info.shape)
 
     def close(self) -> None:

@@ -158,10 +158,13 @@ class HFSource(ModelSource):
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _load(self, info: TensorInfo) -> np.ndarray:
+    def _load(self, info: TensorInfo, into: np.ndarray | None = None) -> np.ndarray:
         p = self._plan[info.name]
         if p.data is not None:
             return p.data
+        if into is not None and info.qtype != GGMLQuantizationType.F32:
+            # one half type throughout: its (transformed) stored words, widened into the caller's buffer
+            return widen(self._raw(info), info.qtype.name, info.shape, into)
         arrays = []
         for s in p.sources:
             e = self._w.entry(s)

@@ -298,9 +298,9 @@ class SafetensorsSource(ModelSource):
         self.loadable = False
         self.problems = [f"{self.path}: no config.json beside it, so no architecture or GGUF tensor names"]
 
-    def _load(self, info: TensorInfo) -> np.ndarray:
+    def _load(self, info: TensorInfo, into: np.ndarray | None = None) -> np.ndarray:
         e = self._w.entry(info.source_name)
-        return widen(self._w.bytes_of(info.source_name), e.dtype, e.shape)
+        return widen(self._w.bytes_of(info.source_name), e.dtype, e.shape, into)
 
     def _raw(self, info: TensorInfo) -> np.ndarray:
         from qtool.formats.source import byte_shape

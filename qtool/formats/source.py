@@ -62,7 +62,7 @@ class ModelSource:
 
     # -- what a concrete source implements -------------------------------------------------------
 
-    def _load(self, info: TensorInfo) -> np.ndarray:
+    def _load(self, info: TensorInfo, into: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
     def _raw(self, info: TensorInfo) -> np.ndarray:
@@ -84,12 +84,16 @@ class ModelSource:
         except KeyError:
             raise KeyError(f"{self.path}: no tensor named {name!r}") from None
 
-    def load(self, name: str) -> np.ndarray:
+    def load(self, name: str, *, into: np.ndarray | None = None) -> np.ndarray:
         """The tensor as float32 in numpy order, widened (F16/BF16); a quantized GGUF tensor is refused with a
         FormatError (qtool.analysis.weights.load_floats dequantizes it). F32 tensors may come
-        back as a view of the file's copy-on-write map: writing to it never reaches the file."""
+        back as a view of the file's copy-on-write map: writing to it never reaches the file.
+
+        ``into``: a float32 buffer of at least the tensor's size that a big F16/BF16 tensor is widened into
+        (the result is then a view of it): a loop over tensors reuses one buffer instead of faulting in
+        fresh memory for each, ~2x the widening's speed. The caller owns it: the next load overwrites it."""
         info = self.info(name)
-        out = self._load(info)
+        out = self._load(info, into)
         assert out.dtype == np.float32 and out.shape == info.shape, (name, out.dtype, out.shape, info.shape)
         return out
 
@@ -153,9 +157,10 @@ def drop_pages(view: np.ndarray) -> None:
 _WIDEN_IN_KERNEL = 1 << 18
 
 
-def widen(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+def widen(data: np.ndarray, dtype: str, shape: tuple[int, ...], into: np.ndarray | None = None) -> np.ndarray:
     """Stored F32/F16/BF16 elements (flat bytes or already typed) -> float32 of ``shape``: a view of the
-    (copy-on-write) map for aligned F32, else a fresh array. Exact: every half and bfloat16 is a float32."""
+    (copy-on-write) map for aligned F32, else a fresh array, or for a big half tensor a view of ``into``
+    (float32, at least that long) where given. Exact: every half and bfloat16 is a float32."""
     if dtype == "F32":
         aligned = data.ctypes.data % 4 == 0
         return data.reshape(-1).view(np.uint8).view("<f4").astype(np.float32, copy=not aligned).reshape(shape)
@@ -172,7 +177,7 @@ def widen(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
     if bits.ctypes.data % 2:
         bits = bits.copy()
-    out = np.empty(bits.size, dtype=np.float32)
+    out = into[:bits.size] if into is not None and into.size >= bits.size else np.empty(bits.size, np.float32)
     if dtype == "F16":
         kernels.lookup_f32(bits, _half_table(), out)
     else:
