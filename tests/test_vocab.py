@@ -664,3 +664,23 @@ def test_a_wrong_pre_tokenizer_is_caught(tmp_path):
     got = client.run(path, tokenize=[(HARD_TEXT.encode(), False, True)], vocab_only=True).tokens[0]
     want = hf_json(folder, HARD_TEXT, False)
     assert list(got) != want
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gpt2", "all-minilm-l6-v2", "qwen2"])
+def test_the_vocabulary_read_from_the_json_is_the_tokenizers(name, tmp_path):
+    """The token -> id map qtool takes from tokenizer.json is what the tokenizers package's get_vocab gives."""
+    import tokenizers
+
+    folder = qwen2_folder(tmp_path) if name == "qwen2" else TOKS / name
+    text = (folder / "tokenizer.json").read_text(encoding="utf-8")
+    ours = vocab._vocab_with_added(json.loads(text))
+    assert ours is not None and ours == tokenizers.Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
+
+
+def test_pair_merges(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    assert vocab._merges_of(path, [["a b", "c"], ["d", "e"]]) == ["a\u0120b c", "d e"]
+    with pytest.raises(FormatError, match="neither"):
+        vocab._merges_of(path, [["a", "b"], ["c", 1]])
+    with pytest.raises(FormatError, match="neither"):
+        vocab._merges_of(path, [["a", "b"], ["c"]])
