@@ -242,10 +242,19 @@ def block_drivers(module: str, name: str, qk: int, nbytes: int, quantize_block, 
     return quantize, dequantize
 
 
+def checked_driver(module: str, name: str, qk: int, nbytes: int, quantize_block, scratch, **bind):
+    """``quantize_<name>`` of ``module`` over all rows through each_block_checked: ``quantize_block`` returns
+    a status code (non-zero where ggml aborts), ``scratch`` its per-row scratch; ``bind`` adds TAIL."""
+    return row_driver(each_block_checked, module, f"quantize_{name}", f"ggml's quantize_{name} over all rows.",
+                      BLOCK=quantize_block, SCRATCH=scratch, IN=qk, OUT=nbytes, **bind)
+
+
 # Template globals, bound per driver: BLOCK (the block function), IN and OUT (the widths of one block
 # in the source and destination rows: weights and bytes, or bytes and weights), SCRATCH (a jitted
-# function returning the block function's per-row scratch), ELEMENT (an element-wise conversion).
+# function returning the block function's per-row scratch), ELEMENT (an element-wise conversion),
+# TAIL (each_block_checked: hand the block function the rest of the row).
 BLOCK = IN = OUT = SCRATCH = ELEMENT = None
+TAIL = False
 
 
 def each_block(src, dst, *tables):
@@ -269,6 +278,27 @@ def each_block_weighted(rows, weights, out, *tables):
         for b in range(n // IN):
             qw = weights[b * IN:(b + 1) * IN] if use_w else weights
             BLOCK(rows[r, b * IN:(b + 1) * IN], qw, out[r, b * OUT:(b + 1) * OUT], scratch, *tables)
+
+
+def each_block_checked(rows, weights, out, *args):
+    """each_block_weighted for block functions that report where ggml aborts the process: per block
+    code = BLOCK(x, qw, y, scratch, *tables), tables = args[:-1], x the block's weights (with TAIL the
+    row from the block on, the block its first IN). A non-zero code ends the row: status = args[-1]
+    (int32[nrows, 2], zero on entry) gets (code, block)."""
+    status = args[-1]
+    tables = args[:-1]
+    nrows, n = rows.shape
+    use_w = weights.shape[0] > 0
+    for r in numba.prange(nrows):
+        scratch = SCRATCH()
+        for b in range(n // IN):
+            x = rows[r, b * IN:] if TAIL else rows[r, b * IN:(b + 1) * IN]
+            qw = weights[b * IN:(b + 1) * IN] if use_w else weights
+            code = BLOCK(x, qw, out[r, b * OUT:(b + 1) * OUT], scratch, *tables)
+            if code != 0:
+                status[r, 0] = code
+                status[r, 1] = b
+                break
 
 
 def each_element(src, dst):

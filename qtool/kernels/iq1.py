@@ -15,8 +15,9 @@ its precomputed neighbours (the grid points in the three nearest distance shells
     kmap        int32 [43692]      pattern u = sum(level_j << 2j) -> grid index, or -(offset + 1)
     neighbours  uint16 [...]       at offset: count n, then n grid indices in (distance, index) order
 
-The quantize drivers fill ``status`` int32[nrows, 2] with (FAILED, super-block) for a row where ggml
-aborts (GGML_ASSERT: no grid point at a finite distance, or a non-finite block scale), else (OK, 0).
+The quantize drivers (common.checked_driver) write (FAILED, super-block) into ``status`` int32[nrows, 2]
+(zero on entry) for a row where ggml aborts (GGML_ASSERT: no grid point at a finite distance, or a
+non-finite block scale).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, fp16_bits_to_fp32, fp32_to_fp16_bits, jit, jit_rows, load_fp16, load_u16,
-                                 store_fp16, store_u16)
+from qtool.kernels.common import (F32, checked_driver, fp16_bits_to_fp32, fp32_to_fp16_bits, jit, jit_rows, load_fp16,
+                                 load_u16, store_fp16, store_u16)
 from qtool.kernels.lattice import importance, odd_level, sum_squares
 
 QK_K = 256
@@ -150,10 +151,21 @@ def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbo
 
 
 @jit
-def quantize_block_iq1_s(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, scales, weight, sumx, sumw, idx,
-                         L, index, shifts, cand, flag):
-    """ggml quantize_row_iq1_s_impl for one 256-weight super-block: x, qw float32[256] -> y uint8[50].
-    xrest: the row from this super-block on (for the neighbour fallback); cand float32[4, 33], flag int32[33] scratch."""
+def _scratch_iq1_s():
+    """Per-row scratch of quantize_block_iq1_s: scales, weight, sumx, sumw (prefix sums), idx, L, index,
+    shifts, cand float32[4, 33], flag int32[33]."""
+    return (np.empty(8, np.float32), np.empty(32, np.float32), np.empty(33, np.float32), np.empty(33, np.float32),
+            np.empty(32, np.int32), np.empty(32, np.uint8), np.empty(4, np.int32), np.empty(8, np.int32),
+            np.empty((4, 33), np.float32), np.empty(33, np.int32))
+
+
+@jit
+def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
+    """ggml quantize_row_iq1_s_impl for one 256-weight super-block: the first 256 weights of xrest (the
+    row from this super-block on, which ggml's neighbour fallback reads), qw float32[256] -> y uint8[50];
+    scratch s = _scratch_iq1_s(). Returns OK or FAILED."""
+    scales, weight, sumx, sumw, idx, L, index, shifts, cand, flag = s
+    x = xrest[:QK_K]
     for j in range(IQ1_S_BYTES):
         y[j] = 0
     bs = 32
@@ -243,19 +255,19 @@ def quantize_block_iq1_s(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
         ok, scale = _snap_groups(xb, weight, L, bs // 8, 0 if bshift == 1 else 15, x_p, x_m, scale, levels, kmap,
                                  neighbours, xrest[bs * ib:], index)
         if not ok:
-            return False
+            return FAILED
         h = 0
         for k in range(bs // 8):
             y[2 + 4 * ib + k] = np.uint8(index[k] & 255)
             h |= (index[k] >> 8) << (3 * k)
         store_u16(y, 34 + 2 * ib, np.uint16(h))
         if not (scale >= F32(0.0)):
-            return False
+            return FAILED
         scales[ib] = scale
         shifts[ib] = bshift
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == F32(0.0):
-        return True
+        return OK
     d = max_scale / F32(15.0)
     store_fp16(y, 0, d * F32(1.125))
     inv = F32(1.0) / d
@@ -265,34 +277,12 @@ def quantize_block_iq1_s(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
             l |= 8
         h = np.int32(load_u16(y, 34 + 2 * ib)) | (l << 12)
         store_u16(y, 34 + 2 * ib, np.uint16(h & 0xFFFF))
-    return True
+    return OK
 
 
-@jit_rows
-def quantize_iq1_s(rows, weights, out, levels, kmap, neighbours, x_p, x_m, status):
-    nrows, n = rows.shape
-    nb = n // QK_K
-    for r in numba.prange(nrows):
-        scales = np.empty(8, np.float32)
-        weight = np.empty(32, np.float32)
-        sumx = np.empty(33, np.float32)
-        sumw = np.empty(33, np.float32)
-        idx = np.empty(32, np.int32)
-        L = np.empty(32, np.uint8)
-        index = np.empty(4, np.int32)
-        shifts = np.empty(8, np.int32)
-        cand = np.empty((4, 33), np.float32)
-        flag = np.empty(33, np.int32)
-        status[r, 0] = OK
-        status[r, 1] = 0
-        for i in range(nb):
-            ok = quantize_block_iq1_s(rows[r, QK_K * i:QK_K * (i + 1)], weights[QK_K * i:QK_K * (i + 1)],
-                                      rows[r, QK_K * i:], out[r, IQ1_S_BYTES * i:IQ1_S_BYTES * (i + 1)], levels,
-                                      kmap, neighbours, x_p, x_m, scales, weight, sumx, sumw, idx, L, index, shifts,
-                                      cand, flag)
-            if not ok and status[r, 0] == OK:
-                status[r, 0] = FAILED
-                status[r, 1] = i
+# ggml's quantize_iq1_s: rows float32[nrows, n], weights float32[n], the tables (levels,
+# kmap, neighbours, x_p, x_m) and status int32[nrows, 2] -> out uint8[nrows, n/256*50]
+quantize_iq1_s = checked_driver(__name__, "iq1_s", QK_K, IQ1_S_BYTES, quantize_block_iq1_s, _scratch_iq1_s, TAIL=True)
 
 
 @jit_rows
@@ -327,10 +317,21 @@ def dequantize_iq1_s(data, out, values):
 # ---------------------------------------------------------------------------------------------------
 
 @jit
-def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, scales, weight, idx, px,
-                         pw, L, index, shifts, cand, flag):
-    """ggml quantize_row_iq1_m_impl for one 256-weight super-block: x, qw float32[256] (qw empty for
-    none) -> y uint8[56]. px, pw float32[2, 17] are the per-half prefix sums; cand float32[8, 17], flag int32[17] scratch."""
+def _scratch_iq1_m():
+    """Per-row scratch of quantize_block_iq1_m: scales, weight, idx, px, pw float32[2, 17] (the per-half
+    prefix sums), L, index, shifts, cand float32[8, 17], flag int32[17]."""
+    return (np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.int32), np.empty((2, 17), np.float32),
+            np.empty((2, 17), np.float32), np.empty(16, np.uint8), np.empty(2, np.int32), np.empty(16, np.int32),
+            np.empty((8, 17), np.float32), np.empty(17, np.int32))
+
+
+@jit
+def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
+    """ggml quantize_row_iq1_m_impl for one 256-weight super-block: the first 256 weights of xrest (as in
+    quantize_block_iq1_s), qw float32[256] (empty for none) -> y uint8[56]; scratch s = _scratch_iq1_m().
+    Returns OK or FAILED."""
+    scales, weight, idx, px, pw, L, index, shifts, cand, flag = s
+    x = xrest[:QK_K]
     for j in range(IQ1_M_BYTES):
         y[j] = 0
     bs = 16
@@ -432,17 +433,17 @@ def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
         ok, scale = _snap_groups(xb, weight, L, 2, (1 if bk >= 2 else 0) | ((bk % 2) << 1), x_p, x_m, scale, levels,
                                  kmap, neighbours, xrest[bs * ib:], index)
         if not ok:
-            return False
+            return FAILED
         y[2 * ib] = np.uint8(index[0] & 255)
         y[2 * ib + 1] = np.uint8(index[1] & 255)
         y[32 + ib] = np.uint8((index[0] >> 8) | ((index[1] >> 8) << 4))
         if not (scale >= F32(0.0)):
-            return False
+            return FAILED
         scales[ib] = scale
         shifts[ib] = bk
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == F32(0.0):
-        return True
+        return OK
     d = max_scale / F32(15.0)
     inv = F32(1.0) / d
     sqx = F32(0.0)
@@ -491,34 +492,12 @@ def quantize_block_iq1_m(x, qw, xrest, y, levels, kmap, neighbours, x_p, x_m, sc
     store_u16(y, 50, np.uint16(sc1 & 0xFFFF))
     store_u16(y, 52, np.uint16(sc2 & 0xFFFF))
     store_u16(y, 54, np.uint16(sc3 & 0xFFFF))
-    return True
+    return OK
 
 
-@jit_rows
-def quantize_iq1_m(rows, weights, out, levels, kmap, neighbours, x_p, x_m, status):
-    nrows, n = rows.shape
-    nb = n // QK_K
-    for r in numba.prange(nrows):
-        scales = np.empty(16, np.float32)
-        weight = np.empty(16, np.float32)
-        idx = np.empty(16, np.int32)
-        px = np.empty((2, 17), np.float32)
-        pw = np.empty((2, 17), np.float32)
-        L = np.empty(16, np.uint8)
-        index = np.empty(2, np.int32)
-        shifts = np.empty(16, np.int32)
-        cand = np.empty((8, 17), np.float32)
-        flag = np.empty(17, np.int32)
-        status[r, 0] = OK
-        status[r, 1] = 0
-        for i in range(nb):
-            qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
-            ok = quantize_block_iq1_m(rows[r, QK_K * i:QK_K * (i + 1)], qw, rows[r, QK_K * i:],
-                                      out[r, IQ1_M_BYTES * i:IQ1_M_BYTES * (i + 1)], levels, kmap, neighbours,
-                                      x_p, x_m, scales, weight, idx, px, pw, L, index, shifts, cand, flag)
-            if not ok and status[r, 0] == OK:
-                status[r, 0] = FAILED
-                status[r, 1] = i
+# ggml's quantize_iq1_m: rows float32[nrows, n], weights float32[n] (or [0]: ggml's x^2 path), the tables (levels,
+# kmap, neighbours, x_p, x_m) and status int32[nrows, 2] -> out uint8[nrows, n/256*56]
+quantize_iq1_m = checked_driver(__name__, "iq1_m", QK_K, IQ1_M_BYTES, quantize_block_iq1_m, _scratch_iq1_m, TAIL=True)
 
 
 @jit_rows

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.common import F32, checked_driver, jit, jit_rows, load_fp16, specialize, store_fp16
 from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
                                    round_trials, start_trials, sum_squares, sum_trials, sum_wq)
 from qtool.kernels.search import make_qp_quants
@@ -192,10 +192,20 @@ def _grid_index(L, off, kmap):
 
 
 @jit
-def quantize_block_iq2_xxs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, Lqp, signs, scales, Ls, sv, off):
-    """ggml quantize_row_iq2_xxs_impl for one super-block: xbl, qwl float32[256] -> y uint8[66].
-    scratch float32[4, >= 32] (weight, waux, xval, neighbour distances); L, Laux int32[32]; Lqp uint8[32]; signs int32[4];
-    scales float32[8]; Ls, sv, off: _step_search's scratch. Returns a status code."""
+def _scratch_xxs():
+    """Per-row scratch of quantize_block_iq2_xxs: float32[4, _MAX_LIST] (weight, waux, xval, neighbour
+    distances); L, Laux int32[32]; Lqp uint8[32]; signs int32[4]; scales float32[8]; Ls, sv, off
+    (_step_search's)."""
+    return (np.empty((4, _MAX_LIST), np.float32), np.zeros(32, np.int32), np.zeros(32, np.int32),
+            np.zeros(32, np.uint8), np.zeros(4, np.int32), np.zeros(QK_K // 32, np.float32),
+            np.zeros((32, _LANES), np.int32), np.zeros((4, _LANES), np.float32), np.zeros((4, _LANES), np.bool_))
+
+
+@jit
+def quantize_block_iq2_xxs(xbl, qwl, y, s, npos, kmap, neigh):
+    """ggml quantize_row_iq2_xxs_impl for one super-block: xbl, qwl float32[256] -> y uint8[66];
+    scratch s = _scratch_xxs(). Returns a status code."""
+    scratch, L, Laux, Lqp, signs, scales, Ls, sv, off = s
     weight = scratch[0]
     waux = scratch[1]
     xval = scratch[2]
@@ -264,30 +274,9 @@ def quantize_block_iq2_xxs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, Lqp
     return OK
 
 
-@jit_rows
-def quantize_iq2_xxs(rows, weights, out, npos, kmap, neigh, status):
-    """ggml quantize_iq2_xxs: rows float32[nrows, n], weights float32[n] -> out uint8[nrows, n/256*66];
-    status int32[nrows, 2] gets (code, super-block) where ggml would abort."""
-    nrows, n = rows.shape
-    nb = n // QK_K
-    for r in numba.prange(nrows):
-        scratch = np.empty((4, _MAX_LIST), np.float32)
-        L = np.zeros(32, np.int32)
-        Laux = np.zeros(32, np.int32)
-        Lqp = np.zeros(32, np.uint8)
-        signs = np.zeros(4, np.int32)
-        Ls = np.zeros((32, _LANES), np.int32)
-        sv = np.zeros((4, _LANES), np.float32)
-        off = np.zeros((4, _LANES), np.bool_)
-        scales = np.zeros(QK_K // 32, np.float32)
-        for i in range(nb):
-            st = quantize_block_iq2_xxs(rows[r, QK_K * i:QK_K * (i + 1)], weights[QK_K * i:QK_K * (i + 1)],
-                                        out[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)], npos, kmap, neigh,
-                                        scratch, L, Laux, Lqp, signs, scales, Ls, sv, off)
-            if st != OK:
-                status[r, 0] = st
-                status[r, 1] = i
-                break
+# ggml's quantize_iq2_xxs: rows float32[nrows, n], weights float32[n], the tables (npos, kmap, neigh) and
+# status int32[nrows, 2] -> out uint8[nrows, n/256*66]
+quantize_iq2_xxs = checked_driver(__name__, "iq2_xxs", QK_K, IQ2_XXS_BYTES, quantize_block_iq2_xxs, _scratch_xxs)
 
 
 @jit_rows
@@ -380,23 +369,41 @@ def _put_scales(y, at, scales, max_scale):
 
 
 @jit
-def quantize_block_iq2_xs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off):
-    """ggml quantize_row_iq2_xs_impl for one super-block: xbl, qwl float32[256] -> y uint8[74].
-    scratch float32[4, >= 16] (weight, waux, xval, neighbour distances); L, Laux int32[16]; scales float32[16]. Returns a
-    status code."""
+def _scratch16():
+    """Per-row scratch of the IQ2_XS and IQ2_S blocks: float32[4, _MAX_LIST] (weight, waux, xval, neighbour
+    distances); L, Laux int32[16]; scales float32[16]; Ls, sv, off (_step_search's)."""
+    return (np.empty((4, _MAX_LIST), np.float32), np.zeros(16, np.int32), np.zeros(16, np.int32),
+            np.zeros(QK_K // 16, np.float32), np.zeros((16, _LANES), np.int32), np.zeros((4, _LANES), np.float32),
+            np.zeros((2, _LANES), np.bool_))
+
+
+IS_S = False  # bound per type by specialize: IQ2_S (True) or IQ2_XS
+
+
+def _block_iq2_16(xbl, qwl, y, s, npos, kmap, neigh):
+    """ggml quantize_row_iq2_s_impl (IS_S) or quantize_row_iq2_xs_impl for one super-block: xbl float32[256],
+    qwl float32[256] (or [0], IQ2_S only) -> y uint8[82] or [74]; scratch s = _scratch16(). Returns a status code.
+    IQ2_S: sigma2 twice as large, x^2 + sigma2/4 without qw, the 8 sign bits stored, no parity fold."""
+    scratch, L, Laux, scales, Ls, sv, off = s
     weight = scratch[0]
     waux = scratch[1]
     xval = scratch[2]
-    for j in range(IQ2_XS_BYTES):
+    for j in range(IQ2_S_BYTES if IS_S else IQ2_XS_BYTES):
         y[j] = 0
-    sigma2 = sum_squares(xbl, QK_K) / F32(QK_K)
+    sigma2 = sum_squares(xbl, QK_K)
+    if IS_S:
+        sigma2 = F32(2.0) * sigma2
+    sigma2 = sigma2 / F32(QK_K)
+    mask = 255 if IS_S else 127
     max_scale = F32(0.0)
     for ib in range(QK_K // 16):
         xb = xbl[16 * ib:16 * ib + 16]
-        block_weights(xb, qwl[16 * ib:16 * ib + 16], 16, sigma2, F32(0.0), weight, waux)
-        s0 = fold_signs(xb, weight, xval, 0, True) & 127
-        s1 = fold_signs(xb, weight, xval, 1, True) & 127
-        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS, npos, kmap, neigh, scratch[3], Ls, sv, off)
+        block_weights(xb, qwl[16 * ib:16 * ib + 16] if qwl.shape[0] > 0 else qwl, 16, sigma2,
+                      F32(0.25) * sigma2 if IS_S else F32(0.0), weight, waux)
+        s0 = fold_signs(xb, weight, xval, 0, not IS_S) & mask
+        s1 = fold_signs(xb, weight, xval, 1, not IS_S) & mask
+        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S if IS_S else _GROUP_MAX_EPS,
+                                    npos, kmap, neigh, scratch[3], Ls, sv, off)
         if st != OK:
             return st
         if not live:
@@ -404,102 +411,53 @@ def quantize_block_iq2_xs(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, scal
             continue
         if scale < F32(0.0):
             scale = -scale
-            s0 = ~s0 & 127
-            s1 = ~s1 & 127
+            s0 = ~s0 & mask
+            s1 = ~s1 & mask
         for k in range(2):
             gi = _grid_index(L, 8 * k, kmap)
             if gi < 0:
                 return OFF_GRID
-            v = gi | ((s0 if k == 0 else s1) << 9)
-            y[2 + 4 * ib + 2 * k] = np.uint8(v & 0xFF)
-            y[2 + 4 * ib + 2 * k + 1] = np.uint8((v >> 8) & 0xFF)
+            if IS_S:
+                i8 = 2 * ib + k
+                y[2 + i8] = np.uint8(gi & 255)
+                y[2 + 64 + i8 // 4] |= np.uint8((gi >> 8) << (2 * (i8 % 4)))
+                y[2 + 32 + i8] = np.uint8(s0 if k == 0 else s1)
+            else:
+                v = gi | ((s0 if k == 0 else s1) << 9)
+                y[2 + 4 * ib + 2 * k] = np.uint8(v & 0xFF)
+                y[2 + 4 * ib + 2 * k + 1] = np.uint8((v >> 8) & 0xFF)
         if not scale >= F32(0.0):
             return BAD_SCALE
         scales[ib] = scale
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == F32(0.0):
-        for j in range(IQ2_XS_BYTES):
-            y[j] = 0
+        if not IS_S:  # IQ2_S keeps the indices and signs written above, with d = 0
+            for j in range(IQ2_XS_BYTES):
+                y[j] = 0
         return OK
-    d = _put_scales(y, 66, scales, max_scale)
-    store_fp16(y, 0, d)
+    if IS_S:
+        d = _put_scales(y, 74, scales, max_scale)
+        store_fp16(y, 0, d * F32(0.9875))
+    else:
+        d = _put_scales(y, 66, scales, max_scale)
+        store_fp16(y, 0, d)
     return OK
 
 
-@jit
-def quantize_block_iq2_s(xbl, qwl, y, npos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off):
-    """ggml quantize_row_iq2_s_impl for one super-block: xbl float32[256], qwl float32[256] or [0]
-    -> y uint8[82]. Scratch and status as quantize_block_iq2_xs."""
-    weight = scratch[0]
-    waux = scratch[1]
-    xval = scratch[2]
-    for j in range(IQ2_S_BYTES):
-        y[j] = 0
-    sigma2 = F32(2.0) * sum_squares(xbl, QK_K) / F32(QK_K)
-    max_scale = F32(0.0)
-    for ib in range(QK_K // 16):
-        xb = xbl[16 * ib:16 * ib + 16]
-        block_weights(xb, qwl[16 * ib:16 * ib + 16] if qwl.shape[0] > 0 else qwl, 16, sigma2, F32(0.25) * sigma2,
-                      weight, waux)
-        s0 = fold_signs(xb, weight, xval, 0, False)
-        s1 = fold_signs(xb, weight, xval, 1, False)
-        scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S, npos, kmap, neigh, scratch[3], Ls, sv, off)
-        if st != OK:
-            return st
-        if not live:
-            scales[ib] = F32(0.0)
-            continue
-        if scale < F32(0.0):
-            scale = -scale
-            s0 = ~s0 & 255
-            s1 = ~s1 & 255
-        for k in range(2):
-            gi = _grid_index(L, 8 * k, kmap)
-            if gi < 0:
-                return OFF_GRID
-            i8 = 2 * ib + k
-            y[2 + i8] = np.uint8(gi & 255)
-            y[2 + 64 + i8 // 4] |= np.uint8((gi >> 8) << (2 * (i8 % 4)))
-            y[2 + 32 + i8] = np.uint8(s0 if k == 0 else s1)
-        if not scale >= F32(0.0):
-            return BAD_SCALE
-        scales[ib] = scale
-        max_scale = max_scale if max_scale > scale else scale
-    if max_scale == F32(0.0):  # ggml keeps the indices and signs written above, with d = 0
-        return OK
-    d = _put_scales(y, 74, scales, max_scale)
-    store_fp16(y, 0, d * F32(0.9875))
-    return OK
+quantize_block_iq2_xs = specialize(_block_iq2_16, __name__, "quantize_block_iq2_xs", "ggml quantize_row_iq2_xs_impl, "
+                                   "one super-block.", jit, IS_S=False)
+quantize_block_iq2_s = specialize(_block_iq2_16, __name__, "quantize_block_iq2_s", "ggml quantize_row_iq2_s_impl, "
+                                  "one super-block.", jit, IS_S=True)
+
+# ggml's quantize_iq2_xs / quantize_iq2_s: rows float32[nrows, n], weights float32[n] (or [0], IQ2_S only), the
+# tables (npos, kmap, neigh) and status int32[nrows, 2] -> out uint8[nrows, n/256*74 or *82]
+quantize_iq2_xs = checked_driver(__name__, "iq2_xs", QK_K, IQ2_XS_BYTES, quantize_block_iq2_xs, _scratch16)
+quantize_iq2_s = checked_driver(__name__, "iq2_s", QK_K, IQ2_S_BYTES, quantize_block_iq2_s, _scratch16)
 
 
-@jit_rows
 def quantize_iq2_16(rows, weights, out, npos, kmap, neigh, is_s, status):
-    """ggml quantize_iq2_xs (is_s False) / quantize_iq2_s (True): rows float32[nrows, n], weights
-    float32[n] (or [0], IQ2_S only) -> out uint8[nrows, n/256*74 or *82]; status int32[nrows, 2] gets
-    (code, super-block) where ggml would abort."""
-    nrows, n = rows.shape
-    nb = n // QK_K
-    bs = IQ2_S_BYTES if is_s else IQ2_XS_BYTES
-    for r in numba.prange(nrows):
-        scratch = np.empty((4, _MAX_LIST), np.float32)
-        L = np.zeros(16, np.int32)
-        Laux = np.zeros(16, np.int32)
-        scales = np.zeros(QK_K // 16, np.float32)
-        Ls = np.zeros((16, _LANES), np.int32)
-        sv = np.zeros((4, _LANES), np.float32)
-        off = np.zeros((2, _LANES), np.bool_)
-        for i in range(nb):
-            x = rows[r, QK_K * i:QK_K * (i + 1)]
-            qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
-            y = out[r, bs * i:bs * (i + 1)]
-            if is_s:
-                st = quantize_block_iq2_s(x, qw, y, npos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off)
-            else:
-                st = quantize_block_iq2_xs(x, qw, y, npos, kmap, neigh, scratch, L, Laux, scales, Ls, sv, off)
-            if st != OK:
-                status[r, 0] = st
-                status[r, 1] = i
-                break
+    """quantize_iq2_s (is_s) or quantize_iq2_xs, as the quantizer layer calls them."""
+    (quantize_iq2_s if is_s else quantize_iq2_xs)(rows, weights, out, npos, kmap, neigh, status)
 
 
 @jit_rows

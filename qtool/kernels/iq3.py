@@ -26,7 +26,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import F32, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.common import F32, checked_driver, jit, jit_rows, load_fp16, store_fp16
 from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
                                    round_trials, start_trials, sum_squares, sum_trials, sum_wq)
 
@@ -161,9 +161,19 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
 
 
 @jit
-def quantize_block_iq3_xxs(x, qw, y, npos, kmap, neigh, s):
+def _scratch():
+    """Per-row scratch of the IQ3 blocks: weight, waux, xval float32[32]; L, Laux int8[32]; on_grid bool[8];
+    Ls, sv, off (_block_search's); signs int32[4]; scales float32[8]."""
+    return (np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32),
+            np.empty(32, np.int8), np.empty(32, np.int8), np.empty(8, np.bool_),
+            np.empty((32, _LANES), np.int32), np.empty((4, _LANES), np.float32), np.empty((8, _LANES), np.bool_),
+            np.empty(4, np.int32), np.empty(8, np.float32))
+
+
+@jit
+def quantize_block_iq3_xxs(x, qw, y, s, npos, kmap, neigh):
     """ggml quantize_row_iq3_xxs_impl for one super-block: x, qw float32[256] -> y uint8[98].
-    s: the row's scratch tuple. Returns a status code."""
+    s: the row's scratch, _scratch(). Returns a status code."""
     weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales = s
     for j in range(IQ3_XXS_BYTES):
         y[j] = 0
@@ -223,9 +233,9 @@ def quantize_block_iq3_xxs(x, qw, y, npos, kmap, neigh, s):
 
 
 @jit
-def quantize_block_iq3_s(x, qw, y, npos, kmap, neigh, s):
+def quantize_block_iq3_s(x, qw, y, s, npos, kmap, neigh):
     """ggml quantize_row_iq3_s_impl (block size 32) for one super-block: x, qw float32[256] -> y uint8[110].
-    s: the row's scratch tuple. Returns a status code."""
+    s: the row's scratch, _scratch(). Returns a status code."""
     weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales = s
     for j in range(IQ3_S_BYTES):
         y[j] = 0
@@ -272,48 +282,10 @@ def quantize_block_iq3_s(x, qw, y, npos, kmap, neigh, s):
     return OK
 
 
-@jit
-def _scratch():
-    return (np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32),
-            np.empty(32, np.int8), np.empty(32, np.int8), np.empty(8, np.bool_),
-            np.empty((32, _LANES), np.int32), np.empty((4, _LANES), np.float32), np.empty((8, _LANES), np.bool_),
-            np.empty(4, np.int32), np.empty(8, np.float32))
-
-
-@jit
-def _quantize_row(x, weights, y, npos, kmap, neigh, status, is_s):
-    """One row of quantize_iq3_xxs (is_s False) or quantize_iq3_s: status int32[2] gets (code, super-block)
-    where ggml would abort."""
-    s = _scratch()
-    bsz = IQ3_S_BYTES if is_s else IQ3_XXS_BYTES
-    for i in range(x.shape[0] // QK_K):
-        qw = weights[QK_K * i:QK_K * (i + 1)] if weights.shape[0] > 0 else weights
-        xb = x[QK_K * i:QK_K * (i + 1)]
-        yb = y[bsz * i:bsz * (i + 1)]
-        if is_s:
-            st = quantize_block_iq3_s(xb, qw, yb, npos, kmap, neigh, s)
-        else:
-            st = quantize_block_iq3_xxs(xb, qw, yb, npos, kmap, neigh, s)
-        if st != OK:
-            status[0] = st
-            status[1] = i
-            break
-
-
-@jit_rows
-def quantize_iq3_xxs(rows, weights, out, npos, kmap, neigh, status):
-    """ggml quantize_iq3_xxs: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*98];
-    status int32[nrows, 2] gets (code, super-block) where ggml would abort."""
-    for r in numba.prange(rows.shape[0]):
-        _quantize_row(rows[r], weights, out[r], npos, kmap, neigh, status[r], False)
-
-
-@jit_rows
-def quantize_iq3_s(rows, weights, out, npos, kmap, neigh, status):
-    """ggml quantize_iq3_s: rows float32[nrows, n], weights float32[n] or [0] -> out uint8[nrows, n/256*110];
-    status int32[nrows, 2] gets (code, super-block) where ggml would abort."""
-    for r in numba.prange(rows.shape[0]):
-        _quantize_row(rows[r], weights, out[r], npos, kmap, neigh, status[r], True)
+# ggml's quantize_iq3_xxs / quantize_iq3_s: rows float32[nrows, n], weights float32[n] or [0], the tables (npos,
+# kmap, neigh) and status int32[nrows, 2] -> out uint8[nrows, n/256*98 or *110]
+quantize_iq3_xxs = checked_driver(__name__, "iq3_xxs", QK_K, IQ3_XXS_BYTES, quantize_block_iq3_xxs, _scratch)
+quantize_iq3_s = checked_driver(__name__, "iq3_s", QK_K, IQ3_S_BYTES, quantize_block_iq3_s, _scratch)
 
 
 @jit
