@@ -684,3 +684,26 @@ def test_pair_merges(tmp_path):
         vocab._merges_of(path, [["a", "b"], ["c", 1]])
     with pytest.raises(FormatError, match="neither"):
         vocab._merges_of(path, [["a", "b"], ["c"]])
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gpt2", "qwen2"])
+def test_the_check_text_tokenizer_is_small_and_tokenizes_the_check_text_as_the_whole_one(name, tmp_path):
+    """The pre-tokenizer hash comes from a tokenizer holding only the tokens and merges the check text can
+    reach; its ids are the whole tokenizer's, and so are the added tokens' round trips."""
+    from qtool.archs.metadata import HFMeta
+
+    folder = qwen2_folder(tmp_path) if name == "qwen2" else TOKS / name
+    f = vocab._Folder(folder, {}, None, HFMeta())
+    small, whole = f.for_check_text(), f.hf()
+    assert small is not whole and small.get_vocab_size() < whole.get_vocab_size() // 20
+    assert small.encode(vocab.CHECK_TEXT).ids == whole.encode(vocab.CHECK_TEXT).ids
+    for i, a in whole.get_added_tokens_decoder().items():
+        assert small.encode(a.content, add_special_tokens=False).ids == [i]
+        assert small.decode([i], skip_special_tokens=False) == whole.decode([i], skip_special_tokens=False)
+
+
+def test_a_wordpiece_or_byte_fallback_tokenizer_is_loaded_whole(tmp_path):
+    from qtool.archs.metadata import HFMeta
+
+    f = vocab._Folder(TOKS / "all-minilm-l6-v2", {}, None, HFMeta())
+    assert f.for_check_text() is f.hf()
