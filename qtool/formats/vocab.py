@@ -255,6 +255,9 @@ def _check_text_tokenizer(f: _Folder):
     kept = [m for m, j in zip(merges, joined) if j in subs]
     # the added tokens' texts as tokens of the small model too, so that each keeps its id there
     small_vocab = {t: i for t, i in vocab.items() if t in subs} | added
+    unk = model.get("unk_token")
+    if isinstance(unk, str) and unk in vocab:  # a character the vocabulary lacks becomes it, as in the whole one
+        small_vocab[unk] = vocab[unk]
     small = {**tj, "model": {**model, "vocab": small_vocab, "merges": kept}}
     try:
         tok = tokenizers.Tokenizer.from_str(json.dumps(small))
