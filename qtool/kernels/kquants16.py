@@ -23,8 +23,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, block_drivers, each_block, jit, jit_rows, load_fp16, nearest_int, requantize,
-                                 row_driver, store_fp16, store_u16)
+from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, jit, jit_rows, load_fp16,
+                                 nearest_int, requantize, row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
 from qtool.kernels.search import GROUP_MAX_EPS, make_qp_quants, make_qx_quants, signed_absmax
 
@@ -499,9 +499,9 @@ def _q2_store_scales_ref(scales, mins, out):
 
 
 @jit
-def quantize_block_q2_K_ref(x, out, L, scales, mins, xt, wt, S, lt):
-    """quantize_row_q2_K_ref for one block: x float32[256] -> out uint8[84].
-    Scratch: L uint8[256], scales/mins float32[16], xt/wt/lt float32[16, 16], S float32[16, 16]."""
+def quantize_block_q2_K_ref(x, out, L, scales, mins, sw, Ls, Lm, xt, wt, S, lt):
+    """quantize_row_q2_K_ref for one block: x float32[256] -> out uint8[84]; scratch as quantize_block_q2_K_impl
+    (sw, Ls, Lm unused)."""
     for j in range(16):
         for i in range(16):
             v = x[16 * j + i]
@@ -540,35 +540,13 @@ def quantize_block_q2_K_impl(x, qw, out, L, scales, mins, sw, Ls, Lm, xt, wt, S,
     _q2_finish(x, L, out)
 
 
-# Q2_K and Q3_K keep drivers of their own: through each_block_weighted (per-row scratch as a tuple
-# that the block function unpacks) they ran 5-10% slower, the tuple's arrays reference-counted per
-# block, which a block this fast notices. Q6_K's slower block does not.
-
-@jit_rows
-def quantize_q2_K(rows, weights, out):
-    """quantize_q2_K over rows float32 [nrows, n] -> out uint8 [nrows, n/256*84];
-    weights float32 [n] selects quantize_row_q2_K_impl, zero-length the _ref path."""
-    nrows, n = rows.shape
-    use_w = weights.shape[0] > 0
-    for r in numba.prange(nrows):
-        L = np.empty(QK_K, np.uint8)
-        Ls = np.empty(16, np.uint8)
-        Lm = np.empty(16, np.uint8)
-        scales = np.empty(16, np.float32)
-        mins = np.empty(16, np.float32)
-        sw = np.empty(16, np.float32)
-        xt = np.empty((16, 16), np.float32)
-        wt = np.empty((16, 16), np.float32)
-        lt = np.empty((16, 16), np.float32)
-        S = np.empty((16, 16), np.float32)
-        for b in range(n // QK_K):
-            x = rows[r, QK_K * b:QK_K * (b + 1)]
-            blk = out[r, Q2_K_BYTES * b:Q2_K_BYTES * (b + 1)]
-            if use_w:
-                quantize_block_q2_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, mins, sw, Ls, Lm,
-                                         xt, wt, S, lt)
-            else:
-                quantize_block_q2_K_ref(x, blk, L, scales, mins, xt, wt, S, lt)
+@jit
+def _q2_K_scratch():
+    """Per-row scratch of the Q2_K blocks: L uint8[256], scales, mins, sw float32[16], Ls, Lm uint8[16],
+    xt, wt, S, lt float32[16, 16]."""
+    return (np.empty(QK_K, np.uint8), np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32),
+            np.empty(16, np.uint8), np.empty(16, np.uint8), np.empty((16, 16), np.float32),
+            np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((16, 16), np.float32))
 
 
 @jit
@@ -644,6 +622,9 @@ def quantize_block_q3_K_impl(x, qw, out, L, scales, sw, Ls, xt, wt, S, wxt, dd, 
     store_fp16(out, _Q3_D, d_block)
     _q3_finish(x, L, out, dd, mm)
 
+
+# Q3_K keeps a driver of its own: through each_block_paths (the per-row scratch tuple unpacked at each
+# block's call) its _ref path, ~1 us a block, measured 4-5% slower.
 
 @jit_rows
 def quantize_q3_K(rows, weights, out):
@@ -748,8 +729,9 @@ def dequantize_block_q6_K(blk, y):
 # -- row drivers: rows float32[nrows, n] and weights float32[n] (or [0]: the _ref path)
 # -- -> out uint8[nrows, n/256*size], and back --------------------------------------------------------
 
-dequantize_q2_K = row_driver(each_block, __name__, "dequantize_q2_K", "dequantize_row_q2_K over all rows.",
-                             BLOCK=dequantize_block_q2_K, IN=Q2_K_BYTES, OUT=QK_K)
+quantize_q2_K, dequantize_q2_K = block_drivers(__name__, "q2_K", QK_K, Q2_K_BYTES, None, dequantize_block_q2_K,
+                                               template=each_block_paths, scratch=_q2_K_scratch,
+                                               REF=quantize_block_q2_K_ref, IMPL=quantize_block_q2_K_impl)
 dequantize_q3_K = row_driver(each_block, __name__, "dequantize_q3_K", "dequantize_row_q3_K over all rows.",
                              BLOCK=dequantize_block_q3_K, IN=Q3_K_BYTES, OUT=QK_K)
 quantize_q6_K, dequantize_q6_K = block_drivers(__name__, "q6_K", QK_K, Q6_K_BYTES, quantize_block_q6_K,

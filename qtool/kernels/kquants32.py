@@ -12,11 +12,10 @@ zero-length array for none: without one ggml takes the ``quantize_row_*_ref`` pa
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import (OUT, F32, bits_f32, block_drivers, f32_bits, jit, load_fp16, nearest_int, specialize,
-                                 store_fp16)
+from qtool.kernels.common import (F32, bits_f32, block_drivers, each_block_paths, f32_bits, jit, load_fp16, nearest_int,
+                                 specialize, store_fp16)
 from qtool.kernels.search import make_qkx2_quants_s, make_qkx3_quants_s, make_qp_quants, qkx_scratch
 
 QK_K = 256
@@ -190,31 +189,13 @@ def _pack_q4_K(L, y):
             y[_Q4_QS + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << np.uint8(4))
 
 
-REF = IMPL = None  # bound per driver by block_drivers
-
-
-def _rows_k4(rows, weights, out):
-    """quantize_q4_K / q5_K over all rows: REF(x, y, scratch...) per super-block without an importance
-    vector (zero-length weights), IMPL(x, qw, y, scratch...) with one. The scratch arrays are locals of
-    the driver (a per-row tuple of them, unpacked per block, measured 2-4% slower)."""
-    nrows, n = rows.shape
-    for r in numba.prange(nrows):
-        L = np.zeros(QK_K, np.uint8)
-        Laux = np.zeros(32, np.uint8)
-        w = np.zeros(32, np.float32)
-        scales = np.zeros(8, np.float32)
-        mins = np.zeros(8, np.float32)
-        sw = np.zeros(8, np.float32)
-        Ls = np.zeros(8, np.uint8)
-        Lm = np.zeros(8, np.uint8)
-        scratch = qkx_scratch(32)
-        for i in range(n // QK_K):
-            x = rows[r, QK_K * i:QK_K * (i + 1)]
-            y = out[r, OUT * i:OUT * (i + 1)]
-            if weights.shape[0] == 0:
-                REF(x, y, L, Laux, w, scales, mins, Ls, Lm, scratch)
-            else:
-                IMPL(x, weights[QK_K * i:QK_K * (i + 1)], y, L, Laux, w, scales, mins, sw, Ls, Lm, scratch)
+@jit
+def _k4_scratch():
+    """Per-row scratch of the Q4_K/Q5_K blocks: L uint8[256], Laux uint8[32], weights float32[32], scales, mins,
+    sw float32[8], Ls, Lm uint8[8], the search's qkx_scratch(32)."""
+    return (np.zeros(QK_K, np.uint8), np.zeros(32, np.uint8), np.zeros(32, np.float32), np.zeros(8, np.float32),
+            np.zeros(8, np.float32), np.zeros(8, np.float32), np.zeros(8, np.uint8), np.zeros(8, np.uint8),
+            qkx_scratch(32))
 
 
 @jit
@@ -285,9 +266,9 @@ def _pack_q5_K(L, y):
 NMAX = RMIN = NSTEP = PACK = None  # bound per type by specialize
 
 
-def _block_k4_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
+def _block_k4_ref(x, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
     """ggml quantize_row_q4_K_ref / q5_K_ref for one super-block (codes 0..NMAX, ggml's search from RMIN
-    in NSTEP steps, packed by PACK): x float32[256] -> y uint8[144 or 176]."""
+    in NSTEP steps, packed by PACK): x float32[256] -> y uint8[144 or 176]; scratch _k4_scratch() (sw unused)."""
     for k in range(12):
         y[_SCALES + k] = 0
     _ref_subblock_scales(x, NMAX, F32(RMIN), NSTEP, L, Laux, weights, scales, mins, scratch)
@@ -297,7 +278,8 @@ def _block_k4_ref(x, y, L, Laux, weights, scales, mins, Ls, Lm, scratch):
 
 
 def _block_k4_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
-    """ggml quantize_row_q4_K_impl / q5_K_impl for one super-block: x, qw float32[256] -> y uint8[144 or 176]."""
+    """ggml quantize_row_q4_K_impl / q5_K_impl for one super-block: x, qw float32[256] -> y uint8[144 or 176];
+    scratch _k4_scratch()."""
     for k in range(12):
         y[_SCALES + k] = 0
     _impl_subblock_scales(x, qw, NMAX, L, Laux, weights, scales, mins, sw, scratch)
@@ -392,11 +374,11 @@ def dequantize_block_q8_K(y, o):
 # -- -> out uint8[nrows, n/256*size], and back --------------------------------------------------------
 
 quantize_q4_K, dequantize_q4_K = block_drivers(__name__, "q4_K", QK_K, Q4_K_BYTES, None, dequantize_block_q4_K,
-                                               template=_rows_k4, REF=quantize_block_q4_K_ref,
-                                               IMPL=quantize_block_q4_K_impl)
+                                               template=each_block_paths, scratch=_k4_scratch,
+                                               REF=quantize_block_q4_K_ref, IMPL=quantize_block_q4_K_impl)
 quantize_q5_K, dequantize_q5_K = block_drivers(__name__, "q5_K", QK_K, Q5_K_BYTES, None, dequantize_block_q5_K,
-                                               template=_rows_k4, REF=quantize_block_q5_K_ref,
-                                               IMPL=quantize_block_q5_K_impl)
+                                               template=each_block_paths, scratch=_k4_scratch,
+                                               REF=quantize_block_q5_K_ref, IMPL=quantize_block_q5_K_impl)
 # quantize_row_q8_K_ref: no importance-weighted path
 quantize_q8_K, dequantize_q8_K = block_drivers(__name__, "q8_K", QK_K, Q8_K_BYTES, quantize_block_q8_K,
                                                dequantize_block_q8_K)
