@@ -79,11 +79,17 @@ def qx_scratch(n):
 
 
 @jit
+def _nearest_int32(v):
+    """common.nearest_int kept in int32 (Numba widens int32 arithmetic to int64), so that lane loops vectorize
+    twice as wide."""
+    t = v + F32(12582912.0)
+    return np.int32(np.int32(f32_bits(t) & np.uint32(0x007FFFFF)) - np.int32(0x00400000))
+
+
+@jit
 def _qx_lane_quant(v, nm):
     """float32(MAX(-nmax, MIN(nmax-1, nearest_int(v)))) in int32 arithmetic (vectorizes)."""
-    t = v + F32(12582912.0)
-    l = np.int32(np.int32(f32_bits(t) & np.uint32(0x007FFFFF)) - np.int32(0x00400000))
-    return F32(max(-nm, min(nm - np.int32(1), l)))
+    return F32(max(-nm, min(nm - np.int32(1), _nearest_int32(v))))
 
 
 @jit
@@ -262,9 +268,7 @@ def qkx_scratch(n):
 @jit
 def _lane_quant(v, nm):
     """float32(MAX(0, MIN(nmax, nearest_int(v)))) in int32 arithmetic, so that lane loops vectorize."""
-    t = v + F32(12582912.0)
-    l = np.int32(np.int32(f32_bits(t) & np.uint32(0x007FFFFF)) - np.int32(0x00400000))
-    return F32(max(np.int32(0), min(nm, l)))
+    return F32(max(np.int32(0), min(nm, _nearest_int32(v))))
 
 
 @jit
