@@ -96,25 +96,10 @@ def make_qx_quants_x16(nmax, xt, wt, L, scales, S, wxt):
                 amax[j] = ax
                 vmax[j] = v
             wxt[i, j] = wt[i, j] * v  # C's w*x[i]*l is (w*x[i])*l
-    for j in range(16):
-        iscale[j] = F32(-nmax) / vmax[j]
-        sumlx[j] = F32(0.0)
-        suml2[j] = F32(0.0)
-    for i in range(16):
-        for j in range(16):
-            l = nearest_int(iscale[j] * xt[i, j])
-            l = lo if l < lo else (hi if l > hi else l)
-            fl = F32(l)
-            sumlx[j] += wxt[i, j] * fl
-            suml2[j] += wt[i, j] * fl * fl
-    for j in range(16):
-        sc = sumlx[j] / suml2[j] if suml2[j] != F32(0.0) else F32(0.0)
-        scales[j] = sc
-        best[j] = sc * sumlx[j]
-        best_iscale[j] = iscale[j]
-    for step in range(-9, 10):
-        if step == 0:
-            continue
+    # ggml's first fit at -nmax/max, then the trials is = -9..-1, 1..9; the first fit is step 0 of the same
+    # formula (-(nmax + 0.1*0)/max is -nmax/max exactly), taken whatever its error
+    for t in range(19):
+        step = 0 if t == 0 else (t - 10 if t < 10 else t - 9)
         num = -(F32(nmax) + F32(0.1) * F32(step))
         for j in range(16):
             iscale[j] = num / vmax[j]
@@ -128,11 +113,15 @@ def make_qx_quants_x16(nmax, xt, wt, L, scales, S, wxt):
                 sumlx[j] += wxt[i, j] * fl
                 suml2[j] += wt[i, j] * fl * fl
         for j in range(16):
-            if suml2[j] > F32(0.0) and sumlx[j] * sumlx[j] > best[j] * suml2[j]:
+            if t == 0:
+                sc = sumlx[j] / suml2[j] if suml2[j] != F32(0.0) else F32(0.0)
+            elif suml2[j] > F32(0.0) and sumlx[j] * sumlx[j] > best[j] * suml2[j]:
                 sc = sumlx[j] / suml2[j]
-                scales[j] = sc
-                best[j] = sc * sumlx[j]
-                best_iscale[j] = iscale[j]
+            else:
+                continue
+            scales[j] = sc
+            best[j] = sc * sumlx[j]
+            best_iscale[j] = iscale[j]
     for j in range(16):
         if amax[j] < GROUP_MAX_EPS:  # C returns at once: all quants 0, scale 0
             scales[j] = F32(0.0)
