@@ -464,6 +464,21 @@ def _q2_finish(x, L, out):
 
 
 @jit
+def _importance_x16(x, qw, sigma2, xt, wt, sw):
+    """The _impl paths' importance qw*sqrt(sigma2 + x^2), laid out sub-block-minor as the x16 searches take it
+    (xt[i, j] = x[16*j + i], wt likewise), and each sub-block's sum sw[j] in C's order."""
+    for j in range(16):
+        acc = F32(0.0)
+        for i in range(16):
+            v = x[16 * j + i]
+            w = qw[16 * j + i] * np.sqrt(sigma2 + v * v)
+            xt[i, j] = v
+            wt[i, j] = w
+            acc += w
+        sw[j] = acc
+
+
+@jit
 def _q2_store_scales_ref(scales, mins, out):
     """The scale/min quantization of quantize_row_q2_K_ref: 4-bit indices against the largest."""
     q4scale = F32(15.0)
@@ -509,16 +524,7 @@ def quantize_block_q2_K_impl(x, qw, out, L, scales, mins, sw, Ls, Lm, xt, wt, S,
     sumx2 = F32(0.0)
     for j in range(QK_K):
         sumx2 += x[j] * x[j]
-    sigma2 = sumx2 / F32(QK_K)
-    for j in range(16):
-        acc = F32(0.0)
-        for i in range(16):
-            v = x[16 * j + i]
-            w = qw[16 * j + i] * np.sqrt(sigma2 + v * v)
-            xt[i, j] = v
-            wt[i, j] = w
-            acc += w
-        sw[j] = acc
+    _importance_x16(x, qw, sumx2 / F32(QK_K), xt, wt, sw)
     make_qkx_quants_x16(3, xt, wt, L, scales, mins, F32(-0.9), F32(0.05), 36, False, True, S, lt)
     dm = make_qp_quants(16, 15, scales, Ls, sw)
     m_block = make_qp_quants(16, 15, mins, Lm, sw)
@@ -592,16 +598,7 @@ def quantize_block_q3_K_impl(x, qw, out, L, scales, sw, Ls, xt, wt, S, wxt, dd, 
     sumx2 = F32(0.0)
     for j in range(QK_K):
         sumx2 += x[j] * x[j]
-    sigma2 = F32(2.0) * sumx2 / F32(QK_K)
-    for j in range(16):
-        sumw = F32(0.0)
-        for i in range(16):
-            v = x[16 * j + i]
-            w = qw[16 * j + i] * np.sqrt(sigma2 + v * v)
-            xt[i, j] = v
-            wt[i, j] = w
-            sumw += w
-        sw[j] = sumw
+    _importance_x16(x, qw, F32(2.0) * sumx2 / F32(QK_K), xt, wt, sw)
     make_qx_quants_x16(4, xt, wt, L, scales, S, wxt)
     for i in range(12):
         out[_Q3_SCALES + i] = 0
