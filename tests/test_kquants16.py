@@ -28,6 +28,12 @@ def test_all_zero_rows_give_zero_blocks(qtype):
         assert not out.any()
 
 
+def _x16_arrays(ltype):
+    """xt float32[16, 16] (x sub-block-minor), L ltype[256] and scales float32[16] of a batched search, and L1
+    ltype[16], the one-block search's quants."""
+    return np.empty((16, 16), np.float32), np.empty(256, ltype), np.empty(16, np.float32), np.empty(16, ltype)
+
+
 def _assert_sub_block(b, j, s1, L1, scales, L):
     """Sub-block j of block b: the one-block search's scale s1 and quants L1 are the batched search's."""
     assert np.float32(s1).view(np.uint32) == scales[j].view(np.uint32), (b, j, s1, scales[j])
@@ -43,13 +49,9 @@ def test_batched_search_equals_one_block_search(nmax, weighted):
 
     x = hard_rows(26, 512, 41).reshape(-1, 256)
     w_all = np.resize(importance(512, 42), x.shape)
-    xt = np.empty((16, 16), np.float32)
-    wt = np.empty((16, 16), np.float32)
-    wxt = np.empty((16, 16), np.float32)
+    xt, L, scales, L1 = _x16_arrays(np.int8)
+    wt, wxt = np.empty((16, 16), np.float32), np.empty((16, 16), np.float32)
     S = np.empty((7, 16), np.float32)
-    L = np.empty(256, np.int8)
-    scales = np.empty(16, np.float32)
-    L1 = np.empty(16, np.int8)
     for b, row in enumerate(x):
         with np.errstate(over="ignore"):  # the 1e30 rows: x^2 is inf in C as well
             w = w_all[b] if weighted else row * row
@@ -87,11 +89,9 @@ def test_batched_min_search_equals_one_block_search(kind):
                                     else (np.float32(-0.9), np.float32(0.05), 36, False))
     x = _sub_block_rows()
     w_all = np.resize(importance(512, 44), x.shape)
-    xt, wt, lt, S = (np.empty((16, 16), np.float32) for _ in range(4))
-    L = np.empty(256, np.uint8)
-    scales = np.empty(16, np.float32)
+    xt, L, scales, L1 = _x16_arrays(np.uint8)
+    wt, lt, S = (np.empty((16, 16), np.float32) for _ in range(3))
     mins = np.empty(16, np.float32)
-    L1 = np.empty(16, np.uint8)
     Laux = np.empty(16, np.uint8)
     for b, row in enumerate(x):
         with np.errstate(over="ignore", invalid="ignore"):  # the 1e30 rows overflow, as in C
@@ -111,12 +111,9 @@ def test_batched_q3_search_equals_one_block_search():
     from qtool.kernels.search import make_q3_quants
 
     x = _sub_block_rows()
-    xt = np.empty((16, 16), np.float32)
+    xt, L, scales, L1 = _x16_arrays(np.int8)
     S = np.empty((4, 16), np.float32)
     Lt = np.empty((16, 16), np.int32)
-    L = np.empty(256, np.int8)
-    scales = np.empty(16, np.float32)
-    L1 = np.empty(16, np.int8)
     with np.errstate(over="ignore"):
         for b, row in enumerate(x):
             xt[:] = row.reshape(16, 16).T
