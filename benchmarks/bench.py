@@ -185,11 +185,11 @@ sys.exit(rc)
 """
 
 
-def _peak_rss_run(cmd: list[str]) -> tuple[float, float, int]:
+def _peak_rss_run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, int]:
     """Run a command; return (wall seconds, peak RSS of the child in MiB, exit code)."""
     with tempfile.TemporaryFile() as err:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
         _, status, rusage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t
         proc.returncode = rc = os.waitstatus_to_exitcode(status)
@@ -373,6 +373,8 @@ def _llama_cmd(src: Path, out: Path, preset: str, threads: int, pure: bool) -> l
 
 def bench_table(args) -> None:
     vocab_src = find_vocab_gguf(args.vocab_gguf)
+    # the baseline's qtool first on the path, run from its folder (an editable install's finder comes after both)
+    baseline_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())} if args.baseline else None
     full = {"real-135M": ["Q4_K_M", "Q8_0", "IQ4_XS"], "hf-135M": ["Q4_K_M", "Q8_0"],
             "synthetic-33.5M": ["Q4_K_M", "Q6_K", "IQ4_XS", "Q8_0"]}
     quick = {"real-135M": ["Q4_K_M"], "hf-135M": ["Q8_0"], "synthetic-33.5M": ["Q8_0"]}
@@ -398,8 +400,9 @@ def bench_table(args) -> None:
               f"{made['synthetic-33.5M'] / 1e6:.1f}M random weights, --pure" +
               (f"; vocab-1B = {made['vocab-1B'] / 1e9:.2f}B random weights with SmolLM2's vocabulary (run once)"
                if "vocab-1B" in made else "") + f". threads={args.threads}, best of {repeat}, whole processes")
-        print(f"{'input':16} {'preset':7} {'qtool s':>8} {'llama.cpp s':>11} {'qtool/llama':>11} {'bytes':>9}")
-        ratios = []
+        print(f"{'input':16} {'preset':7} {'qtool s':>8} {'llama.cpp s':>11} {'qtool/llama':>11} {'bytes':>9}"
+              + (f" {'baseline s':>10} {'base/llama':>11}" if baseline_env else ""))
+        ratios, baseline_ratios = [], []
         for case, presets in cases.items():
             src = inputs[case]
             pure = case.startswith("synthetic")
@@ -408,9 +411,17 @@ def bench_table(args) -> None:
                 # once untimed: the first run of a kernel compiles it into Numba's cache (minutes)
                 if case != "vocab-1B":  # its presets' kernels were compiled by the smaller inputs
                     subprocess.run(_qtool_cmd(src, ours, preset, args.threads, pure), capture_output=True)
-                tq = tl = float("inf")
+                    if baseline_env:
+                        subprocess.run(_qtool_cmd(src, ours, preset, args.threads, pure), capture_output=True,
+                                       env=baseline_env, cwd=args.baseline)
+                tq = tl = tb = float("inf")
                 ok = True
                 for _ in range(1 if case == "vocab-1B" else repeat):
+                    if baseline_env:
+                        s, _, rc = _peak_rss_run(_qtool_cmd(src, ours, preset, args.threads, pure), baseline_env,
+                                                 args.baseline)
+                        ok &= rc == 0
+                        tb = min(tb, s)
                     s, _, rc = _peak_rss_run(_qtool_cmd(src, ours, preset, args.threads, pure))
                     ok &= rc == 0
                     tq = min(tq, s)
@@ -423,12 +434,16 @@ def bench_table(args) -> None:
                     continue
                 same = _same_file(ours, theirs)
                 ratios.append(tq / tl)
-                print(f"{case:16} {preset:7} {tq:8.2f} {tl:11.2f} {tq / tl:11.2f} {same:>9}", flush=True)
+                before = f" {tb:10.2f} {tb / tl:11.2f}" if baseline_env else ""
+                print(f"{case:16} {preset:7} {tq:8.2f} {tl:11.2f} {tq / tl:11.2f} {same:>9}{before}", flush=True)
+                if baseline_env:
+                    baseline_ratios.append(tb / tl)
                 ours.unlink()
                 theirs.unlink()
-        if ratios:
-            gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-            print(f"geometric mean of qtool/llama.cpp over {len(ratios)} cases: {gm:.2f}")
+        for label, rs in (("qtool", ratios), ("baseline", baseline_ratios)):
+            if rs:
+                gm = math.exp(sum(math.log(r) for r in rs) / len(rs))
+                print(f"geometric mean of {label}/llama.cpp over {len(rs)} cases: {gm:.2f}")
 
 
 def bench_scaling(args) -> None:
@@ -710,6 +725,8 @@ def main() -> None:
     t.add_argument("--tmp", default=None, help="folder for the temporary files")
     t.add_argument("--big", action="store_true", help="also the 1.06B-weight model with a real vocabulary "
                    "(4 GiB of F32 input, minutes)")
+    t.add_argument("--baseline", type=Path, default=None, help="a checkout of another qtool version (a git "
+                   "worktree): timed too, interleaved, in a column of its own")
     o = sub.add_parser("open", help="time opening a GGUF with a big vocabulary")
     o.add_argument("--strings", type=int, default=150000)
     o.add_argument("--repeat", type=int, default=5)
