@@ -22,11 +22,10 @@ non-finite block scale).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, checked_driver, fp16_bits_to_fp32, fp32_to_fp16_bits, jit, jit_rows, load_fp16,
-                                 load_u16, store_fp16, store_u16)
+from qtool.kernels.common import (F32, checked_driver, each_row, fp16_bits_to_fp32, fp32_to_fp16_bits, jit, load_fp16,
+                                 load_u16, row_driver, store_fp16, store_u16)
 from qtool.kernels.lattice import importance, odd_level, sum_squares
 
 QK_K = 256
@@ -280,28 +279,21 @@ def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
     return OK
 
 
-# ggml's quantize_iq1_s: rows float32[nrows, n], weights float32[n], the tables (levels,
-# kmap, neighbours, x_p, x_m) and status int32[nrows, 2] -> out uint8[nrows, n/256*50]
-quantize_iq1_s = checked_driver(__name__, "iq1_s", QK_K, IQ1_S_BYTES, quantize_block_iq1_s, _scratch_iq1_s, TAIL=True)
-
-
-@jit_rows
-def dequantize_iq1_s(data, out, values):
-    nrows = data.shape[0]
-    nb = data.shape[1] // IQ1_S_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, IQ1_S_BYTES * i:IQ1_S_BYTES * (i + 1)]
-            o = out[r, QK_K * i:QK_K * (i + 1)]
-            d = load_fp16(y, 0)
-            for ib in range(8):
-                qh = np.int32(load_u16(y, 34 + 2 * ib))
-                dl = d * F32(2 * ((qh >> 12) & 7) + 1)
-                delta = -_DELTA if qh & 0x8000 else _DELTA
-                for l in range(4):
-                    g = np.int32(y[2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)
-                    for j in range(8):
-                        o[32 * ib + 8 * l + j] = dl * (values[g, j] + delta)
+@jit
+def dequantize_row_iq1_s(data, out, values):
+    """ggml dequantize_row_iq1_s: data uint8[nb*50] -> out float32[nb*256]."""
+    for i in range(data.shape[0] // IQ1_S_BYTES):
+        y = data[IQ1_S_BYTES * i:IQ1_S_BYTES * (i + 1)]
+        o = out[QK_K * i:QK_K * (i + 1)]
+        d = load_fp16(y, 0)
+        for ib in range(8):
+            qh = np.int32(load_u16(y, 34 + 2 * ib))
+            dl = d * F32(2 * ((qh >> 12) & 7) + 1)
+            delta = -_DELTA if qh & 0x8000 else _DELTA
+            for l in range(4):
+                g = np.int32(y[2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)
+                for j in range(8):
+                    o[32 * ib + 8 * l + j] = dl * (values[g, j] + delta)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -495,36 +487,41 @@ def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
     return OK
 
 
-# ggml's quantize_iq1_m: rows float32[nrows, n], weights float32[n] (or [0]: ggml's x^2 path), the tables (levels,
-# kmap, neighbours, x_p, x_m) and status int32[nrows, 2] -> out uint8[nrows, n/256*56]
+@jit
+def dequantize_row_iq1_m(data, out, values):
+    """ggml dequantize_row_iq1_m: data uint8[nb*56] -> out float32[nb*256]."""
+    for i in range(data.shape[0] // IQ1_M_BYTES):
+        y = data[IQ1_M_BYTES * i:IQ1_M_BYTES * (i + 1)]
+        o = out[QK_K * i:QK_K * (i + 1)]
+        sc0 = np.int32(load_u16(y, 48))
+        sc1 = np.int32(load_u16(y, 50))
+        sc2 = np.int32(load_u16(y, 52))
+        sc3 = np.int32(load_u16(y, 54))
+        u = (sc0 >> 12) | ((sc1 >> 8) & 0x00F0) | ((sc2 >> 4) & 0x0F00) | (sc3 & 0xF000)
+        d = fp16_bits_to_fp32(np.uint16(u))
+        for ib in range(8):
+            sc = np.int32(load_u16(y, 48 + 2 * (ib // 2)))
+            dl1 = d * F32(2 * ((sc >> (6 * (ib % 2))) & 7) + 1)
+            dl2 = d * F32(2 * ((sc >> (6 * (ib % 2) + 3)) & 7) + 1)
+            qh0 = np.int32(y[32 + 2 * ib])
+            qh1 = np.int32(y[32 + 2 * ib + 1])
+            for l in range(4):
+                qh = qh0 if l < 2 else qh1
+                g = np.int32(y[4 * ib + l]) | ((qh << (8 - 4 * (l % 2))) & 0x700)
+                neg = (qh & (0x08 if l % 2 == 0 else 0x80)) != 0
+                delta = -_DELTA if neg else _DELTA
+                dl = dl1 if l < 2 else dl2
+                for j in range(8):
+                    o[32 * ib + 8 * l + j] = dl * (values[g, j] + delta)
+
+
+# -- row drivers: rows float32[nrows, n], weights float32[n] (IQ1_M also [0]: ggml's x^2 path), the tables
+# -- (levels, kmap, neighbours, x_p, x_m) and status int32[nrows, 2] -> out uint8[nrows, n/256*50 or *56]; and
+# -- back, data uint8[nrows, nb*50 or nb*56] -> out float32[nrows, nb*256] -------------------------------------
+
+quantize_iq1_s = checked_driver(__name__, "iq1_s", QK_K, IQ1_S_BYTES, quantize_block_iq1_s, _scratch_iq1_s, TAIL=True)
 quantize_iq1_m = checked_driver(__name__, "iq1_m", QK_K, IQ1_M_BYTES, quantize_block_iq1_m, _scratch_iq1_m, TAIL=True)
-
-
-@jit_rows
-def dequantize_iq1_m(data, out, values):
-    nrows = data.shape[0]
-    nb = data.shape[1] // IQ1_M_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, IQ1_M_BYTES * i:IQ1_M_BYTES * (i + 1)]
-            o = out[r, QK_K * i:QK_K * (i + 1)]
-            sc0 = np.int32(load_u16(y, 48))
-            sc1 = np.int32(load_u16(y, 50))
-            sc2 = np.int32(load_u16(y, 52))
-            sc3 = np.int32(load_u16(y, 54))
-            u = (sc0 >> 12) | ((sc1 >> 8) & 0x00F0) | ((sc2 >> 4) & 0x0F00) | (sc3 & 0xF000)
-            d = fp16_bits_to_fp32(np.uint16(u))
-            for ib in range(8):
-                sc = np.int32(load_u16(y, 48 + 2 * (ib // 2)))
-                dl1 = d * F32(2 * ((sc >> (6 * (ib % 2))) & 7) + 1)
-                dl2 = d * F32(2 * ((sc >> (6 * (ib % 2) + 3)) & 7) + 1)
-                qh0 = np.int32(y[32 + 2 * ib])
-                qh1 = np.int32(y[32 + 2 * ib + 1])
-                for l in range(4):
-                    qh = qh0 if l < 2 else qh1
-                    g = np.int32(y[4 * ib + l]) | ((qh << (8 - 4 * (l % 2))) & 0x700)
-                    neg = (qh & (0x08 if l % 2 == 0 else 0x80)) != 0
-                    delta = -_DELTA if neg else _DELTA
-                    dl = dl1 if l < 2 else dl2
-                    for j in range(8):
-                        o[32 * ib + 8 * l + j] = dl * (values[g, j] + delta)
+dequantize_iq1_s = row_driver(each_row, __name__, "dequantize_iq1_s", "dequantize_row_iq1_s over all rows.",
+                              ROW=dequantize_row_iq1_s)
+dequantize_iq1_m = row_driver(each_row, __name__, "dequantize_iq1_m", "dequantize_row_iq1_m over all rows.",
+                              ROW=dequantize_row_iq1_m)

@@ -23,10 +23,9 @@ to inf/NaN, e.g. IQ2_XS and IQ2_S rows with |x| ~ 1e30) the row gets (code, supe
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import F32, checked_driver, jit, jit_rows, load_fp16, specialize, store_fp16
+from qtool.kernels.common import F32, checked_driver, each_row, jit, load_fp16, row_driver, specialize, store_fp16
 from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
                                    round_trials, start_trials, sum_squares, sum_trials, sum_wq)
 from qtool.kernels.search import make_qp_quants
@@ -274,32 +273,24 @@ def quantize_block_iq2_xxs(xbl, qwl, y, s, npos, kmap, neigh):
     return OK
 
 
-# ggml's quantize_iq2_xxs: rows float32[nrows, n], weights float32[n], the tables (npos, kmap, neigh) and
-# status int32[nrows, 2] -> out uint8[nrows, n/256*66]
-quantize_iq2_xxs = checked_driver(__name__, "iq2_xxs", QK_K, IQ2_XXS_BYTES, quantize_block_iq2_xxs, _scratch_xxs)
-
-
-@jit_rows
-def dequantize_iq2_xxs(data, out, grid, ksigns):
-    """ggml dequantize_row_iq2_xxs: data uint8[nrows, nb*66] -> out float32[nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // IQ2_XXS_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)]
-            o = out[r, QK_K * i:QK_K * (i + 1)]
-            d = load_fp16(y, 0)
-            for ib in range(QK_K // 32):
-                p = 2 + 8 * ib
-                w1 = (np.uint32(y[p + 4]) | (np.uint32(y[p + 5]) << np.uint32(8))
-                      | (np.uint32(y[p + 6]) << np.uint32(16)) | (np.uint32(y[p + 7]) << np.uint32(24)))
-                db = d * (F32(0.5) + F32(w1 >> np.uint32(28))) * F32(0.25)
-                for l in range(4):
-                    g = np.int64(y[p + l])
-                    s = ksigns[(w1 >> np.uint32(7 * l)) & np.uint32(127)]
-                    for j in range(8):
-                        sg = F32(-1.0) if (s >> np.uint8(j)) & np.uint8(1) else F32(1.0)
-                        o[32 * ib + 8 * l + j] = db * grid[g, j] * sg
+@jit
+def dequantize_row_iq2_xxs(data, out, grid, ksigns):
+    """ggml dequantize_row_iq2_xxs: data uint8[nb*66] -> out float32[nb*256]."""
+    for i in range(data.shape[0] // IQ2_XXS_BYTES):
+        y = data[IQ2_XXS_BYTES * i:IQ2_XXS_BYTES * (i + 1)]
+        o = out[QK_K * i:QK_K * (i + 1)]
+        d = load_fp16(y, 0)
+        for ib in range(QK_K // 32):
+            p = 2 + 8 * ib
+            w1 = (np.uint32(y[p + 4]) | (np.uint32(y[p + 5]) << np.uint32(8))
+                  | (np.uint32(y[p + 6]) << np.uint32(16)) | (np.uint32(y[p + 7]) << np.uint32(24)))
+            db = d * (F32(0.5) + F32(w1 >> np.uint32(28))) * F32(0.25)
+            for l in range(4):
+                g = np.int64(y[p + l])
+                s = ksigns[(w1 >> np.uint32(7 * l)) & np.uint32(127)]
+                for j in range(8):
+                    sg = F32(-1.0) if (s >> np.uint8(j)) & np.uint8(1) else F32(1.0)
+                    o[32 * ib + 8 * l + j] = db * grid[g, j] * sg
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -449,44 +440,50 @@ quantize_block_iq2_xs = specialize(_block_iq2_16, __name__, "quantize_block_iq2_
 quantize_block_iq2_s = specialize(_block_iq2_16, __name__, "quantize_block_iq2_s", "ggml quantize_row_iq2_s_impl, "
                                   "one super-block.", jit, IS_S=True)
 
-# ggml's quantize_iq2_xs / quantize_iq2_s: rows float32[nrows, n], weights float32[n] (or [0], IQ2_S only), the
-# tables (npos, kmap, neigh) and status int32[nrows, 2] -> out uint8[nrows, n/256*74 or *82]
+
+@jit
+def dequantize_row_iq2_16(data, out, grid, ksigns, is_s):
+    """ggml dequantize_row_iq2_xs / dequantize_row_iq2_s (is_s): data uint8[nb*74 or nb*82] -> out
+    float32[nb*256]."""
+    bs = IQ2_S_BYTES if is_s else IQ2_XS_BYTES
+    sc_at = 74 if is_s else 66
+    for i in range(data.shape[0] // bs):
+        y = data[bs * i:bs * (i + 1)]
+        o = out[QK_K * i:QK_K * (i + 1)]
+        d = load_fp16(y, 0)
+        for ib in range(QK_K // 32):
+            sc = y[sc_at + ib]
+            db0 = d * (F32(0.5) + F32(sc & np.uint8(0xF))) * F32(0.25)
+            db1 = d * (F32(0.5) + F32(sc >> np.uint8(4))) * F32(0.25)
+            for l in range(4):
+                if is_s:
+                    qh = np.int64(y[66 + ib])
+                    g = np.int64(y[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)
+                    s = y[34 + 4 * ib + l]
+                else:
+                    v = np.int64(y[2 + 8 * ib + 2 * l]) | (np.int64(y[2 + 8 * ib + 2 * l + 1]) << 8)
+                    g = v & 511
+                    s = ksigns[v >> 9]
+                dl = db0 if l < 2 else db1
+                for j in range(8):
+                    sg = F32(-1.0) if (s >> np.uint8(j)) & np.uint8(1) else F32(1.0)
+                    o[32 * ib + 8 * l + j] = dl * grid[g, j] * sg
+
+
+# -- row drivers: rows float32[nrows, n], weights float32[n] (IQ2_S also [0]), the tables (npos, kmap, neigh) and
+# -- status int32[nrows, 2] -> out uint8[nrows, n/256*66, *74 or *82]; and back, data uint8[nrows, nb*66, nb*74 or
+# -- nb*82] -> out float32[nrows, nb*256] ------------------------------------------------------------------------
+
+quantize_iq2_xxs = checked_driver(__name__, "iq2_xxs", QK_K, IQ2_XXS_BYTES, quantize_block_iq2_xxs, _scratch_xxs)
 quantize_iq2_xs = checked_driver(__name__, "iq2_xs", QK_K, IQ2_XS_BYTES, quantize_block_iq2_xs, _scratch16)
 quantize_iq2_s = checked_driver(__name__, "iq2_s", QK_K, IQ2_S_BYTES, quantize_block_iq2_s, _scratch16)
+dequantize_iq2_xxs = row_driver(each_row, __name__, "dequantize_iq2_xxs", "dequantize_row_iq2_xxs over all rows.",
+                                ROW=dequantize_row_iq2_xxs)
+dequantize_iq2_16 = row_driver(each_row, __name__, "dequantize_iq2_16", "dequantize_row_iq2_16 over all rows.",
+                               ROW=dequantize_row_iq2_16)
 
 
 def quantize_iq2_16(rows, weights, out, npos, kmap, neigh, is_s, status):
-    """quantize_iq2_s (is_s) or quantize_iq2_xs, as the quantizer layer calls them."""
+    """quantize_iq2_s (is_s) or quantize_iq2_xs, as the quantizer layer calls them (dequantize_iq2_16 takes
+    the flag itself)."""
     (quantize_iq2_s if is_s else quantize_iq2_xs)(rows, weights, out, npos, kmap, neigh, status)
-
-
-@jit_rows
-def dequantize_iq2_16(data, out, grid, ksigns, is_s):
-    """ggml dequantize_row_iq2_xs / dequantize_row_iq2_s: data uint8[nrows, nb*74 or nb*82]
-    -> out float32[nrows, nb*256]."""
-    nrows = data.shape[0]
-    bs = IQ2_S_BYTES if is_s else IQ2_XS_BYTES
-    sc_at = 74 if is_s else 66
-    nb = data.shape[1] // bs
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, bs * i:bs * (i + 1)]
-            o = out[r, QK_K * i:QK_K * (i + 1)]
-            d = load_fp16(y, 0)
-            for ib in range(QK_K // 32):
-                sc = y[sc_at + ib]
-                db0 = d * (F32(0.5) + F32(sc & np.uint8(0xF))) * F32(0.25)
-                db1 = d * (F32(0.5) + F32(sc >> np.uint8(4))) * F32(0.25)
-                for l in range(4):
-                    if is_s:
-                        qh = np.int64(y[66 + ib])
-                        g = np.int64(y[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)
-                        s = y[34 + 4 * ib + l]
-                    else:
-                        v = np.int64(y[2 + 8 * ib + 2 * l]) | (np.int64(y[2 + 8 * ib + 2 * l + 1]) << 8)
-                        g = v & 511
-                        s = ksigns[v >> 9]
-                    dl = db0 if l < 2 else db1
-                    for j in range(8):
-                        sg = F32(-1.0) if (s >> np.uint8(j)) & np.uint8(1) else F32(1.0)
-                        o[32 * ib + 8 * l + j] = dl * grid[g, j] * sg

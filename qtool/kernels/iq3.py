@@ -23,10 +23,9 @@ super-block), every other (OK, 0).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from qtool.kernels.common import F32, checked_driver, jit, jit_rows, load_fp16, store_fp16
+from qtool.kernels.common import F32, checked_driver, each_row, jit, load_fp16, row_driver, store_fp16
 from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
                                    round_trials, start_trials, sum_squares, sum_trials, sum_wq)
 
@@ -282,63 +281,63 @@ def quantize_block_iq3_s(x, qw, y, s, npos, kmap, neigh):
     return OK
 
 
-# ggml's quantize_iq3_xxs / quantize_iq3_s: rows float32[nrows, n], weights float32[n] or [0], the tables (npos,
-# kmap, neigh) and status int32[nrows, 2] -> out uint8[nrows, n/256*98 or *110]
-quantize_iq3_xxs = checked_driver(__name__, "iq3_xxs", QK_K, IQ3_XXS_BYTES, quantize_block_iq3_xxs, _scratch)
-quantize_iq3_s = checked_driver(__name__, "iq3_s", QK_K, IQ3_S_BYTES, quantize_block_iq3_s, _scratch)
-
-
 @jit
 def _signed(v, neg):
     """v * (neg ? -1 : 1) as ggml writes it (a multiply, not a negation)."""
     return v * (F32(-1.0) if neg else F32(1.0))
 
 
-@jit_rows
-def dequantize_iq3_xxs(data, out, grid, ksigns):
-    """ggml dequantize_row_iq3_xxs: data uint8[nrows, nb*98] -> out float32[nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // IQ3_XXS_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, IQ3_XXS_BYTES * i:IQ3_XXS_BYTES * (i + 1)]
-            o = out[r, QK_K * i:QK_K * (i + 1)]
-            d = load_fp16(y, 0)
-            for ib in range(8):
-                p = 66 + 4 * ib
-                aux = (np.uint32(y[p]) | (np.uint32(y[p + 1]) << np.uint32(8)) | (np.uint32(y[p + 2]) << np.uint32(16))
-                       | (np.uint32(y[p + 3]) << np.uint32(24)))
-                db = d * (F32(0.5) + F32(aux >> np.uint32(28))) * F32(0.5)
-                for l in range(4):
-                    sg = ksigns[(aux >> np.uint32(7 * l)) & np.uint32(127)]
-                    g1 = y[2 + 8 * ib + 2 * l]
-                    g2 = y[2 + 8 * ib + 2 * l + 1]
-                    base = 32 * ib + 8 * l
-                    for j in range(4):
-                        o[base + j] = _signed(db * grid[g1, j], (sg >> j) & 1)
-                        o[base + 4 + j] = _signed(db * grid[g2, j], (sg >> (j + 4)) & 1)
+@jit
+def dequantize_row_iq3_xxs(data, out, grid, ksigns):
+    """ggml dequantize_row_iq3_xxs: data uint8[nb*98] -> out float32[nb*256]."""
+    for i in range(data.shape[0] // IQ3_XXS_BYTES):
+        y = data[IQ3_XXS_BYTES * i:IQ3_XXS_BYTES * (i + 1)]
+        o = out[QK_K * i:QK_K * (i + 1)]
+        d = load_fp16(y, 0)
+        for ib in range(8):
+            p = 66 + 4 * ib
+            aux = (np.uint32(y[p]) | (np.uint32(y[p + 1]) << np.uint32(8)) | (np.uint32(y[p + 2]) << np.uint32(16))
+                   | (np.uint32(y[p + 3]) << np.uint32(24)))
+            db = d * (F32(0.5) + F32(aux >> np.uint32(28))) * F32(0.5)
+            for l in range(4):
+                sg = ksigns[(aux >> np.uint32(7 * l)) & np.uint32(127)]
+                g1 = y[2 + 8 * ib + 2 * l]
+                g2 = y[2 + 8 * ib + 2 * l + 1]
+                base = 32 * ib + 8 * l
+                for j in range(4):
+                    o[base + j] = _signed(db * grid[g1, j], (sg >> j) & 1)
+                    o[base + 4 + j] = _signed(db * grid[g2, j], (sg >> (j + 4)) & 1)
 
 
-@jit_rows
-def dequantize_iq3_s(data, out, grid):
-    """ggml dequantize_row_iq3_s: data uint8[nrows, nb*110] -> out float32[nrows, nb*256]."""
-    nrows = data.shape[0]
-    nb = data.shape[1] // IQ3_S_BYTES
-    for r in numba.prange(nrows):
-        for i in range(nb):
-            y = data[r, IQ3_S_BYTES * i:IQ3_S_BYTES * (i + 1)]
-            o = out[r, QK_K * i:QK_K * (i + 1)]
-            d = load_fp16(y, 0)
-            for ib in range(8):
-                sc = np.int32(y[106 + ib // 2])
-                ls = (sc >> (4 * (ib % 2))) & 0xF
-                db = d * F32(1 + 2 * ls)
-                qh = np.int32(y[66 + ib])
-                for l in range(4):
-                    g1 = np.int32(y[2 + 8 * ib + 2 * l]) | ((qh << (8 - 2 * l)) & 256)
-                    g2 = np.int32(y[2 + 8 * ib + 2 * l + 1]) | ((qh << (7 - 2 * l)) & 256)
-                    sg = y[74 + 4 * ib + l]
-                    base = 32 * ib + 8 * l
-                    for j in range(4):
-                        o[base + j] = _signed(db * grid[g1, j], (sg >> j) & 1)
-                        o[base + 4 + j] = _signed(db * grid[g2, j], (sg >> (j + 4)) & 1)
+@jit
+def dequantize_row_iq3_s(data, out, grid):
+    """ggml dequantize_row_iq3_s: data uint8[nb*110] -> out float32[nb*256]."""
+    for i in range(data.shape[0] // IQ3_S_BYTES):
+        y = data[IQ3_S_BYTES * i:IQ3_S_BYTES * (i + 1)]
+        o = out[QK_K * i:QK_K * (i + 1)]
+        d = load_fp16(y, 0)
+        for ib in range(8):
+            sc = np.int32(y[106 + ib // 2])
+            ls = (sc >> (4 * (ib % 2))) & 0xF
+            db = d * F32(1 + 2 * ls)
+            qh = np.int32(y[66 + ib])
+            for l in range(4):
+                g1 = np.int32(y[2 + 8 * ib + 2 * l]) | ((qh << (8 - 2 * l)) & 256)
+                g2 = np.int32(y[2 + 8 * ib + 2 * l + 1]) | ((qh << (7 - 2 * l)) & 256)
+                sg = y[74 + 4 * ib + l]
+                base = 32 * ib + 8 * l
+                for j in range(4):
+                    o[base + j] = _signed(db * grid[g1, j], (sg >> j) & 1)
+                    o[base + 4 + j] = _signed(db * grid[g2, j], (sg >> (j + 4)) & 1)
+
+
+# -- row drivers: rows float32[nrows, n], weights float32[n] or [0], the tables (npos, kmap, neigh) and status
+# -- int32[nrows, 2] -> out uint8[nrows, n/256*98 or *110]; and back, data uint8[nrows, nb*98 or nb*110] -> out
+# -- float32[nrows, nb*256] -----------------------------------------------------------------------------------
+
+quantize_iq3_xxs = checked_driver(__name__, "iq3_xxs", QK_K, IQ3_XXS_BYTES, quantize_block_iq3_xxs, _scratch)
+quantize_iq3_s = checked_driver(__name__, "iq3_s", QK_K, IQ3_S_BYTES, quantize_block_iq3_s, _scratch)
+dequantize_iq3_xxs = row_driver(each_row, __name__, "dequantize_iq3_xxs", "dequantize_row_iq3_xxs over all rows.",
+                                ROW=dequantize_row_iq3_xxs)
+dequantize_iq3_s = row_driver(each_row, __name__, "dequantize_iq3_s", "dequantize_row_iq3_s over all rows.",
+                              ROW=dequantize_row_iq3_s)
