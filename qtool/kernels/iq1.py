@@ -102,6 +102,29 @@ def _sigma2(xbl):
 
 
 @jit
+def _abs_max(xb, n):
+    """C's running MAX(m, fabsf(x)) over the first n values."""
+    mx = abs(xb[0])
+    for i in range(1, n):
+        a = abs(xb[i])
+        mx = mx if mx > a else a
+    return mx
+
+
+@jit
+def _split_levels(idx, b1, b2, scale, L, n):
+    """The levels of the best split: L = 0 below sorted place b1, 1 below b2, else 2 (idx: the sort order);
+    a negative scale flips them (L -> 2 - L) and itself. Returns (scale, whether it flipped)."""
+    for j in range(n):
+        L[idx[j]] = 0 if j < b1 else (1 if j < b2 else 2)
+    if scale < F32(0.0):
+        for j in range(n):
+            L[j] = 2 - L[j]
+        return -scale, True
+    return scale, False
+
+
+@jit
 def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbours, xrest, index):
     """Each of the ng 8-groups of the block's levels L onto the grid: its own pattern where that is a
     grid point, else ggml's best neighbour at scale (iq1_find_best_neighbour2) with the group's levels
@@ -173,10 +196,7 @@ def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
     for ib in range(QK_K // bs):
         xb = x[bs * ib:bs * ib + bs]
         importance(xb, qw[bs * ib:bs * ib + bs], bs, sigma2, F32(0.0), weight)
-        mx = abs(xb[0])
-        for i in range(1, bs):
-            a = abs(xb[i])
-            mx = mx if mx > a else a
+        mx = _abs_max(xb, bs)
         if mx < _EPS_IQ1_S:
             scales[ib] = F32(0.0)
             shifts[ib] = 1
@@ -244,12 +264,8 @@ def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
             scales[ib] = F32(0.0)
             shifts[ib] = 1
             continue
-        for j in range(bs):
-            L[idx[j]] = 0 if j < b1 else (1 if j < b2 else 2)
-        if scale < F32(0.0):
-            for j in range(bs):
-                L[j] = 2 - L[j]
-            scale = -scale
+        scale, flipped = _split_levels(idx, b1, b2, scale, L, bs)
+        if flipped:
             bshift = -bshift
         ok, scale = _snap_groups(xb, weight, L, bs // 8, 0 if bshift == 1 else 15, x_p, x_m, scale, levels, kmap,
                                  neighbours, xrest[bs * ib:], index)
@@ -339,10 +355,7 @@ def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
     for ib in range(QK_K // bs):
         xb = x[bs * ib:bs * ib + bs]
         importance(xb, qw[bs * ib:bs * ib + bs] if have_w else qw, bs, sigma2, F32(0.0), weight)
-        mx = abs(xb[0])
-        for i in range(1, bs):
-            a = abs(xb[i])
-            mx = mx if mx > a else a
+        mx = _abs_max(xb, bs)
         if mx < _EPS_IQ1_M:
             scales[ib] = F32(0.0)
             shifts[ib] = 0
@@ -414,12 +427,8 @@ def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
             scales[ib] = F32(0.0)
             shifts[ib] = 0
             continue
-        for j in range(bs):
-            L[idx[j]] = 0 if j < b1 else (1 if j < b2 else 2)
-        if scale < F32(0.0):
-            for j in range(bs):
-                L[j] = 2 - L[j]
-            scale = -scale
+        scale, flipped = _split_levels(idx, b1, b2, scale, L, bs)
+        if flipped:
             bk = 3 - bk
         # group 0 takes -delta for bk 2, 3; group 1 for bk 1, 3
         ok, scale = _snap_groups(xb, weight, L, 2, (1 if bk >= 2 else 0) | ((bk % 2) << 1), x_p, x_m, scale, levels,
