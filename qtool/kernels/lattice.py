@@ -223,8 +223,9 @@ def max_of(xval, n):
 @jit
 def fold_signs(xb, weight, xval, k, parity):
     """|x| of the 8 weights of group k into xval; returns their sign bits. With ``parity`` (IQ2_XXS,
-    IQ2_XS, IQ3_XXS: 7 stored bits, the 8th implied even) an odd count of negatives flips the sign back
-    on the weight of least weight*x^2, whose xval goes negative."""
+    IQ2_XS: 7 stored bits, the 8th implied even) an odd count of negatives flips the sign back on the
+    weight of least weight*x^2, whose xval goes negative. (IQ3 writes the same steps inline: through
+    this call its blocks ran ~3% slower.)"""
     nflip = 0
     s = 0
     for i in range(8):
