@@ -481,9 +481,3 @@ dequantize_iq2_xxs = row_driver(each_row, __name__, "dequantize_iq2_xxs", "dequa
                                 ROW=dequantize_row_iq2_xxs)
 dequantize_iq2_16 = row_driver(each_row, __name__, "dequantize_iq2_16", "dequantize_row_iq2_16 over all rows.",
                                ROW=dequantize_row_iq2_16)
-
-
-def quantize_iq2_16(rows, weights, out, npos, kmap, neigh, is_s, status):
-    """quantize_iq2_s (is_s) or quantize_iq2_xs, as the quantizer layer calls them (dequantize_iq2_16 takes
-    the flag itself)."""
-    (quantize_iq2_s if is_s else quantize_iq2_xs)(rows, weights, out, npos, kmap, neigh, status)

@@ -13,8 +13,8 @@ _FAILURES = {k.NO_NEIGHBOUR: NO_NEIGHBOUR, k.BAD_SCALE: BAD_SCALE,
 
 IQ2_XXS = lattice_type(T.IQ2_XXS, "IQ2_XXS", _FAILURES, k.quantize_iq2_xxs, k.dequantize_iq2_xxs,
                        dequantize_extra=(k.KSIGNS_IQ2XS,), requires_imatrix=True)
-# IQ2_XS and IQ2_S share the 16-bit-index kernels; the flag selects IQ2_S's layout
-IQ2_XS = lattice_type(T.IQ2_XS, "IQ2_XS", _FAILURES, k.quantize_iq2_16, k.dequantize_iq2_16,
-                      quantize_extra=(False,), dequantize_extra=(k.KSIGNS_IQ2XS, False), requires_imatrix=True)
-IQ2_S = lattice_type(T.IQ2_S, "IQ2_S", _FAILURES, k.quantize_iq2_16, k.dequantize_iq2_16,
-                     quantize_extra=(True,), dequantize_extra=(k.KSIGNS_IQ2XS, True))
+# IQ2_XS and IQ2_S share the 16-bit-index dequantizer; the flag selects IQ2_S's layout
+IQ2_XS = lattice_type(T.IQ2_XS, "IQ2_XS", _FAILURES, k.quantize_iq2_xs, k.dequantize_iq2_16,
+                      dequantize_extra=(k.KSIGNS_IQ2XS, False), requires_imatrix=True)
+IQ2_S = lattice_type(T.IQ2_S, "IQ2_S", _FAILURES, k.quantize_iq2_s, k.dequantize_iq2_16,
+                     dequantize_extra=(k.KSIGNS_IQ2XS, True))
