@@ -195,7 +195,8 @@ def test_one_big_tensor_is_not_resident_whole(tmp_path):
 
 
 def test_a_half_tensor_widens_into_the_callers_buffer(monkeypatch):
-    """load(into=) gives the same floats as a fresh load, as a view of the buffer (llama's permuted q/k too)."""
+    """load(into=) gives the same floats as a fresh load, as a view of the buffer where the tensor is stored as it
+    is used (llama's permuted q/k are widened and permuted afresh)."""
     from qtool.formats import source as source_module
 
     monkeypatch.setattr(source_module, "_WIDEN_IN_KERNEL", 1)  # the bundled model's tensors are small
@@ -203,7 +204,8 @@ def test_a_half_tensor_widens_into_the_callers_buffer(monkeypatch):
     with open_model(ROOT / "fixtures" / "tiny-llama") as src:
         for info in src.tensors:
             got = src.load(info.name, into=buffer)
-            assert np.shares_memory(got, buffer), info.name
+            permuted = info.name.endswith(("attn_q.weight", "attn_k.weight"))
+            assert np.shares_memory(got, buffer) != permuted, info.name
             np.testing.assert_array_equal(got, src.load(info.name))
 
 

@@ -162,9 +162,9 @@ class HFSource(ModelSource):
         p = self._plan[info.name]
         if p.data is not None:
             return p.data
-        if into is not None and info.qtype != GGMLQuantizationType.F32:
-            # one half type throughout: its (transformed) stored words, widened into the caller's buffer
-            return widen(self._raw(info), info.qtype.name, info.shape, into)
+        if into is not None and p.transform is None and len(p.sources) == 1:
+            e = self._w.entry(p.sources[0])  # stored as it is written: widened into the caller's buffer
+            return widen(self._w.bytes_of(p.sources[0]), e.dtype, e.shape, into)
         arrays = []
         for s in p.sources:
             e = self._w.entry(s)
