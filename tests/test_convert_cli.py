@@ -546,8 +546,11 @@ def interrupted(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "qtool", "convert", str(src), "--type", "Q4_K_M", "-o", str(warm)],
                    capture_output=True, env=env, check=True)
     shutil.rmtree(warm.parent)
+    # SIGINT as a terminal gives it: a shell's background job (`.ci/run &`) inherits it ignored, and Python then
+    # never installs its KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-m", "qtool", "convert", str(src), "--type", "Q4_K_M", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # once some tensors are written: the kernels are loaded and the run is in its tensor loop (an interrupt
     # landing while LLVM loads a kernel can be lost in one of its callbacks)
     deadline = time.monotonic() + 60
