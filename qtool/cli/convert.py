@@ -267,18 +267,18 @@ def _report(out, result, dry_run: bool) -> None:
     if result.mix is not None:
         m = result.mix
         unit = "file bytes" if m.target.kind == "size" else "tensor bytes"
-        out.print(f"mix for {m.target.label}: {m.total} {unit} (budget {m.budget}, "
+        out.line(f"mix for {m.target.label}: {m.total} {unit} (budget {m.budget}, "
                   f"{100 * (m.budget - m.total) / m.budget:.2f}% under), predicted error {m.predicted_error:.4g} "
                   f"({m.measure}, element-weighted mean), candidates {','.join(t.name for t in m.candidates)}")
         if m.calibration is not None:
-            out.print(f"KL calibration at {m.calibration.chosen_type.name} on {m.calibration.text}: "
+            out.line(f"KL calibration at {m.calibration.chosen_type.name} on {m.calibration.text}: "
                       + ", ".join(f"{c.name} {c.kld_mean:.4g} nats (weight {c.weight:.3g})"
                                   for c in m.calibration.classes))
     if result.recipe is not None:
         out.note(f"recipe: {result.recipe} (llama-quantize --tensor-type-file {result.recipe} IN.gguf OUT.gguf "
                  f"{result.preset} reproduces the file)")
     verb = f"would write {result.target}" if dry_run else f"wrote {result.output}"
-    out.print(f"{verb}: {summary['tensors']} tensors ({summary['quantized']} quantized), "
+    out.line(f"{verb}: {summary['tensors']} tensors ({summary['quantized']} quantized), "
               f"{_human_bytes(result.bytes_in)} -> {_human_bytes(result.bytes_out)}, "
               f"{result.bits_per_weight:.2f} bits per weight"
               + ("" if dry_run else f", {result.seconds:.2f} s"))

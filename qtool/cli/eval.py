@@ -107,7 +107,7 @@ def _render(out, result) -> None:
     t.add_row("all", f"{result.summary['n_positions']} scored", *cells(result.summary))
     out.print(t)
     s = result.summary
-    out.print(f"KL divergence {_num(s['kld_mean'], 6)} nats (mean), top-1 agreement "
+    out.line(f"KL divergence {_num(s['kld_mean'], 6)} nats (mean), top-1 agreement "
               f"{100 * s['top1_agreement']:.2f}% ({s['flips']} flips of {s['n_positions']}), perplexity "
               f"{_num(s['ppl_quant'], 4)} against {_num(s['ppl_reference'], 4)} (x{_num(s['ppl_ratio'], 4)})"
               + (f"; reference saved as top-{result.top_k}: KL is a lower bound" if result.top_k and

@@ -45,7 +45,7 @@ def imatrix_command(
     if out.json_mode:
         out.json(doc)
         return
-    out.print(f"wrote {doc['output']}: {doc['entries']} entries from {doc['chunks']} chunk(s) of {doc['ctx']} "
+    out.line(f"wrote {doc['output']}: {doc['entries']} entries from {doc['chunks']} chunk(s) of {doc['ctx']} "
               f"tokens ({doc['text_tokens']} in the text), {doc['seconds']:.1f} s")
 
 
