@@ -132,16 +132,20 @@ def test_bulk_array_packing_is_gguf_pys(i):
     assert _Writer(None, "llama")._pack_val(value, V.ARRAY, True, sub) == theirs
 
 
-def test_a_big_string_array_packed_again_gives_its_own_bytes():
-    """The recent-arrays reuse answers an equal array with the same bytes, and a changed one with new bytes."""
-    vocab = _arrays()[0][0]
-    first = _pack_array(list(vocab), V.STRING)
-    changed = list(vocab)
-    changed[12345] += "!"
-    again, other = _pack_array(list(vocab), V.STRING), _pack_array(changed, V.STRING)
-    assert again == first and other != first
-    theirs = GGUFWriter(None, "llama")._pack_val(changed, V.ARRAY, True, V.STRING)
-    assert _Writer(None, "llama")._pack_val(changed, V.ARRAY, True, V.STRING) == theirs
+def test_data_offset_counts_what_is_written(tmp_path):
+    """data_offset() (string arrays counted, not packed) is where the written file's tensor data starts,
+    with every array above as metadata: multi-byte UTF-8, NULs, empty strings, bytes elements."""
+    path = tmp_path / "o.gguf"
+    with GGUFOut(path, "llama", alignment=1) as out:  # no padding to hide a miscount in
+        for i, (value, sub) in enumerate(_arrays()):
+            out.add_metadata(f"x.a{i}", value, V.ARRAY, sub)
+        out.add_metadata("x.s", "\u4e2d\U0001f600", V.STRING)
+        out.add_tensor("w", (1, 32), T.F32)
+        offset = out.data_offset()
+        out.begin()
+        out.write("w", np.ones((1, 32), np.float32))
+        out.commit()
+    assert GGUFReader(path).tensors[0].data_offset == offset
 
 
 @pytest.mark.parametrize("value, sub", [([300], V.UINT8), ([1.5], V.INT32), ([1e40], V.FLOAT32),

@@ -105,22 +105,14 @@ def _pack_strings(value: Any) -> bytes | None:
     return out.tobytes()
 
 
-#: the big string arrays packed last (a snapshot of the items, the bytes): convert packs the metadata twice,
-#: for the data offset and then into the file, and a vocabulary's tokens and merges take ~20 ms each
-_recent_strings: list[tuple[tuple, bytes | None]] = []
-
-
-def _pack_strings_once(value: Any) -> bytes | None:
-    """_pack_strings, reusing the result for a big array equal to one packed recently."""
-    if len(value) < 4096:
-        return _pack_strings(value)
-    items = tuple(value)
-    for seen, packed in _recent_strings:
-        if len(seen) == len(items) and seen == items:
-            return packed
-    packed = _pack_strings(value)
-    _recent_strings[:] = [(items, packed)] + _recent_strings[:3]
-    return packed
+def _strings_size(value: Any) -> int | None:
+    """The packed size of a string array's elements (u64 length + UTF-8 bytes each), counted without
+    packing them; None unless every element is a str."""
+    n = len(value)
+    if not all(map(isinstance, value, repeat(str, n))):
+        return None
+    # surrogatepass: a lone surrogate counts 3 bytes here; packing it raises later, as gguf-py does
+    return 8 * n + len("".join(value).encode("utf-8", "surrogatepass"))
 
 
 def _pack_array(value: Any, sub: GGUFValueType) -> bytes | None:
@@ -128,7 +120,7 @@ def _pack_array(value: Any, sub: GGUFValueType) -> bytes | None:
     if len(value) == 0:
         body = b""  # llama.cpp writes empty arrays (gguf-py's packing refuses them)
     elif sub == GGUFValueType.STRING:
-        body = _pack_strings_once(value)
+        body = _pack_strings(value)
     elif sub == GGUFValueType.BOOL or sub in _NUMBER_DTYPES:
         body = _pack_numbers(value, sub)
     else:
@@ -228,7 +220,13 @@ class GGUFOut:
         n = 4 + 4 + 8 + 8  # magic, version, tensor count, key/value count
         for key, val in w.kv_data[0].items():
             n += len(w._pack_val(key, GGUFValueType.STRING, add_vtype=False))
-            n += len(w._pack_val(val.value, val.type, add_vtype=True, sub_type=val.sub_type))
+            size = None
+            if val.type == GGUFValueType.ARRAY and val.sub_type == GGUFValueType.STRING and len(val.value):
+                size = _strings_size(val.value)  # a vocabulary: 10^5 strings, counted, not packed
+            if size is None:
+                n += len(w._pack_val(val.value, val.type, add_vtype=True, sub_type=val.sub_type))
+            else:
+                n += 4 + 4 + 8 + size  # value type, element type, count, elements
         for name, ti in w.tensors[0].items():
             n += len(w._pack_val(name, GGUFValueType.STRING, add_vtype=False)) + 4 + 8 * len(ti.shape) + 4 + 8
         return GGUFWriter.ggml_pad(n, w.data_alignment)
