@@ -269,17 +269,25 @@ def _check_text_tokenizer(f: _Folder):
     return tok
 
 
+def _added_pairs(tok_json: dict) -> list[tuple[str, int]] | None:
+    """tokenizer.json's added tokens as (content, id) in order; None unless each is that plain form."""
+    added = tok_json.get("added_tokens") or []
+    if not isinstance(added, list) or not all(
+            isinstance(a, dict) and type(a.get("content")) is str and type(a.get("id")) is int for a in added):
+        return None
+    return [(a["content"], a["id"]) for a in added]
+
+
 def _added_ids_as_loaded(tok_json: dict, vocab: dict) -> dict[str, int] | None:
     """The added tokens' ids where they are those loading the whole tokenizer gives them: a token of the
     vocabulary keeps its id, the others follow the vocabulary in order (how tokenizers saves them). None
     for any other layout, or a malformed entry."""
-    added = tok_json.get("added_tokens") or []
+    pairs = _added_pairs(tok_json)
+    if pairs is None:
+        return None
     out: dict[str, int] = {}
     following = len(vocab)
-    for a in added if isinstance(added, list) else [None]:
-        if not isinstance(a, dict) or type(a.get("content")) is not str or type(a.get("id")) is not int:
-            return None
-        content, i = a["content"], a["id"]
+    for content, i in pairs:
         if content in out:
             return None
         if content in vocab:
@@ -770,15 +778,13 @@ def _vocab_with_added(tok_json: dict) -> dict[str, int] | None:
     for 150k tokens). None where the JSON is not that plain form: ask the tokenizer."""
     model = tok_json.get("model")
     vocab = model.get("vocab") if isinstance(model, dict) else None
-    added = tok_json.get("added_tokens") or []
-    if not isinstance(vocab, dict) or not isinstance(added, list):
+    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
         return None
-    if not all(type(i) is int for i in vocab.values()):
-        return None
-    if not all(isinstance(a, dict) and type(a.get("content")) is str and type(a.get("id")) is int for a in added):
+    pairs = _added_pairs(tok_json)
+    if pairs is None:
         return None
     out = dict(vocab)
-    out.update((a["content"], a["id"]) for a in added)
+    out.update(pairs)
     return out
 
 
