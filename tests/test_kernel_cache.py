@@ -27,8 +27,15 @@ import numba
 @numba.njit
 def median(a):
     return np.median(a)
-print(qtool.kernels.LAZY_REFRESH, loaded, float(median(np.arange(5.0))), masked)
+@numba.njit
+def arrays(n):  # reference counting: arrays made, kept in a list, dropped
+    kept = [np.ones(3) * i for i in range(n)]
+    return np.zeros(n).sum() + sum([a.sum() for a in kept])
+assert arrays(4) == 18.0
+print(qtool.kernels.LAZY_REFRESH, loaded, float(median(np.arange(5.0))), masked, qtool.kernels.RUNTIME_FROM)
 print(*out)
+from qtool.kernels.common import first_nonfinite_row
+print(first_nonfinite_row._cache._cache_path)
 """
 
 
@@ -44,12 +51,27 @@ def test_cached_kernels_load_without_the_lowering_registries_and_give_the_same_b
     expected = [get(T.Q4_K).quantize(x).tobytes().hex(), get(T.Q8_0).quantize(x).tobytes().hex()]
     _child(tmp_path)  # the first child may compile into the cache; the second loads from it
     flags, blocks = _child(tmp_path)[:2]
-    lazy, loaded, median, masked = flags.split()
+    lazy, loaded, median, masked, runtime = flags.split()
     assert lazy == "True"
+    assert runtime == "cache", "Numba's runtime functions were compiled again, not loaded from the cache"
     assert loaded == "False", "loading cached kernels imported Numba's lowering registries"
     assert masked == "False", "typing the kernels' arrays imported numpy.ma"
     assert float(median) == 2.0, "a fresh function no longer compiles after a lazy cache load"
     assert blocks.split() == expected
+
+
+def test_a_damaged_runtime_cache_is_compiled_again(tmp_path):
+    """A runtime blob cut short fails its checksum: the next process compiles the functions (and works) and
+    writes the blob again, which the one after loads."""
+    from pathlib import Path
+
+    folder = Path(_child(tmp_path)[2])
+    blobs = list(folder.glob("qtool-nrt-*.bin"))
+    assert blobs, f"no runtime blob in {folder}"
+    for b in blobs:
+        b.write_bytes(b.read_bytes()[:-100])
+    assert _child(tmp_path)[0].split()[4] == "compiled"
+    assert _child(tmp_path)[0].split()[4] == "cache"
 
 
 def test_arrays_are_typed_as_numba_types_them(tmp_path):

@@ -1,10 +1,68 @@
 """Numba kernels: arrays in, arrays and status out. Nothing here imports the rest of qtool.
 
-Importing the package makes Numba's on-disk cache cheaper to load (see `_load_cached_without_refresh`)
-and its first call of a kernel cheaper to type (see `_type_arrays_without_numpy_ma`).
+Importing the package makes Numba's on-disk cache cheaper to load (see `_load_cached_without_refresh`,
+`_runtime_from_cache`) and its first call of a kernel cheaper to type (see `_type_arrays_without_numpy_ma`).
 """
 
 from __future__ import annotations
+
+
+#: how this process got Numba's runtime functions: "cache" (the blob beside the kernels), "compiled", or
+#: None before the first kernel load
+RUNTIME_FROM = None
+_runtime_dir: list = []  # the cache folder of the kernel being loaded, for _runtime_from_cache
+
+
+def _runtime_from_cache(ctx):
+    """nrtdynmod.compile_nrt_functions, keeping the machine code in the kernels' cache folder.
+
+    Every process that runs a Numba function first compiles Numba's runtime (NRT) functions from LLVM
+    IR it builds in Python: ~27 ms of every qtool start-up. The result is a code library like any cached
+    kernel's, so it is stored the way Numba stores theirs (object code plus bitcode for linking) and
+    loaded from there (~4 ms). The file is named by Numba's and llvmlite's versions and the machine
+    (Numba's own cache key for code), written whole under a temporary name, and carries a checksum;
+    anything amiss and the functions are compiled as before.
+    """
+    import hashlib
+    import os
+    import pickle
+    import tempfile
+
+    import llvmlite
+    import numba
+    from numba.core.runtime import nrtdynmod
+
+    global RUNTIME_FROM
+    codegen = ctx.codegen()
+    folder = _runtime_dir[-1] if _runtime_dir else None
+    key = hashlib.sha256(repr((numba.__version__, llvmlite.__version__, codegen.magic_tuple())).encode())
+    path = os.path.join(folder, f"qtool-nrt-{key.hexdigest()[:20]}.bin") if folder else None
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                digest, payload = f.read(32), f.read()
+            if hashlib.sha256(payload).digest() == digest:
+                library = codegen.unserialize_library(pickle.loads(payload))
+                RUNTIME_FROM = "cache"
+                return library
+        except Exception:  # noqa: BLE001 (absent, unreadable or stale: compile it)
+            pass
+    ir_module, library = nrtdynmod.create_nrt_module(ctx)
+    library.enable_object_caching()
+    library.add_ir_module(ir_module)
+    library.finalize()
+    RUNTIME_FROM = "compiled"
+    if path is not None:
+        try:
+            payload = pickle.dumps(library.serialize_using_object_code())
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".qtool-nrt-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(hashlib.sha256(payload).digest() + payload)
+            os.chmod(tmp, 0o644)  # as readable as the kernels' own cache files (mkstemp makes it 0600)
+            os.replace(tmp, path)
+        except Exception:  # noqa: BLE001 (a read-only cache folder: compile it next time too)
+            pass
+    return library
 
 
 def _load_cached_without_refresh() -> bool:
@@ -13,13 +71,14 @@ def _load_cached_without_refresh() -> bool:
     Before every cache load Numba refreshes its target context, and the first refresh imports some
     forty modules of lowering code (linalg, random, typed containers, jitclass...): about 0.1-0.15 s
     of every qtool process's start-up, though a cached kernel is machine code that needs none of it.
-    What a cached kernel does need is Numba's runtime (NRT) linked in, so that stays. Every path
-    that compiles still refreshes on its own (the compiler does, and lowering refreshes on a miss),
-    so a cache miss compiles exactly as before. Where this Numba lacks the pieces, nothing changes.
+    What a cached kernel does need is Numba's runtime (NRT) linked in, so that stays (its functions
+    from the kernels' cache folder, see `_runtime_from_cache`). Every path that compiles still
+    refreshes on its own (the compiler does, and lowering refreshes on a miss), so a cache miss
+    compiles exactly as before. Where this Numba lacks the pieces, nothing changes.
     """
     try:
         from numba.core.caching import Cache
-        from numba.core.runtime import rtsys
+        from numba.core.runtime import nrtdynmod, rtsys
     except ImportError:
         return False
     if getattr(Cache, "_qtool_lazy_refresh", False):
@@ -28,9 +87,15 @@ def _load_cached_without_refresh() -> bool:
         return False
     if not hasattr(rtsys, "initialize"):
         return False
+    if all(hasattr(nrtdynmod, name) for name in ("compile_nrt_functions", "create_nrt_module")):
+        nrtdynmod.compile_nrt_functions = _runtime_from_cache
 
     def load_overload(self, sig, target_context):
-        rtsys.initialize(target_context)
+        _runtime_dir.append(getattr(self, "_cache_path", None))
+        try:
+            rtsys.initialize(target_context)
+        finally:
+            _runtime_dir.pop()
         with self._guard_against_spurious_io_errors():
             return self._load_overload(sig, target_context)
 
