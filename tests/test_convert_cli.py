@@ -608,3 +608,30 @@ def test_the_cycle_collector_is_off_until_the_work_starts_and_restored_after(tmp
     # off while the model was opened and planned, on (everything alive so far frozen) for the tensors
     assert states[0] is False and states[1] == (True, True)
     assert gc.isenabled() and gc.get_freeze_count() == 0  # the caller's collector as it was
+
+
+def test_the_command_ends_without_collecting(monkeypatch, tmp_path):
+    """The command's entry point (console script, python -m qtool) runs main() and leaves the collector
+    off with everything frozen, so that the interpreter's shutdown walks nothing; its exit code is main's."""
+    import gc
+
+    from qtool.cli import app
+
+    assert app.run.__module__ == "qtool.cli.app"
+    monkeypatch.setattr("sys.argv", ["qtool", "convert", str(FIXTURE), "--type", "Q8_0", "-o",
+                                     str(tmp_path / "o.gguf"), "--quiet"])
+    try:
+        app.run()
+        assert (tmp_path / "o.gguf").is_file()
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        monkeypatch.setattr("sys.argv", ["qtool", "convert", str(tmp_path / "missing"), "--type", "Q8_0"])
+        with pytest.raises(SystemExit) as e:
+            app.run()
+        assert e.value.code not in (0, None)
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    main_py = (Path(app.__file__).parents[1] / "__main__.py").read_text()
+    assert "run()" in main_py
+    assert 'qtool = "qtool.cli.app:run"' in (Path(app.__file__).parents[2] / "pyproject.toml").read_text()
