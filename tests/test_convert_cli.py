@@ -612,12 +612,12 @@ def test_the_cycle_collector_is_off_until_the_work_starts_and_restored_after(tmp
 
 def test_the_command_ends_without_collecting(monkeypatch, tmp_path):
     """The command's entry point (console script, python -m qtool) runs main() and leaves the collector
-    off with everything frozen, so that the interpreter's shutdown walks nothing; its exit code is main's."""
+    off with everything frozen, so that the interpreter's shutdown walks nothing; its exit code is main's.
+    (test_readme checks that the console script and python -m qtool both name this entry.)"""
     import gc
 
     from qtool.cli import app
 
-    assert app.run.__module__ == "qtool.cli.app"
     monkeypatch.setattr("sys.argv", ["qtool", "convert", str(FIXTURE), "--type", "Q8_0", "-o",
                                      str(tmp_path / "o.gguf"), "--quiet"])
     try:
@@ -632,6 +632,3 @@ def test_the_command_ends_without_collecting(monkeypatch, tmp_path):
     finally:
         gc.unfreeze()
         gc.enable()
-    main_py = (Path(app.__file__).parents[1] / "__main__.py").read_text()
-    assert "run()" in main_py
-    assert 'qtool = "qtool.cli.app:run"' in (Path(app.__file__).parents[2] / "pyproject.toml").read_text()
