@@ -272,9 +272,12 @@ class _Reused:
     def for_tensor(self, info) -> np.ndarray | None:
         if info.qtype not in (GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
             return None
-        if self._buffer.size < info.n_elements:
+        return self.for_slice(info.n_elements)
+
+    def for_slice(self, n: int) -> np.ndarray:
+        if self._buffer.size < n:
             self._buffer = np.empty(0, np.float32)  # the old one goes before the bigger one comes
-            self._buffer = np.empty(info.n_elements, np.float32)
+            self._buffer = np.empty(n, np.float32)
         return self._buffer
 
 
@@ -282,12 +285,25 @@ def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> n
     """The bytes to write for one planned tensor: copied unchanged, converted, or quantized. The floats
     may be widened into ``widened``'s buffer: the bytes returned never share memory with it."""
     from qtool.analysis.weights import load_floats
-    from qtool.formats.source import drop_pages
+    from qtool.formats.source import drop_pages, widen
     from qtool.quantizers import get
 
     if not p.quantize and p.source_type == p.qtype and source.format == "gguf":
         _check_copied(source, p)
         return source.raw(p.name)
+    halves = source.halves(p.name) if widened is not None else None
+    if halves is not None and halves[0].size >= _SLICED_HALVES and halves[0].ndim >= 2:
+        # a big F16/BF16 tensor stored as it is used: widened and quantized a slice of rows at a time through
+        # one small buffer, so it is never float32 whole (a large vocabulary's embeddings: hundreds of MB
+        # of fresh memory, faulted in page by page, and resident at once)
+        words, dtype = halves
+        n = words.shape[-1]
+        rows = max(1, _SLICE_FLOATS // n)
+        buffer = widened.for_slice(rows * n)
+        weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
+        return get(p.qtype).quantize(words, weights, name=p.name, threads=threads, slice_rows=rows,
+                                     after_slice=drop_pages,
+                                     convert_slice=lambda part: widen(part, dtype, part.shape, into=buffer))
     into = widened.for_tensor(source.info(p.name)) if widened is not None else None
     data = load_floats(source, p.name, threads=threads, into=into)
     weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
@@ -302,6 +318,10 @@ def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> n
 
 #: a tensor read as a view of the input's map is quantized this many bytes of float32 at a time
 _CHUNK_BYTES = 64 << 20
+#: F16/BF16 tensors of at least this many elements are widened and quantized in slices of about
+#: _SLICE_FLOATS values (8 MiB of float32: the slice is still in the cache when it is quantized)
+_SLICED_HALVES = 1 << 20
+_SLICE_FLOATS = 2 << 20
 
 
 _INTEGER_TYPES = frozenset({GGMLQuantizationType.I8, GGMLQuantizationType.I16, GGMLQuantizationType.I32,

@@ -218,3 +218,114 @@ def test_converting_through_one_buffer_writes_the_same_file(tmp_path, monkeypatc
     monkeypatch.setattr(pipeline._Reused, "for_tensor", lambda self, info: None)
     fresh = pipeline.convert(ROOT / "fixtures" / "tiny-llama", "Q4_K_M", tmp_path / "b.gguf").output
     assert reused.read_bytes() == fresh.read_bytes()
+
+
+# -- F16/BF16 tensors widened and quantized a slice of rows at a time ------------------------------------------
+
+
+def _bf16_gguf(path: Path, a: np.ndarray, name: str = "blk.0.ffn_up.weight") -> tuple[Path, np.ndarray]:
+    """A one-tensor GGUF of ``a`` cut to BF16, and the float32 values it holds."""
+    from gguf import GGMLQuantizationType
+
+    words = (a.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_tensor(name, words.view(np.uint8), raw_dtype=GGMLQuantizationType.BF16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path, (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def test_a_half_tensor_is_widened_and_quantized_a_slice_at_a_time(tmp_path, monkeypatch):
+    """A big BF16 tensor goes through a buffer of a few rows, slice by slice (no widening is bigger), to the bytes
+    of the whole tensor quantized at once, with and without an importance vector."""
+    import qtool.convert as pipeline
+    from gguf import GGMLQuantizationType
+    from qtool.formats import source as source_module
+    from qtool.quantizers import get
+
+    rng = np.random.default_rng(3)
+    path, floats = _bf16_gguf(tmp_path / "h.gguf", (rng.standard_t(4, (300, 512)) * 0.02).astype(np.float32))
+    imp = (rng.random(512) + 0.01).astype(np.float32)
+    monkeypatch.setattr(pipeline, "_SLICED_HALVES", 1)
+    monkeypatch.setattr(pipeline, "_SLICE_FLOATS", 7 * 512)  # 7 rows a slice: 43 slices, the last one short
+    monkeypatch.setattr(source_module, "_WIDEN_IN_KERNEL", 1)
+    sizes, real = [], source_module.widen
+    monkeypatch.setattr(source_module, "widen", lambda d, t, s, into=None: sizes.append(int(np.prod(s))) or
+                        real(d, t, s, into))
+    with open_model(path) as src:
+        for name in ("Q8_0", "Q4_K", "IQ4_NL"):
+            qtype = GGMLQuantizationType[name]
+            for imatrix in (None, imp):
+                sizes.clear()
+                got = pipeline._tensor_bytes(src, _Plan("blk.0.ffn_up.weight", floats.shape, qtype),
+                                             None if imatrix is None else _Imatrix(imatrix), 2, pipeline._Reused())
+                assert np.array_equal(got, get(qtype).quantize(floats, imatrix, threads=2)), name
+                assert len(sizes) == 43 and max(sizes) == 7 * 512, sizes
+
+
+def test_sources_give_half_words_of_tensors_stored_as_used(tmp_path):
+    """halves(): the stored words of each F16/BF16 tensor stored as it is used, which widen to what load() gives;
+    None for llama's permuted q/k (widened and permuted afresh) and for F32 tensors."""
+    from qtool.formats.source import widen
+
+    path, floats = _bf16_gguf(tmp_path / "h.gguf", np.linspace(-1, 1, 64 * 32, dtype=np.float32).reshape(64, 32))
+    with open_model(path) as src:
+        words, dtype = src.halves("blk.0.ffn_up.weight")
+        assert dtype == "BF16" and words.dtype == np.uint16 and words.shape == (64, 32)
+        np.testing.assert_array_equal(widen(words, dtype, words.shape), floats)
+    with open_model(ROOT / "fixtures" / "tiny-llama") as src:
+        seen = 0
+        for info in src.tensors:
+            h = src.halves(info.name)
+            permuted = info.name.endswith(("attn_q.weight", "attn_k.weight"))
+            assert (h is None) == permuted, info.name
+            if h is not None:
+                np.testing.assert_array_equal(widen(h[0], h[1], h[0].shape), src.load(info.name))
+                seen += 1
+        assert seen > 0
+    with open_model(_one_tensor_gguf(tmp_path / "f.gguf", floats)) as src:
+        assert src.halves("blk.0.ffn_up.weight") is None
+
+
+def test_converting_halves_in_slices_writes_the_same_file(tmp_path, monkeypatch):
+    from qtool import convert as pipeline
+    from qtool.formats import source as source_module
+    from qtool.formats.source import ModelSource
+
+    monkeypatch.setattr(source_module, "_WIDEN_IN_KERNEL", 1)
+    monkeypatch.setattr(pipeline, "_SLICED_HALVES", 1)
+    monkeypatch.setattr(pipeline, "_SLICE_FLOATS", 1000)
+    sliced = pipeline.convert(ROOT / "fixtures" / "tiny-llama", "Q4_K_M", tmp_path / "a.gguf").output
+    monkeypatch.setattr(ModelSource, "halves", lambda self, name: None)
+    whole = pipeline.convert(ROOT / "fixtures" / "tiny-llama", "Q4_K_M", tmp_path / "b.gguf").output
+    assert sliced.read_bytes() == whole.read_bytes()
+
+
+def test_a_big_half_tensor_is_never_float32_whole(tmp_path):
+    """A 6144 x 4096 BF16 tensor (96 MiB as float32) converts through 8 MiB slices: the peak is most of the float32
+    tensor below the same run with the tensor widened whole."""
+    rows, cols = 6144, 4096
+    rng = np.random.default_rng(0)
+    model, _ = _bf16_gguf(tmp_path / "big.gguf", (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def peak_mib(sliced_from: int) -> float:
+        code = (
+            f"import sys; import qtool.convert; qtool.convert._SLICED_HALVES = {sliced_from}\n"
+            "from qtool.cli.app import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            f"print({_PEAK_KB})\n"
+        )
+        out = tmp_path / "o.gguf"
+        out.unlink(missing_ok=True)
+        r = subprocess.run([sys.executable, "-c", code, "convert", str(model), "--type", "Q8_0", "--pure", "-o",
+                            str(out), "--quiet"], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout.strip().splitlines()[-1]) / 1024
+
+    peak_mib(1)  # the kernels compiled (or loaded from Numba's cache) before anything is compared
+    whole, sliced = peak_mib(1 << 40), peak_mib(1 << 20)
+    assert whole - sliced > 0.6 * rows * cols * 4 / 2**20, (whole, sliced)

@@ -33,7 +33,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from qtool.errors import FormatError
 from qtool.formats.ggml_types import QUANT_SIZES, ggml_type
-from qtool.formats.source import ModelSource, TensorInfo, byte_shape, widen
+from qtool.formats.source import ModelSource, TensorInfo, byte_shape, half_words, widen
 
 GGML_MAX_DIMS = 4
 DEFAULT_ALIGNMENT = 32
@@ -433,6 +433,11 @@ class GGUFSource(ModelSource):
             raise FormatError(f"{self.path}: closed")
         start, nbytes = self._spans[info.name]
         return self._map[start:start + nbytes].reshape(byte_shape(info.shape, info.qtype))
+
+    def _halves(self, info: TensorInfo) -> tuple[np.ndarray, str] | None:
+        if info.qtype not in _HALF_WIDTH:
+            return None
+        return half_words(self._raw(info), _HALF_WIDTH[info.qtype], info.shape)
 
     def _load(self, info: TensorInfo, into: np.ndarray | None = None) -> np.ndarray:
         """Plain number types widened to float32 (F32 as a view of the copy-on-write map: no copy)."""

@@ -22,7 +22,7 @@ from qtool.archs.config import Config
 from qtool.archs.transforms import rope_row_order  # noqa: F401  (re-exported for callers and tests)
 from qtool.errors import FormatError
 from qtool.formats.safetensors import WeightFiles
-from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, byte_shape, drop_pages, widen
+from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, byte_shape, drop_pages, half_words, widen
 from gguf import GGMLQuantizationType
 
 #: the stored words of each float dtype, for transforms on raw bytes
@@ -170,6 +170,13 @@ class HFSource(ModelSource):
             e = self._w.entry(s)
             arrays.append(widen(self._w.bytes_of(s), e.dtype, e.shape))
         return p.transform(arrays) if p.transform is not None else arrays[0]
+
+    def _halves(self, info: TensorInfo) -> tuple[np.ndarray, str] | None:
+        p = self._plan[info.name]
+        if p.data is not None or p.transform is not None or len(p.sources) != 1:
+            return None
+        e = self._w.entry(p.sources[0])
+        return half_words(self._w.bytes_of(p.sources[0]), e.dtype, info.shape)
 
     def _stored(self, info: TensorInfo) -> np.ndarray:
         p = self._plan[info.name]

@@ -29,7 +29,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from qtool.errors import FormatError
-from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, widen
+from qtool.formats.source import INDEX_SUFFIX, ModelSource, TensorInfo, half_words, widen
 
 #: The safetensors library refuses headers larger than this; so do we.
 MAX_HEADER_BYTES = 100_000_000
@@ -301,6 +301,10 @@ class SafetensorsSource(ModelSource):
     def _load(self, info: TensorInfo, into: np.ndarray | None = None) -> np.ndarray:
         e = self._w.entry(info.source_name)
         return widen(self._w.bytes_of(info.source_name), e.dtype, e.shape, into)
+
+    def _halves(self, info: TensorInfo) -> tuple[np.ndarray, str] | None:
+        e = self._w.entry(info.source_name)
+        return half_words(self._w.bytes_of(info.source_name), e.dtype, e.shape)
 
     def _raw(self, info: TensorInfo) -> np.ndarray:
         from qtool.formats.source import byte_shape

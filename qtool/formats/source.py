@@ -97,6 +97,15 @@ class ModelSource:
         assert out.dtype == np.float32 and out.shape == info.shape, (name, out.dtype, out.shape, info.shape)
         return out
 
+    def halves(self, name: str) -> tuple[np.ndarray, str] | None:
+        """The stored words of an F16/BF16 tensor stored as it is used (no transform): (uint16 in the tensor's
+        numpy-order shape, usually a read-only view of the map, "F16" or "BF16"), so that a caller can widen it a
+        slice of rows at a time (``widen``); None for any other tensor."""
+        return self._halves(self.info(name))
+
+    def _halves(self, info: TensorInfo) -> tuple[np.ndarray, str] | None:
+        return None
+
     def raw(self, name: str) -> np.ndarray:
         """The stored bytes, uint8 of shape (*shape[:-1], row_bytes), usually a read-only view of the map."""
         info = self.info(name)
@@ -151,6 +160,15 @@ def drop_pages(view: np.ndarray) -> None:
     last = end // mmap.PAGESIZE * mmap.PAGESIZE
     if 0 <= first < last <= len(mm):
         mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def half_words(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str] | None:
+    """(uint16 words of ``shape``, dtype) of stored F16/BF16 bytes; None for other dtypes (ModelSource.halves)."""
+    if dtype not in ("F16", "BF16"):
+        return None
+    words = data.reshape(-1).view("<u2").reshape(shape)
+    words.flags.writeable = False
+    return words, dtype
 
 
 #: below this many elements NumPy widens faster than a parallel kernel starts

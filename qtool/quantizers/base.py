@@ -110,15 +110,20 @@ class Quantizer:
 
     def quantize(self, data: np.ndarray, imatrix: np.ndarray | None = None, *, name: str = "tensor",
                  threads: int | None = None, slice_rows: int | None = None,
-                 after_slice: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+                 after_slice: Callable[[np.ndarray], None] | None = None,
+                 convert_slice: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Quantize float32 ``data`` (numpy order, rows along the last axis) to uint8 [..., row_bytes].
 
         ``imatrix`` is one importance vector of length n_per_row, or for a 3-D tensor one per
         expert ([n_expert, n_per_row]), as llama.cpp passes them. ``slice_rows``: check and quantize at
         most this many rows at a time (never across experts), calling ``after_slice(rows)`` after each,
         so that a caller reading ``data`` from a map can drop each slice's pages once it is done.
+        ``convert_slice``: ``data`` holds stored elements of another type (F16/BF16 words), and each slice
+        of rows is quantized as ``convert_slice(rows)``, its float32 values; the tensor is then never
+        float32 whole.
         """
-        if not (isinstance(data, np.ndarray) and data.dtype == np.float32 and data.flags.c_contiguous):
+        if convert_slice is None and not (isinstance(data, np.ndarray) and data.dtype == np.float32
+                                          and data.flags.c_contiguous):
             data = np.ascontiguousarray(data, dtype=np.float32)  # (a map's view stays one, for after_slice)
         if data.ndim == 0 or data.size == 0:
             raise QuantError(f"{name}: cannot quantize an empty tensor of shape {data.shape}")
@@ -139,7 +144,8 @@ class Quantizer:
         for first in range(0, rows.shape[0], per_expert):
             w = weights[first // per_expert] if weights is not None and weights.ndim == 2 else weights
             for start in range(first, first + per_expert, step):
-                part = rows[start:min(start + step, first + per_expert)]
+                stored = rows[start:min(start + step, first + per_expert)]
+                part = stored if convert_slice is None else convert_slice(stored)
                 bad = first_nonfinite_row(part)
                 if bad >= 0:
                     col = int(np.flatnonzero(~np.isfinite(part[bad]))[0])
@@ -147,7 +153,7 @@ class Quantizer:
                                      f"column {col}")
                 self._raise_on(self.quantize_blocks(part, w, out[start:start + len(part)]), start, name)
                 if after_slice is not None:
-                    after_slice(part)
+                    after_slice(stored)
         return out.reshape(data.shape[:-1] + (out.shape[1],))
 
     def _raise_on(self, failed: RowFailure | None, first_row: int, name: str) -> None:
