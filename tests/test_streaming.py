@@ -267,8 +267,8 @@ def test_a_half_tensor_is_widened_and_quantized_a_slice_at_a_time(tmp_path, monk
 
 
 def test_sources_give_half_words_of_tensors_stored_as_used(tmp_path):
-    """halves(): the stored words of each F16/BF16 tensor stored as it is used, which widen to what load() gives;
-    None for llama's permuted q/k (widened and permuted afresh) and for F32 tensors."""
+    """halves(): the stored words of each F16/BF16 tensor, rearranged where the tensor is (llama's permuted q/k),
+    which widen to what load() gives; None for F32 tensors."""
     from qtool.formats.source import widen
 
     path, floats = _bf16_gguf(tmp_path / "h.gguf", np.linspace(-1, 1, 64 * 32, dtype=np.float32).reshape(64, 32))
@@ -277,15 +277,13 @@ def test_sources_give_half_words_of_tensors_stored_as_used(tmp_path):
         assert dtype == "BF16" and words.dtype == np.uint16 and words.shape == (64, 32)
         np.testing.assert_array_equal(widen(words, dtype, words.shape), floats)
     with open_model(ROOT / "fixtures" / "tiny-llama") as src:
-        seen = 0
+        permuted = 0
         for info in src.tensors:
             h = src.halves(info.name)
-            permuted = info.name.endswith(("attn_q.weight", "attn_k.weight"))
-            assert (h is None) == permuted, info.name
-            if h is not None:
-                np.testing.assert_array_equal(widen(h[0], h[1], h[0].shape), src.load(info.name))
-                seen += 1
-        assert seen > 0
+            assert h is not None, info.name
+            np.testing.assert_array_equal(widen(h[0], h[1], h[0].shape), src.load(info.name))
+            permuted += info.name.endswith(("attn_q.weight", "attn_k.weight"))
+        assert permuted > 0
     with open_model(_one_tensor_gguf(tmp_path / "f.gguf", floats)) as src:
         assert src.halves("blk.0.ffn_up.weight") is None
 
@@ -329,3 +327,35 @@ def test_a_big_half_tensor_is_never_float32_whole(tmp_path):
     peak_mib(1)  # the kernels compiled (or loaded from Numba's cache) before anything is compared
     whole, sliced = peak_mib(1 << 40), peak_mib(1 << 20)
     assert whole - sliced > 0.6 * rows * cols * 4 / 2**20, (whole, sliced)
+
+
+@pytest.mark.parametrize("case, family, tokenizer", [("gemma3_bf16", None, None), ("llama3_bf16", None, None),
+                                                     ("qwen3_moe_bf16", "qwen3_moe", "smollm2")])
+def test_every_half_tensor_in_slices_converts_to_the_same_file(tmp_path, monkeypatch, case, family, tokenizer):
+    """With every tensor sliced (a few rows at a time) the file is the one widening whole gives: gemma's norm + 1
+    (a transform of the values, so never through the words), llama's permuted q/k and stacked experts (moved
+    as words)."""
+    from qtool import convert as pipeline
+    from qtool.formats import source as source_module
+    from qtool.formats.source import ModelSource
+    from qtool.testing import hf_models_more as more
+
+    if family is None:
+        folder = more.write_case(tmp_path / case, case)
+    else:
+        folder = more.write_folder(tmp_path / case, family, tokenizer, more.case_config(family), dtype="BF16")
+    monkeypatch.setattr(source_module, "_WIDEN_IN_KERNEL", 1)
+    monkeypatch.setattr(pipeline, "_SLICED_HALVES", 1)
+    monkeypatch.setattr(pipeline, "_SLICE_FLOATS", 1000)
+    from gguf import GGMLQuantizationType as T
+
+    with open_model(folder) as src:
+        stored = [t for t in src.tensors if t.qtype in (T.F16, T.BF16)]  # not rope_freqs, which is computed
+        shifted = [t.name for t in stored if src.halves(t.name) is None]
+    assert stored and bool(shifted) == (case == "gemma3_bf16"), shifted  # only the norms gemma adds 1 to
+    for preset in ("Q8_0", "F32"):
+        sliced = pipeline.convert(folder, preset, tmp_path / f"a-{preset}.gguf").output.read_bytes()
+        with monkeypatch.context() as m:
+            m.setattr(ModelSource, "halves", lambda self, name: None)
+            whole = pipeline.convert(folder, preset, tmp_path / f"b-{preset}.gguf").output.read_bytes()
+        assert sliced == whole, preset

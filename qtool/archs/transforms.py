@@ -29,9 +29,12 @@ def rope_row_order(n_rows: int, n_head: int) -> np.ndarray:
 
 
 class Transform:
-    """A tensor made from one or more HF tensors. ``shape`` validates and gives the output shape."""
+    """A tensor made from one or more HF tensors. ``shape`` validates and gives the output shape.
+    ``rearranges``: it only moves elements (rows, experts, slices), so that it gives the same values
+    whether it runs on widened floats or on the stored words (which a reader may widen afterwards)."""
 
     name = "transform"
+    rearranges = False
 
     def shape(self, shapes: Sequence[Shape], where: str) -> Shape:
         raise NotImplementedError
@@ -46,6 +49,7 @@ class PermuteQK(Transform):
 
     n_head: int
     name = "permute_qk"
+    rearranges = True
 
     def shape(self, shapes, where):
         (s,) = shapes
@@ -63,6 +67,7 @@ class StackExperts(Transform):
     """stack_experts: one tensor per expert -> one [n_expert, ...] tensor (torch.stack(dim=0))."""
 
     name = "stack_experts"
+    rearranges = True
 
     def shape(self, shapes, where):
         if any(s != shapes[0] for s in shapes):
@@ -83,6 +88,7 @@ class SplitRows(Transform):
     part: int
     parts: int = 2
     name = "split_gate_up"
+    rearranges = True
 
     def shape(self, shapes, where):
         (s,) = shapes

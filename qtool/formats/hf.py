@@ -173,10 +173,20 @@ class HFSource(ModelSource):
 
     def _halves(self, info: TensorInfo) -> tuple[np.ndarray, str] | None:
         p = self._plan[info.name]
-        if p.data is not None or p.transform is not None or len(p.sources) != 1:
+        if p.data is not None or not p.sources:
             return None
-        e = self._w.entry(p.sources[0])
-        return half_words(self._w.bytes_of(p.sources[0]), e.dtype, info.shape)
+        entries = [self._w.entry(s) for s in p.sources]
+        dtype = entries[0].dtype
+        if dtype not in ("F16", "BF16") or any(e.dtype != dtype for e in entries):
+            return None
+        if p.transform is None:
+            return half_words(self._w.bytes_of(p.sources[0]), dtype, info.shape)
+        if not p.transform.rearranges:  # a transform of the values (gemma's norm + 1) needs the floats
+            return None
+        # llama's permuted q/k, stacked experts, split gate/up: the words rearranged (half the bytes of the
+        # floats, and no float32 copy of the whole tensor to rearrange)
+        words = p.transform([self._w.bytes_of(s).view("<u2").reshape(e.shape) for s, e in zip(p.sources, entries)])
+        return half_words(np.ascontiguousarray(words), dtype, info.shape)
 
     def _stored(self, info: TensorInfo) -> np.ndarray:
         p = self._plan[info.name]
