@@ -291,6 +291,7 @@ def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> n
     if not p.quantize and p.source_type == p.qtype and source.format == "gguf":
         _check_copied(source, p)
         return source.raw(p.name)
+    weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
     halves = source.halves(p.name) if widened is not None else None
     if halves is not None and halves[0].size >= _SLICED_HALVES and halves[0].ndim >= 2:
         # a big F16/BF16 tensor stored as it is used: widened and quantized a slice of rows at a time through
@@ -300,13 +301,11 @@ def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> n
         n = words.shape[-1]
         rows = max(1, _SLICE_FLOATS // n)
         buffer = widened.for_slice(rows * n)
-        weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
         return get(p.qtype).quantize(words, weights, name=p.name, threads=threads, slice_rows=rows,
                                      after_slice=drop_pages,
                                      convert_slice=lambda part: widen(part, dtype, part.shape, into=buffer))
     into = widened.for_tensor(source.info(p.name)) if widened is not None else None
     data = load_floats(source, p.name, threads=threads, into=into)
-    weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
     if getattr(data, "_mmap", None) is None or data.nbytes <= _CHUNK_BYTES or data.ndim < 1:
         return get(p.qtype).quantize(data, weights, name=p.name, threads=threads)
     # a view of the input's map: quantized a slice of rows at a time, each slice's pages dropped once done,

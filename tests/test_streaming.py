@@ -163,27 +163,30 @@ def test_a_bad_row_in_a_later_slice_is_named_by_its_row_in_the_tensor(tmp_path, 
             pipeline._tensor_bytes(src, _Plan("blk.0.ffn_up.weight", a.shape, GGMLQuantizationType.Q4_0), None, 1)
 
 
+def _convert_peak_mib(model: Path, out: Path, setting: str, value: int) -> float:
+    """The peak RSS (MiB) of a child that sets qtool.convert.<setting> = value and converts ``model`` to Q8_0."""
+    code = (
+        f"import sys; import qtool.convert; qtool.convert.{setting} = {value}\n"
+        "from qtool.cli.app import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        f"print({_PEAK_KB})\n"
+    )
+    out.unlink(missing_ok=True)
+    r = subprocess.run([sys.executable, "-c", code, "convert", str(model), "--type", "Q8_0", "--pure", "-o", str(out),
+                        "--quiet"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip().splitlines()[-1]) / 1024
+
+
 def test_one_big_tensor_is_not_resident_whole(tmp_path):
     """A 96 MiB tensor (a big vocabulary's embeddings, say) converts with its input pages dropped slice by
     slice: the peak is most of a tensor below the same run with one slice (8 MiB slices here)."""
     rows, cols = 6144, 4096
     rng = np.random.default_rng(0)
     model = _one_tensor_gguf(tmp_path / "big.gguf", (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
 
     def peak_mib(slice_bytes: int) -> float:
-        code = (
-            f"import sys; import qtool.convert; qtool.convert._CHUNK_BYTES = {slice_bytes}\n"
-            "from qtool.cli.app import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            f"print({_PEAK_KB})\n"
-        )
-        out = tmp_path / "o.gguf"
-        out.unlink(missing_ok=True)
-        r = subprocess.run([sys.executable, "-c", code, "convert", str(model), "--type", "Q8_0", "--pure", "-o",
-                            str(out), "--quiet"], capture_output=True, text=True, env=env)
-        assert r.returncode == 0, r.stderr
-        return int(r.stdout.strip().splitlines()[-1]) / 1024
+        return _convert_peak_mib(model, tmp_path / "o.gguf", "_CHUNK_BYTES", slice_bytes)
 
     peak_mib(8 << 20)  # the kernels compiled (or loaded from Numba's cache) before anything is compared
     whole, sliced = peak_mib(1 << 40), peak_mib(8 << 20)
@@ -308,21 +311,9 @@ def test_a_big_half_tensor_is_never_float32_whole(tmp_path):
     rows, cols = 6144, 4096
     rng = np.random.default_rng(0)
     model, _ = _bf16_gguf(tmp_path / "big.gguf", (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
 
     def peak_mib(sliced_from: int) -> float:
-        code = (
-            f"import sys; import qtool.convert; qtool.convert._SLICED_HALVES = {sliced_from}\n"
-            "from qtool.cli.app import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            f"print({_PEAK_KB})\n"
-        )
-        out = tmp_path / "o.gguf"
-        out.unlink(missing_ok=True)
-        r = subprocess.run([sys.executable, "-c", code, "convert", str(model), "--type", "Q8_0", "--pure", "-o",
-                            str(out), "--quiet"], capture_output=True, text=True, env=env)
-        assert r.returncode == 0, r.stderr
-        return int(r.stdout.strip().splitlines()[-1]) / 1024
+        return _convert_peak_mib(model, tmp_path / "o.gguf", "_SLICED_HALVES", sliced_from)
 
     peak_mib(1)  # the kernels compiled (or loaded from Numba's cache) before anything is compared
     whole, sliced = peak_mib(1 << 40), peak_mib(1 << 20)

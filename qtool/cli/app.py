@@ -89,6 +89,7 @@ def run() -> None:
         gc.disable()
         gc.freeze()
 
+
 def _run(argv: list[str] | None) -> None:
     debug = bool(os.environ.get("QTOOL_DEBUG"))
     try:

@@ -76,23 +76,21 @@ class Output:
     def line(self, text: str) -> None:
         """A line of plain text for people (a summary); nothing in --json mode. On a terminal rich wraps
         it to the width; anywhere else it is written as it is, and rich is not even imported for it."""
-        if self.json_mode:
-            return
-        if sys.stdout.isatty():
-            self.out.print(text, markup=False, highlight=False)
-        else:
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
+        if not self.json_mode:
+            self._plain(sys.stdout, "out", text)
 
     def note(self, message: str) -> None:
         """A side remark on stderr (warnings, what was skipped); silenced by --quiet. Plain text, as line()."""
-        if self.quiet:
-            return
-        if sys.stderr.isatty():
-            self.err.print(message, markup=False, highlight=False)
+        if not self.quiet:
+            self._plain(sys.stderr, "err", message)
+
+    def _plain(self, stream, console: str, text: str) -> None:
+        """``text`` on ``stream``: through rich (the ``console`` attribute) on a terminal, else as it is."""
+        if stream.isatty():
+            getattr(self, console).print(text, markup=False, highlight=False)
         else:
-            sys.stderr.write(message + "\n")
-            sys.stderr.flush()
+            stream.write(text + "\n")
+            stream.flush()
 
     def json(self, document: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(_clean(document), indent=2, allow_nan=False) + "\n")

@@ -179,14 +179,11 @@ class HFSource(ModelSource):
         dtype = entries[0].dtype
         if dtype not in ("F16", "BF16") or any(e.dtype != dtype for e in entries):
             return None
-        if p.transform is None:
-            return half_words(self._w.bytes_of(p.sources[0]), dtype, info.shape)
-        if not p.transform.rearranges:  # a transform of the values (gemma's norm + 1) needs the floats
+        if p.transform is not None and not p.transform.rearranges:  # gemma's norm + 1 changes values: floats
             return None
-        # llama's permuted q/k, stacked experts, split gate/up: the words rearranged (half the bytes of the
-        # floats, and no float32 copy of the whole tensor to rearrange)
-        words = p.transform([self._w.bytes_of(s).view("<u2").reshape(e.shape) for s, e in zip(p.sources, entries)])
-        return half_words(np.ascontiguousarray(words), dtype, info.shape)
+        # as stored, or rearranged as words by _raw (llama's permuted q/k, stacked experts, split gate/up): half
+        # the bytes of the floats, and no float32 copy of the whole tensor to rearrange
+        return half_words(self._raw(info), dtype, info.shape)
 
     def _stored(self, info: TensorInfo) -> np.ndarray:
         p = self._plan[info.name]

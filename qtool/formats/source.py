@@ -98,9 +98,10 @@ class ModelSource:
         return out
 
     def halves(self, name: str) -> tuple[np.ndarray, str] | None:
-        """The stored words of an F16/BF16 tensor stored as it is used (no transform): (uint16 in the tensor's
-        numpy-order shape, usually a read-only view of the map, "F16" or "BF16"), so that a caller can widen it a
-        slice of rows at a time (``widen``); None for any other tensor."""
+        """The stored words of an F16/BF16 tensor, as stored or only rearranged (HF folders: llama's permuted
+        q/k, stacked experts): (uint16 in the tensor's numpy-order shape, read-only, usually a view of the map,
+        "F16" or "BF16"), so that a caller can widen it a slice of rows at a time (``widen``); None for any
+        other tensor (F32, quantized, or a transform of the values)."""
         return self._halves(self.info(name))
 
     def _halves(self, info: TensorInfo) -> tuple[np.ndarray, str] | None:
