@@ -656,18 +656,24 @@ def bench_startup(args) -> None:
         bare = _best_child(["-c", "pass"], args.repeat, parse=None)
         print(f"best of {args.repeat} fresh processes; python itself: {bare * 1e3:.0f} ms")
         print("import, timed in the process, with what it needs from the lines above already imported:")
-        for mod, before in (("numpy", ""), ("typer", ""), ("pydantic", ""), ("rich.console", ""),
-                            ("gguf", "numpy"), ("numba", "numpy"), ("tokenizers", ""),
-                            ("qtool.cli.app", "typer"), ("qtool.quantizers.legacy", "numpy, gguf, numba"),
-                            ("qtool.quantizers.kquants", "numpy, gguf, numba")):
-            code = (f"import time{', ' + before if before else ''}; t = time.perf_counter(); import {mod}; "
+        # (label, the statement timed, what is imported before); "qtool" first: as qtool imports them (gguf's
+        # package on demand, yaml a stand-in while Numba's config imports)
+        for label, stmt, before in (
+                ("numpy", "import numpy", ""), ("typer", "import typer", ""), ("pydantic", "import pydantic", ""),
+                ("rich.console", "import rich.console", ""), ("gguf", "import gguf", "numpy"),
+                ("gguf as qtool uses it", "from gguf import GGMLQuantizationType, GGUFWriter", "numpy, qtool"),
+                ("numba", "import numba", "numpy"), ("numba as qtool imports it", "import numba", "numpy, qtool"),
+                ("tokenizers", "import tokenizers", ""), ("qtool.cli.app", "import qtool.cli.app", "typer"),
+                ("qtool.quantizers.legacy", "import qtool.quantizers.legacy", "numpy, gguf, numba"),
+                ("qtool.quantizers.kquants", "import qtool.quantizers.kquants", "numpy, gguf, numba")):
+            code = (f"import time{', ' + before if before else ''}; t = time.perf_counter(); {stmt}; "
                     f"print(time.perf_counter() - t)")
             try:
                 t = _best_child(["-c", code], args.repeat)
             except subprocess.CalledProcessError:
-                print(f"  {mod:25} not importable")
+                print(f"  {label:25} not importable")
                 continue
-            print(f"  {mod:25} {t * 1e3:6.0f} ms" + (f"  (after {before})" if before else ""))
+            print(f"  {label:25} {t * 1e3:6.0f} ms" + (f"  (after {before})" if before else ""))
         print(f"  typer dispatch of `convert` (its pydantic adapters; imports done): "
               f"{_best_child(['-c', _TYPER_DISPATCH], args.repeat) * 1e3:.0f} ms")
         print(f"  Numba's first kernel call (cache load, target initialisation): "

@@ -1,3 +1,120 @@
-"""qtool: convert models to GGUF byte-identically to ggml, and inspect where quantization hurt."""
+"""qtool: convert models to GGUF byte-identically to ggml, and inspect where quantization hurt.
+
+Importing the package makes two dependencies cheaper to start (see `_gguf_on_demand`, `_YamlOnFirstUse`):
+every qtool command pays for its imports before its first tensor.
+"""
 
 __version__ = "0.1.0"
+
+import importlib as _importlib
+import importlib.util as _importlib_util
+import sys as _sys
+import threading as _threading
+import types as _types
+
+
+def _gguf_on_demand() -> bool:
+    """Register the ``gguf`` package without running its ``__init__`` until a name needs it.
+
+    gguf's ``__init__`` imports every module of the package, with sentencepiece (its vocabulary
+    helpers), yaml (its model-card reader) and its GGUF reader: ~50 ms of every qtool start-up, where a
+    conversion from a GGUF file needs only its constants and its writer. So the package is registered as Python would register
+    it, minus running ``__init__``: a name asked of it comes from the first of `_GGUF_PARTS` that
+    defines it (the same objects ``__init__`` re-exports), and any other name runs the package's own
+    ``__init__`` once, after which the package is what gguf makes it. Submodules import as usual.
+    Where gguf is already imported or cannot be found, nothing changes.
+    """
+    if "gguf" in _sys.modules:
+        return False
+    spec = _importlib_util.find_spec("gguf")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return False
+    package = _importlib_util.module_from_spec(spec)
+    lock = _threading.RLock()
+    whole = []
+
+    def __getattr__(name: str):
+        with lock:
+            if not whole and not name.startswith("_"):
+                for part in _GGUF_PARTS:
+                    module = _importlib.import_module(f"gguf.{part}")
+                    if name in vars(module):
+                        return vars(module)[name]
+            if not whole:
+                whole.append(True)
+                spec.loader.exec_module(package)
+                if name in vars(package):
+                    return vars(package)[name]
+        raise AttributeError(f"module 'gguf' has no attribute {name!r}")
+
+    package.__getattr__ = __getattr__
+    _sys.modules["gguf"] = package
+    return True
+
+
+#: the gguf modules whose names qtool asks for, in the order a name is looked up: a conversion from GGUF
+#: uses the first three; one from a Hugging Face folder the model-card reader (metadata), size labels
+#: (utility) and the special-token reader (vocab) too
+_GGUF_PARTS = ("constants", "gguf_writer", "tensor_mapping", "metadata", "utility", "vocab")
+
+
+class _YamlOnFirstUse:
+    """An import hook: while Numba's config module or gguf's model-card reader is imported, ``yaml`` is a
+    stand-in that imports the real module the first time either uses it.
+
+    Both import yaml (~16 ms) at the top and use it only to read a file that is rarely there: a
+    ``.numba_config.yaml`` in the working folder, a model card's YAML header. Once the module has run,
+    the stand-in leaves ``sys.modules``, so any other importer gets yaml itself. Where yaml is imported
+    already or not installed, the hook steps aside.
+    """
+
+    WATCHED = ("numba.core.config", "gguf.metadata")
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.WATCHED or "yaml" in _sys.modules:
+            return None
+        for finder in _sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module") or _importlib_util.find_spec("yaml") is None:
+            return spec
+        spec.loader = _ExecWithYamlStandIn(spec.loader)
+        return spec
+
+
+class _ExecWithYamlStandIn:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self.loader  # the module keeps its own loader
+        stand_in = _types.ModuleType("yaml", "imports yaml on first use (qtool._YamlOnFirstUse)")
+
+        def __getattr__(name: str):
+            if _sys.modules.get("yaml") is stand_in:
+                del _sys.modules["yaml"]
+            return getattr(_importlib.import_module("yaml"), name)
+
+        stand_in.__getattr__ = __getattr__
+        _sys.modules["yaml"] = stand_in
+        try:
+            self.loader.exec_module(module)
+        finally:
+            if _sys.modules.get("yaml") is stand_in:
+                del _sys.modules["yaml"]
+
+
+GGUF_ON_DEMAND = _gguf_on_demand()
+if not any(isinstance(f, _YamlOnFirstUse) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _YamlOnFirstUse())

@@ -97,3 +97,183 @@ def test_arrays_are_typed_as_numba_types_them(tmp_path):
         assert "MaskedArray" in str(e)
     else:
         raise AssertionError("a masked array was typed")
+
+
+# -- what a converting process leaves unimported: Numba's array library, yaml, gguf's model-card and vocabulary
+# -- modules (qtool.kernels' and qtool's start-up rules) ---------------------------------------------------------
+
+CONVERT_CHILD = """
+import sys
+from qtool.cli.app import main
+try:
+    main(["convert", sys.argv[1], "--type", sys.argv[3], "-o", sys.argv[2], "--quiet"])
+except SystemExit as e:
+    assert not e.code, e.code
+names = ("numba.np.arrayobj", "yaml", "gguf.metadata", "gguf.vocab", "sentencepiece", "qtool.analysis.mix")
+print("imported:", *(name for name in names if name in sys.modules))
+"""
+
+
+def _convert_child(src, out, qtype: str) -> list[str]:
+    import os
+
+    done = subprocess.run([sys.executable, "-c", CONVERT_CHILD, str(src), str(out), qtype], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()[-1].split()[1:]
+
+
+def test_a_conversion_from_gguf_imports_only_what_it_uses(tmp_path):
+    """Converting a GGUF with cached kernels imports none of Numba's array library (the kernels' environments),
+    yaml (Numba's config file reader), gguf's model-card and vocabulary modules (sentencepiece) nor the mixer,
+    and writes the file an in-process conversion writes."""
+    from qtool.cli.app import main
+
+    src = tmp_path / "f32.gguf"
+    main(["convert", str(ROOT / "fixtures" / "tiny-llama-f32"), "--type", "F32", "-o", str(src), "--quiet"])
+    for qtype in ("Q8_0", "Q4_K_M"):
+        want = tmp_path / f"want-{qtype}.gguf"
+        main(["convert", str(src), "--type", qtype, "-o", str(want), "--quiet"])
+        _convert_child(src, tmp_path / "warm.gguf", qtype)  # may compile into the cache
+        got = tmp_path / f"got-{qtype}.gguf"
+        assert _convert_child(src, got, qtype) == [], "a conversion from GGUF imported modules it does not use"
+        assert got.read_bytes() == want.read_bytes()
+
+
+ENV_MODULE = """
+import numpy as np
+import numba
+
+@numba.njit(cache=True)
+def make(n):
+    a = np.empty(n, np.float32)
+    for i in range(n):
+        a[i] = 0.5 * i
+    return a
+"""
+
+ENV_CHILD = """
+import sys
+with_qtool = sys.argv[1] == "qtool"
+if with_qtool:
+    import numpy as np
+    from gguf import GGMLQuantizationType as T
+    from qtool.quantizers import get
+    get(T.Q8_0).quantize(np.ones((1, 32), np.float32))  # a cached kernel that allocates: environments rebuilt
+import envmod
+out = envmod.make(5)
+print(with_qtool and __import__("qtool.kernels").kernels.LAZY_ENVIRONMENTS, "numba.np.arrayobj" in sys.modules,
+      sum(envmod.make.stats.cache_hits.values()), out.tolist())
+"""
+
+
+def test_environments_rebuilt_without_numba_modules_still_cache_and_load(tmp_path):
+    """A process that rebuilt cached environments without importing numba.np.arrayobj still compiles and caches
+    new functions that allocate; their cache files load in processes with qtool (still without numba.np.arrayobj)
+    and without it (Numba's own rule, which imports it: the files name Numba's rebuild function, not qtool's)."""
+    import os
+
+    (tmp_path / "envmod.py").write_text(ENV_MODULE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+           "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def child(mode: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", ENV_CHILD, mode], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip().split(maxsplit=3)
+
+    values = "[0.0, 0.5, 1.0, 1.5, 2.0]"
+    assert child("qtool") == ["True", "True", "0", values]  # compiled here (compiling imports it), then cached
+    assert child("qtool") == ["True", "False", "1", values]
+    assert child("plain") == ["False", "True", "1", values]
+    files = b"".join(p.read_bytes() for p in (tmp_path / "cache").rglob("*.nbc"))
+    assert b"numba.core.environment" in files and b"_environments_without_numba_modules" not in files
+
+
+YAML_CHILD = """
+import sys
+import qtool.kernels
+from numba.core import config
+print(type(config.yaml).__name__ == "module" and config.yaml is not sys.modules.get("yaml"), config.DEBUG_CACHE)
+"""
+
+
+def test_numba_config_file_is_read_though_yaml_is_imported_on_demand(tmp_path):
+    """With yaml a stand-in while Numba imports (qtool._YamlOnFirstUse), a .numba_config.yaml in the working
+    folder still sets Numba's configuration (yaml is imported then); without one, yaml is never imported."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("NUMBA_DEBUG_CACHE", None)
+
+    def child() -> list[str]:
+        code = YAML_CHILD + "import sys; print('yaml' in sys.modules)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                              env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    assert child() == ["True", "0", "False"]
+    (tmp_path / ".numba_config.yaml").write_text("debug_cache: 1\n")
+    assert child() == ["True", "1", "True"]
+    model_card = subprocess.run([sys.executable, "-c", MODEL_CARD_CHILD, str(tmp_path)], capture_output=True,
+                                text=True, cwd=ROOT, timeout=600, env=env)
+    assert model_card.returncode == 0, model_card.stderr[-2000:]
+    assert model_card.stdout.split() == ["False", "test-card-model", "True"]
+
+
+MODEL_CARD_CHILD = """
+import sys
+from pathlib import Path
+import qtool
+import gguf
+folder = Path(sys.argv[1])
+(folder / "README.md").write_text("---\\nmodel_name: test-card-model\\nlicense: mit\\n---\\n# card\\n")
+before = "yaml" in sys.modules
+meta = gguf.Metadata.load(None, folder, None, 0)  # gguf's model-card reader parses the YAML header
+print(before, meta.name, "yaml" in sys.modules)
+"""
+
+
+GGUF_CHILD = """
+import sys
+first = sys.argv[1]
+if first == "qtool":
+    import qtool
+import gguf
+from gguf import GGMLQuantizationType, GGUFWriter, Keys, get_tensor_name_map
+early = sorted(m for m in ("gguf.metadata", "gguf.vocab", "gguf.gguf_reader", "yaml", "sentencepiece")
+               if m in sys.modules)
+assert GGMLQuantizationType is gguf.constants.GGMLQuantizationType and GGUFWriter is gguf.gguf_writer.GGUFWriter
+reader = gguf.GGUFReader  # not in the constants, the writer or the name maps: gguf's own __init__ runs
+try:
+    gguf.no_such_name
+except AttributeError:
+    pass
+else:
+    raise AssertionError("a missing name was found")
+import gguf.quants
+print(",".join(early) or "-", "gguf.metadata" in sys.modules, reader is gguf.gguf_reader.GGUFReader,
+      ",".join(sorted(n for n in vars(gguf) if not n.startswith("_"))))
+"""
+
+
+def test_gguf_package_is_initialised_on_demand_with_the_same_names():
+    """After ``import qtool``, gguf's constants, writer and tensor-name maps come without its __init__ (no yaml,
+    sentencepiece, reader); any other name runs gguf's __init__, after which the package holds the same public
+    names as a plain ``import gguf``."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def child(mode: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", GGUF_CHILD, mode], capture_output=True, text=True, cwd=ROOT,
+                              timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    lazy, plain = child("qtool"), child("plain")
+    assert lazy[:3] == ["-", "True", "True"]
+    assert plain[:3] == ["gguf.gguf_reader,gguf.metadata,gguf.vocab,sentencepiece,yaml", "True", "True"]
+    assert lazy[3] == plain[3]

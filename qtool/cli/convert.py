@@ -94,7 +94,6 @@ def convert_command(
     """Convert a model to GGUF, quantizing tensor by tensor exactly as llama.cpp's llama-quantize does."""
     from qtool.cli.output import Output
     from qtool.convert import convert
-    from qtool.analysis.mix import parse_candidates, parse_target
     from qtool.plan import PlanOptions, read_tensor_type_file
     from qtool.quantizers.presets import parse_ggml_type, parse_tensor_type
 
@@ -113,8 +112,12 @@ def convert_command(
     check_pre_tokenizer(pre_tokenizer)
     reading = {"pre_tokenizer": pre_tokenizer, "tensors_only": tensors_only}  # how the input is read, every time
 
-    target = parse_target(target_bpw, target_size)
-    cands = parse_candidates(candidates) if candidates is not None else None
+    target = cands = None
+    if target_bpw is not None or target_size is not None or candidates is not None:  # the mixer only for a mix
+        from qtool.analysis.mix import parse_candidates, parse_target
+
+        target = parse_target(target_bpw, target_size)
+        cands = parse_candidates(candidates) if candidates is not None else None
     if plot is not None:
         from qtool.analysis.plots import prepare
         from qtool.errors import UsageError

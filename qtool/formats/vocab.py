@@ -672,6 +672,12 @@ def _merges_of(path: Path, merges: Any) -> list[str]:
     if all(type(m) is str for m in merges):
         return list(merges)
     if all(type(m) is list and len(m) == 2 for m in merges):
+        try:
+            joined = list(map(" ".join, merges))
+        except TypeError:  # a part that is not a string: the loop below names it
+            joined = None
+        if joined is not None and "\n".join(joined).count(" ") == len(joined):
+            return joined  # one space in each: no part holds one (the usual case, ~2x faster than shifting)
         g = "\u0120"  # the reference shifts a space inside a pair's part by 256 code points, to U+0120
         try:
             return [f"{a.replace(' ', g)} {b.replace(' ', g)}" for a, b in merges]

@@ -141,5 +141,50 @@ def _type_arrays_without_numpy_ma() -> bool:
     return True
 
 
+def _environments_without_numba_modules() -> bool:
+    """Rebuild a cached kernel's environments without importing Numba's library modules.
+
+    A cached kernel carries the environments of the functions it calls; each names the module whose
+    globals it holds, and Numba imports that module to rebuild it. A kernel that allocates (np.empty)
+    calls Numba's own numba.np.arrayobj implementations, whose import pulls in Numba's string, hashing
+    and sorting code: ~45 ms of every qtool start-up. Compiled nopython code reads an environment's
+    constants, never its globals (only object-mode lowering does), so while such a module is not yet
+    imported its environment gets a dict holding just the module's name: enough for Numba to cache
+    code that calls it again. A qtool module, or one already imported, is rebuilt by Numba's own rule.
+    """
+    try:
+        import sys
+
+        from numba.core import environment
+    except ImportError:
+        return False
+    numba_rule = getattr(environment, "_rebuild_env", None)
+    if numba_rule is None or getattr(numba_rule, "_qtool_lazy", False):
+        return numba_rule is not None
+    if not all(hasattr(environment, name) for name in ("Environment", "lookup_environment")):
+        return False
+
+    def rebuild_env(modname, consts, env_name):
+        if not (isinstance(modname, str) and modname.startswith("numba.") and modname not in sys.modules):
+            return numba_rule(modname, consts, env_name)
+        env = environment.lookup_environment(env_name)
+        if env is not None:
+            return env
+        env = environment.Environment({"__name__": modname})
+        env.consts[:] = consts
+        env.env_name = env_name
+        environment.Environment._memo[env_name] = env
+        return env
+
+    # Numba pickles an environment as a call of environment._rebuild_env, and its pickler stores a
+    # function it cannot find by name whole: under Numba's name, cache files refer to the function
+    # by name, this one where qtool is imported and Numba's own elsewhere
+    rebuild_env.__module__, rebuild_env.__qualname__ = environment.__name__, "_rebuild_env"
+    rebuild_env._qtool_lazy = True
+    environment._rebuild_env = rebuild_env
+    return True
+
+
 LAZY_REFRESH = _load_cached_without_refresh()
 PLAIN_ARRAYS = _type_arrays_without_numpy_ma()
+LAZY_ENVIRONMENTS = _environments_without_numba_modules()
