@@ -277,3 +277,47 @@ def test_gguf_package_is_initialised_on_demand_with_the_same_names():
     assert lazy[:3] == ["-", "True", "True"]
     assert plain[:3] == ["gguf.gguf_reader,gguf.metadata,gguf.vocab,sentencepiece,yaml", "True", "True"]
     assert lazy[3] == plain[3]
+
+
+CHECKS_CHILD = """
+import sys, tempfile
+made = []
+plain = tempfile.TemporaryFile
+def counting(*a, **k):
+    made.append(k.get("dir"))
+    return plain(*a, **k)
+tempfile.TemporaryFile = counting
+import qtool.kernels
+import qtool.kernels.legacy, qtool.kernels.kquants32  # some hundred jitted functions, one cache folder
+from numba.core.caching import _CacheLocator
+class Bad(_CacheLocator):
+    def get_cache_path(self):
+        return sys.argv[1]
+    def get_source_stamp(self):
+        return None
+    def get_disambiguator(self):
+        return ""
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        return cls()
+refused = 0
+for _ in range(2):
+    try:
+        Bad().ensure_cache_path()
+    except OSError:
+        refused += 1
+print(qtool.kernels.CACHE_FOLDERS_ONCE, len(made), len(set(made)), refused)
+"""
+
+
+def test_a_cache_folder_is_checked_once_per_process(tmp_path):
+    """Numba checks a cache folder by writing a temporary file in it for every jitted function; qtool's
+    rule does it once per folder that passed, and checks a folder that failed every time."""
+    import os
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    done = subprocess.run([sys.executable, "-c", CHECKS_CHILD, str(blocked / "cache")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "1", "1", "2"]

@@ -185,6 +185,36 @@ def _environments_without_numba_modules() -> bool:
     return True
 
 
+def _cache_folders_checked_once() -> bool:
+    """Check that a cache folder is writable once per process, not once per kernel.
+
+    Numba's cache locators test a folder by creating and deleting a temporary file in it, for every
+    jitted function as its module is imported: ~80 files for one type family, ~7 ms of start-up. A folder
+    that passed is remembered; one that failed is tested again next time, as before.
+    """
+    try:
+        from numba.core.caching import _CacheLocator
+    except ImportError:
+        return False
+    numba_check = getattr(_CacheLocator, "ensure_cache_path", None)
+    if numba_check is None or not hasattr(_CacheLocator, "get_cache_path"):
+        return False
+    if getattr(numba_check, "_qtool_once", False):
+        return True
+    passed: set = set()
+
+    def ensure_cache_path(self):
+        path = self.get_cache_path()
+        if path not in passed:
+            numba_check(self)
+            passed.add(path)
+
+    ensure_cache_path._qtool_once = True
+    _CacheLocator.ensure_cache_path = ensure_cache_path
+    return True
+
+
+CACHE_FOLDERS_ONCE = _cache_folders_checked_once()
 LAZY_REFRESH = _load_cached_without_refresh()
 PLAIN_ARRAYS = _type_arrays_without_numpy_ma()
 LAZY_ENVIRONMENTS = _environments_without_numba_modules()
