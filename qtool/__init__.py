@@ -1,6 +1,6 @@
 """qtool: convert models to GGUF byte-identically to ggml, and inspect where quantization hurt.
 
-Importing the package makes two dependencies cheaper to start (see `_gguf_on_demand`, `_YamlOnFirstUse`):
+Importing the package makes two dependencies cheaper to start (see `_gguf_on_demand`, `_StandIns`):
 every qtool command pays for its imports before its first tensor.
 """
 
@@ -58,20 +58,23 @@ def _gguf_on_demand() -> bool:
 _GGUF_PARTS = ("constants", "gguf_writer", "tensor_mapping", "metadata", "utility", "vocab")
 
 
-class _YamlOnFirstUse:
-    """An import hook: while Numba's config module or gguf's model-card reader is imported, ``yaml`` is a
-    stand-in that imports the real module the first time either uses it.
+class _StandIns:
+    """An import hook: while a watched module is imported, a module it imports at the top but uses only
+    now and then is a stand-in that imports the real module the first time it is used.
 
-    Both import yaml (~16 ms) at the top and use it only to read a file that is rarely there: a
-    ``.numba_config.yaml`` in the working folder, a model card's YAML header. Once the module has run,
-    the stand-in leaves ``sys.modules``, so any other importer gets yaml itself. Where yaml is imported
-    already or not installed, the hook steps aside.
+    Numba's config module and gguf's model-card reader import yaml (~16 ms) to read a file that is
+    rarely there: a ``.numba_config.yaml`` in the working folder, a model card's YAML header. Once the
+    watched module has run, the stand-in leaves ``sys.modules``, so any other importer gets the module
+    itself. Where the module is imported already or not installed, the hook steps aside.
     """
 
-    WATCHED = ("numba.core.config", "gguf.metadata")
+    def __init__(self):
+        self.watched = {"numba.core.config": "yaml", "gguf.metadata": "yaml"}
+        self.after = {}  # watched module -> a function called with it once it has run
 
     def find_spec(self, name, path=None, target=None):
-        if name not in self.WATCHED or "yaml" in _sys.modules:
+        deferred = self.watched.get(name)
+        if deferred is None or deferred in _sys.modules:
             return None
         for finder in _sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -81,15 +84,15 @@ class _YamlOnFirstUse:
                 break
         else:
             return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module") or _importlib_util.find_spec("yaml") is None:
+        if spec.loader is None or not hasattr(spec.loader, "exec_module") or _importlib_util.find_spec(deferred) is None:
             return spec
-        spec.loader = _ExecWithYamlStandIn(spec.loader)
+        spec.loader = _ExecWithStandIn(spec.loader, deferred, self.after.get(name))
         return spec
 
 
-class _ExecWithYamlStandIn:
-    def __init__(self, loader):
-        self.loader = loader
+class _ExecWithStandIn:
+    def __init__(self, loader, deferred: str, after):
+        self.loader, self.deferred, self.after = loader, deferred, after
 
     def __getattr__(self, name):
         return getattr(self.loader, name)
@@ -99,22 +102,49 @@ class _ExecWithYamlStandIn:
 
     def exec_module(self, module):
         module.__loader__ = module.__spec__.loader = self.loader  # the module keeps its own loader
-        stand_in = _types.ModuleType("yaml", "imports yaml on first use (qtool._YamlOnFirstUse)")
+        deferred = self.deferred
+        stand_in = _types.ModuleType(deferred, f"imports {deferred} on first use (qtool._StandIns)")
 
         def __getattr__(name: str):
-            if _sys.modules.get("yaml") is stand_in:
-                del _sys.modules["yaml"]
-            return getattr(_importlib.import_module("yaml"), name)
+            if _sys.modules.get(deferred) is stand_in:
+                del _sys.modules[deferred]
+            return getattr(_importlib.import_module(deferred), name)
 
         stand_in.__getattr__ = __getattr__
-        _sys.modules["yaml"] = stand_in
+        _sys.modules[deferred] = stand_in
         try:
             self.loader.exec_module(module)
         finally:
-            if _sys.modules.get("yaml") is stand_in:
-                del _sys.modules["yaml"]
+            if _sys.modules.get(deferred) is stand_in:
+                del _sys.modules[deferred]
+        if self.after is not None:
+            self.after(module)
+
+
+def command_process() -> bool:
+    """Set up the ``qtool`` command's own process (cli.app.run): Numba's third-party extensions are not
+    loaded, since qtool's kernels use none.
+
+    Numba looks for extensions (the ``numba_extensions`` entry points of every installed distribution)
+    before its first call of any function: importing importlib.metadata and scanning the installed
+    packages, ~25 ms of every qtool start-up. Here importlib.metadata is a stand-in while Numba's
+    entry-point module imports, and that module is marked as done. A process that imports qtool as a
+    library (and may use an extension) is left alone. False where Numba is imported already.
+    """
+    if "numba.core.entrypoints" in _sys.modules or _STAND_INS is None:
+        return False
+
+    def extensions_done(module) -> None:
+        if hasattr(module, "_already_initialized"):
+            module._already_initialized = True
+
+    _STAND_INS.watched["numba.core.entrypoints"] = "importlib.metadata"
+    _STAND_INS.after["numba.core.entrypoints"] = extensions_done
+    return True
 
 
 GGUF_ON_DEMAND = _gguf_on_demand()
-if not any(isinstance(f, _YamlOnFirstUse) for f in _sys.meta_path):
-    _sys.meta_path.insert(0, _YamlOnFirstUse())
+_STAND_INS = next((f for f in _sys.meta_path if type(f).__name__ == "_StandIns"), None)
+if _STAND_INS is None:
+    _STAND_INS = _StandIns()
+    _sys.meta_path.insert(0, _STAND_INS)

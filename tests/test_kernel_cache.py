@@ -200,7 +200,7 @@ print(type(config.yaml).__name__ == "module" and config.yaml is not sys.modules.
 
 
 def test_numba_config_file_is_read_though_yaml_is_imported_on_demand(tmp_path):
-    """With yaml a stand-in while Numba imports (qtool._YamlOnFirstUse), a .numba_config.yaml in the working
+    """With yaml a stand-in while Numba imports (qtool._StandIns), a .numba_config.yaml in the working
     folder still sets Numba's configuration (yaml is imported then); without one, yaml is never imported."""
     import os
 
@@ -321,3 +321,43 @@ def test_a_cache_folder_is_checked_once_per_process(tmp_path):
                           text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "1", "1", "2"]
+
+
+EXTENSION_LIBRARY_CHILD = """
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from qtool.quantizers import get
+get(T.Q8_0).quantize(np.ones((1, 32), np.float32))
+"""
+
+
+def test_the_command_leaves_numba_extensions_unloaded_a_library_process_loads_them(tmp_path):
+    """``qtool`` itself (run(): console script, python -m qtool) does not look for Numba's third-party
+    extensions, and never imports importlib.metadata for it; a process that imports qtool as a library
+    still gets Numba's extensions initialised before its first kernel call."""
+    import os
+
+    marker = tmp_path / "loaded.txt"
+    (tmp_path / "fakeext.py").write_text(f"def init():\n    open({str(marker)!r}, 'a').write('init\\n')\n")
+    info = tmp_path / "fakeext-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeext\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[numba_extensions]\ninit = fakeext:init\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    src = tmp_path / "f32.gguf"
+    from qtool.cli.app import main
+
+    main(["convert", str(ROOT / "fixtures" / "tiny-llama-f32"), "--type", "F32", "-o", str(src), "--quiet"])
+    probe = ("import runpy, sys; sys.argv = ['qtool'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('qtool', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code\n"
+             "import numba.core.entrypoints as ep\nprint(ep._already_initialized, 'importlib.metadata' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe, "convert", str(src), "--type", "Q8_0", "-o",
+                           str(tmp_path / "out.gguf"), "--quiet"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].split() == ["True", "False"]
+    assert (tmp_path / "out.gguf").is_file() and not marker.exists()
+    done = subprocess.run([sys.executable, "-c", EXTENSION_LIBRARY_CHILD], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marker.read_text() == "init\n"

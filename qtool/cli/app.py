@@ -81,8 +81,12 @@ def run() -> None:
     NumPy loaded they walk a few hundred thousand objects for nothing: ~0.3 s of every qtool process
     (a 0.95 s conversion of the bundled model took 0.67 s without them). Exit handlers and finalizers
     still run; only the collections are skipped. ``main()`` itself leaves the collector as it found
-    it, for callers in the same process.
+    it, for callers in the same process. Before it, ``qtool.command_process()`` leaves Numba's
+    third-party extensions unloaded in this process (qtool's kernels use none).
     """
+    import qtool
+
+    qtool.command_process()
     try:
         main()
     finally:
