@@ -39,7 +39,8 @@ def _gguf_on_demand() -> bool:
                 for part in _GGUF_PARTS:
                     module = _importlib.import_module(f"gguf.{part}")
                     if name in vars(module):
-                        return vars(module)[name]
+                        value = vars(package)[name] = vars(module)[name]  # where __init__ would put it
+                        return value
             if not whole:
                 whole.append(True)
                 spec.loader.exec_module(package)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import re
 from pathlib import Path
@@ -252,7 +253,7 @@ def _check_text_tokenizer(f: _Folder):
     except Exception:  # noqa: BLE001 (the Rust side raises plain Exception): the whole load reports it
         return None
     subs = {p[i:j] for p in pieces for i in range(len(p)) for j in range(i + 1, len(p) + 1)}
-    kept = [m for m, j in zip(merges, joined) if j in subs]
+    kept = list(itertools.compress(merges, map(subs.__contains__, joined)))
     # the added tokens' texts as tokens of the small model too, so that each keeps its id there
     small_vocab = {t: i for t, i in vocab.items() if t in subs} | added
     unk = model.get("unk_token")
@@ -753,7 +754,7 @@ def _hf_vocab_base(f: _Folder) -> tuple[list[str], list[int], str]:
     added = tok.get_added_tokens_decoder()
     added_ids = {a.content: i for i, a in sorted(added.items())}
     cleanup = f.tok_config.get("clean_up_tokenization_spaces") is True
-    tokens: list[str] = [by_id.get(i) for i in range(n_vocab)]
+    tokens: list[str] = list(map(by_id.get, range(n_vocab)))
     types: list[int] = [TokenType.NORMAL] * n_vocab
     for i in [i for i, text in enumerate(tokens) if text is None]:
         tokens[i] = f"[PAD{i}]"
@@ -784,7 +785,7 @@ def _vocab_with_added(tok_json: dict) -> dict[str, int] | None:
     for 150k tokens). None where the JSON is not that plain form: ask the tokenizer."""
     model = tok_json.get("model")
     vocab = model.get("vocab") if isinstance(model, dict) else None
-    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
+    if not isinstance(vocab, dict) or not set(map(type, vocab.values())) <= {int}:
         return None
     pairs = _added_pairs(tok_json)
     if pairs is None:
