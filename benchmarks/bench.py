@@ -582,7 +582,9 @@ class _Hook:
 
 
 sys.meta_path.insert(0, _Hook())
+import qtool
 from qtool.cli.app import main
+qtool.command_process()  # as the command's run() does
 try:
     main(sys.argv[1:])
 except SystemExit:
