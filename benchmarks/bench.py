@@ -627,7 +627,8 @@ def stop(*a, **k):
 qtool.convert.convert = stop
 t = time.perf_counter()
 try:
-    app.app(args=["convert", "in.gguf", "--type", "Q8_0", "-o", "out.gguf", "-q"], standalone_mode=False)
+    args = ["convert", "in.gguf", "--type", "Q8_0", "-o", "out.gguf", "-q"]
+    app._one_command(args)(args=args, standalone_mode=False)  # as main() dispatches
 except Stop:
     pass
 print(f"{time.perf_counter() - t:.4f}")

@@ -632,3 +632,31 @@ def test_the_command_ends_without_collecting(monkeypatch, tmp_path):
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+@pytest.mark.parametrize("argv", [["convert", "--help"], ["convert"], ["convert", str(FIXTURE), "--bogus"],
+                                  ["convert", str(FIXTURE), "--type", "NOPE"], ["inspect", "-h"], ["types"],
+                                  ["eval", "--help"], ["imatrix", "--help"], ["--help"], ["bogus"], []])
+def test_a_command_dispatched_alone_says_what_the_whole_app_says(argv, monkeypatch, capsys):
+    """main() builds only the named command's options (app._one_command); help, usage errors and output are
+    those of the app with every command, and so are the exit codes."""
+    from qtool.cli import app
+
+    def outcome():
+        try:
+            app.main(list(argv))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    chosen = app._one_command(list(argv))
+    named = [c.name for c in app.app.registered_commands]
+    if argv and argv[0] in named:
+        assert [c.name for c in chosen.registered_commands] == [argv[0]]
+    else:
+        assert chosen is app.app
+    alone = outcome()
+    monkeypatch.setattr(app, "_one_command", lambda argv: app.app)
+    assert outcome() == alone
