@@ -18,10 +18,11 @@ def _gguf_on_demand() -> bool:
 
     gguf's ``__init__`` imports every module of the package, with sentencepiece (its vocabulary
     helpers), yaml (its model-card reader) and its GGUF reader: ~50 ms of every qtool start-up, where a
-    conversion from a GGUF file needs only its constants and its writer. So the package is registered as Python would register
-    it, minus running ``__init__``: a name asked of it comes from the first of `_GGUF_PARTS` that
-    defines it (the same objects ``__init__`` re-exports), and any other name runs the package's own
-    ``__init__`` once, after which the package is what gguf makes it. Submodules import as usual.
+    conversion from a GGUF file needs only its constants and its writer. So the package is registered
+    as Python would register it, minus running ``__init__``: a name asked of it comes from the first
+    of `_GGUF_PARTS` that defines it (the same objects ``__init__`` re-exports), and any other name runs
+    the package's own ``__init__`` once (so does ``dir()``), after which the package is what gguf makes
+    it. Submodules import as usual.
     Where gguf is already imported or cannot be found, nothing changes.
     """
     if "gguf" in _sys.modules:
@@ -48,7 +49,15 @@ def _gguf_on_demand() -> bool:
                     return vars(package)[name]
         raise AttributeError(f"module 'gguf' has no attribute {name!r}")
 
+    def __dir__():
+        with lock:
+            if not whole:
+                whole.append(True)
+                spec.loader.exec_module(package)
+        return sorted(vars(package))
+
     package.__getattr__ = __getattr__
+    package.__dir__ = __dir__
     _sys.modules["gguf"] = package
     return True
 
@@ -85,7 +94,8 @@ class _StandIns:
                 break
         else:
             return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module") or _importlib_util.find_spec(deferred) is None:
+        if (spec.loader is None or not hasattr(spec.loader, "exec_module")
+                or _importlib_util.find_spec(deferred) is None):
             return spec
         spec.loader = _ExecWithStandIn(spec.loader, deferred, self.after.get(name))
         return spec

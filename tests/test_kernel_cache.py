@@ -239,9 +239,12 @@ print(before, meta.name, "yaml" in sys.modules)
 GGUF_CHILD = """
 import sys
 first = sys.argv[1]
-if first == "qtool":
+if first != "plain":
     import qtool
 import gguf
+if first == "dir":  # dir() first: it too runs gguf's __init__
+    print(",".join(sorted(n for n in dir(gguf) if not n.startswith("_"))))
+    raise SystemExit
 from gguf import GGMLQuantizationType, GGUFWriter, Keys, get_tensor_name_map
 early = sorted(m for m in ("gguf.metadata", "gguf.vocab", "gguf.gguf_reader", "yaml", "sentencepiece")
                if m in sys.modules)
@@ -277,6 +280,7 @@ def test_gguf_package_is_initialised_on_demand_with_the_same_names():
     assert lazy[:3] == ["-", "True", "True"]
     assert plain[:3] == ["gguf.gguf_reader,gguf.metadata,gguf.vocab,sentencepiece,yaml", "True", "True"]
     assert lazy[3] == plain[3]
+    assert child("dir") == [plain[3]]
 
 
 CHECKS_CHILD = """
