@@ -1,7 +1,8 @@
 """Numba kernels: arrays in, arrays and status out. Nothing here imports the rest of qtool.
 
 Importing the package makes Numba's on-disk cache cheaper to load (see `_load_cached_without_refresh`,
-`_runtime_from_cache`) and its first call of a kernel cheaper to type (see `_type_arrays_without_numpy_ma`).
+`_runtime_from_cache`, `_environments_without_numba_modules`, `_cache_folders_checked_once`) and its first
+call of a kernel cheaper to type (see `_type_arrays_without_numpy_ma`).
 """
 
 from __future__ import annotations
