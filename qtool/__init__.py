@@ -79,12 +79,12 @@ class _StandIns:
     """
 
     def __init__(self):
-        self.watched = {"numba.core.config": "yaml", "gguf.metadata": "yaml"}
+        self.watched = {"numba.core.config": "yaml", "gguf.metadata": "yaml"}  # "": no stand-in, only after
         self.after = {}  # watched module -> a function called with it once it has run
 
     def find_spec(self, name, path=None, target=None):
         deferred = self.watched.get(name)
-        if deferred is None or deferred in _sys.modules:
+        if deferred is None or (deferred and deferred in _sys.modules):
             return None
         for finder in _sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -95,7 +95,7 @@ class _StandIns:
         else:
             return None
         if (spec.loader is None or not hasattr(spec.loader, "exec_module")
-                or _importlib_util.find_spec(deferred) is None):
+                or (deferred and _importlib_util.find_spec(deferred) is None)):
             return spec
         spec.loader = _ExecWithStandIn(spec.loader, deferred, self.after.get(name))
         return spec
@@ -114,6 +114,11 @@ class _ExecWithStandIn:
     def exec_module(self, module):
         module.__loader__ = module.__spec__.loader = self.loader  # the module keeps its own loader
         deferred = self.deferred
+        if not deferred:
+            self.loader.exec_module(module)
+            if self.after is not None:
+                self.after(module)
+            return
         stand_in = _types.ModuleType(deferred, f"imports {deferred} on first use (qtool._StandIns)")
 
         def __getattr__(name: str):
@@ -134,23 +139,39 @@ class _ExecWithStandIn:
 
 def command_process() -> bool:
     """Set up the ``qtool`` command's own process (cli.app.run): Numba's third-party extensions are not
-    loaded, since qtool's kernels use none.
+    loaded, since qtool's kernels use none, and LLVM's calls are not reported as Numba events.
 
     Numba looks for extensions (the ``numba_extensions`` entry points of every installed distribution)
     before its first call of any function: importing importlib.metadata and scanning the installed
     packages, ~25 ms of every qtool start-up. Here importlib.metadata is a stand-in while Numba's
-    entry-point module imports, and that module is marked as done. A process that imports qtool as a
-    library (and may use an extension) is left alone. False where Numba is imported already.
+    entry-point module imports, and that module is marked as done. numba.core.base registers callbacks
+    that turn every call into LLVM into two Numba events, for its compile statistics: loading three
+    type families' cached kernels makes some thousand of them (~15 ms); here they are unregistered. A
+    process that imports qtool as a library (and may use an extension or the statistics) is left
+    alone. False where Numba is imported already.
     """
-    if "numba.core.entrypoints" in _sys.modules or _STAND_INS is None:
+    if "numba.core.entrypoints" in _sys.modules or "numba.core.base" in _sys.modules or _STAND_INS is None:
         return False
 
     def extensions_done(module) -> None:
         if hasattr(module, "_already_initialized"):
             module._already_initialized = True
 
+    def llvm_calls_unreported(module) -> None:
+        try:
+            from llvmlite.binding import ffi
+
+            callbacks = list(ffi.lib._lock._cblist)
+        except (ImportError, AttributeError, TypeError):
+            return
+        for acquire, release in callbacks:
+            if getattr(acquire, "__module__", None) == module.__name__:
+                ffi.unregister_lock_callback(acquire, release)
+
     _STAND_INS.watched["numba.core.entrypoints"] = "importlib.metadata"
     _STAND_INS.after["numba.core.entrypoints"] = extensions_done
+    _STAND_INS.watched["numba.core.base"] = ""
+    _STAND_INS.after["numba.core.base"] = llvm_calls_unreported
     return True
 
 

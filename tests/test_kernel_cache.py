@@ -332,13 +332,16 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from qtool.quantizers import get
 get(T.Q8_0).quantize(np.ones((1, 32), np.float32))
+from llvmlite.binding import ffi
+print(sum(a.__module__ == "numba.core.base" for a, _ in ffi.lib._lock._cblist))
 """
 
 
 def test_the_command_leaves_numba_extensions_unloaded_a_library_process_loads_them(tmp_path):
     """``qtool`` itself (run(): console script, python -m qtool) does not look for Numba's third-party
-    extensions, and never imports importlib.metadata for it; a process that imports qtool as a library
-    still gets Numba's extensions initialised before its first kernel call."""
+    extensions, and never imports importlib.metadata for it, nor reports LLVM's calls as Numba events; a
+    process that imports qtool as a library still gets Numba's extensions initialised before its first
+    kernel call, and the events."""
     import os
 
     marker = tmp_path / "loaded.txt"
@@ -354,14 +357,17 @@ def test_the_command_leaves_numba_extensions_unloaded_a_library_process_loads_th
     main(["convert", str(ROOT / "fixtures" / "tiny-llama-f32"), "--type", "F32", "-o", str(src), "--quiet"])
     probe = ("import runpy, sys; sys.argv = ['qtool'] + sys.argv[1:]\n"
              "try:\n    runpy.run_module('qtool', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code\n"
-             "import numba.core.entrypoints as ep\nprint(ep._already_initialized, 'importlib.metadata' in sys.modules)")
+             "import numba.core.entrypoints as ep\nfrom llvmlite.binding import ffi\n"
+             "print(ep._already_initialized, 'importlib.metadata' in sys.modules,\n"
+             "      sum(a.__module__ == 'numba.core.base' for a, _ in ffi.lib._lock._cblist))")
     done = subprocess.run([sys.executable, "-c", probe, "convert", str(src), "--type", "Q8_0", "-o",
                            str(tmp_path / "out.gguf"), "--quiet"], capture_output=True, text=True, cwd=tmp_path,
                           timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines()[-1].split() == ["True", "False"]
+    assert done.stdout.splitlines()[-1].split() == ["True", "False", "0"]
     assert (tmp_path / "out.gguf").is_file() and not marker.exists()
     done = subprocess.run([sys.executable, "-c", EXTENSION_LIBRARY_CHILD], capture_output=True, text=True,
                           cwd=tmp_path, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert marker.read_text() == "init\n"
+    assert done.stdout.split() == ["1"]

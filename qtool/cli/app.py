@@ -83,7 +83,8 @@ def run() -> None:
     (a 0.95 s conversion of the bundled model took 0.67 s without them). Exit handlers and finalizers
     still run; only the collections are skipped. ``main()`` itself leaves the collector as it found
     it, for callers in the same process. Before it, ``qtool.command_process()`` leaves Numba's
-    third-party extensions unloaded in this process (qtool's kernels use none).
+    third-party extensions unloaded in this process (qtool's kernels use none) and LLVM's calls
+    unreported as Numba events.
     """
     import qtool
 
