@@ -34,6 +34,14 @@ def _gguf_on_demand() -> bool:
     lock = _threading.RLock()
     whole = []
 
+    def run_init() -> bool:
+        """gguf's own __init__, once; whether this call ran it (call with the lock held)."""
+        if whole:
+            return False
+        whole.append(True)
+        spec.loader.exec_module(package)
+        return True
+
     def __getattr__(name: str):
         with lock:
             if not whole and not name.startswith("_"):
@@ -42,18 +50,13 @@ def _gguf_on_demand() -> bool:
                     if name in vars(module):
                         value = vars(package)[name] = vars(module)[name]  # where __init__ would put it
                         return value
-            if not whole:
-                whole.append(True)
-                spec.loader.exec_module(package)
-                if name in vars(package):
-                    return vars(package)[name]
+            if run_init() and name in vars(package):
+                return vars(package)[name]
         raise AttributeError(f"module 'gguf' has no attribute {name!r}")
 
     def __dir__():
         with lock:
-            if not whole:
-                whole.append(True)
-                spec.loader.exec_module(package)
+            run_init()
         return sorted(vars(package))
 
     package.__getattr__ = __getattr__
@@ -114,11 +117,20 @@ class _ExecWithStandIn:
     def exec_module(self, module):
         module.__loader__ = module.__spec__.loader = self.loader  # the module keeps its own loader
         deferred = self.deferred
-        if not deferred:
+        stand_in = self._stand_in() if deferred else None
+        if stand_in is not None:
+            _sys.modules[deferred] = stand_in
+        try:
             self.loader.exec_module(module)
-            if self.after is not None:
-                self.after(module)
-            return
+        finally:
+            if stand_in is not None and _sys.modules.get(deferred) is stand_in:
+                del _sys.modules[deferred]
+        if self.after is not None:
+            self.after(module)
+
+    def _stand_in(self) -> _types.ModuleType:
+        """A module that, on its first attribute asked for, leaves sys.modules and imports the real one."""
+        deferred = self.deferred
         stand_in = _types.ModuleType(deferred, f"imports {deferred} on first use (qtool._StandIns)")
 
         def __getattr__(name: str):
@@ -127,14 +139,7 @@ class _ExecWithStandIn:
             return getattr(_importlib.import_module(deferred), name)
 
         stand_in.__getattr__ = __getattr__
-        _sys.modules[deferred] = stand_in
-        try:
-            self.loader.exec_module(module)
-        finally:
-            if _sys.modules.get(deferred) is stand_in:
-                del _sys.modules[deferred]
-        if self.after is not None:
-            self.after(module)
+        return stand_in
 
 
 def command_process() -> bool:
@@ -150,7 +155,7 @@ def command_process() -> bool:
     process that imports qtool as a library (and may use an extension or the statistics) is left
     alone. False where Numba is imported already.
     """
-    if "numba.core.entrypoints" in _sys.modules or "numba.core.base" in _sys.modules or _STAND_INS is None:
+    if "numba.core.entrypoints" in _sys.modules or "numba.core.base" in _sys.modules:
         return False
 
     def extensions_done(module) -> None:
