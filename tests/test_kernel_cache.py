@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,11 +40,18 @@ print(first_nonfinite_row._cache._cache_path)
 """
 
 
-def _child(tmp_path) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "x.f32")], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+def _python(code: str, *args, cwd=ROOT, env: dict | None = None) -> str:
+    """`python -c code args` in a fresh process (with this checkout importable unless ``env`` says otherwise):
+    its stdout, after it succeeded."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} if env is None else env
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.split("\n")
+    return done.stdout
+
+
+def _child(tmp_path) -> list[str]:
+    return _python(CHILD, tmp_path / "x.f32").split("\n")
 
 
 def test_cached_kernels_load_without_the_lowering_registries_and_give_the_same_bytes(tmp_path):
@@ -115,12 +123,7 @@ print("imported:", *(name for name in names if name in sys.modules))
 
 
 def _convert_child(src, out, qtype: str) -> list[str]:
-    import os
-
-    done = subprocess.run([sys.executable, "-c", CONVERT_CHILD, str(src), str(out), qtype], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.splitlines()[-1].split()[1:]
+    return _python(CONVERT_CHILD, src, out, qtype).splitlines()[-1].split()[1:]
 
 
 def test_a_conversion_from_gguf_imports_only_what_it_uses(tmp_path):
@@ -171,17 +174,12 @@ def test_environments_rebuilt_without_numba_modules_still_cache_and_load(tmp_pat
     """A process that rebuilt cached environments without importing numba.np.arrayobj still compiles and caches
     new functions that allocate; their cache files load in processes with qtool (still without numba.np.arrayobj)
     and without it (Numba's own rule, which imports it: the files name Numba's rebuild function, not qtool's)."""
-    import os
-
     (tmp_path / "envmod.py").write_text(ENV_MODULE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
            "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
 
     def child(mode: str) -> list[str]:
-        done = subprocess.run([sys.executable, "-c", ENV_CHILD, mode], capture_output=True, text=True, cwd=tmp_path,
-                              timeout=600, env=env)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout.strip().split(maxsplit=3)
+        return _python(ENV_CHILD, mode, cwd=tmp_path, env=env).strip().split(maxsplit=3)
 
     values = "[0.0, 0.5, 1.0, 1.5, 2.0]"
     assert child("qtool") == ["True", "True", "0", values]  # compiled here (compiling imports it), then cached
@@ -202,25 +200,16 @@ print(type(config.yaml).__name__ == "module" and config.yaml is not sys.modules.
 def test_numba_config_file_is_read_though_yaml_is_imported_on_demand(tmp_path):
     """With yaml a stand-in while Numba imports (qtool._StandIns), a .numba_config.yaml in the working
     folder still sets Numba's configuration (yaml is imported then); without one, yaml is never imported."""
-    import os
-
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("NUMBA_DEBUG_CACHE", None)
 
     def child() -> list[str]:
-        code = YAML_CHILD + "import sys; print('yaml' in sys.modules)"
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                              env=env)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout.split()
+        return _python(YAML_CHILD + "import sys; print('yaml' in sys.modules)", cwd=tmp_path, env=env).split()
 
     assert child() == ["True", "0", "False"]
     (tmp_path / ".numba_config.yaml").write_text("debug_cache: 1\n")
     assert child() == ["True", "1", "True"]
-    model_card = subprocess.run([sys.executable, "-c", MODEL_CARD_CHILD, str(tmp_path)], capture_output=True,
-                                text=True, cwd=ROOT, timeout=600, env=env)
-    assert model_card.returncode == 0, model_card.stderr[-2000:]
-    assert model_card.stdout.split() == ["False", "test-card-model", "True"]
+    assert _python(MODEL_CARD_CHILD, tmp_path, env=env).split() == ["False", "test-card-model", "True"]
 
 
 MODEL_CARD_CHILD = """
@@ -266,15 +255,8 @@ def test_gguf_package_is_initialised_on_demand_with_the_same_names():
     """After ``import qtool``, gguf's constants, writer and tensor-name maps come without its __init__ (no yaml,
     sentencepiece, reader); any other name runs gguf's __init__, after which the package holds the same public
     names as a plain ``import gguf``."""
-    import os
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-
     def child(mode: str) -> list[str]:
-        done = subprocess.run([sys.executable, "-c", GGUF_CHILD, mode], capture_output=True, text=True, cwd=ROOT,
-                              timeout=600, env=env)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout.split()
+        return _python(GGUF_CHILD, mode).split()
 
     lazy, plain = child("qtool"), child("plain")
     assert lazy[:3] == ["-", "True", "True"]
@@ -317,14 +299,9 @@ print(qtool.kernels.CACHE_FOLDERS_ONCE, len(made), len(set(made)), refused)
 def test_a_cache_folder_is_checked_once_per_process(tmp_path):
     """Numba checks a cache folder by writing a temporary file in it for every jitted function; qtool's
     rule does it once per folder that passed, and checks a folder that failed every time."""
-    import os
-
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
-    done = subprocess.run([sys.executable, "-c", CHECKS_CHILD, str(blocked / "cache")], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["True", "1", "1", "2"]
+    assert _python(CHECKS_CHILD, blocked / "cache").split() == ["True", "1", "1", "2"]
 
 
 EXTENSION_LIBRARY_CHILD = """
@@ -342,8 +319,6 @@ def test_the_command_leaves_numba_extensions_unloaded_a_library_process_loads_th
     extensions, and never imports importlib.metadata for it, nor reports LLVM's calls as Numba events; a
     process that imports qtool as a library still gets Numba's extensions initialised before its first
     kernel call, and the events."""
-    import os
-
     marker = tmp_path / "loaded.txt"
     (tmp_path / "fakeext.py").write_text(f"def init():\n    open({str(marker)!r}, 'a').write('init\\n')\n")
     info = tmp_path / "fakeext-0.1.dist-info"
@@ -360,14 +335,10 @@ def test_the_command_leaves_numba_extensions_unloaded_a_library_process_loads_th
              "import numba.core.entrypoints as ep\nfrom llvmlite.binding import ffi\n"
              "print(ep._already_initialized, 'importlib.metadata' in sys.modules,\n"
              "      sum(a.__module__ == 'numba.core.base' for a, _ in ffi.lib._lock._cblist))")
-    done = subprocess.run([sys.executable, "-c", probe, "convert", str(src), "--type", "Q8_0", "-o",
-                           str(tmp_path / "out.gguf"), "--quiet"], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines()[-1].split() == ["True", "False", "0"]
+    out = _python(probe, "convert", src, "--type", "Q8_0", "-o", tmp_path / "out.gguf", "--quiet", cwd=tmp_path,
+                  env=env)
+    assert out.splitlines()[-1].split() == ["True", "False", "0"]
     assert (tmp_path / "out.gguf").is_file() and not marker.exists()
-    done = subprocess.run([sys.executable, "-c", EXTENSION_LIBRARY_CHILD], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
+    out = _python(EXTENSION_LIBRARY_CHILD, cwd=tmp_path, env=env)
     assert marker.read_text() == "init\n"
-    assert done.stdout.split() == ["1"]
+    assert out.split() == ["1"]
