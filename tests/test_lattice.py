@@ -68,3 +68,59 @@ def test_neighbour_coordinates(name):
         at += 1 + n
     assert (lat.neighbour_odd[:, nb.size:] == 0).all()
     assert lat.starts.tolist() == walked
+
+
+def _scalar_nearest(pos, first, n, x, w, y, s):
+    """The scalar scan nearest_listed_8 does eight of: float32 in C's order, first strictly smallest
+    below FLT_MAX."""
+    f = np.float32
+    best, jb = f(np.finfo(np.float32).max), -1
+    with np.errstate(all="ignore"):
+        for j in range(n):
+            d = f(0.0)
+            for k in range(4):
+                diff = f(s * pos[k, first + j]) - x[y + k]
+                d = f(d + f(f(w[y + k] * diff) * diff))
+            if d < best:
+                best, jb = d, j
+    return jb
+
+
+def test_nearest_listed_8_is_eight_scalar_scans():
+    """The eight-lane neighbour scan of the IQ3 searches gives, per lane, what the scalar scan gives: on
+    random points, on lists full of exact ties (the first of equal distances wins), on weights and values
+    that overflow to inf or NaN (no distance below FLT_MAX: -1), on an empty list, and at offsets."""
+    import numba
+
+    from qtool.kernels.common import nearest_listed_8
+
+    @numba.njit
+    def scan(pos, first, n, x, w, y, scales, c, idx, at):
+        nearest_listed_8(pos, first, n, x, w, y, scales, c, idx, at)
+
+    rng = np.random.default_rng(12)
+    f32 = np.float32
+    cases = 0
+    for trial in range(300):
+        m = int(rng.integers(1, 40))
+        pos = (2 * rng.integers(0, 8, (4, m + 8)) + 1).astype(f32)
+        if trial % 3 == 0:
+            pos[:, 1:] = pos[:, :1]  # every point the same: all ties
+        elif trial % 3 == 1:
+            pos[:, 1::2] = pos[:, 0:pos.shape[1] - 1:2]  # pairs of equal points
+        x = np.abs(rng.standard_normal(12)).astype(f32)
+        w = np.abs(rng.standard_normal(12)).astype(f32)
+        if trial % 7 == 0:
+            w[rng.integers(0, 12)] = f32(np.inf) if trial % 2 else f32(np.nan)
+        if trial % 11 == 0:
+            x *= f32(1e25)
+        scales = (rng.random(20) * 0.5 + 0.05).astype(f32)
+        first, n, y, c, at = int(rng.integers(0, 8)), int(rng.integers(0, m + 1)), int(rng.integers(0, 8)), \
+            int(rng.integers(0, 12)), int(rng.integers(0, 4))
+        idx = np.full(16, 99, np.int32)
+        scan(pos, first, n, x, w, y, scales, c, idx, at)
+        want = [_scalar_nearest(pos, first, n, x, w, y, scales[c + t]) for t in range(8)]
+        assert idx[at:at + 8].tolist() == want, trial
+        assert (idx[:at] == 99).all() and (idx[at + 8:] == 99).all()
+        cases += want.count(-1)
+    assert cases > 0  # the no-neighbour answer was exercised

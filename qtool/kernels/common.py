@@ -53,6 +53,74 @@ def bits_f32(typingctx, x):
     return types.float32(x), codegen
 
 
+@intrinsic
+def nearest_listed_8(typingctx, pos, first_point, n_points, x, w, at_x, scales, first_scale, idx, at_idx):
+    """A nearest-point scan for eight trial scales at once: for t < 8, with s = scales[first_scale + t],
+    idx[at_idx + t] gets the first j < n_points (or -1) with the strictly smallest distance below
+    FLT_MAX, where point j's distance, with c = first_point + j and y = at_x, is
+
+        d = 0 + w[y]*(s*pos[0, c] - x[y])^2 + ... + w[y+3]*(s*pos[3, c] - x[y+3])^2
+
+    each product and sum in this order as float32 (w*diff*diff is (w*diff)*diff, as C groups it). So
+    each trial gets what a scalar scan of the points in order gives. pos float32[4, m] C-contiguous;
+    x, w, scales float32[...]; idx int32[...]. Written as LLVM vector operations (the trials side
+    by side, each trial's best kept in a register across the scan): the compiler keeps such short lane
+    loops scalar."""
+    f32a = lambda a: isinstance(a, types.Array) and a.dtype == types.float32  # noqa: E731
+    if not (f32a(pos) and pos.ndim == 2 and pos.layout == "C" and f32a(x) and f32a(w) and f32a(scales)
+            and isinstance(idx, types.Array) and idx.dtype == types.int32
+            and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x, first_scale, at_idx))):
+        return None
+    sig = types.void(pos, first_point, n_points, x, w, at_x, scales, first_scale, idx, at_idx)
+
+    def codegen(context, builder, sig, args):
+        from numba.core import cgutils
+
+        f32, i32 = ir.FloatType(), ir.IntType(32)
+        vf, vi = ir.VectorType(f32, 8), ir.VectorType(i32, 8)
+        lanes0 = ir.Constant(vi, [0] * 8)
+        aty = sig.args
+
+        def splat(value, vty):
+            undef = ir.Constant(vty, ir.Undefined)
+            return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(i32, 0)), undef, lanes0)
+
+        def i64(k):
+            return context.cast(builder, args[k], aty[k], types.int64)
+
+        def element(k, index):
+            return cgutils.gep(builder, context.make_array(aty[k])(context, builder, args[k]).data, index)
+
+        s = builder.load(builder.bitcast(element(6, i64(7)), vf.as_pointer()), align=4)
+        y = i64(5)
+        xs = [builder.load(element(3, builder.add(y, ir.Constant(y.type, k)))) for k in range(4)]
+        ws = [builder.load(element(4, builder.add(y, ir.Constant(y.type, k)))) for k in range(4)]
+        xv = [splat(v, vf) for v in xs]
+        wv = [splat(v, vf) for v in ws]
+        pos_array = context.make_array(aty[0])(context, builder, args[0])
+        stride = cgutils.unpack_tuple(builder, pos_array.shape, 2)[1]
+        first = i64(1)
+        rows = [cgutils.gep(builder, pos_array.data, builder.add(builder.mul(ir.Constant(stride.type, k), stride), first))
+                for k in range(4)]
+        best = cgutils.alloca_once_value(builder, ir.Constant(vf, [float(np.finfo(np.float32).max)] * 8))
+        found = cgutils.alloca_once_value(builder, ir.Constant(vi, [-1] * 8))
+        with cgutils.for_range(builder, i64(2)) as loop:
+            j = loop.index
+            d = ir.Constant(vf, [0.0] * 8)
+            for k in range(4):
+                p = splat(builder.load(cgutils.gep(builder, rows[k], j)), vf)
+                diff = builder.fsub(builder.fmul(s, p), xv[k])
+                d = builder.fadd(d, builder.fmul(builder.fmul(wv[k], diff), diff))
+            held = builder.load(best)
+            better = builder.fcmp_ordered("<", d, held)
+            builder.store(builder.select(better, d, held), best)
+            builder.store(builder.select(better, splat(builder.trunc(j, i32), vi), builder.load(found)), found)
+        out = builder.bitcast(element(8, i64(9)), vi.as_pointer())
+        builder.store(builder.load(found), out, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
 @jit
 def nearest_int(v):
     """ggml's nearest_int: round half to even through the 1.5*2^23 magic-number trick.

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import F32, checked_driver, each_row, jit, load_fp16, row_driver, store_fp16
+from qtool.kernels.common import F32, checked_driver, each_row, jit, load_fp16, nearest_listed_8, row_driver, store_fp16
 from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, max_of, odd_level,
                                    round_trials, start_trials, sum_squares, sum_trials, sum_wq)
 
@@ -77,6 +77,22 @@ def _nearest_listed(neigh, start, npos, xval, waux, off, scale):
 
 
 @jit
+def _trial_code(Ls, k, s):
+    """The 12-bit map key of trial s's levels of group k."""
+    return Ls[4 * k, s] | (Ls[4 * k + 1, s] << 3) | (Ls[4 * k + 2, s] << 6) | (Ls[4 * k + 3, s] << 9)
+
+
+@jit
+def _nearest_listed_run(neigh, start, npos, xval, waux, off, tsc, a, e, jb):
+    """_nearest_listed for the trials a..e-1 (scales tsc[a:e]), whose groups at ``off`` round to the same
+    off-grid levels and so scan the same list at ``start``: jb[t - a] gets trial t's position, or -1.
+    Eight trials are scanned at once (kernels.common.nearest_listed_8), each distance in C's order; tsc
+    and jb have room for the eighth lane past e."""
+    n = np.int64(neigh[start])
+    for c in range(a, e, 8):
+        nearest_listed_8(npos, start + 1, n, xval, waux, off, tsc, c, jb, c - a)
+
+@jit
 def _code(L, off):
     """The 12-bit map key of the 4 levels at L[off:off+4]."""
     u = 0
@@ -94,15 +110,18 @@ def _round_group(xval, off, inv, L):
 
 @jit
 def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos, kmap, neigh,
-                  L, Laux, on_grid, Ls, sv, off):
+                  L, Laux, on_grid, Ls, sv, off, tscp, jbs):
     """The per-32-weight scale search shared by quantize_row_iq3_xxs_impl (nstep 15, refit only the
     off-grid groups, groups start on-grid) and quantize_row_iq3_s_impl (nstep 9, refit all, start
     off-grid). L int8[32] gets the levels; returns (scale, status).
 
     The trials s = -nstep..nstep run side by side (lane s + nstep of _LANES): each rounds the 32
     weights at inv = (15 + 0.2 s)/vmax, snaps each 4-group onto the grid and sums w*x*q and w*q*q in
-    C's order; the last loop picks the winner in C's trial order. Scratch: Ls int32[32, _LANES] (each
-    trial's levels), sv float32[4, _LANES] and off bool[8, _LANES] (group off the grid)."""
+    C's order; the last loop picks the winner in C's trial order. A group's trials that round to the
+    same off-grid levels (runs of neighbouring trials, ~6-7 on average) scan their neighbour list
+    together. Scratch: Ls int32[32, _LANES] (each trial's levels), sv float32[4, _LANES], off bool[8,
+    _LANES] (group off the grid), tscp float32[_LANES + 8] (the trial scales, padded for whole groups
+    of eight lanes) and jbs int32[_LANES + 8] (a run's list positions)."""
     for i in range(32):
         L[i] = 0
     scale = vmax / F32(2 * _KMAX - 1)
@@ -110,18 +129,30 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
     start_trials(sv, ns, nstep, F32(2 * _KMAX - 1), F32(0.2), vmax)
     tsc = sv[SCALE]
     round_trials(xval, 32, sv, Ls, _KMAX - 1)
+    for t in range(tscp.shape[0]):
+        tscp[t] = tsc[min(t, _LANES - 1)]
     for k in range(8):
-        for s in range(ns):
-            u = Ls[4 * k, s] | (Ls[4 * k + 1, s] << 3) | (Ls[4 * k + 2, s] << 6) | (Ls[4 * k + 3, s] << 9)
+        s = 0
+        while s < ns:
+            u = _trial_code(Ls, k, s)
             m = kmap[u]
-            off[k, s] = m < 0
-            if m < 0:
-                start = -np.int64(m) - 1
-                jb = _nearest_listed(neigh, start, npos, xval, waux, 4 * k, tsc[s])
+            if m >= 0:
+                off[k, s] = False
+                s += 1
+                continue
+            e = s + 1
+            while e < ns and _trial_code(Ls, k, e) == u:
+                e += 1
+            start = -np.int64(m) - 1
+            _nearest_listed_run(neigh, start, npos, xval, waux, 4 * k, tscp, s, e, jbs)
+            for t in range(s, e):
+                off[k, t] = True
+                jb = jbs[t - s]
                 if jb < 0:
                     return scale, NO_NEIGHBOUR
                 for i in range(4):
-                    Ls[4 * k + i, s] = (np.int32(npos[i, start + 1 + jb]) - 1) // 2
+                    Ls[4 * k + i, t] = (np.int32(npos[i, start + 1 + jb]) - 1) // 2
+            s = e
     sum_trials(weight, xval, 32, sv, Ls)
     bs, scale = best_trial(sv, ns, scale)
     if bs >= 0:
@@ -162,18 +193,19 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
 @jit
 def _scratch():
     """Per-row scratch of the IQ3 blocks: weight, waux, xval float32[32]; L, Laux int8[32]; on_grid bool[8];
-    Ls, sv, off (_block_search's); signs int32[4]; scales float32[8]."""
+    Ls, sv, off (_block_search's); signs int32[4]; scales float32[8]; tscp, jbs (_block_search's)."""
     return (np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32),
             np.empty(32, np.int8), np.empty(32, np.int8), np.empty(8, np.bool_),
             np.empty((32, _LANES), np.int32), np.empty((4, _LANES), np.float32), np.empty((8, _LANES), np.bool_),
-            np.empty(4, np.int32), np.empty(8, np.float32))
+            np.empty(4, np.int32), np.empty(8, np.float32),
+            np.empty(_LANES + 8, np.float32), np.empty(_LANES + 8, np.int32))
 
 
 @jit
 def quantize_block_iq3_xxs(x, qw, y, s, npos, kmap, neigh):
     """ggml quantize_row_iq3_xxs_impl for one super-block: x, qw float32[256] -> y uint8[98].
     s: the row's scratch, _scratch(). Returns a status code."""
-    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales = s
+    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales, tscp, jbs = s
     for j in range(IQ3_XXS_BYTES):
         y[j] = 0
     max_scale = F32(0.0)
@@ -208,7 +240,7 @@ def quantize_block_iq3_xxs(x, qw, y, s, npos, kmap, neigh):
             scales[ib] = F32(0.0)
             continue
         scale, status = _block_search(xval, weight, waux, vmax, 15, False, True, npos, kmap, neigh,
-                                      L, Laux, on_grid, Ls, sv, off)
+                                      L, Laux, on_grid, Ls, sv, off, tscp, jbs)
         if status != OK:
             return status
         if scale < F32(0.0):
@@ -255,7 +287,7 @@ def quantize_block_iq3_xxs(x, qw, y, s, npos, kmap, neigh):
 def quantize_block_iq3_s(x, qw, y, s, npos, kmap, neigh):
     """ggml quantize_row_iq3_s_impl (block size 32) for one super-block: x, qw float32[256] -> y uint8[110].
     s: the row's scratch, _scratch(). Returns a status code."""
-    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales = s
+    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales, tscp, jbs = s
     for j in range(IQ3_S_BYTES):
         y[j] = 0
     qs = 2
@@ -280,7 +312,7 @@ def quantize_block_iq3_s(x, qw, y, s, npos, kmap, neigh):
             scales[ib] = F32(0.0)
             continue
         scale, status = _block_search(xval, weight, waux, vmax, 9, True, False, npos, kmap, neigh,
-                                      L, Laux, on_grid, Ls, sv, off)
+                                      L, Laux, on_grid, Ls, sv, off, tscp, jbs)
         if status != OK:
             return status
         if scale < F32(0.0):
