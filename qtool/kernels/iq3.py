@@ -77,12 +77,6 @@ def _nearest_listed(neigh, start, npos, xval, waux, off, scale):
 
 
 @jit
-def _trial_code(Ls, k, s):
-    """The 12-bit map key of trial s's levels of group k."""
-    return Ls[4 * k, s] | (Ls[4 * k + 1, s] << 3) | (Ls[4 * k + 2, s] << 6) | (Ls[4 * k + 3, s] << 9)
-
-
-@jit
 def _nearest_listed_run(neigh, start, npos, xval, waux, off, tsc, a, e, jb):
     """_nearest_listed for the trials a..e-1 (scales tsc[a:e]), whose groups at ``off`` round to the same
     off-grid levels and so scan the same list at ``start``: jb[t - a] gets trial t's position, or -1.
@@ -110,7 +104,7 @@ def _round_group(xval, off, inv, L):
 
 @jit
 def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos, kmap, neigh,
-                  L, Laux, on_grid, Ls, sv, off, tscp, jbs):
+                  L, Laux, on_grid, Ls, sv, off, tscp, jbs, codes):
     """The per-32-weight scale search shared by quantize_row_iq3_xxs_impl (nstep 15, refit only the
     off-grid groups, groups start on-grid) and quantize_row_iq3_s_impl (nstep 9, refit all, start
     off-grid). L int8[32] gets the levels; returns (scale, status).
@@ -121,7 +115,8 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
     same off-grid levels (runs of neighbouring trials, ~6-7 on average) scan their neighbour list
     together. Scratch: Ls int32[32, _LANES] (each trial's levels), sv float32[4, _LANES], off bool[8,
     _LANES] (group off the grid), tscp float32[_LANES + 8] (the trial scales, padded for whole groups
-    of eight lanes) and jbs int32[_LANES + 8] (a run's list positions)."""
+    of eight lanes), jbs int32[_LANES + 8] (a run's list positions) and codes int32[_LANES] (a group's map
+    key per trial)."""
     for i in range(32):
         L[i] = 0
     scale = vmax / F32(2 * _KMAX - 1)
@@ -132,16 +127,22 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
     for t in range(tscp.shape[0]):
         tscp[t] = tsc[min(t, _LANES - 1)]
     for k in range(8):
+        r0 = Ls[4 * k]
+        r1 = Ls[4 * k + 1]
+        r2 = Ls[4 * k + 2]
+        r3 = Ls[4 * k + 3]
+        for t in range(_LANES):
+            codes[t] = r0[t] | (r1[t] << 3) | (r2[t] << 6) | (r3[t] << 9)
         s = 0
         while s < ns:
-            u = _trial_code(Ls, k, s)
+            u = codes[s]
             m = kmap[u]
             if m >= 0:
                 off[k, s] = False
                 s += 1
                 continue
             e = s + 1
-            while e < ns and _trial_code(Ls, k, e) == u:
+            while e < ns and codes[e] == u:
                 e += 1
             start = -np.int64(m) - 1
             _nearest_listed_run(neigh, start, npos, xval, waux, 4 * k, tscp, s, e, jbs)
@@ -193,19 +194,19 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
 @jit
 def _scratch():
     """Per-row scratch of the IQ3 blocks: weight, waux, xval float32[32]; L, Laux int8[32]; on_grid bool[8];
-    Ls, sv, off (_block_search's); signs int32[4]; scales float32[8]; tscp, jbs (_block_search's)."""
+    Ls, sv, off (_block_search's); signs int32[4]; scales float32[8]; tscp, jbs, codes (_block_search's)."""
     return (np.empty(32, np.float32), np.empty(32, np.float32), np.empty(32, np.float32),
             np.empty(32, np.int8), np.empty(32, np.int8), np.empty(8, np.bool_),
             np.empty((32, _LANES), np.int32), np.empty((4, _LANES), np.float32), np.empty((8, _LANES), np.bool_),
             np.empty(4, np.int32), np.empty(8, np.float32),
-            np.empty(_LANES + 8, np.float32), np.empty(_LANES + 8, np.int32))
+            np.empty(_LANES + 8, np.float32), np.empty(_LANES + 8, np.int32), np.empty(_LANES, np.int32))
 
 
 @jit
 def quantize_block_iq3_xxs(x, qw, y, s, npos, kmap, neigh):
     """ggml quantize_row_iq3_xxs_impl for one super-block: x, qw float32[256] -> y uint8[98].
     s: the row's scratch, _scratch(). Returns a status code."""
-    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales, tscp, jbs = s
+    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales, tscp, jbs, codes = s
     for j in range(IQ3_XXS_BYTES):
         y[j] = 0
     max_scale = F32(0.0)
@@ -240,7 +241,7 @@ def quantize_block_iq3_xxs(x, qw, y, s, npos, kmap, neigh):
             scales[ib] = F32(0.0)
             continue
         scale, status = _block_search(xval, weight, waux, vmax, 15, False, True, npos, kmap, neigh,
-                                      L, Laux, on_grid, Ls, sv, off, tscp, jbs)
+                                      L, Laux, on_grid, Ls, sv, off, tscp, jbs, codes)
         if status != OK:
             return status
         if scale < F32(0.0):
@@ -287,7 +288,7 @@ def quantize_block_iq3_xxs(x, qw, y, s, npos, kmap, neigh):
 def quantize_block_iq3_s(x, qw, y, s, npos, kmap, neigh):
     """ggml quantize_row_iq3_s_impl (block size 32) for one super-block: x, qw float32[256] -> y uint8[110].
     s: the row's scratch, _scratch(). Returns a status code."""
-    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales, tscp, jbs = s
+    weight, waux, xval, L, Laux, on_grid, Ls, sv, off, signs, scales, tscp, jbs, codes = s
     for j in range(IQ3_S_BYTES):
         y[j] = 0
     qs = 2
@@ -312,7 +313,7 @@ def quantize_block_iq3_s(x, qw, y, s, npos, kmap, neigh):
             scales[ib] = F32(0.0)
             continue
         scale, status = _block_search(xval, weight, waux, vmax, 9, True, False, npos, kmap, neigh,
-                                      L, Laux, on_grid, Ls, sv, off, tscp, jbs)
+                                      L, Laux, on_grid, Ls, sv, off, tscp, jbs, codes)
         if status != OK:
             return status
         if scale < F32(0.0):
