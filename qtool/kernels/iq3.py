@@ -86,6 +86,7 @@ def _nearest_listed_run(neigh, start, npos, xval, waux, off, tsc, a, e, jb):
     for c in range(a, e, 8):
         nearest_listed_8(npos, start + 1, n, xval, waux, off, tsc, c, jb, c - a)
 
+
 @jit
 def _code(L, off):
     """The 12-bit map key of the 4 levels at L[off:off+4]."""
