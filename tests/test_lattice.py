@@ -124,3 +124,58 @@ def test_nearest_listed_8_is_eight_scalar_scans():
         assert (idx[:at] == 99).all() and (idx[at + 8:] == 99).all()
         cases += want.count(-1)
     assert cases > 0  # the no-neighbour answer was exercised
+
+
+def _scalar_nearest8(pos, first, n, x, w, y, s):
+    """The scalar scan nearest_point_8d replaces: 8 coordinates, float32 in C's order, first strictly
+    smallest below FLT_MAX."""
+    f = np.float32
+    best, jb = f(np.finfo(np.float32).max), -1
+    with np.errstate(all="ignore"):
+        for j in range(n):
+            d = f(0.0)
+            for k in range(8):
+                diff = f(s * pos[k, first + j]) - x[y + k]
+                d = f(d + f(f(w[y + k] * diff) * diff))
+            if d < best:
+                best, jb = d, j
+    return jb
+
+
+def test_nearest_point_8d_is_the_scalar_scan():
+    """The IQ2 searches' vector scan over a neighbour list gives what the scalar scan gives: lists shorter
+    and longer than a vector, ties within a vector lane and across lanes (the first wins), inf/NaN
+    distances (-1 where none is below FLT_MAX), an empty list, and points past the list that must not count."""
+    import numba
+
+    from qtool.kernels.common import POINT_LANES, nearest_point_8d
+
+    @numba.njit
+    def scan(pos, first, n, x, w, y, scale):
+        return nearest_point_8d(pos, first, n, x, w, y, scale)
+
+    rng = np.random.default_rng(13)
+    f32 = np.float32
+    misses = 0
+    for trial in range(400):
+        m = int(rng.integers(1, 70))
+        pos = (2 * rng.integers(0, 3, (8, m + POINT_LANES)) + 1).astype(f32)
+        if trial % 4 == 0:
+            pos[:, :] = pos[:, :1]  # every point the same: all ties
+        elif trial % 4 == 1:
+            pos[:, POINT_LANES:] = pos[:, :pos.shape[1] - POINT_LANES]  # a tie one vector lane-cycle later
+        x = np.abs(rng.standard_normal(24)).astype(f32)
+        w = np.abs(rng.standard_normal(24)).astype(f32)
+        if trial % 7 == 0:
+            w[rng.integers(0, 24)] = f32(np.inf) if trial % 2 else f32(np.nan)
+        if trial % 11 == 0:
+            x *= f32(1e25)
+        first, y = int(rng.integers(0, POINT_LANES)), int(rng.integers(0, 16))
+        n = int(rng.integers(0, m - first + 1)) if m > first else 0
+        if trial % 5 == 2 and n:
+            pos[:, first + n:] = 0  # past the list: points that must never be chosen
+        scale = f32(rng.random() * 0.5 + 0.05)
+        want = _scalar_nearest8(pos, first, n, x, w, y, scale)
+        assert scan(pos, first, n, x, w, y, scale) == want, trial
+        misses += want == -1
+    assert misses > 0  # the no-neighbour answer was exercised

@@ -53,6 +53,89 @@ def bits_f32(typingctx, x):
     return types.float32(x), codegen
 
 
+def _vector_scan(builder, count, start, step):
+    """Emit ``for i in range(count): state = step(i, state)`` with the loop's state (a tuple of LLVM values)
+    in phi nodes, not in memory: the scans below run inlined in the kernels' loops, where a stack slot
+    was left unpromoted and each iteration went through memory. Returns the final state."""
+    entry = builder.block
+    head = builder.append_basic_block("scan.head")
+    body = builder.append_basic_block("scan.body")
+    done = builder.append_basic_block("scan.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    i = builder.phi(count.type)
+    i.add_incoming(ir.Constant(count.type, 0), entry)
+    state = [builder.phi(v.type) for v in start]
+    for phi, v in zip(state, start):
+        phi.add_incoming(v, entry)
+    builder.cbranch(builder.icmp_signed("<", i, count), body, done)
+    builder.position_at_end(body)
+    following = step(i, tuple(state))
+    i.add_incoming(builder.add(i, ir.Constant(count.type, 1)), builder.block)
+    for phi, v in zip(state, following):
+        phi.add_incoming(v, builder.block)
+    builder.branch(head)
+    builder.position_at_end(done)
+    return tuple(state)
+
+
+class _ScanArgs:
+    """What both scans below read from their arguments, as LLVM values: integers as int64, elements of
+    arrays, values splatted across a vector, and the rows of the points' coordinates."""
+
+    def __init__(self, context, builder, sig, args):
+        self.context, self.builder, self.sig, self.args = context, builder, sig, args
+
+    def int64(self, k):
+        return self.context.cast(self.builder, self.args[k], self.sig.args[k], types.int64)
+
+    def array(self, k):
+        return self.context.make_array(self.sig.args[k])(self.context, self.builder, self.args[k])
+
+    def at(self, k, index):
+        """A pointer to element ``index`` (an int64 LLVM value) of array argument k."""
+        from numba.core import cgutils
+
+        return cgutils.gep(self.builder, self.array(k).data, index)
+
+    def splat(self, value, vty):
+        undef = ir.Constant(vty, ir.Undefined)
+        lane0 = self.builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+        return self.builder.shuffle_vector(lane0, undef, ir.Constant(ir.VectorType(ir.IntType(32), vty.count),
+                                                                      [0] * vty.count))
+
+    def splat_elements(self, k, first, n, vty):
+        """Elements first .. first+n-1 of array argument k, each splatted across a vector."""
+        return [self.splat(self.builder.load(self.at(k, self.builder.add(first, ir.Constant(first.type, i)))), vty)
+                for i in range(n)]
+
+    def point_rows(self, k, first, n):
+        """Pointers to element ``first`` of each of the n rows of the C-contiguous 2-D array argument k."""
+        from numba.core import cgutils
+
+        b = self.builder
+        pos = self.array(k)
+        stride = cgutils.unpack_tuple(b, pos.shape, 2)[1]
+        return [cgutils.gep(b, pos.data, b.add(b.mul(ir.Constant(stride.type, i), stride), first)) for i in range(n)]
+
+
+def _distances(builder, scale, points, xs, ws, vty):
+    """0 + w0*(s*p0 - x0)^2 + w1*(s*p1 - x1)^2 + ... lane by lane, each step as C orders it in float32
+    ((w*diff)*diff, the sum from the left). All arguments vectors of type vty."""
+    d = ir.Constant(vty, [0.0] * vty.count)
+    for p, x, w in zip(points, xs, ws):
+        diff = builder.fsub(builder.fmul(scale, p), x)
+        d = builder.fadd(d, builder.fmul(builder.fmul(w, diff), diff))
+    return d
+
+
+def _is_f32_array(a) -> bool:
+    return isinstance(a, types.Array) and a.dtype == types.float32
+
+
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
 @intrinsic
 def nearest_listed_8(typingctx, pos, first_point, n_points, x, w, at_x, scales, first_scale, idx, at_idx):
     """A nearest-point scan for eight trial scales at once: for t < 8, with s = scales[first_scale + t],
@@ -63,63 +146,105 @@ def nearest_listed_8(typingctx, pos, first_point, n_points, x, w, at_x, scales, 
 
     each product and sum in this order as float32 (w*diff*diff is (w*diff)*diff, as C groups it). So
     each trial gets what a scalar scan of the points in order gives. pos float32[4, m] C-contiguous;
-    x, w, scales float32[...]; idx int32[...]. Written as LLVM vector operations (the trials side
-    by side, each trial's best kept in a register across the scan): the compiler keeps such short lane
-    loops scalar."""
-    f32a = lambda a: isinstance(a, types.Array) and a.dtype == types.float32  # noqa: E731
-    if not (f32a(pos) and pos.ndim == 2 and pos.layout == "C" and f32a(x) and f32a(w) and f32a(scales)
-            and isinstance(idx, types.Array) and idx.dtype == types.int32
+    x, w, scales float32[...]; idx int32[...]. Written as LLVM vector operations (the trials side by
+    side, each trial's best kept in a register across the scan): Numba's loop over so few lanes stayed
+    scalar."""
+    if not (_is_f32_array(pos) and pos.ndim == 2 and pos.layout == "C" and _is_f32_array(x) and _is_f32_array(w)
+            and _is_f32_array(scales) and isinstance(idx, types.Array) and idx.dtype == types.int32
             and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x, first_scale, at_idx))):
         return None
     sig = types.void(pos, first_point, n_points, x, w, at_x, scales, first_scale, idx, at_idx)
 
     def codegen(context, builder, sig, args):
-        from numba.core import cgutils
+        a = _ScanArgs(context, builder, sig, args)
+        vf, vi = ir.VectorType(ir.FloatType(), 8), ir.VectorType(ir.IntType(32), 8)
+        s = builder.load(builder.bitcast(a.at(6, a.int64(7)), vf.as_pointer()), align=4)
+        xs, ws = a.splat_elements(3, a.int64(5), 4, vf), a.splat_elements(4, a.int64(5), 4, vf)
+        rows = a.point_rows(0, a.int64(1), 4)
 
-        f32, i32 = ir.FloatType(), ir.IntType(32)
-        vf, vi = ir.VectorType(f32, 8), ir.VectorType(i32, 8)
-        lanes0 = ir.Constant(vi, [0] * 8)
-        aty = sig.args
-
-        def splat(value, vty):
-            undef = ir.Constant(vty, ir.Undefined)
-            return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(i32, 0)), undef, lanes0)
-
-        def i64(k):
-            return context.cast(builder, args[k], aty[k], types.int64)
-
-        def element(k, index):
-            return cgutils.gep(builder, context.make_array(aty[k])(context, builder, args[k]).data, index)
-
-        s = builder.load(builder.bitcast(element(6, i64(7)), vf.as_pointer()), align=4)
-        y = i64(5)
-        xs = [builder.load(element(3, builder.add(y, ir.Constant(y.type, k)))) for k in range(4)]
-        ws = [builder.load(element(4, builder.add(y, ir.Constant(y.type, k)))) for k in range(4)]
-        xv = [splat(v, vf) for v in xs]
-        wv = [splat(v, vf) for v in ws]
-        pos_array = context.make_array(aty[0])(context, builder, args[0])
-        stride = cgutils.unpack_tuple(builder, pos_array.shape, 2)[1]
-        first = i64(1)
-        rows = [cgutils.gep(builder, pos_array.data, builder.add(builder.mul(ir.Constant(stride.type, k), stride), first))
-                for k in range(4)]
-        best = cgutils.alloca_once_value(builder, ir.Constant(vf, [float(np.finfo(np.float32).max)] * 8))
-        found = cgutils.alloca_once_value(builder, ir.Constant(vi, [-1] * 8))
-        with cgutils.for_range(builder, i64(2)) as loop:
-            j = loop.index
-            d = ir.Constant(vf, [0.0] * 8)
-            for k in range(4):
-                p = splat(builder.load(cgutils.gep(builder, rows[k], j)), vf)
-                diff = builder.fsub(builder.fmul(s, p), xv[k])
-                d = builder.fadd(d, builder.fmul(builder.fmul(wv[k], diff), diff))
-            held = builder.load(best)
+        def step(j, state):
+            held, found = state
+            points = [a.splat(builder.load(builder.gep(row, [j])), vf) for row in rows]
+            d = _distances(builder, s, points, xs, ws, vf)
             better = builder.fcmp_ordered("<", d, held)
-            builder.store(builder.select(better, d, held), best)
-            builder.store(builder.select(better, splat(builder.trunc(j, i32), vi), builder.load(found)), found)
-        out = builder.bitcast(element(8, i64(9)), vi.as_pointer())
-        builder.store(builder.load(found), out, align=4)
+            return builder.select(better, d, held), builder.select(better, a.splat(builder.trunc(j, vi.element), vi),
+                                                                   found)
+
+        _, found = _vector_scan(builder, a.int64(2), (ir.Constant(vf, [_FLT_MAX] * 8), ir.Constant(vi, [-1] * 8)),
+                                step)
+        builder.store(found, builder.bitcast(a.at(8, a.int64(9)), vi.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+#: listed points measured side by side by nearest_point_8d (one AVX-512 vector, two AVX2 ones)
+POINT_LANES = 16
+
+
+@intrinsic
+def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
+    """The position j < n_points of the listed point nearest to x[at_x:at_x+8] at ``scale``, or -1 where no
+    distance is below FLT_MAX: the first strictly smallest of
+
+        d = 0 + w[y]*(scale*pos[0, c] - x[y])^2 + ... + w[y+7]*(scale*pos[7, c] - x[y+7])^2
+
+    (c = first_point + j, y = at_x; each product and sum in this order as float32, w*diff*diff being
+    (w*diff)*diff as C groups it), which is what a scalar scan of the points in order keeps. The points
+    are measured POINT_LANES at a time, each vector lane keeping its own first smallest; the lanes are
+    merged at the end by (distance, position). pos float32[8, m] C-contiguous, with POINT_LANES - 1
+    readable columns past the last point; x, w float32[...]. Written as LLVM vector operations: Numba's
+    loop left the comparisons scalar, in a second pass over the stored distances."""
+    if not (_is_f32_array(pos) and pos.ndim == 2 and pos.layout == "C" and _is_f32_array(x) and _is_f32_array(w)
+            and scale == types.float32 and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x))):
+        return None
+    sig = types.int64(pos, first_point, n_points, x, w, at_x, scale)
+
+    def codegen(context, builder, sig, args):
+        a = _ScanArgs(context, builder, sig, args)
+        width = POINT_LANES
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vf, vi = ir.VectorType(ir.FloatType(), width), ir.VectorType(i32, width)
+        xs, ws = a.splat_elements(3, a.int64(5), 8, vf), a.splat_elements(4, a.int64(5), 8, vf)
+        s = a.splat(args[6], vf)
+        n = a.int64(2)
+        rows = a.point_rows(0, a.int64(1), 8)
+        lane_ids = ir.Constant(vi, list(range(width)))
+        n_lanes = a.splat(builder.trunc(n, i32), vi)
+        chunks = builder.sdiv(builder.add(n, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
+
+        def step(chunk, state):
+            held, found = state
+            c = builder.mul(chunk, ir.Constant(i64, width))
+            points = [builder.load(builder.bitcast(builder.gep(row, [c]), vf.as_pointer()), align=4) for row in rows]
+            d = _distances(builder, s, points, xs, ws, vf)
+            j = builder.add(a.splat(builder.trunc(c, i32), vi), lane_ids)
+            better = builder.and_(builder.fcmp_ordered("<", d, held), builder.icmp_signed("<", j, n_lanes))
+            return builder.select(better, d, held), builder.select(better, j, found)
+
+        bests, founds = _vector_scan(builder, chunks, (ir.Constant(vf, [_FLT_MAX] * width),
+                                                       ir.Constant(vi, [-1] * width)), step)
+
+        def everywhere(v, smaller):  # every lane gets the smallest lane's value (a tree of swaps)
+            undef = ir.Constant(v.type, ir.Undefined)
+            half = width // 2
+            while half:
+                other = builder.shuffle_vector(v, undef, ir.Constant(vi, [i ^ half for i in range(width)]))
+                v = builder.select(smaller(other, v), other, v)
+                half //= 2
+            return v
+
+        nearest = everywhere(bests, lambda p, q: builder.fcmp_ordered("<", p, q))
+        at_nearest = builder.and_(builder.fcmp_ordered("==", bests, nearest),
+                                  builder.icmp_signed(">=", founds, ir.Constant(vi, [0] * width)))
+        none = ir.Constant(i32, 2**31 - 1)
+        first_at = everywhere(builder.select(at_nearest, founds, a.splat(none, vi)),
+                              lambda p, q: builder.icmp_signed("<", p, q))
+        j = builder.extract_element(first_at, ir.Constant(i32, 0))
+        return builder.sext(builder.select(builder.icmp_signed("==", j, none), ir.Constant(i32, -1), j), i64)
+
+    return sig, codegen
+
 
 @jit
 def nearest_int(v):

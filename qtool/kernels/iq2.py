@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import F32, checked_driver, each_row, jit, load_fp16, row_driver, specialize, store_fp16
+from qtool.kernels.common import (F32, checked_driver, each_row, jit, load_fp16, nearest_point_8d, row_driver,
+                                 specialize, store_fp16)
 from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
                                    round_trials, start_trials, sum_squares, sum_trials, sum_wq)
 from qtool.kernels.search import make_qp_quants
@@ -40,7 +41,6 @@ _GROUP_MAX_EPS = np.float32(1e-15)
 _GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAXQ = 3
-_MAX_LIST = 1024  # no neighbour list is longer than the largest grid
 _LANES = TRIAL_LANES  # trial scales searched side by side (IQ2_XS, IQ2_S: 19; IQ2_XXS: 13)
 
 #: status codes (ggml aborts on each): no grid neighbour at a finite distance (GGML_ASSERT(grid_index >= 0)),
@@ -70,62 +70,25 @@ def _round_group(xval, off, inv, L):
 
 
 @jit
-def _nearest_listed(neigh, start, npos, xval, waux, off, scale, d2):
+def _nearest_listed(neigh, start, npos, xval, waux, off, scale):
     """ggml iq2_find_best_neighbour: the position in the list at ``start`` of the grid point nearest
     (waux-weighted) to scale*p ~ xval[off:off+8]; -1 where no distance is below FLT_MAX (inf/NaN
-    weights: ggml aborts).
-
-    The distances of all listed points are computed first, side by side (npos holds each list's
-    coordinates contiguously, so the loop vectorizes; each distance is still C's chain of float32
-    adds), then scanned in list order for the first strictly smallest, as C's loop keeps it."""
-    n = np.int64(neigh[start])
-    b = start + 1
-    x0, x1, x2, x3 = xval[off], xval[off + 1], xval[off + 2], xval[off + 3]
-    x4, x5, x6, x7 = xval[off + 4], xval[off + 5], xval[off + 6], xval[off + 7]
-    w0, w1, w2, w3 = waux[off], waux[off + 1], waux[off + 2], waux[off + 3]
-    w4, w5, w6, w7 = waux[off + 4], waux[off + 5], waux[off + 6], waux[off + 7]
-    m = (n + 15) // 16 * 16  # whole vectors: npos has room past its last list
-    p0, p1, p2, p3 = npos[0, b:b + m], npos[1, b:b + m], npos[2, b:b + m], npos[3, b:b + m]
-    p4, p5, p6, p7 = npos[4, b:b + m], npos[5, b:b + m], npos[6, b:b + m], npos[7, b:b + m]
-    for c in range(0, m, 16):
-        for jj in range(16):
-            j = c + jj
-            diff = scale * p0[j] - x0
-            t = F32(0.0) + w0 * diff * diff
-            diff = scale * p1[j] - x1
-            t += w1 * diff * diff
-            diff = scale * p2[j] - x2
-            t += w2 * diff * diff
-            diff = scale * p3[j] - x3
-            t += w3 * diff * diff
-            diff = scale * p4[j] - x4
-            t += w4 * diff * diff
-            diff = scale * p5[j] - x5
-            t += w5 * diff * diff
-            diff = scale * p6[j] - x6
-            t += w6 * diff * diff
-            diff = scale * p7[j] - x7
-            t += w7 * diff * diff
-            d2[j] = t
-    best_d2 = _FLT_MAX
-    jb = np.int64(-1)
-    for j in range(n):
-        if d2[j] < best_d2:
-            best_d2 = d2[j]
-            jb = j
-    return jb
+    weights: ggml aborts). The listed points are measured 16 at a time, each distance C's chain of
+    float32 operations, the first strictly smallest kept (kernels.common.nearest_point_8d; npos holds
+    each list's coordinates contiguously, with room for whole vectors past the last list)."""
+    return nearest_point_8d(npos, start + 1, np.int64(neigh[start]), xval, waux, off, scale)
 
 
 @jit
-def _snap(xval, off, inv, scale, L, waux, npos, kmap, neigh, d2):
+def _snap(xval, off, inv, scale, L, waux, npos, kmap, neigh):
     """Round 8 weights to levels and move them onto the grid; returns (grid index or -1 where ggml
-    aborts, was on the grid). d2: float32 scratch as long as the longest neighbour list."""
+    aborts, was on the grid)."""
     u = _round_group(xval, off, inv, L)
     gi = kmap[u]
     if gi >= 0:
         return np.int64(gi), True
     start = -np.int64(gi) - 1
-    jb = _nearest_listed(neigh, start, npos, xval, waux, off, scale, d2)
+    jb = _nearest_listed(neigh, start, npos, xval, waux, off, scale)
     if jb < 0:
         return jb, False
     for i in range(8):
@@ -134,7 +97,7 @@ def _snap(xval, off, inv, scale, L, waux, npos, kmap, neigh, d2):
 
 
 @jit
-def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, d2, Ls, sv, off):
+def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, Ls, sv, off):
     """The trial-scale loop of quantize_row_iq2_{xxs,xs,s}_impl, all trials side by side: trial
     s = -nhalf..nhalf (lane s + nhalf of _LANES) rounds the n weights at inv = (5 + 0.1 s)/denom,
     snaps each 8-group onto the grid and sums w*x*q and w*q*q in C's order. Lanes are independent
@@ -155,7 +118,7 @@ def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, d2, Ls,
             off[k, s] = gi < 0
             if gi < 0:
                 start = -np.int64(gi) - 1
-                jb = _nearest_listed(neigh, start, npos, xval, waux, 8 * k, tsc[s], d2)
+                jb = _nearest_listed(neigh, start, npos, xval, waux, 8 * k, tsc[s])
                 if jb < 0:
                     return -1, F32(0.0), NO_NEIGHBOUR
                 for i in range(8):
@@ -192,10 +155,9 @@ def _grid_index(L, off, kmap):
 
 @jit
 def _scratch_xxs():
-    """Per-row scratch of quantize_block_iq2_xxs: float32[4, _MAX_LIST] (weight, waux, xval, neighbour
-    distances); L, Laux int32[32]; Lqp uint8[32]; signs int32[4]; scales float32[8]; Ls, sv, off
-    (_step_search's)."""
-    return (np.empty((4, _MAX_LIST), np.float32), np.zeros(32, np.int32), np.zeros(32, np.int32),
+    """Per-row scratch of quantize_block_iq2_xxs: float32[3, 32] (weight, waux, xval); L, Laux int32[32];
+    Lqp uint8[32]; signs int32[4]; scales float32[8]; Ls, sv, off (_step_search's)."""
+    return (np.empty((3, 32), np.float32), np.zeros(32, np.int32), np.zeros(32, np.int32),
             np.zeros(32, np.uint8), np.zeros(4, np.int32), np.zeros(QK_K // 32, np.float32),
             np.zeros((32, _LANES), np.int32), np.zeros((4, _LANES), np.float32), np.zeros((4, _LANES), np.bool_))
 
@@ -208,7 +170,6 @@ def quantize_block_iq2_xxs(xbl, qwl, y, s, npos, kmap, neigh):
     weight = scratch[0]
     waux = scratch[1]
     xval = scratch[2]
-    d2 = scratch[3]
     for j in range(IQ2_XXS_BYTES):
         y[j] = 0
     sigma2 = sum_squares(xbl, QK_K) / F32(QK_K)
@@ -229,7 +190,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, s, npos, kmap, neigh):
         if eff_max <= F32(0.0):
             scales[ib] = F32(0.0)
             continue
-        bs, bscale, st = _step_search(xval, weight, waux, 32, eff_max, 6, npos, kmap, neigh, d2, Ls, sv, off)
+        bs, bscale, st = _step_search(xval, weight, waux, 32, eff_max, 6, npos, kmap, neigh, Ls, sv, off)
         if st != OK:
             return st
         if bs >= 0:
@@ -239,7 +200,7 @@ def quantize_block_iq2_xxs(xbl, qwl, y, s, npos, kmap, neigh):
         if scale > F32(0.0):
             inv = F32(1.0) / scale
             for k in range(4):
-                if _snap(xval, 8 * k, inv, scale, L, waux, npos, kmap, neigh, d2)[0] < 0:
+                if _snap(xval, 8 * k, inv, scale, L, waux, npos, kmap, neigh)[0] < 0:
                     return NO_NEIGHBOUR
             sumqx, sumq2 = sum_wq(weight, xval, L, 32)
             if sumq2 > F32(0.0):
@@ -313,7 +274,7 @@ def dequantize_row_iq2_xxs(data, out, grid, ksigns):
 
 
 @jit
-def _search16(xb, weight, waux, xval, L, Laux, eps, npos, kmap, neigh, d2, Ls, sv, off):
+def _search16(xb, weight, waux, xval, L, Laux, eps, npos, kmap, neigh, Ls, sv, off):
     """The per-16-weight search shared by quantize_row_iq2_xs_impl and quantize_row_iq2_s_impl, after
     the signs are folded into xval; returns (scale, block not empty, status) (L gets the levels, all 0
     for an empty block)."""
@@ -323,7 +284,7 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, npos, kmap, neigh, d2, Ls, s
     if mx < eps:
         return F32(0.0), False, OK
     scale = mx / F32(2 * _KMAXQ - 1)
-    bs, bscale, st = _step_search(xval, weight, waux, 16, mx, 9, npos, kmap, neigh, d2, Ls, sv, off)
+    bs, bscale, st = _step_search(xval, weight, waux, 16, mx, 9, npos, kmap, neigh, Ls, sv, off)
     if st != OK:
         return scale, True, st
     if bs < 0:
@@ -335,9 +296,9 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, npos, kmap, neigh, d2, Ls, s
     on1 = not off[1, bs]
     if (not on0 or not on1) and scale > F32(0.0):
         inv = F32(1.0) / scale
-        if not on0 and _snap(xval, 0, inv, scale, L, waux, npos, kmap, neigh, d2)[0] < 0:
+        if not on0 and _snap(xval, 0, inv, scale, L, waux, npos, kmap, neigh)[0] < 0:
             return scale, True, NO_NEIGHBOUR
-        if not on1 and _snap(xval, 8, inv, scale, L, waux, npos, kmap, neigh, d2)[0] < 0:
+        if not on1 and _snap(xval, 8, inv, scale, L, waux, npos, kmap, neigh)[0] < 0:
             return scale, True, NO_NEIGHBOUR
         sumqx, sumq2 = sum_wq(weight, xval, L, 16)
         if sumq2 > F32(0.0):
@@ -361,9 +322,9 @@ def _put_scales(y, at, scales, max_scale):
 
 @jit
 def _scratch16():
-    """Per-row scratch of the IQ2_XS and IQ2_S blocks: float32[4, _MAX_LIST] (weight, waux, xval, neighbour
-    distances); L, Laux int32[16]; scales float32[16]; Ls, sv, off (_step_search's)."""
-    return (np.empty((4, _MAX_LIST), np.float32), np.zeros(16, np.int32), np.zeros(16, np.int32),
+    """Per-row scratch of the IQ2_XS and IQ2_S blocks: float32[3, 16] (weight, waux, xval); L, Laux
+    int32[16]; scales float32[16]; Ls, sv, off (_step_search's)."""
+    return (np.empty((3, 16), np.float32), np.zeros(16, np.int32), np.zeros(16, np.int32),
             np.zeros(QK_K // 16, np.float32), np.zeros((16, _LANES), np.int32), np.zeros((4, _LANES), np.float32),
             np.zeros((2, _LANES), np.bool_))
 
@@ -394,7 +355,7 @@ def _block_iq2_16(xbl, qwl, y, s, npos, kmap, neigh):
         s0 = fold_signs(xb, weight, xval, 0, not IS_S) & mask
         s1 = fold_signs(xb, weight, xval, 1, not IS_S) & mask
         scale, live, st = _search16(xb, weight, waux, xval, L, Laux, _GROUP_MAX_EPS_IQ2_S if IS_S else _GROUP_MAX_EPS,
-                                    npos, kmap, neigh, scratch[3], Ls, sv, off)
+                                    npos, kmap, neigh, Ls, sv, off)
         if st != OK:
             return st
         if not live:
