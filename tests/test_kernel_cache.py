@@ -342,3 +342,37 @@ def test_the_command_leaves_numba_extensions_unloaded_a_library_process_loads_th
     out = _python(EXTENSION_LIBRARY_CHILD, cwd=tmp_path, env=env)
     assert marker.read_text() == "init\n"
     assert out.split() == ["1"]
+
+
+STAMP_CHILD = """
+import numpy as np
+import qtool.kernels.common as c
+c.first_nonfinite_row(np.zeros((2, 4), np.float32))
+s = c.first_nonfinite_row.stats
+print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))
+"""
+
+
+def test_an_edit_to_any_kernel_file_recompiles_the_cached_kernels(tmp_path):
+    """A cached kernel holds the code of the jitted functions it calls from other kernel modules; Numba
+    alone keeps it while its own module is unchanged. In a copy of the package: compiled once, loaded from
+    the cache next time, and compiled again after an edit to another kernel file (lattice.py, which
+    common.py does not even import); an edit outside the kernels folder leaves it cached."""
+    import shutil
+
+    shutil.copytree(ROOT / "qtool", tmp_path / "qtool", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("NUMBA_CACHE_DIR", None)
+
+    def hits_misses() -> tuple[int, ...]:
+        return tuple(int(v) for v in _python(STAMP_CHILD, cwd=tmp_path, env=env).split())
+
+    assert hits_misses() == (0, 1)
+    assert hits_misses() == (1, 0)
+    with open(tmp_path / "qtool" / "kernels" / "lattice.py", "a") as f:
+        f.write("\n# edited\n")
+    assert hits_misses() == (0, 1)
+    assert hits_misses() == (1, 0)
+    with open(tmp_path / "qtool" / "plan.py", "a") as f:
+        f.write("\n# edited\n")
+    assert hits_misses() == (1, 0)
