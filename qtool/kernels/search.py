@@ -255,8 +255,8 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
 # ---------------------------------------------------------------------------------------------------
 
 #: trials per pass: one AVX-512 vector (two AVX2 ones). More lanes waste more when `min` moves, fewer
-#: need more passes: on an AVX2 machine 8 and 16 measured alike, on this project's AVX-512 one 16 runs
-#: Q4_K and Q5_K 1.3-1.55x faster (Q4_K_M's 21 trials: ~4.4 passes of 8, ~3 of 16)
+#: need more passes (Q4_K's 21 trials: ~4.4 passes of 8, ~3.3 of 16). An earlier stop measured 8 and 16
+#: alike on a slower day of this project's machine; on 2026-12-02 16 ran Q4_K and Q5_K 1.3-1.55x faster
 LANES = 16
 QKX_SCRATCH_ROWS = 9
 _ISC, _SL, _SL2, _SXL, _TS, _TM, _ERR, _D, _W = range(QKX_SCRATCH_ROWS)
