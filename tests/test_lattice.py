@@ -71,14 +71,14 @@ def test_neighbour_coordinates(name):
 
 
 def _scalar_nearest(pos, first, n, x, w, y, s):
-    """The scalar scan nearest_listed_8 does eight of: float32 in C's order, first strictly smallest
-    below FLT_MAX."""
+    """The scalar scan the vector scans replace, over the pos.shape[0] coordinates (4 for IQ3, 8 for IQ2):
+    float32 in C's order, first strictly smallest below FLT_MAX."""
     f = np.float32
     best, jb = f(np.finfo(np.float32).max), -1
     with np.errstate(all="ignore"):
         for j in range(n):
             d = f(0.0)
-            for k in range(4):
+            for k in range(pos.shape[0]):
                 diff = f(s * pos[k, first + j]) - x[y + k]
                 d = f(d + f(f(w[y + k] * diff) * diff))
             if d < best:
@@ -126,22 +126,6 @@ def test_nearest_listed_8_is_eight_scalar_scans():
     assert cases > 0  # the no-neighbour answer was exercised
 
 
-def _scalar_nearest8(pos, first, n, x, w, y, s):
-    """The scalar scan nearest_point_8d replaces: 8 coordinates, float32 in C's order, first strictly
-    smallest below FLT_MAX."""
-    f = np.float32
-    best, jb = f(np.finfo(np.float32).max), -1
-    with np.errstate(all="ignore"):
-        for j in range(n):
-            d = f(0.0)
-            for k in range(8):
-                diff = f(s * pos[k, first + j]) - x[y + k]
-                d = f(d + f(f(w[y + k] * diff) * diff))
-            if d < best:
-                best, jb = d, j
-    return jb
-
-
 def test_nearest_point_8d_is_the_scalar_scan():
     """The IQ2 searches' vector scan over a neighbour list gives what the scalar scan gives: lists shorter
     and longer than a vector, ties within a vector lane and across lanes (the first wins), inf/NaN
@@ -175,7 +159,7 @@ def test_nearest_point_8d_is_the_scalar_scan():
         if trial % 5 == 2 and n:
             pos[:, first + n:] = 0  # past the list: points that must never be chosen
         scale = f32(rng.random() * 0.5 + 0.05)
-        want = _scalar_nearest8(pos, first, n, x, w, y, scale)
+        want = _scalar_nearest(pos, first, n, x, w, y, scale)
         assert scan(pos, first, n, x, w, y, scale) == want, trial
         misses += want == -1
     assert misses > 0  # the no-neighbour answer was exercised

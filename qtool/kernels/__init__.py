@@ -271,6 +271,7 @@ def _stamps_cover_the_kernels() -> bool:
     mixin.get_source_stamp = get_source_stamp
     return True
 
+
 CACHE_FOLDERS_ONCE = _cache_folders_checked_once()
 LAZY_REFRESH = _load_cached_without_refresh()
 PLAIN_ARRAYS = _type_arrays_without_numpy_ma()
