@@ -1,6 +1,7 @@
 """Q2_K, Q3_K and Q6_K beyond tests/test_identity.py (which compares them with ggml bit for bit: hard rows
 on both paths, extreme rows, odd importance vectors, dequantize, thread counts, round-trip error): the
-all-zero block, the batched 16-sub-block searches against the one-block searches."""
+all-zero block, the batched 16-sub-block searches against the one-block searches (make_qkx_quants_lanes, which
+Q4_K and Q5_K use too, with their parameters)."""
 
 from __future__ import annotations
 
@@ -78,32 +79,41 @@ def _sub_block_rows():
     return np.concatenate([x, extra])
 
 
-@pytest.mark.parametrize("kind", ["qkx2", "qkx3"])
-def test_batched_min_search_equals_one_block_search(kind):
-    """make_qkx_quants_x16 gives search.make_qkx2_quants / make_qkx3_quants' scales, mins and quants
-    bit for bit, with the parameters Q2_K uses."""
-    from qtool.kernels.search import make_qkx2_quants, make_qkx3_quants
+#: (n, nmax, rmin, rdelta, nstep, use_mad) of make_qkx2_quants (Q2_K ref; Q4_K and Q5_K ref) and
+#: make_qkx3_quants (the _impl paths) as the k-quants call them
+QKX_CALLS = {"q2_K_ref": ("qkx2", 16, 3, -0.5, 0.1, 15, True), "q2_K_impl": ("qkx3", 16, 3, -0.9, 0.05, 36, False),
+             "q4_K_ref": ("qkx2", 32, 15, -1.0, 0.1, 20, False), "q5_K_ref": ("qkx2", 32, 31, -0.5, 0.1, 15, False),
+             "q4_K_impl": ("qkx3", 32, 15, -0.9, 0.05, 36, False), "q5_K_impl": ("qkx3", 32, 31, -0.9, 0.05, 36, False)}
 
+
+@pytest.mark.parametrize("call", QKX_CALLS)
+def test_batched_min_search_equals_one_block_search(call):
+    """search.make_qkx_quants_lanes (16 blocks side by side, each lane its own chain of trials) gives
+    search.make_qkx2_quants / make_qkx3_quants' scales, mins and quants bit for bit, with the parameters
+    each k-quant uses."""
+    from qtool.kernels.search import (SUB_LANES, make_qkx2_quants, make_qkx3_quants, make_qkx_quants_lanes,
+                                      qkx_lanes_scratch)
+
+    kind, n, nmax, rmin, rdelta, nstep, use_mad = QKX_CALLS[call]
     one = make_qkx2_quants if kind == "qkx2" else make_qkx3_quants
-    rmin, rdelta, nstep, use_mad = ((np.float32(-0.5), np.float32(0.1), 15, True) if kind == "qkx2"
-                                    else (np.float32(-0.9), np.float32(0.05), 36, False))
-    x = _sub_block_rows()
+    rmin, rdelta = np.float32(rmin), np.float32(rdelta)
+    x = _sub_block_rows().reshape(-1, SUB_LANES * n)
     w_all = np.resize(importance(512, 44), x.shape)
-    xt, L, scales, L1 = _x16_arrays(np.uint8)
-    wt, lt, S = (np.empty((16, 16), np.float32) for _ in range(3))
-    mins = np.empty(16, np.float32)
-    Laux = np.empty(16, np.uint8)
+    L, L1, Laux = np.empty(SUB_LANES * n, np.uint8), np.empty(n, np.uint8), np.empty(n, np.uint8)
+    scales, mins = np.empty(SUB_LANES, np.float32), np.empty(SUB_LANES, np.float32)
+    scratch = qkx_lanes_scratch(n)
     for b, row in enumerate(x):
         with np.errstate(over="ignore", invalid="ignore"):  # the 1e30 rows overflow, as in C
             w = np.abs(row) if kind == "qkx2" else w_all[b] * np.sqrt(np.float32(0.01) + row * row)
-        xt[:] = row.reshape(16, 16).T
-        wt[:] = w.reshape(16, 16).T
-        kb.make_qkx_quants_x16(3, xt, wt, L, scales, mins, rmin, rdelta, nstep, use_mad, kind == "qkx3", S, lt)
-        for j in range(16):
-            s1, m1 = one(16, 3, row[16 * j:16 * j + 16], w[16 * j:16 * j + 16], L1, Laux, rmin, rdelta, nstep, use_mad)
+        xt = np.ascontiguousarray(row.reshape(SUB_LANES, n).T)
+        wt = np.ascontiguousarray(w.reshape(SUB_LANES, n).T)
+        make_qkx_quants_lanes(n, nmax, xt, wt, SUB_LANES, rmin, rdelta, nstep, use_mad, kind == "qkx3", L, scales,
+                              mins, scratch)
+        for j in range(SUB_LANES):
+            s1, m1 = one(n, nmax, row[n * j:n * j + n], w[n * j:n * j + n], L1, Laux, rmin, rdelta, nstep, use_mad)
             got = (scales[j].view(np.uint32), mins[j].view(np.uint32))
             assert (np.float32(s1).view(np.uint32), np.float32(m1).view(np.uint32)) == got, (b, j, s1, m1, scales[j], mins[j])
-            assert np.array_equal(L1, L[16 * j:16 * j + 16]), (b, j, L1, L[16 * j:16 * j + 16])
+            assert np.array_equal(L1, L[n * j:n * j + n]), (b, j, L1, L[n * j:n * j + n])
 
 
 def test_batched_q3_search_equals_one_block_search():

@@ -47,3 +47,41 @@ def test_make_qx_quants_scratch_reuse(weighted):
         a = search.make_qx_quants_s(32, 16, row, L1, 1, w, scratch)
         b = search.make_qx_quants(32, 16, row, L2, 1, w)
         assert np.float32(a).view(np.uint32) == np.float32(b).view(np.uint32) and np.array_equal(L1, L2), r
+
+
+PAIRED = ["Q4_K", "Q5_K"]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("name", PAIRED)
+def test_super_blocks_searched_in_pairs_match_one_at_a_time(name, weighted):
+    """Q4_K and Q5_K search two super-blocks side by side, a row's odd last one alone: every super-block
+    of a row of 1 to 5 must come out as it does quantized as a row of its own (ggml's blocks are
+    independent), whichever neighbour it was paired with."""
+    from qtool.quantizers import get
+    from qtool.testing.data import importance
+
+    q = get(name)
+    for nsb in (1, 2, 3, 5):
+        x = hard_rows(26, 256 * nsb, 40 + nsb)
+        w = importance(256 * nsb, 7) if weighted else None
+        whole = q.quantize(x, w)
+        for s in range(nsb):
+            alone = q.quantize(np.ascontiguousarray(x[:, 256 * s:256 * (s + 1)]),
+                               None if w is None else w[256 * s:256 * (s + 1)])
+            assert np.array_equal(whole[:, q.type_size * s:q.type_size * (s + 1)], alone), (nsb, s)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("name", PAIRED)
+def test_odd_super_block_counts_match_ggml(oracle, name, weighted):
+    """Rows of an odd number of super-blocks (the last one searched alone) against ggml."""
+    from gguf import GGMLQuantizationType as T
+
+    from qtool.testing.data import importance
+    from qtool.testing.golden import quantize_vs_ggml_report
+
+    for nsb in (1, 3, 5):
+        x = hard_rows(26, 256 * nsb, 60 + nsb)
+        report = quantize_vs_ggml_report(T[name], x, importance(256 * nsb, 9) if weighted else None)
+        assert not report, (nsb, report)

@@ -246,6 +246,116 @@ def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
     return sig, codegen
 
 
+#: blocks searched side by side by lane_quant_sums and lane_fit_errors (one AVX-512 vector, two AVX2 ones)
+SUB_WIDTH = 16
+
+
+def _lane_arrays_ok(*arrays) -> bool:
+    return all(_is_f32_array(a) and a.layout == "C" for a in arrays)
+
+
+class _Lanes:
+    """Whole SUB_WIDTH-float vectors of array arguments, for the lane scans below."""
+
+    def __init__(self, context, builder, sig, args):
+        self.a = _ScanArgs(context, builder, sig, args)
+        self.b = builder
+        self.vf = ir.VectorType(ir.FloatType(), SUB_WIDTH)
+        self.vi = ir.VectorType(ir.IntType(32), SUB_WIDTH)
+
+    def load(self, k, index):
+        return self.b.load(self.b.bitcast(self.a.at(k, index), self.vf.as_pointer()), align=4)
+
+    def store(self, v, k, index):
+        self.b.store(v, self.b.bitcast(self.a.at(k, index), self.vf.as_pointer()), align=4)
+
+    def row(self, k, i):
+        """The flat index of row i's first element in the 2-D array argument k."""
+        from numba.core import cgutils
+
+        return self.b.mul(i, cgutils.unpack_tuple(self.b, self.a.array(k).shape, 2)[1])
+
+    def floats(self, value):
+        return ir.Constant(self.vf, [value] * SUB_WIDTH)
+
+    def ints(self, value):
+        return ir.Constant(self.vi, [value] * SUB_WIDTH)
+
+
+@intrinsic
+def lane_quant_sums(typingctx, xt, wt, lt, n, isc, vmin, nmax, sl, sl2, sxl):
+    """One trial of make_qkx2/qkx3_quants for SUB_WIDTH blocks side by side, block b in lane b (column b
+    of xt, wt: float32[n, SUB_WIDTH]): with s = isc[b], m = vmin[b], for i < n in order
+
+        l = MAX(0, MIN(nmax, nearest_int(s*(x - m))));  lt[i, b] = l
+        sl[b] += w*l;  sl2[b] += w*l*l;  sxl[b] += w*l*x          (from 0; w*l*l is (w*l)*l as C groups it)
+
+    each step in C's float32 order (nearest_int by ggml's 1.5*2^23 trick, in int32). Written as LLVM
+    vector operations with the sums in registers: Numba's loop kept them in memory."""
+    if not (_lane_arrays_ok(xt, wt, lt, isc, vmin, sl, sl2, sxl) and xt.ndim == 2 and wt.ndim == 2 and lt.ndim == 2
+            and isinstance(n, types.Integer) and isinstance(nmax, types.Integer)):
+        return None
+    sig = types.void(xt, wt, lt, n, isc, vmin, nmax, sl, sl2, sxl)
+
+    def codegen(context, builder, sig, args):
+        v = _Lanes(context, builder, sig, args)
+        zero = ir.Constant(ir.IntType(64), 0)
+        s, m = v.load(4, zero), v.load(5, zero)
+        nm = v.a.splat(builder.trunc(v.a.int64(6), ir.IntType(32)), v.vi)
+
+        def step(i, state):
+            a, c, e = state
+            at = v.row(0, i)
+            x, w = v.load(0, at), v.load(1, at)
+            t = builder.fadd(builder.fmul(s, builder.fsub(x, m)), v.floats(12582912.0))
+            q = builder.sub(builder.and_(builder.bitcast(t, v.vi), v.ints(0x007FFFFF)), v.ints(0x00400000))
+            q = builder.select(builder.icmp_signed("<", nm, q), nm, q)
+            q = builder.select(builder.icmp_signed("<", q, v.ints(0)), v.ints(0), q)
+            fl = builder.sitofp(q, v.vf)
+            v.store(fl, 2, v.row(2, i))
+            wl = builder.fmul(w, fl)
+            return builder.fadd(a, wl), builder.fadd(c, builder.fmul(wl, fl)), builder.fadd(e, builder.fmul(wl, x))
+
+        a, c, e = _vector_scan(builder, v.a.int64(3), (v.floats(0.0),) * 3, step)
+        for k, total in ((7, a), (8, c), (9, e)):
+            v.store(total, k, zero)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def lane_fit_errors(typingctx, xt, wt, lt, n, ts, tm, use_mad, err):
+    """The fit error of make_qkx2/qkx3_quants for SUB_WIDTH blocks side by side (as lane_quant_sums): for
+    i < n in order, d = ts[b]*lt[i, b] + tm[b] - x, err[b] += w*|d| (use_mad) or w*(d*d), from 0, in C's
+    float32 order."""
+    if not (_lane_arrays_ok(xt, wt, lt, ts, tm, err) and xt.ndim == 2 and wt.ndim == 2 and lt.ndim == 2
+            and isinstance(n, types.Integer) and isinstance(use_mad, types.Boolean)):
+        return None
+    sig = types.void(xt, wt, lt, n, ts, tm, use_mad, err)
+
+    def codegen(context, builder, sig, args):
+        v = _Lanes(context, builder, sig, args)
+        zero = ir.Constant(ir.IntType(64), 0)
+        t, mm = v.load(4, zero), v.load(5, zero)
+        mad = v.a.splat(context.cast(builder, args[6], sig.args[6], types.boolean), ir.VectorType(ir.IntType(1),
+                                                                                                     SUB_WIDTH))
+
+        def step(i, state):
+            (e,) = state
+            x, w, fl = v.load(0, v.row(0, i)), v.load(1, v.row(1, i)), v.load(2, v.row(2, i))
+            d = builder.fsub(builder.fadd(builder.fmul(t, fl), mm), x)
+            ad = builder.bitcast(builder.and_(builder.bitcast(d, v.vi), v.ints(0x7FFFFFFF)), v.vf)  # fabsf
+            d = builder.select(mad, ad, builder.fmul(d, d))
+            return (builder.fadd(e, builder.fmul(w, d)),)
+
+        (e,) = _vector_scan(builder, v.a.int64(3), (v.floats(0.0),), step)
+        v.store(e, 7, zero)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @jit
 def nearest_int(v):
     """ggml's nearest_int: round half to even through the 1.5*2^23 magic-number trick.
@@ -509,6 +619,25 @@ def each_block_paths(rows, weights, out):
             y = out[r, b * OUT:(b + 1) * OUT]
             if use_w:
                 IMPL(x, weights[b * IN:(b + 1) * IN], y, *scratch)
+            else:
+                REF(x, y, *scratch)
+
+
+def each_block_pair_paths(rows, weights, out):
+    """each_block_paths two blocks at a time: REF(x, y, *scratch) or IMPL(x, qw, y, *scratch) with x, qw, y
+    spanning blocks b and b+1 (the last block alone where a row has an odd count), for block functions
+    that search both blocks side by side."""
+    nrows, n = rows.shape
+    use_w = weights.shape[0] > 0
+    nb = n // IN
+    for r in numba.prange(nrows):
+        scratch = SCRATCH()
+        for b in range(0, nb, 2):
+            e = min(b + 2, nb)
+            x = rows[r, b * IN:e * IN]
+            y = out[r, b * OUT:e * OUT]
+            if use_w:
+                IMPL(x, weights[b * IN:e * IN], y, *scratch)
             else:
                 REF(x, y, *scratch)
 

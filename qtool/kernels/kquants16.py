@@ -13,7 +13,8 @@ Sub-blocks are numbered s = 0..15 over the 256 weights (weight k is in sub-block
             w+96  w+64  w+32  w        with w = 128*h + l
 
 ggml searches each sub-block's scale on its own, a chain of dependent float32 adds per trial. The
-``*_x16`` searches below run the 16 sub-blocks of a super-block side by side instead: each keeps
+``*_x16`` searches below (and search.make_qkx_quants_lanes, Q2_K's) run the 16 sub-blocks of a
+super-block side by side instead: each keeps
 its own sums, added in C's order, so every sub-block gets ggml's exact result while the 16
 independent chains vectorize (tests pin them to the one-block ports in search.py).
 """
@@ -26,7 +27,7 @@ import numpy as np
 from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, jit, jit_rows, load_fp16,
                                  nearest_int, requantize, row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
-from qtool.kernels.search import GROUP_MAX_EPS, make_qp_quants, make_qx_quants, signed_absmax
+from qtool.kernels.search import GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants, signed_absmax
 
 # C float arithmetic never traps: on finite but huge inputs ggml divides by zero (a scale that
 # overflowed to inf gives an inverse of 0) and carries on with inf/NaN; common.jit/jit_rows use numba's
@@ -131,129 +132,6 @@ def make_qx_quants_x16(nmax, xt, wt, L, scales, S, wxt):
             for i in range(16):
                 l = nearest_int(best_iscale[j] * xt[i, j])
                 L[16 * j + i] = nmax + (lo if l < lo else (hi if l > hi else l))
-
-
-@jit
-def make_qkx_quants_x16(nmax, xt, wt, L, scales, mins, rmin, rdelta, nstep, use_mad, max_le_min, S, lt):
-    """ggml make_qkx2_quants (max_le_min False) or make_qkx3_quants (True) with non-NULL weights,
-    n = 16, for the 16 sub-blocks j of a super-block at once.
-
-    Same arithmetic as search.make_qkx2_quants / make_qkx3_quants, element for element, laid out
-    sub-block-minor (xt[i, j] = x[16*j + i], wt[i, j] = w_j[i]); every sub-block keeps its own
-    float32 sums in the C order, and carries its own running min (an accepted trial moves the min
-    that later trials quantize against). The quants of the last accepted trial are recomputed at
-    the end from that trial's inverse scale and min, which gives what C copied from Laux.
-
-    nmax, nstep > 0; L uint8[256] (natural order, 0..nmax); scales, mins float32[16] out (mins[j]
-    is C's *the_min). Scratch: S float32[16, 16], lt float32[16, 16].
-    """
-    vmin = S[0]
-    vmax = S[1]
-    sum_w = S[2]
-    sum_x = S[3]
-    iscale = S[4]
-    best_err = S[5]
-    best_is = S[6]
-    best_min = S[7]
-    sum_l = S[8]
-    sum_l2 = S[9]
-    sum_xl = S[10]
-    this_scale = S[11]
-    this_min = S[12]
-    cur_err = S[13]
-    scale = S[14]
-    min0 = S[15]
-    fnmax = F32(nmax)
-    for j in range(16):
-        v = xt[0, j]
-        w = wt[0, j]
-        vmin[j] = v
-        vmax[j] = v
-        sum_w[j] = w
-        sum_x[j] = w * v
-    for i in range(1, 16):
-        for j in range(16):
-            v = xt[i, j]
-            w = wt[i, j]
-            if v < vmin[j]:
-                vmin[j] = v
-            if v > vmax[j]:
-                vmax[j] = v
-            sum_w[j] += w
-            sum_x[j] += w * v
-    for j in range(16):
-        if vmin[j] > F32(0.0):
-            vmin[j] = F32(0.0)
-        min0[j] = vmin[j]
-        iscale[j] = fnmax / (vmax[j] - vmin[j])
-        scale[j] = F32(1.0) / iscale[j]
-        best_err[j] = F32(0.0)
-        best_is[j] = iscale[j]
-        best_min[j] = vmin[j]
-    for i in range(16):
-        for j in range(16):
-            l = nearest_int(iscale[j] * (xt[i, j] - vmin[j]))
-            l = np.int32(0) if l < 0 else (np.int32(nmax) if l > nmax else l)
-            diff = scale[j] * F32(l) + vmin[j] - xt[i, j]
-            diff = abs(diff) if use_mad else diff * diff
-            best_err[j] += wt[i, j] * diff
-    # vmin[j] is from here on the running min (C's `min`); best_min[j] the one the kept quants used
-    for step in range(nstep + 1):
-        num = rmin + rdelta * F32(step) + fnmax
-        for j in range(16):
-            iscale[j] = num / (vmax[j] - vmin[j])
-            sum_l[j] = F32(0.0)
-            sum_l2[j] = F32(0.0)
-            sum_xl[j] = F32(0.0)
-        for i in range(16):
-            for j in range(16):
-                v = xt[i, j]
-                l = nearest_int(iscale[j] * (v - vmin[j]))
-                l = np.int32(0) if l < 0 else (np.int32(nmax) if l > nmax else l)
-                fl = F32(l)
-                lt[i, j] = fl
-                wl = wt[i, j] * fl
-                sum_l[j] += wl
-                sum_l2[j] += wl * fl
-                sum_xl[j] += wl * v
-        for j in range(16):
-            D = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j]
-            ts = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / D
-            tm = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / D
-            if tm > F32(0.0):
-                tm = F32(0.0)
-                ts = sum_xl[j] / sum_l2[j]
-            this_scale[j] = ts
-            this_min[j] = tm
-            cur_err[j] = F32(0.0)
-            # D <= 0: C skips the trial; NaN makes the comparison below false
-            if not D > F32(0.0):
-                cur_err[j] = np.float32(np.nan)
-        for i in range(16):
-            for j in range(16):
-                diff = this_scale[j] * lt[i, j] + this_min[j] - xt[i, j]
-                diff = abs(diff) if use_mad else diff * diff
-                cur_err[j] += wt[i, j] * diff
-        for j in range(16):
-            if cur_err[j] < best_err[j]:
-                best_err[j] = cur_err[j]
-                best_is[j] = iscale[j]
-                best_min[j] = vmin[j]
-                scale[j] = this_scale[j]
-                vmin[j] = this_min[j]
-    for j in range(16):
-        flat = (vmax[j] <= min0[j]) if max_le_min else (vmax[j] == min0[j])
-        if flat:  # C returns before any trial: quants 0, scale 0 (the trials above are discarded)
-            scales[j] = F32(0.0)
-            mins[j] = -min0[j]
-            for i in range(16):
-                L[16 * j + i] = 0
-        else:
-            scales[j] = scale[j]
-            mins[j] = -vmin[j]
-            for i in range(16):
-                l = nearest_int(best_is[j] * (xt[i, j] - best_min[j]))
-                L[16 * j + i] = 0 if l < 0 else (nmax if l > nmax else l)
 
 
 @jit
@@ -511,7 +389,7 @@ def quantize_block_q2_K_ref(x, out, L, scales, mins, sw, Ls, Lm, xt, wt, S, lt):
             v = x[16 * j + i]
             xt[i, j] = v
             wt[i, j] = abs(v)
-    make_qkx_quants_x16(3, xt, wt, L, scales, mins, F32(-0.5), F32(0.1), 15, True, False, S, lt)
+    make_qkx_quants_lanes(16, 3, xt, wt, xt.shape[1], F32(-0.5), F32(0.1), 15, True, False, L, scales, mins, (S, lt))
     _q2_store_scales_ref(scales, mins, out)
     _q2_finish(x, L, out)
 
@@ -525,7 +403,7 @@ def quantize_block_q2_K_impl(x, qw, out, L, scales, mins, sw, Ls, Lm, xt, wt, S,
     for j in range(QK_K):
         sumx2 += x[j] * x[j]
     _importance_x16(x, qw, sumx2 / F32(QK_K), xt, wt, sw)
-    make_qkx_quants_x16(3, xt, wt, L, scales, mins, F32(-0.9), F32(0.05), 36, False, True, S, lt)
+    make_qkx_quants_lanes(16, 3, xt, wt, xt.shape[1], F32(-0.9), F32(0.05), 36, False, True, L, scales, mins, (S, lt))
     dm = make_qp_quants(16, 15, scales, Ls, sw)
     m_block = make_qp_quants(16, 15, mins, Lm, sw)
     store_fp16(out, _Q2_D, dm)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import (F32, bits_f32, block_drivers, each_block_paths, f32_bits, jit, load_fp16, nearest_int,
-                                 specialize, store_fp16)
-from qtool.kernels.search import make_qkx2_quants_s, make_qkx3_quants_s, make_qp_quants, qkx_scratch
+from qtool.kernels.common import (F32, bits_f32, block_drivers, each_block_pair_paths, f32_bits, jit, load_fp16,
+                                 nearest_int, specialize, store_fp16)
+from qtool.kernels.search import SUB_LANES, make_qkx_quants_lanes, make_qp_quants, qkx_lanes_scratch
 
 QK_K = 256
 Q4_K_BYTES = 144  # d, dmin (f16) + scales[12] + qs[128]
@@ -88,23 +88,6 @@ def _requantize_k4(x, y, L, nmax):
 
 
 @jit
-def _ref_subblock_scales(x, nmax, rmin, nstep, L, Laux, weights, scales, mins, scratch):
-    """The sub-block search of quantize_row_q4_K_ref/q5_K_ref: weights av_x + |x| per 32 values."""
-    for j in range(8):
-        xs = x[32 * j:32 * j + 32]
-        sum_x2 = F32(0.0)
-        for l in range(32):
-            sum_x2 += xs[l] * xs[l]
-        av_x = np.sqrt(sum_x2 / F32(32.0))
-        for l in range(32):
-            weights[l] = av_x + abs(xs[l])
-        s, m = make_qkx2_quants_s(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux, rmin, F32(0.1), nstep, False,
-                                  scratch)
-        scales[j] = s
-        mins[j] = m
-
-
-@jit
 def largest_scale_min(scales, mins):
     """(max_scale, max_min) of the k-quants' _ref paths: the largest sub-block scale and min, from 0."""
     max_scale = F32(0.0)
@@ -131,32 +114,6 @@ def _ref_pack_factors(scales, mins, y, Ls, Lm):
     pack_scales_mins_k4(Ls, Lm, y)
     store_fp16(y, _D, max_scale / F32(63.0))
     store_fp16(y, _DMIN, max_min / F32(63.0))
-
-
-@jit
-def _impl_subblock_scales(x, qw, nmax, L, Laux, weights, scales, mins, sw, scratch):
-    """The sub-block search of quantize_row_q4_K_impl/q5_K_impl (importance-weighted)."""
-    sum_x2 = F32(0.0)
-    for l in range(QK_K):
-        sum_x2 += x[l] * x[l]
-    sigma2 = F32(2.0) * sum_x2 / F32(256.0)
-    av_x = np.sqrt(sigma2)
-    for j in range(8):
-        xs = x[32 * j:32 * j + 32]
-        if qw.shape[0] > 0:
-            for l in range(32):
-                weights[l] = qw[32 * j + l] * np.sqrt(sigma2 + xs[l] * xs[l])
-        else:
-            for l in range(32):
-                weights[l] = av_x + abs(xs[l])
-        sumw = F32(0.0)
-        for l in range(32):
-            sumw += weights[l]
-        sw[j] = sumw
-        s, m = make_qkx3_quants_s(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux, F32(-0.9), F32(0.05), 36,
-                                  False, scratch)
-        scales[j] = s
-        mins[j] = m
 
 
 @jit
@@ -187,15 +144,6 @@ def _pack_q4_K(L, y):
     for c in range(4):
         for l in range(32):
             y[_Q4_QS + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << np.uint8(4))
-
-
-@jit
-def _k4_scratch():
-    """Per-row scratch of the Q4_K/Q5_K blocks: L uint8[256], Laux uint8[32], weights float32[32], scales, mins,
-    sw float32[8], Ls, Lm uint8[8], the search's qkx_scratch(32)."""
-    return (np.zeros(QK_K, np.uint8), np.zeros(32, np.uint8), np.zeros(32, np.float32), np.zeros(8, np.float32),
-            np.zeros(8, np.float32), np.zeros(8, np.float32), np.zeros(8, np.uint8), np.zeros(8, np.uint8),
-            qkx_scratch(32))
 
 
 @jit
@@ -266,36 +214,92 @@ def _pack_q5_K(L, y):
 NMAX = RMIN = NSTEP = PACK = None  # bound per type by specialize
 
 
-def _block_k4_ref(x, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
-    """ggml quantize_row_q4_K_ref / q5_K_ref for one super-block (codes 0..NMAX, ggml's search from RMIN
-    in NSTEP steps, packed by PACK): x float32[256] -> y uint8[144 or 176]; scratch _k4_scratch() (sw unused)."""
-    for k in range(12):
-        y[_SCALES + k] = 0
-    _ref_subblock_scales(x, NMAX, F32(RMIN), NSTEP, L, Laux, weights, scales, mins, scratch)
-    _ref_pack_factors(scales, mins, y, Ls, Lm)
-    _requantize_k4(x, y, L, NMAX)
-    PACK(L, y)
+# Two super-blocks at a time: their 16 sub-blocks' searches side by side (search.make_qkx_quants_lanes), then
+# each super-block's scales, requantization and packing as above. A row's last super-block, where the row
+# has an odd count, goes alone, its sub-blocks searched twice over (the second copy's results unused).
+
+@jit
+def _k4_pair_scratch():
+    """Per-row scratch of the paired Q4_K/Q5_K blocks: L uint8[512] (both super-blocks' quants), xt, wt
+    float32[32, 16] (the sub-blocks lane by lane), scales, mins, sw float32[16], Ls, Lm uint8[8], the lane
+    search's scratch."""
+    return (np.zeros(2 * QK_K, np.uint8), np.zeros((32, SUB_LANES), np.float32), np.zeros((32, SUB_LANES), np.float32),
+            np.zeros(SUB_LANES, np.float32), np.zeros(SUB_LANES, np.float32), np.zeros(SUB_LANES, np.float32),
+            np.zeros(8, np.uint8), np.zeros(8, np.uint8), qkx_lanes_scratch(32))
 
 
-def _block_k4_impl(x, qw, y, L, Laux, weights, scales, mins, sw, Ls, Lm, scratch):
-    """ggml quantize_row_q4_K_impl / q5_K_impl for one super-block: x, qw float32[256] -> y uint8[144 or 176];
-    scratch _k4_scratch()."""
-    for k in range(12):
-        y[_SCALES + k] = 0
-    _impl_subblock_scales(x, qw, NMAX, L, Laux, weights, scales, mins, sw, scratch)
-    _impl_pack_factors(scales, mins, sw, y, Ls, Lm)
-    _requantize_k4(x, y, L, NMAX)
-    PACK(L, y)
+def _pair_k4_ref(x, y, L, xt, wt, scales, mins, sw, Ls, Lm, scratch):
+    """ggml quantize_row_q4_K_ref / q5_K_ref for one or two super-blocks x float32[256 or 512] -> y uint8[one or
+    two blocks]; scratch _k4_pair_scratch() (sw unused)."""
+    nsb = x.shape[0] // QK_K
+    nbytes = y.shape[0] // nsb
+    for b in range(SUB_LANES):
+        j = b if nsb == 2 else b % 8
+        xs = x[32 * j:32 * j + 32]
+        sum_x2 = F32(0.0)
+        for l in range(32):
+            sum_x2 += xs[l] * xs[l]
+        av_x = np.sqrt(sum_x2 / F32(32.0))
+        for l in range(32):
+            xt[l, b] = xs[l]
+            wt[l, b] = av_x + abs(xs[l])
+    make_qkx_quants_lanes(32, NMAX, xt, wt, xt.shape[1], F32(RMIN), F32(0.1), NSTEP, False, False, L, scales, mins,
+                          scratch)
+    for s in range(nsb):
+        ys = y[nbytes * s:nbytes * (s + 1)]
+        for k in range(12):
+            ys[_SCALES + k] = 0
+        _ref_pack_factors(scales[8 * s:8 * s + 8], mins[8 * s:8 * s + 8], ys, Ls, Lm)
+        Lsb = L[QK_K * s:QK_K * (s + 1)]
+        _requantize_k4(x[QK_K * s:QK_K * (s + 1)], ys, Lsb, NMAX)
+        PACK(Lsb, ys)
 
 
-quantize_block_q4_K_ref = specialize(_block_k4_ref, __name__, "quantize_block_q4_K_ref", "ggml quantize_row_q4_K_ref, "
-                                     "one super-block.", jit, NMAX=15, RMIN=-1.0, NSTEP=20, PACK=_pack_q4_K)
-quantize_block_q5_K_ref = specialize(_block_k4_ref, __name__, "quantize_block_q5_K_ref", "ggml quantize_row_q5_K_ref, "
-                                     "one super-block.", jit, NMAX=31, RMIN=-0.5, NSTEP=15, PACK=_pack_q5_K)
-quantize_block_q4_K_impl = specialize(_block_k4_impl, __name__, "quantize_block_q4_K_impl", "ggml "
-                                      "quantize_row_q4_K_impl, one super-block.", jit, NMAX=15, PACK=_pack_q4_K)
-quantize_block_q5_K_impl = specialize(_block_k4_impl, __name__, "quantize_block_q5_K_impl", "ggml "
-                                      "quantize_row_q5_K_impl, one super-block.", jit, NMAX=31, PACK=_pack_q5_K)
+def _pair_k4_impl(x, qw, y, L, xt, wt, scales, mins, sw, Ls, Lm, scratch):
+    """ggml quantize_row_q4_K_impl / q5_K_impl for one or two super-blocks: x, qw float32[256 or 512] -> y
+    uint8[one or two blocks]; scratch _k4_pair_scratch()."""
+    nsb = x.shape[0] // QK_K
+    nbytes = y.shape[0] // nsb
+    use_w = qw.shape[0] > 0
+    sigma2 = F32(0.0)
+    for b in range(SUB_LANES):
+        s = b // 8 if nsb == 2 else 0
+        j = b % 8
+        if j == 0:
+            sum_x2 = F32(0.0)
+            for l in range(QK_K):
+                sum_x2 += x[QK_K * s + l] * x[QK_K * s + l]
+            sigma2 = F32(2.0) * sum_x2 / F32(256.0)
+        av_x = np.sqrt(sigma2)
+        at = QK_K * s + 32 * j
+        sumw = F32(0.0)
+        for l in range(32):
+            xl = x[at + l]
+            w = qw[at + l] * np.sqrt(sigma2 + xl * xl) if use_w else av_x + abs(xl)
+            xt[l, b] = xl
+            wt[l, b] = w
+            sumw += w
+        sw[b] = sumw
+    make_qkx_quants_lanes(32, NMAX, xt, wt, xt.shape[1], F32(-0.9), F32(0.05), 36, False, True, L, scales, mins,
+                          scratch)
+    for s in range(nsb):
+        ys = y[nbytes * s:nbytes * (s + 1)]
+        for k in range(12):
+            ys[_SCALES + k] = 0
+        _impl_pack_factors(scales[8 * s:8 * s + 8], mins[8 * s:8 * s + 8], sw[8 * s:8 * s + 8], ys, Ls, Lm)
+        Lsb = L[QK_K * s:QK_K * (s + 1)]
+        _requantize_k4(x[QK_K * s:QK_K * (s + 1)], ys, Lsb, NMAX)
+        PACK(Lsb, ys)
+
+
+quantize_pair_q4_K_ref = specialize(_pair_k4_ref, __name__, "quantize_pair_q4_K_ref", "ggml quantize_row_q4_K_ref, "
+                                    "one or two super-blocks.", jit, NMAX=15, RMIN=-1.0, NSTEP=20, PACK=_pack_q4_K)
+quantize_pair_q5_K_ref = specialize(_pair_k4_ref, __name__, "quantize_pair_q5_K_ref", "ggml quantize_row_q5_K_ref, "
+                                    "one or two super-blocks.", jit, NMAX=31, RMIN=-0.5, NSTEP=15, PACK=_pack_q5_K)
+quantize_pair_q4_K_impl = specialize(_pair_k4_impl, __name__, "quantize_pair_q4_K_impl", "ggml "
+                                     "quantize_row_q4_K_impl, one or two super-blocks.", jit, NMAX=15, PACK=_pack_q4_K)
+quantize_pair_q5_K_impl = specialize(_pair_k4_impl, __name__, "quantize_pair_q5_K_impl", "ggml "
+                                     "quantize_row_q5_K_impl, one or two super-blocks.", jit, NMAX=31, PACK=_pack_q5_K)
 
 
 @jit
@@ -374,11 +378,11 @@ def dequantize_block_q8_K(y, o):
 # -- -> out uint8[nrows, n/256*size], and back --------------------------------------------------------
 
 quantize_q4_K, dequantize_q4_K = block_drivers(__name__, "q4_K", QK_K, Q4_K_BYTES, None, dequantize_block_q4_K,
-                                               template=each_block_paths, scratch=_k4_scratch,
-                                               REF=quantize_block_q4_K_ref, IMPL=quantize_block_q4_K_impl)
+                                               template=each_block_pair_paths, scratch=_k4_pair_scratch,
+                                               REF=quantize_pair_q4_K_ref, IMPL=quantize_pair_q4_K_impl)
 quantize_q5_K, dequantize_q5_K = block_drivers(__name__, "q5_K", QK_K, Q5_K_BYTES, None, dequantize_block_q5_K,
-                                               template=each_block_paths, scratch=_k4_scratch,
-                                               REF=quantize_block_q5_K_ref, IMPL=quantize_block_q5_K_impl)
+                                               template=each_block_pair_paths, scratch=_k4_pair_scratch,
+                                               REF=quantize_pair_q5_K_ref, IMPL=quantize_pair_q5_K_impl)
 # quantize_row_q8_K_ref: no importance-weighted path
 quantize_q8_K, dequantize_q8_K = block_drivers(__name__, "q8_K", QK_K, Q8_K_BYTES, quantize_block_q8_K,
                                                dequantize_block_q8_K)

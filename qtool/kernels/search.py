@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import F32, f32_bits, jit, nearest_int
+from qtool.kernels.common import SUB_WIDTH, F32, f32_bits, jit, lane_fit_errors, lane_quant_sums, nearest_int
 
 #: ggml's GROUP_MAX_EPS: below this the block counts as all zero.
 GROUP_MAX_EPS = F32(1e-15)
@@ -496,6 +496,115 @@ def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad)
     """ggml make_qkx3_quants: as make_qkx2_quants, but weights may be NULL (empty: x^2 is used)
     and a block with max <= min counts as constant; returns (scale, the_min)."""
     return make_qkx3_quants_s(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, qkx_scratch(n))
+
+
+# ---------------------------------------------------------------------------------------------------
+# make_qkx2_quants / make_qkx3_quants, many blocks side by side
+#
+# The k-quants search each sub-block of a super-block on its own, one trial after another. Here
+# SUB_LANES sub-blocks (two super-blocks of Q4_K/Q5_K) are searched at once, one per SIMD lane, each
+# lane running ggml's whole sequence of trials in order with its own running min, best error and
+# scale: no trial is evaluated twice (the trial lanes above start over when a winner moves the min,
+# ~3.3 passes of 16 for Q4_K's 21 trials) and no lane waits on another. Every lane does ggml's float32
+# operations in ggml's order; a comparison that C makes with an `if` is a per-lane select.
+#
+# Inputs transposed, element-major: xt, wt float32 [n, SUB_LANES] (lane b's block is xt[:, b]).
+# scratch: qkx_lanes_scratch(n).
+# ---------------------------------------------------------------------------------------------------
+
+SUB_LANES = SUB_WIDTH
+_LV_ROWS = 16
+(_LV_MIN, _LV_MAX, _LV_SW, _LV_SX, _LV_BEST, _LV_SCALE, _LV_BISC, _LV_BMIN, _LV_ISC, _LV_SL, _LV_SL2, _LV_SXL,
+ _LV_TS, _LV_TM, _LV_ERR, _LV_OK) = range(_LV_ROWS)
+
+
+@jit
+def qkx_lanes_scratch(n):
+    """Scratch for make_qkx_quants_lanes on blocks of n values: per-lane values float32[_LV_ROWS, SUB_LANES]
+    and every trial's quants float32[n, SUB_LANES]."""
+    return np.empty((_LV_ROWS, SUB_LANES), np.float32), np.empty((n, SUB_LANES), np.float32)
+
+
+@jit
+def make_qkx_quants_lanes(n, nmax, xt, wt, lanes, rmin, rdelta, nstep, use_mad, qkx3, L, scales, the_mins, scratch):
+    """make_qkx2_quants (qkx3 False) or make_qkx3_quants (True, with weights given) of the blocks in
+    lanes 0..lanes-1 of xt/wt: lane b's quants go to L[n*b:n*b + n] (uint8; the blocks' quants in a row,
+    as they lie in the super-block), its scale and -min to scales[b], the_mins[b]. ``lanes`` is SUB_LANES, passed in (LLVM would unroll, not vectorize, a
+    loop over a constant count). n a multiple of 4, nstep >= 1."""
+    v, lt = scratch
+    vmin = v[_LV_MIN]
+    vmax = v[_LV_MAX]
+    sum_w = v[_LV_SW]
+    sum_x = v[_LV_SX]
+    best = v[_LV_BEST]
+    scale = v[_LV_SCALE]
+    bisc = v[_LV_BISC]
+    bmin = v[_LV_BMIN]
+    isc = v[_LV_ISC]
+    sl = v[_LV_SL]
+    sl2 = v[_LV_SL2]
+    sxl = v[_LV_SXL]
+    ts = v[_LV_TS]
+    tm = v[_LV_TM]
+    err = v[_LV_ERR]
+    ok = v[_LV_OK]
+    nm = np.int32(nmax)
+    fnmax = F32(nmax)
+    for b in range(lanes):
+        x0 = xt[0, b]
+        vmin[b] = x0
+        vmax[b] = x0
+        sum_w[b] = wt[0, b]
+        sum_x[b] = wt[0, b] * x0
+    for i in range(1, n):
+        for b in range(lanes):
+            xi = xt[i, b]
+            vmin[b] = xi if xi < vmin[b] else vmin[b]
+            vmax[b] = xi if xi > vmax[b] else vmax[b]
+            sum_w[b] += wt[i, b]
+            sum_x[b] += wt[i, b] * xi
+    for b in range(lanes):
+        vmin[b] = F32(0.0) if vmin[b] > F32(0.0) else vmin[b]
+        const = vmax[b] <= vmin[b] if qkx3 else vmax[b] == vmin[b]
+        ok[b] = F32(0.0) if const else F32(1.0)
+        iscale = fnmax / (vmax[b] - vmin[b])
+        isc[b] = iscale
+        scale[b] = F32(1.0) / iscale
+        bisc[b] = iscale
+        bmin[b] = vmin[b]
+        best[b] = F32(0.0)
+    for i in range(n):
+        for b in range(lanes):
+            xi = xt[i, b]
+            diff = scale[b] * _lane_quant(isc[b] * (xi - vmin[b]), nm) + vmin[b] - xi
+            best[b] += wt[i, b] * (abs(diff) if use_mad else diff * diff)
+    for step in range(nstep + 1):
+        for b in range(lanes):
+            isc[b] = (rmin + rdelta * F32(step) + fnmax) / (vmax[b] - vmin[b])
+        lane_quant_sums(xt, wt, lt, n, isc, vmin, nmax, sl, sl2, sxl)
+        for b in range(lanes):
+            D = sum_w[b] * sl2[b] - sl[b] * sl[b]
+            this_scale = (sum_w[b] * sxl[b] - sum_x[b] * sl[b]) / D
+            this_min = (sl2[b] * sum_x[b] - sl[b] * sxl[b]) / D
+            positive = this_min > F32(0.0)
+            ts[b] = sxl[b] / sl2[b] if positive else this_scale
+            tm[b] = F32(0.0) if positive else this_min
+            sl[b] = D  # kept for the comparison below
+        lane_fit_errors(xt, wt, lt, n, ts, tm, use_mad, err)
+        for b in range(lanes):
+            win = (sl[b] > F32(0.0)) & (err[b] < best[b]) & (ok[b] > F32(0.0))
+            best[b] = err[b] if win else best[b]
+            scale[b] = ts[b] if win else scale[b]
+            bisc[b] = isc[b] if win else bisc[b]
+            bmin[b] = vmin[b] if win else bmin[b]
+            vmin[b] = tm[b] if win else vmin[b]
+    for b in range(lanes):
+        scales[b] = scale[b] if ok[b] > F32(0.0) else F32(0.0)
+        the_mins[b] = -vmin[b]
+    for i in range(n):
+        for b in range(lanes):
+            l = _lane_quant(bisc[b] * (xt[i, b] - bmin[b]), nm)
+            L[n * b + i] = np.uint8(l) if ok[b] > F32(0.0) else np.uint8(0)
 
 
 @jit
