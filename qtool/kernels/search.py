@@ -249,14 +249,16 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
 # evaluates LANES consecutive trials at once, one SIMD lane per trial (each lane accumulates in
 # ggml's element order, so its float32 sums are ggml's), then walks the lanes in trial order applying
 # ggml's comparisons. When a winning trial moves `min`, the trials after it are evaluated again with
-# the new min. Same bytes, about half the time.
+# the new min. Same bytes, about half the time. (One block at a time: Q4_1 and Q5_1 with an importance
+# vector; the k-quants search 16 blocks side by side instead, make_qkx_quants_lanes below, which tests
+# pin to these.)
 #
 # scratch: float32 [QKX_SCRATCH_ROWS, max(n, LANES)], see qkx_scratch().
 # ---------------------------------------------------------------------------------------------------
 
 #: trials per pass: one AVX-512 vector (two AVX2 ones). More lanes waste more when `min` moves, fewer
-#: need more passes (Q4_K's 21 trials: ~4.4 passes of 8, ~3.3 of 16). An earlier stop measured 8 and 16
-#: alike on a slower day of this project's machine; on 2026-12-02 16 ran Q4_K and Q5_K 1.3-1.55x faster
+#: need more passes (Q4_K's 21 trials took ~4.4 passes of 8, ~3.3 of 16, when Q4_K searched this way; on
+#: 2026-12-02 16 lanes ran it 1.3-1.55x faster than 8)
 LANES = 16
 QKX_SCRATCH_ROWS = 9
 _ISC, _SL, _SL2, _SXL, _TS, _TM, _ERR, _D, _W = range(QKX_SCRATCH_ROWS)
