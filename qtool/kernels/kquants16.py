@@ -27,7 +27,8 @@ import numpy as np
 from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, jit, jit_rows, load_fp16,
                                  nearest_int, requantize, row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
-from qtool.kernels.search import GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants, signed_absmax
+from qtool.kernels.search import (GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants, qkx_lanes_scratch,
+                                  signed_absmax)
 
 # C float arithmetic never traps: on finite but huge inputs ggml divides by zero (a scale that
 # overflowed to inf gives an inverse of 0) and carries on with inf/NaN; common.jit/jit_rows use numba's
@@ -416,10 +417,11 @@ def quantize_block_q2_K_impl(x, qw, out, L, scales, mins, sw, Ls, Lm, xt, wt, S,
 @jit
 def _q2_K_scratch():
     """Per-row scratch of the Q2_K blocks: L uint8[256], scales, mins, sw float32[16], Ls, Lm uint8[16],
-    xt, wt, S, lt float32[16, 16]."""
+    xt, wt float32[16, 16], S, lt: search.qkx_lanes_scratch(16)."""
+    S, lt = qkx_lanes_scratch(16)
     return (np.empty(QK_K, np.uint8), np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32),
             np.empty(16, np.uint8), np.empty(16, np.uint8), np.empty((16, 16), np.float32),
-            np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((16, 16), np.float32))
+            np.empty((16, 16), np.float32), S, lt)
 
 
 @jit

@@ -515,7 +515,7 @@ def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad)
 # ---------------------------------------------------------------------------------------------------
 
 SUB_LANES = SUB_WIDTH
-_LV_ROWS = 16
+_LV_ROWS = 16  # the per-lane values below
 (_LV_MIN, _LV_MAX, _LV_SW, _LV_SX, _LV_BEST, _LV_SCALE, _LV_BISC, _LV_BMIN, _LV_ISC, _LV_SL, _LV_SL2, _LV_SXL,
  _LV_TS, _LV_TM, _LV_ERR, _LV_OK) = range(_LV_ROWS)
 
@@ -529,10 +529,11 @@ def qkx_lanes_scratch(n):
 
 @jit
 def make_qkx_quants_lanes(n, nmax, xt, wt, lanes, rmin, rdelta, nstep, use_mad, qkx3, L, scales, the_mins, scratch):
-    """make_qkx2_quants (qkx3 False) or make_qkx3_quants (True, with weights given) of the blocks in
-    lanes 0..lanes-1 of xt/wt: lane b's quants go to L[n*b:n*b + n] (uint8; the blocks' quants in a row,
-    as they lie in the super-block), its scale and -min to scales[b], the_mins[b]. ``lanes`` is SUB_LANES, passed in (LLVM would unroll, not vectorize, a
-    loop over a constant count). n a multiple of 4, nstep >= 1."""
+    """make_qkx2_quants (qkx3 False) or make_qkx3_quants (True, with weights given) of the SUB_LANES blocks
+    in the columns of xt, wt (float32[n, SUB_LANES]): lane b's quants go to L[n*b:n*b + n] (uint8; the blocks'
+    quants one after another, as they lie in a super-block), its scale and -min to scales[b], the_mins[b].
+    ``lanes`` is SUB_LANES, passed in at run time (LLVM unrolls a loop over a constant count instead of
+    vectorizing it). nstep >= 1 (C returns before the trials for less)."""
     v, lt = scratch
     vmin = v[_LV_MIN]
     vmax = v[_LV_MAX]
