@@ -291,7 +291,9 @@ def lane_quant_sums(typingctx, xt, wt, lt, n, isc, vmin, nmax, sl, sl2, sxl):
         sl[b] += w*l;  sl2[b] += w*l*l;  sxl[b] += w*l*x          (from 0; w*l*l is (w*l)*l as C groups it)
 
     each step in C's float32 order (nearest_int by ggml's 1.5*2^23 trick, in int32). Written as LLVM
-    vector operations with the sums in registers: Numba's loop kept them in memory."""
+    vector operations with the sums in registers: Numba's loop kept them in memory. Each row of xt, wt, lt
+    and each of isc .. sxl is read or written as one whole vector of SUB_WIDTH floats: the caller sees to
+    the sizes.
     if not (_lane_arrays_ok(xt, wt, lt, isc, vmin, sl, sl2, sxl) and xt.ndim == 2 and wt.ndim == 2 and lt.ndim == 2
             and isinstance(n, types.Integer) and isinstance(nmax, types.Integer)):
         return None
@@ -305,8 +307,7 @@ def lane_quant_sums(typingctx, xt, wt, lt, n, isc, vmin, nmax, sl, sl2, sxl):
 
         def step(i, state):
             a, c, e = state
-            at = v.row(0, i)
-            x, w = v.load(0, at), v.load(1, at)
+            x, w = v.load(0, v.row(0, i)), v.load(1, v.row(1, i))
             t = builder.fadd(builder.fmul(s, builder.fsub(x, m)), v.floats(12582912.0))
             q = builder.sub(builder.and_(builder.bitcast(t, v.vi), v.ints(0x007FFFFF)), v.ints(0x00400000))
             q = builder.select(builder.icmp_signed("<", nm, q), nm, q)
