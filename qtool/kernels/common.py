@@ -293,7 +293,7 @@ def lane_quant_sums(typingctx, xt, wt, lt, n, isc, vmin, nmax, sl, sl2, sxl):
     each step in C's float32 order (nearest_int by ggml's 1.5*2^23 trick, in int32). Written as LLVM
     vector operations with the sums in registers: Numba's loop kept them in memory. Each row of xt, wt, lt
     and each of isc .. sxl is read or written as one whole vector of SUB_WIDTH floats: the caller sees to
-    the sizes.
+    the sizes."""
     if not (_lane_arrays_ok(xt, wt, lt, isc, vmin, sl, sl2, sxl) and xt.ndim == 2 and wt.ndim == 2 and lt.ndim == 2
             and isinstance(n, types.Integer) and isinstance(nmax, types.Integer)):
         return None
