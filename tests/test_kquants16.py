@@ -107,7 +107,7 @@ def test_batched_min_search_equals_one_block_search(call):
             w = np.abs(row) if kind == "qkx2" else w_all[b] * np.sqrt(np.float32(0.01) + row * row)
         xt = np.ascontiguousarray(row.reshape(SUB_LANES, n).T)
         wt = np.ascontiguousarray(w.reshape(SUB_LANES, n).T)
-        make_qkx_quants_lanes(n, nmax, xt, wt, SUB_LANES, rmin, rdelta, nstep, use_mad, kind == "qkx3", L, scales,
+        make_qkx_quants_lanes(n, nmax, xt, wt, rmin, rdelta, nstep, use_mad, kind == "qkx3", L, scales,
                               mins, scratch)
         for j in range(SUB_LANES):
             s1, m1 = one(n, nmax, row[n * j:n * j + n], w[n * j:n * j + n], L1, Laux, rmin, rdelta, nstep, use_mad)

@@ -27,8 +27,8 @@ import numpy as np
 from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, jit, jit_rows, load_fp16,
                                  nearest_int, requantize, row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
-from qtool.kernels.search import (GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants, qkx_lanes_scratch,
-                                  signed_absmax)
+from qtool.kernels.search import (GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants,
+                                  qkx_lanes_scratch, signed_absmax)
 
 # C float arithmetic never traps: on finite but huge inputs ggml divides by zero (a scale that
 # overflowed to inf gives an inverse of 0) and carries on with inf/NaN; common.jit/jit_rows use numba's
@@ -390,7 +390,7 @@ def quantize_block_q2_K_ref(x, out, L, scales, mins, sw, Ls, Lm, xt, wt, S, lt):
             v = x[16 * j + i]
             xt[i, j] = v
             wt[i, j] = abs(v)
-    make_qkx_quants_lanes(16, 3, xt, wt, xt.shape[1], F32(-0.5), F32(0.1), 15, True, False, L, scales, mins, (S, lt))
+    make_qkx_quants_lanes(16, 3, xt, wt, F32(-0.5), F32(0.1), 15, True, False, L, scales, mins, (S, lt))
     _q2_store_scales_ref(scales, mins, out)
     _q2_finish(x, L, out)
 
@@ -404,7 +404,7 @@ def quantize_block_q2_K_impl(x, qw, out, L, scales, mins, sw, Ls, Lm, xt, wt, S,
     for j in range(QK_K):
         sumx2 += x[j] * x[j]
     _importance_x16(x, qw, sumx2 / F32(QK_K), xt, wt, sw)
-    make_qkx_quants_lanes(16, 3, xt, wt, xt.shape[1], F32(-0.9), F32(0.05), 36, False, True, L, scales, mins, (S, lt))
+    make_qkx_quants_lanes(16, 3, xt, wt, F32(-0.9), F32(0.05), 36, False, True, L, scales, mins, (S, lt))
     dm = make_qp_quants(16, 15, scales, Ls, sw)
     m_block = make_qp_quants(16, 15, mins, Lm, sw)
     store_fp16(out, _Q2_D, dm)

@@ -243,7 +243,7 @@ def _pair_k4_ref(x, y, L, xt, wt, scales, mins, sw, Ls, Lm, scratch):
         for l in range(32):
             xt[l, b] = xs[l]
             wt[l, b] = av_x + abs(xs[l])
-    make_qkx_quants_lanes(32, NMAX, xt, wt, xt.shape[1], F32(RMIN), F32(0.1), NSTEP, False, False, L, scales, mins,
+    make_qkx_quants_lanes(32, NMAX, xt, wt, F32(RMIN), F32(0.1), NSTEP, False, False, L, scales, mins,
                           scratch)
     for s in range(nsb):
         ys = y[nbytes * s:nbytes * (s + 1)]
@@ -280,7 +280,7 @@ def _pair_k4_impl(x, qw, y, L, xt, wt, scales, mins, sw, Ls, Lm, scratch):
             wt[l, b] = w
             sumw += w
         sw[b] = sumw
-    make_qkx_quants_lanes(32, NMAX, xt, wt, xt.shape[1], F32(-0.9), F32(0.05), 36, False, True, L, scales, mins,
+    make_qkx_quants_lanes(32, NMAX, xt, wt, F32(-0.9), F32(0.05), 36, False, True, L, scales, mins,
                           scratch)
     for s in range(nsb):
         ys = y[nbytes * s:nbytes * (s + 1)]

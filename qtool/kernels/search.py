@@ -515,9 +515,9 @@ def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad)
 # ---------------------------------------------------------------------------------------------------
 
 SUB_LANES = SUB_WIDTH
-_LV_ROWS = 16  # the per-lane values below
+_LV_ROWS = 17  # the per-lane values below
 (_LV_MIN, _LV_MAX, _LV_SW, _LV_SX, _LV_BEST, _LV_SCALE, _LV_BISC, _LV_BMIN, _LV_ISC, _LV_SL, _LV_SL2, _LV_SXL,
- _LV_TS, _LV_TM, _LV_ERR, _LV_OK) = range(_LV_ROWS)
+ _LV_TS, _LV_TM, _LV_ERR, _LV_OK, _LV_D) = range(_LV_ROWS)
 
 
 @jit
@@ -528,12 +528,12 @@ def qkx_lanes_scratch(n):
 
 
 @jit
-def make_qkx_quants_lanes(n, nmax, xt, wt, lanes, rmin, rdelta, nstep, use_mad, qkx3, L, scales, the_mins, scratch):
+def make_qkx_quants_lanes(n, nmax, xt, wt, rmin, rdelta, nstep, use_mad, qkx3, L, scales, the_mins, scratch):
     """make_qkx2_quants (qkx3 False) or make_qkx3_quants (True, with weights given) of the SUB_LANES blocks
     in the columns of xt, wt (float32[n, SUB_LANES]): lane b's quants go to L[n*b:n*b + n] (uint8; the blocks'
     quants one after another, as they lie in a super-block), its scale and -min to scales[b], the_mins[b].
-    ``lanes`` is SUB_LANES, passed in at run time (LLVM unrolls a loop over a constant count instead of
-    vectorizing it). nstep >= 1 (C returns before the trials for less)."""
+    The lane loops run to xt.shape[1], a run-time count (over the constant SUB_LANES LLVM unrolls instead of
+    vectorizing). nstep >= 1 (C returns before the trials for less)."""
     v, lt = scratch
     vmin = v[_LV_MIN]
     vmax = v[_LV_MAX]
@@ -551,6 +551,8 @@ def make_qkx_quants_lanes(n, nmax, xt, wt, lanes, rmin, rdelta, nstep, use_mad, 
     tm = v[_LV_TM]
     err = v[_LV_ERR]
     ok = v[_LV_OK]
+    dd = v[_LV_D]
+    lanes = xt.shape[1]
     nm = np.int32(nmax)
     fnmax = F32(nmax)
     for b in range(lanes):
@@ -592,10 +594,10 @@ def make_qkx_quants_lanes(n, nmax, xt, wt, lanes, rmin, rdelta, nstep, use_mad, 
             positive = this_min > F32(0.0)
             ts[b] = sxl[b] / sl2[b] if positive else this_scale
             tm[b] = F32(0.0) if positive else this_min
-            sl[b] = D  # kept for the comparison below
+            dd[b] = D
         lane_fit_errors(xt, wt, lt, n, ts, tm, use_mad, err)
         for b in range(lanes):
-            win = (sl[b] > F32(0.0)) & (err[b] < best[b]) & (ok[b] > F32(0.0))
+            win = (dd[b] > F32(0.0)) & (err[b] < best[b]) & (ok[b] > F32(0.0))
             best[b] = err[b] if win else best[b]
             scale[b] = ts[b] if win else scale[b]
             bisc[b] = isc[b] if win else bisc[b]
