@@ -51,14 +51,14 @@ def test_batched_search_equals_one_block_search(nmax, weighted):
     x = hard_rows(26, 512, 41).reshape(-1, 256)
     w_all = np.resize(importance(512, 42), x.shape)
     xt, L, scales, L1 = _x16_arrays(np.int8)
-    wt, wxt = np.empty((16, 16), np.float32), np.empty((16, 16), np.float32)
-    S = np.empty((7, 16), np.float32)
+    wt = np.empty((16, 16), np.float32)
+    S = np.empty((2, 16), np.float32)
     for b, row in enumerate(x):
         with np.errstate(over="ignore"):  # the 1e30 rows: x^2 is inf in C as well
             w = w_all[b] if weighted else row * row
         xt[:] = row.reshape(16, 16).T
         wt[:] = w.reshape(16, 16).T
-        kb.make_qx_quants_x16(nmax, xt, wt, L, scales, S, wxt)
+        kb.make_qx_quants_x16(nmax, xt, wt, L, scales, S)
         for j in range(16):
             qw = w_all[b, 16 * j:16 * j + 16] if weighted else NO_WEIGHTS
             s1 = make_qx_quants(16, nmax, row[16 * j:16 * j + 16], L1, 1, qw)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, jit, jit_rows, load_fp16,
-                                 nearest_int, requantize, row_driver, store_fp16, store_u16)
+from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, jit, jit_rows, lane_qx_search,
+                                 load_fp16, nearest_int, requantize, row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
 from qtool.kernels.search import (GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants,
                                   qkx_lanes_scratch, signed_absmax)
@@ -65,65 +65,24 @@ _Q6_QL, _Q6_QH, _Q6_SCALES, _Q6_D, Q6_K_BYTES = 0, 128, 192, 208, 210
 
 
 @jit
-def make_qx_quants_x16(nmax, xt, wt, L, scales, S, wxt):
+def make_qx_quants_x16(nmax, xt, wt, L, scales, S):
     """ggml make_qx_quants(16, nmax, x_j, L_j, 1, w_j) for the 16 sub-blocks j of a super-block at once.
 
     Same arithmetic as search.make_qx_quants with rmse_type 1, element for element, but laid out
     sub-block-minor: xt[i, j] = x[16*j + i], wt[i, j] = w_j[i] (the importance, or x^2 where ggml
-    passes NULL). Each sub-block keeps its own float32 sums, added in the C order i = 0..15, so
-    the result is the same bit for bit; the 16 independent sums vectorize, which the one-block
-    search (a chain of dependent adds) cannot. The quants of the winning trial are recomputed
-    from its inverse scale at the end, which gives what C stored when it accepted that trial.
+    passes NULL). The trials run in common.lane_qx_search, each sub-block in a vector lane with its own
+    float32 sums added in C's order i = 0..15, so the result is the same bit for bit. The quants of the
+    winning trial are recomputed from its inverse scale at the end, which gives what C stored when it
+    accepted that trial.
 
     xt, wt float32[16, 16]; L int8[256] (natural order, 0..2*nmax-1); scales float32[16] out.
-    Scratch: S float32[7, 16], wxt float32[16, 16].
+    Scratch: S float32[2, 16].
     """
-    vmax = S[0]
-    amax = S[1]
-    iscale = S[2]
-    best_iscale = S[3]
-    best = S[4]
-    sumlx = S[5]
-    suml2 = S[6]
+    amax = S[0]
+    best_iscale = S[1]
+    lane_qx_search(xt, wt, 16, nmax, scales, best_iscale, amax)
     lo = np.int32(-nmax)
     hi = np.int32(nmax - 1)
-    for j in range(16):
-        vmax[j] = F32(0.0)
-        amax[j] = F32(0.0)
-    for i in range(16):
-        for j in range(16):
-            v = xt[i, j]
-            ax = abs(v)
-            if ax > amax[j]:
-                amax[j] = ax
-                vmax[j] = v
-            wxt[i, j] = wt[i, j] * v  # C's w*x[i]*l is (w*x[i])*l
-    # ggml's first fit at -nmax/max, then the trials is = -9..-1, 1..9; the first fit is step 0 of the same
-    # formula (-(nmax + 0.1*0)/max is -nmax/max exactly), taken whatever its error
-    for t in range(19):
-        step = 0 if t == 0 else (t - 10 if t < 10 else t - 9)
-        num = -(F32(nmax) + F32(0.1) * F32(step))
-        for j in range(16):
-            iscale[j] = num / vmax[j]
-            sumlx[j] = F32(0.0)
-            suml2[j] = F32(0.0)
-        for i in range(16):
-            for j in range(16):
-                l = nearest_int(iscale[j] * xt[i, j])
-                l = lo if l < lo else (hi if l > hi else l)
-                fl = F32(l)
-                sumlx[j] += wxt[i, j] * fl
-                suml2[j] += wt[i, j] * fl * fl
-        for j in range(16):
-            if t == 0:
-                sc = sumlx[j] / suml2[j] if suml2[j] != F32(0.0) else F32(0.0)
-            elif suml2[j] > F32(0.0) and sumlx[j] * sumlx[j] > best[j] * suml2[j]:
-                sc = sumlx[j] / suml2[j]
-            else:
-                continue
-            scales[j] = sc
-            best[j] = sc * sumlx[j]
-            best_iscale[j] = iscale[j]
     for j in range(16):
         if amax[j] < GROUP_MAX_EPS:  # C returns at once: all quants 0, scale 0
             scales[j] = F32(0.0)
@@ -448,7 +407,7 @@ def dequantize_block_q2_K(blk, y):
 @jit
 def quantize_block_q3_K_ref(x, out, L, scales, xt, S, Lt, dd, mm):
     """quantize_row_q3_K_ref for one block: x float32[256] -> out uint8[110].
-    Scratch: L int8[256], scales float32[16], xt float32[16, 16], S float32[7, 16], Lt int32[16, 16],
+    Scratch: L int8[256], scales float32[16], xt float32[16, 16], S float32[4, 16], Lt int32[16, 16],
     dd, mm float32[256] (mm zero)."""
     for j in range(16):
         for i in range(16):
@@ -471,15 +430,15 @@ def quantize_block_q3_K_ref(x, out, L, scales, xt, S, Lt, dd, mm):
 
 
 @jit
-def quantize_block_q3_K_impl(x, qw, out, L, scales, sw, Ls, xt, wt, S, wxt, dd, mm):
+def quantize_block_q3_K_impl(x, qw, out, L, scales, sw, Ls, xt, wt, S, dd, mm):
     """quantize_row_q3_K_impl for one block: x, qw float32[256] -> out uint8[110].
-    Scratch: L int8[256], Ls int8[16], scales/sw float32[16], xt/wt/wxt float32[16, 16],
-    S float32[7, 16], dd, mm float32[256] (mm zero)."""
+    Scratch: L int8[256], Ls int8[16], scales/sw float32[16], xt/wt float32[16, 16],
+    S float32[2, 16] (or more rows), dd, mm float32[256] (mm zero)."""
     sumx2 = F32(0.0)
     for j in range(QK_K):
         sumx2 += x[j] * x[j]
     _importance_x16(x, qw, F32(2.0) * sumx2 / F32(QK_K), xt, wt, sw)
-    make_qx_quants_x16(4, xt, wt, L, scales, S, wxt)
+    make_qx_quants_x16(4, xt, wt, L, scales, S)
     for i in range(12):
         out[_Q3_SCALES + i] = 0
     d_block = make_qx_quants(16, 32, scales, Ls, 1, sw)
@@ -505,8 +464,7 @@ def quantize_q3_K(rows, weights, out):
         sw = np.empty(16, np.float32)
         xt = np.empty((16, 16), np.float32)
         wt = np.empty((16, 16), np.float32)
-        wxt = np.empty((16, 16), np.float32)
-        S = np.empty((7, 16), np.float32)
+        S = np.empty((4, 16), np.float32)
         Lt = np.empty((16, 16), np.int32)
         dd = np.empty(QK_K, np.float32)
         mm = np.zeros(QK_K, np.float32)
@@ -514,8 +472,8 @@ def quantize_q3_K(rows, weights, out):
             x = rows[r, QK_K * b:QK_K * (b + 1)]
             blk = out[r, Q3_K_BYTES * b:Q3_K_BYTES * (b + 1)]
             if use_w:
-                quantize_block_q3_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, sw, Ls, xt, wt, S, wxt,
-                                         dd, mm)
+                quantize_block_q3_K_impl(x, weights[QK_K * b:QK_K * (b + 1)], blk, L, scales, sw, Ls, xt, wt, S, dd,
+                                         mm)
             else:
                 quantize_block_q3_K_ref(x, blk, L, scales, xt, S, Lt, dd, mm)
 
@@ -542,25 +500,25 @@ def dequantize_block_q3_K(blk, y):
 
 @jit
 def _q6_K_scratch():
-    """Per-row scratch of quantize_block_q6_K: L int8[256], scales float32[16], xt, wt, wxt float32[16, 16],
-    S float32[7, 16], dd, mm float32[256] (mm zero)."""
+    """Per-row scratch of quantize_block_q6_K: L int8[256], scales float32[16], xt, wt float32[16, 16],
+    S float32[2, 16], dd, mm float32[256] (mm zero)."""
     return (np.empty(QK_K, np.int8), np.empty(16, np.float32), np.empty((16, 16), np.float32),
-            np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((7, 16), np.float32),
-            np.empty(QK_K, np.float32), np.zeros(QK_K, np.float32))
+            np.empty((16, 16), np.float32), np.empty((2, 16), np.float32), np.empty(QK_K, np.float32),
+            np.zeros(QK_K, np.float32))
 
 
 @jit
 def quantize_block_q6_K(x, qw, out, s):
     """quantize_row_q6_K_ref (qw empty) or quantize_row_q6_K_impl (qw float32[256]) for one block:
     x float32[256] -> out uint8[210], scratch s = _q6_K_scratch()."""
-    L, scales, xt, wt, wxt, S, dd, mm = s
+    L, scales, xt, wt, S, dd, mm = s
     use_w = qw.shape[0] > 0
     for j in range(16):
         for i in range(16):
             v = x[16 * j + i]
             xt[i, j] = v
             wt[i, j] = qw[16 * j + i] if use_w else v * v  # make_qx_quants' rmse_type 1 weight
-    make_qx_quants_x16(32, xt, wt, L, scales, S, wxt)
+    make_qx_quants_x16(32, xt, wt, L, scales, S)
     max_abs_scale, max_scale = signed_absmax(scales, 16)
     if max_abs_scale < GROUP_MAX_EPS:
         for i in range(Q6_K_BYTES):
