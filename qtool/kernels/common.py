@@ -438,6 +438,120 @@ def lane_qx_search(typingctx, xt, wt, n, nmax, scales, best_iscale, amax):
     return sig, codegen
 
 
+#: make_q3_quants' refinement passes at most
+Q3_PASSES = 5
+
+
+@intrinsic
+def lane_q3_search(typingctx, xt, lt, n, nmax, amax, scales):
+    """ggml's make_q3_quants(n, nmax, x, L, true) for SUB_WIDTH blocks side by side, block b in lane b
+    (column b of xt: float32[n, SUB_WIDTH]): writes each block's largest |x| to amax[b], its quants to
+    lt[:, b] (int32, -nmax..nmax-1, not offset) and its scale (suml2 > 0 ? sumlx/suml2 : 0) to scales[b].
+    The caller tests amax against GROUP_MAX_EPS (C then returns at once, all quants 0, scale 0).
+
+    In C's order and float32 arithmetic: the first fit at iscale = -nmax/max (max the x of the first
+    largest |x|) gives l = clamp(nearest_int(iscale*x), -nmax, nmax-1) and the sums with w = x*x,
+    sumlx += (w*x)*l, suml2 += (w*l)*l; then passes over i in order try new_l = clamp(nearest_int(x*sl2/slx))
+    against the sums without weight i (slx = sumlx - (w*x)*l, sl2 = suml2 - (w*l)*l, where slx > 0) and
+    take it where it differs, sl2' > 0 and slx'*slx'*suml2 > sumlx*sumlx*sl2' (each product from the
+    left). C stops a block after a pass that takes nothing, at most Q3_PASSES passes; a pass over a block
+    that took nothing takes nothing again (it is a function of the unchanged state), so all lanes run
+    until a pass takes nothing in any lane. One LLVM loop with the lanes' sums in registers."""
+    if not (_lane_arrays_ok(xt, amax, scales) and xt.ndim == 2 and isinstance(lt, types.Array)
+            and lt.dtype == types.int32 and lt.ndim == 2 and lt.layout == "C"
+            and isinstance(n, types.Integer) and isinstance(nmax, types.Integer)):
+        return None
+    sig = types.void(xt, lt, n, nmax, amax, scales)
+
+    def codegen(context, builder, sig, args):
+        v = _Lanes(context, builder, sig, args)
+        b = builder
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        zero = ir.Constant(i64, 0)
+        count = v.a.int64(2)
+        nm = b.trunc(v.a.int64(3), i32)
+        lo, hi = v.a.splat(b.neg(nm), v.vi), v.a.splat(b.sub(nm, ir.Constant(i32, 1)), v.vi)
+
+        def q_at(i):
+            return b.bitcast(v.a.at(1, v.row(1, i)), v.vi.as_pointer())
+
+        def rounded(value):  # clamp(nearest_int(value), -nmax, nmax-1)
+            r = b.fadd(value, v.floats(12582912.0))
+            q = b.sub(b.and_(b.bitcast(r, v.vi), v.ints(0x007FFFFF)), v.ints(0x00400000))
+            q = b.select(b.icmp_signed("<", q, lo), lo, q)
+            return b.select(b.icmp_signed(">", q, hi), hi, q)
+
+        def largest(i, state):
+            top, at_top = state
+            x = v.load(0, v.row(0, i))
+            ax = b.bitcast(b.and_(b.bitcast(x, v.vi), v.ints(0x7FFFFFFF)), v.vf)  # fabsf
+            bigger = b.fcmp_ordered(">", ax, top)
+            return b.select(bigger, ax, top), b.select(bigger, x, at_top)
+
+        top, vmax = _vector_scan(b, count, (v.floats(0.0),) * 2, largest)
+        v.store(top, 4, zero)
+        iscale = b.fdiv(v.a.splat(b.sitofp(b.neg(nm), f32), v.vf), vmax)
+
+        def first_fit(i, sums):
+            sumlx, suml2 = sums
+            x = v.load(0, v.row(0, i))
+            q = rounded(b.fmul(iscale, x))
+            b.store(q, q_at(i), align=4)
+            w, fl = b.fmul(x, x), b.sitofp(q, v.vf)
+            return b.fadd(sumlx, b.fmul(b.fmul(w, x), fl)), b.fadd(suml2, b.fmul(b.fmul(w, fl), fl))
+
+        sums = _vector_scan(b, count, (v.floats(0.0),) * 2, first_fit)
+
+        def refine(i, state):
+            sumlx, suml2, took = state
+            x = v.load(0, v.row(0, i))
+            q = b.load(q_at(i), align=4)
+            w = b.fmul(x, x)
+            wx, fl = b.fmul(w, x), b.sitofp(q, v.vf)
+            slx = b.fsub(sumlx, b.fmul(wx, fl))
+            sl2 = b.fsub(suml2, b.fmul(b.fmul(w, fl), fl))
+            new = rounded(b.fdiv(b.fmul(x, sl2), slx))  # garbage where slx <= 0: then never taken
+            fnew = b.sitofp(new, v.vf)
+            slx_new = b.fadd(slx, b.fmul(wx, fnew))
+            sl2_new = b.fadd(sl2, b.fmul(b.fmul(w, fnew), fnew))
+            take = b.and_(b.and_(b.fcmp_ordered(">", slx, v.floats(0.0)), b.icmp_signed("!=", new, q)),
+                          b.and_(b.fcmp_ordered(">", sl2_new, v.floats(0.0)),
+                                 b.fcmp_ordered(">", b.fmul(b.fmul(slx_new, slx_new), suml2),
+                                                b.fmul(b.fmul(sumlx, sumlx), sl2_new))))
+            b.store(b.select(take, new, q), q_at(i), align=4)
+            return b.select(take, slx_new, sumlx), b.select(take, sl2_new, suml2), b.or_(took, take)
+
+        # the passes: while pass < Q3_PASSES and the previous pass took something in some lane
+        entry = b.block
+        head, body, done = (b.append_basic_block(name) for name in ("q3.head", "q3.body", "q3.done"))
+        b.branch(head)
+        b.position_at_end(head)
+        npass = b.phi(i64)
+        npass.add_incoming(zero, entry)
+        go = b.phi(ir.IntType(1))
+        go.add_incoming(ir.Constant(ir.IntType(1), 1), entry)
+        state = [b.phi(v.vf) for _ in sums]
+        for phi, value in zip(state, sums):
+            phi.add_incoming(value, entry)
+        b.cbranch(b.and_(go, b.icmp_signed("<", npass, ir.Constant(i64, Q3_PASSES))), body, done)
+        b.position_at_end(body)
+        none = ir.Constant(ir.VectorType(ir.IntType(1), SUB_WIDTH), [0] * SUB_WIDTH)
+        sumlx, suml2, took = _vector_scan(b, count, (*state, none), refine)
+        anywhere = b.icmp_unsigned("!=", b.bitcast(took, ir.IntType(SUB_WIDTH)), ir.Constant(ir.IntType(SUB_WIDTH), 0))
+        npass.add_incoming(b.add(npass, ir.Constant(i64, 1)), b.block)
+        go.add_incoming(anywhere, b.block)
+        for phi, value in zip(state, (sumlx, suml2)):
+            phi.add_incoming(value, b.block)
+        b.branch(head)
+        b.position_at_end(done)
+        sumlx, suml2 = state
+        fit = b.fdiv(sumlx, suml2)
+        v.store(b.select(b.fcmp_ordered(">", suml2, v.floats(0.0)), fit, v.floats(0.0)), 5, zero)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @jit
 def nearest_int(v):
     """ggml's nearest_int: round half to even through the 1.5*2^23 magic-number trick.

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, jit, jit_rows, lane_qx_search,
-                                 load_fp16, nearest_int, requantize, row_driver, store_fp16, store_u16)
+from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, jit, jit_rows, lane_q3_search,
+                                 lane_qx_search, load_fp16, nearest_int, requantize, row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
 from qtool.kernels.search import (GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants,
                                   qkx_lanes_scratch, signed_absmax)
@@ -99,91 +99,22 @@ def make_q3_quants_x16(nmax, xt, L, scales, S, Lt):
     """ggml make_q3_quants(16, nmax, x_j, L_j, true) for the 16 sub-blocks j of a super-block at once.
 
     Same arithmetic as search.make_q3_quants with do_rmse, laid out sub-block-minor
-    (xt[i, j] = x[16*j + i]). C stops a sub-block's refinement after a pass that changes nothing;
-    running further passes on it changes nothing either (the pass is a pure function of the
-    unchanged state), so all sub-blocks simply run until none changes, at most 5 passes.
-
-    Written for speed (about 1.5x the plain port): the max search keeps each sub-block's running
-    max in locals (a branchy update through memory mispredicts on random data); a super-block whose
-    sub-blocks are all below GROUP_MAX_EPS returns at once, as C does per sub-block; the refinement
-    pass is branch-free (every candidate is computed, a select keeps it only where C would take it)
-    and its inner loops run to xt.shape[1] rather than a literal 16, so LLVM vectorizes them instead
-    of unrolling them into scalar code.
+    (xt[i, j] = x[16*j + i]): the first fit and the refinement passes run in common.lane_q3_search, each
+    sub-block in a vector lane with its own sums in C's order. C stops a sub-block's refinement after a
+    pass that changes nothing; running further passes on it changes nothing either (the pass is a pure
+    function of the unchanged state), so all sub-blocks run until none changes, at most 5 passes.
 
     L int8[256] (natural order, 0..2*nmax-1); scales float32[16] out.
-    Scratch: S float32[4, 16], Lt int32[16, 16].
+    Scratch: S float32[1, 16] (or more rows), Lt int32[16, 16].
     """
-    nj = xt.shape[1]
-    iscale = S[0]
-    amax = S[1]
-    sumlx = S[2]
-    suml2 = S[3]
-    lo = np.int32(-nmax)
-    hi = np.int32(nmax - 1)
-    live = False
-    for j in range(16):
-        a = F32(0.0)
-        vmax = F32(0.0)
-        for i in range(16):
-            v = xt[i, j]
-            ax = abs(v)
-            c = ax > a
-            a = ax if c else a
-            vmax = v if c else vmax
-        amax[j] = a
-        iscale[j] = F32(-nmax) / vmax
-        sumlx[j] = F32(0.0)
-        suml2[j] = F32(0.0)
-        live |= a >= GROUP_MAX_EPS
-    if not live:  # every sub-block is C's early return: quants 0 (not offset), scale 0
-        for j in range(16):
-            scales[j] = F32(0.0)
-        for k in range(QK_K):
-            L[k] = 0
-        return
-    for i in range(16):
-        for j in range(nj):
-            v = xt[i, j]
-            l = nearest_int(iscale[j] * v)
-            l = lo if l < lo else (hi if l > hi else l)
-            Lt[i, j] = l
-            w = v * v
-            fl = F32(l)
-            sumlx[j] += w * v * fl
-            suml2[j] += w * fl * fl
-    for _ in range(5):
-        n_changed = np.int32(0)
-        for i in range(16):
-            for j in range(nj):
-                v = xt[i, j]
-                w = v * v
-                wv = w * v
-                l = Lt[i, j]
-                li = F32(l)
-                sx = sumlx[j]
-                s2 = suml2[j]
-                slx = sx - wv * li
-                sl2 = s2 - w * li * li
-                new_l = nearest_int(v * sl2 / slx)  # garbage where slx <= 0; then never taken
-                new_l = lo if new_l < lo else (hi if new_l > hi else new_l)
-                fnew = F32(new_l)
-                slx_n = slx + wv * fnew
-                sl2_n = sl2 + w * fnew * fnew
-                take = ((slx > F32(0.0)) & (new_l != l) & (sl2_n > F32(0.0))
-                        & (slx_n * slx_n * s2 > sx * sx * sl2_n))
-                Lt[i, j] = new_l if take else l
-                sumlx[j] = slx_n if take else sx
-                suml2[j] = sl2_n if take else s2
-                n_changed += np.int32(take)
-        if n_changed == 0:
-            break
+    amax = S[0]
+    lane_q3_search(xt, Lt, 16, nmax, amax, scales)
     for j in range(16):
         if amax[j] < GROUP_MAX_EPS:  # C returns at once: all quants 0 (not offset), scale 0
             scales[j] = F32(0.0)
             for i in range(16):
                 L[16 * j + i] = 0
         else:
-            scales[j] = sumlx[j] / suml2[j] if suml2[j] > F32(0.0) else F32(0.0)
             for i in range(16):
                 L[16 * j + i] = Lt[i, j] + nmax
 
