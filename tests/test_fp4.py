@@ -166,5 +166,19 @@ def test_code_scan_equals_full_best_index():
     x = np.concatenate([x, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))])
     errs = np.abs(k.KVALUES[None, :] * d - x[:, None])
     want = np.argmin(errs, axis=1)  # numpy's argmin keeps the first minimum, as the C loop does
-    got = np.array([k._code(v, d, k.MAGNITUDES) for v in x])
+    got = np.empty(x.shape[0], np.uint8)
+    k._codes(x, np.full(x.shape[0], d, np.float32), k.MAGNITUDES, got)
     np.testing.assert_array_equal(got, want)
+
+
+def test_all_zero_blocks_code_to_zero():
+    """MXFP4 searches an all-zero block at scale 1 instead of its subnormal E8M0 scale: the codes are 0 either
+    way, and the block matches gguf-py's reference (e = 0, qs all 0) whatever the zeros' signs."""
+    x = np.zeros((2, 96), np.float32)
+    x[0, 32:64] = -0.0
+    x[1, 64:96] = np.float32(0.75)  # a live block beside the zero ones
+    y = np.empty((2, 3 * 17), np.uint8)
+    k.quantize_mxfp4(x, y)
+    ref = gq.quantize(x, T.MXFP4)
+    np.testing.assert_array_equal(y, ref)
+    assert not y[0].any() and not y[1, :34].any()
