@@ -255,13 +255,14 @@ def _lane_arrays_ok(*arrays) -> bool:
 
 
 class _Lanes:
-    """Whole SUB_WIDTH-float vectors of array arguments, for the lane scans below."""
+    """Whole vectors of ``width`` floats (SUB_WIDTH unless given) of array arguments, for the lane scans below."""
 
-    def __init__(self, context, builder, sig, args):
+    def __init__(self, context, builder, sig, args, width=SUB_WIDTH):
         self.a = _ScanArgs(context, builder, sig, args)
         self.b = builder
-        self.vf = ir.VectorType(ir.FloatType(), SUB_WIDTH)
-        self.vi = ir.VectorType(ir.IntType(32), SUB_WIDTH)
+        self.width = width
+        self.vf = ir.VectorType(ir.FloatType(), width)
+        self.vi = ir.VectorType(ir.IntType(32), width)
 
     def load(self, k, index):
         return self.b.load(self.b.bitcast(self.a.at(k, index), self.vf.as_pointer()), align=4)
@@ -276,10 +277,10 @@ class _Lanes:
         return self.b.mul(i, cgutils.unpack_tuple(self.b, self.a.array(k).shape, 2)[1])
 
     def floats(self, value):
-        return ir.Constant(self.vf, [value] * SUB_WIDTH)
+        return ir.Constant(self.vf, [value] * self.width)
 
     def ints(self, value):
-        return ir.Constant(self.vi, [value] * SUB_WIDTH)
+        return ir.Constant(self.vi, [value] * self.width)
 
 
 @intrinsic
@@ -433,6 +434,155 @@ def lane_qx_search(typingctx, xt, wt, n, nmax, scales, best_iscale, amax):
         scale, _, kept = _vector_scan(b, ir.Constant(ir.IntType(64), QX_TRIALS), (v.floats(0.0),) * 3, trial)
         v.store(scale, 4, zero)
         v.store(kept, 5, zero)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _split_scan(builder, n, start, step):
+    """``for i1 in range(n + 1): for i2 in range(i1, n + 1): state = step(i1, i2, state)`` (i1, i2 int64 LLVM
+    values), the state in registers; returns the final state."""
+    i64 = ir.IntType(64)
+
+    def row(i1, state):
+        return _vector_scan(builder, builder.sub(builder.add(n, ir.Constant(i64, 1)), i1), state,
+                            lambda i, inner: step(i1, builder.add(i1, i), inner))
+
+    return _vector_scan(builder, builder.add(n, ir.Constant(i64, 1)), start, row)
+
+
+def _take_better(b, v, qx, q2, state, i1, i2, code):
+    """ggml's update of the IQ1 split searches, per lane: where q2 > 0 and qx*qx > best*q2, scale = qx/q2,
+    best = scale*qx and the split (i1, i2) and its variant ``code`` are kept. state: (best, scale, i1, i2, code)
+    as float vectors."""
+    best, scale, k1, k2, kc = state
+    win = b.and_(b.fcmp_ordered(">", q2, v.floats(0.0)), b.fcmp_ordered(">", b.fmul(qx, qx), b.fmul(best, q2)))
+    fit = b.fdiv(qx, q2)
+    return (b.select(win, b.fmul(fit, qx), best), b.select(win, fit, scale), b.select(win, i1, k1),
+            b.select(win, i2, k2), b.select(win, v.floats(float(code)), kc))
+
+
+def _split_result(b, v, state, out):
+    """Rows 0..3 of the float32[4, width] argument number ``out``: scale, i1, i2, variant of each lane's best
+    split."""
+    _, scale, k1, k2, kc = state
+    for row, value in enumerate((scale, k1, k2, kc)):
+        v.store(value, out, ir.Constant(ir.IntType(64), row * v.width))
+
+
+#: IQ1's block levels with the group's delta added (x_p) or taken away (x_m): level - 1 +- 0.125
+IQ1_X_P = np.array([-1 + 0.125, 0.125, 1 + 0.125], np.float32)
+IQ1_X_M = np.array([-1 - 0.125, -0.125, 1 - 0.125], np.float32)
+#: the blocks of a super-block searched side by side: IQ1_S has 8 of 32 weights, IQ1_M 16 of 16
+IQ1_S_LANES, IQ1_M_LANES = 8, 16
+
+
+@intrinsic
+def lane_iq1s_splits(typingctx, sx, sw, n, out):
+    """The split search of ggml's quantize_row_iq1_s_impl for IQ1_S_LANES blocks side by side, block b in
+    lane b: sx, sw float32[n + 1, lanes] C-contiguous hold each block's prefix sums of w*x and w over its
+    weights in sorted order (row 0 zero). For every split i1 <= i2 in C's order, x_p then x_m,
+
+        sumqx = (sx[i1] - sx[0])*xx[0] + (sx[i2] - sx[i1])*xx[1] + (sx[n] - sx[i2])*xx[2]
+        sumq2 = (sw[i1] - sw[0])*xx[0]*xx[0] + (sw[i2] - sw[i1])*xx[1]*xx[1] + (sw[n] - sw[i2])*xx[2]*xx[2]
+
+    (float32, from the left) replaces the best (from -FLT_MAX) where sumq2 > 0 and sumqx*sumqx > best*sumq2.
+    out float32[4, lanes] gets each lane's scale, i1, i2 and shift (1 for x_p, -1 for x_m; i1 = i2 = -1 and
+    shift 0 where no split won). Every lane runs every split, each update a select: ggml's in-order scan
+    mispredicts on most of the updates that win (~29 of 561 splits a block)."""
+    if not (_lane_arrays_ok(sx, sw, out) and sx.ndim == 2 and sw.ndim == 2 and out.ndim == 2
+            and isinstance(n, types.Integer)):
+        return None
+    sig = types.void(sx, sw, n, out)
+
+    def codegen(context, builder, sig, args):
+        b = builder
+        v = _Lanes(context, builder, sig, args, IQ1_S_LANES)
+        n_ = v.a.int64(2)
+        width = ir.Constant(ir.IntType(64), IQ1_S_LANES)
+
+        def at(k, i):
+            return v.load(k, b.mul(i, width))
+
+        sx0, sw0, sxn, swn = at(0, ir.Constant(n_.type, 0)), at(1, ir.Constant(n_.type, 0)), at(0, n_), at(1, n_)
+        levels = [[v.floats(float(c)) for c in xx] for xx in (IQ1_X_P, IQ1_X_M)]
+
+        def step(i1, i2, state):
+            s1, w1_, s2, w2_ = at(0, i1), at(1, i1), at(0, i2), at(1, i2)
+            a = (b.fsub(s1, sx0), b.fsub(s2, s1), b.fsub(sxn, s2))
+            w = (b.fsub(w1_, sw0), b.fsub(w2_, w1_), b.fsub(swn, w2_))
+            f1 = v.a.splat(b.sitofp(i1, ir.FloatType()), v.vf)
+            f2 = v.a.splat(b.sitofp(i2, ir.FloatType()), v.vf)
+            for xx, code in zip(levels, (1, -1)):
+                qx = b.fadd(b.fadd(b.fmul(a[0], xx[0]), b.fmul(a[1], xx[1])), b.fmul(a[2], xx[2]))
+                q2 = b.fadd(b.fadd(b.fmul(b.fmul(w[0], xx[0]), xx[0]), b.fmul(b.fmul(w[1], xx[1]), xx[1])),
+                            b.fmul(b.fmul(w[2], xx[2]), xx[2]))
+                state = _take_better(b, v, qx, q2, state, f1, f2, code)
+            return state
+
+        start = (v.floats(-_FLT_MAX), v.floats(0.0), v.floats(-1.0), v.floats(-1.0), v.floats(0.0))
+        _split_result(b, v, _split_scan(b, n_, start, step), 3)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def lane_iq1m_splits(typingctx, pre, n, out):
+    """The split search of ggml's quantize_row_iq1_m_impl for IQ1_M_LANES blocks side by side, block b in
+    lane b: pre float32[4*(n + 1), lanes] C-contiguous holds each block's prefix sums over its weights in
+    sorted order, per half of the block (px[h][j]: rows h*(n + 1) + j; pw[h][j]: rows (2 + h)*(n + 1) + j).
+    For every split i1 <= i2 in C's order, with p2 = x_p[2], m2 = x_m[2], cp1 = x_p[0]^2 - x_p[1]^2, ...:
+
+        qx_p[h] = px[h][n]*p2 - (px[h][i1] + px[h][i2])
+        q2_p[h] = pw[h][n]*p2*p2 + pw[h][i1]*cp1 + pw[h][i2]*cp2
+
+    (x_m alike), the four sign variants k = (+,+), (+,-), (-,+), (-,-) of the two halves' sums in that order
+    each replace the best (from -FLT_MAX) where sumq2 > 0 and sumqx*sumqx > best*sumq2. out float32[4, lanes]
+    gets each lane's scale, i1, i2 and k (-1, -1, -1 where none won)."""
+    if not (_lane_arrays_ok(pre, out) and pre.ndim == 2 and out.ndim == 2 and isinstance(n, types.Integer)):
+        return None
+    sig = types.void(pre, n, out)
+
+    def codegen(context, builder, sig, args):
+        b = builder
+        v = _Lanes(context, builder, sig, args, IQ1_M_LANES)
+        n_ = v.a.int64(1)
+        i64 = ir.IntType(64)
+        width = ir.Constant(i64, IQ1_M_LANES)
+        rows = b.add(n_, ir.Constant(i64, 1))
+
+        def at(table, i):  # table 0, 1: px[0], px[1]; 2, 3: pw[0], pw[1]
+            return v.load(0, b.mul(b.add(b.mul(ir.Constant(i64, table), rows), i), width))
+
+        p2, m2 = IQ1_X_P[2], IQ1_X_M[2]
+        cp1, cp2 = IQ1_X_P[0] * IQ1_X_P[0] - IQ1_X_P[1] * IQ1_X_P[1], IQ1_X_P[1] * IQ1_X_P[1] - IQ1_X_P[2] * IQ1_X_P[2]
+        cm1, cm2 = IQ1_X_M[0] * IQ1_X_M[0] - IQ1_X_M[1] * IQ1_X_M[1], IQ1_X_M[1] * IQ1_X_M[1] - IQ1_X_M[2] * IQ1_X_M[2]
+        vp2, vm2, vcp1, vcp2, vcm1, vcm2 = (v.floats(float(c)) for c in (p2, m2, cp1, cp2, cm1, cm2))
+        tx = [at(h, n_) for h in (0, 1)]
+        tw = [at(2 + h, n_) for h in (0, 1)]
+        tp = [b.fmul(b.fmul(t, vp2), vp2) for t in tw]
+        tm = [b.fmul(b.fmul(t, vm2), vm2) for t in tw]
+
+        def step(i1, i2, state):
+            qxp, qxm, q2p, q2m = [], [], [], []
+            for h in (0, 1):
+                sx = b.fadd(at(h, i1), at(h, i2))
+                qxp.append(b.fsub(b.fmul(tx[h], vp2), sx))
+                qxm.append(b.fsub(b.fmul(tx[h], vm2), sx))
+                w1, w2 = at(2 + h, i1), at(2 + h, i2)
+                q2p.append(b.fadd(b.fadd(tp[h], b.fmul(w1, vcp1)), b.fmul(w2, vcp2)))
+                q2m.append(b.fadd(b.fadd(tm[h], b.fmul(w1, vcm1)), b.fmul(w2, vcm2)))
+            f1 = v.a.splat(b.sitofp(i1, ir.FloatType()), v.vf)
+            f2 = v.a.splat(b.sitofp(i2, ir.FloatType()), v.vf)
+            variants = ((qxp[0], qxp[1], q2p[0], q2p[1]), (qxp[0], qxm[1], q2p[0], q2m[1]),
+                        (qxm[0], qxp[1], q2m[0], q2p[1]), (qxm[0], qxm[1], q2m[0], q2m[1]))
+            for k, (x0, x1, q0, q1) in enumerate(variants):
+                state = _take_better(b, v, b.fadd(x0, x1), b.fadd(q0, q1), state, f1, f2, k)
+            return state
+
+        start = (v.floats(-_FLT_MAX), v.floats(0.0), v.floats(-1.0), v.floats(-1.0), v.floats(-1.0))
+        _split_result(b, v, _split_scan(b, n_, start, step), 2)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import (F32, checked_driver, each_row, fp16_bits_to_fp32, fp32_to_fp16_bits, jit, load_fp16,
-                                 load_u16, row_driver, store_fp16, store_u16)
+from qtool.kernels.common import (F32, IQ1_M_LANES, IQ1_S_LANES, checked_driver, each_row, fp16_bits_to_fp32,
+                                 fp32_to_fp16_bits, jit, lane_iq1m_splits, lane_iq1s_splits, load_fp16, load_u16,
+                                 row_driver, store_fp16, store_u16)
 from qtool.kernels.lattice import importance, odd_level, sum_squares
 
 QK_K = 256
@@ -174,101 +175,58 @@ def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbo
 
 @jit
 def _scratch_iq1_s():
-    """Per-row scratch of quantize_block_iq1_s: scales, weight, sumx, sumw (prefix sums), idx, L, index,
-    shifts, cand float32[4, 33], flag int32[33]."""
-    return (np.empty(8, np.float32), np.empty(32, np.float32), np.empty(33, np.float32), np.empty(33, np.float32),
-            np.empty(32, np.int32), np.empty(32, np.uint8), np.empty(4, np.int32), np.empty(8, np.int32),
-            np.empty((4, 33), np.float32), np.empty(33, np.int32))
+    """Per-row scratch of quantize_block_iq1_s: scales, mx float32[8]; weight float32[256]; sx, sw float32[33, 8]
+    (the blocks' prefix sums, lane-major); idx int32[8, 32]; L uint8[32]; index int32[4]; shifts int32[8]; found
+    float32[4, 8] (the split search's result)."""
+    return (np.empty(8, np.float32), np.empty(8, np.float32), np.empty(QK_K, np.float32),
+            np.empty((33, IQ1_S_LANES), np.float32), np.empty((33, IQ1_S_LANES), np.float32), np.empty((8, 32), np.int32),
+            np.empty(32, np.uint8), np.empty(4, np.int32), np.empty(8, np.int32), np.empty((4, IQ1_S_LANES), np.float32))
 
 
 @jit
 def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
     """ggml quantize_row_iq1_s_impl for one 256-weight super-block: the first 256 weights of xrest (the
     row from this super-block on, which ggml's neighbour fallback reads), qw float32[256] -> y uint8[50];
-    scratch s = _scratch_iq1_s(). Returns OK or FAILED."""
-    scales, weight, sumx, sumw, idx, L, index, shifts, cand, flag = s
+    scratch s = _scratch_iq1_s(). Returns OK or FAILED.
+
+    ggml tries every split i1 <= i2 of each sorted block into three levels, x_p then x_m at each, keeping a
+    strictly better sqx^2/sq2; the eight blocks' searches run side by side (common.lane_iq1s_splits, block ib
+    in lane ib), each block then finished in order as C does."""
+    scales, mxs, weight, sx, sw, idx, L, index, shifts, found = s
     x = xrest[:QK_K]
     for j in range(IQ1_S_BYTES):
         y[j] = 0
     bs = 32
-    max_scale = F32(0.0)
     sigma2 = _sigma2(x)
     for ib in range(QK_K // bs):
         xb = x[bs * ib:bs * ib + bs]
-        importance(xb, qw[bs * ib:bs * ib + bs], bs, sigma2, F32(0.0), weight)
-        mx = _abs_max(xb, bs)
-        if mx < _EPS_IQ1_S:
-            scales[ib] = F32(0.0)
-            shifts[ib] = 1
-            continue
-        _sort_index(xb, idx)
-        sumx[0] = F32(0.0)
-        sumw[0] = F32(0.0)
+        wb = weight[bs * ib:bs * ib + bs]
+        importance(xb, qw[bs * ib:bs * ib + bs], bs, sigma2, F32(0.0), wb)
+        mxs[ib] = _abs_max(xb, bs)
+        order = idx[ib]
+        _sort_index(xb, order)
+        sx[0, ib] = F32(0.0)
+        sw[0, ib] = F32(0.0)
         for j in range(bs):
-            i = idx[j]
-            sumx[j + 1] = sumx[j] + weight[i] * xb[i]
-            sumw[j + 1] = sumw[j] + weight[i]
-        best = -_FLT_MAX
-        scale = mx
-        b1 = -1
-        b2 = -1
-        bshift = 0
-        # ggml tries every split i1 <= i2 of the sorted block, x_p then x_m at each, keeping a strictly
-        # better sqx^2/sq2. For each i1 all splits are computed side by side (the same float32 ops),
-        # each flagged if it beats the best so far; ggml's in-order scan starts at the first flagged
-        # one: the best does not change before it, so skipping the others is exact.
-        sp = cand[0]
-        qp = cand[1]
-        sm = cand[2]
-        qm = cand[3]
-        for i1 in range(bs + 1):
-            a0 = sumx[i1] - sumx[0]
-            w0 = sumw[i1] - sumw[0]
-            for i2 in range(bs + 1):
-                a1 = sumx[i2] - sumx[i1]
-                a2 = sumx[bs] - sumx[i2]
-                w1 = sumw[i2] - sumw[i1]
-                w2 = sumw[bs] - sumw[i2]
-                cx = a0 * x_p[0] + a1 * x_p[1] + a2 * x_p[2]
-                c2 = w0 * x_p[0] * x_p[0] + w1 * x_p[1] * x_p[1] + w2 * x_p[2] * x_p[2]
-                dx = a0 * x_m[0] + a1 * x_m[1] + a2 * x_m[2]
-                d2 = w0 * x_m[0] * x_m[0] + w1 * x_m[1] * x_m[1] + w2 * x_m[2] * x_m[2]
-                sp[i2] = cx
-                qp[i2] = c2
-                sm[i2] = dx
-                qm[i2] = d2
-                flag[i2] = ((c2 > F32(0.0)) & (cx * cx > best * c2)) | ((d2 > F32(0.0)) & (dx * dx > best * d2))
-            first = bs + 1
-            for i2 in range(i1, bs + 1):
-                if flag[i2]:
-                    first = i2
-                    break
-            for i2 in range(first, bs + 1):
-                sqx = sp[i2]
-                sq2 = qp[i2]
-                if sq2 > F32(0.0) and sqx * sqx > best * sq2:
-                    scale = sqx / sq2
-                    best = scale * sqx
-                    b1 = i1
-                    b2 = i2
-                    bshift = 1
-                sqx = sm[i2]
-                sq2 = qm[i2]
-                if sq2 > F32(0.0) and sqx * sqx > best * sq2:
-                    scale = sqx / sq2
-                    best = scale * sqx
-                    b1 = i1
-                    b2 = i2
-                    bshift = -1
-        if b1 < 0 or b2 < 0 or bshift == 0:
+            i = order[j]
+            sx[j + 1, ib] = sx[j, ib] + wb[i] * xb[i]
+            sw[j + 1, ib] = sw[j, ib] + wb[i]
+    lane_iq1s_splits(sx, sw, bs, found)
+    max_scale = F32(0.0)
+    for ib in range(QK_K // bs):
+        b1 = np.int32(found[1, ib])
+        b2 = np.int32(found[2, ib])
+        bshift = np.int32(found[3, ib])
+        if mxs[ib] < _EPS_IQ1_S or b1 < 0 or b2 < 0 or bshift == 0:
             scales[ib] = F32(0.0)
             shifts[ib] = 1
             continue
-        scale, flipped = _split_levels(idx, b1, b2, scale, L, bs)
+        xb = x[bs * ib:bs * ib + bs]
+        scale, flipped = _split_levels(idx[ib], b1, b2, found[0, ib], L, bs)
         if flipped:
             bshift = -bshift
-        ok, scale = _snap_groups(xb, weight, L, bs // 8, 0 if bshift == 1 else 15, x_p, x_m, scale, levels, kmap,
-                                 neighbours, xrest[bs * ib:], index)
+        ok, scale = _snap_groups(xb, weight[bs * ib:bs * ib + bs], L, bs // 8, 0 if bshift == 1 else 15, x_p, x_m,
+                                 scale, levels, kmap, neighbours, xrest[bs * ib:], index)
         if not ok:
             return FAILED
         h = 0
@@ -326,113 +284,61 @@ def dequantize_row_iq1_s(data, out, values):
 
 @jit
 def _scratch_iq1_m():
-    """Per-row scratch of quantize_block_iq1_m: scales, weight, idx, px, pw float32[2, 17] (the per-half
-    prefix sums), L, index, shifts, cand float32[8, 17], flag int32[17]."""
-    return (np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.int32), np.empty((2, 17), np.float32),
-            np.empty((2, 17), np.float32), np.empty(16, np.uint8), np.empty(2, np.int32), np.empty(16, np.int32),
-            np.empty((8, 17), np.float32), np.empty(17, np.int32))
+    """Per-row scratch of quantize_block_iq1_m: scales, mx float32[16]; weight float32[256]; idx int32[16, 16];
+    pre float32[4*17, 16] (the blocks' per-half prefix sums, lane-major); L uint8[16]; index int32[2]; shifts
+    int32[16]; found float32[4, 16] (the split search's result)."""
+    return (np.empty(16, np.float32), np.empty(16, np.float32), np.empty(QK_K, np.float32), np.empty((16, 16), np.int32),
+            np.empty((4 * 17, IQ1_M_LANES), np.float32), np.empty(16, np.uint8), np.empty(2, np.int32),
+            np.empty(16, np.int32), np.empty((4, IQ1_M_LANES), np.float32))
 
 
 @jit
 def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
     """ggml quantize_row_iq1_m_impl for one 256-weight super-block: the first 256 weights of xrest (as in
     quantize_block_iq1_s), qw float32[256] (empty for none) -> y uint8[56]; scratch s = _scratch_iq1_m().
-    Returns OK or FAILED."""
-    scales, weight, idx, px, pw, L, index, shifts, cand, flag = s
+    Returns OK or FAILED. The sixteen blocks' split searches run side by side (common.lane_iq1m_splits, block
+    ib in lane ib), each block then finished in order as C does."""
+    scales, mxs, weight, idx, pre, L, index, shifts, found = s
     x = xrest[:QK_K]
     for j in range(IQ1_M_BYTES):
         y[j] = 0
     bs = 16
     have_w = qw.shape[0] > 0
-    max_scale = F32(0.0)
     sigma2 = _sigma2(x)
-    p2 = x_p[2]
-    m2 = x_m[2]
-    cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1]
-    cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2]
-    cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1]
-    cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2]
     for ib in range(QK_K // bs):
         xb = x[bs * ib:bs * ib + bs]
-        importance(xb, qw[bs * ib:bs * ib + bs] if have_w else qw, bs, sigma2, F32(0.0), weight)
-        mx = _abs_max(xb, bs)
-        if mx < _EPS_IQ1_M:
-            scales[ib] = F32(0.0)
-            shifts[ib] = 0
-            continue
-        _sort_index(xb, idx)
-        px[0, 0] = F32(0.0)
-        px[1, 0] = F32(0.0)
-        pw[0, 0] = F32(0.0)
-        pw[1, 0] = F32(0.0)
+        wb = weight[bs * ib:bs * ib + bs]
+        importance(xb, qw[bs * ib:bs * ib + bs] if have_w else qw, bs, sigma2, F32(0.0), wb)
+        mxs[ib] = _abs_max(xb, bs)
+        order = idx[ib]
+        _sort_index(xb, order)
+        # per half h of the block (weights 0-7, 8-15): px[h] at rows 17*h + j, pw[h] at rows 17*(2 + h) + j
+        for t in range(4):
+            pre[17 * t, ib] = F32(0.0)
         for j in range(bs):
-            i = idx[j]
+            i = order[j]
             h = 0 if i < bs // 2 else 1
-            px[h, j + 1] = px[h, j] + weight[i] * xb[i]
-            px[1 - h, j + 1] = px[1 - h, j]
-            pw[h, j + 1] = pw[h, j] + weight[i]
-            pw[1 - h, j + 1] = pw[1 - h, j]
-        tx0 = px[0, bs]
-        tx1 = px[1, bs]
-        tw0 = pw[0, bs]
-        tw1 = pw[1, bs]
-        best = -_FLT_MAX
-        scale = mx
-        b1 = -1
-        b2 = -1
-        bk = -1
-        # as in IQ1_S: every split side by side, ggml's in-order scan (k = 0..3 at each i2) from the
-        # first that beats the best so far
-        for i1 in range(bs + 1):
-            for i2 in range(bs + 1):
-                sx0 = px[0, i1] + px[0, i2]
-                sx1 = px[1, i1] + px[1, i2]
-                qxp0 = tx0 * p2 - sx0
-                qxm0 = tx0 * m2 - sx0
-                qxp1 = tx1 * p2 - sx1
-                qxm1 = tx1 * m2 - sx1
-                q2p0 = tw0 * p2 * p2 + pw[0, i1] * cp1 + pw[0, i2] * cp2
-                q2m0 = tw0 * m2 * m2 + pw[0, i1] * cm1 + pw[0, i2] * cm2
-                q2p1 = tw1 * p2 * p2 + pw[1, i1] * cp1 + pw[1, i2] * cp2
-                q2m1 = tw1 * m2 * m2 + pw[1, i1] * cm1 + pw[1, i2] * cm2
-                cand[0, i2] = qxp0 + qxp1
-                cand[1, i2] = q2p0 + q2p1
-                cand[2, i2] = qxp0 + qxm1
-                cand[3, i2] = q2p0 + q2m1
-                cand[4, i2] = qxm0 + qxp1
-                cand[5, i2] = q2m0 + q2p1
-                cand[6, i2] = qxm0 + qxm1
-                cand[7, i2] = q2m0 + q2m1
-                f = np.int32(0)
-                for k in range(4):
-                    f |= np.int32((cand[2 * k + 1, i2] > F32(0.0))
-                                  & (cand[2 * k, i2] * cand[2 * k, i2] > best * cand[2 * k + 1, i2]))
-                flag[i2] = f
-            first = bs + 1
-            for i2 in range(i1, bs + 1):
-                if flag[i2]:
-                    first = i2
-                    break
-            for i2 in range(first, bs + 1):
-                for k in range(4):
-                    sqx = cand[2 * k, i2]
-                    sq2 = cand[2 * k + 1, i2]
-                    if sq2 > F32(0.0) and sqx * sqx > best * sq2:
-                        scale = sqx / sq2
-                        best = scale * sqx
-                        b1 = i1
-                        b2 = i2
-                        bk = k
-        if b1 < 0 or b2 < 0 or bk < 0:
+            pre[17 * h + j + 1, ib] = pre[17 * h + j, ib] + wb[i] * xb[i]
+            pre[17 * (1 - h) + j + 1, ib] = pre[17 * (1 - h) + j, ib]
+            pre[17 * (2 + h) + j + 1, ib] = pre[17 * (2 + h) + j, ib] + wb[i]
+            pre[17 * (3 - h) + j + 1, ib] = pre[17 * (3 - h) + j, ib]
+    lane_iq1m_splits(pre, bs, found)
+    max_scale = F32(0.0)
+    for ib in range(QK_K // bs):
+        b1 = np.int32(found[1, ib])
+        b2 = np.int32(found[2, ib])
+        bk = np.int32(found[3, ib])
+        if mxs[ib] < _EPS_IQ1_M or b1 < 0 or b2 < 0 or bk < 0:
             scales[ib] = F32(0.0)
             shifts[ib] = 0
             continue
-        scale, flipped = _split_levels(idx, b1, b2, scale, L, bs)
+        xb = x[bs * ib:bs * ib + bs]
+        scale, flipped = _split_levels(idx[ib], b1, b2, found[0, ib], L, bs)
         if flipped:
             bk = 3 - bk
         # group 0 takes -delta for bk 2, 3; group 1 for bk 1, 3
-        ok, scale = _snap_groups(xb, weight, L, 2, (1 if bk >= 2 else 0) | ((bk % 2) << 1), x_p, x_m, scale, levels,
-                                 kmap, neighbours, xrest[bs * ib:], index)
+        ok, scale = _snap_groups(xb, weight[bs * ib:bs * ib + bs], L, 2, (1 if bk >= 2 else 0) | ((bk % 2) << 1), x_p,
+                                 x_m, scale, levels, kmap, neighbours, xrest[bs * ib:], index)
         if not ok:
             return FAILED
         y[2 * ib] = np.uint8(index[0] & 255)
