@@ -60,7 +60,7 @@ class Feed:
 
 #: extreme_rows kinds: denormal, smallest-subnormal and overflowing blocks, FLT_MAX, ...
 _EXTREME = (1e-39, 1e-44, 1e38, "+-max")
-_LEGACY = dict(shapes=((130, 32, 0), (65, 96, 1), (52, 512, 2), (39, 1024, 3), (26, 4096, 4)),
+_LEGACY = dict(shapes=((130, 32, 0), (65, 96, 1), (52, 512, 2), (39, 1024, 3), (26, 4096, 4), (26, 576, 5)),
                paths=("null", "imatrix", "zero_imatrix"), dequant=(39, 512, 11), threads=(53, 256, 21),
                extreme=_EXTREME + (1e-20, 3e-39, "max,0", "min,-max/32"), extreme_at=(256, 5))
 _K32 = dict(shapes=((26, 256, 0), (26, 1024, 1), (13, 4096, 2), (39, 512, 3)), threads=(26, 512, 11))

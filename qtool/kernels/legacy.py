@@ -36,7 +36,8 @@ import numpy as np
 
 from qtool.kernels.common import (OUT, SCRATCH, F32, bits_f32, block_drivers, f32_bits, fp32_to_fp16_bits, jit, load_fp16,
                                  specialize, store_fp16)
-from qtool.kernels.search import make_qkx3_quants_s, make_qx_quants_s, qkx_scratch, qx_scratch
+from qtool.kernels.search import (SUB_LANES, make_qkx_quants_lanes, make_qx_quants_s, qkx_lanes_scratch,
+                                  qx_scratch)
 
 QK = 32
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
@@ -351,17 +352,12 @@ def q8_0_block(xb, yb):
 
 # -- per-block quantizers, importance-weighted path ----------------------------------------------
 # qwb: the block's importance slice; sigma2: the row's; s: per-row scratch, _qx_scratch() (weight
-# float32[32], L int8[32], make_qx_quants' scratch) or _qkx_scratch() (weight, L and Laux uint8[32],
-# make_qkx3_quants_s' scratch).
+# float32[32], L int8[32], make_qx_quants' scratch). Q4_1 and Q5_1 quantize a whole row at a time instead
+# (_qkx_row_impl, s = _qkx_lanes_scratch()).
 
 @jit
 def _qx_scratch():
     return np.empty(QK, dtype=np.float32), np.empty(QK, dtype=np.int8), qx_scratch(QK)
-
-
-@jit
-def _qkx_scratch():
-    return np.empty(QK, dtype=np.float32), np.empty(QK, dtype=np.uint8), np.empty(QK, dtype=np.uint8), qkx_scratch(QK)
 
 
 def _qx_block_impl(xb, qwb, sigma2, yb, s):
@@ -377,28 +373,50 @@ def _qx_block_impl(xb, qwb, sigma2, yb, s):
         _pack_q4(L, yb[2:18])
 
 
-def _qkx_block_impl(xb, qwb, sigma2, yb, s):
-    """quantize_row_q4_1_impl (NMAX 15) / q5_1_impl (NMAX 31, QH) with quant_weights, one block:
-    xb float32[32] -> yb uint8[20 or 24]; s = _qkx_scratch()."""
-    weight, L, Laux, scratch = s
-    _block_weights(xb, qwb, sigma2, weight)
-    d, the_min = make_qkx3_quants_s(QK, NMAX, xb, weight, L, Laux, F32(-0.9), F32(0.05), 36, False, scratch)
-    store_fp16(yb, 0, d)
-    store_fp16(yb, 2, -the_min)
-    if QH:
-        _pack_q5_codes(L, yb, 4, 8)
-    else:
-        _pack_q4(L, yb[4:20])
+@jit
+def _qkx_lanes_scratch():
+    """Per-row scratch of _qkx_row_impl: xt, wt float32[32, SUB_LANES]; weight float32[32]; L uint8[32*SUB_LANES];
+    scales, mins float32[SUB_LANES]; the lane search's own."""
+    return (np.empty((QK, SUB_LANES), np.float32), np.empty((QK, SUB_LANES), np.float32), np.empty(QK, np.float32),
+            np.empty(QK * SUB_LANES, np.uint8), np.empty(SUB_LANES, np.float32), np.empty(SUB_LANES, np.float32),
+            qkx_lanes_scratch(QK))
+
+
+def _qkx_row_impl(x, qw, sigma2, y, s):
+    """quantize_row_q4_1_impl (NMAX 15) / q5_1_impl (NMAX 31, QH) with quant_weights over one row: x float32[n]
+    -> y uint8[n/32 * (20 or 24)]; s = _qkx_lanes_scratch(). Each block's make_qkx3_quants(32, NMAX, ..., -0.9,
+    0.05, 36) runs SUB_LANES blocks at a time side by side (search.make_qkx_quants_lanes, block per lane, as
+    Q4_K's and Q5_K's sub-blocks); a last group of fewer blocks fills its spare lanes with its last block."""
+    xt, wt, weight, L, scales, mins, lanes = s
+    nb = x.shape[0] // QK
+    for first in range(0, nb, SUB_LANES):
+        for lane in range(SUB_LANES):
+            ib = min(first + lane, nb - 1)
+            xb = x[ib * QK:(ib + 1) * QK]
+            _block_weights(xb, qw[ib * QK:(ib + 1) * QK], sigma2, weight)
+            for j in range(QK):
+                xt[j, lane] = xb[j]
+                wt[j, lane] = weight[j]
+        make_qkx_quants_lanes(QK, NMAX, xt, wt, F32(-0.9), F32(0.05), 36, False, True, L, scales, mins, lanes)
+        for lane in range(min(SUB_LANES, nb - first)):
+            yb = y[(first + lane) * OUT:(first + lane + 1) * OUT]
+            codes = L[lane * QK:(lane + 1) * QK]
+            store_fp16(yb, 0, scales[lane])
+            store_fp16(yb, 2, -mins[lane])
+            if QH:
+                _pack_q5_codes(codes, yb, 4, 8)
+            else:
+                _pack_q4(codes, yb[4:20])
 
 
 q4_0_block_impl = specialize(_qx_block_impl, __name__, "q4_0_block_impl", "quantize_row_q4_0_impl, one block.", jit,
                              NMAX=8, QH=False)
 q5_0_block_impl = specialize(_qx_block_impl, __name__, "q5_0_block_impl", "quantize_row_q5_0_impl, one block.", jit,
                              NMAX=16, QH=True)
-q4_1_block_impl = specialize(_qkx_block_impl, __name__, "q4_1_block_impl", "quantize_row_q4_1_impl, one block.",
-                             jit, NMAX=15, QH=False)
-q5_1_block_impl = specialize(_qkx_block_impl, __name__, "q5_1_block_impl", "quantize_row_q5_1_impl, one block.",
-                             jit, NMAX=31, QH=True)
+q4_1_row_impl = specialize(_qkx_row_impl, __name__, "q4_1_row_impl", "quantize_row_q4_1_impl over one row.", jit,
+                           NMAX=15, QH=False, OUT=20)
+q5_1_row_impl = specialize(_qkx_row_impl, __name__, "q5_1_row_impl", "quantize_row_q5_1_impl over one row.", jit,
+                           NMAX=31, QH=True, OUT=24)
 
 
 # -- quantize drivers: rows float32 [nrows, n], qw float32 [n] or [0], out uint8 [nrows, n/32*size] --
@@ -420,6 +438,17 @@ def _rows(rows, qw, out):
             for ib in range(n // QK):
                 IMPL(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
                      out[r, ib * OUT:(ib + 1) * OUT], s)
+
+
+def _rows_by_row(rows, qw, out):
+    """As _rows, but with an importance vector IMPL(x, qw, sigma2, y, s) once per row (s = SCRATCH() per row)."""
+    nrows, n = rows.shape
+    if qw.shape[0] == 0:
+        for r in numba.prange(nrows):
+            REF(rows[r], out[r], np.empty((2, n // QK), dtype=np.float32))
+    else:
+        for r in numba.prange(nrows):
+            IMPL(rows[r], qw, _row_sigma2(rows[r]), out[r], SCRATCH())
 
 
 # -- dequantizers: data uint8 [nrows, nb*size] -> out float32 [nrows, nb*32] ---------------------
@@ -508,11 +537,13 @@ def q8_0_block_dequant(yb, xb):
 
 quantize_q4_0, dequantize_q4_0 = block_drivers(__name__, "q4_0", QK, 18, None, q4_0_block_dequant, template=_rows,
                                                REF=q4_0_row_ref, IMPL=q4_0_block_impl, scratch=_qx_scratch)
-quantize_q4_1, dequantize_q4_1 = block_drivers(__name__, "q4_1", QK, 20, None, q4_1_block_dequant, template=_rows,
-                                               REF=q4_1_row_ref, IMPL=q4_1_block_impl, scratch=_qkx_scratch)
+quantize_q4_1, dequantize_q4_1 = block_drivers(__name__, "q4_1", QK, 20, None, q4_1_block_dequant,
+                                               template=_rows_by_row, REF=q4_1_row_ref, IMPL=q4_1_row_impl,
+                                               scratch=_qkx_lanes_scratch)
 quantize_q5_0, dequantize_q5_0 = block_drivers(__name__, "q5_0", QK, 22, None, q5_0_block_dequant, template=_rows,
                                                REF=q5_0_row_ref, IMPL=q5_0_block_impl, scratch=_qx_scratch)
-quantize_q5_1, dequantize_q5_1 = block_drivers(__name__, "q5_1", QK, 24, None, q5_1_block_dequant, template=_rows,
-                                               REF=q5_1_row_ref, IMPL=q5_1_block_impl, scratch=_qkx_scratch)
+quantize_q5_1, dequantize_q5_1 = block_drivers(__name__, "q5_1", QK, 24, None, q5_1_block_dequant,
+                                               template=_rows_by_row, REF=q5_1_row_ref, IMPL=q5_1_row_impl,
+                                               scratch=_qkx_lanes_scratch)
 # ggml's quantize_q8_0 ignores the importance vector
 quantize_q8_0, dequantize_q8_0 = block_drivers(__name__, "q8_0", QK, 34, q8_0_block, q8_0_block_dequant)
