@@ -20,8 +20,10 @@ def bf16_to_f32(src, out):
     """bfloat16 bits uint16 [n] -> float32 [n]: the upper half of the float32."""
     n = src.shape[0]
     for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for j in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            out[j] = bits_f32(np.uint32(src[j]) << np.uint32(16))
+        s = src[c * CHUNK:min(n, (c + 1) * CHUNK)]  # zero-based slices: the loop vectorizes (~2x)
+        o = out[c * CHUNK:min(n, (c + 1) * CHUNK)]
+        for j in range(s.shape[0]):
+            o[j] = bits_f32(np.uint32(s[j]) << np.uint32(16))
 
 
 @jit_rows
@@ -29,5 +31,7 @@ def lookup_f32(src, table, out):
     """uint16 codes [n] -> table[code] float32 [n] (half to float32 through a 65536-entry table)."""
     n = src.shape[0]
     for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for j in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            out[j] = table[src[j]]
+        s = src[c * CHUNK:min(n, (c + 1) * CHUNK)]
+        o = out[c * CHUNK:min(n, (c + 1) * CHUNK)]
+        for j in range(s.shape[0]):
+            o[j] = table[s[j]]
