@@ -179,8 +179,9 @@ def _scratch_iq1_s():
     (the blocks' prefix sums, lane-major); idx int32[8, 32]; L uint8[32]; index int32[4]; shifts int32[8]; found
     float32[4, 8] (the split search's result)."""
     return (np.empty(8, np.float32), np.empty(8, np.float32), np.empty(QK_K, np.float32),
-            np.empty((33, IQ1_S_LANES), np.float32), np.empty((33, IQ1_S_LANES), np.float32), np.empty((8, 32), np.int32),
-            np.empty(32, np.uint8), np.empty(4, np.int32), np.empty(8, np.int32), np.empty((4, IQ1_S_LANES), np.float32))
+            np.empty((33, IQ1_S_LANES), np.float32), np.empty((33, IQ1_S_LANES), np.float32),
+            np.empty((8, 32), np.int32), np.empty(32, np.uint8), np.empty(4, np.int32), np.empty(8, np.int32),
+            np.empty((4, IQ1_S_LANES), np.float32))
 
 
 @jit
@@ -287,7 +288,8 @@ def _scratch_iq1_m():
     """Per-row scratch of quantize_block_iq1_m: scales, mx float32[16]; weight float32[256]; idx int32[16, 16];
     pre float32[4*17, 16] (the blocks' per-half prefix sums, lane-major); L uint8[16]; index int32[2]; shifts
     int32[16]; found float32[4, 16] (the split search's result)."""
-    return (np.empty(16, np.float32), np.empty(16, np.float32), np.empty(QK_K, np.float32), np.empty((16, 16), np.int32),
+    return (np.empty(16, np.float32), np.empty(16, np.float32), np.empty(QK_K, np.float32),
+            np.empty((16, 16), np.int32),
             np.empty((4 * 17, IQ1_M_LANES), np.float32), np.empty(16, np.uint8), np.empty(2, np.int32),
             np.empty(16, np.int32), np.empty((4, IQ1_M_LANES), np.float32))
 
