@@ -35,9 +35,9 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import (OUT, SCRATCH, F32, bits_f32, block_drivers, each_block, each_row, f32_bits,
-                                 fp32_to_fp16_bits, jit, load_fp16, row_driver, specialize, store_fp16)
-from qtool.kernels.search import (SUB_LANES, make_qkx_quants_lanes, make_qx_quants_s, qkx_lanes_scratch,
-                                  qx_scratch)
+                                 fp32_to_fp16_bits, jit, lane_qx_search, load_fp16, nearest_int, row_driver,
+                                 specialize, store_fp16)
+from qtool.kernels.search import GROUP_MAX_EPS, SUB_LANES, make_qkx_quants_lanes, qkx_lanes_scratch
 
 QK = 32
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
@@ -360,27 +360,54 @@ def q8_0_row(x, y):
             y[34 * ib + 2 + j] = np.uint8(codes[ib * QK + j] & np.int32(0xFF))
 
 
-# -- per-block quantizers, importance-weighted path ----------------------------------------------
-# qwb: the block's importance slice; sigma2: the row's; s: per-row scratch, _qx_scratch() (weight
-# float32[32], L int8[32], make_qx_quants' scratch). Q4_1 and Q5_1 quantize a whole row at a time instead
-# (_qkx_row_impl, s = _qkx_lanes_scratch()).
+# -- row quantizers, importance-weighted path ----------------------------------------------------
+# sigma2: the row's; s: per-row scratch. Each runs its blocks' search sixteen blocks at a time side by side.
 
 @jit
-def _qx_scratch():
-    return np.empty(QK, dtype=np.float32), np.empty(QK, dtype=np.int8), qx_scratch(QK)
+def _qx_lanes_scratch():
+    """Per-row scratch of _qx_row_impl: xt, wt float32[32, SUB_LANES]; weight float32[32]; L int8[32]; found
+    float32[3, SUB_LANES] (scale, inverse scale, largest |x| of each lane)."""
+    return (np.empty((QK, SUB_LANES), np.float32), np.empty((QK, SUB_LANES), np.float32), np.empty(QK, np.float32),
+            np.empty(QK, np.int8), np.empty((3, SUB_LANES), np.float32))
 
 
-def _qx_block_impl(xb, qwb, sigma2, yb, s):
-    """quantize_row_q4_0_impl (NMAX 8) / q5_0_impl (NMAX 16, QH) with quant_weights, one block:
-    xb float32[32] -> yb uint8[18 or 22]; s = _qx_scratch()."""
-    weight, L, scratch = s
-    _block_weights(xb, qwb, sigma2, weight)
-    d = make_qx_quants_s(QK, NMAX, xb, L, 1, weight, scratch)
-    store_fp16(yb, 0, d)
-    if QH:
-        _pack_q5_codes(L, yb, 2, 6)
-    else:
-        _pack_q4(L, yb[2:18])
+def _qx_row_impl(x, qw, sigma2, y, s):
+    """quantize_row_q4_0_impl (NMAX 8) / q5_0_impl (NMAX 16, QH) with quant_weights over one row: x float32[n]
+    -> y uint8[n/32 * (18 or 22)]; s = _qx_lanes_scratch(). Each block's make_qx_quants(32, NMAX, x, L, 1, w)
+    runs SUB_LANES blocks at a time side by side (common.lane_qx_search, block per lane, as Q6_K's sub-blocks);
+    a last group of fewer blocks fills its spare lanes with its last block."""
+    xt, wt, weight, L, found = s
+    scales = found[0]
+    inverse = found[1]
+    amax = found[2]
+    nb = x.shape[0] // QK
+    lo = np.int32(-NMAX)
+    hi = np.int32(NMAX - 1)
+    for first in range(0, nb, SUB_LANES):
+        for lane in range(SUB_LANES):
+            ib = min(first + lane, nb - 1)
+            xb = x[ib * QK:(ib + 1) * QK]
+            _block_weights(xb, qw[ib * QK:(ib + 1) * QK], sigma2, weight)
+            for j in range(QK):
+                xt[j, lane] = xb[j]
+                wt[j, lane] = weight[j]
+        lane_qx_search(xt, wt, QK, NMAX, scales, inverse, amax)
+        for lane in range(min(SUB_LANES, nb - first)):
+            yb = y[(first + lane) * OUT:(first + lane + 1) * OUT]
+            if amax[lane] < GROUP_MAX_EPS:  # C returns at once: all quants 0, scale 0
+                d = F32(0.0)
+                for j in range(QK):
+                    L[j] = 0
+            else:
+                d = scales[lane]
+                for j in range(QK):
+                    l = nearest_int(inverse[lane] * xt[j, lane])
+                    L[j] = NMAX + (lo if l < lo else (hi if l > hi else l))
+            store_fp16(yb, 0, d)
+            if QH:
+                _pack_q5_codes(L, yb, 2, 6)
+            else:
+                _pack_q4(L, yb[2:18])
 
 
 @jit
@@ -419,10 +446,10 @@ def _qkx_row_impl(x, qw, sigma2, y, s):
                 _pack_q4(codes, yb[4:20])
 
 
-q4_0_block_impl = specialize(_qx_block_impl, __name__, "q4_0_block_impl", "quantize_row_q4_0_impl, one block.", jit,
-                             NMAX=8, QH=False)
-q5_0_block_impl = specialize(_qx_block_impl, __name__, "q5_0_block_impl", "quantize_row_q5_0_impl, one block.", jit,
-                             NMAX=16, QH=True)
+q4_0_row_impl = specialize(_qx_row_impl, __name__, "q4_0_row_impl", "quantize_row_q4_0_impl over one row.", jit,
+                           NMAX=8, QH=False, OUT=18)
+q5_0_row_impl = specialize(_qx_row_impl, __name__, "q5_0_row_impl", "quantize_row_q5_0_impl over one row.", jit,
+                           NMAX=16, QH=True, OUT=22)
 q4_1_row_impl = specialize(_qkx_row_impl, __name__, "q4_1_row_impl", "quantize_row_q4_1_impl over one row.", jit,
                            NMAX=15, QH=False, OUT=20)
 q5_1_row_impl = specialize(_qkx_row_impl, __name__, "q5_1_row_impl", "quantize_row_q5_1_impl over one row.", jit,
@@ -434,24 +461,9 @@ q5_1_row_impl = specialize(_qkx_row_impl, __name__, "q5_1_row_impl", "quantize_r
 REF = IMPL = None  # bound per driver by block_drivers, as SCRATCH and OUT
 
 
-def _rows(rows, qw, out):
-    """One type's quantize over all rows: without an importance vector REF(x, y, mm) per row (mm
-    float32[2, n/32] scratch), with one IMPL(xb, qwb, sigma2, yb, s) per block, s = SCRATCH() per row."""
-    nrows, n = rows.shape
-    if qw.shape[0] == 0:
-        for r in numba.prange(nrows):
-            REF(rows[r], out[r], np.empty((2, n // QK), dtype=np.float32))
-    else:
-        for r in numba.prange(nrows):
-            s = SCRATCH()
-            sigma2 = _row_sigma2(rows[r])
-            for ib in range(n // QK):
-                IMPL(rows[r, ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK], sigma2,
-                     out[r, ib * OUT:(ib + 1) * OUT], s)
-
-
 def _rows_by_row(rows, qw, out):
-    """As _rows, but with an importance vector IMPL(x, qw, sigma2, y, s) once per row (s = SCRATCH() per row)."""
+    """One type's quantize over all rows: without an importance vector REF(x, y, mm) per row (mm float32[2, n/32]
+    scratch), with one IMPL(x, qw, sigma2, y, s) per row, s = SCRATCH() per row."""
     nrows, n = rows.shape
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
@@ -545,13 +557,15 @@ def q8_0_block_dequant(yb, xb):
 
 # -- drivers: rows float32 [nrows, n], qw float32 [n] or [0] -> out uint8 [nrows, n/32*size] and back --
 
-quantize_q4_0, dequantize_q4_0 = block_drivers(__name__, "q4_0", QK, 18, None, q4_0_block_dequant, template=_rows,
-                                               REF=q4_0_row_ref, IMPL=q4_0_block_impl, scratch=_qx_scratch)
+quantize_q4_0, dequantize_q4_0 = block_drivers(__name__, "q4_0", QK, 18, None, q4_0_block_dequant,
+                                               template=_rows_by_row, REF=q4_0_row_ref, IMPL=q4_0_row_impl,
+                                               scratch=_qx_lanes_scratch)
 quantize_q4_1, dequantize_q4_1 = block_drivers(__name__, "q4_1", QK, 20, None, q4_1_block_dequant,
                                                template=_rows_by_row, REF=q4_1_row_ref, IMPL=q4_1_row_impl,
                                                scratch=_qkx_lanes_scratch)
-quantize_q5_0, dequantize_q5_0 = block_drivers(__name__, "q5_0", QK, 22, None, q5_0_block_dequant, template=_rows,
-                                               REF=q5_0_row_ref, IMPL=q5_0_block_impl, scratch=_qx_scratch)
+quantize_q5_0, dequantize_q5_0 = block_drivers(__name__, "q5_0", QK, 22, None, q5_0_block_dequant,
+                                               template=_rows_by_row, REF=q5_0_row_ref, IMPL=q5_0_row_impl,
+                                               scratch=_qx_lanes_scratch)
 quantize_q5_1, dequantize_q5_1 = block_drivers(__name__, "q5_1", QK, 24, None, q5_1_block_dequant,
                                                template=_rows_by_row, REF=q5_1_row_ref, IMPL=q5_1_row_impl,
                                                scratch=_qkx_lanes_scratch)
