@@ -279,6 +279,29 @@ class _Lanes:
     def floats(self, value):
         return ir.Constant(self.vf, [value] * self.width)
 
+    def fabs(self, x):
+        """fabsf lane by lane (the sign bit cleared)."""
+        return self.b.bitcast(self.b.and_(self.b.bitcast(x, self.vi), self.ints(0x7FFFFFFF)), self.vf)
+
+    def nearest_int(self, value):
+        """ggml's nearest_int lane by lane: the 1.5*2^23 magic-number trick, in int32."""
+        r = self.b.fadd(value, self.floats(12582912.0))
+        return self.b.sub(self.b.and_(self.b.bitcast(r, self.vi), self.ints(0x007FFFFF)), self.ints(0x00400000))
+
+    def first_largest(self, count, k):
+        """(largest |x|, the first x of that magnitude, as C's strict > keeps it) of each lane over the first
+        count rows of the 2-D array argument k."""
+        b = self.b
+
+        def step(i, state):
+            top, at_top = state
+            x = self.load(k, self.row(k, i))
+            ax = self.fabs(x)
+            bigger = b.fcmp_ordered(">", ax, top)
+            return b.select(bigger, ax, top), b.select(bigger, x, at_top)
+
+        return _vector_scan(b, count, (self.floats(0.0),) * 2, step)
+
     def ints(self, value):
         return ir.Constant(self.vi, [value] * self.width)
 
@@ -309,8 +332,7 @@ def lane_quant_sums(typingctx, xt, wt, lt, n, isc, vmin, nmax, sl, sl2, sxl):
         def step(i, state):
             a, c, e = state
             x, w = v.load(0, v.row(0, i)), v.load(1, v.row(1, i))
-            t = builder.fadd(builder.fmul(s, builder.fsub(x, m)), v.floats(12582912.0))
-            q = builder.sub(builder.and_(builder.bitcast(t, v.vi), v.ints(0x007FFFFF)), v.ints(0x00400000))
+            q = v.nearest_int(builder.fmul(s, builder.fsub(x, m)))
             q = builder.select(builder.icmp_signed("<", nm, q), nm, q)
             q = builder.select(builder.icmp_signed("<", q, v.ints(0)), v.ints(0), q)
             fl = builder.sitofp(q, v.vf)
@@ -347,8 +369,7 @@ def lane_fit_errors(typingctx, xt, wt, lt, n, ts, tm, use_mad, err):
             (e,) = state
             x, w, fl = v.load(0, v.row(0, i)), v.load(1, v.row(1, i)), v.load(2, v.row(2, i))
             d = builder.fsub(builder.fadd(builder.fmul(t, fl), mm), x)
-            ad = builder.bitcast(builder.and_(builder.bitcast(d, v.vi), v.ints(0x7FFFFFFF)), v.vf)  # fabsf
-            d = builder.select(mad, ad, builder.fmul(d, d))
+            d = builder.select(mad, v.fabs(d), builder.fmul(d, d))
             return (builder.fadd(e, builder.fmul(w, d)),)
 
         (e,) = _vector_scan(builder, v.a.int64(3), (v.floats(0.0),), step)
@@ -356,6 +377,12 @@ def lane_fit_errors(typingctx, xt, wt, lt, n, ts, tm, use_mad, err):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _clamped(b, q, lo, hi):
+    """MAX(lo, MIN(hi, q)) lane by lane (int32 vectors; lo <= hi)."""
+    q = b.select(b.icmp_signed("<", q, lo), lo, q)
+    return b.select(b.icmp_signed(">", q, hi), hi, q)
 
 
 #: make_qx_quants' trials: the first fit at -nmax/max, then -(nmax + 0.1*is)/max for is = -9..-1, 1..9
@@ -391,14 +418,7 @@ def lane_qx_search(typingctx, xt, wt, n, nmax, scales, best_iscale, amax):
         lo, hi = v.a.splat(b.neg(nm), v.vi), v.a.splat(b.sub(nm, ir.Constant(i32, 1)), v.vi)
         fnmax = b.sitofp(nm, f32)
 
-        def largest(i, state):  # the first x of largest |x|, as C's strict > keeps it
-            top, at_top = state
-            x = v.load(0, v.row(0, i))
-            ax = b.bitcast(b.and_(b.bitcast(x, v.vi), v.ints(0x7FFFFFFF)), v.vf)  # fabsf
-            bigger = b.fcmp_ordered(">", ax, top)
-            return b.select(bigger, ax, top), b.select(bigger, x, at_top)
-
-        top, vmax = _vector_scan(b, count, (v.floats(0.0),) * 2, largest)
+        top, vmax = v.first_largest(count, 0)
         v.store(top, 6, zero)
 
         def trial(t, state):
@@ -414,11 +434,7 @@ def lane_qx_search(typingctx, xt, wt, n, nmax, scales, best_iscale, amax):
             def add(i, sums):
                 sumlx, suml2 = sums
                 x, w = v.load(0, v.row(0, i)), v.load(1, v.row(1, i))
-                r = b.fadd(b.fmul(iscale, x), v.floats(12582912.0))
-                q = b.sub(b.and_(b.bitcast(r, v.vi), v.ints(0x007FFFFF)), v.ints(0x00400000))
-                q = b.select(b.icmp_signed("<", q, lo), lo, q)
-                q = b.select(b.icmp_signed(">", q, hi), hi, q)
-                fl = b.sitofp(q, v.vf)
+                fl = b.sitofp(_clamped(b, v.nearest_int(b.fmul(iscale, x)), lo, hi), v.vf)
                 return b.fadd(sumlx, b.fmul(b.fmul(w, x), fl)), b.fadd(suml2, b.fmul(b.fmul(w, fl), fl))
 
             sumlx, suml2 = _vector_scan(b, count, (v.floats(0.0),) * 2, add)
@@ -626,19 +642,9 @@ def lane_q3_search(typingctx, xt, lt, n, nmax, amax, scales):
             return b.bitcast(v.a.at(1, v.row(1, i)), v.vi.as_pointer())
 
         def rounded(value):  # clamp(nearest_int(value), -nmax, nmax-1)
-            r = b.fadd(value, v.floats(12582912.0))
-            q = b.sub(b.and_(b.bitcast(r, v.vi), v.ints(0x007FFFFF)), v.ints(0x00400000))
-            q = b.select(b.icmp_signed("<", q, lo), lo, q)
-            return b.select(b.icmp_signed(">", q, hi), hi, q)
+            return _clamped(b, v.nearest_int(value), lo, hi)
 
-        def largest(i, state):
-            top, at_top = state
-            x = v.load(0, v.row(0, i))
-            ax = b.bitcast(b.and_(b.bitcast(x, v.vi), v.ints(0x7FFFFFFF)), v.vf)  # fabsf
-            bigger = b.fcmp_ordered(">", ax, top)
-            return b.select(bigger, ax, top), b.select(bigger, x, at_top)
-
-        top, vmax = _vector_scan(b, count, (v.floats(0.0),) * 2, largest)
+        top, vmax = v.first_largest(count, 0)
         v.store(top, 4, zero)
         iscale = b.fdiv(v.a.splat(b.sitofp(b.neg(nm), f32), v.vf), vmax)
 

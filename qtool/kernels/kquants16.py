@@ -28,7 +28,7 @@ from qtool.kernels.common import (F32, block_drivers, each_block, each_block_pat
                                  lane_qx_search, load_fp16, nearest_int, requantize, row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
 from qtool.kernels.search import (GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants,
-                                  qkx_lanes_scratch, signed_absmax)
+                                  qkx_lanes_scratch, qx_lane_quants, signed_absmax)
 
 # C float arithmetic never traps: on finite but huge inputs ggml divides by zero (a scale that
 # overflowed to inf gives an inverse of 0) and carries on with inf/NaN; common.jit/jit_rows use numba's
@@ -81,17 +81,9 @@ def make_qx_quants_x16(nmax, xt, wt, L, scales, S):
     amax = S[0]
     best_iscale = S[1]
     lane_qx_search(xt, wt, 16, nmax, scales, best_iscale, amax)
-    lo = np.int32(-nmax)
-    hi = np.int32(nmax - 1)
     for j in range(16):
-        if amax[j] < GROUP_MAX_EPS:  # C returns at once: all quants 0, scale 0
+        if not qx_lane_quants(nmax, xt, j, best_iscale, amax, L, 16 * j):
             scales[j] = F32(0.0)
-            for i in range(16):
-                L[16 * j + i] = 0
-        else:
-            for i in range(16):
-                l = nearest_int(best_iscale[j] * xt[i, j])
-                L[16 * j + i] = nmax + (lo if l < lo else (hi if l > hi else l))
 
 
 @jit

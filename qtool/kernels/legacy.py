@@ -35,9 +35,9 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import (OUT, SCRATCH, F32, bits_f32, block_drivers, each_block, each_row, f32_bits,
-                                 fp32_to_fp16_bits, jit, lane_qx_search, load_fp16, nearest_int, row_driver,
+                                 fp32_to_fp16_bits, jit, lane_qx_search, load_fp16, row_driver,
                                  specialize, store_fp16)
-from qtool.kernels.search import GROUP_MAX_EPS, SUB_LANES, make_qkx_quants_lanes, qkx_lanes_scratch
+from qtool.kernels.search import SUB_LANES, make_qkx_quants_lanes, qkx_lanes_scratch, qx_lane_quants
 
 QK = 32
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
@@ -364,6 +364,21 @@ def q8_0_row(x, y):
 # sigma2: the row's; s: per-row scratch. Each runs its blocks' search sixteen blocks at a time side by side.
 
 @jit
+def _fill_lanes(x, qw, sigma2, first, weight, xt, wt):
+    """Blocks first, first + 1, ... of the row x into the columns of xt (float32[32, SUB_LANES]) and their
+    importance qw*sqrtf(sigma2 + x^2) into wt, a block per lane; past the row's last block the lanes repeat it.
+    weight: float32[32] scratch."""
+    nb = x.shape[0] // QK
+    for lane in range(SUB_LANES):
+        ib = min(first + lane, nb - 1)
+        xb = x[ib * QK:(ib + 1) * QK]
+        _block_weights(xb, qw[ib * QK:(ib + 1) * QK], sigma2, weight)
+        for j in range(QK):
+            xt[j, lane] = xb[j]
+            wt[j, lane] = weight[j]
+
+
+@jit
 def _qx_lanes_scratch():
     """Per-row scratch of _qx_row_impl: xt, wt float32[32, SUB_LANES]; weight float32[32]; L int8[32]; found
     float32[3, SUB_LANES] (scale, inverse scale, largest |x| of each lane)."""
@@ -381,29 +396,13 @@ def _qx_row_impl(x, qw, sigma2, y, s):
     inverse = found[1]
     amax = found[2]
     nb = x.shape[0] // QK
-    lo = np.int32(-NMAX)
-    hi = np.int32(NMAX - 1)
     for first in range(0, nb, SUB_LANES):
-        for lane in range(SUB_LANES):
-            ib = min(first + lane, nb - 1)
-            xb = x[ib * QK:(ib + 1) * QK]
-            _block_weights(xb, qw[ib * QK:(ib + 1) * QK], sigma2, weight)
-            for j in range(QK):
-                xt[j, lane] = xb[j]
-                wt[j, lane] = weight[j]
+        _fill_lanes(x, qw, sigma2, first, weight, xt, wt)
         lane_qx_search(xt, wt, QK, NMAX, scales, inverse, amax)
         for lane in range(min(SUB_LANES, nb - first)):
             yb = y[(first + lane) * OUT:(first + lane + 1) * OUT]
-            if amax[lane] < GROUP_MAX_EPS:  # C returns at once: all quants 0, scale 0
-                d = F32(0.0)
-                for j in range(QK):
-                    L[j] = 0
-            else:
-                d = scales[lane]
-                for j in range(QK):
-                    l = nearest_int(inverse[lane] * xt[j, lane])
-                    L[j] = NMAX + (lo if l < lo else (hi if l > hi else l))
-            store_fp16(yb, 0, d)
+            searched = qx_lane_quants(NMAX, xt, lane, inverse, amax, L, 0)
+            store_fp16(yb, 0, scales[lane] if searched else F32(0.0))
             if QH:
                 _pack_q5_codes(L, yb, 2, 6)
             else:
@@ -427,13 +426,7 @@ def _qkx_row_impl(x, qw, sigma2, y, s):
     xt, wt, weight, L, scales, mins, lanes = s
     nb = x.shape[0] // QK
     for first in range(0, nb, SUB_LANES):
-        for lane in range(SUB_LANES):
-            ib = min(first + lane, nb - 1)
-            xb = x[ib * QK:(ib + 1) * QK]
-            _block_weights(xb, qw[ib * QK:(ib + 1) * QK], sigma2, weight)
-            for j in range(QK):
-                xt[j, lane] = xb[j]
-                wt[j, lane] = weight[j]
+        _fill_lanes(x, qw, sigma2, first, weight, xt, wt)
         make_qkx_quants_lanes(QK, NMAX, xt, wt, F32(-0.9), F32(0.05), 36, False, True, L, scales, mins, lanes)
         for lane in range(min(SUB_LANES, nb - first)):
             yb = y[(first + lane) * OUT:(first + lane + 1) * OUT]

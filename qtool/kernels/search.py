@@ -675,3 +675,22 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
         if n_changed == 0:
             break
     return sumlx / suml2 if suml2 > F32(0.0) else F32(0.0)
+
+
+@jit
+def qx_lane_quants(nmax, xt, lane, inverse, amax, L, at):
+    """The quants make_qx_quants(n, nmax, ...) stored for the block in column ``lane`` of xt (float32[n, lanes]),
+    from its winning inverse scale inverse[lane] (common.lane_qx_search), into L[at:at + n] (0..2*nmax-1); all
+    0 where the block's largest |x| amax[lane] is below GROUP_MAX_EPS (C returns at once, scale 0). Returns
+    whether the block was searched."""
+    n = xt.shape[0]
+    if amax[lane] < GROUP_MAX_EPS:
+        for i in range(n):
+            L[at + i] = 0
+        return False
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    for i in range(n):
+        l = nearest_int(inverse[lane] * xt[i, lane])
+        L[at + i] = nmax + (lo if l < lo else (hi if l > hi else l))
+    return True
