@@ -249,9 +249,9 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
 # evaluates LANES consecutive trials at once, one SIMD lane per trial (each lane accumulates in
 # ggml's element order, so its float32 sums are ggml's), then walks the lanes in trial order applying
 # ggml's comparisons. When a winning trial moves `min`, the trials after it are evaluated again with
-# the new min. Same bytes, about half the time. (One block at a time: Q4_1 and Q5_1 with an importance
-# vector; the k-quants search 16 blocks side by side instead, make_qkx_quants_lanes below, which tests
-# pin to these.)
+# the new min. Same bytes, about half the time. (No kernel calls these any more: the k-quants and
+# Q4_1/Q5_1 with an importance vector search 16 blocks side by side, make_qkx_quants_lanes below; the
+# tests pin that search to these one-block ports.)
 #
 # scratch: float32 [QKX_SCRATCH_ROWS, max(n, LANES)], see qkx_scratch().
 # ---------------------------------------------------------------------------------------------------
