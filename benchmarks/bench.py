@@ -422,9 +422,13 @@ def bench_table(args) -> None:
                                                  args.baseline)
                         ok &= rc == 0
                         tb = min(tb, s)
+                    # each timed run writes a new file: replacing the previous run's output would time the
+                    # file system freeing it (0.2-0.5 s here while its pages are still being written back)
+                    ours.unlink(missing_ok=True)
                     s, _, rc = _peak_rss_run(_qtool_cmd(src, ours, preset, args.threads, pure))
                     ok &= rc == 0
                     tq = min(tq, s)
+                    theirs.unlink(missing_ok=True)
                     s, _, rc = _peak_rss_run(_llama_cmd(hf_f32 if case == "hf-135M" else src, theirs, preset,
                                                         args.threads, pure))
                     ok &= rc == 0
@@ -604,6 +608,21 @@ q.quantize(x)
 print(f"{time.perf_counter() - t:.4f}")
 """
 
+_STORED_FIRST_CALL = r"""
+import time, numpy as np
+import qtool
+qtool.command_process()  # as the command's run() does: kernels from the store (kernels.native)
+from gguf import GGMLQuantizationType as T
+from qtool.quantizers import get
+x = np.zeros((1, 32), np.float32)
+q = get(T.Q8_0)
+t = time.perf_counter()
+q.quantize(x)
+import sys
+assert "numba" not in sys.modules, "the store had no Q8_0 kernel"
+print(f"{time.perf_counter() - t:.4f}")
+"""
+
 _TYPER_DISPATCH = r"""
 import sys, time
 import qtool.cli.app as app
@@ -666,6 +685,7 @@ def bench_startup(args) -> None:
                 ("rich.console", "import rich.console", ""), ("gguf", "import gguf", "numpy"),
                 ("gguf as qtool uses it", "from gguf import GGMLQuantizationType, GGUFWriter", "numpy, qtool"),
                 ("numba", "import numba", "numpy"), ("numba as qtool imports it", "import numba", "numpy, qtool"),
+                ("llvmlite.binding", "import llvmlite.binding", ""),
                 ("tokenizers", "import tokenizers", ""), ("qtool.cli.app", "import qtool.cli.app", "typer"),
                 ("qtool.quantizers.legacy", "import qtool.quantizers.legacy", "numpy, gguf, numba"),
                 ("qtool.quantizers.kquants", "import qtool.quantizers.kquants", "numpy, gguf, numba")):
@@ -681,17 +701,22 @@ def bench_startup(args) -> None:
               f"{_best_child(['-c', _TYPER_DISPATCH], args.repeat) * 1e3:.0f} ms")
         print(f"  Numba's first kernel call (cache load, target initialisation): "
               f"{_best_child(['-c', _NUMBA_FIRST_CALL], args.repeat) * 1e3:.0f} ms")
+        print(f"  first call of a stored kernel (llvmlite, Numba's C runtime, engine, object code; imports "
+              f"done): {_best_child(['-c', _STORED_FIRST_CALL], args.repeat) * 1e3:.0f} ms")
         for label, src in (("F32 GGUF", gguf_in), ("HF folder (BF16, tokenizer.json)", fixture)):
-            cmd = ["-c", _FIRST_TENSOR, "convert", str(src), "--type", "Q8_0", "-o", str(Path(tmp) / "o.gguf"), "-q"]
-            firsts, walls = [], []
-            for _ in range(args.repeat):
-                out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True,
-                                     cwd=ROOT).stdout.strip().splitlines()[-1].split()
-                firsts.append(float(out[0]))
-                walls.append(float(out[1]))
-            print(f"qtool convert tiny {label} -> Q8_0: first tensor written at {min(firsts) * 1e3:.0f} ms, "
-                  f"done at {min(walls) * 1e3:.0f} ms (in-process, after the interpreter's own start); loaded: "
-                  f"{out[2] if len(out) > 2 else ''}")
+            for how, native in (("stored kernels", "1"), ("through Numba (QTOOL_NATIVE=0)", "0")):
+                cmd = ["-c", _FIRST_TENSOR, "convert", str(src), "--type", "Q8_0", "-o", str(Path(tmp) / "o.gguf"),
+                       "-q"]
+                firsts, walls = [], []
+                for _ in range(args.repeat):
+                    out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True, cwd=ROOT,
+                                         env={**os.environ, "QTOOL_NATIVE": native}).stdout.strip().splitlines()
+                    out = out[-1].split()
+                    firsts.append(float(out[0]))
+                    walls.append(float(out[1]))
+                print(f"qtool convert tiny {label} -> Q8_0, {how}: first tensor written at "
+                      f"{min(firsts) * 1e3:.0f} ms, done at {min(walls) * 1e3:.0f} ms (in-process, after the "
+                      f"interpreter's own start); loaded: {out[2] if len(out) > 2 else ''}")
 
 
 def compare_files(a_path: Path, b_path: Path) -> tuple[bool, bool]:

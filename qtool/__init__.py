@@ -153,7 +153,8 @@ def command_process() -> bool:
     that turn every call into LLVM into two Numba events, for its compile statistics: loading three
     type families' cached kernels makes some thousand of them (~15 ms); here they are unregistered. A
     process that imports qtool as a library (and may use an extension or the statistics) is left
-    alone. False where Numba is imported already.
+    alone. The command's kernels run from their stored machine code where a previous command stored it
+    (kernels.native), and Numba is then not imported at all. False where Numba is imported already.
     """
     if "numba.core.entrypoints" in _sys.modules or "numba.core.base" in _sys.modules:
         return False
@@ -173,6 +174,11 @@ def command_process() -> bool:
             if getattr(acquire, "__module__", None) == module.__name__:
                 ffi.unregister_lock_callback(acquire, release)
 
+    from qtool.kernels import native
+
+    if native.enable():  # cached kernels run from their stored machine code, without importing Numba
+        _STAND_INS.watched["numba.np.ufunc.parallel"] = ""
+        _STAND_INS.after["numba.np.ufunc.parallel"] = native.adopt_threads
     _STAND_INS.watched["numba.core.entrypoints"] = "importlib.metadata"
     _STAND_INS.after["numba.core.entrypoints"] = extensions_done
     _STAND_INS.watched["numba.core.base"] = ""

@@ -141,3 +141,10 @@ def test_batched_q3_search_equals_one_block_search():
             for j in range(16):
                 s1 = make_q3_quants(16, 4, row[16 * j:16 * j + 16], L1, True)
                 _assert_sub_block(b, j, s1, L1, scales, L)
+
+
+def test_kernel_block_layouts_are_gguf_s():
+    """The kernels' block sizes are the ones gguf's registry gives the types (was an import-time assert in
+    qtool/quantizers/kquants.py, which made every import of it load these kernels)."""
+    for qtype, nbytes in ((T.Q2_K, kb.Q2_K_BYTES), (T.Q3_K, kb.Q3_K_BYTES), (T.Q6_K, kb.Q6_K_BYTES)):
+        assert get(qtype).type_size == nbytes, qtype.name

@@ -91,6 +91,9 @@ def run() -> None:
     qtool.command_process()
     try:
         main()
+        from qtool.kernels import native
+
+        native.record()  # the kernels this command ran through Numba, for the next command to run without it
     finally:
         gc.disable()
         gc.freeze()

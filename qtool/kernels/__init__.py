@@ -1,9 +1,11 @@
 """Numba kernels: arrays in, arrays and status out. Nothing here imports the rest of qtool.
 
-Importing the package makes Numba's on-disk cache cheaper to load (see `_load_cached_without_refresh`,
-`_runtime_from_cache`, `_environments_without_numba_modules`, `_cache_folders_checked_once`), its first
-call of a kernel cheaper to type (see `_type_arrays_without_numpy_ma`), and a cached kernel stale when any
-kernel source changed, not only its own module (see `_stamps_cover_the_kernels`).
+The first kernel module imported (they all import common.py, which calls `prepare_numba`) makes Numba's
+on-disk cache cheaper to load (see `_load_cached_without_refresh`, `_runtime_from_cache`,
+`_environments_without_numba_modules`, `_cache_folders_checked_once`), its first call of a kernel cheaper
+to type (see `_type_arrays_without_numpy_ma`), and a cached kernel stale when any kernel source changed,
+not only its own module (see `_stamps_cover_the_kernels`). The package itself imports no Numba: in a qtool
+command, kernels a previous command stored run without it (kernels.native, and `__getattr__` below).
 """
 
 from __future__ import annotations
@@ -217,18 +219,20 @@ def _cache_folders_checked_once() -> bool:
 
 
 _folder_stamps: dict = {}
+_NOT_KERNELS = frozenset({"__init__.py", "native.py"})
 
 
 def folder_stamp(folder: str) -> bytes:
-    """A stamp of the folder's .py files: sha256 over their names, sizes and modification times (an edit, a
-    checkout or an install changes it), taken once per process (~0.1 ms; hashing their contents took ~3 ms)."""
+    """A stamp of the folder's kernel sources: sha256 over the names, sizes and modification times of its .py
+    files (an edit, a checkout or an install changes it), taken once per process (~0.1 ms; hashing their
+    contents took ~3 ms). This file and native.py jit nothing and are left out."""
     stamp = _folder_stamps.get(folder)
     if stamp is None:
         import hashlib
         import os
 
         digest = hashlib.sha256()
-        for name in sorted(n for n in os.listdir(folder) if n.endswith(".py")):
+        for name in sorted(n for n in os.listdir(folder) if n.endswith(".py") and n not in _NOT_KERNELS):
             st = os.stat(os.path.join(folder, name))
             digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         stamp = _folder_stamps[folder] = digest.digest()
@@ -272,8 +276,39 @@ def _stamps_cover_the_kernels() -> bool:
     return True
 
 
-CACHE_FOLDERS_ONCE = _cache_folders_checked_once()
-LAZY_REFRESH = _load_cached_without_refresh()
-PLAIN_ARRAYS = _type_arrays_without_numpy_ma()
-LAZY_ENVIRONMENTS = _environments_without_numba_modules()
-STAMPS_COVER_KERNELS = _stamps_cover_the_kernels()
+CACHE_FOLDERS_ONCE = LAZY_REFRESH = PLAIN_ARRAYS = LAZY_ENVIRONMENTS = STAMPS_COVER_KERNELS = False
+_prepared: list = []
+
+
+def prepare_numba() -> None:
+    """Make Numba's cache cheaper to load, as above, once per process: called by common.py (which every
+    kernel module imports) right after it imports Numba, before any kernel is jitted. Importing the package
+    alone imports no Numba (kernels.native needs none)."""
+    global CACHE_FOLDERS_ONCE, LAZY_REFRESH, PLAIN_ARRAYS, LAZY_ENVIRONMENTS, STAMPS_COVER_KERNELS
+    if _prepared:
+        return
+    _prepared.append(True)
+    CACHE_FOLDERS_ONCE = _cache_folders_checked_once()
+    LAZY_REFRESH = _load_cached_without_refresh()
+    PLAIN_ARRAYS = _type_arrays_without_numpy_ma()
+    LAZY_ENVIRONMENTS = _environments_without_numba_modules()
+    STAMPS_COVER_KERNELS = _stamps_cover_the_kernels()
+    from qtool.kernels import native
+
+    native.keep_serialized_code()
+
+
+def __getattr__(name: str):
+    """``from qtool.kernels import legacy`` in a process with stored kernels (kernels.native): the
+    module's stand-in, which calls them without importing Numba. Otherwise the module itself imports."""
+    if name in _KERNEL_MODULES:
+        from qtool.kernels import native
+
+        stand_in = native.proxy(name)
+        if stand_in is not None:
+            return stand_in
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_KERNEL_MODULES = frozenset({"common", "floats", "fp4", "iq1", "iq2", "iq3", "iq4", "kquants16", "kquants32",
+                             "lattice", "legacy", "lowbit", "search", "stats", "ternary", "widen"})

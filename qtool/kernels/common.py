@@ -16,6 +16,10 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from qtool.kernels import prepare_numba
+
+prepare_numba()  # before the first kernel is jitted (kernels/__init__.py)
+
 F32 = np.float32
 #: Per-block kernels. error_model="numpy" gives C's IEEE x/0 (inf/NaN) instead of ZeroDivisionError,
 #: which huge finite inputs reach in ggml's searches.

@@ -134,7 +134,7 @@ class Quantizer:
         if self.requires_imatrix and imatrix is None:
             raise QuantError(f"{name}: {self.name} needs an importance matrix (--imatrix)")
         rows = data.reshape(-1, n_per_row)
-        from qtool.kernels.common import first_nonfinite_row
+        from qtool.kernels import common
 
         _set_threads(threads)
         out = np.empty((rows.shape[0], self.row_bytes(n_per_row)), dtype=np.uint8)
@@ -146,7 +146,7 @@ class Quantizer:
             for start in range(first, first + per_expert, step):
                 stored = rows[start:min(start + step, first + per_expert)]
                 part = stored if convert_slice is None else convert_slice(stored)
-                bad = first_nonfinite_row(part)
+                bad = common.first_nonfinite_row(part)
                 if bad >= 0:
                     col = int(np.flatnonzero(~np.isfinite(part[bad]))[0])
                     raise QuantError(f"{name}: row {start + bad} holds a non-finite value ({part[bad, col]}) at "
@@ -225,9 +225,9 @@ def kernel_type(qtype: QType, quantize: Callable, dequantize: Callable, *, uses_
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
-    import numba
+    from qtool.kernels import native
 
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    native.set_num_threads(threads)
 
 
 def get(qtype: QType | str) -> Quantizer:

@@ -16,6 +16,3 @@ Q6_K = kernel_type(T.Q6_K, kb.quantize_q6_K, kb.dequantize_q6_K, uses_imatrix=Tr
 # The k-quants' dot-product partner (quantize_row_q8_K_ref); not a file type llama-quantize writes, and
 # ggml_quantize_chunk does not accept it. It has no importance-weighted path.
 Q8_K = kernel_type(T.Q8_K, ka.quantize_q8_K, ka.dequantize_q8_K, uses_imatrix=False)
-
-for _q, _nbytes in ((Q2_K, kb.Q2_K_BYTES), (Q3_K, kb.Q3_K_BYTES), (Q6_K, kb.Q6_K_BYTES)):
-    assert _q.type_size == _nbytes, (_q.name, _q.type_size, _nbytes)  # the kernels' block layout is gguf's
