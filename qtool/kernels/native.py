@@ -49,6 +49,8 @@ def enable() -> bool:
     """Turn the native path on for this process (a qtool command's); False where it cannot apply."""
     if os.environ.get("QTOOL_NATIVE", "1") == "0" or "numba" in sys.modules:
         return False
+    if not sys.platform.startswith("linux"):
+        return False  # entries are ELF objects (undefined_symbols); elsewhere Numba runs every kernel
     if any(k.startswith("NUMBA_") and k not in _HARMLESS_ENV for k in os.environ):
         return False
     if importlib.util.find_spec("llvmlite") is None or importlib.util.find_spec("numba") is None:
