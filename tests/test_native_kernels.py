@@ -44,7 +44,7 @@ def _qtool(store: Path, *args, native_on: bool = True) -> dict:
                           cwd=ROOT, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1].split()
-    return dict(item.split(":", 1) for item in last)
+    return dict(item.split(":", 1) for item in last) | {"stdout": done.stdout}
 
 
 def _convert(store: Path, out: Path, *options, native_on: bool = True) -> dict:
@@ -66,6 +66,21 @@ def test_a_second_command_runs_the_stored_kernels_without_numba(tmp_path):
     # one thread: the thread count set before the stored threading layer starts
     assert _convert(store, tmp_path / "d.gguf", "--type", "Q4_K_M", "--threads", "1")["numba"] == "no"
     assert (tmp_path / "d.gguf").read_bytes() == (tmp_path / "c.gguf").read_bytes()
+
+
+@pytest.mark.slow
+def test_inspect_runs_the_stored_kernels_and_prints_the_same_figures(tmp_path):
+    """inspect's figures come from kernels that return arrays (boxed through the runtime's own unpickling of
+    the array class) and from kernel modules' constants (read from the stored manifest)."""
+    store = tmp_path / "store"
+    _convert(store, tmp_path / "q.gguf", "--type", "Q4_K_M")
+    args = ("inspect", tmp_path / "q.gguf", "--reference", MODEL, "--json")
+    _qtool(store, *args)
+    stored = _qtool(store, *args)
+    assert stored["numba"] == "no"
+    through_numba = _qtool(store, *args, native_on=False)
+    assert through_numba["numba"] == "yes"
+    assert stored["stdout"] == through_numba["stdout"] and '"rmse"' in stored["stdout"]
 
 
 @pytest.mark.slow

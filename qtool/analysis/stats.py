@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
+from qtool.kernels import native
 from qtool.kernels import stats as K
 
 #: quantiles of |q - x| reported as p50, p95, p99 (numpy's default "linear" interpolation)
@@ -40,7 +40,7 @@ class Figures:
 
 
 def _threads() -> int:
-    return numba.get_num_threads()
+    return native.get_num_threads()
 
 
 def _chunk(n: int) -> int:

@@ -67,9 +67,9 @@ def inspect_command(
             raise UsageError("--plot draws the damage: give --reference ORIGINAL or --what-if TYPES")
         prepare(plot)  # the extension, the folder and matplotlib, before any work
     if threads is not None:
-        import numba
+        from qtool.kernels import native
 
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        native.set_num_threads(threads)
     if what_if is not None:
         if reference is not None or histogram or no_stats:
             raise UsageError("--what-if takes MODEL's own weights: it goes with neither --reference, "

@@ -153,23 +153,34 @@ def _manifest_path(module: str) -> str:
     return os.path.join(store_folder(), f"{module}.kernels")
 
 
-def _kernel_names(module: str) -> frozenset:
-    """The names of ``module``'s jitted kernels, as the last command that imported it stored them (empty
-    where none did, or the kernel sources or Numba changed since)."""
-    names = _state["names"].get(module)
-    if names is None:
-        names = frozenset()
+def _manifest(module: str) -> tuple[frozenset, dict]:
+    """The names of ``module``'s jitted kernels and its plain constants (numbers, strings, tuples of them), as
+    the last command that imported it stored them (none where none did, or the kernel sources or Numba
+    changed since)."""
+    found = _state["names"].get(module)
+    if found is None:
+        found = (frozenset(), {})
         try:
             with open(_manifest_path(module), "rb") as f:
                 digest, payload = f.read(32), f.read()
             if hashlib.sha256(payload).digest() == digest:
                 stored = pickle.loads(payload)
                 if isinstance(stored, dict) and stored.get("stamp") == _installed_stamp():
-                    names = frozenset(stored["names"])
+                    found = (frozenset(stored["names"]), dict(stored["constants"]))
         except Exception:  # noqa: BLE001 (absent or unreadable: the real module serves every name)
             pass
-        _state["names"][module] = names
-    return names
+        _state["names"][module] = found
+    return found
+
+
+def _kernel_names(module: str) -> frozenset:
+    return _manifest(module)[0]
+
+
+def _constant(value) -> bool:
+    if type(value) in (bool, int, float, str):
+        return True
+    return type(value) is tuple and all(_constant(v) for v in value)
 
 
 def _write(path: str, payload: bytes) -> None:
@@ -263,6 +274,19 @@ class _Runtime:
                 ll.add_symbol(f"PyExc_{obj.__name__}", id(obj))
         for name, address in nrt.c_helpers.items():
             ll.add_symbol(name if name.startswith("_") else "NRT_" + name, address)
+        # Compiled code gets the Python objects it names (the class of an array it returns) by unpickling
+        # bytes it holds, through numba_unpickle, which imports Numba's serializer to do it: this one unpickles
+        # them with the standard library (they are pickled by reference), once each
+        unpickled: dict = {}
+
+        def unpickle(data, size, hashed):
+            raw = ctypes.string_at(data, size)
+            if raw not in unpickled:
+                unpickled[raw] = pickle.loads(raw)
+            return unpickled[raw]
+
+        self.unpickle = ctypes.CFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)(unpickle)
+        ll.add_symbol("numba_unpickle", ctypes.cast(self.unpickle, ctypes.c_void_p).value)
         self.math: set = set()
         self.layer = None  # (name, module) once a parallel kernel launched the threads
         target = ll.Target.from_triple(ll.get_process_triple())
@@ -353,6 +377,15 @@ def set_num_threads(n: int) -> None:
         runtime.set_threads(n)
 
 
+def get_num_threads() -> int:
+    """numba.get_num_threads, without importing Numba where the stored kernels run the threads."""
+    if "numba" in sys.modules or not _state["enabled"]:
+        import numba
+
+        return numba.get_num_threads()
+    return _state["threads"] or max_threads()
+
+
 def adopt_threads(parallel) -> None:
     """Numba's threading module as it is imported into a process whose stored kernels launched the
     threading layer already: it takes that layer as its own instead of launching it a second time."""
@@ -436,8 +469,11 @@ class _Proxy(pytypes.ModuleType):
     def __getattr__(self, attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        if attr in _kernel_names(self._short):
+        names, constants = _manifest(self._short)
+        if attr in names:
             value = NativeKernel(self._short, attr)
+        elif attr in constants:
+            value = constants[attr]
         else:
             value = getattr(importlib.import_module(f"qtool.kernels.{self._short}"), attr)
         setattr(self, attr, value)
@@ -515,9 +551,12 @@ def _record() -> int:
         short = modname.split(".")[-1]
         kernels = sorted(name for name, obj in vars(module).items()
                          if isinstance(obj, Dispatcher) and getattr(obj.py_func, "__module__", None) == modname)
-        if kernels and _kernel_names(short) != frozenset(kernels):
-            _write(_manifest_path(short), pickle.dumps({"stamp": _installed_stamp(), "names": kernels}))
-            _state["names"][short] = frozenset(kernels)
+        constants = {name: value for name, value in vars(module).items()
+                     if not name.startswith("_") and _constant(value)}
+        if kernels and _manifest(short) != (frozenset(kernels), constants):
+            _write(_manifest_path(short), pickle.dumps({"stamp": _installed_stamp(), "names": kernels,
+                                                        "constants": constants}))
+            _state["names"][short] = (frozenset(kernels), constants)
         for name in kernels:
             obj = getattr(module, name)
             code = obj.py_func.__code__
