@@ -670,9 +670,10 @@ def _merges_of(path: Path, merges: Any) -> list[str]:
         return []
     if not isinstance(merges, list):
         raise FormatError(f"{path}: model.merges is not a list")
-    if all(type(m) is str for m in merges):
+    kinds = set(map(type, merges))  # (the type and length tests in C: a generator over 50k merges took ~30 ms)
+    if kinds == {str}:
         return list(merges)
-    if all(type(m) is list and len(m) == 2 for m in merges):
+    if kinds == {list} and set(map(len, merges)) == {2}:
         try:
             joined = list(map(" ".join, merges))
         except TypeError:  # a part that is not a string: the loop below names it
