@@ -196,11 +196,15 @@ def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
     (c = first_point + j, y = at_x; each product and sum in this order as float32, w*diff*diff being
     (w*diff)*diff as C groups it), which is what a scalar scan of the points in order keeps. The points
     are measured POINT_LANES at a time, each vector lane keeping its own first smallest; the lanes are
-    merged at the end by (distance, position). pos float32[8, m] C-contiguous, with POINT_LANES - 1
-    readable columns past the last point; x, w float32[...]. Written as LLVM vector operations: Numba's
-    loop left the comparisons scalar, in a second pass over the stored distances."""
-    if not (_is_f32_array(pos) and pos.ndim == 2 and pos.layout == "C" and _is_f32_array(x) and _is_f32_array(w)
-            and scale == types.float32 and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x))):
+    merged at the end by (distance, position). pos float32 or int8 [8, m] C-contiguous, with POINT_LANES - 1
+    readable columns past the last point (int8 coordinates are widened to float32 exactly as they load: the
+    IQ2 lists' odd coordinates 1, 3, 5 in a quarter of the memory, so that a table of 1-6 MB in float32
+    mostly stays in the cache); x, w float32[...]. Written as LLVM vector operations: Numba's loop left the
+    comparisons scalar, in a second pass over the stored distances."""
+    small = isinstance(pos, types.Array) and pos.dtype == types.int8
+    if not ((_is_f32_array(pos) or small) and pos.ndim == 2 and pos.layout == "C" and _is_f32_array(x)
+            and _is_f32_array(w) and scale == types.float32
+            and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x))):
         return None
     sig = types.int64(pos, first_point, n_points, x, w, at_x, scale)
 
@@ -220,7 +224,13 @@ def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
         def step(chunk, state):
             held, found = state
             c = builder.mul(chunk, ir.Constant(i64, width))
-            points = [builder.load(builder.bitcast(builder.gep(row, [c]), vf.as_pointer()), align=4) for row in rows]
+            if small:
+                vb = ir.VectorType(ir.IntType(8), width)
+                points = [builder.sitofp(builder.load(builder.bitcast(builder.gep(row, [c]), vb.as_pointer()), align=1),
+                                         vf) for row in rows]
+            else:
+                points = [builder.load(builder.bitcast(builder.gep(row, [c]), vf.as_pointer()), align=4)
+                          for row in rows]
             d = _distances(builder, s, points, xs, ws, vf)
             j = builder.add(a.splat(builder.trunc(c, i32), vi), lane_ids)
             better = builder.and_(builder.fcmp_ordered("<", d, held), builder.icmp_signed("<", j, n_lanes))

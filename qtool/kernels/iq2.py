@@ -103,19 +103,23 @@ def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, Ls, sv,
     snaps each 8-group onto the grid and sums w*x*q and w*q*q in C's order. Lanes are independent
     until the last loop, which picks the winner in C's trial order.
 
-    Ls int32[n, _LANES] gets every trial's levels, off bool[n/8, _LANES] whether a group was off the
-    grid; sv float32[4, _LANES] scratch. Returns (winning lane or -1, its scale sumqx/sumq2, status)."""
+    Ls int32[n, _LANES] gets every trial's levels, off int32[n/8, _LANES] each group's kmap entry (below 0:
+    it was off the grid); sv float32[4, _LANES] scratch. Returns (winning lane or -1, its scale sumqx/sumq2, status)."""
     ns = 2 * nhalf + 1
     start_trials(sv, ns, nhalf, F32(2 * _KMAXQ - 1), F32(0.1), denom)
     tsc = sv[SCALE]
     round_trials(xval, n, sv, Ls, _KMAXQ - 1)
+    # every group's grid lookup first, then the scans: the lookups are independent loads from a 170 KB map
+    # that mostly miss the cache, and issued together they wait for memory side by side, not one by one
     for k in range(n // 8):
         for s in range(ns):
             u = 0
             for i in range(8):
                 u |= Ls[8 * k + i, s] << (2 * i)
-            gi = kmap[u]
-            off[k, s] = gi < 0
+            off[k, s] = kmap[u]
+    for k in range(n // 8):
+        for s in range(ns):
+            gi = off[k, s]
             if gi < 0:
                 start = -np.int64(gi) - 1
                 jb = _nearest_listed(neigh, start, npos, xval, waux, 8 * k, tsc[s])
@@ -159,7 +163,7 @@ def _scratch_xxs():
     Lqp uint8[32]; signs int32[4]; scales float32[8]; Ls, sv, off (_step_search's)."""
     return (np.empty((3, 32), np.float32), np.zeros(32, np.int32), np.zeros(32, np.int32),
             np.zeros(32, np.uint8), np.zeros(4, np.int32), np.zeros(QK_K // 32, np.float32),
-            np.zeros((32, _LANES), np.int32), np.zeros((4, _LANES), np.float32), np.zeros((4, _LANES), np.bool_))
+            np.zeros((32, _LANES), np.int32), np.zeros((4, _LANES), np.float32), np.zeros((4, _LANES), np.int32))
 
 
 @jit
@@ -292,8 +296,8 @@ def _search16(xb, weight, waux, xval, L, Laux, eps, npos, kmap, neigh, Ls, sv, o
     scale = bscale
     for i in range(16):
         L[i] = Ls[i, bs]
-    on0 = not off[0, bs]
-    on1 = not off[1, bs]
+    on0 = off[0, bs] >= 0
+    on1 = off[1, bs] >= 0
     if (not on0 or not on1) and scale > F32(0.0):
         inv = F32(1.0) / scale
         if not on0 and _snap(xval, 0, inv, scale, L, waux, npos, kmap, neigh)[0] < 0:
@@ -326,7 +330,7 @@ def _scratch16():
     int32[16]; scales float32[16]; Ls, sv, off (_step_search's)."""
     return (np.empty((3, 16), np.float32), np.zeros(16, np.int32), np.zeros(16, np.int32),
             np.zeros(QK_K // 16, np.float32), np.zeros((16, _LANES), np.int32), np.zeros((4, _LANES), np.float32),
-            np.zeros((2, _LANES), np.bool_))
+            np.zeros((2, _LANES), np.int32))
 
 
 IS_S = False  # bound per type by specialize: IQ2_S (True) or IQ2_XS

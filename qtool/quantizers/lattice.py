@@ -37,6 +37,13 @@ class Lattice:
         out[:, self.starts] = 0
         return out
 
+    @functools.cached_property
+    def neighbour_odd_i8(self) -> np.ndarray:
+        """`neighbour_odd` as int8 (the odd coordinates are small integers: exact), a quarter of its size (IQ2)."""
+        odd = self.neighbour_odd
+        assert odd.max() < 128 and odd.min() >= 0
+        return odd.astype(np.int8)
+
 
 # grid -> (gguf-py class name, kmap size, levels the quantizer forms, distinct distances kept) as
 # ggml's iq2xs_init_impl (IQ1, IQ2) and iq3xs_init_impl (IQ3) build them
