@@ -186,27 +186,9 @@ def nearest_listed_8(typingctx, pos, first_point, n_points, x, w, at_x, scales, 
 POINT_LANES = 16
 
 
-@intrinsic
-def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
-    """The position j < n_points of the listed point nearest to x[at_x:at_x+8] at ``scale``, or -1 where no
-    distance is below FLT_MAX: the first strictly smallest of
-
-        d = 0 + w[y]*(scale*pos[0, c] - x[y])^2 + ... + w[y+7]*(scale*pos[7, c] - x[y+7])^2
-
-    (c = first_point + j, y = at_x; each product and sum in this order as float32, w*diff*diff being
-    (w*diff)*diff as C groups it), which is what a scalar scan of the points in order keeps. The points
-    are measured POINT_LANES at a time, each vector lane keeping its own first smallest; the lanes are
-    merged at the end by (distance, position). pos float32 or int8 [8, m] C-contiguous, with POINT_LANES - 1
-    readable columns past the last point (int8 coordinates are widened to float32 exactly as they load: the
-    IQ2 lists' odd coordinates 1, 3, 5 in a quarter of the memory, so that a table of 1-6 MB in float32
-    mostly stays in the cache); x, w float32[...]. Written as LLVM vector operations: Numba's loop left the
-    comparisons scalar, in a second pass over the stored distances."""
-    small = isinstance(pos, types.Array) and pos.dtype == types.int8
-    if not ((_is_f32_array(pos) or small) and pos.ndim == 2 and pos.layout == "C" and _is_f32_array(x)
-            and _is_f32_array(w) and scale == types.float32
-            and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x))):
-        return None
-    sig = types.int64(pos, first_point, n_points, x, w, at_x, scale)
+def _nearest_point_codegen(small: bool, coded: bool):
+    """The codegen of nearest_point_8d (float32 or int8 coordinates, ``small``) and nearest_coded_point_8d
+    (int8 level indices into a table of 3 values, ``coded``)."""
 
     def codegen(context, builder, sig, args):
         a = _ScanArgs(context, builder, sig, args)
@@ -217,6 +199,7 @@ def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
         s = a.splat(args[6], vf)
         n = a.int64(2)
         rows = a.point_rows(0, a.int64(1), 8)
+        values = a.splat_elements(7, ir.Constant(ir.IntType(64), 0), 3, vf) if coded else None
         lane_ids = ir.Constant(vi, list(range(width)))
         n_lanes = a.splat(builder.trunc(n, i32), vi)
         chunks = builder.sdiv(builder.add(n, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
@@ -224,7 +207,15 @@ def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
         def step(chunk, state):
             held, found = state
             c = builder.mul(chunk, ir.Constant(i64, width))
-            if small:
+            if coded:  # int8 level indices: each coordinate is table[level], level 0, 1 or 2
+                vb = ir.VectorType(ir.IntType(8), width)
+                levels = [builder.load(builder.bitcast(builder.gep(row, [c]), vb.as_pointer()), align=1)
+                          for row in rows]
+                zero, one = ir.Constant(vb, [0] * width), ir.Constant(vb, [1] * width)
+                points = [builder.select(builder.icmp_signed("==", lv, zero), values[0],
+                                         builder.select(builder.icmp_signed("==", lv, one), values[1], values[2]))
+                          for lv in levels]
+            elif small:
                 vb = ir.VectorType(ir.IntType(8), width)
                 points = [builder.sitofp(builder.load(builder.bitcast(builder.gep(row, [c]), vb.as_pointer()), align=1),
                                          vf) for row in rows]
@@ -257,7 +248,45 @@ def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
         j = builder.extract_element(first_at, ir.Constant(i32, 0))
         return builder.sext(builder.select(builder.icmp_signed("==", j, none), ir.Constant(i32, -1), j), i64)
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
+    """The position j < n_points of the listed point nearest to x[at_x:at_x+8] at ``scale``, or -1 where no
+    distance is below FLT_MAX: the first strictly smallest of
+
+        d = 0 + w[y]*(scale*pos[0, c] - x[y])^2 + ... + w[y+7]*(scale*pos[7, c] - x[y+7])^2
+
+    (c = first_point + j, y = at_x; each product and sum in this order as float32, w*diff*diff being
+    (w*diff)*diff as C groups it), which is what a scalar scan of the points in order keeps. The points
+    are measured POINT_LANES at a time, each vector lane keeping its own first smallest; the lanes are
+    merged at the end by (distance, position). pos float32 or int8 [8, m] C-contiguous, with POINT_LANES - 1
+    readable columns past the last point (int8 coordinates are widened to float32 exactly as they load: the
+    IQ2 lists' odd coordinates 1, 3, 5 in a quarter of the memory, so that a table of 1-6 MB in float32
+    mostly stays in the cache); x, w float32[...]. Written as LLVM vector operations: Numba's loop left the
+    comparisons scalar, in a second pass over the stored distances."""
+    small = isinstance(pos, types.Array) and pos.dtype == types.int8
+    if not ((_is_f32_array(pos) or small) and pos.ndim == 2 and pos.layout == "C" and _is_f32_array(x)
+            and _is_f32_array(w) and scale == types.float32
+            and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x))):
+        return None
+    sig = types.int64(pos, first_point, n_points, x, w, at_x, scale)
+    return sig, _nearest_point_codegen(small, False)
+
+
+@intrinsic
+def nearest_coded_point_8d(typingctx, lev, first_point, n_points, x, w, at_x, scale, values):
+    """nearest_point_8d for points given as level indices: coordinate c of a listed point is values[lev[c, p]]
+    (lev int8[8, m], coordinate-major like nearest_point_8d's pos, levels 0, 1 or 2; values float32[3]), the
+    same distances in the same order. IQ1's neighbour lists (iq1_find_best_neighbour2, ~73 points a list):
+    16 points at a time instead of one, from a table a quarter the size of their float32 coordinates."""
+    if not (isinstance(lev, types.Array) and lev.dtype == types.int8 and lev.ndim == 2 and lev.layout == "C"
+            and _is_f32_array(x) and _is_f32_array(w) and _is_f32_array(values) and scale == types.float32
+            and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x))):
+        return None
+    sig = types.int64(lev, first_point, n_points, x, w, at_x, scale, values)
+    return sig, _nearest_point_codegen(False, True)
 
 
 #: blocks searched side by side by lane_quant_sums and lane_fit_errors (one AVX-512 vector, two AVX2 ones)

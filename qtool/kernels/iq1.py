@@ -26,7 +26,7 @@ import numpy as np
 
 from qtool.kernels.common import (F32, IQ1_M_LANES, IQ1_S_LANES, checked_driver, each_row, fp16_bits_to_fp32,
                                  fp32_to_fp16_bits, jit, lane_iq1m_splits, lane_iq1s_splits, load_fp16, load_u16,
-                                 row_driver, store_fp16, store_u16)
+                                 nearest_coded_point_8d, row_driver, store_fp16, store_u16)
 from qtool.kernels.lattice import importance, odd_level, sum_squares
 
 QK_K = 256
@@ -45,26 +45,17 @@ OK, FAILED = 0, 1
 
 
 @jit
-def find_best_neighbour2(neighbours, kmap_entry, levels, xval, weight, scale, xx, L, xfall):
+def find_best_neighbour2(neighbours, kmap_entry, levels, nlev, xval, weight, scale, xx, L, xfall):
     """ggml iq1_find_best_neighbour2: the neighbour of an off-grid pattern nearest to xval (weighted
     squared distance of scale*xx[level] - x, first of equals wins); L uint8[8] gets its levels.
+    The list is measured 16 points at a time (common.nearest_coded_point_8d over nlev, the listed points'
+    levels coordinate-major at their list entries: Lattice.neighbour_levels_i8), as C's loop measures it.
     xfall is the rest of the row from this group on: ggml's whole-grid fallback reads xval[i] with the
     grid index i (sic), so it is given those same floats (0 past the row's end)."""
-    off = -kmap_entry - 1
-    n = np.int32(neighbours[off])
+    off = -np.int64(kmap_entry) - 1
+    jb = nearest_coded_point_8d(nlev, off + 1, np.int64(neighbours[off]), xval, weight, 0, scale, xx)
     best = _FLT_MAX
-    gi = -1
-    for jj in range(1, n + 1):
-        g = np.int32(neighbours[off + jj])
-        d2 = F32(0.0)
-        for i in range(8):
-            q = xx[levels[g, i]]
-            w = weight[i]
-            diff = scale * q - xval[i]
-            d2 += w * diff * diff
-        if d2 < best:
-            best = d2
-            gi = g
+    gi = -1 if jb < 0 else np.int32(neighbours[off + 1 + jb])
     if gi < 0:
         for g in range(levels.shape[0]):
             xi = xfall[g] if g < xfall.shape[0] else F32(0.0)
@@ -126,7 +117,7 @@ def _split_levels(idx, b1, b2, scale, L, n):
 
 
 @jit
-def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbours, xrest, index):
+def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbours, nlev, xrest, index):
     """Each of the ng 8-groups of the block's levels L onto the grid: its own pattern where that is a
     grid point, else ggml's best neighbour at scale (iq1_find_best_neighbour2) with the group's levels
     x_m if bit k of negs is set, else x_p; index gets the grid indices. Where a group moved, the scale
@@ -140,7 +131,7 @@ def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbo
         gi = kmap[u]
         if gi < 0:
             on_grid = False
-            gi = find_best_neighbour2(neighbours, gi, levels, xb[8 * k:8 * k + 8], weight[8 * k:8 * k + 8],
+            gi = find_best_neighbour2(neighbours, gi, levels, nlev, xb[8 * k:8 * k + 8], weight[8 * k:8 * k + 8],
                                       scale, xx, L[8 * k:8 * k + 8], xrest[8 * k:])
             if gi < 0:
                 return False, scale
@@ -185,7 +176,7 @@ def _scratch_iq1_s():
 
 
 @jit
-def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
+def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, nlev, x_p, x_m):
     """ggml quantize_row_iq1_s_impl for one 256-weight super-block: the first 256 weights of xrest (the
     row from this super-block on, which ggml's neighbour fallback reads), qw float32[256] -> y uint8[50];
     scratch s = _scratch_iq1_s(). Returns OK or FAILED.
@@ -227,7 +218,7 @@ def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
         if flipped:
             bshift = -bshift
         ok, scale = _snap_groups(xb, weight[bs * ib:bs * ib + bs], L, bs // 8, 0 if bshift == 1 else 15, x_p, x_m,
-                                 scale, levels, kmap, neighbours, xrest[bs * ib:], index)
+                                 scale, levels, kmap, neighbours, nlev, xrest[bs * ib:], index)
         if not ok:
             return FAILED
         h = 0
@@ -295,7 +286,7 @@ def _scratch_iq1_m():
 
 
 @jit
-def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
+def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, nlev, x_p, x_m):
     """ggml quantize_row_iq1_m_impl for one 256-weight super-block: the first 256 weights of xrest (as in
     quantize_block_iq1_s), qw float32[256] (empty for none) -> y uint8[56]; scratch s = _scratch_iq1_m().
     Returns OK or FAILED. The sixteen blocks' split searches run side by side (common.lane_iq1m_splits, block
@@ -340,7 +331,7 @@ def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, x_p, x_m):
             bk = 3 - bk
         # group 0 takes -delta for bk 2, 3; group 1 for bk 1, 3
         ok, scale = _snap_groups(xb, weight[bs * ib:bs * ib + bs], L, 2, (1 if bk >= 2 else 0) | ((bk % 2) << 1), x_p,
-                                 x_m, scale, levels, kmap, neighbours, xrest[bs * ib:], index)
+                                 x_m, scale, levels, kmap, neighbours, nlev, xrest[bs * ib:], index)
         if not ok:
             return FAILED
         y[2 * ib] = np.uint8(index[0] & 255)
@@ -433,7 +424,7 @@ def dequantize_row_iq1_m(data, out, values):
 
 
 # -- row drivers: rows float32[nrows, n], weights float32[n] (IQ1_M also [0]: ggml's x^2 path), the tables
-# -- (levels, kmap, neighbours, x_p, x_m) and status int32[nrows, 2] -> out uint8[nrows, n/256*50 or *56]; and
+# -- (levels, kmap, neighbours, nlev, x_p, x_m) and status int32[nrows, 2] -> out uint8[nrows, n/256*50 or *56]; and
 # -- back, data uint8[nrows, nb*50 or nb*56] -> out float32[nrows, nb*256] -------------------------------------
 
 quantize_iq1_s = checked_driver(__name__, "iq1_s", QK_K, IQ1_S_BYTES, quantize_block_iq1_s, _scratch_iq1_s, TAIL=True)

@@ -44,6 +44,17 @@ class Lattice:
         assert odd.max() < 128 and odd.min() >= 0
         return odd.astype(np.int8)
 
+    @functools.cached_property
+    def neighbour_levels_i8(self) -> np.ndarray:
+        """int8 [dim, len(neighbours) + 16]: each listed grid point's level indices, coordinate-major at the list
+        entry's offset (count slots and the 16 spare columns hold 0), for IQ1's neighbour scan, which maps
+        them to its coordinates itself (kernels' nearest_coded_point_8d)."""
+        nb = self.neighbours.astype(np.intp)
+        out = np.zeros((self.levels.shape[1], nb.size + 16), dtype=np.int8)
+        out[:, :nb.size] = self.levels[nb % self.levels.shape[0]].T
+        out[:, self.starts] = 0
+        return out
+
 
 # grid -> (gguf-py class name, kmap size, levels the quantizer forms, distinct distances kept) as
 # ggml's iq2xs_init_impl (IQ1, IQ2) and iq3xs_init_impl (IQ3) build them
