@@ -45,23 +45,24 @@ OK, FAILED = 0, 1
 
 
 @jit
-def find_best_neighbour2(neighbours, kmap_entry, levels, nlev, xval, weight, scale, xx, L, xfall):
-    """ggml iq1_find_best_neighbour2: the neighbour of an off-grid pattern nearest to xval (weighted
-    squared distance of scale*xx[level] - x, first of equals wins); L uint8[8] gets its levels.
-    The list is measured 16 points at a time (common.nearest_coded_point_8d over nlev, the listed points'
-    levels coordinate-major at their list entries: Lattice.neighbour_levels_i8), as C's loop measures it.
-    xfall is the rest of the row from this group on: ggml's whole-grid fallback reads xval[i] with the
-    grid index i (sic), so it is given those same floats (0 past the row's end)."""
+def find_best_neighbour2(neighbours, kmap_entry, levels, nlev, xb, weight, at, scale, xx, L, xrest):
+    """ggml iq1_find_best_neighbour2 for the group at xb[at:at+8] (weights weight[at:at+8]): the neighbour
+    of an off-grid pattern nearest to it (weighted squared distance of scale*xx[level] - x, first of equals
+    wins); L[at:at+8] gets its levels. The list is measured 16 points at a time
+    (common.nearest_coded_point_8d over nlev, the listed points' levels coordinate-major at their list
+    entries: Lattice.neighbour_levels_i8), as C's loop measures it. ggml's whole-grid fallback reads xval[i]
+    with the grid index i (sic): here xrest[at + i], the rest of the row (0 past its end). Offsets, not
+    slices: a slice of an array is a reference counted in every call (~8% of IQ1_S's time)."""
     off = -np.int64(kmap_entry) - 1
-    jb = nearest_coded_point_8d(nlev, off + 1, np.int64(neighbours[off]), xval, weight, 0, scale, xx)
+    jb = nearest_coded_point_8d(nlev, off + 1, np.int64(neighbours[off]), xb, weight, at, scale, xx)
     best = _FLT_MAX
     gi = -1 if jb < 0 else np.int32(neighbours[off + 1 + jb])
     if gi < 0:
         for g in range(levels.shape[0]):
-            xi = xfall[g] if g < xfall.shape[0] else F32(0.0)
+            xi = xrest[at + g] if at + g < xrest.shape[0] else F32(0.0)
             d2 = F32(0.0)
             for j in range(8):
-                w = weight[j]
+                w = weight[at + j]
                 q = xx[levels[g, j]]
                 diff = scale * q - xi
                 d2 += w * diff * diff
@@ -70,7 +71,7 @@ def find_best_neighbour2(neighbours, kmap_entry, levels, nlev, xval, weight, sca
                 gi = g
     if gi >= 0:
         for i in range(8):
-            L[i] = levels[gi, i]
+            L[at + i] = levels[gi, i]
     return gi
 
 
@@ -131,8 +132,7 @@ def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbo
         gi = kmap[u]
         if gi < 0:
             on_grid = False
-            gi = find_best_neighbour2(neighbours, gi, levels, nlev, xb[8 * k:8 * k + 8], weight[8 * k:8 * k + 8],
-                                      scale, xx, L[8 * k:8 * k + 8], xrest[8 * k:])
+            gi = find_best_neighbour2(neighbours, gi, levels, nlev, xb, weight, 8 * k, scale, xx, L, xrest)
             if gi < 0:
                 return False, scale
         index[k] = gi
