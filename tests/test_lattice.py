@@ -70,6 +70,22 @@ def test_neighbour_coordinates(name):
     assert lat.starts.tolist() == walked
 
 
+@pytest.mark.parametrize("name", [g[0] for g in GRIDS if g[0].startswith(("IQ1", "IQ2"))])
+def test_neighbour_codes(name):
+    """neighbour_codes holds each list's count at its count slot and, at each list entry, the listed point's
+    levels packed 2 bits a coordinate (unpacked here and compared with the grid), then 16 zeros."""
+    lat = lattice(name)
+    nb = lat.neighbours.astype(np.int64)
+    codes = lat.neighbour_codes
+    assert codes.dtype == np.uint16 and codes.shape == (nb.size + 16,)
+    assert np.array_equal(codes[lat.starts], lat.neighbours[lat.starts])
+    entries = np.ones(nb.size, bool)
+    entries[lat.starts] = False
+    unpacked = (codes[:nb.size][entries, None].astype(np.int64) >> (2 * np.arange(8))) & 3
+    assert np.array_equal(unpacked, lat.levels[nb[entries]])
+    assert (codes[nb.size:] == 0).all()
+
+
 def _scalar_nearest(pos, first, n, x, w, y, s):
     """The scalar scan the vector scans replace, over the pos.shape[0] coordinates (4 for IQ3, 8 for IQ2):
     float32 in C's order, first strictly smallest below FLT_MAX."""
@@ -126,29 +142,33 @@ def test_nearest_listed_8_is_eight_scalar_scans():
     assert cases > 0  # the no-neighbour answer was exercised
 
 
-def test_nearest_point_8d_is_the_scalar_scan():
-    """The IQ2 searches' vector scan over a neighbour list gives what the scalar scan gives: lists shorter
-    and longer than a vector, ties within a vector lane and across lanes (the first wins), inf/NaN
-    distances (-1 where none is below FLT_MAX), an empty list, and points past the list that must not count."""
+def test_nearest_packed_point_8d_is_the_scalar_scan():
+    """The IQ1 and IQ2 searches' vector scan over a neighbour list of packed points gives what the scalar
+    scan of their coordinates gives: lists shorter and longer than a vector, ties within a vector lane and
+    across lanes (the first wins), inf/NaN distances (-1 where none is below FLT_MAX), an empty list, points
+    past the list that must not count, and each level's own coordinate (IQ1's uneven x_p/x_m, IQ2's odd)."""
     import numba
 
-    from qtool.kernels.common import POINT_LANES, nearest_point_8d
+    from qtool.kernels.common import POINT_LANES, nearest_packed_point_8d
 
     @numba.njit
-    def scan(pos, first, n, x, w, y, scale):
-        return nearest_point_8d(pos, first, n, x, w, y, scale)
+    def scan(codes, first, n, x, w, y, scale, values):
+        return nearest_packed_point_8d(codes, first, n, x, w, y, scale, values)
 
     rng = np.random.default_rng(13)
     f32 = np.float32
+    tables = [np.array([1, 3, 5], f32), np.array([-1 + 0.125, 0.125, 1 + 0.125], f32),
+              np.array([-1 - 0.125, -0.125, 1 - 0.125], f32)]
     misses = 0
-    for trial in range(400):
-        m = int(rng.integers(1, 70))
-        pos = (2 * rng.integers(0, 3, (8, m + POINT_LANES)) + 1).astype(f32)
+    for trial in range(600):
+        m = int(rng.integers(1, 90))
+        levels = rng.integers(0, 3, (8, m + POINT_LANES))
         if trial % 4 == 0:
-            pos[:, :] = pos[:, :1]  # every point the same: all ties
+            levels[:, :] = levels[:, :1]  # every point the same: all ties
         elif trial % 4 == 1:
-            pos[:, POINT_LANES:] = pos[:, :pos.shape[1] - POINT_LANES]  # a tie one vector lane-cycle later
-        x = np.abs(rng.standard_normal(24)).astype(f32)
+            levels[:, POINT_LANES:] = levels[:, :levels.shape[1] - POINT_LANES]  # a tie one lane-cycle later
+        values = tables[trial % 3]
+        x = rng.standard_normal(24).astype(f32)
         w = np.abs(rng.standard_normal(24)).astype(f32)
         if trial % 7 == 0:
             w[rng.integers(0, 24)] = f32(np.inf) if trial % 2 else f32(np.nan)
@@ -157,9 +177,10 @@ def test_nearest_point_8d_is_the_scalar_scan():
         first, y = int(rng.integers(0, POINT_LANES)), int(rng.integers(0, 16))
         n = int(rng.integers(0, m - first + 1)) if m > first else 0
         if trial % 5 == 2 and n:
-            pos[:, first + n:] = 0  # past the list: points that must never be chosen
+            levels[:, first + n:] = 1  # past the list: points that must never be chosen
+        codes = (levels.astype(np.uint16) << (2 * np.arange(8, dtype=np.uint16))[:, None]).sum(axis=0).astype(np.uint16)
         scale = f32(rng.random() * 0.5 + 0.05)
-        want = _scalar_nearest(pos, first, n, x, w, y, scale)
-        assert scan(pos, first, n, x, w, y, scale) == want, trial
+        want = _scalar_nearest(values[levels], first, n, x, w, y, scale)
+        assert scan(codes, first, n, x, w, y, scale, values) == want, trial
         misses += want == -1
     assert misses > 0  # the no-neighbour answer was exercised

@@ -182,111 +182,85 @@ def nearest_listed_8(typingctx, pos, first_point, n_points, x, w, at_x, scales, 
     return sig, codegen
 
 
-#: listed points measured side by side by nearest_point_8d (one AVX-512 vector, two AVX2 ones)
+#: listed points measured side by side by nearest_packed_point_8d (one AVX-512 vector, two AVX2 ones)
 POINT_LANES = 16
 
 
-def _nearest_point_codegen(small: bool, coded: bool):
-    """The codegen of nearest_point_8d (float32 or int8 coordinates, ``small``) and nearest_coded_point_8d
-    (int8 level indices into a table of 3 values, ``coded``)."""
+def _packed_scan_codegen(context, builder, sig, args):
+    """nearest_packed_point_8d's code: a vector loop over the list, 16 points a chunk."""
+    a = _ScanArgs(context, builder, sig, args)
+    width = POINT_LANES
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    vf, vi, vh = (ir.VectorType(t, width) for t in (ir.FloatType(), i32, ir.IntType(16)))
+    xs, ws = a.splat_elements(3, a.int64(5), 8, vf), a.splat_elements(4, a.int64(5), 8, vf)
+    s = a.splat(args[6], vf)
+    n = a.int64(2)
+    codes = a.at(0, a.int64(1))
+    values = a.splat_elements(7, ir.Constant(i64, 0), 3, vf)
+    zero, one, three = (ir.Constant(vh, [v] * width) for v in (0, 1, 3))
+    lane_ids = ir.Constant(vi, list(range(width)))
+    n_lanes = a.splat(builder.trunc(n, i32), vi)
+    chunks = builder.sdiv(builder.add(n, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
 
-    def codegen(context, builder, sig, args):
-        a = _ScanArgs(context, builder, sig, args)
-        width = POINT_LANES
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        vf, vi = ir.VectorType(ir.FloatType(), width), ir.VectorType(i32, width)
-        xs, ws = a.splat_elements(3, a.int64(5), 8, vf), a.splat_elements(4, a.int64(5), 8, vf)
-        s = a.splat(args[6], vf)
-        n = a.int64(2)
-        rows = a.point_rows(0, a.int64(1), 8)
-        values = a.splat_elements(7, ir.Constant(ir.IntType(64), 0), 3, vf) if coded else None
-        lane_ids = ir.Constant(vi, list(range(width)))
-        n_lanes = a.splat(builder.trunc(n, i32), vi)
-        chunks = builder.sdiv(builder.add(n, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
+    def step(chunk, state):
+        held, found = state
+        c = builder.mul(chunk, ir.Constant(i64, width))
+        code = builder.load(builder.bitcast(builder.gep(codes, [c]), vh.as_pointer()), align=2)
+        points = []
+        for k in range(8):  # coordinate k of a point is values[(code >> 2k) & 3]
+            lv = builder.and_(builder.lshr(code, ir.Constant(vh, [2 * k] * width)), three)
+            points.append(builder.select(builder.icmp_signed("==", lv, zero), values[0],
+                                         builder.select(builder.icmp_signed("==", lv, one), values[1], values[2])))
+        d = _distances(builder, s, points, xs, ws, vf)
+        j = builder.add(a.splat(builder.trunc(c, i32), vi), lane_ids)
+        better = builder.and_(builder.fcmp_ordered("<", d, held), builder.icmp_signed("<", j, n_lanes))
+        return builder.select(better, d, held), builder.select(better, j, found)
 
-        def step(chunk, state):
-            held, found = state
-            c = builder.mul(chunk, ir.Constant(i64, width))
-            if coded:  # int8 level indices: each coordinate is table[level], level 0, 1 or 2
-                vb = ir.VectorType(ir.IntType(8), width)
-                levels = [builder.load(builder.bitcast(builder.gep(row, [c]), vb.as_pointer()), align=1)
-                          for row in rows]
-                zero, one = ir.Constant(vb, [0] * width), ir.Constant(vb, [1] * width)
-                points = [builder.select(builder.icmp_signed("==", lv, zero), values[0],
-                                         builder.select(builder.icmp_signed("==", lv, one), values[1], values[2]))
-                          for lv in levels]
-            elif small:
-                vb = ir.VectorType(ir.IntType(8), width)
-                points = [builder.sitofp(builder.load(builder.bitcast(builder.gep(row, [c]), vb.as_pointer()), align=1),
-                                         vf) for row in rows]
-            else:
-                points = [builder.load(builder.bitcast(builder.gep(row, [c]), vf.as_pointer()), align=4)
-                          for row in rows]
-            d = _distances(builder, s, points, xs, ws, vf)
-            j = builder.add(a.splat(builder.trunc(c, i32), vi), lane_ids)
-            better = builder.and_(builder.fcmp_ordered("<", d, held), builder.icmp_signed("<", j, n_lanes))
-            return builder.select(better, d, held), builder.select(better, j, found)
+    bests, founds = _vector_scan(builder, chunks, (ir.Constant(vf, [_FLT_MAX] * width),
+                                                   ir.Constant(vi, [-1] * width)), step)
 
-        bests, founds = _vector_scan(builder, chunks, (ir.Constant(vf, [_FLT_MAX] * width),
-                                                       ir.Constant(vi, [-1] * width)), step)
+    def everywhere(v, smaller):  # every lane gets the smallest lane's value (a tree of swaps)
+        undef = ir.Constant(v.type, ir.Undefined)
+        half = width // 2
+        while half:
+            other = builder.shuffle_vector(v, undef, ir.Constant(vi, [i ^ half for i in range(width)]))
+            v = builder.select(smaller(other, v), other, v)
+            half //= 2
+        return v
 
-        def everywhere(v, smaller):  # every lane gets the smallest lane's value (a tree of swaps)
-            undef = ir.Constant(v.type, ir.Undefined)
-            half = width // 2
-            while half:
-                other = builder.shuffle_vector(v, undef, ir.Constant(vi, [i ^ half for i in range(width)]))
-                v = builder.select(smaller(other, v), other, v)
-                half //= 2
-            return v
-
-        nearest = everywhere(bests, lambda p, q: builder.fcmp_ordered("<", p, q))
-        at_nearest = builder.and_(builder.fcmp_ordered("==", bests, nearest),
-                                  builder.icmp_signed(">=", founds, ir.Constant(vi, [0] * width)))
-        none = ir.Constant(i32, 2**31 - 1)
-        first_at = everywhere(builder.select(at_nearest, founds, a.splat(none, vi)),
-                              lambda p, q: builder.icmp_signed("<", p, q))
-        j = builder.extract_element(first_at, ir.Constant(i32, 0))
-        return builder.sext(builder.select(builder.icmp_signed("==", j, none), ir.Constant(i32, -1), j), i64)
-
-    return codegen
+    nearest = everywhere(bests, lambda p, q: builder.fcmp_ordered("<", p, q))
+    at_nearest = builder.and_(builder.fcmp_ordered("==", bests, nearest),
+                              builder.icmp_signed(">=", founds, ir.Constant(vi, [0] * width)))
+    none = ir.Constant(i32, 2**31 - 1)
+    first_at = everywhere(builder.select(at_nearest, founds, a.splat(none, vi)),
+                          lambda p, q: builder.icmp_signed("<", p, q))
+    j = builder.extract_element(first_at, ir.Constant(i32, 0))
+    return builder.sext(builder.select(builder.icmp_signed("==", j, none), ir.Constant(i32, -1), j), i64)
 
 
 @intrinsic
-def nearest_point_8d(typingctx, pos, first_point, n_points, x, w, at_x, scale):
+def nearest_packed_point_8d(typingctx, codes, first_point, n_points, x, w, at_x, scale, values):
     """The position j < n_points of the listed point nearest to x[at_x:at_x+8] at ``scale``, or -1 where no
     distance is below FLT_MAX: the first strictly smallest of
 
-        d = 0 + w[y]*(scale*pos[0, c] - x[y])^2 + ... + w[y+7]*(scale*pos[7, c] - x[y+7])^2
+        d = 0 + w[y]*(scale*p0 - x[y])^2 + ... + w[y+7]*(scale*p7 - x[y+7])^2
 
-    (c = first_point + j, y = at_x; each product and sum in this order as float32, w*diff*diff being
-    (w*diff)*diff as C groups it), which is what a scalar scan of the points in order keeps. The points
-    are measured POINT_LANES at a time, each vector lane keeping its own first smallest; the lanes are
-    merged at the end by (distance, position). pos float32 or int8 [8, m] C-contiguous, with POINT_LANES - 1
-    readable columns past the last point (int8 coordinates are widened to float32 exactly as they load: the
-    IQ2 lists' odd coordinates 1, 3, 5 in a quarter of the memory, so that a table of 1-6 MB in float32
-    mostly stays in the cache); x, w float32[...]. Written as LLVM vector operations: Numba's loop left the
-    comparisons scalar, in a second pass over the stored distances."""
-    small = isinstance(pos, types.Array) and pos.dtype == types.int8
-    if not ((_is_f32_array(pos) or small) and pos.ndim == 2 and pos.layout == "C" and _is_f32_array(x)
-            and _is_f32_array(w) and scale == types.float32
-            and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x))):
+    where pk = values[(codes[c] >> 2k) & 3] (c = first_point + j, y = at_x; each product and sum in this
+    order as float32, w*diff*diff being (w*diff)*diff as C groups it), which is what a scalar scan of the
+    points in order keeps. codes uint16[m]: a point's 8 level indices (0, 1 or 2) packed 2 bits each, with
+    POINT_LANES - 1 readable entries past the last point; values float32[3]: each level's coordinate (IQ1:
+    its x_p or x_m; IQ2: the odd 1, 3, 5); x, w float32[...]. The points are measured POINT_LANES at a time,
+    each vector lane keeping its own first smallest; the lanes are merged at the end by (distance, position).
+    Written as LLVM vector operations: Numba's loop left the comparisons scalar, in a second pass over the
+    stored distances. Packed, a list of n points is 2n contiguous bytes, where a float32 table with a row
+    per coordinate (1.6-11 MB) spread it over eight rows: the lists are read from memory mostly not in the
+    cache, and a search now touches a fraction of the cache lines."""
+    if not (isinstance(codes, types.Array) and codes.dtype == types.uint16 and codes.ndim == 1
+            and codes.layout == "C" and _is_f32_array(x) and _is_f32_array(w) and _is_f32_array(values)
+            and scale == types.float32 and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x))):
         return None
-    sig = types.int64(pos, first_point, n_points, x, w, at_x, scale)
-    return sig, _nearest_point_codegen(small, False)
-
-
-@intrinsic
-def nearest_coded_point_8d(typingctx, lev, first_point, n_points, x, w, at_x, scale, values):
-    """nearest_point_8d for points given as level indices: coordinate c of a listed point is values[lev[c, p]]
-    (lev int8[8, m], coordinate-major like nearest_point_8d's pos, levels 0, 1 or 2; values float32[3]), the
-    same distances in the same order. IQ1's neighbour lists (iq1_find_best_neighbour2, ~73 points a list):
-    16 points at a time instead of one, from a table a quarter the size of their float32 coordinates."""
-    if not (isinstance(lev, types.Array) and lev.dtype == types.int8 and lev.ndim == 2 and lev.layout == "C"
-            and _is_f32_array(x) and _is_f32_array(w) and _is_f32_array(values) and scale == types.float32
-            and all(isinstance(v, types.Integer) for v in (first_point, n_points, at_x))):
-        return None
-    sig = types.int64(lev, first_point, n_points, x, w, at_x, scale, values)
-    return sig, _nearest_point_codegen(False, True)
+    sig = types.int64(codes, first_point, n_points, x, w, at_x, scale, values)
+    return sig, _packed_scan_codegen
 
 
 #: blocks searched side by side by lane_quant_sums and lane_fit_errors (one AVX-512 vector, two AVX2 ones)

@@ -26,7 +26,7 @@ import numpy as np
 
 from qtool.kernels.common import (F32, IQ1_M_LANES, IQ1_S_LANES, checked_driver, each_row, fp16_bits_to_fp32,
                                  fp32_to_fp16_bits, jit, lane_iq1m_splits, lane_iq1s_splits, load_fp16, load_u16,
-                                 nearest_coded_point_8d, row_driver, store_fp16, store_u16)
+                                 nearest_packed_point_8d, row_driver, store_fp16, store_u16)
 from qtool.kernels.lattice import importance, odd_level, sum_squares
 
 QK_K = 256
@@ -49,12 +49,12 @@ def find_best_neighbour2(neighbours, kmap_entry, levels, nlev, xb, weight, at, s
     """ggml iq1_find_best_neighbour2 for the group at xb[at:at+8] (weights weight[at:at+8]): the neighbour
     of an off-grid pattern nearest to it (weighted squared distance of scale*xx[level] - x, first of equals
     wins); L[at:at+8] gets its levels. The list is measured 16 points at a time
-    (common.nearest_coded_point_8d over nlev, the listed points' levels coordinate-major at their list
-    entries: Lattice.neighbour_levels_i8), as C's loop measures it. ggml's whole-grid fallback reads xval[i]
-    with the grid index i (sic): here xrest[at + i], the rest of the row (0 past its end). Offsets, not
-    slices: a slice of an array is a reference counted in every call (~8% of IQ1_S's time)."""
+    (common.nearest_packed_point_8d over nlev, the lists with each point's levels packed in a uint16:
+    Lattice.neighbour_codes; the count read from there too), as C's loop measures it. ggml's whole-grid
+    fallback reads xval[i] with the grid index i (sic): here xrest[at + i], the rest of the row (0 past its
+    end). Offsets, not slices: a slice of an array is a reference counted in every call."""
     off = -np.int64(kmap_entry) - 1
-    jb = nearest_coded_point_8d(nlev, off + 1, np.int64(neighbours[off]), xb, weight, at, scale, xx)
+    jb = nearest_packed_point_8d(nlev, off + 1, np.int64(nlev[off]), xb, weight, at, scale, xx)
     best = _FLT_MAX
     gi = -1 if jb < 0 else np.int32(neighbours[off + 1 + jb])
     if gi < 0:

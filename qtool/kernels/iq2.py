@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import (F32, checked_driver, each_row, jit, load_fp16, nearest_point_8d, row_driver,
+from qtool.kernels.common import (F32, checked_driver, each_row, jit, load_fp16, nearest_packed_point_8d, row_driver,
                                  specialize, store_fp16)
 from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
                                    round_trials, start_trials, sum_squares, sum_trials, sum_wq)
@@ -41,6 +41,8 @@ _GROUP_MAX_EPS = np.float32(1e-15)
 _GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAXQ = 3
+#: the odd coordinates 2*level + 1 of the three levels the searches measure in
+_ODD = np.array([1.0, 3.0, 5.0], dtype=np.float32)
 _LANES = TRIAL_LANES  # trial scales searched side by side (IQ2_XS, IQ2_S: 19; IQ2_XXS: 13)
 
 #: status codes (ggml aborts on each): no grid neighbour at a finite distance (GGML_ASSERT(grid_index >= 0)),
@@ -74,9 +76,10 @@ def _nearest_listed(neigh, start, npos, xval, waux, off, scale):
     """ggml iq2_find_best_neighbour: the position in the list at ``start`` of the grid point nearest
     (waux-weighted) to scale*p ~ xval[off:off+8]; -1 where no distance is below FLT_MAX (inf/NaN
     weights: ggml aborts). The listed points are measured 16 at a time, each distance C's chain of
-    float32 operations, the first strictly smallest kept (kernels.common.nearest_point_8d; npos holds
-    each list's coordinates contiguously, with room for whole vectors past the last list)."""
-    return nearest_point_8d(npos, start + 1, np.int64(neigh[start]), xval, waux, off, scale)
+    float32 operations, the first strictly smallest kept (kernels.common.nearest_packed_point_8d; npos is
+    Lattice.neighbour_codes: the lists with each point's levels packed in a uint16, the count at ``start``,
+    16 spare entries past the last list)."""
+    return nearest_packed_point_8d(npos, start + 1, np.int64(npos[start]), xval, waux, off, scale, _ODD)
 
 
 @jit
@@ -92,7 +95,7 @@ def _snap(xval, off, inv, scale, L, waux, npos, kmap, neigh):
     if jb < 0:
         return jb, False
     for i in range(8):
-        L[off + i] = (np.int64(npos[i, start + 1 + jb]) - 1) // 2
+        L[off + i] = (np.int64(npos[start + 1 + jb]) >> (2 * i)) & 3
     return np.int64(neigh[start + 1 + jb]), False
 
 
@@ -126,7 +129,7 @@ def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, Ls, sv,
                 if jb < 0:
                     return -1, F32(0.0), NO_NEIGHBOUR
                 for i in range(8):
-                    Ls[8 * k + i, s] = (np.int32(npos[i, start + 1 + jb]) - 1) // 2
+                    Ls[8 * k + i, s] = (np.int32(npos[start + 1 + jb]) >> (2 * i)) & 3
     sum_trials(weight, xval, n, sv, Ls)
     bs, scale = best_trial(sv, ns, F32(0.0))
     return bs, scale, OK

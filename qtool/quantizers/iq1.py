@@ -8,7 +8,7 @@ from qtool.kernels import iq1 as k
 from qtool.quantizers.lattice import OVERFLOW, lattice_type
 
 _FAILURES = {k.FAILED: f"no grid point at a finite distance or a non-finite block scale (ggml: GGML_ASSERT); {OVERFLOW}"}
-_TABLES = ("levels", "kmap", "neighbours", "neighbour_levels_i8")
+_TABLES = ("levels", "kmap", "neighbours", "neighbour_codes")
 
 # ggml_quantize_requires_imatrix(IQ1_S); IQ1_M takes ggml's x^2 path without one
 IQ1_S = lattice_type(T.IQ1_S, "IQ1", _FAILURES, k.quantize_iq1_s, k.dequantize_iq1_s, tables=_TABLES,

@@ -7,8 +7,8 @@ from gguf import GGMLQuantizationType as T
 from qtool.kernels import iq2 as k
 from qtool.quantizers.lattice import BAD_SCALE, NO_NEIGHBOUR, OVERFLOW, lattice_type
 
-#: the IQ2 searches read the lists' coordinates as int8 (Lattice.neighbour_odd_i8, kernels' nearest_point_8d)
-_TABLES = ("neighbour_odd_i8", "kmap", "neighbours")
+#: the IQ2 searches read the lists as packed level codes (Lattice.neighbour_codes, kernels' nearest_packed_point_8d)
+_TABLES = ("neighbour_codes", "kmap", "neighbours")
 
 _FAILURES = {k.NO_NEIGHBOUR: NO_NEIGHBOUR, k.BAD_SCALE: BAD_SCALE,
              k.OFF_GRID: f"a NaN block scale leaves its levels off the grid (ggml: 'Oops: found point ... not on "

@@ -38,21 +38,18 @@ class Lattice:
         return out
 
     @functools.cached_property
-    def neighbour_odd_i8(self) -> np.ndarray:
-        """`neighbour_odd` as int8 (the odd coordinates are small integers: exact), a quarter of its size (IQ2)."""
-        odd = self.neighbour_odd
-        assert odd.max() < 128 and odd.min() >= 0
-        return odd.astype(np.int8)
-
-    @functools.cached_property
-    def neighbour_levels_i8(self) -> np.ndarray:
-        """int8 [dim, len(neighbours) + 16]: each listed grid point's level indices, coordinate-major at the list
-        entry's offset (count slots and the 16 spare columns hold 0), for IQ1's neighbour scan, which maps
-        them to its coordinates itself (kernels' nearest_coded_point_8d)."""
+    def neighbour_codes(self) -> np.ndarray:
+        """uint16 [len(neighbours) + 16]: ``neighbours`` with each listed grid point replaced by its level
+        indices packed 2 bits each (coordinate k in bits 2k, 2k+1; the kmap key of a 3-level lattice), the
+        count slots as they are, 16 spare zeros: a list is read whole from one short run of memory (IQ1's
+        neighbour scan, kernels' nearest_packed_point_8d)."""
+        dim = self.levels.shape[1]
+        assert 2 * dim <= 16 and int(self.levels.max()) < 3
+        keys = (self.levels.astype(np.uint32) << (2 * np.arange(dim, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
         nb = self.neighbours.astype(np.intp)
-        out = np.zeros((self.levels.shape[1], nb.size + 16), dtype=np.int8)
-        out[:, :nb.size] = self.levels[nb % self.levels.shape[0]].T
-        out[:, self.starts] = 0
+        out = np.zeros(nb.size + 16, dtype=np.uint16)
+        out[:nb.size] = keys[nb % self.levels.shape[0]]
+        out[self.starts] = self.neighbours[self.starts]
         return out
 
 
