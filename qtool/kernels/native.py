@@ -59,10 +59,6 @@ def enable() -> bool:
     return True
 
 
-def enabled() -> bool:
-    return _state["enabled"]
-
-
 def store_folder() -> str:
     """Where entries live: $QTOOL_NATIVE_DIR, else beside Numba's cache of the kernels (their __pycache__)
     where that is writable, else the user's cache folder."""
