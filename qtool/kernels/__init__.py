@@ -30,7 +30,6 @@ def _runtime_from_cache(ctx):
     import hashlib
     import os
     import pickle
-    import tempfile
 
     import llvmlite
     import numba
@@ -43,13 +42,12 @@ def _runtime_from_cache(ctx):
     path = os.path.join(folder, f"qtool-nrt-{key.hexdigest()[:20]}.bin") if folder else None
     if path is not None:
         try:
-            with open(path, "rb") as f:
-                digest, payload = f.read(32), f.read()
-            if hashlib.sha256(payload).digest() == digest:
+            payload = read_checked(path)
+            if payload is not None:
                 library = codegen.unserialize_library(pickle.loads(payload))
                 RUNTIME_FROM = "cache"
                 return library
-        except Exception:  # noqa: BLE001 (absent, unreadable or stale: compile it)
+        except Exception:  # noqa: BLE001 (unreadable or stale: compile it)
             pass
     ir_module, library = nrtdynmod.create_nrt_module(ctx)
     library.enable_object_caching()
@@ -58,15 +56,44 @@ def _runtime_from_cache(ctx):
     RUNTIME_FROM = "compiled"
     if path is not None:
         try:
-            payload = pickle.dumps(library.serialize_using_object_code())
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".qtool-nrt-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(hashlib.sha256(payload).digest() + payload)
-            os.chmod(tmp, 0o644)  # as readable as the kernels' own cache files (mkstemp makes it 0600)
-            os.replace(tmp, path)
+            write_checked(path, pickle.dumps(library.serialize_using_object_code()))
         except Exception:  # noqa: BLE001 (a read-only cache folder: compile it next time too)
             pass
     return library
+
+
+def read_checked(path: str) -> bytes | None:
+    """The payload of a file `write_checked` wrote, or None where it is absent, unreadable or its checksum
+    fails (the qtool files beside Numba's cache: the runtime blob above, kernels.native's store)."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            digest, payload = f.read(32), f.read()
+    except OSError:
+        return None
+    return payload if hashlib.sha256(payload).digest() == digest else None
+
+
+def write_checked(path: str, payload: bytes) -> None:
+    """``payload`` behind its sha256, written whole under a temporary name in the same folder and renamed
+    into place (a reader sees the old file or the new, never part of one), as readable as Numba's own
+    cache files (mkstemp makes it 0600)."""
+    import hashlib
+    import os
+    import tempfile
+
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".qtool-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(hashlib.sha256(payload).digest() + payload)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _load_cached_without_refresh() -> bool:
@@ -219,7 +246,25 @@ def _cache_folders_checked_once() -> bool:
 
 
 _folder_stamps: dict = {}
+_sources: dict = {}
 _NOT_KERNELS = frozenset({"__init__.py", "native.py"})
+
+
+def kernel_sources(folder: str) -> list[str]:
+    """The kernel modules' .py files in ``folder`` (every .py but this file and native.py), listed once."""
+    names = _sources.get(folder)
+    if names is None:
+        import os
+
+        names = _sources[folder] = sorted(n for n in os.listdir(folder) if n.endswith(".py") and n not in _NOT_KERNELS)
+    return names
+
+
+def kernel_modules() -> frozenset:
+    """The names of this package's kernel modules (the ones kernels.native may stand in for)."""
+    import os
+
+    return frozenset(n[:-3] for n in kernel_sources(os.path.dirname(os.path.abspath(__file__))))
 
 
 def folder_stamp(folder: str) -> bytes:
@@ -232,7 +277,7 @@ def folder_stamp(folder: str) -> bytes:
         import os
 
         digest = hashlib.sha256()
-        for name in sorted(n for n in os.listdir(folder) if n.endswith(".py") and n not in _NOT_KERNELS):
+        for name in kernel_sources(folder):
             st = os.stat(os.path.join(folder, name))
             digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         stamp = _folder_stamps[folder] = digest.digest()
@@ -301,7 +346,7 @@ def prepare_numba() -> None:
 def __getattr__(name: str):
     """``from qtool.kernels import legacy`` in a process with stored kernels (kernels.native): the
     module's stand-in, which calls them without importing Numba. Otherwise the module itself imports."""
-    if name in _KERNEL_MODULES:
+    if not name.startswith("_") and name in kernel_modules():
         from qtool.kernels import native
 
         stand_in = native.proxy(name)
@@ -309,6 +354,3 @@ def __getattr__(name: str):
             return stand_in
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-_KERNEL_MODULES = frozenset({"common", "floats", "fp4", "iq1", "iq2", "iq3", "iq4", "kquants16", "kquants32",
-                             "lattice", "legacy", "lowbit", "search", "stats", "ternary", "widen"})

@@ -31,18 +31,23 @@ import types as pytypes
 
 import numpy as np
 
-from qtool.kernels import _KERNEL_MODULES as KERNEL_MODULES
-from qtool.kernels import folder_stamp
+from qtool.kernels import folder_stamp, kernel_modules, read_checked, write_checked
 
 _FOLDER = os.path.dirname(os.path.abspath(__file__))
 #: Numba settings a stored kernel may run under: any other NUMBA_* variable (a CPU name, a threading
 #: layer, debug or optimisation options) can change the code Numba would make, so it turns this off
 _HARMLESS_ENV = frozenset({"NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR"})
 _SUFFIX = ".qn"
+#: the symbols compiled parallel code calls, and the threading layer's attribute for each (as Numba registers
+#: them when it launches the layer)
+_THREAD_SYMBOLS = {"numba_parallel_for": "parallel_for", **{name: name for name in (
+    "do_scheduling_signed", "do_scheduling_unsigned", "allocate_sched", "deallocate_sched", "get_num_threads",
+    "set_num_threads", "get_thread_id", "set_parallel_chunksize", "get_parallel_chunksize", "get_sched_size")}}
 _CO_VARARGS = 0x04
 
 _lock = threading.RLock()
-_state = {"enabled": False, "names": {}, "runtime": None, "threads": None, "header": None, "stamp": None}
+_state = {"enabled": False, "names": {}, "runtime": None, "threads": None, "header": None, "stamp": None,
+          "process": None}
 
 
 def enable() -> bool:
@@ -157,20 +162,13 @@ def _manifest(module: str) -> tuple[frozenset, dict]:
     if found is None:
         found = (frozenset(), {})
         try:
-            with open(_manifest_path(module), "rb") as f:
-                digest, payload = f.read(32), f.read()
-            if hashlib.sha256(payload).digest() == digest:
-                stored = pickle.loads(payload)
-                if isinstance(stored, dict) and stored.get("stamp") == _installed_stamp():
-                    found = (frozenset(stored["names"]), dict(stored["constants"]))
-        except Exception:  # noqa: BLE001 (absent or unreadable: the real module serves every name)
+            stored = _unpickled(read_checked(_manifest_path(module)))
+            if isinstance(stored, dict) and stored.get("stamp") == _installed_stamp():
+                found = (frozenset(stored["names"]), dict(stored["constants"]))
+        except Exception:  # noqa: BLE001 (not ours: the real module serves every name)
             pass
         _state["names"][module] = found
     return found
-
-
-def _kernel_names(module: str) -> frozenset:
-    return _manifest(module)[0]
 
 
 def _constant(value) -> bool:
@@ -179,12 +177,14 @@ def _constant(value) -> bool:
     return type(value) is tuple and all(_constant(v) for v in value)
 
 
-def _write(path: str, payload: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(hashlib.sha256(payload).digest() + payload)
-    os.replace(tmp, path)
+def _unpickled(payload: bytes | None):
+    """The object a checked file holds; None where there is none or it is not a pickle of this Python's."""
+    if payload is None:
+        return None
+    try:
+        return pickle.loads(payload)
+    except Exception:  # noqa: BLE001 (not ours, or another pickle version: not used)
+        return None
 
 
 # -- what an entry must match --------------------------------------------------------------------------
@@ -300,13 +300,8 @@ class _Runtime:
         if "numba.np.ufunc.parallel" in sys.modules:
             return False  # Numba runs its own threads in this process
         lib = _extension(f"numba.np.ufunc.{layer}pool" if layer != "workqueue" else "numba.np.ufunc.workqueue")
-        ll = self.ll
-        for symbol, attr in (("numba_parallel_for", "parallel_for"), ("do_scheduling_signed", None),
-                             ("do_scheduling_unsigned", None), ("allocate_sched", None),
-                             ("deallocate_sched", None), ("get_num_threads", None), ("set_num_threads", None),
-                             ("get_thread_id", None), ("set_parallel_chunksize", None),
-                             ("get_parallel_chunksize", None), ("get_sched_size", None)):
-            ll.add_symbol(symbol, getattr(lib, attr or symbol))
+        for symbol, attr in _THREAD_SYMBOLS.items():
+            self.ll.add_symbol(symbol, getattr(lib, attr))
         ctypes.CFUNCTYPE(None, ctypes.c_int)(lib.launch_threads)(max_threads())
         self.set_threads = ctypes.CFUNCTYPE(None, ctypes.c_int)(lib.set_num_threads)
         self.layer = (layer, lib)
@@ -403,17 +398,7 @@ def _header(ll) -> tuple:
 
 
 def _read_entry(path: str, key, header):
-    try:
-        with open(path, "rb") as f:
-            digest, payload = f.read(32), f.read()
-    except OSError:
-        return None
-    if hashlib.sha256(payload).digest() != digest:
-        return None
-    try:
-        entry = pickle.loads(payload)
-    except Exception:  # noqa: BLE001 (not ours, or another pickle version: not used)
-        return None
+    entry = _unpickled(read_checked(path))
     if not isinstance(entry, dict) or entry.get("header") != header or entry.get("key") != key:
         return None
     return entry
@@ -481,9 +466,9 @@ _proxies: dict = {}
 
 def proxy(short: str):
     """The stand-in for kernel module ``short``, or None where the native path is off or nothing is stored."""
-    if not _state["enabled"] or short not in KERNEL_MODULES or "numba" in sys.modules:
+    if not _state["enabled"] or short not in kernel_modules() or "numba" in sys.modules:
         return None
-    if not _kernel_names(short):
+    if not _manifest(short)[0]:
         return None
     with _lock:
         if short not in _proxies:
@@ -540,7 +525,7 @@ def _record() -> int:
     layer = getattr(parallel, "_threading_layer", None) if getattr(parallel, "_is_initialized", False) else None
     stored = 0
     for modname, module in list(sys.modules.items()):
-        if not modname.startswith("qtool.kernels.") or modname.split(".")[-1] not in KERNEL_MODULES:
+        if not modname.startswith("qtool.kernels.") or modname.split(".")[-1] not in kernel_modules():
             continue
         if not isinstance(module, pytypes.ModuleType) or isinstance(module, _Proxy):
             continue
@@ -550,7 +535,7 @@ def _record() -> int:
         constants = {name: value for name, value in vars(module).items()
                      if not name.startswith("_") and _constant(value)}
         if kernels and _manifest(short) != (frozenset(kernels), constants):
-            _write(_manifest_path(short), pickle.dumps({"stamp": _installed_stamp(), "names": kernels,
+            write_checked(_manifest_path(short), pickle.dumps({"stamp": _installed_stamp(), "names": kernels,
                                                         "constants": constants}))
             _state["names"][short] = (frozenset(kernels), constants)
         for name in kernels:
@@ -573,7 +558,7 @@ def _record() -> int:
                                sorted(intrinsics.INTR_MATH))
                 if entry is None:
                     continue
-                _write(path, pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
+                write_checked(path, pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
                 stored += 1
     return stored
 
@@ -635,10 +620,6 @@ def undefined_symbols(obj: bytes):
     return names
 
 
-#: the threading layer's functions, which `_Runtime.threads` registers
-_THREAD_SYMBOLS = frozenset({"numba_parallel_for", "do_scheduling_signed", "do_scheduling_unsigned", "allocate_sched",
-                             "deallocate_sched", "get_num_threads", "set_num_threads", "get_thread_id",
-                             "set_parallel_chunksize", "get_parallel_chunksize", "get_sched_size"})
 
 
 def _resolvable(symbol: str, math: list) -> bool:
@@ -652,7 +633,9 @@ def _resolvable(symbol: str, math: list) -> bool:
         return True
     if nrt is not None and (symbol in nrt.c_helpers or (symbol.startswith("NRT_") and symbol[4:] in nrt.c_helpers)):
         return True
+    if _state["process"] is None:
+        _state["process"] = ctypes.CDLL(None)  # the symbols the process has loaded
     try:
-        return bool(getattr(ctypes.CDLL(None), symbol))
+        return bool(getattr(_state["process"], symbol))
     except AttributeError:
         return False

@@ -30,7 +30,7 @@ class Lattice:
     def neighbour_odd(self) -> np.ndarray:
         """float32 [dim, len(neighbours) + 16]: odd coordinates of each listed grid point, coordinate-
         major, at the list entry's offset (count slots and the 16 spare columns hold 0), so that a
-        search reads a list's points contiguously, in whole vectors of 16 (IQ2, IQ3)."""
+        search reads a list's points contiguously, in whole vectors (IQ3's nearest_listed_8)."""
         nb = self.neighbours.astype(np.intp)
         out = np.zeros((self.levels.shape[1], nb.size + 16), dtype=np.float32)
         out[:, :nb.size] = self.odd[nb % self.levels.shape[0]].T  # count slots pick a point too: zeroed next
@@ -41,8 +41,8 @@ class Lattice:
     def neighbour_codes(self) -> np.ndarray:
         """uint16 [len(neighbours) + 16]: ``neighbours`` with each listed grid point replaced by its level
         indices packed 2 bits each (coordinate k in bits 2k, 2k+1; the kmap key of a 3-level lattice), the
-        count slots as they are, 16 spare zeros: a list is read whole from one short run of memory (IQ1's
-        neighbour scan, kernels' nearest_packed_point_8d)."""
+        count slots as they are, 16 spare zeros: a list is read whole from one short run of memory (the IQ1
+        and IQ2 neighbour scans, kernels' nearest_packed_point_8d)."""
         dim = self.levels.shape[1]
         assert 2 * dim <= 16 and int(self.levels.max()) < 3
         keys = (self.levels.astype(np.uint32) << (2 * np.arange(dim, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
