@@ -155,7 +155,7 @@ def _manifest_path(module: str) -> str:
 
 
 def _manifest(module: str) -> tuple[frozenset, dict]:
-    """The names of ``module``'s jitted kernels and its plain constants (numbers, strings, tuples of them), as
+    """The names of ``module``'s jitted kernels and its plain constants (`_plain`: numbers, strings, ...), as
     the last command that imported it stored them (none where none did, or the kernel sources or Numba
     changed since)."""
     found = _state["names"].get(module)
@@ -169,12 +169,6 @@ def _manifest(module: str) -> tuple[frozenset, dict]:
             pass
         _state["names"][module] = found
     return found
-
-
-def _constant(value) -> bool:
-    if type(value) in (bool, int, float, str):
-        return True
-    return type(value) is tuple and all(_constant(v) for v in value)
 
 
 def _unpickled(payload: bytes | None):
@@ -533,7 +527,7 @@ def _record() -> int:
         kernels = sorted(name for name, obj in vars(module).items()
                          if isinstance(obj, Dispatcher) and getattr(obj.py_func, "__module__", None) == modname)
         constants = {name: value for name, value in vars(module).items()
-                     if not name.startswith("_") and _constant(value)}
+                     if not name.startswith("_") and _plain(value)}
         if kernels and _manifest(short) != (frozenset(kernels), constants):
             write_checked(_manifest_path(short), pickle.dumps({"stamp": _installed_stamp(), "names": kernels,
                                                         "constants": constants}))
@@ -589,8 +583,8 @@ def _entry(cres, key, header, nfixed: int, varargs: bool, layer, math: list):
 
 
 def _plain(value) -> bool:
-    """Whether an environment constant unpickles without Numba: a NumPy dtype, a builtin scalar or string,
-    a builtin exception class, or a tuple of these."""
+    """Whether a value unpickles without Numba (an environment's constant, a kernel module's constant for the
+    manifest): a NumPy dtype, a builtin scalar or string, a builtin exception class, or a tuple of these."""
     if value is None or type(value) in (bool, int, float, complex, str, bytes, np.dtype) or isinstance(value, np.dtype):
         return True
     if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == "builtins":
