@@ -14,6 +14,8 @@ its precomputed neighbours (the grid points in the three nearest distance shells
     values      float32 [2048, 8]  the same as float32 -1/0/1 (for dequantization)
     kmap        int32 [43692]      pattern u = sum(level_j << 2j) -> grid index, or -(offset + 1)
     neighbours  uint16 [...]       at offset: count n, then n grid indices in (distance, index) order
+    nlev        uint16 [...]       the same lists, each listed point's levels packed 2 bits a coordinate
+                                   (Lattice.neighbour_codes: what the neighbour scan reads)
 
 The quantize drivers (common.checked_driver) write (FAILED, super-block) into ``status`` int32[nrows, 2]
 (zero on entry) for a row where ggml aborts (GGML_ASSERT: no grid point at a finite distance, or a

@@ -10,10 +10,10 @@ The quantizer rounds 8 weights to a level vector ``u`` (8 x 2 bits); ``u`` on th
 otherwise the best of its precomputed nearest grid points (ggml's iq2xs_init_impl, kernels/lattice.py).
 
 The search tables per type: ``kmap`` int32[43692] (u -> grid index, or -(start + 1) into ``neigh``),
-``neigh`` uint16[...] (at start: count, then that many grid indices) and ``npos`` float32[8,
-len(neigh) + 16], the listed points' odd coordinates 2l + 1 at their list entries (coordinate-major,
-so that a list's points are read 16 at a time); dequantizing takes ``grid`` float32[n, 8], ggml's
-coordinate bytes.
+``neigh`` uint16[...] (at start: count, then that many grid indices) and ``npos`` uint16[len(neigh) + 16],
+the same lists with each listed point's levels packed 2 bits a coordinate (Lattice.neighbour_codes, so
+that a list is read from one short run of memory, 16 points at a time); dequantizing takes ``grid``
+float32[n, 8], ggml's coordinate bytes.
 
 Each quantize driver takes ``weights`` as float32[n_per_row] or a zero-length array (C's NULL, only
 IQ2_S has that path: ggml refuses IQ2_XXS and IQ2_XS without an importance vector) and a ``status``
