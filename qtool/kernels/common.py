@@ -24,8 +24,54 @@ F32 = np.float32
 #: Per-block kernels. error_model="numpy" gives C's IEEE x/0 (inf/NaN) instead of ZeroDivisionError,
 #: which huge finite inputs reach in ggml's searches.
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+#: Small helpers called in a hot loop: inlined into each caller in Numba's IR. A call between jitted functions
+#: is a real call (LLVM never sees both), with every array argument passed as seven values and its
+#: reference count raised and lowered (atomic operations) on entry and exit.
+jit_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 #: The one parallel driver per type, looping over rows with numba.prange.
 jit_rows = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+
+
+@intrinsic
+def borrowed(typingctx, value):
+    """``value`` (an array, or a tuple whose arrays are taken so; its other items as they are) as views that hold no reference: the same
+    data, shape and strides, no memory owner. Every view of an array raises and lowers its owner's count
+    with an atomic add (NRT_incref/decref): a slice, an argument on entry to a jitted function and on exit,
+    each alias an inlined helper makes. A block function called per block with its row, importance vector
+    and scratch paid dozens of those per block, and the two threads' slices of one row array contended for
+    its count's cache line; views of borrowed arrays pay a test for a null owner instead.
+
+    Only for arrays that something else keeps alive while the views are used (a driver's arguments, or a
+    scratch tuple held and then passed to keep_alive after the loop that uses its views), and never
+    returned or stored beyond that."""
+    if not isinstance(value, (types.Array, types.BaseTuple)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        def strip(ty, v):
+            if isinstance(ty, types.Array):
+                ary = context.make_array(ty)(context, builder, value=v)
+                ary.meminfo = ir.Constant(ary.meminfo.type, None)
+                ary.parent = ir.Constant(ary.parent.type, None)
+                return ary._getvalue()
+            if isinstance(ty, types.BaseTuple):
+                parts = [strip(t, builder.extract_value(v, i)) for i, t in enumerate(ty)]
+                return context.make_tuple(builder, ty, parts)
+            return v
+
+        return strip(sig.args[0], args[0])
+
+    return value(value), codegen
+
+
+@intrinsic
+def keep_alive(typingctx, value):
+    """Nothing, at this point of the code: ``value`` (the owner of borrowed views) is used here, so Numba
+    releases it no earlier."""
+    def codegen(context, builder, sig, args):
+        return context.get_dummy_value()
+
+    return types.none(value), codegen
 
 
 @intrinsic
@@ -933,6 +979,7 @@ TAIL = False
 def each_block(src, dst, *tables):
     """For every row r and block b: BLOCK(src[r, b*IN:(b+1)*IN], dst[r, b*OUT:(b+1)*OUT], *tables)."""
     nrows, n = src.shape
+    src, dst, tables = borrowed(src), borrowed(dst), borrowed(tables)
     for r in numba.prange(nrows):
         s = src[r]
         d = dst[r]
@@ -946,11 +993,14 @@ def each_block_weighted(rows, weights, out, *tables):
     the ``_ref`` path), scratch = SCRATCH() once per row."""
     nrows, n = rows.shape
     use_w = weights.shape[0] > 0
+    rows, weights, out, tables = borrowed(rows), borrowed(weights), borrowed(out), borrowed(tables)
     for r in numba.prange(nrows):
-        scratch = SCRATCH()
+        owned = SCRATCH()
+        scratch = borrowed(owned)
         for b in range(n // IN):
             qw = weights[b * IN:(b + 1) * IN] if use_w else weights
             BLOCK(rows[r, b * IN:(b + 1) * IN], qw, out[r, b * OUT:(b + 1) * OUT], scratch, *tables)
+        keep_alive(owned)
 
 
 def each_block_checked(rows, weights, out, *args):
@@ -959,11 +1009,13 @@ def each_block_checked(rows, weights, out, *args):
     row from the block on, the block its first IN). A non-zero code ends the row: status = args[-1]
     (int32[nrows, 2], zero on entry) gets (code, block)."""
     status = args[-1]
-    tables = args[:-1]
+    tables = borrowed(args[:-1])
+    rows, weights, out = borrowed(rows), borrowed(weights), borrowed(out)
     nrows, n = rows.shape
     use_w = weights.shape[0] > 0
     for r in numba.prange(nrows):
-        scratch = SCRATCH()
+        owned = SCRATCH()
+        scratch = borrowed(owned)
         for b in range(n // IN):
             x = rows[r, b * IN:] if TAIL else rows[r, b * IN:(b + 1) * IN]
             qw = weights[b * IN:(b + 1) * IN] if use_w else weights
@@ -972,6 +1024,7 @@ def each_block_checked(rows, weights, out, *args):
                 status[r, 0] = code
                 status[r, 1] = b
                 break
+        keep_alive(owned)
 
 
 def each_block_paths(rows, weights, out):
@@ -981,8 +1034,10 @@ def each_block_paths(rows, weights, out):
     2-10% slower on the k-quants' fast blocks)."""
     nrows, n = rows.shape
     use_w = weights.shape[0] > 0
+    rows, weights, out = borrowed(rows), borrowed(weights), borrowed(out)
     for r in numba.prange(nrows):
-        scratch = SCRATCH()
+        owned = SCRATCH()
+        scratch = borrowed(owned)
         for b in range(n // IN):
             x = rows[r, b * IN:(b + 1) * IN]
             y = out[r, b * OUT:(b + 1) * OUT]
@@ -990,6 +1045,7 @@ def each_block_paths(rows, weights, out):
                 IMPL(x, weights[b * IN:(b + 1) * IN], y, *scratch)
             else:
                 REF(x, y, *scratch)
+        keep_alive(owned)
 
 
 def each_block_pair_paths(rows, weights, out):
@@ -999,8 +1055,10 @@ def each_block_pair_paths(rows, weights, out):
     nrows, n = rows.shape
     use_w = weights.shape[0] > 0
     nb = n // IN
+    rows, weights, out = borrowed(rows), borrowed(weights), borrowed(out)
     for r in numba.prange(nrows):
-        scratch = SCRATCH()
+        owned = SCRATCH()
+        scratch = borrowed(owned)
         for b in range(0, nb, 2):
             e = min(b + 2, nb)
             x = rows[r, b * IN:e * IN]
@@ -1009,12 +1067,14 @@ def each_block_pair_paths(rows, weights, out):
                 IMPL(x, weights[b * IN:e * IN], y, *scratch)
             else:
                 REF(x, y, *scratch)
+        keep_alive(owned)
 
 
 def each_row(src, dst, *tables):
     """ROW(src[r], dst[r], *tables) for every row r: for block functions too fast for a call per block (the
     IQ dequantizers: 5-9% slower through each_block, whose call LLVM does not inline), ROW loops over the
     row's blocks itself."""
+    src, dst, tables = borrowed(src), borrowed(dst), borrowed(tables)
     for r in numba.prange(src.shape[0]):
         ROW(src[r], dst[r], *tables)
 

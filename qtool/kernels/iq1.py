@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from qtool.kernels.common import (F32, IQ1_M_LANES, IQ1_S_LANES, checked_driver, each_row, fp16_bits_to_fp32,
-                                 fp32_to_fp16_bits, jit, lane_iq1m_splits, lane_iq1s_splits, load_fp16, load_u16,
+                                 fp32_to_fp16_bits, jit, jit_inline, lane_iq1m_splits, lane_iq1s_splits, load_fp16, load_u16,
                                  nearest_packed_point_8d, row_driver, store_fp16, store_u16)
 from qtool.kernels.lattice import importance, odd_level, sum_squares
 
@@ -46,7 +46,7 @@ _FLT_MAX = np.float32(3.4028234663852886e38)
 OK, FAILED = 0, 1
 
 
-@jit
+@jit_inline
 def find_best_neighbour2(neighbours, kmap_entry, levels, nlev, xb, weight, at, scale, xx, L, xrest):
     """ggml iq1_find_best_neighbour2 for the group at xb[at:at+8] (weights weight[at:at+8]): the neighbour
     of an off-grid pattern nearest to it (weighted squared distance of scale*xx[level] - x, first of equals
@@ -77,7 +77,7 @@ def find_best_neighbour2(neighbours, kmap_entry, levels, nlev, xb, weight, at, s
     return gi
 
 
-@jit
+@jit_inline
 def _sort_index(xb, idx):
     """idx = the order of xb ascending, equal values in index order: glibc's qsort (a merge sort,
     stable) with iq1_sort_helper, as ggml sorts its (x, index) pairs. Each value's place is counted
@@ -91,12 +91,12 @@ def _sort_index(xb, idx):
         idx[c] = i
 
 
-@jit
+@jit_inline
 def _sigma2(xbl):
     return F32(2.0) * sum_squares(xbl, QK_K) / F32(QK_K)
 
 
-@jit
+@jit_inline
 def _abs_max(xb, n):
     """C's running MAX(m, fabsf(x)) over the first n values."""
     mx = abs(xb[0])
@@ -106,7 +106,7 @@ def _abs_max(xb, n):
     return mx
 
 
-@jit
+@jit_inline
 def _split_levels(idx, b1, b2, scale, L, n):
     """The levels of the best split: L = 0 below sorted place b1, 1 below b2, else 2 (idx: the sort order);
     a negative scale flips them (L -> 2 - L) and itself. Returns (scale, whether it flipped)."""
@@ -119,7 +119,7 @@ def _split_levels(idx, b1, b2, scale, L, n):
     return scale, False
 
 
-@jit
+@jit_inline
 def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbours, nlev, xrest, index):
     """Each of the ng 8-groups of the block's levels L onto the grid: its own pattern where that is a
     grid point, else ggml's best neighbour at scale (iq1_find_best_neighbour2) with the group's levels

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import (F32, checked_driver, each_row, jit, load_fp16, nearest_packed_point_8d, row_driver,
+from qtool.kernels.common import (F32, checked_driver, each_row, jit, jit_inline, load_fp16, nearest_packed_point_8d, row_driver,
                                  specialize, store_fp16)
 from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
                                    round_trials, start_trials, sum_squares, sum_trials, sum_wq)
@@ -59,7 +59,7 @@ KSIGNS_IQ2XS = np.array([s | ((bin(s).count("1") & 1) << 7) for s in range(128)]
 # ---------------------------------------------------------------------------------------------------
 
 
-@jit
+@jit_inline
 def _round_group(xval, off, inv, L):
     """Levels clamp(nearest_int(0.5*(inv*x - 1)), 0, 2) of the 8 weights at xval[off:] into L[off:];
     returns their index u (2 bits each, weight 0 lowest)."""
@@ -71,7 +71,7 @@ def _round_group(xval, off, inv, L):
     return u
 
 
-@jit
+@jit_inline
 def _nearest_listed(neigh, start, npos, xval, waux, off, scale):
     """ggml iq2_find_best_neighbour: the position in the list at ``start`` of the grid point nearest
     (waux-weighted) to scale*p ~ xval[off:off+8]; -1 where no distance is below FLT_MAX (inf/NaN
@@ -82,7 +82,7 @@ def _nearest_listed(neigh, start, npos, xval, waux, off, scale):
     return nearest_packed_point_8d(npos, start + 1, np.int64(npos[start]), xval, waux, off, scale, _ODD)
 
 
-@jit
+@jit_inline
 def _snap(xval, off, inv, scale, L, waux, npos, kmap, neigh):
     """Round 8 weights to levels and move them onto the grid; returns (grid index or -1 where ggml
     aborts, was on the grid)."""
@@ -99,7 +99,7 @@ def _snap(xval, off, inv, scale, L, waux, npos, kmap, neigh):
     return np.int64(neigh[start + 1 + jb]), False
 
 
-@jit
+@jit_inline
 def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, Ls, sv, off):
     """The trial-scale loop of quantize_row_iq2_{xxs,xs,s}_impl, all trials side by side: trial
     s = -nhalf..nhalf (lane s + nhalf of _LANES) rounds the n weights at inv = (5 + 0.1 s)/denom,
@@ -135,7 +135,7 @@ def _step_search(xval, weight, waux, n, denom, nhalf, npos, kmap, neigh, Ls, sv,
     return bs, scale, OK
 
 
-@jit
+@jit_inline
 def _grid_index(L, off, kmap):
     """kmap of the levels L[off:off+8] (C's uint16 u), or -1 off the grid or beyond the map (where
     ggml aborts)."""
@@ -280,7 +280,7 @@ def dequantize_row_iq2_xxs(data, out, grid, ksigns):
 # ---------------------------------------------------------------------------------------------------
 
 
-@jit
+@jit_inline
 def _search16(xb, weight, waux, xval, L, Laux, eps, npos, kmap, neigh, Ls, sv, off):
     """The per-16-weight search shared by quantize_row_iq2_xs_impl and quantize_row_iq2_s_impl, after
     the signs are folded into xval; returns (scale, block not empty, status) (L gets the levels, all 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import F32, jit, nearest_int
+from qtool.kernels.common import F32, jit, jit_inline, nearest_int
 
 
 @jit
@@ -118,7 +118,7 @@ TRIAL_LANES = 32
 INV, SUMQX, SUMQ2, SCALE = range(4)
 
 
-@jit
+@jit_inline
 def start_trials(sv, ns, nhalf, top, step, denom):
     """The ns trials' inverse scales and scales into sv, their sums zeroed."""
     inv = sv[INV]
@@ -132,7 +132,7 @@ def start_trials(sv, ns, nhalf, top, step, denom):
         sq2[s] = F32(0.0)
 
 
-@jit
+@jit_inline
 def round_trials(xval, n, sv, Ls, lmax):
     """Ls[i, s] = clamp(nearest_int(0.5*(inv_s*x_i - 1)), 0, lmax) for the n values, every lane."""
     inv = sv[INV]
@@ -143,7 +143,7 @@ def round_trials(xval, n, sv, Ls, lmax):
             row[s] = odd_level(inv[s], xi, lmax)
 
 
-@jit
+@jit_inline
 def sum_trials(weight, xval, n, sv, Ls):
     """Every lane's sum w*x*q and sum w*q*q over q = 2*level + 1, in C's order."""
     sqx = sv[SUMQX]
@@ -158,7 +158,7 @@ def sum_trials(weight, xval, n, sv, Ls):
             sq2[s] += w * q * q
 
 
-@jit
+@jit_inline
 def best_trial(sv, ns, scale):
     """ggml's pick among the ns trials, in trial order: (winning lane or -1, its scale sumqx/sumq2, or
     the scale given when none wins)."""
@@ -174,7 +174,7 @@ def best_trial(sv, ns, scale):
     return bs, scale
 
 
-@jit
+@jit_inline
 def sum_squares(x, n):
     """sum(x^2) over the first n values, float32 in order."""
     s = F32(0.0)
@@ -183,7 +183,7 @@ def sum_squares(x, n):
     return s
 
 
-@jit
+@jit_inline
 def importance(xb, qw, n, sigma2, base, weight):
     """The importance of the n weights of a block into weight: qw*sqrt(sigma2 + x^2), or base + x^2
     without qw (qw empty: base 0 for x^2, which 0 + x^2 is exactly; sigma2/4 for IQ2_S)."""
@@ -195,7 +195,7 @@ def importance(xb, qw, n, sigma2, base, weight):
             weight[i] = base + xb[i] * xb[i]
 
 
-@jit
+@jit_inline
 def block_weights(xb, qw, n, sigma2, base, weight, waux):
     """importance() into weight and its square root into waux (the IQ2/IQ3 neighbour distances)."""
     importance(xb, qw, n, sigma2, base, weight)
@@ -203,7 +203,7 @@ def block_weights(xb, qw, n, sigma2, base, weight, waux):
         waux[i] = np.sqrt(weight[i])
 
 
-@jit
+@jit_inline
 def odd_level(inv, x, lmax):
     """clamp(nearest_int(0.5*(inv*x - 1)), 0, lmax): the level l whose odd value 2l + 1 lies nearest inv*x,
     as ggml rounds the IQ searches' weights and their block scales."""
@@ -211,7 +211,7 @@ def odd_level(inv, x, lmax):
     return max(0, min(lmax, l))
 
 
-@jit
+@jit_inline
 def max_of(xval, n):
     """C's running MAX(m, x) = m > x ? m : x over the first n values."""
     m = xval[0]
@@ -220,7 +220,7 @@ def max_of(xval, n):
     return m
 
 
-@jit
+@jit_inline
 def fold_signs(xb, weight, xval, k, parity):
     """|x| of the 8 weights of group k into xval; returns their sign bits. With ``parity`` (IQ2_XXS,
     IQ2_XS: 7 stored bits, the 8th implied even) an odd count of negatives flips the sign back on the
@@ -249,7 +249,7 @@ def fold_signs(xb, weight, xval, k, parity):
     return s
 
 
-@jit
+@jit_inline
 def sum_wq(weight, xval, L, n):
     """sum w*x*q and sum w*q*q over q = 2*L + 1 (the levels' odd values), in ggml's order."""
     sumqx = F32(0.0)
