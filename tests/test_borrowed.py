@@ -1,4 +1,4 @@
-"""kernels.common.borrowed/keep_alive: views that own no reference, used by the row drivers so that block
+"""kernels.common.borrowed/keep_alive/local_f32: views that own no reference, used by the row drivers so that block
 functions called per block raise no reference counts (atomic adds) on their arrays."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from qtool.kernels.common import borrowed, keep_alive
+from qtool.kernels.common import borrowed, keep_alive, local_f32
 
 
 @intrinsic
@@ -83,3 +83,21 @@ def _left_sum(row: np.ndarray) -> np.float32:
     for v in row:
         total = np.float32(total + v)
     return total
+
+
+@numba.njit
+def _lanes(x):
+    from_stack = local_f32(4)
+    for t in range(4):
+        from_stack[t] = np.float32(0.0)
+    for i in range(x.shape[0]):
+        for t in range(4):
+            from_stack[t] += x[i] * np.float32(t + 1)
+    return from_stack.shape[0], _owner(from_stack), from_stack[0], from_stack[3]
+
+
+def test_local_lanes_are_a_frame_array_of_the_given_length():
+    x = np.arange(1, 6, dtype=np.float32)
+    n, owner, first, last = _lanes(x)
+    assert (n, owner) == (4, 0)
+    assert first == np.float32(15.0) and last == np.float32(60.0)

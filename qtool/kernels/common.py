@@ -65,6 +65,30 @@ def borrowed(typingctx, value):
 
 
 @intrinsic
+def local_f32(typingctx, n):
+    """float32[n] in the calling function's stack frame (n a compile-time constant), a view that owns
+    nothing: scratch for a few lanes without an allocation per call, which LLVM keeps in registers. Valid
+    until the function that called it returns (also where Numba inlined that function): never return
+    or keep it."""
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+    count = n.literal_value
+    arrty = types.Array(types.float32, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        from numba.core import cgutils
+
+        data = cgutils.alloca_once(builder, ir.FloatType(), size=count)
+        ary = context.make_array(arrty)(context, builder)
+        itemsize = context.get_constant(types.intp, 4)
+        context.populate_array(ary, data=data, shape=[context.get_constant(types.intp, count)],
+                               strides=[itemsize], itemsize=itemsize, meminfo=None)
+        return ary._getvalue()
+
+    return arrty(n), codegen
+
+
+@intrinsic
 def keep_alive(typingctx, value):
     """Nothing, at this point of the code: ``value`` (the owner of borrowed views) is used here, so Numba
     releases it no earlier."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import SUB_WIDTH, F32, f32_bits, jit, lane_fit_errors, lane_quant_sums, nearest_int
+from qtool.kernels.common import SUB_WIDTH, F32, f32_bits, jit, lane_fit_errors, lane_quant_sums, local_f32, nearest_int
 
 #: ggml's GROUP_MAX_EPS: below this the block counts as all zero.
 GROUP_MAX_EPS = F32(1e-15)
@@ -632,19 +632,25 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
     for i in range(n):
         diff = x[i] - scale * F32(L[i])
         best_mse += quant_weights[i] * diff * diff
-    for step in range(-4, 5):
-        if step == 0:
-            continue
-        iscale_is = (F32(0.1) * F32(step) + fnmax) / vmax
-        scale_is = F32(1.0) / iscale_is
-        mse = F32(0.0)
-        for i in range(n):
-            l = min(nmax, nearest_int(iscale_is * x[i]))
-            diff = x[i] - scale_is * F32(l)
-            mse += quant_weights[i] * diff * diff
-        if mse < best_mse:
-            best_mse = mse
-            iscale = iscale_is
+    # the steps -4..-1, 1..4 side by side (lane t), each its own sum in C's order, then taken in C's order
+    step_iscale = local_f32(8)
+    step_scale = local_f32(8)
+    step_mse = local_f32(8)
+    for t in range(8):
+        step_iscale[t] = (F32(0.1) * F32(t - 4 if t < 4 else t - 3) + fnmax) / vmax
+        step_scale[t] = F32(1.0) / step_iscale[t]
+        step_mse[t] = F32(0.0)
+    for i in range(n):
+        xi = x[i]
+        wi = quant_weights[i]
+        for t in range(8):
+            l = min(nmax, nearest_int(step_iscale[t] * xi))
+            diff = xi - step_scale[t] * F32(l)
+            step_mse[t] += wi * diff * diff
+    for t in range(8):
+        if step_mse[t] < best_mse:
+            best_mse = step_mse[t]
+            iscale = step_iscale[t]
     sumlx = F32(0.0)
     suml2 = F32(0.0)
     for i in range(n):
