@@ -263,6 +263,34 @@ def _value_type(c: _Cursor, key: str, raw: int) -> GGUFValueType:
 # -- arrays of strings ------------------------------------------------------------------------------------
 
 
+class PackedStrings(list):
+    """A GGUF array of strings as read, with ``packed``: its records' bytes as the file held them (u64
+    length + bytes each), which a writer copies instead of encoding 10^5 strings again. Any change to the
+    list drops ``packed`` (None: the writer then encodes the strings)."""
+
+    __slots__ = ("packed",)
+
+    def __init__(self, items, packed: bytes | None):
+        super().__init__(items)
+        self.packed = packed
+
+
+def _forgets_packed(name: str):
+    method = getattr(list, name)
+
+    def changed(self, *args):
+        self.packed = None
+        return method(self, *args)
+
+    changed.__name__ = name
+    return changed
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "clear", "sort", "reverse"):
+    setattr(PackedStrings, _name, _forgets_packed(_name))
+
+
 def _string_array(c: _Cursor, kname: str, count: int, bulk: bool = True) -> list:
     """``count`` strings at the cursor: located and decoded in bulk where possible, else one by one.
 
@@ -281,10 +309,11 @@ def _string_array(c: _Cursor, kname: str, count: int, bulk: bool = True) -> list
     if found is not None:
         starts, lengths = found
         end = int(starts[-1] + 8 + lengths[-1])
-        out = _decode_records(c.array[c.pos:c.pos + end], starts, lengths)
+        region = c.array[c.pos:c.pos + end]
+        out = _decode_records(region, starts, lengths)
         if out is not None:
             c.pos += end
-            return out
+            return PackedStrings(out, region.tobytes())
     return _walk_records(c, kname, count)
 
 

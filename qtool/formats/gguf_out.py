@@ -21,6 +21,7 @@ import numpy as np
 from gguf import GGUFEndian, GGUFValueType, GGUFWriter
 
 from qtool.errors import FormatError, UsageError
+from qtool.formats.gguf_in import PackedStrings
 from qtool.formats.ggml_types import QUANT_SIZES, QType
 
 # Keys the writer itself owns, or that describe the input file rather than the model.
@@ -68,6 +69,8 @@ def _pack_numbers(value: Any, sub: GGUFValueType) -> bytes | None:
 
 def _pack_strings(value: Any) -> bytes | None:
     """u64 length + UTF-8 bytes of each string (bytes elements as they are); None for non-strings."""
+    if isinstance(value, PackedStrings) and value.packed is not None:
+        return value.packed  # as read from a GGUF and unchanged since
     n = len(value)
     if n and all(map(isinstance, value, repeat(str, n))):
         try:
@@ -108,6 +111,8 @@ def _pack_strings(value: Any) -> bytes | None:
 def _strings_size(value: Any) -> int | None:
     """The packed size of a string array's elements (u64 length + UTF-8 bytes each), counted without
     packing them; None unless every element is a str."""
+    if isinstance(value, PackedStrings) and value.packed is not None:
+        return len(value.packed)
     n = len(value)
     if not all(map(isinstance, value, repeat(str, n))):
         return None
@@ -147,8 +152,8 @@ def _add_kv(writer: GGUFWriter, key: str, value: Any, vtype: GGUFValueType | Non
     if vtype is None:
         vtype = value_type(value)
     if vtype == GGUFValueType.ARRAY:
-        if not isinstance(value, np.ndarray):
-            value = list(value)
+        if not isinstance(value, (np.ndarray, list)):
+            value = list(value)  # (a list as it is: a PackedStrings keeps its bytes)
         writer.add_key_value(key, value, vtype, sub_type=sub_type)
     else:
         if isinstance(value, np.generic):
