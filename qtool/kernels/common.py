@@ -34,12 +34,13 @@ jit_rows = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy"
 
 @intrinsic
 def borrowed(typingctx, value):
-    """``value`` (an array, or a tuple whose arrays are taken so; its other items as they are) as views that hold no reference: the same
-    data, shape and strides, no memory owner. Every view of an array raises and lowers its owner's count
-    with an atomic add (NRT_incref/decref): a slice, an argument on entry to a jitted function and on exit,
-    each alias an inlined helper makes. A block function called per block with its row, importance vector
-    and scratch paid dozens of those per block, and the two threads' slices of one row array contended for
-    its count's cache line; views of borrowed arrays pay a test for a null owner instead.
+    """``value`` (an array, or a tuple whose arrays are taken so; its other items as they are) as views that
+    hold no reference: the same data, shape and strides, no memory owner. Every view of an array raises and
+    lowers its owner's count with an atomic add (NRT_incref/decref): a slice, an argument on entry to a
+    jitted function and on exit, each alias an inlined helper makes. A block function called per block with
+    its row, importance vector and scratch paid dozens of those per block, and the two threads' slices of one
+    row array contended for its count's cache line; views of borrowed arrays pay a test for a null owner
+    instead.
 
     Only for arrays that something else keeps alive while the views are used (a driver's arguments, or a
     scratch tuple held and then passed to keep_alive after the loop that uses its views), and never

@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from qtool.kernels.common import (F32, IQ1_M_LANES, IQ1_S_LANES, checked_driver, each_row, fp16_bits_to_fp32,
-                                 fp32_to_fp16_bits, jit, jit_inline, lane_iq1m_splits, lane_iq1s_splits, load_fp16, load_u16,
-                                 nearest_packed_point_8d, row_driver, store_fp16, store_u16)
+                                 fp32_to_fp16_bits, jit, jit_inline, lane_iq1m_splits, lane_iq1s_splits, load_fp16,
+                                 load_u16, nearest_packed_point_8d, row_driver, store_fp16, store_u16)
 from qtool.kernels.lattice import importance, odd_level, sum_squares
 
 QK_K = 256

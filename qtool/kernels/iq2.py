@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import (F32, checked_driver, each_row, jit, jit_inline, load_fp16, nearest_packed_point_8d, row_driver,
-                                 specialize, store_fp16)
+from qtool.kernels.common import (F32, checked_driver, each_row, jit, jit_inline, load_fp16, nearest_packed_point_8d,
+                                 row_driver, specialize, store_fp16)
 from qtool.kernels.lattice import (SCALE, TRIAL_LANES, best_trial, block_weights, fold_signs, max_of, odd_level,
                                    round_trials, start_trials, sum_squares, sum_trials, sum_wq)
 from qtool.kernels.search import make_qp_quants
