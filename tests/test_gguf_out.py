@@ -180,10 +180,10 @@ def test_vocabulary_and_empty_arrays_round_trip(tmp_path):
         assert src.metadata_sub_types["x.empty"] == V.INT32 and src.metadata["x.empty"].size == 0
 
 
-def _vocab_file(tmp_path, vocab):
-    path = tmp_path / "in.gguf"
+def _tokens_file(path, tokens):
+    """A GGUF at ``path`` with ``tokens`` as its vocabulary and one small tensor."""
     with GGUFOut(path, "llama") as out:
-        out.add_metadata("tokenizer.ggml.tokens", vocab, V.ARRAY, V.STRING)
+        out.add_metadata("tokenizer.ggml.tokens", tokens, V.ARRAY, V.STRING)
         out.add_tensor("w", (1, 32), T.F32)
         out.begin()
         out.write("w", np.ones((1, 32), np.float32))
@@ -198,19 +198,13 @@ def test_strings_read_from_a_gguf_are_copied_as_read_and_re_encoded_once_changed
     from qtool.formats.gguf_out import _pack_strings, _strings_size
 
     vocab = [f"tok{i}" for i in range(300)] + ["\u4e2d\U0001f600", "", "a b", "\u0120x"] * 50
-    with GGUFSource(_vocab_file(tmp_path, vocab)) as src:
+    with GGUFSource(_tokens_file(tmp_path / "in.gguf", vocab)) as src:
         tokens = src.metadata["tokenizer.ggml.tokens"]
         assert isinstance(tokens, PackedStrings) and tokens.packed is not None
         assert tokens == vocab
         assert _pack_strings(tokens) == tokens.packed == _pack_strings(list(vocab))
         assert _strings_size(tokens) == len(tokens.packed)
-        out = tmp_path / "out.gguf"
-        with GGUFOut(out, "llama") as w:
-            w.add_metadata("tokenizer.ggml.tokens", tokens, V.ARRAY, V.STRING)
-            w.add_tensor("w", (1, 32), T.F32)
-            w.begin()
-            w.write("w", np.ones((1, 32), np.float32))
-            w.commit()
+        out = _tokens_file(tmp_path / "out.gguf", tokens)
         assert GGUFReader(out).fields["tokenizer.ggml.tokens"].contents() == vocab
         for change in (lambda t: t.append("new"), lambda t: t.__setitem__(0, "zero"), lambda t: t.sort(),
                        lambda t: t.pop(), lambda t: t.extend(["x"]), lambda t: t.__delitem__(slice(0, 2))):

@@ -247,6 +247,7 @@ def _cache_folders_checked_once() -> bool:
 
 _folder_stamps: dict = {}
 _sources: dict = {}
+_modules: frozenset | None = None
 _NOT_KERNELS = frozenset({"__init__.py", "native.py"})
 
 
@@ -261,10 +262,13 @@ def kernel_sources(folder: str) -> list[str]:
 
 
 def kernel_modules() -> frozenset:
-    """The names of this package's kernel modules (the ones kernels.native may stand in for)."""
-    import os
+    """The names of this package's kernel modules (the ones kernels.native may stand in for), made once."""
+    global _modules
+    if _modules is None:
+        import os
 
-    return frozenset(n[:-3] for n in kernel_sources(os.path.dirname(os.path.abspath(__file__))))
+        _modules = frozenset(n[:-3] for n in kernel_sources(os.path.dirname(os.path.abspath(__file__))))
+    return _modules
 
 
 def folder_stamp(folder: str) -> bytes:

@@ -614,8 +614,6 @@ def undefined_symbols(obj: bytes):
     return names
 
 
-
-
 def _resolvable(symbol: str, math: list) -> bool:
     """Whether a stored object's undefined ``symbol`` is one `_Runtime` registers or one the process has (the C
     library's); called where Numba is imported, with its helper modules loaded."""
