@@ -116,15 +116,10 @@ def test_ties_match_ggml(oracle, qtype, path):
     assert quantize_vs_ggml_report(qtype, x, w) == ""
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1], **ids)
-def test_ref_kernel_nonfinite_blocks_match_ggml(oracle, qtype):
-    """The ref kernels' block scans on NaN (both signs, with payloads), +-inf, +-FLT_MAX-scale, subnormal and
-    signed-zero values, alone and mixed into gaussian blocks, give ggml's bytes. quantize() refuses such rows
-    before the kernel; this pins the kernels' own claim that NaN never wins a scan and the C's start values
-    (0, FLT_MAX, -FLT_MAX) are kept."""
-    from qtool.kernels import legacy as k
-
-    rng = np.random.default_rng(12)
+def _special_rows(seed: int) -> np.ndarray:
+    """NaN (both signs, with payloads), +-inf, +-FLT_MAX-scale, subnormal and signed-zero values, alone and
+    mixed into gaussian blocks."""
+    rng = np.random.default_rng(seed)
     special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 3e38, -3e38, 1e-40, -1e-40], np.float32)
     picks = [special, special[[0, 2]], special[[0, 3, 4]], special[[3, 4, 7, 8]], special[[0, 1]]]
     x = rng.standard_normal((250, 128)).astype(np.float32)
@@ -137,9 +132,49 @@ def test_ref_kernel_nonfinite_blocks_match_ggml(oracle, qtype):
     bits = x.view(np.uint32)
     nan = np.isnan(x)
     bits[nan] = np.where(rng.random(int(nan.sum())) < 0.5, 0x7FC00001, 0xFFC12345).astype(np.uint32)
+    return x
+
+
+@pytest.mark.parametrize("qtype", TYPES, **ids)
+def test_ref_kernel_nonfinite_blocks_match_ggml(oracle, qtype):
+    """The ref kernels' block scans on special values (_special_rows) give ggml's bytes. quantize() refuses
+    such rows before the kernel; this pins the kernels' own claim that NaN never wins a scan and the C's start
+    values (0, FLT_MAX, -FLT_MAX) are kept, and Q8_0's vector reduction of the largest |x| (a block with a NaN
+    goes through C's serial scan, where a NaN counts only when it comes last)."""
+    from qtool.kernels import legacy as k
+
+    x = _special_rows(12)
     kernel = getattr(k, f"quantize_{qtype.name.lower()}")
     ours = np.empty((x.shape[0], get(qtype).row_bytes(x.shape[1])), np.uint8)
     with np.errstate(all="ignore"):
-        kernel(x, k.NO_WEIGHTS, ours)
+        kernel(x, ours) if qtype == T.Q8_0 else kernel(x, k.NO_WEIGHTS, ours)
         ref = oracle.quantize(qtype, x, None)
     assert mismatch_report(ours, ref, get(qtype).type_size) == ""
+
+
+def test_largest_abs_is_the_serial_max():
+    """common.largest_abs (one vector reduction, the serial C loop where a block holds a NaN) gives what
+    ``amax = MAX(amax, fabsf(x))`` from 0 gives, bit for bit, on special values: NaN last in a block is the
+    result, NaN earlier is forgotten, inf wins, -0 is +0."""
+    import numba
+
+    from qtool.kernels.common import largest_abs
+
+    @numba.njit
+    def blocks_of_32(x, out):
+        for b in range(out.shape[0]):
+            out[b] = largest_abs(x, b * 32, 32)
+
+    x = _special_rows(5).reshape(-1)
+    x[31] = np.nan  # a block whose last value is NaN (the serial MAX keeps it)
+    x[32:64] = -0.0
+    out = np.empty(x.size // 32, np.float32)
+    blocks_of_32(x, out)
+    want = np.empty_like(out)
+    for b in range(out.size):
+        amax = np.float32(0)
+        for v in np.abs(x[b * 32:(b + 1) * 32]):
+            amax = amax if amax > v else v
+        want[b] = amax
+    assert np.isnan(want[0]) and (want.view(np.uint32)[1] == 0) and np.isinf(want).any()
+    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))

@@ -128,6 +128,45 @@ def bits_f32(typingctx, x):
     return types.float32(x), codegen
 
 
+@intrinsic
+def pick(typingctx, condition, a, b):
+    """C's ``condition ? a : b`` without a branch (LLVM's select): Numba writes a conditional expression as
+    a branch, and one inside a loop keeps LLVM from vectorizing it. Both values are computed, so neither
+    may be one that must not be (an out-of-range cast is harmless: its value is simply not picked)."""
+    if condition != types.boolean or a != b:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(*args)
+
+    return a(condition, a, b), codegen
+
+
+@intrinsic
+def abs_max_bits(typingctx, x, first, n):
+    """The largest bit pattern of |x[first]|, ..., |x[first + n - 1]| (sign bits cleared) as uint32, n a
+    compile-time constant, x a contiguous float32 array: one vector load and LLVM's unsigned-max reduction.
+    For floats without NaN the largest pattern is the largest magnitude, whatever the order."""
+    if not (_is_f32_array(x) and x.layout == "C" and isinstance(first, types.Integer)
+            and isinstance(n, types.IntegerLiteral)):
+        return None
+    count = n.literal_value
+
+    def codegen(context, builder, sig, args):
+        from numba.core import cgutils
+
+        vi = ir.VectorType(ir.IntType(32), count)
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        at = context.cast(builder, args[1], sig.args[1], types.int64)
+        words = builder.load(builder.bitcast(cgutils.gep(builder, data, at), vi.as_pointer()), align=4)
+        magnitudes = builder.and_(words, ir.Constant(vi, [0x7FFFFFFF] * count))
+        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [vi]),
+                                                f"llvm.vector.reduce.umax.v{count}i32")
+        return builder.call(reduce, [magnitudes])
+
+    return types.uint32(x, first, n), codegen
+
+
 def _vector_scan(builder, count, start, step):
     """Emit ``for i in range(count): state = step(i, state)`` with the loop's state (a tuple of LLVM values)
     in phi nodes, not in memory: the scans below run inlined in the kernels' loops, where a stack slot
@@ -808,7 +847,7 @@ def nearest_int(v):
     return i - np.int32(0x00400000)
 
 
-@jit
+@jit_inline
 def fp32_to_fp16_bits(f):
     """float32 -> IEEE half bits, round to nearest even (as ggml's GGML_FP32_TO_FP16 and F16C)."""
     w = f32_bits(f)
@@ -867,7 +906,7 @@ def round_fp16(f):
     return fp16_bits_to_fp32(fp32_to_fp16_bits(f))
 
 
-@jit
+@jit_inline
 def store_u16(out, pos, v):
     """Write a uint16 little-endian into a uint8 buffer."""
     out[pos] = np.uint8(v & np.uint16(0xFF))
@@ -880,7 +919,7 @@ def load_u16(buf, pos):
     return np.uint16(buf[pos]) | (np.uint16(buf[pos + 1]) << np.uint16(8))
 
 
-@jit
+@jit_inline
 def store_fp16(out, pos, f):
     """Round a float32 to half and write it little-endian at out[pos:pos+2]; return the rounded value."""
     h = fp32_to_fp16_bits(f)
@@ -910,6 +949,21 @@ def requantize(x, d, m, L, lo, hi, off):
         l = l if l > lo else lo
         l = l if l < hi else hi
         L[k] = l + off if dk != F32(0.0) else L[k]
+
+
+@jit_inline
+def largest_abs(x, first, n):
+    """What C's ``amax = MAX(amax, fabsf(x[j]))`` from amax = 0 gives over x[first:first + n] (n a compile-time
+    constant): the largest |x|, from one vector reduction. A NaN, which that serial MAX keeps only where it
+    comes last, sends the block through the serial loop."""
+    m = abs_max_bits(x, first, n)
+    if m <= np.uint32(0x7F800000):
+        return bits_f32(m)
+    amax = F32(0.0)
+    for j in range(first, first + n):
+        av = abs(x[j])
+        amax = amax if amax > av else av
+    return amax
 
 
 @jit_rows
