@@ -35,7 +35,7 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import (OUT, SCRATCH, F32, bits_f32, block_drivers, each_block, each_row, f32_bits,
-                                 fp32_to_fp16_bits, jit, jit_inline, lane_qx_search, largest_abs, load_fp16, pick,
+                                 jit, jit_inline, lane_qx_search, largest_abs, load_fp16, pick,
                                  row_driver, specialize, store_fp16)
 from qtool.kernels.search import SUB_LANES, make_qkx_quants_lanes, qkx_lanes_scratch, qx_lane_quants
 
@@ -137,10 +137,7 @@ def _pack_q5_codes(L, yb, pqh, pqs):
 # no per-block calls (the helpers below are inlined by Numba, so LLVM sees one loop nest). The 16
 # byte-wide steps of each block then vectorize: the casts are written branch-free with selects.
 
-_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-
-
-@_inline
+@jit_inline
 def _code(v, hi):
     """MIN(hi, (int8_t)v) read back as the uint8 the C stores, in an int32; c_int's cast without a branch."""
     ok = (v >= F32(-2147483648.0)) & (v < F32(2147483648.0))
@@ -151,7 +148,7 @@ def _code(v, hi):
     return q & np.int32(0xFF)
 
 
-@_inline
+@jit_inline
 def _code_u8(v):
     """(uint8_t)v as the C compiles it: the low byte of c_int(v), branch-free."""
     ok = (v >= F32(-2147483648.0)) & (v < F32(2147483648.0))
@@ -160,14 +157,7 @@ def _code_u8(v):
     return i & np.int32(0xFF)
 
 
-@_inline
-def _put_fp16(y, p, f):
-    h = fp32_to_fp16_bits(f)
-    y[p] = np.uint8(h & np.uint16(0xFF))
-    y[p + 1] = np.uint8(h >> np.uint16(8))
-
-
-@_inline
+@jit_inline
 def _put_u32(y, p, v):
     y[p] = np.uint8(v & np.uint32(0xFF))
     y[p + 1] = np.uint8((v >> np.uint32(8)) & np.uint32(0xFF))
@@ -189,7 +179,7 @@ _INF_KEY = np.int64(0x7F800000)
 _FLT_MAX_KEY = np.int64(0x7F7FFFFF)
 
 
-@_inline
+@jit_inline
 def _absmax_at(x, o):
     """The value of largest magnitude in x[o:o+32], the first one on ties (0 when all are zero)."""
     best = np.int64(0)
@@ -203,7 +193,7 @@ def _absmax_at(x, o):
     return x[o + 31 - (best & 31)]
 
 
-@_inline
+@jit_inline
 def _order_key(v):
     """float32 -> int64 in the float order, -0 == +0 (NaN: greater than +inf in magnitude)."""
     bits = f32_bits(v)
@@ -211,7 +201,7 @@ def _order_key(v):
     return -a if (bits >> np.uint32(31)) != np.uint32(0) else a
 
 
-@_inline
+@jit_inline
 def _min_max_nan_at(x, o):
     """_min_max_at for a block where a NaN won the plain key scan: NaN keys masked out."""
     kmin = np.int64(0x7FFFFFFFFFFFFFFF)
@@ -229,7 +219,7 @@ def _min_max_nan_at(x, o):
     return mn, mx
 
 
-@_inline
+@jit_inline
 def _min_max_at(x, o):
     """(min, max) of x[o:o+32] as the C finds them from (FLT_MAX, -FLT_MAX): first element on ties.
 
@@ -251,12 +241,6 @@ def _min_max_at(x, o):
     return mn, mx
 
 
-@_inline
-def _inv(d):
-    """``d ? 1.0f/d : 0.0f``, inlined."""
-    return F32(1.0) / d if d != F32(0.0) else F32(0.0)
-
-
 NMAX = QH = CODE = None  # bound per row function by specialize
 
 
@@ -271,8 +255,8 @@ def _absmax_row(x, y, mm):
         o = ib * QK
         p = ib * (22 if QH else 18)
         d = amax[ib] / F32(-NMAX)
-        idv = _inv(d)
-        _put_fp16(y, p, d)
+        idv = _inverse(d)
+        store_fp16(y, p, d)
         qh = np.uint32(0)
         for j in range(16):
             a = _code(x[o + j] * idv + F32(NMAX + 0.5), 2 * NMAX - 1)
@@ -302,9 +286,9 @@ def _min_max_row(x, y, mm):
         p = ib * (24 if QH else 20)
         mn = mins[ib]
         d = (maxs[ib] - mn) / F32(NMAX)
-        idv = _inv(d)
-        _put_fp16(y, p, d)
-        _put_fp16(y, p + 2, mn)
+        idv = _inverse(d)
+        store_fp16(y, p, d)
+        store_fp16(y, p + 2, mn)
         qh = np.uint32(0)
         for j in range(16):
             a = CODE((x[o + j] - mn) * idv + F32(0.5))
@@ -318,7 +302,7 @@ def _min_max_row(x, y, mm):
             _put_u32(y, p + 4, qh)
 
 
-@_inline
+@jit_inline
 def _code_15(v):
     """MIN(15, (int8_t)v) as quantize_row_q4_1_ref stores it."""
     return _code(v, 15)
