@@ -954,9 +954,15 @@ def requantize(x, d, m, L, lo, hi, off):
 @jit_inline
 def largest_abs(x, first, n):
     """What C's ``amax = MAX(amax, fabsf(x[j]))`` from amax = 0 gives over x[first:first + n] (n a compile-time
-    constant): the largest |x|, from one vector reduction. A NaN, which that serial MAX keeps only where it
-    comes last, sends the block through the serial loop."""
-    m = abs_max_bits(x, first, n)
+    constant): the largest |x|, from one vector reduction. See largest_abs_of."""
+    return largest_abs_of(abs_max_bits(x, first, n), x, first, n)
+
+
+@jit_inline
+def largest_abs_of(m, x, first, n):
+    """largest_abs, given abs_max_bits(x, first, n) = m (whose value tells a caller too whether the block holds
+    NaN or Inf: m >= 0x7F800000). A NaN, which the serial MAX keeps only where it comes last, sends the block
+    through the serial loop."""
     if m <= np.uint32(0x7F800000):
         return bits_f32(m)
     amax = F32(0.0)
@@ -1156,6 +1162,20 @@ def each_row(src, dst, *tables):
     src, dst, tables = borrowed(src), borrowed(dst), borrowed(tables)
     for r in numba.prange(src.shape[0]):
         ROW(src[r], dst[r], *tables)
+
+
+def each_row_finite(src, dst):
+    """ROW(src[r], dst[r]) for every row r, ROW returning whether its row holds NaN or Inf (which the block
+    scans see at no extra cost); returns the first such row, or -1. Its callers need no check of their own: a
+    second pass over the floats."""
+    nonfinite = np.zeros(src.shape[0], dtype=np.bool_)
+    src, dst = borrowed(src), borrowed(dst)
+    for r in numba.prange(src.shape[0]):
+        nonfinite[r] = ROW(src[r], dst[r])
+    for r in range(src.shape[0]):
+        if nonfinite[r]:
+            return r
+    return -1
 
 
 def each_element(src, dst):

@@ -88,6 +88,16 @@ class Quantizer:
         """data: uint8 [nrows, row_bytes]; out: float32 [nrows, n_per_row], to be filled."""
         raise NotImplementedError
 
+    def quantize_finite(self, rows: np.ndarray, weights: np.ndarray | None,
+                        out: np.ndarray) -> tuple[int, RowFailure | None]:
+        """(the first of ``rows`` holding NaN or Inf, -1 where none does; what ``quantize_blocks`` returned):
+        the rows are quantized into ``out`` where all are finite. A type whose kernel finds such rows as it
+        goes (one pass over the floats instead of two) overrides this."""
+        from qtool.kernels import common
+
+        bad = common.first_nonfinite_row(rows)
+        return (bad, None) if bad >= 0 else (-1, self.quantize_blocks(rows, weights, out))
+
     # -- what everybody calls --------------------------------------------------------------------
 
     @property
@@ -134,8 +144,6 @@ class Quantizer:
         if self.requires_imatrix and imatrix is None:
             raise QuantError(f"{name}: {self.name} needs an importance matrix (--imatrix)")
         rows = data.reshape(-1, n_per_row)
-        from qtool.kernels import common
-
         _set_threads(threads)
         out = np.empty((rows.shape[0], self.row_bytes(n_per_row)), dtype=np.uint8)
         weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
@@ -146,12 +154,12 @@ class Quantizer:
             for start in range(first, first + per_expert, step):
                 stored = rows[start:min(start + step, first + per_expert)]
                 part = stored if convert_slice is None else convert_slice(stored)
-                bad = common.first_nonfinite_row(part)
+                bad, failed = self.quantize_finite(part, w, out[start:start + len(part)])
                 if bad >= 0:
                     col = int(np.flatnonzero(~np.isfinite(part[bad]))[0])
                     raise QuantError(f"{name}: row {start + bad} holds a non-finite value ({part[bad, col]}) at "
                                      f"column {col}")
-                self._raise_on(self.quantize_blocks(part, w, out[start:start + len(part)]), start, name)
+                self._raise_on(failed, start, name)
                 if after_slice is not None:
                     after_slice(stored)
         return out.reshape(data.shape[:-1] + (out.shape[1],))
@@ -201,13 +209,22 @@ class KernelQuantizer(Quantizer):
 
     quantize_kernel: ClassVar[Callable]
     dequantize_kernel: ClassVar[Callable]
+    #: the quantize kernel returns the first row holding NaN or Inf (-1: none), which it finds as it quantizes
+    finds_nonfinite: ClassVar[bool] = False
 
     def quantize_blocks(self, rows, weights, out):
-        if self.uses_imatrix:
-            type(self).quantize_kernel(rows, NO_WEIGHTS if weights is None else weights, out)
-        else:
-            type(self).quantize_kernel(rows, out)
+        self._run_kernel(rows, weights, out)
         return None
+
+    def quantize_finite(self, rows, weights, out):
+        if not self.finds_nonfinite:
+            return super().quantize_finite(rows, weights, out)
+        return int(self._run_kernel(rows, weights, out)), None
+
+    def _run_kernel(self, rows, weights, out):
+        if self.uses_imatrix:
+            return type(self).quantize_kernel(rows, NO_WEIGHTS if weights is None else weights, out)
+        return type(self).quantize_kernel(rows, out)
 
     def dequantize_blocks(self, data, out):
         type(self).dequantize_kernel(data, out)
