@@ -10,6 +10,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
 from conftest import round_trip
+from qtool.errors import QuantError
 from qtool.quantizers import get
 from qtool.testing.data import hard_rows, importance
 from qtool.testing.golden import mismatch_report, quantize_vs_ggml_report
@@ -178,3 +179,21 @@ def test_largest_abs_is_the_serial_max():
         want[b] = amax
     assert np.isnan(want[0]) and (want.view(np.uint32)[1] == 0) and np.isinf(want).any()
     np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], **ids)
+def test_quantize_names_the_first_nonfinite_row(qtype):
+    """quantize() refuses a tensor holding NaN or Inf, naming the first such row and its first such column:
+    Q8_0's kernel finds the row as it quantizes (finds_nonfinite), Q4_0 through the separate check first.
+    Slices of rows (slice_rows) count rows from the tensor's start; a later bad row is not the one named."""
+    q = get(qtype)
+    x = np.random.default_rng(4).standard_normal((97, 128)).astype(np.float32)
+    for row, col, value, slice_rows in ((0, 0, np.nan, None), (96, 127, np.inf, None), (40, 3, -np.inf, 16),
+                                        (63, 64, np.nan, 32)):
+        y = x.copy()
+        y[row, col] = value
+        y[row, col + 1:] = np.inf  # later columns of the same row
+        y[row + 1:, 7] = np.nan  # and every later row
+        with pytest.raises(QuantError, match=rf"^t: row {row} holds a non-finite value \({value}\) at column {col}$"):
+            q.quantize(y, name="t", slice_rows=slice_rows)
+    assert np.array_equal(q.quantize(x), gq.quantize(x, qtype))
