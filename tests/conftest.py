@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ import pytest
 from qtool.testing import ggml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# the qtool commands the tests run keep what they read of tokenizers (formats.vocab_cache) in a folder of this
+# session's, not in the user's cache
+os.environ.setdefault("QTOOL_VOCAB_CACHE_DIR", tempfile.mkdtemp(prefix="qtool-test-vocab-"))
 
 pytest_plugins = ["pytester"]
 

@@ -214,10 +214,16 @@ def build(folder: Path, cfg: Config, family: type[Family], hp: Hparams, plan: Pl
 
 
 def add_tokenizer(meta: HFMeta, folder: Path, cfg: Config, kind: str, pre_tokenizer: str | None = None) -> None:
-    """qtool.formats.vocab.add_tokenizer with the family's recipe."""
-    from qtool.formats import vocab
+    """qtool.formats.vocab.add_tokenizer with the family's recipe (in the ``qtool`` command, what it added when
+    the command last read the same folder: formats.vocab_cache)."""
+    from qtool.formats import vocab_cache
 
-    vocab.add_tokenizer(meta, folder, cfg.data, kind=kind, pre_tokenizer=pre_tokenizer)
+    def read():
+        from qtool.formats import vocab
+
+        return vocab.add_tokenizer(meta, folder, cfg.data, kind=kind, pre_tokenizer=pre_tokenizer)
+
+    vocab_cache.add_tokenizer(meta, folder, cfg.data, kind, pre_tokenizer, read)
 
 
 def tensors_only(arch: str, folder: Path | None, n_layer: int, why: str) -> HFMeta:

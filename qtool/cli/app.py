@@ -87,8 +87,10 @@ def run() -> None:
     unreported as Numba events.
     """
     import qtool
+    from qtool.formats import vocab_cache
 
     qtool.command_process()
+    vocab_cache.enable()
     try:
         main()
         from qtool.kernels import native
