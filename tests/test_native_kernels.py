@@ -29,7 +29,8 @@ from qtool.cli.app import run
 def report():
     parallel = sys.modules.get("numba.np.ufunc.parallel")
     layer = getattr(parallel, "_threading_layer", None) if parallel is not None else None
-    print("numba:" + ("yes" if "numba" in sys.modules else "no"), "layer:" + str(layer), file=sys.stderr)
+    print("numba:" + ("yes" if "numba" in sys.modules else "no"), "layer:" + str(layer),
+          "binding:" + ("yes" if "llvmlite.binding" in sys.modules else "no"), file=sys.stderr)
 
 atexit.register(report)
 sys.argv = ["qtool", *sys.argv[1:]]
@@ -59,6 +60,8 @@ def test_a_second_command_runs_the_stored_kernels_without_numba(tmp_path):
     assert sorted(store.glob("*.kernels")) and sorted(store.glob("*.qn"))
     second = _convert(store, tmp_path / "b.gguf", "--type", "Q4_K_M")
     assert second["numba"] == "no"
+    # on the llvmlite whose signatures _DirectLLVM declares, the stored code loads through ctypes alone
+    assert second["binding"] == ("no" if native._DirectLLVM.load() is not None else "yes")
     reference = _convert(store, tmp_path / "c.gguf", "--type", "Q4_K_M", native_on=False)
     assert reference["numba"] == "yes"
     assert (tmp_path / "b.gguf").read_bytes() == (tmp_path / "c.gguf").read_bytes()
@@ -191,3 +194,47 @@ def test_varargs_are_keyed_flat():
 ], ids=lambda v: type(v).__name__ + repr(getattr(v, "dtype", ""))[:20])
 def test_what_has_no_key_goes_to_numba(value):
     assert native.call_key((np.zeros(2), value)) is None
+
+
+def test_direct_llvm_declares_llvmlites_signatures():
+    """native._DirectLLVM calls libllvmlite with the signatures llvmlite.binding declares for them (its opaque
+    references as void pointers); a new llvmlite that changed one fails here, not in a process."""
+    import ctypes
+
+    import llvmlite
+    import llvmlite.binding as ll
+    from llvmlite.binding import ffi
+
+    if not llvmlite.__version__.startswith(native._DIRECT_VERSIONS):
+        pytest.skip(f"llvmlite {llvmlite.__version__}: loads go through llvmlite.binding")
+    ll.get_process_triple()  # (declarations are made as their modules import)
+
+    def spelled(t):
+        if t is None:
+            return None
+        if isinstance(t, type) and issubclass(t, ctypes._Pointer) and issubclass(t._type_, ctypes.Structure):
+            return ctypes.c_void_p  # ffi's opaque LLVM...Ref
+        return t
+
+    for name, (restype, argtypes) in native.DIRECT_SIGNATURES.items():
+        fn = getattr(ffi.lib, name)._cfn
+        if name == "LLVMPY_DisposeString":  # llvmlite passes the c_char_p it holds, undeclared
+            assert fn.argtypes is None
+            continue
+        if restype is None:  # a result llvmlite does not read: undeclared (ctypes' int) or void
+            assert fn.restype in (None, ctypes.c_int), name
+        else:
+            assert spelled(fn.restype) == restype, name
+        # undeclared arguments: llvmlite calls it with none
+        assert [spelled(a) for a in fn.argtypes or ()] == list(argtypes), name
+
+
+def test_direct_llvm_sees_the_machine_llvmlite_sees():
+    """The stored entries' header: the same triple, CPU name and features through ctypes as through
+    llvmlite.binding (an entry stored by a Numba process is found by a process without it)."""
+    import llvmlite.binding as ll
+
+    direct = native._DirectLLVM.load()
+    if direct is None:
+        pytest.skip("no direct path for this llvmlite or platform")
+    assert native._machine(direct) == native._machine(ll)

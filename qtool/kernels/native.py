@@ -205,8 +205,165 @@ def _installed_stamp() -> tuple:
 
 
 def _machine(ll) -> tuple:
-    """LLVM's triple, CPU name and features: what Numba keys its own cached code on (Codegen.magic_tuple)."""
+    """LLVM's triple, CPU name and features: what Numba keys its own cached code on (Codegen.magic_tuple).
+    ``ll``: llvmlite.binding, or a `_DirectLLVM`."""
     return (ll.get_process_triple(), ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten())
+
+
+# -- LLVM ----------------------------------------------------------------------------------------------
+# Loading stored code takes a dozen calls of llvmlite's C library. Through llvmlite.binding they cost its
+# import, ~30 ms of every command (Python wrappers of LLVM's whole API, importlib.resources); through ctypes,
+# the library's load alone (~9 ms). The signatures are llvmlite's own declarations of the version that
+# _DIRECT_VERSIONS names (tests/test_native_kernels.py checks them against llvmlite.binding's); with any
+# other llvmlite the calls go through llvmlite.binding.
+
+_DIRECT_VERSIONS = ("0.50.",)
+_c = ctypes
+#: name: (restype, argtypes), as llvmlite.binding declares them (opaque references as void pointers)
+DIRECT_SIGNATURES = {
+    "LLVMPY_InitializeNativeTarget": (None, ()),
+    "LLVMPY_InitializeNativeAsmPrinter": (None, ()),
+    "LLVMPY_AddSymbol": (None, (_c.c_char_p, _c.c_void_p)),
+    "LLVMPY_GetProcessTriple": (None, (_c.POINTER(_c.c_char_p),)),
+    "LLVMPY_GetHostCPUName": (None, (_c.POINTER(_c.c_char_p),)),
+    "LLVMPY_GetHostCPUFeatures": (_c.c_int, (_c.POINTER(_c.c_char_p),)),
+    "LLVMPY_DisposeString": (None, (_c.c_char_p,)),
+    "LLVMPY_GetTargetFromTriple": (_c.c_void_p, (_c.c_char_p, _c.POINTER(_c.c_char_p))),
+    "LLVMPY_CreateTargetMachine": (_c.c_void_p, (_c.c_void_p, _c.c_char_p, _c.c_char_p, _c.c_char_p, _c.c_int,
+                                                 _c.c_char_p, _c.c_char_p, _c.c_int, _c.c_int, _c.c_char_p)),
+    "LLVMPY_GetGlobalContext": (_c.c_void_p, ()),
+    "LLVMPY_ParseAssembly": (_c.c_void_p, (_c.c_void_p, _c.c_char_p, _c.POINTER(_c.c_char_p))),
+    "LLVMPY_CreateMCJITCompiler": (_c.c_void_p, (_c.c_void_p, _c.c_void_p, _c.c_bool, _c.POINTER(_c.c_char_p))),
+    "LLVMPY_CreateObjectFile": (_c.c_void_p, (_c.c_char_p, _c.c_size_t)),
+    "LLVMPY_MCJITAddObjectFile": (None, (_c.c_void_p, _c.c_void_p)),
+    "LLVMPY_FinalizeObject": (None, (_c.c_void_p,)),
+    "LLVMPY_GetFunctionAddress": (_c.c_uint64, (_c.c_void_p, _c.c_char_p)),
+    "LLVMPY_GetGlobalValueAddress": (_c.c_uint64, (_c.c_void_p, _c.c_char_p)),
+}
+
+
+class _Features(dict):
+    def flatten(self) -> str:
+        """llvmlite's FeatureMap.flatten: +name / -name, sorted by name, comma-separated."""
+        return ",".join(("+" if on else "-") + name for name, on in sorted(self.items()))
+
+
+class _DirectLLVM:
+    """libllvmlite's calls through ctypes: llvmlite.binding's get_process_triple, get_host_cpu_name,
+    get_host_cpu_features and add_symbol, and an MCJIT engine that loads object code (`engine`)."""
+
+    def __init__(self, lib):
+        self.lib = lib
+        for name, (restype, argtypes) in DIRECT_SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, list(argtypes)
+
+    @classmethod
+    def load(cls) -> "_DirectLLVM | None":
+        """None where this llvmlite is not a version whose signatures these are, or its library is not there."""
+        try:
+            import llvmlite
+
+            if not llvmlite.__version__.startswith(_DIRECT_VERSIONS) or not sys.platform.startswith("linux") \
+                    or os.uname().machine != "x86_64":  # (elsewhere llvmlite picks another memory manager)
+                return None
+            path = os.path.join(os.path.dirname(llvmlite.__file__), "binding", "libllvmlite.so")
+            return cls(ctypes.CDLL(path)) if os.path.exists(path) else None
+        except (ImportError, OSError, AttributeError):
+            return None
+
+    def _out(self, call, *args) -> tuple:
+        """(what call(*args, &out) returned, the string it put in out), the string disposed of as llvmlite does."""
+        out = ctypes.c_char_p(None)
+        returned = call(*args, ctypes.byref(out))
+        try:
+            return returned, (out.value or b"").decode()
+        finally:
+            if out.value is not None:
+                self.lib.LLVMPY_DisposeString(out)
+
+    def initialize_native_target(self) -> None:
+        self.lib.LLVMPY_InitializeNativeTarget()
+
+    def initialize_native_asmprinter(self) -> None:
+        self.lib.LLVMPY_InitializeNativeAsmPrinter()
+
+    def add_symbol(self, name: str, address: int) -> None:
+        self.lib.LLVMPY_AddSymbol(name.encode(), ctypes.c_void_p(address))
+
+    def get_process_triple(self) -> str:
+        return self._out(self.lib.LLVMPY_GetProcessTriple)[1]
+
+    def get_host_cpu_name(self) -> str:
+        return self._out(self.lib.LLVMPY_GetHostCPUName)[1]
+
+    def get_host_cpu_features(self) -> _Features:
+        ok, text = self._out(self.lib.LLVMPY_GetHostCPUFeatures)
+        features = _Features()
+        if ok:
+            for item in text.split(","):
+                if item:
+                    features[item[1:]] = item[0] == "+"
+        return features
+
+    def create_engine(self, triple: str, cpu: str, features: str) -> "_DirectEngine":
+        """An MCJIT engine over an empty module, for a target machine as llvmlite's create_target_machine(cpu,
+        features, jit=True) makes it (opt 2, reloc and code model defaults, no ABI name)."""
+        lib = self.lib
+        target, error = self._out(lib.LLVMPY_GetTargetFromTriple, triple.encode())
+        if not target:
+            raise RuntimeError(error)
+        machine = lib.LLVMPY_CreateTargetMachine(target, triple.encode(), cpu.encode(), features.encode(), 2,
+                                                 b"default", b"jitdefault", 0, 1, b"")
+        if not machine:
+            raise RuntimeError("cannot create a target machine")
+        module, error = self._out(lib.LLVMPY_ParseAssembly, lib.LLVMPY_GetGlobalContext(), b"")
+        if error or not module:
+            raise RuntimeError(error)
+        engine, error = self._out(lib.LLVMPY_CreateMCJITCompiler, module, machine, False)
+        if not engine:
+            raise RuntimeError(error)
+        return _DirectEngine(lib, engine)
+
+
+class _DirectEngine:
+    """llvmlite.binding's ExecutionEngine, as far as loading object code goes."""
+
+    def __init__(self, lib, engine):
+        self.lib, self.engine = lib, engine
+        self.objects = []  # their bytes stay alive with the engine
+
+    def add_object(self, data: bytes) -> None:
+        self.objects.append(data)
+        self.lib.LLVMPY_MCJITAddObjectFile(self.engine, self.lib.LLVMPY_CreateObjectFile(data, len(data)))
+
+    def finalize_object(self) -> None:
+        self.lib.LLVMPY_FinalizeObject(self.engine)
+
+    def get_function_address(self, name: str) -> int:
+        return self.lib.LLVMPY_GetFunctionAddress(self.engine, name.encode("ascii"))
+
+    def get_global_value_address(self, name: str) -> int:
+        return self.lib.LLVMPY_GetGlobalValueAddress(self.engine, name.encode("ascii"))
+
+
+class _BindingEngine:
+    """The same through llvmlite.binding (another llvmlite version)."""
+
+    def __init__(self, ll, engine):
+        self.ll, self.engine = ll, engine
+
+    def add_object(self, data: bytes) -> None:
+        self.engine.add_object_file(self.ll.ObjectFileRef.from_data(data))
+
+    def finalize_object(self) -> None:
+        self.engine.finalize_object()
+
+    def get_function_address(self, name: str) -> int:
+        return self.engine.get_function_address(name)
+
+    def get_global_value_address(self, name: str) -> int:
+        return self.engine.get_global_value_address(name)
 
 
 # -- the runtime: Numba's C extension modules and one MCJIT engine -------------------------------------
@@ -244,7 +401,9 @@ class _Runtime:
     the exception classes, the threading layer (on the first parallel kernel), an engine to load into."""
 
     def __init__(self):
-        import llvmlite.binding as ll
+        ll = _DirectLLVM.load()
+        if ll is None:
+            import llvmlite.binding as ll
 
         self.ll = ll
         ll.initialize_native_target()
@@ -279,10 +438,12 @@ class _Runtime:
         ll.add_symbol("numba_unpickle", ctypes.cast(self.unpickle, ctypes.c_void_p).value)
         self.math: set = set()
         self.layer = None  # (name, module) once a parallel kernel launched the threads
-        target = ll.Target.from_triple(ll.get_process_triple())
-        machine = target.create_target_machine(cpu=ll.get_host_cpu_name(),
-                                               features=ll.get_host_cpu_features().flatten(), jit=True)
-        self.engine = ll.create_mcjit_compiler(ll.parse_assembly(""), machine)
+        triple, cpu, features = _machine(ll)
+        if isinstance(ll, _DirectLLVM):
+            self.engine = ll.create_engine(triple, cpu, features)
+        else:
+            machine = ll.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, jit=True)
+            self.engine = _BindingEngine(ll, ll.create_mcjit_compiler(ll.parse_assembly(""), machine))
         self.environments = []  # kept alive: the loaded code holds their addresses
 
     def threads(self, layer: str):
@@ -309,8 +470,7 @@ class _Runtime:
                 self.math.add(fname)
         if entry["layer"] is not None and not self.threads(entry["layer"]):
             return None
-        ll = self.ll
-        self.engine.add_object_file(ll.ObjectFileRef.from_data(entry["object"]))
+        self.engine.add_object(entry["object"])
         self.engine.finalize_object()
         address = self.engine.get_function_address(entry["wrapper"])
         if not address:
