@@ -107,9 +107,10 @@ def convert_command(
         leave_output_tensor=leave_output_tensor,
         allow_requantize=allow_requantize,
     )
-    from qtool.formats.vocab import check_pre_tokenizer
+    if pre_tokenizer is not None:  # (the tokenizer module, ~18 ms, only where it is asked for or read)
+        from qtool.formats.vocab import check_pre_tokenizer
 
-    check_pre_tokenizer(pre_tokenizer)
+        check_pre_tokenizer(pre_tokenizer)
     reading = {"pre_tokenizer": pre_tokenizer, "tensors_only": tensors_only}  # how the input is read, every time
 
     target = cands = None
