@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import types
 
 import gguf
@@ -156,3 +157,21 @@ def test_command_converts_the_same_from_the_cache(tmp_path):
             stamp = entry.stat().st_mtime_ns
     assert outs[0] == outs[1]
     assert entry.stat().st_mtime_ns >= stamp  # used (touched), not written anew
+
+
+def test_a_large_file_is_keyed_by_size_and_time(tmp_path, cache, monkeypatch):
+    """A file of the folder over _HASHED_BYTES (not a tokenizer: an exported model of another format) is not
+    read whole for the key: its size and modification time stand for it."""
+    folder = _folder(tmp_path)
+    big = folder / "model.extra"
+    big.write_bytes(b"a" * 1000)
+    monkeypatch.setattr(vocab_cache, "_HASHED_BYTES", 500)
+    _meta(folder)
+    stamp = big.stat()
+    big.write_bytes(b"b" * 1000)  # other bytes, same size and time: the same key
+    os.utime(big, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    _meta(folder)
+    assert len(cache) == 1
+    os.utime(big, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+    _meta(folder)
+    assert len(cache) == 2

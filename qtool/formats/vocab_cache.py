@@ -5,11 +5,12 @@ parsed whole, the ``tokenizers`` package imported and a tokenizer built for the 
 strings encoded for the file), and a user converting one model to several types pays it each time. The
 ``qtool`` command (cli.app.run, `enable`) keeps the tokenizer.* keys, notes and problems that
 vocab.add_tokenizer gave, under a key naming everything they came from: the folder's files other than the
-weights (name and sha256 of the contents: an edited tokenizer file is a new key), config.json's contents,
-the architecture, the tokenizer kind and forced pre-tokenizer asked for, qtool's own source for reading
-tokenizers and the installed gguf, tokenizers and sentencepiece. A later command with the same key takes them as
-they were; any other reads the folder. String arrays are kept with their GGUF bytes, which the writer
-copies (formats.gguf_in.PackedStrings). A library caller (and the tests) reads the folder every time.
+weights (name and sha256 of the contents: an edited tokenizer file is a new key; a file over 128 MiB by its
+size and modification time), config.json's contents, the architecture, the tokenizer kind and forced
+pre-tokenizer asked for, qtool's own source for reading tokenizers and the installed gguf, tokenizers and
+sentencepiece. A later command with the same key takes them as they were; any other reads the folder. String
+arrays are kept with their GGUF bytes, which the writer copies (formats.gguf_in.PackedStrings). A library
+caller (and the tests) reads the folder every time.
 
 $QTOOL_VOCAB_CACHE=0 turns it off; entries live in $QTOOL_VOCAB_CACHE_DIR, else
 $XDG_CACHE_HOME/qtool/vocab (~/.cache/qtool/vocab), the `_KEEP` last used.
@@ -27,7 +28,11 @@ _state = {"enabled": False}
 _KEEP = 16
 #: files of a model folder that hold weights, not tokenizer data: left out of the key (they are large,
 #: and converting a folder rewrites none of them)
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx", ".tflite",
+                    ".npz", ".ot")
+#: a larger file of the folder is keyed by its size and modification time, not hashed (the largest tokenizer.json
+#: files are ~35 MB)
+_HASHED_BYTES = 128 << 20
 _VERSION = 1
 
 
@@ -96,6 +101,10 @@ def _key(meta, folder_path: Path, config: dict, kind: str, pre_tokenizer: str | 
     files = []
     for entry in sorted(os.scandir(folder_path), key=lambda e: e.name):
         if entry.is_file() and not entry.name.endswith(_WEIGHT_SUFFIXES):
+            st = entry.stat()
+            if st.st_size > _HASHED_BYTES:  # not a tokenizer file (an exported model of another format)
+                files.append((entry.name, st.st_size, st.st_mtime_ns))
+                continue
             with open(entry.path, "rb") as f:  # ~3 ms for a 50k-token tokenizer.json, ~10 ms for 150k
                 files.append((entry.name, hashlib.file_digest(f, "sha256").hexdigest()))
     here = Path(__file__).parent
