@@ -337,14 +337,14 @@ def _check_copied(source, p) -> None:
     if p.source_type in _INTEGER_TYPES:
         return
     from qtool.analysis.weights import load_floats
-    from qtool.kernels import common
+    from qtool.quantizers.base import first_nonfinite_row
 
     try:
         data = load_floats(source, p.name)
     except FormatError:
         return
     rows = np.ascontiguousarray(data, dtype=np.float32).reshape(-1, data.shape[-1] if data.ndim else 1)
-    bad = common.first_nonfinite_row(rows)
+    bad = first_nonfinite_row(rows)
     if bad >= 0:
         col = int(np.flatnonzero(~np.isfinite(rows[bad]))[0])
         raise QuantError(f"{p.name}: row {bad} holds a non-finite value ({rows[bad, col]}) at column {col}")

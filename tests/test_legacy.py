@@ -197,3 +197,11 @@ def test_quantize_names_the_first_nonfinite_row(qtype):
         with pytest.raises(QuantError, match=rf"^t: row {row} holds a non-finite value \({value}\) at column {col}$"):
             q.quantize(y, name="t", slice_rows=slice_rows)
     assert np.array_equal(q.quantize(x), gq.quantize(x, qtype))
+    # a tensor over SERIAL_CHECK_BYTES: the check on all threads (Q4_0), the kernel's own (Q8_0)
+    from qtool.quantizers.base import SERIAL_CHECK_BYTES
+
+    big = np.zeros((SERIAL_CHECK_BYTES // (4 * 512) + 64, 512), np.float32)
+    big[-3, 100] = np.inf
+    big[-1, 0] = np.nan
+    with pytest.raises(QuantError, match=rf"^t: row {big.shape[0] - 3} holds a non-finite value \(inf\) at column 100$"):
+        q.quantize(big, name="t")

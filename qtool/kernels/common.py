@@ -972,8 +972,7 @@ def largest_abs_of(m, x, first, n):
     return amax
 
 
-@jit_rows
-def first_nonfinite_row(rows):
+def _first_nonfinite_row(rows):
     """Index of the first row of a 2-D float32 array holding NaN or Inf, or -1. Shape [nrows, n].
 
     Branch-free (the largest exponent field per row), so it vectorizes: ~3x a test-and-break loop.
@@ -1013,6 +1012,14 @@ def specialize(template, module: str, name: str, doc: str, decorator, **bind):
     fn = pytypes.FunctionType(code, {**template.__globals__, **bind}, name)
     fn.__module__, fn.__qualname__, fn.__doc__ = module, name, doc
     return decorator(fn)
+
+
+first_nonfinite_row = specialize(_first_nonfinite_row, __name__, "first_nonfinite_row",
+                                 _first_nonfinite_row.__doc__, jit_rows)
+#: the same on one thread: for a small tensor, waking the other threads costs more than the test (1-4 ms a
+#: call on a 2-vCPU VM, whose idle vCPU the host must schedule again, against ~60 us for 432 KB on one thread)
+first_nonfinite_row_1 = specialize(_first_nonfinite_row, __name__, "first_nonfinite_row_1",
+                                   _first_nonfinite_row.__doc__, jit)
 
 
 def row_driver(template, module: str, name: str, doc: str, tables: tuple = (), **bind):

@@ -93,9 +93,7 @@ class Quantizer:
         """(the first of ``rows`` holding NaN or Inf, -1 where none does; what ``quantize_blocks`` returned):
         the rows are quantized into ``out`` where all are finite. A type whose kernel finds such rows as it
         goes (one pass over the floats instead of two) overrides this."""
-        from qtool.kernels import common
-
-        bad = common.first_nonfinite_row(rows)
+        bad = first_nonfinite_row(rows)
         return (bad, None) if bad >= 0 else (-1, self.quantize_blocks(rows, weights, out))
 
     # -- what everybody calls --------------------------------------------------------------------
@@ -196,6 +194,20 @@ class Quantizer:
             return w.reshape(shape[0], n_per_row)
         raise QuantError(f"{name}: importance vector of {w.size} values does not fit shape {list(shape)} "
                          f"(want {n_per_row} per row{f' or {shape[0]}x{n_per_row} per expert' if len(shape) == 3 else ''})")
+
+
+#: below this many bytes an array is tested for NaN/Inf on one thread (~1 ms there at most)
+SERIAL_CHECK_BYTES = 8 << 20
+
+
+def first_nonfinite_row(rows: np.ndarray) -> int:
+    """The first row of the 2-D float32 ``rows`` holding NaN or Inf, or -1: a small array on one thread (waking
+    the kernels' other threads cost 1-4 ms a call on a 2-vCPU VM, the test of 432 KB ~60 us)."""
+    from qtool.kernels import common
+
+    if rows.nbytes < SERIAL_CHECK_BYTES:
+        return common.first_nonfinite_row_1(rows)
+    return common.first_nonfinite_row(rows)
 
 
 #: the kernels' spelling of C's NULL importance vector (numba has no optional arrays)
