@@ -154,17 +154,17 @@ def test_ref_kernel_nonfinite_blocks_match_ggml(oracle, qtype):
 
 
 def test_largest_abs_is_the_serial_max():
-    """common.largest_abs (one vector reduction, the serial C loop where a block holds a NaN) gives what
+    """common.largest_abs_of (one vector reduction, the serial C loop where a block holds a NaN) gives what
     ``amax = MAX(amax, fabsf(x))`` from 0 gives, bit for bit, on special values: NaN last in a block is the
     result, NaN earlier is forgotten, inf wins, -0 is +0."""
     import numba
 
-    from qtool.kernels.common import largest_abs
+    from qtool.kernels.common import abs_max_bits, largest_abs_of
 
     @numba.njit
     def blocks_of_32(x, out):
         for b in range(out.shape[0]):
-            out[b] = largest_abs(x, b * 32, 32)
+            out[b] = largest_abs_of(abs_max_bits(x, b * 32, 32), x, b * 32, 32)
 
     x = _special_rows(5).reshape(-1)
     x[31] = np.nan  # a block whose last value is NaN (the serial MAX keeps it)

@@ -952,17 +952,11 @@ def requantize(x, d, m, L, lo, hi, off):
 
 
 @jit_inline
-def largest_abs(x, first, n):
-    """What C's ``amax = MAX(amax, fabsf(x[j]))`` from amax = 0 gives over x[first:first + n] (n a compile-time
-    constant): the largest |x|, from one vector reduction. See largest_abs_of."""
-    return largest_abs_of(abs_max_bits(x, first, n), x, first, n)
-
-
-@jit_inline
 def largest_abs_of(m, x, first, n):
-    """largest_abs, given abs_max_bits(x, first, n) = m (whose value tells a caller too whether the block holds
-    NaN or Inf: m >= 0x7F800000). A NaN, which the serial MAX keeps only where it comes last, sends the block
-    through the serial loop."""
+    """What C's ``amax = MAX(amax, fabsf(x[j]))`` from amax = 0 gives over x[first:first + n], given
+    m = abs_max_bits(x, first, n) (n a compile-time constant; m also tells the caller whether the block holds
+    NaN or Inf: m >= 0x7F800000): the largest |x| from that one vector reduction. A NaN, which the serial MAX
+    keeps only where it comes last, sends the block through the serial loop."""
     if m <= np.uint32(0x7F800000):
         return bits_f32(m)
     amax = F32(0.0)
