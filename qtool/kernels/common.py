@@ -506,6 +506,46 @@ def lane_fit_errors(typingctx, xt, wt, lt, n, ts, tm, use_mad, err):
     return sig, codegen
 
 
+#: make_qp_quants' trial steps: (nmax + 0.1*is)/max for is = -4..-1, 1..4
+QP_TRIALS = 8
+
+
+@intrinsic
+def lane_qp_steps(typingctx, x, w, n, nmax, iscale, scale, mse):
+    """make_qp_quants' eight trial scales side by side, trial t in lane t: for i < n in order,
+
+        l = MIN(nmax, nearest_int(iscale[t]*x[i]));  diff = x[i] - scale[t]*l;  mse[t] += w[i]*diff*diff
+
+    (from 0, C's float32 order, nearest_int in int32). Numba's loop over the trials was unrolled into
+    scalar code, eight times the instructions."""
+    if not (_lane_arrays_ok(x, w, iscale, scale, mse) and x.ndim == 1 and w.ndim == 1
+            and isinstance(n, types.Integer) and isinstance(nmax, types.Integer)):
+        return None
+    sig = types.void(x, w, n, nmax, iscale, scale, mse)
+
+    def codegen(context, builder, sig, args):
+        b = builder
+        v = _Lanes(context, builder, sig, args, QP_TRIALS)
+        zero = ir.Constant(ir.IntType(64), 0)
+        inv, s = v.load(4, zero), v.load(5, zero)
+        top = v.a.splat(b.trunc(v.a.int64(3), ir.IntType(32)), v.vi)
+
+        def step(i, state):
+            (e,) = state
+            xi = v.a.splat(b.load(v.a.at(0, i)), v.vf)
+            wi = v.a.splat(b.load(v.a.at(1, i)), v.vf)
+            q = v.nearest_int(b.fmul(inv, xi))
+            q = b.select(b.icmp_signed("<", top, q), top, q)
+            diff = b.fsub(xi, b.fmul(s, b.sitofp(q, v.vf)))
+            return (b.fadd(e, b.fmul(b.fmul(wi, diff), diff)),)
+
+        (e,) = _vector_scan(b, v.a.int64(2), (v.floats(0.0),), step)
+        v.store(e, 6, zero)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _clamped(b, q, lo, hi):
     """MAX(lo, MIN(hi, q)) lane by lane (int32 vectors; lo <= hi)."""
     q = b.select(b.icmp_signed("<", q, lo), lo, q)
@@ -597,12 +637,25 @@ def _split_scan(builder, n, start, step):
 def _take_better(b, v, qx, q2, state, i1, i2, code):
     """ggml's update of the IQ1 split searches, per lane: where q2 > 0 and qx*qx > best*q2, scale = qx/q2,
     best = scale*qx and the split (i1, i2) and its variant ``code`` are kept. state: (best, scale, i1, i2, code)
-    as float vectors."""
+    as float vectors. The division and the selects sit behind a branch taken only where some lane wins: most
+    splits win in none, and then the next comparison does not wait on this one (the division and a masked
+    multiply on every split were the scan's critical path)."""
     best, scale, k1, k2, kc = state
     win = b.and_(b.fcmp_ordered(">", q2, v.floats(0.0)), b.fcmp_ordered(">", b.fmul(qx, qx), b.fmul(best, q2)))
-    fit = b.fdiv(qx, q2)
-    return (b.select(win, b.fmul(fit, qx), best), b.select(win, fit, scale), b.select(win, i1, k1),
-            b.select(win, i2, k2), b.select(win, v.floats(float(code)), kc))
+    some = b.icmp_unsigned("!=", b.bitcast(win, ir.IntType(v.width)), ir.Constant(ir.IntType(v.width), 0))
+    before = b.block
+    with b.if_then(some, likely=False):
+        fit = b.fdiv(qx, q2)
+        taken = (b.select(win, b.fmul(fit, qx), best), b.select(win, fit, scale), b.select(win, i1, k1),
+                 b.select(win, i2, k2), b.select(win, v.floats(float(code)), kc))
+        updated = b.block
+    merged = []
+    for old, new in zip(state, taken):
+        phi = b.phi(old.type)
+        phi.add_incoming(new, updated)
+        phi.add_incoming(old, before)
+        merged.append(phi)
+    return tuple(merged)
 
 
 def _split_result(b, v, state, out):

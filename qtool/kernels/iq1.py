@@ -28,7 +28,7 @@ import numpy as np
 
 from qtool.kernels.common import (F32, IQ1_M_LANES, IQ1_S_LANES, checked_driver, each_row, fp16_bits_to_fp32,
                                  fp32_to_fp16_bits, jit, jit_inline, lane_iq1m_splits, lane_iq1s_splits, load_fp16,
-                                 load_u16, nearest_packed_point_8d, row_driver, store_fp16, store_u16)
+                                 load_u16, nearest_packed_point_8d, pick, row_driver, store_fp16, store_u16)
 from qtool.kernels.lattice import importance, odd_level, sum_squares
 
 QK_K = 256
@@ -78,17 +78,21 @@ def find_best_neighbour2(neighbours, kmap_entry, levels, nlev, xb, weight, at, s
 
 
 @jit_inline
-def _sort_index(xb, idx):
+def _sort_index(xb, idx, count):
     """idx = the order of xb ascending, equal values in index order: glibc's qsort (a merge sort,
     stable) with iq1_sort_helper, as ggml sorts its (x, index) pairs. Each value's place is counted
-    (those below it, and equal ones before it), which vectorizes and has no unpredictable branches."""
+    (those below it, and equal ones before it) for all values at once, one value j against the whole
+    block a step: count int32[n] is scratch. No branches, no horizontal sums: it vectorizes (with n a
+    compile-time constant LLVM unrolls the loops into scalar code instead)."""
     n = xb.shape[0]
     for i in range(n):
-        xi = xb[i]
-        c = 0
-        for j in range(n):
-            c += np.int32((xb[j] < xi) | ((xb[j] == xi) & (j < i)))
-        idx[c] = i
+        count[i] = 0
+    for j in range(n):
+        xj = xb[j]
+        for i in range(n):
+            count[i] += np.int32((xj < xb[i]) | ((xj == xb[i]) & (j < i)))
+    for i in range(n):
+        idx[count[i]] = i
 
 
 @jit_inline
@@ -170,11 +174,11 @@ def _snap_groups(xb, weight, L, ng, negs, x_p, x_m, scale, levels, kmap, neighbo
 def _scratch_iq1_s():
     """Per-row scratch of quantize_block_iq1_s: scales, mx float32[8]; weight float32[256]; sx, sw float32[33, 8]
     (the blocks' prefix sums, lane-major); idx int32[8, 32]; L uint8[32]; index int32[4]; shifts int32[8]; found
-    float32[4, 8] (the split search's result)."""
+    float32[4, 8] (the split search's result); count int32[32] (the sort's)."""
     return (np.empty(8, np.float32), np.empty(8, np.float32), np.empty(QK_K, np.float32),
             np.empty((33, IQ1_S_LANES), np.float32), np.empty((33, IQ1_S_LANES), np.float32),
             np.empty((8, 32), np.int32), np.empty(32, np.uint8), np.empty(4, np.int32), np.empty(8, np.int32),
-            np.empty((4, IQ1_S_LANES), np.float32))
+            np.empty((4, IQ1_S_LANES), np.float32), np.empty(32, np.int32))
 
 
 @jit
@@ -186,7 +190,7 @@ def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, nlev, x_p, x
     ggml tries every split i1 <= i2 of each sorted block into three levels, x_p then x_m at each, keeping a
     strictly better sqx^2/sq2; the eight blocks' searches run side by side (common.lane_iq1s_splits, block ib
     in lane ib), each block then finished in order as C does."""
-    scales, mxs, weight, sx, sw, idx, L, index, shifts, found = s
+    scales, mxs, weight, sx, sw, idx, L, index, shifts, found, count = s
     x = xrest[:QK_K]
     for j in range(IQ1_S_BYTES):
         y[j] = 0
@@ -198,13 +202,17 @@ def quantize_block_iq1_s(xrest, qw, y, s, levels, kmap, neighbours, nlev, x_p, x
         importance(xb, qw[bs * ib:bs * ib + bs], bs, sigma2, F32(0.0), wb)
         mxs[ib] = _abs_max(xb, bs)
         order = idx[ib]
-        _sort_index(xb, order)
-        sx[0, ib] = F32(0.0)
-        sw[0, ib] = F32(0.0)
+        _sort_index(xb, order, count)
+        ax = F32(0.0)
+        aw = F32(0.0)
+        sx[0, ib] = ax
+        sw[0, ib] = aw
         for j in range(bs):
             i = order[j]
-            sx[j + 1, ib] = sx[j, ib] + wb[i] * xb[i]
-            sw[j + 1, ib] = sw[j, ib] + wb[i]
+            ax += wb[i] * xb[i]
+            aw += wb[i]
+            sx[j + 1, ib] = ax
+            sw[j + 1, ib] = aw
     lane_iq1s_splits(sx, sw, bs, found)
     max_scale = F32(0.0)
     for ib in range(QK_K // bs):
@@ -280,11 +288,11 @@ def dequantize_row_iq1_s(data, out, values):
 def _scratch_iq1_m():
     """Per-row scratch of quantize_block_iq1_m: scales, mx float32[16]; weight float32[256]; idx int32[16, 16];
     pre float32[4*17, 16] (the blocks' per-half prefix sums, lane-major); L uint8[16]; index int32[2]; shifts
-    int32[16]; found float32[4, 16] (the split search's result)."""
+    int32[16]; found float32[4, 16] (the split search's result); count int32[16] (the sort's)."""
     return (np.empty(16, np.float32), np.empty(16, np.float32), np.empty(QK_K, np.float32),
             np.empty((16, 16), np.int32),
             np.empty((4 * 17, IQ1_M_LANES), np.float32), np.empty(16, np.uint8), np.empty(2, np.int32),
-            np.empty(16, np.int32), np.empty((4, IQ1_M_LANES), np.float32))
+            np.empty(16, np.int32), np.empty((4, IQ1_M_LANES), np.float32), np.empty(16, np.int32))
 
 
 @jit
@@ -293,7 +301,7 @@ def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, nlev, x_p, x
     quantize_block_iq1_s), qw float32[256] (empty for none) -> y uint8[56]; scratch s = _scratch_iq1_m().
     Returns OK or FAILED. The sixteen blocks' split searches run side by side (common.lane_iq1m_splits, block
     ib in lane ib), each block then finished in order as C does."""
-    scales, mxs, weight, idx, pre, L, index, shifts, found = s
+    scales, mxs, weight, idx, pre, L, index, shifts, found, count = s
     x = xrest[:QK_K]
     for j in range(IQ1_M_BYTES):
         y[j] = 0
@@ -306,17 +314,27 @@ def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, nlev, x_p, x
         importance(xb, qw[bs * ib:bs * ib + bs] if have_w else qw, bs, sigma2, F32(0.0), wb)
         mxs[ib] = _abs_max(xb, bs)
         order = idx[ib]
-        _sort_index(xb, order)
+        _sort_index(xb, order, count)
         # per half h of the block (weights 0-7, 8-15): px[h] at rows 17*h + j, pw[h] at rows 17*(2 + h) + j
+        # running sums in registers, each half's in C's order (the other half's stands still): picks, not
+        # branches, as the halves come in no predictable order
+        ax0 = F32(0.0)
+        ax1 = F32(0.0)
+        aw0 = F32(0.0)
+        aw1 = F32(0.0)
         for t in range(4):
             pre[17 * t, ib] = F32(0.0)
         for j in range(bs):
             i = order[j]
-            h = 0 if i < bs // 2 else 1
-            pre[17 * h + j + 1, ib] = pre[17 * h + j, ib] + wb[i] * xb[i]
-            pre[17 * (1 - h) + j + 1, ib] = pre[17 * (1 - h) + j, ib]
-            pre[17 * (2 + h) + j + 1, ib] = pre[17 * (2 + h) + j, ib] + wb[i]
-            pre[17 * (3 - h) + j + 1, ib] = pre[17 * (3 - h) + j, ib]
+            low = i < bs // 2
+            ax0 = pick(low, ax0 + wb[i] * xb[i], ax0)
+            ax1 = pick(low, ax1, ax1 + wb[i] * xb[i])
+            aw0 = pick(low, aw0 + wb[i], aw0)
+            aw1 = pick(low, aw1, aw1 + wb[i])
+            pre[j + 1, ib] = ax0
+            pre[17 + j + 1, ib] = ax1
+            pre[34 + j + 1, ib] = aw0
+            pre[51 + j + 1, ib] = aw1
     lane_iq1m_splits(pre, bs, found)
     max_scale = F32(0.0)
     for ib in range(QK_K // bs):

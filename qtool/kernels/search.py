@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import SUB_WIDTH, F32, f32_bits, jit, lane_fit_errors, lane_quant_sums, local_f32, nearest_int
+from qtool.kernels.common import (SUB_WIDTH, F32, f32_bits, jit, lane_fit_errors, lane_qp_steps, lane_quant_sums,
+                                 local_f32, nearest_int)
 
 #: ggml's GROUP_MAX_EPS: below this the block counts as all zero.
 GROUP_MAX_EPS = F32(1e-15)
@@ -639,14 +640,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
     for t in range(8):
         step_iscale[t] = (F32(0.1) * F32(t - 4 if t < 4 else t - 3) + fnmax) / vmax
         step_scale[t] = F32(1.0) / step_iscale[t]
-        step_mse[t] = F32(0.0)
-    for i in range(n):
-        xi = x[i]
-        wi = quant_weights[i]
-        for t in range(8):
-            l = min(nmax, nearest_int(step_iscale[t] * xi))
-            diff = xi - step_scale[t] * F32(l)
-            step_mse[t] += wi * diff * diff
+    lane_qp_steps(x, quant_weights, n, nmax, step_iscale, step_scale, step_mse)
     for t in range(8):
         if step_mse[t] < best_mse:
             best_mse = step_mse[t]
