@@ -12,6 +12,10 @@ IQ2_XXS alone gets through the 1e30 row in ggml, and must match there.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from conftest import ggml_in_a_child
 from gguf import GGMLQuantizationType as T
@@ -55,3 +59,36 @@ def test_ggml_aborts_where_we_raise(oracle, qtype, path):
         get(qtype).quantize(x, imat)
     res = ggml_in_a_child(qtype, x, imat)
     assert res.returncode != 0 and b"GGML_ASSERT(grid_index >= 0)" in res.stderr, res.stderr[-500:]
+
+
+# Numba compiling for a CPU without AVX-512 (the features LLVM may use): haswell's
+NO_AVX512 = "+64bit,+avx,+avx2,+sse4.2,+popcnt,+cx16,+bmi,+bmi2,+lzcnt,+movbe,+f16c"
+_OTHER_PATH = """
+import sys
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from numba.core.registry import cpu_target
+from qtool.kernels.common import _has_avx512
+from qtool.quantizers import get
+from qtool.testing.data import hard_rows, importance
+assert not _has_avx512(cpu_target.target_context), "compiled for AVX-512 after all"
+x = hard_rows(16, 512, 5)
+x[np.abs(x) > 1e20] = 0  # the 1e30 row overflows the IQ2_S search (test_search_overflow_raises)
+sys.stdout.buffer.write(get(T.IQ2_S).quantize(x, None).tobytes())
+sys.stdout.buffer.write(get(T.IQ1_S).quantize(x, importance(512, 6)).tobytes())
+"""
+
+
+def test_neighbour_scan_without_avx512(tmp_path):
+    """The listed-point scan picks each coordinate's product by an AVX-512 permute where the code may use
+    AVX-512, else by comparisons and selects: compiled for a CPU without it (NUMBA_CPU_NAME/FEATURES, a
+    fresh cache), IQ2_S and IQ1_S give the bytes of this process (ggml's: test_identity)."""
+    import numpy as np
+
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=NO_AVX512, NUMBA_CACHE_DIR=str(tmp_path))
+    child = subprocess.run([sys.executable, "-c", _OTHER_PATH], capture_output=True, env=env, timeout=900)
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
+    x = hard_rows(16, 512, 5)
+    x[np.abs(x) > 1e20] = 0
+    here = get(T.IQ2_S).quantize(x, None).tobytes() + get(T.IQ1_S).quantize(x, importance(512, 6)).tobytes()
+    assert child.stdout == here

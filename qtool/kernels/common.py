@@ -235,10 +235,11 @@ class _ScanArgs:
 
 def _distances(builder, scale, points, xs, ws, vty):
     """0 + w0*(s*p0 - x0)^2 + w1*(s*p1 - x1)^2 + ... lane by lane, each step as C orders it in float32
-    ((w*diff)*diff, the sum from the left). All arguments vectors of type vty."""
+    ((w*diff)*diff, the sum from the left). All arguments vectors of type vty; scale None where the points
+    are the products s*p already."""
     d = ir.Constant(vty, [0.0] * vty.count)
     for p, x, w in zip(points, xs, ws):
-        diff = builder.fsub(builder.fmul(scale, p), x)
+        diff = builder.fsub(p if scale is None else builder.fmul(scale, p), x)
         d = builder.fadd(d, builder.fmul(builder.fmul(w, diff), diff))
     return d
 
@@ -296,17 +297,36 @@ def nearest_listed_8(typingctx, pos, first_point, n_points, x, w, at_x, scales, 
 POINT_LANES = 16
 
 
+def _has_avx512(context) -> bool:
+    """Whether the code being compiled may use AVX-512F (the features Numba compiles for: the host's, or
+    NUMBA_CPU_FEATURES)."""
+    return "+avx512f" in str(getattr(context.codegen(), "_tm_features", "")).split(",")
+
+
 def _packed_scan_codegen(context, builder, sig, args):
-    """nearest_packed_point_8d's code: a vector loop over the list, 16 points a chunk."""
+    """nearest_packed_point_8d's code: a vector loop over the list, 16 points a chunk. A coordinate's
+    product s*values[level] is one of three, formed once before the loop (the same float32 products C forms
+    point by point); with AVX-512 each coordinate is picked by one permute from a 16-entry table (entry i holds
+    the product of level i & 3: the index's bits above the level are the next coordinate's), where selects by
+    comparisons took ~7 instructions a coordinate."""
     a = _ScanArgs(context, builder, sig, args)
     width = POINT_LANES
     i32, i64 = ir.IntType(32), ir.IntType(64)
     vf, vi, vh = (ir.VectorType(t, width) for t in (ir.FloatType(), i32, ir.IntType(16)))
     xs, ws = a.splat_elements(3, a.int64(5), 8, vf), a.splat_elements(4, a.int64(5), 8, vf)
-    s = a.splat(args[6], vf)
     n = a.int64(2)
     codes = a.at(0, a.int64(1))
-    values = a.splat_elements(7, ir.Constant(i64, 0), 3, vf)
+    products = [builder.fmul(args[6], builder.load(a.at(7, ir.Constant(i64, k)))) for k in range(3)]
+    permute = None
+    if _has_avx512(context) and width == 16:
+        from numba.core import cgutils
+
+        table = ir.Constant(vf, ir.Undefined)
+        for i in range(width):
+            table = builder.insert_element(table, products[min(i & 3, 2)], ir.Constant(i32, i))
+        permute = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vi]),
+                                                 "llvm.x86.avx512.permvar.sf.512")
+    values = [a.splat(p, vf) for p in products]
     zero, one, three = (ir.Constant(vh, [v] * width) for v in (0, 1, 3))
     lane_ids = ir.Constant(vi, list(range(width)))
     n_lanes = a.splat(builder.trunc(n, i32), vi)
@@ -317,11 +337,16 @@ def _packed_scan_codegen(context, builder, sig, args):
         c = builder.mul(chunk, ir.Constant(i64, width))
         code = builder.load(builder.bitcast(builder.gep(codes, [c]), vh.as_pointer()), align=2)
         points = []
-        for k in range(8):  # coordinate k of a point is values[(code >> 2k) & 3]
-            lv = builder.and_(builder.lshr(code, ir.Constant(vh, [2 * k] * width)), three)
-            points.append(builder.select(builder.icmp_signed("==", lv, zero), values[0],
-                                         builder.select(builder.icmp_signed("==", lv, one), values[1], values[2])))
-        d = _distances(builder, s, points, xs, ws, vf)
+        if permute is not None:
+            wide = builder.zext(code, vi)
+            for k in range(8):  # coordinate k of a point is the product of level (code >> 2k) & 3
+                points.append(builder.call(permute, [table, builder.lshr(wide, ir.Constant(vi, [2 * k] * width))]))
+        else:
+            for k in range(8):
+                lv = builder.and_(builder.lshr(code, ir.Constant(vh, [2 * k] * width)), three)
+                points.append(builder.select(builder.icmp_signed("==", lv, zero), values[0],
+                                             builder.select(builder.icmp_signed("==", lv, one), values[1], values[2])))
+        d = _distances(builder, None, points, xs, ws, vf)
         j = builder.add(a.splat(builder.trunc(c, i32), vi), lane_ids)
         better = builder.and_(builder.fcmp_ordered("<", d, held), builder.icmp_signed("<", j, n_lanes))
         return builder.select(better, d, held), builder.select(better, j, found)
@@ -329,23 +354,24 @@ def _packed_scan_codegen(context, builder, sig, args):
     bests, founds = _vector_scan(builder, chunks, (ir.Constant(vf, [_FLT_MAX] * width),
                                                    ir.Constant(vi, [-1] * width)), step)
 
-    def everywhere(v, smaller):  # every lane gets the smallest lane's value (a tree of swaps)
-        undef = ir.Constant(v.type, ir.Undefined)
-        half = width // 2
-        while half:
-            other = builder.shuffle_vector(v, undef, ir.Constant(vi, [i ^ half for i in range(width)]))
-            v = builder.select(smaller(other, v), other, v)
-            half //= 2
-        return v
+    # the lanes merged by (distance, position) in one unsigned reduction of 64-bit keys (two trees, distances
+    # then the positions at the smallest, took twice the steps). A distance's key is its bit pattern with the
+    # sign bit flipped, or every bit where negative (a negative importance weight): unsigned order is then the
+    # float order, -0 aside, which a sum from +0 never gives; NaN is never held (it compares false). A lane
+    # that found none holds FLT_MAX, which no held distance equals, and position -1: the largest key of all.
+    from numba.core import cgutils
 
-    nearest = everywhere(bests, lambda p, q: builder.fcmp_ordered("<", p, q))
-    at_nearest = builder.and_(builder.fcmp_ordered("==", bests, nearest),
-                              builder.icmp_signed(">=", founds, ir.Constant(vi, [0] * width)))
-    none = ir.Constant(i32, 2**31 - 1)
-    first_at = everywhere(builder.select(at_nearest, founds, a.splat(none, vi)),
-                          lambda p, q: builder.icmp_signed("<", p, q))
-    j = builder.extract_element(first_at, ir.Constant(i32, 0))
-    return builder.sext(builder.select(builder.icmp_signed("==", j, none), ir.Constant(i32, -1), j), i64)
+    v64 = ir.VectorType(i64, width)
+    bits = builder.bitcast(bests, vi)
+    flip = builder.or_(builder.ashr(bits, ir.Constant(vi, [31] * width)), ir.Constant(vi, [-2**31] * width))
+    keys = builder.or_(builder.shl(builder.zext(builder.xor(bits, flip), v64), ir.Constant(v64, [32] * width)),
+                       builder.zext(founds, v64))
+    reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [v64]),
+                                            f"llvm.vector.reduce.umin.v{width}i64")
+    key = builder.call(reduce, [keys])
+    unfound = int(np.float32(_FLT_MAX).view(np.uint32)) ^ 0x80000000
+    none = builder.icmp_unsigned("==", builder.lshr(key, ir.Constant(i64, 32)), ir.Constant(i64, unfound))
+    return builder.select(none, ir.Constant(i64, -1), builder.and_(key, ir.Constant(i64, 0xFFFFFFFF)))
 
 
 @intrinsic
