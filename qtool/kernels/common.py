@@ -309,6 +309,8 @@ def _packed_scan_codegen(context, builder, sig, args):
     point by point); with AVX-512 each coordinate is picked by one permute from a 16-entry table (entry i holds
     the product of level i & 3: the index's bits above the level are the next coordinate's), where selects by
     comparisons took ~7 instructions a coordinate."""
+    from numba.core import cgutils
+
     a = _ScanArgs(context, builder, sig, args)
     width = POINT_LANES
     i32, i64 = ir.IntType(32), ir.IntType(64)
@@ -317,17 +319,29 @@ def _packed_scan_codegen(context, builder, sig, args):
     n = a.int64(2)
     codes = a.at(0, a.int64(1))
     products = [builder.fmul(args[6], builder.load(a.at(7, ir.Constant(i64, k)))) for k in range(3)]
-    permute = None
     if _has_avx512(context) and width == 16:
-        from numba.core import cgutils
-
         table = ir.Constant(vf, ir.Undefined)
         for i in range(width):
             table = builder.insert_element(table, products[min(i & 3, 2)], ir.Constant(i32, i))
         permute = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vi]),
                                                  "llvm.x86.avx512.permvar.sf.512")
-    values = [a.splat(p, vf) for p in products]
-    zero, one, three = (ir.Constant(vh, [v] * width) for v in (0, 1, 3))
+
+        def coordinates(code):  # coordinate k of a point is the product of level (code >> 2k) & 3
+            wide = builder.zext(code, vi)
+            return [builder.call(permute, [table, builder.lshr(wide, ir.Constant(vi, [2 * k] * width))])
+                    for k in range(8)]
+    else:
+        values = [a.splat(p, vf) for p in products]
+        zero, one, three = (ir.Constant(vh, [v] * width) for v in (0, 1, 3))
+
+        def coordinates(code):
+            points = []
+            for k in range(8):
+                lv = builder.and_(builder.lshr(code, ir.Constant(vh, [2 * k] * width)), three)
+                points.append(builder.select(builder.icmp_signed("==", lv, zero), values[0],
+                                             builder.select(builder.icmp_signed("==", lv, one), values[1], values[2])))
+            return points
+
     lane_ids = ir.Constant(vi, list(range(width)))
     n_lanes = a.splat(builder.trunc(n, i32), vi)
     chunks = builder.sdiv(builder.add(n, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
@@ -336,16 +350,7 @@ def _packed_scan_codegen(context, builder, sig, args):
         held, found = state
         c = builder.mul(chunk, ir.Constant(i64, width))
         code = builder.load(builder.bitcast(builder.gep(codes, [c]), vh.as_pointer()), align=2)
-        points = []
-        if permute is not None:
-            wide = builder.zext(code, vi)
-            for k in range(8):  # coordinate k of a point is the product of level (code >> 2k) & 3
-                points.append(builder.call(permute, [table, builder.lshr(wide, ir.Constant(vi, [2 * k] * width))]))
-        else:
-            for k in range(8):
-                lv = builder.and_(builder.lshr(code, ir.Constant(vh, [2 * k] * width)), three)
-                points.append(builder.select(builder.icmp_signed("==", lv, zero), values[0],
-                                             builder.select(builder.icmp_signed("==", lv, one), values[1], values[2])))
+        points = coordinates(code)
         d = _distances(builder, None, points, xs, ws, vf)
         j = builder.add(a.splat(builder.trunc(c, i32), vi), lane_ids)
         better = builder.and_(builder.fcmp_ordered("<", d, held), builder.icmp_signed("<", j, n_lanes))
@@ -359,8 +364,6 @@ def _packed_scan_codegen(context, builder, sig, args):
     # sign bit flipped, or every bit where negative (a negative importance weight): unsigned order is then the
     # float order, -0 aside, which a sum from +0 never gives; NaN is never held (it compares false). A lane
     # that found none holds FLT_MAX, which no held distance equals, and position -1: the largest key of all.
-    from numba.core import cgutils
-
     v64 = ir.VectorType(i64, width)
     bits = builder.bitcast(bests, vi)
     flip = builder.or_(builder.ashr(bits, ir.Constant(vi, [31] * width)), ir.Constant(vi, [-2**31] * width))

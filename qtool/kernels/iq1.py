@@ -327,8 +327,9 @@ def quantize_block_iq1_m(xrest, qw, y, s, levels, kmap, neighbours, nlev, x_p, x
         for j in range(bs):
             i = order[j]
             low = i < bs // 2
-            ax0 = pick(low, ax0 + wb[i] * xb[i], ax0)
-            ax1 = pick(low, ax1, ax1 + wb[i] * xb[i])
+            wx = wb[i] * xb[i]
+            ax0 = pick(low, ax0 + wx, ax0)
+            ax1 = pick(low, ax1, ax1 + wx)
             aw0 = pick(low, aw0 + wb[i], aw0)
             aw1 = pick(low, aw1, aw1 + wb[i])
             pre[j + 1, ib] = ax0
