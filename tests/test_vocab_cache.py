@@ -175,3 +175,16 @@ def test_a_large_file_is_keyed_by_size_and_time(tmp_path, cache, monkeypatch):
     os.utime(big, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
     _meta(folder)
     assert len(cache) == 2
+
+
+def test_keys_without_python_311(tmp_path, cache, monkeypatch):
+    """qtool runs on Python 3.10 (pyproject), which has no hashlib.file_digest: a folder is kept and taken back
+    without it."""
+    import hashlib
+
+    monkeypatch.delattr(hashlib, "file_digest", raising=False)
+    folder = _folder(tmp_path)
+    first = _meta(folder)
+    again = _meta(folder)
+    assert cache == [folder]
+    _same(first, again)
