@@ -293,24 +293,27 @@ def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> n
         return source.raw(p.name)
     weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
     halves = source.halves(p.name) if widened is not None else None
-    if halves is not None and halves[0].size >= _SLICED_HALVES and halves[0].ndim >= 2:
+    quantizer = get(p.qtype)
+    if halves is not None and halves[0].ndim >= 2 and \
+            (halves[0].size >= _SLICED_HALVES or (halves[1] == "BF16" and quantizer.reads_bfloat16)):
         # a big F16/BF16 tensor stored as it is used: widened and quantized a slice of rows at a time through
         # one small buffer, so it is never float32 whole (a large vocabulary's embeddings: hundreds of MB
-        # of fresh memory, faulted in page by page, and resident at once)
+        # of fresh memory, faulted in page by page, and resident at once); or, whatever its size, BF16
+        # quantized as it is stored by a type whose kernel reads bfloat16 (Q8_0): no float32 copy at all
         words, dtype = halves
         n = words.shape[-1]
         rows = max(1, _SLICE_FLOATS // n)
         buffer = widened.for_slice(rows * n)
-        return get(p.qtype).quantize(words, weights, name=p.name, threads=threads, slice_rows=rows,
-                                     after_slice=drop_pages,
-                                     convert_slice=lambda part: widen(part, dtype, part.shape, into=buffer))
+        return quantizer.quantize(words, weights, name=p.name, threads=threads, slice_rows=rows,
+                                  after_slice=drop_pages, stored=dtype,
+                                  convert_slice=lambda part: widen(part, dtype, part.shape, into=buffer))
     into = widened.for_tensor(source.info(p.name)) if widened is not None else None
     data = load_floats(source, p.name, threads=threads, into=into)
     if getattr(data, "_mmap", None) is None or data.nbytes <= _CHUNK_BYTES or data.ndim < 1:
-        return get(p.qtype).quantize(data, weights, name=p.name, threads=threads)
+        return quantizer.quantize(data, weights, name=p.name, threads=threads)
     # a view of the input's map: quantized a slice of rows at a time, each slice's pages dropped once done,
     # so that a big tensor (a large vocabulary's embeddings) is not resident whole
-    return get(p.qtype).quantize(data, weights, name=p.name, threads=threads,
+    return quantizer.quantize(data, weights, name=p.name, threads=threads,
                                  slice_rows=max(1, _CHUNK_BYTES // (4 * max(1, data.shape[-1]))),
                                  after_slice=drop_pages)
 

@@ -205,3 +205,71 @@ def test_quantize_names_the_first_nonfinite_row(qtype):
     big[-1, 0] = np.nan
     with pytest.raises(QuantError, match=rf"^t: row {big.shape[0] - 3} holds a non-finite value \(inf\) at column 100$"):
         q.quantize(big, name="t")
+
+
+def _bfloat16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bfloat16 words of x, their float32 values): the upper halves, as a BF16 checkpoint stores weights."""
+    words = (np.ascontiguousarray(x, np.float32).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    return words, (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+@pytest.mark.parametrize("rows", ["hard", "special"])
+def test_q8_0_kernel_reads_bfloat16_words(rows):
+    """Q8_0's kernel given bfloat16 words (uint16) writes the bytes it writes for their float32 values, and finds
+    the same first row holding NaN or Inf: the hard rows (scales near the half's range, ties, zero blocks) and the
+    special values (NaN with payloads, inf, FLT_MAX-scale, subnormals, signed zeros, NaN last in a block)."""
+    from qtool.kernels import legacy as k
+
+    x = hard_rows(64, 512, seed=9) if rows == "hard" else _special_rows(13)
+    if rows == "special":
+        x[1, 31] = np.nan  # NaN last in a block: the serial C scan keeps it
+    words, values = _bfloat16(x)
+    q = get(T.Q8_0)
+    from_words = np.full((x.shape[0], q.row_bytes(x.shape[1])), 0xAA, np.uint8)
+    from_floats = np.full_like(from_words, 0x55)
+    with np.errstate(all="ignore"):
+        bad_words, bad_floats = k.quantize_q8_0(words, from_words), k.quantize_q8_0(values, from_floats)
+    finite = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0]) if rows == "special" else -1
+    assert bad_words == bad_floats == finite
+    assert mismatch_report(from_words, from_floats, q.type_size) == ""
+    if rows == "hard":  # gguf-py's numpy Q8_0 is bit-exact with ggml: a second oracle, no llama.cpp needed
+        assert mismatch_report(from_words, gq.quantize(values, T.Q8_0), q.type_size, "gguf-py") == ""
+
+
+def test_q8_0_from_bfloat16_words_matches_ggml(oracle):
+    from qtool.kernels import legacy as k
+
+    x = np.concatenate([hard_rows(64, 1024, seed=10).reshape(-1, 256), _special_rows(14).reshape(-1, 256)])
+    words, values = _bfloat16(x)
+    ours = np.empty((x.shape[0], get(T.Q8_0).row_bytes(x.shape[1])), np.uint8)
+    with np.errstate(all="ignore"):
+        k.quantize_q8_0(words, ours)
+        ref = oracle.quantize(T.Q8_0, values, None)
+    assert mismatch_report(ours, ref, get(T.Q8_0).type_size) == ""
+
+
+def test_quantize_takes_bfloat16_words_as_stored():
+    """quantize(words, stored="BF16") on a type that reads bfloat16 (Q8_0) quantizes the words without
+    converting them (convert_slice runs only to name a NaN/Inf's value), slice by slice, to the bytes of the
+    float32 values; a type that does not (Q4_0) converts every slice, as for F16 words."""
+    from qtool.formats.source import widen
+
+    x = np.random.default_rng(5).standard_normal((97, 256)).astype(np.float32)
+    words, values = _bfloat16(x)
+    for qtype, converts in ((T.Q8_0, False), (T.Q4_0, True)):
+        calls = []
+
+        def convert(part):
+            calls.append(part.shape[0])
+            return widen(part, "BF16", part.shape)
+
+        got = get(qtype).quantize(words, name="t", slice_rows=20, convert_slice=convert, stored="BF16")
+        assert np.array_equal(got, get(qtype).quantize(values)), qtype.name
+        assert calls == ([20, 20, 20, 20, 17] if converts else []), (qtype.name, calls)
+    bad = words.copy()
+    bad[63, 64] = 0xFF80  # -inf
+    bad[63, 65] = 0x7FC0  # and a NaN after it
+    bad[70, 0] = 0x7FC0
+    with pytest.raises(QuantError, match=r"^t: row 63 holds a non-finite value \(-inf\) at column 64$"):
+        get(T.Q8_0).quantize(bad, name="t", slice_rows=20, stored="BF16",
+                             convert_slice=lambda part: widen(part, "BF16", part.shape))

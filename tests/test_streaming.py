@@ -163,8 +163,9 @@ def test_a_bad_row_in_a_later_slice_is_named_by_its_row_in_the_tensor(tmp_path, 
             pipeline._tensor_bytes(src, _Plan("blk.0.ffn_up.weight", a.shape, GGMLQuantizationType.Q4_0), None, 1)
 
 
-def _convert_peak_mib(model: Path, out: Path, setting: str, value: int) -> float:
-    """The peak RSS (MiB) of a child that sets qtool.convert.<setting> = value and converts ``model`` to Q8_0."""
+def _convert_peak_mib(model: Path, out: Path, setting: str, value: int, qtype: str = "Q8_0") -> float:
+    """The peak RSS (MiB) of a child that sets qtool.convert.<setting> = value and converts ``model`` to
+    ``qtype``."""
     code = (
         f"import sys; import qtool.convert; qtool.convert.{setting} = {value}\n"
         "from qtool.cli.app import main\n"
@@ -172,7 +173,7 @@ def _convert_peak_mib(model: Path, out: Path, setting: str, value: int) -> float
         f"print({_PEAK_KB})\n"
     )
     out.unlink(missing_ok=True)
-    r = subprocess.run([sys.executable, "-c", code, "convert", str(model), "--type", "Q8_0", "--pure", "-o", str(out),
+    r = subprocess.run([sys.executable, "-c", code, "convert", str(model), "--type", qtype, "--pure", "-o", str(out),
                         "--quiet"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     return int(r.stdout.strip().splitlines()[-1]) / 1024
@@ -243,7 +244,8 @@ def _bf16_gguf(path: Path, a: np.ndarray, name: str = "blk.0.ffn_up.weight") -> 
 
 def test_a_half_tensor_is_widened_and_quantized_a_slice_at_a_time(tmp_path, monkeypatch):
     """A big BF16 tensor goes through a buffer of a few rows, slice by slice (no widening is bigger), to the bytes
-    of the whole tensor quantized at once, with and without an importance vector."""
+    of the whole tensor quantized at once, with and without an importance vector; Q8_0 reads the words as they
+    are (no widening at all)."""
     import qtool.convert as pipeline
     from gguf import GGMLQuantizationType
     from qtool.formats import source as source_module
@@ -266,7 +268,10 @@ def test_a_half_tensor_is_widened_and_quantized_a_slice_at_a_time(tmp_path, monk
                 got = pipeline._tensor_bytes(src, _Plan("blk.0.ffn_up.weight", floats.shape, qtype),
                                              None if imatrix is None else _Imatrix(imatrix), 2, pipeline._Reused())
                 assert np.array_equal(got, get(qtype).quantize(floats, imatrix, threads=2)), name
-                assert len(sizes) == 43 and max(sizes) == 7 * 512, sizes
+                if get(qtype).reads_bfloat16:  # Q8_0 quantizes the words as they are: nothing is widened
+                    assert sizes == [], sizes
+                else:
+                    assert len(sizes) == 43 and max(sizes) == 7 * 512, sizes
 
 
 def test_sources_give_half_words_of_tensors_stored_as_used(tmp_path):
@@ -306,18 +311,22 @@ def test_converting_halves_in_slices_writes_the_same_file(tmp_path, monkeypatch)
 
 
 def test_a_big_half_tensor_is_never_float32_whole(tmp_path):
-    """A 6144 x 4096 BF16 tensor (96 MiB as float32) converts through 8 MiB slices: the peak is most of the float32
-    tensor below the same run with the tensor widened whole."""
+    """A 6144 x 4096 BF16 tensor (96 MiB as float32) converts to Q4_0 through 8 MiB slices: the peak is most of the
+    float32 tensor below the same run with the tensor widened whole. To Q8_0, whose kernel reads the words, it
+    is never widened: as low with no slicing asked for."""
     rows, cols = 6144, 4096
     rng = np.random.default_rng(0)
     model, _ = _bf16_gguf(tmp_path / "big.gguf", (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32))
 
-    def peak_mib(sliced_from: int) -> float:
-        return _convert_peak_mib(model, tmp_path / "o.gguf", "_SLICED_HALVES", sliced_from)
+    def peak_mib(sliced_from: int, qtype: str) -> float:
+        return _convert_peak_mib(model, tmp_path / "o.gguf", "_SLICED_HALVES", sliced_from, qtype)
 
-    peak_mib(1)  # the kernels compiled (or loaded from Numba's cache) before anything is compared
-    whole, sliced = peak_mib(1 << 40), peak_mib(1 << 20)
+    for qtype in ("Q4_0", "Q8_0"):
+        peak_mib(1, qtype)  # the kernels compiled (or loaded from Numba's cache) before anything is compared
+    whole, sliced = peak_mib(1 << 40, "Q4_0"), peak_mib(1 << 20, "Q4_0")
     assert whole - sliced > 0.6 * rows * cols * 4 / 2**20, (whole, sliced)
+    as_stored = peak_mib(1 << 40, "Q8_0")
+    assert whole - as_stored > 0.6 * rows * cols * 4 / 2**20, (whole, as_stored)
 
 
 @pytest.mark.parametrize("case, family, tokenizer", [("gemma3_bf16", None, None), ("llama3_bf16", None, None),

@@ -145,26 +145,55 @@ def pick(typingctx, condition, a, b):
 @intrinsic
 def abs_max_bits(typingctx, x, first, n):
     """The largest bit pattern of |x[first]|, ..., |x[first + n - 1]| (sign bits cleared) as uint32, n a
-    compile-time constant, x a contiguous float32 array: one vector load and LLVM's unsigned-max reduction.
-    For floats without NaN the largest pattern is the largest magnitude, whatever the order."""
-    if not (_is_f32_array(x) and x.layout == "C" and isinstance(first, types.Integer)
-            and isinstance(n, types.IntegerLiteral)):
+    compile-time constant, x a contiguous float32 array or bfloat16 words (uint16: the pattern is then the
+    float32 one, the word's bits above 16 zero bits): one vector load and LLVM's unsigned-max reduction. For
+    floats without NaN the largest pattern is the largest magnitude, whatever the order."""
+    if not (isinstance(x, types.Array) and x.dtype in (types.float32, types.uint16) and x.layout == "C"
+            and isinstance(first, types.Integer) and isinstance(n, types.IntegerLiteral)):
         return None
     count = n.literal_value
+    width = 16 if x.dtype == types.uint16 else 32
 
     def codegen(context, builder, sig, args):
         from numba.core import cgutils
 
-        vi = ir.VectorType(ir.IntType(32), count)
+        vi = ir.VectorType(ir.IntType(width), count)
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         at = context.cast(builder, args[1], sig.args[1], types.int64)
-        words = builder.load(builder.bitcast(cgutils.gep(builder, data, at), vi.as_pointer()), align=4)
-        magnitudes = builder.and_(words, ir.Constant(vi, [0x7FFFFFFF] * count))
-        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [vi]),
-                                                f"llvm.vector.reduce.umax.v{count}i32")
-        return builder.call(reduce, [magnitudes])
+        words = builder.load(builder.bitcast(cgutils.gep(builder, data, at), vi.as_pointer()), align=width // 8)
+        magnitudes = builder.and_(words, ir.Constant(vi, [(1 << (width - 1)) - 1] * count))
+        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(width), [vi]),
+                                                f"llvm.vector.reduce.umax.v{count}i{width}")
+        largest = builder.call(reduce, [magnitudes])
+        if width == 32:
+            return largest
+        return builder.shl(builder.zext(largest, ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
 
     return types.uint32(x, first, n), codegen
+
+
+@intrinsic
+def float_at(typingctx, x, j):
+    """x[j] as float32, for 0 <= j < len(x): a float32 array's element, or the value of a bfloat16 word (x
+    uint16: the word is a float32's upper half, so the widening is exact). x contiguous, so that a kernel
+    written with it reads either kind of row."""
+    if not (isinstance(x, types.Array) and x.dtype in (types.float32, types.uint16) and x.layout == "C"
+            and isinstance(j, types.Integer)):
+        return None
+    words = x.dtype == types.uint16
+
+    def codegen(context, builder, sig, args):
+        from numba.core import cgutils
+
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        at = context.cast(builder, args[1], sig.args[1], types.int64)
+        value = builder.load(cgutils.gep(builder, data, at))
+        if not words:
+            return value
+        wide = builder.shl(builder.zext(value, ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return types.float32(x, j), codegen
 
 
 def _vector_scan(builder, count, start, step):
@@ -1059,7 +1088,7 @@ def largest_abs_of(m, x, first, n):
         return bits_f32(m)
     amax = F32(0.0)
     for j in range(first, first + n):
-        av = abs(x[j])
+        av = abs(float_at(x, j))
         amax = amax if amax > av else av
     return amax
 

@@ -35,8 +35,8 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import (OUT, SCRATCH, F32, abs_max_bits, bits_f32, block_drivers, each_block,
-                                 each_row_finite, f32_bits, jit, jit_inline, lane_qx_search, largest_abs_of, load_fp16,
-                                 pick, row_driver, specialize, store_fp16)
+                                 each_row_finite, f32_bits, float_at, jit, jit_inline, lane_qx_search, largest_abs_of,
+                                 load_fp16, pick, row_driver, specialize, store_fp16)
 from qtool.kernels.search import SUB_LANES, make_qkx_quants_lanes, qkx_lanes_scratch, qx_lane_quants
 
 QK = 32
@@ -320,8 +320,8 @@ q5_1_row_ref = specialize(_min_max_row, __name__, "q5_1_row_ref", "quantize_row_
 
 @jit
 def q8_0_row(x, y):
-    """quantize_row_q8_0_ref over one row: x float32[n] -> y uint8[n/32*34]; returns whether the row holds NaN
-    or Inf. Every step inlined and without branches (the largest |x| one vector reduction, the codes' rounding
+    """quantize_row_q8_0_ref over one row: x float32[n], or bfloat16 words uint16[n] (their values, exactly as
+    widened) -> y uint8[n/32*34]; returns whether the row holds NaN or Inf. Every step inlined and without branches (the largest |x| one vector reduction, the codes' rounding
     selects), so that a block's 32 codes are a few vector instructions: ~2x the same steps through calls and
     branches."""
     nonfinite = False
@@ -332,7 +332,7 @@ def q8_0_row(x, y):
         store_fp16(y, 34 * ib, d)
         inv = _inverse(d)
         for j in range(QK):
-            y[34 * ib + 2 + j] = np.uint8(c_int_roundf(x[ib * QK + j] * inv) & np.int32(0xFF))
+            y[34 * ib + 2 + j] = np.uint8(c_int_roundf(float_at(x, ib * QK + j) * inv) & np.int32(0xFF))
     return nonfinite
 
 
@@ -540,7 +540,8 @@ quantize_q5_1, dequantize_q5_1 = block_drivers(__name__, "q5_1", QK, 24, None, q
                                                scratch=_qkx_lanes_scratch)
 # ggml's quantize_q8_0 ignores the importance vector
 quantize_q8_0 = row_driver(each_row_finite, __name__, "quantize_q8_0",
-                           "ggml's quantize_q8_0 over all rows; returns the first row holding NaN or Inf, or -1.",
+                           "ggml's quantize_q8_0 over all rows (float32, or bfloat16 words as uint16); returns the "
+                           "first row holding NaN or Inf, or -1.",
                            ROW=q8_0_row)
 dequantize_q8_0 = row_driver(each_block, __name__, "dequantize_q8_0", "ggml's dequantize_row_q8_0 over all rows.",
                              BLOCK=q8_0_block_dequant, IN=34, OUT=QK)

@@ -65,6 +65,9 @@ class Quantizer:
     uses_imatrix: ClassVar[bool] = False
     #: ggml refuses to quantize this type without an importance vector.
     requires_imatrix: ClassVar[bool] = False
+    #: ``quantize_finite`` takes rows of bfloat16 words (uint16) as well as float32 ones, quantizing their
+    #: values (a BF16 checkpoint's tensors then need no float32 copy)
+    reads_bfloat16: ClassVar[bool] = False
 
     def __init_subclass__(cls, qtype: QType | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -119,7 +122,8 @@ class Quantizer:
     def quantize(self, data: np.ndarray, imatrix: np.ndarray | None = None, *, name: str = "tensor",
                  threads: int | None = None, slice_rows: int | None = None,
                  after_slice: Callable[[np.ndarray], None] | None = None,
-                 convert_slice: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+                 convert_slice: Callable[[np.ndarray], np.ndarray] | None = None,
+                 stored: str | None = None) -> np.ndarray:
         """Quantize float32 ``data`` (numpy order, rows along the last axis) to uint8 [..., row_bytes].
 
         ``imatrix`` is one importance vector of length n_per_row, or for a 3-D tensor one per
@@ -128,7 +132,8 @@ class Quantizer:
         so that a caller reading ``data`` from a map can drop each slice's pages once it is done.
         ``convert_slice``: ``data`` holds stored elements of another type (F16/BF16 words), and each slice
         of rows is quantized as ``convert_slice(rows)``, its float32 values; the tensor is then never
-        float32 whole.
+        float32 whole. ``stored`` names those elements' type ("F16", "BF16"): a type that ``reads_bfloat16``
+        quantizes BF16 words as they are, and converts a slice only to report a NaN or Inf in it.
         """
         if convert_slice is None and not (isinstance(data, np.ndarray) and data.dtype == np.float32
                                           and data.flags.c_contiguous):
@@ -147,19 +152,21 @@ class Quantizer:
         weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
         per_expert = rows.shape[0] // weights.shape[0] if weights is not None and weights.ndim == 2 else rows.shape[0]
         step = slice_rows or per_expert
+        as_stored = convert_slice is None or (stored == "BF16" and self.reads_bfloat16)
         for first in range(0, rows.shape[0], per_expert):
             w = weights[first // per_expert] if weights is not None and weights.ndim == 2 else weights
             for start in range(first, first + per_expert, step):
-                stored = rows[start:min(start + step, first + per_expert)]
-                part = stored if convert_slice is None else convert_slice(stored)
+                kept = rows[start:min(start + step, first + per_expert)]
+                part = kept if as_stored else convert_slice(kept)
                 bad, failed = self.quantize_finite(part, w, out[start:start + len(part)])
                 if bad >= 0:
-                    col = int(np.flatnonzero(~np.isfinite(part[bad]))[0])
-                    raise QuantError(f"{name}: row {start + bad} holds a non-finite value ({part[bad, col]}) at "
+                    values = part if convert_slice is None or not as_stored else convert_slice(kept)
+                    col = int(np.flatnonzero(~np.isfinite(values[bad]))[0])
+                    raise QuantError(f"{name}: row {start + bad} holds a non-finite value ({values[bad, col]}) at "
                                      f"column {col}")
                 self._raise_on(failed, start, name)
                 if after_slice is not None:
-                    after_slice(stored)
+                    after_slice(kept)
         return out.reshape(data.shape[:-1] + (out.shape[1],))
 
     def _raise_on(self, failed: RowFailure | None, first_row: int, name: str) -> None:
@@ -246,6 +253,8 @@ def kernel_type(qtype: QType, quantize: Callable, dequantize: Callable, *, uses_
                 base: type[Quantizer] = KernelQuantizer, **attrs) -> type[Quantizer]:
     """Register ``qtype`` as a ``base`` subclass with these drivers (and class attributes); returns the
     class. ``uses_imatrix``: ggml's quantize function for the type reads quant_weights."""
+    if attrs.get("reads_bfloat16") and not attrs.get("finds_nonfinite"):
+        raise TypeError(f"{qtype.name}: a kernel reading bfloat16 words must find NaN/Inf itself (finds_nonfinite)")
     ns = {"uses_imatrix": uses_imatrix, "quantize_kernel": staticmethod(quantize),
           "dequantize_kernel": staticmethod(dequantize), **attrs}
     return type(qtype.name, (base,), ns, qtype=qtype)
