@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 from conftest import ROOT, edit_config, refuses
@@ -54,6 +55,32 @@ def test_every_registered_name_has_a_gguf_architecture(hf_name):
     family = archs.registered()[hf_name]
     assert issubclass(family, Family) and family.arch in MODEL_ARCH_NAMES
     assert archs.lookup({"architectures": [hf_name]}) is family
+
+
+@pytest.mark.parametrize("arch", sorted({f.arch for f in archs.registered().values()} |
+                                        {gguf.MODEL_ARCH.GEMMA3N, gguf.MODEL_ARCH.T5, gguf.MODEL_ARCH.BERT,
+                                         gguf.MODEL_ARCH.DEEPSEEK2, gguf.MODEL_ARCH.FALCON}), ids=lambda a: a.name)
+def test_name_map_answers_as_gguf_does(arch, monkeypatch):
+    """tensors.NameMap looks each name up when asked; gguf's TensorNameMap formats them all first: the same answer
+    for every key gguf's map holds (at 0, 1, 3 and 40 blocks, with and without .weight/.bias), and none for
+    a block past the last, a number with a leading zero, and names no pattern has."""
+    from gguf.tensor_mapping import TensorNameMap
+
+    from qtool.archs.tensors import NameMap
+
+    for n_blocks in (0, 1, 3, 40):
+        # gguf's constructor adds the architecture's block patterns to its class's table: a fresh table each time
+        monkeypatch.setattr(TensorNameMap, "block_mappings_cfg", dict(TensorNameMap.block_mappings_cfg))
+        theirs, ours = TensorNameMap(arch, n_blocks), NameMap(arch, n_blocks)
+        assert theirs.mapping
+        for key, want in theirs.mapping.items():
+            assert ours.get_type_and_name(key) == want, key
+            assert ours.get_type_and_name(key + ".bias", try_suffixes=(".weight", ".bias")) == \
+                (want[0], want[1] + ".bias"), key
+        past = [k.format(bid=n_blocks) for ks in TensorNameMap.block_mappings_cfg.values() for k in ks if "{bid}" in k]
+        for key in past + [k.replace(".1.", ".01.") for k in theirs.mapping if ".1." in k] + ["model.nothing", "x.3.y"]:
+            assert ours.get_type_and_name(key, try_suffixes=(".weight",)) == \
+                theirs.get_type_and_name(key, try_suffixes=(".weight",)), key
 
 
 def test_registering_a_name_twice_is_refused():
