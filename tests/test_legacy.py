@@ -233,7 +233,9 @@ def test_q8_0_kernel_reads_bfloat16_words(rows):
     assert bad_words == bad_floats == finite
     assert mismatch_report(from_words, from_floats, q.type_size) == ""
     if rows == "hard":  # gguf-py's numpy Q8_0 is bit-exact with ggml: a second oracle, no llama.cpp needed
-        assert mismatch_report(from_words, gq.quantize(values, T.Q8_0), q.type_size, "gguf-py") == ""
+        with np.errstate(all="ignore"):  # its scales overflow the half on the hard rows, as in ggml
+            theirs = gq.quantize(values, T.Q8_0)
+        assert mismatch_report(from_words, theirs, q.type_size, "gguf-py") == ""
 
 
 def test_q8_0_from_bfloat16_words_matches_ggml(oracle):
