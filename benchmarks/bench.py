@@ -588,7 +588,9 @@ class _Hook:
 sys.meta_path.insert(0, _Hook())
 import qtool
 from qtool.cli.app import main
+from qtool.formats import vocab_cache
 qtool.command_process()  # as the command's run() does
+vocab_cache.enable()  # (a folder's tokenizer kept from its previous conversion, unless QTOOL_VOCAB_CACHE=0)
 try:
     main(sys.argv[1:])
 except SystemExit:
@@ -703,20 +705,29 @@ def bench_startup(args) -> None:
               f"{_best_child(['-c', _NUMBA_FIRST_CALL], args.repeat) * 1e3:.0f} ms")
         print(f"  first call of a stored kernel (llvmlite, Numba's C runtime, engine, object code; imports "
               f"done): {_best_child(['-c', _STORED_FIRST_CALL], args.repeat) * 1e3:.0f} ms")
-        for label, src in (("F32 GGUF", gguf_in), ("HF folder (BF16, tokenizer.json)", fixture)):
-            for how, native in (("stored kernels", "1"), ("through Numba (QTOOL_NATIVE=0)", "0")):
-                cmd = ["-c", _FIRST_TENSOR, "convert", str(src), "--type", "Q8_0", "-o", str(Path(tmp) / "o.gguf"),
-                       "-q"]
-                firsts, walls = [], []
-                for _ in range(args.repeat):
-                    out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True, cwd=ROOT,
-                                         env={**os.environ, "QTOOL_NATIVE": native}).stdout.strip().splitlines()
-                    out = out[-1].split()
-                    firsts.append(float(out[0]))
-                    walls.append(float(out[1]))
-                print(f"qtool convert tiny {label} -> Q8_0, {how}: first tensor written at "
-                      f"{min(firsts) * 1e3:.0f} ms, done at {min(walls) * 1e3:.0f} ms (in-process, after the "
-                      f"interpreter's own start); loaded: {out[2] if len(out) > 2 else ''}")
+        runs = [("F32 GGUF", gguf_in, "stored kernels", {"QTOOL_NATIVE": "1"}),
+                ("F32 GGUF", gguf_in, "through Numba (QTOOL_NATIVE=0)", {"QTOOL_NATIVE": "0"}),
+                ("HF folder (BF16, tokenizer.json)", fixture, "stored kernels, tokenizer kept",
+                 {"QTOOL_NATIVE": "1", "QTOOL_VOCAB_CACHE": "1"}),
+                ("HF folder (BF16, tokenizer.json)", fixture, "stored kernels, tokenizer read (QTOOL_VOCAB_CACHE=0)",
+                 {"QTOOL_NATIVE": "1", "QTOOL_VOCAB_CACHE": "0"}),
+                ("HF folder (BF16, tokenizer.json)", fixture, "through Numba (QTOOL_NATIVE=0), tokenizer kept",
+                 {"QTOOL_NATIVE": "0", "QTOOL_VOCAB_CACHE": "1"})]
+        for label, src, how, env in runs:
+            cmd = ["-c", _FIRST_TENSOR, "convert", str(src), "--type", "Q8_0", "-o", str(Path(tmp) / "o.gguf"),
+                   "-q"]
+            subprocess.run([sys.executable, *cmd], check=True, capture_output=True, cwd=ROOT,
+                           env={**os.environ, **env})  # untimed: keeps the folder's tokenizer
+            firsts, walls = [], []
+            for _ in range(args.repeat):
+                out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True, cwd=ROOT,
+                                     env={**os.environ, **env}).stdout.strip().splitlines()
+                out = out[-1].split()
+                firsts.append(float(out[0]))
+                walls.append(float(out[1]))
+            print(f"qtool convert tiny {label} -> Q8_0, {how}: first tensor written at "
+                  f"{min(firsts) * 1e3:.0f} ms, done at {min(walls) * 1e3:.0f} ms (in-process, after the "
+                  f"interpreter's own start); loaded: {out[2] if len(out) > 2 else ''}")
 
 
 def compare_files(a_path: Path, b_path: Path) -> tuple[bool, bool]:
