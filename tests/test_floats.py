@@ -128,3 +128,33 @@ def test_round_trip(qtype):
     assert np.array_equal(q.dequantize(q.quantize(exact)).view(np.uint32), exact.view(np.uint32))
     rel = {T.F32: 0.0, T.F16: 2.0 ** -11, T.BF16: 2.0 ** -8}[qtype]
     assert np.all(np.abs(exact - x) <= np.abs(x) * rel + 2.0 ** -24)
+
+
+@pytest.mark.parametrize("qtype", [T.F16, T.BF16], **ids)
+def test_halves_read_bfloat16_words_and_find_nonfinite_rows(qtype):
+    """F16 and BF16 kernels given bfloat16 words (uint16) write what they write for the words' float32 values
+    (BF16 keeps the words); and, float32 or words, they return the first row holding NaN or Inf (every bfloat16
+    pattern with an all-ones exponent, each in a row of its own among finite rows), which quantize() names."""
+    from qtool.errors import QuantError
+    from qtool.kernels import floats
+
+    kernel = getattr(floats, f"quantize_{qtype.name.lower()}")
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    finite = every[(every & 0x7F80) != 0x7F80]
+    words = finite[: finite.size // 64 * 64].reshape(-1, 64)
+    values = (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    from_words, from_floats = np.zeros_like(words), np.ones_like(words)
+    with np.errstate(over="ignore"):
+        assert kernel(words, from_words) == kernel(values, from_floats) == -1
+    assert np.array_equal(from_words, from_floats)
+    if qtype == T.BF16:
+        assert np.array_equal(from_words, words)
+    for bad in every[(every & 0x7F80) == 0x7F80][::37]:
+        w = words[:9].copy()
+        w[6, 11] = bad
+        w[8, 0] = 0x7F80  # a later row too
+        v = (w.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            assert kernel(w, np.empty_like(w)) == kernel(v, np.empty_like(w)) == 6, hex(bad)
+        with pytest.raises(QuantError, match=r"^t: row 6 holds a non-finite value \((nan|-?inf)\) at column 11$"):
+            get(qtype).quantize(v, name="t")

@@ -251,14 +251,14 @@ def test_q8_0_from_bfloat16_words_matches_ggml(oracle):
 
 
 def test_quantize_takes_bfloat16_words_as_stored():
-    """quantize(words, stored="BF16") on a type that reads bfloat16 (Q8_0) quantizes the words without
+    """quantize(words, stored="BF16") on a type that reads bfloat16 (Q8_0, F16, BF16) quantizes the words without
     converting them (convert_slice runs only to name a NaN/Inf's value), slice by slice, to the bytes of the
     float32 values; a type that does not (Q4_0) converts every slice, as for F16 words."""
     from qtool.formats.source import widen
 
     x = np.random.default_rng(5).standard_normal((97, 256)).astype(np.float32)
     words, values = _bfloat16(x)
-    for qtype, converts in ((T.Q8_0, False), (T.Q4_0, True)):
+    for qtype, converts in ((T.Q8_0, False), (T.F16, False), (T.BF16, False), (T.Q4_0, True)):
         calls = []
 
         def convert(part):

@@ -353,7 +353,7 @@ def test_every_half_tensor_in_slices_converts_to_the_same_file(tmp_path, monkeyp
         stored = [t for t in src.tensors if t.qtype in (T.F16, T.BF16)]  # not rope_freqs, which is computed
         shifted = [t.name for t in stored if src.halves(t.name) is None]
     assert stored and bool(shifted) == (case == "gemma3_bf16"), shifted  # only the norms gemma adds 1 to
-    for preset in ("Q8_0", "F32"):
+    for preset in ("Q8_0", "F32", "F16", "BF16"):  # (Q8_0, F16 and BF16 read the words as they are)
         sliced = pipeline.convert(folder, preset, tmp_path / f"a-{preset}.gguf").output.read_bytes()
         with monkeypatch.context() as m:
             m.setattr(ModelSource, "halves", lambda self, name: None)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import each_element, f32_bits, fp16_bits_to_fp32, fp32_to_fp16_bits, jit, row_driver
+from qtool.kernels.common import (each_element, each_element_finite, f32_bits, fp16_bits_to_fp32, fp32_to_fp16_bits,
+                                 jit, row_driver)
 
 
 @jit
@@ -16,10 +17,12 @@ def fp32_to_bf16_bits(f):
     return np.uint16((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
 
 
-quantize_f16 = row_driver(each_element, __name__, "quantize_f16", "ggml_fp32_to_fp16_row: rows float32 "
-                          "[nrows, n] -> out uint16 [nrows, n], round to nearest even.", ELEMENT=fp32_to_fp16_bits)
-quantize_bf16 = row_driver(each_element, __name__, "quantize_bf16", "ggml_fp32_to_bf16_row_ref: rows float32 "
-                           "[nrows, n] -> out uint16 [nrows, n].", ELEMENT=fp32_to_bf16_bits)
+quantize_f16 = row_driver(each_element_finite, __name__, "quantize_f16", "ggml_fp32_to_fp16_row: rows float32 (or "
+                          "bfloat16 words) [nrows, n] -> out uint16 [nrows, n], round to nearest even; returns the "
+                          "first row holding NaN or Inf, or -1.", ELEMENT=fp32_to_fp16_bits)
+quantize_bf16 = row_driver(each_element_finite, __name__, "quantize_bf16", "ggml_fp32_to_bf16_row_ref: rows float32 "
+                           "(or bfloat16 words, which it keeps) [nrows, n] -> out uint16 [nrows, n]; returns the first "
+                           "row holding NaN or Inf, or -1.", ELEMENT=fp32_to_bf16_bits)
 dequantize_f16 = row_driver(each_element, __name__, "dequantize_f16", "ggml_fp16_to_fp32_row: data uint16 "
                             "[nrows, n] -> out float32 [nrows, n] (NaNs quieted as ggml does).",
                             ELEMENT=fp16_bits_to_fp32)
