@@ -267,7 +267,10 @@ def test_quantize_takes_bfloat16_words_as_stored():
 
         got = get(qtype).quantize(words, name="t", slice_rows=20, convert_slice=convert, stored="BF16")
         assert np.array_equal(got, get(qtype).quantize(values)), qtype.name
-        assert calls == ([20, 20, 20, 20, 17] if converts else []), (qtype.name, calls)
+        strided = np.zeros((97, 512), np.uint16)
+        strided[:, ::2] = words  # every other column: not contiguous, taken as a copy
+        assert np.array_equal(get(qtype).quantize(strided[:, ::2], convert_slice=convert, stored="BF16"), got)
+        assert calls == ([20, 20, 20, 20, 17, 97] if converts else []), (qtype.name, calls)
     bad = words.copy()
     bad[63, 64] = 0xFF80  # -inf
     bad[63, 65] = 0x7FC0  # and a NaN after it

@@ -138,6 +138,9 @@ class Quantizer:
         if convert_slice is None and not (isinstance(data, np.ndarray) and data.dtype == np.float32
                                           and data.flags.c_contiguous):
             data = np.ascontiguousarray(data, dtype=np.float32)  # (a map's view stays one, for after_slice)
+        as_stored = convert_slice is None or (stored == "BF16" and self.reads_bfloat16)
+        if convert_slice is not None and as_stored:  # the kernel reads the words: contiguous uint16 rows
+            data = np.ascontiguousarray(data).view(np.uint16)
         if data.ndim == 0 or data.size == 0:
             raise QuantError(f"{name}: cannot quantize an empty tensor of shape {data.shape}")
         n_per_row = data.shape[-1]
@@ -152,7 +155,6 @@ class Quantizer:
         weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
         per_expert = rows.shape[0] // weights.shape[0] if weights is not None and weights.ndim == 2 else rows.shape[0]
         step = slice_rows or per_expert
-        as_stored = convert_slice is None or (stored == "BF16" and self.reads_bfloat16)
         for first in range(0, rows.shape[0], per_expert):
             w = weights[first // per_expert] if weights is not None and weights.ndim == 2 else weights
             for start in range(first, first + per_expert, step):
