@@ -299,7 +299,7 @@ def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> n
         # a big F16/BF16 tensor stored as it is used: widened and quantized a slice of rows at a time through
         # one small buffer, so it is never float32 whole (a large vocabulary's embeddings: hundreds of MB
         # of fresh memory, faulted in page by page, and resident at once); or, whatever its size, BF16
-        # quantized as it is stored by a type whose kernel reads bfloat16 (Q8_0): no float32 copy at all
+        # quantized as it is stored by a type whose kernel reads bfloat16 (Q8_0, F16, BF16): no float32 copy
         words, dtype = halves
         n = words.shape[-1]
         rows = max(1, _SLICE_FLOATS // n)

@@ -321,9 +321,9 @@ q5_1_row_ref = specialize(_min_max_row, __name__, "q5_1_row_ref", "quantize_row_
 @jit
 def q8_0_row(x, y):
     """quantize_row_q8_0_ref over one row: x float32[n], or bfloat16 words uint16[n] (their values, exactly as
-    widened) -> y uint8[n/32*34]; returns whether the row holds NaN or Inf. Every step inlined and without branches (the largest |x| one vector reduction, the codes' rounding
-    selects), so that a block's 32 codes are a few vector instructions: ~2x the same steps through calls and
-    branches."""
+    widened) -> y uint8[n/32*34]; returns whether the row holds NaN or Inf. Every step inlined and without
+    branches (the largest |x| one vector reduction, the codes' rounding selects), so that a block's 32 codes
+    are a few vector instructions: ~2x the same steps through calls and branches."""
     nonfinite = False
     for ib in range(x.shape[0] // QK):
         m = abs_max_bits(x, ib * QK, QK)

@@ -66,7 +66,9 @@ class Quantizer:
     #: ggml refuses to quantize this type without an importance vector.
     requires_imatrix: ClassVar[bool] = False
     #: ``quantize_finite`` takes rows of bfloat16 words (uint16) as well as float32 ones, quantizing their
-    #: values (a BF16 checkpoint's tensors then need no float32 copy)
+    #: values and finding NaN/Inf rows itself (a BF16 checkpoint's tensors then need no float32 copy). Only
+    #: for a type whose whole kernel reads its rows through common.float_at/abs_max_bits: elsewhere a uint16
+    #: row would be read as integers
     reads_bfloat16: ClassVar[bool] = False
 
     def __init_subclass__(cls, qtype: QType | None = None, **kwargs):
