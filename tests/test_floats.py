@@ -158,3 +158,30 @@ def test_halves_read_bfloat16_words_and_find_nonfinite_rows(qtype):
             assert kernel(w, np.empty_like(w)) == kernel(v, np.empty_like(w)) == 6, hex(bad)
         with pytest.raises(QuantError, match=r"^t: row 6 holds a non-finite value \((nan|-?inf)\) at column 11$"):
             get(qtype).quantize(v, name="t")
+
+
+def test_branch_free_half_rounding_is_the_same_for_every_float32():
+    """common.fp32_to_fp16_bits_flat (F16's element kernel: ggml's float arithmetic, no branches) gives
+    fp32_to_fp16_bits' half (exact round-to-nearest-even, checked against ggml and numpy above) for all 2^32
+    float32 bit patterns: NaNs of any payload and sign, infinities, overflow, every subnormal and tie."""
+    import numba
+
+    from qtool.kernels.common import bits_f32, fp32_to_fp16_bits, fp32_to_fp16_bits_flat
+
+    @numba.njit(parallel=True)
+    def first_difference(first: int, count: int) -> int:
+        chunks = (count + (1 << 20) - 1) >> 20
+        found = np.full(chunks, -1, np.int64)
+        for c in numba.prange(chunks):
+            for k in range(c << 20, min(count, (c + 1) << 20)):
+                f = bits_f32(np.uint32(first + k))
+                if fp32_to_fp16_bits_flat(f) != fp32_to_fp16_bits(f):
+                    found[c] = first + k
+                    break
+        for c in range(chunks):
+            if found[c] >= 0:
+                return found[c]
+        return -1
+
+    for first in range(0, 1 << 32, 1 << 30):
+        assert first_difference(first, 1 << 30) == -1, hex(first_difference(first, 1 << 30))

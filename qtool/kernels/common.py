@@ -975,6 +975,25 @@ def nearest_int(v):
 
 
 @jit_inline
+def fp32_to_fp16_bits_flat(f):
+    """fp32_to_fp16_bits(f) for every float32 (compared over all 2^32 patterns), without a branch, so that a loop
+    over elements vectorizes: the float32 arithmetic of ggml's software GGML_FP32_TO_FP16. |f| is scaled by 2^112
+    and then 2^-110 (overflowing to inf where the half does), and a power of two placed by f's exponent (at least
+    2^-14's bias) is added, so that float32's own round-to-nearest-even leaves the half's exponent and mantissa
+    in the sum's bits 13-27; a NaN gives the quiet half NaN 0x7E00, with f's sign."""
+    w = f32_bits(f)
+    shl1 = np.uint32(w << np.uint32(1))  # (Numba widens uint32 arithmetic to 64 bits: each step cast back)
+    sign = np.uint32((w >> np.uint32(16)) & np.uint32(0x8000))
+    bias = np.uint32(shl1 & np.uint32(0xFF000000))
+    bias = pick(bias < np.uint32(0x71000000), np.uint32(0x71000000), bias)
+    base = (bits_f32(w & np.uint32(0x7FFFFFFF)) * bits_f32(np.uint32(0x77800000))) * bits_f32(np.uint32(0x08800000))
+    base = bits_f32(np.uint32((bias >> np.uint32(1)) + np.uint32(0x07800000))) + base
+    b = f32_bits(base)
+    nonsign = np.uint32(((b >> np.uint32(13)) & np.uint32(0x7C00)) + (b & np.uint32(0x0FFF)))
+    return np.uint16(sign | pick(shl1 > np.uint32(0xFF000000), np.uint32(0x7E00), nonsign))
+
+
+@jit_inline
 def fp32_to_fp16_bits(f):
     """float32 -> IEEE half bits, round to nearest even (as ggml's GGML_FP32_TO_FP16 and F16C)."""
     w = f32_bits(f)

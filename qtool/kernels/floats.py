@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import (each_element, each_element_finite, f32_bits, fp16_bits_to_fp32, fp32_to_fp16_bits,
-                                 jit, row_driver)
+from qtool.kernels.common import (each_element, each_element_finite, f32_bits, fp16_bits_to_fp32,
+                                 fp32_to_fp16_bits_flat, jit, row_driver)
 
 
 @jit
@@ -19,7 +19,7 @@ def fp32_to_bf16_bits(f):
 
 quantize_f16 = row_driver(each_element_finite, __name__, "quantize_f16", "ggml_fp32_to_fp16_row: rows float32 (or "
                           "bfloat16 words) [nrows, n] -> out uint16 [nrows, n], round to nearest even; returns the "
-                          "first row holding NaN or Inf, or -1.", ELEMENT=fp32_to_fp16_bits)
+                          "first row holding NaN or Inf, or -1.", ELEMENT=fp32_to_fp16_bits_flat)
 quantize_bf16 = row_driver(each_element_finite, __name__, "quantize_bf16", "ggml_fp32_to_bf16_row_ref: rows float32 "
                            "(or bfloat16 words, which it keeps) [nrows, n] -> out uint16 [nrows, n]; returns the first "
                            "row holding NaN or Inf, or -1.", ELEMENT=fp32_to_bf16_bits)
