@@ -1325,26 +1325,6 @@ def each_row_finite(src, dst):
     return -1
 
 
-def each_element_finite(src, dst):
-    """dst[r, j] = ELEMENT(float_at(src[r], j)) over 2-D arrays of one shape (src float32, or bfloat16 words);
-    returns the first row holding NaN or Inf (an exponent field of all ones), or -1: the check is the
-    conversion's own pass, not a second one over the floats."""
-    nonfinite = np.zeros(src.shape[0], dtype=np.bool_)
-    src, dst = borrowed(src), borrowed(dst)
-    for r in numba.prange(src.shape[0]):
-        row, out = src[r], dst[r]
-        bad = False
-        for j in range(row.shape[0]):
-            v = float_at(row, j)
-            bad |= (f32_bits(v) & np.uint32(0x7F800000)) == np.uint32(0x7F800000)
-            out[j] = ELEMENT(v)
-        nonfinite[r] = bad
-    for r in range(src.shape[0]):
-        if nonfinite[r]:
-            return r
-    return -1
-
-
 def each_element(src, dst):
     """dst[r, j] = ELEMENT(src[r, j]) over 2-D arrays of one shape."""
     nrows, n = src.shape
