@@ -139,18 +139,26 @@ def _special_rows(seed: int) -> np.ndarray:
 @pytest.mark.parametrize("qtype", TYPES, **ids)
 def test_ref_kernel_nonfinite_blocks_match_ggml(oracle, qtype):
     """The ref kernels' block scans on special values (_special_rows) give ggml's bytes. quantize() refuses
-    such rows before the kernel; this pins the kernels' own claim that NaN never wins a scan and the C's start
-    values (0, FLT_MAX, -FLT_MAX) are kept, and Q8_0's vector reduction of the largest |x| (a block with a NaN
-    goes through C's serial scan, where a NaN counts only when it comes last)."""
+    such rows; this pins the kernels' own claim that NaN never wins a scan and the C's start values (0, FLT_MAX,
+    -FLT_MAX) are kept, the vector reductions of the largest |x| (Q8_0, Q4_0, Q5_0: a block with a NaN goes
+    through C's serial scan, where a NaN counts only when it comes last) and of the min and max keys (Q4_1,
+    Q5_1: signed zeros and NaN rescanned in order), and that the kernels return the first row holding NaN or
+    Inf, -1 for rows without (signed zeros and FLT_MAX-scale values)."""
     from qtool.kernels import legacy as k
 
     x = _special_rows(12)
     kernel = getattr(k, f"quantize_{qtype.name.lower()}")
     ours = np.empty((x.shape[0], get(qtype).row_bytes(x.shape[1])), np.uint8)
     with np.errstate(all="ignore"):
-        kernel(x, ours) if qtype == T.Q8_0 else kernel(x, k.NO_WEIGHTS, ours)
+        first_bad = kernel(x, ours) if qtype == T.Q8_0 else kernel(x, k.NO_WEIGHTS, ours)
         ref = oracle.quantize(qtype, x, None)
     assert mismatch_report(ours, ref, get(qtype).type_size) == ""
+    bad_rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    assert first_bad == bad_rows[0]
+    finite = x[np.isfinite(x).all(axis=1)]  # the rows of signed zeros and FLT_MAX-scale values
+    assert len(finite) >= 20
+    args = (finite, ours[:len(finite)]) if qtype == T.Q8_0 else (finite, k.NO_WEIGHTS, ours[:len(finite)])
+    assert kernel(*args) == -1
 
 
 def test_largest_abs_is_the_serial_max():
@@ -181,30 +189,86 @@ def test_largest_abs_is_the_serial_max():
     np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
 
 
-@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], **ids)
-def test_quantize_names_the_first_nonfinite_row(qtype):
+def test_block_scans_are_the_serial_c_loops():
+    """legacy._absmax_at (the largest magnitude's bits by one reduction, then the first value holding them) and
+    _min_max_at (the smallest and largest order keys by one reduction each) give, bit for bit, what the C's
+    serial loops give, and _min_max_at flags exactly the blocks holding NaN or Inf: on special values, blocks
+    of +-0 in both orders (the C keeps the first zero), ties of +-v, all-inf blocks (the C's FLT_MAX start
+    values stay) and subnormals, where one wrong bit would not show in the fp16 bytes."""
+    import numba
+
+    from qtool.kernels.legacy import _absmax_at, _min_max_at
+
+    @numba.njit
+    def scans(x, out, flags):
+        for b in range(out.shape[0]):
+            out[b, 0] = _absmax_at(x, b * 32)
+            out[b, 1], out[b, 2], flags[b] = _min_max_at(x, b * 32)
+
+    rng = np.random.default_rng(8)
+    x = _special_rows(6).reshape(-1)
+    extra = np.tile(rng.standard_normal(32).astype(np.float32), (8, 1))
+    extra[0] = -0.0
+    extra[1, ::2] = 0.0  # +0 first, then -0
+    extra[2, 1::2] = 0.0  # -0 first, then +0
+    extra[3, 5], extra[3, 9] = -7.0, 7.0  # a tie of magnitudes: the first, negative, wins
+    extra[4] = np.inf
+    extra[5] = -np.inf
+    extra[6] = rng.choice(np.array([1e-40, -1e-40, 3e-39, -2e-45], np.float32), 32)
+    extra[7, ::3] = np.abs(extra[7, ::3])  # min 0 never, max a plain value
+    x = np.concatenate([x, extra.reshape(-1)])
+    nb = x.size // 32
+    out = np.empty((nb, 3), np.float32)
+    flags = np.empty(nb, np.bool_)
+    scans(x, out, flags)
+    fmax = np.float32(np.finfo(np.float32).max)
+    with np.errstate(invalid="ignore"):
+        for b in range(nb):
+            block = x[b * 32:(b + 1) * 32]
+            amax, largest, mn, mx = np.float32(0), np.float32(0), fmax, -fmax
+            for v in block:
+                if amax < abs(v):
+                    amax, largest = abs(v), v
+                if v < mn:
+                    mn = v
+                if v > mx:
+                    mx = v
+            want = np.array([largest, mn, mx], np.float32)
+            assert np.array_equal(out[b].view(np.uint32), want.view(np.uint32)), (b, block, out[b], want)
+            assert flags[b] == (not np.isfinite(block).all()), b
+    assert flags.any() and not flags.all()
+
+
+@pytest.mark.parametrize("qtype, weighted", [(t, False) for t in TYPES + [T.Q4_K]]
+                         + [(t, True) for t in TYPES + [T.Q4_K] if get(t).uses_imatrix],
+                         ids=lambda v: v.name if isinstance(v, T) else ("imatrix" if v else "ref"))
+def test_quantize_names_the_first_nonfinite_row(qtype, weighted):
     """quantize() refuses a tensor holding NaN or Inf, naming the first such row and its first such column:
-    Q8_0's kernel finds the row as it quantizes (finds_nonfinite), Q4_0 through the separate check first.
+    the legacy types' kernels find the row as they quantize (finds_nonfinite: the block scans' keys show it;
+    with an importance vector each row is tested before its search), Q4_K through the separate check first.
     Slices of rows (slice_rows) count rows from the tensor's start; a later bad row is not the one named."""
     q = get(qtype)
-    x = np.random.default_rng(4).standard_normal((97, 128)).astype(np.float32)
-    for row, col, value, slice_rows in ((0, 0, np.nan, None), (96, 127, np.inf, None), (40, 3, -np.inf, 16),
-                                        (63, 64, np.nan, 32)):
+    assert q.finds_nonfinite == (qtype in TYPES)
+    x = np.random.default_rng(4).standard_normal((97, 256)).astype(np.float32)
+    w = np.random.default_rng(5).random(256).astype(np.float32) + 0.5 if weighted else None
+    for row, col, value, slice_rows in ((0, 0, np.nan, None), (96, 255, np.inf, None), (40, 3, -np.inf, 16),
+                                        (63, 64, np.nan, 32), (5, 31, -np.float32("nan"), None)):
         y = x.copy()
         y[row, col] = value
         y[row, col + 1:] = np.inf  # later columns of the same row
         y[row + 1:, 7] = np.nan  # and every later row
         with pytest.raises(QuantError, match=rf"^t: row {row} holds a non-finite value \({value}\) at column {col}$"):
-            q.quantize(y, name="t", slice_rows=slice_rows)
-    assert np.array_equal(q.quantize(x), gq.quantize(x, qtype))
-    # a tensor over SERIAL_CHECK_BYTES: the check on all threads (Q4_0), the kernel's own (Q8_0)
+            q.quantize(y, w, name="t", slice_rows=slice_rows)
+    if qtype in TYPES and not weighted:
+        assert np.array_equal(q.quantize(x), gq.quantize(x, qtype))
+    # a tensor over SERIAL_CHECK_BYTES: the separate check on all threads (Q4_K), the kernel's own
     from qtool.quantizers.base import SERIAL_CHECK_BYTES
 
     big = np.zeros((SERIAL_CHECK_BYTES // (4 * 512) + 64, 512), np.float32)
     big[-3, 100] = np.inf
     big[-1, 0] = np.nan
     with pytest.raises(QuantError, match=rf"^t: row {big.shape[0] - 3} holds a non-finite value \(inf\) at column 100$"):
-        q.quantize(big, name="t")
+        q.quantize(big, None if w is None else np.ones(512, np.float32), name="t")
 
 
 def _bfloat16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -173,6 +173,71 @@ def abs_max_bits(typingctx, x, first, n):
 
 
 @intrinsic
+def first_with_abs_bits(typingctx, x, first, n, m):
+    """The smallest j < n with |x[first + j]|'s bit pattern equal to m (uint32), or n where there is none; n a
+    compile-time constant of at most 64, x a contiguous float32 array: one vector compare, its mask's trailing
+    zeros."""
+    if not (isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C"
+            and isinstance(first, types.Integer) and isinstance(n, types.IntegerLiteral)
+            and n.literal_value <= 64 and m == types.uint32):
+        return None
+    count = n.literal_value
+
+    def codegen(context, builder, sig, args):
+        from numba.core import cgutils
+
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vi = ir.VectorType(i32, count)
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        at = context.cast(builder, args[1], sig.args[1], types.int64)
+        bits = builder.load(builder.bitcast(cgutils.gep(builder, data, at), vi.as_pointer()), align=4)
+        magnitude = builder.and_(bits, ir.Constant(vi, [0x7FFFFFFF] * count))
+        wanted = builder.insert_element(ir.Constant(vi, ir.Undefined), args[3], ir.Constant(i32, 0))
+        wanted = builder.shuffle_vector(wanted, ir.Constant(vi, ir.Undefined), ir.Constant(vi, [0] * count))
+        equal = builder.icmp_unsigned("==", magnitude, wanted)
+        mask = builder.zext(builder.bitcast(equal, ir.IntType(count)), i64)
+        mask = builder.or_(mask, ir.Constant(i64, 1 << count if count < 64 else 0))
+        cttz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]),
+                                              "llvm.cttz.i64")
+        return builder.call(cttz, [mask, ir.Constant(ir.IntType(1), 0)])
+
+    return types.int64(x, first, n, m), codegen
+
+
+@intrinsic
+def order_key_range(typingctx, x, first, n):
+    """(smallest, largest) order key of x[first], ..., x[first + n - 1] as int32, n a compile-time constant, x a
+    contiguous float32 array: a float's key is its magnitude bits, negated where its sign bit is set, so that
+    keys order as the floats do, with -0 and +0 both 0 and a NaN beyond +-inf on its sign's side. One vector
+    load and LLVM's signed min and max reductions."""
+    if not (isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C"
+            and isinstance(first, types.Integer) and isinstance(n, types.IntegerLiteral)):
+        return None
+    count = n.literal_value
+    pair = types.UniTuple(types.int32, 2)
+
+    def codegen(context, builder, sig, args):
+        from numba.core import cgutils
+
+        i32 = ir.IntType(32)
+        vi = ir.VectorType(i32, count)
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        at = context.cast(builder, args[1], sig.args[1], types.int64)
+        bits = builder.load(builder.bitcast(cgutils.gep(builder, data, at), vi.as_pointer()), align=4)
+        magnitude = builder.and_(bits, ir.Constant(vi, [0x7FFFFFFF] * count))
+        negative = builder.icmp_signed("<", bits, ir.Constant(vi, [0] * count))
+        keys = builder.select(negative, builder.neg(magnitude), magnitude)
+        ends = []
+        for op in ("smin", "smax"):
+            reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [vi]),
+                                                    f"llvm.vector.reduce.{op}.v{count}i32")
+            ends.append(builder.call(reduce, [keys]))
+        return context.make_tuple(builder, pair, ends)
+
+    return pair(x, first, n), codegen
+
+
+@intrinsic
 def float_at(typingctx, x, j):
     """x[j] as float32, for 0 <= j < len(x): a float32 array's element, or the value of a bfloat16 word (x
     uint16: the word is a float32's upper half, so the widening is exact). x contiguous, so that a kernel

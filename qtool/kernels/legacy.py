@@ -35,8 +35,9 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import (OUT, SCRATCH, F32, abs_max_bits, bits_f32, block_drivers, each_block,
-                                 each_row_finite, f32_bits, float_at, jit, jit_inline, lane_qx_search, largest_abs_of,
-                                 load_fp16, pick, row_driver, specialize, store_fp16)
+                                 each_row_finite, f32_bits, first_with_abs_bits, float_at, jit, jit_inline,
+                                 lane_qx_search, largest_abs_of, load_fp16, order_key_range, pick, row_driver,
+                                 specialize, store_fp16)
 from qtool.kernels.search import SUB_LANES, make_qkx_quants_lanes, qkx_lanes_scratch, qx_lane_quants
 
 QK = 32
@@ -79,6 +80,15 @@ def _inverse(d):
     if d != F32(0.0):
         return F32(1.0) / d
     return F32(0.0)
+
+
+@jit
+def _holds_nonfinite(x):
+    """Whether the row x (float32[n], n a multiple of 32) holds NaN or Inf."""
+    m = np.uint32(0)
+    for ib in range(x.shape[0] // QK):
+        m = max(m, abs_max_bits(x, ib * QK, QK))
+    return m >= np.uint32(0x7F800000)
 
 
 @jit
@@ -141,20 +151,16 @@ def _pack_q5_codes(L, yb, pqh, pqs):
 def _code(v, hi):
     """MIN(hi, (int8_t)v) read back as the uint8 the C stores, in an int32; c_int's cast without a branch."""
     ok = (v >= F32(-2147483648.0)) & (v < F32(2147483648.0))
-    i = np.int32(v if ok else F32(0.0))
-    i = i if ok else _I32_MIN
+    i = pick(ok, np.int32(pick(ok, v, F32(0.0))), _I32_MIN)
     q = np.int32(np.int8(i))
-    q = q if q < hi else np.int32(hi)
-    return q & np.int32(0xFF)
+    return pick(q < np.int32(hi), q, np.int32(hi)) & np.int32(0xFF)
 
 
 @jit_inline
 def _code_u8(v):
     """(uint8_t)v as the C compiles it: the low byte of c_int(v), branch-free."""
     ok = (v >= F32(-2147483648.0)) & (v < F32(2147483648.0))
-    i = np.int32(v if ok else F32(0.0))
-    i = i if ok else _I32_MIN
-    return i & np.int32(0xFF)
+    return pick(ok, np.int32(pick(ok, v, F32(0.0))), _I32_MIN) & np.int32(0xFF)
 
 
 @jit_inline
@@ -181,7 +187,18 @@ _FLT_MAX_KEY = np.int64(0x7F7FFFFF)
 
 @jit_inline
 def _absmax_at(x, o):
-    """The value of largest magnitude in x[o:o+32], the first one on ties (0 when all are zero)."""
+    """The value of largest magnitude in x[o:o+32], the first one on ties (0 when all are zero): the largest
+    magnitude's bit pattern by one vector reduction, then the first value holding it. A block holding a NaN,
+    which C's comparisons never take, is scanned in order (_absmax_scan)."""
+    m = abs_max_bits(x, o, QK)
+    if m > np.uint32(0x7F800000):
+        return _absmax_scan(x, o)
+    return pick(m == np.uint32(0), F32(0.0), x[o + first_with_abs_bits(x, o, QK, m)])
+
+
+@jit_inline
+def _absmax_scan(x, o):
+    """_absmax_at by one pass of position-tagged keys, a NaN's counted as 0."""
     best = np.int64(0)
     for j in range(QK):
         a = np.int64(f32_bits(x[o + j]) & _ABS_BITS)
@@ -203,7 +220,7 @@ def _order_key(v):
 
 @jit_inline
 def _min_max_nan_at(x, o):
-    """_min_max_at for a block where a NaN won the plain key scan: NaN keys masked out."""
+    """_min_max_scan for a block where a NaN won the plain key scan: NaN keys masked out."""
     kmin = np.int64(0x7FFFFFFFFFFFFFFF)
     kmax = np.int64(-0x7FFFFFFFFFFFFFFF)
     for j in range(QK):
@@ -220,7 +237,29 @@ def _min_max_nan_at(x, o):
 
 
 @jit_inline
+def _key_value(k):
+    """The float32 whose order key (common.order_key_range) is k, for a key other than 0."""
+    return bits_f32(pick(k < np.int32(0), np.uint32(np.uint32(-k) | np.uint32(0x80000000)), np.uint32(k)))
+
+
+@jit_inline
 def _min_max_at(x, o):
+    """(min, max) of x[o:o+32] as the C finds them from (FLT_MAX, -FLT_MAX): the block's smallest and largest
+    order keys, one vector reduction each. Equal keys are equal floats except 0, -0 and +0 alike, where the C
+    keeps the first zero it meets; a NaN's key lies beyond +-inf. A block whose smallest or largest key is 0
+    or a NaN's is scanned again in order (_min_max_scan). Third: whether the block holds NaN or Inf."""
+    kmin, kmax = order_key_range(x, o, QK)
+    nonfinite = (kmin <= np.int32(-_INF_KEY)) | (kmax >= np.int32(_INF_KEY))
+    if (kmin < np.int32(-_INF_KEY)) | (kmax > np.int32(_INF_KEY)) | (kmin == np.int32(0)) | (kmax == np.int32(0)):
+        mn, mx = _min_max_scan(x, o)
+        return mn, mx, nonfinite
+    mn = pick(kmin > np.int32(_FLT_MAX_KEY), _FLT_MAX, _key_value(kmin))
+    mx = pick(kmax < np.int32(-_FLT_MAX_KEY), -_FLT_MAX, _key_value(kmax))
+    return mn, mx, nonfinite
+
+
+@jit_inline
+def _min_max_scan(x, o):
     """(min, max) of x[o:o+32] as the C finds them from (FLT_MAX, -FLT_MAX): first element on ties.
 
     The keys of a NaN lie beyond those of +-inf, so a NaN can only spoil the scan by winning it (a
@@ -246,11 +285,13 @@ NMAX = QH = CODE = None  # bound per row function by specialize
 
 def _absmax_row(x, y, mm):
     """quantize_row_q4_0_ref (NMAX 8) / q5_0_ref (NMAX 16, QH: fifth bits in qh): x float32[n] -> y;
-    mm float32[2, n/32] scratch (two passes, as _min_max_row)."""
+    mm float32[2, n/32] scratch (two passes, as _min_max_row). Returns whether the row holds NaN or Inf."""
     nb = x.shape[0] // QK
     amax = mm[0]
+    nonfinite = False
     for ib in range(nb):
         amax[ib] = _absmax_at(x, ib * QK)
+        nonfinite |= abs_max_bits(x, ib * QK, QK) >= np.uint32(0x7F800000)
     for ib in range(nb):
         o = ib * QK
         p = ib * (22 if QH else 18)
@@ -268,6 +309,7 @@ def _absmax_row(x, y, mm):
                 y[p + 2 + j] = np.uint8(a | (b << 4))  # the C ORs the uint8 codes: no mask
         if QH:
             _put_u32(y, p + 2, qh)
+    return nonfinite
 
 
 def _min_max_row(x, y, mm):
@@ -275,12 +317,15 @@ def _min_max_row(x, y, mm):
     x float32[n] -> y; mm float32[2, n/32] scratch (mins, maxs).
 
     Two passes: every block's min and max first (independent reductions the CPU overlaps), then
-    the scales and codes, on a row that the first pass has brought into cache."""
+    the scales and codes, on a row that the first pass has brought into cache. Returns whether the row holds
+    NaN or Inf."""
     nb = x.shape[0] // QK
     mins = mm[0]
     maxs = mm[1]
+    nonfinite = False
     for ib in range(nb):
-        mins[ib], maxs[ib] = _min_max_at(x, ib * QK)
+        mins[ib], maxs[ib], block_nonfinite = _min_max_at(x, ib * QK)
+        nonfinite |= block_nonfinite
     for ib in range(nb):
         o = ib * QK
         p = ib * (24 if QH else 20)
@@ -300,6 +345,7 @@ def _min_max_row(x, y, mm):
                 y[p + 4 + j] = np.uint8(a | (b << 4))
         if QH:
             _put_u32(y, p + 4, qh)
+    return nonfinite
 
 
 @jit_inline
@@ -432,14 +478,23 @@ REF = IMPL = None  # bound per driver by block_drivers, as SCRATCH and OUT
 
 def _rows_by_row(rows, qw, out):
     """One type's quantize over all rows: without an importance vector REF(x, y, mm) per row (mm float32[2, n/32]
-    scratch), with one IMPL(x, qw, sigma2, y, s) per row, s = SCRATCH() per row."""
+    scratch), which quantizes the row as ggml does whatever it holds and says whether it holds NaN or Inf; with
+    one IMPL(x, qw, sigma2, y, s) per row, s = SCRATCH() per row, for rows without NaN and Inf (a row holding
+    one is found first and left unwritten). Returns the first row holding NaN or Inf, or -1."""
     nrows, n = rows.shape
+    nonfinite = np.zeros(nrows, dtype=np.bool_)
     if qw.shape[0] == 0:
         for r in numba.prange(nrows):
-            REF(rows[r], out[r], np.empty((2, n // QK), dtype=np.float32))
+            nonfinite[r] = REF(rows[r], out[r], np.empty((2, n // QK), dtype=np.float32))
     else:
         for r in numba.prange(nrows):
-            IMPL(rows[r], qw, _row_sigma2(rows[r]), out[r], SCRATCH())
+            nonfinite[r] = _holds_nonfinite(rows[r])
+            if not nonfinite[r]:
+                IMPL(rows[r], qw, _row_sigma2(rows[r]), out[r], SCRATCH())
+    for r in range(nrows):
+        if nonfinite[r]:
+            return r
+    return -1
 
 
 # -- dequantizers: data uint8 [nrows, nb*size] -> out float32 [nrows, nb*32] ---------------------

@@ -7,10 +7,14 @@ from gguf import GGMLQuantizationType as T
 from qtool.kernels import legacy as k
 from qtool.quantizers.base import kernel_type
 
-Q4_0 = kernel_type(T.Q4_0, k.quantize_q4_0, k.dequantize_q4_0, uses_imatrix=True)
-Q4_1 = kernel_type(T.Q4_1, k.quantize_q4_1, k.dequantize_q4_1, uses_imatrix=True)
-Q5_0 = kernel_type(T.Q5_0, k.quantize_q5_0, k.dequantize_q5_0, uses_imatrix=True)
-Q5_1 = kernel_type(T.Q5_1, k.quantize_q5_1, k.dequantize_q5_1, uses_imatrix=True)
+Q4_0 = kernel_type(T.Q4_0, k.quantize_q4_0, k.dequantize_q4_0, uses_imatrix=True,
+                   finds_nonfinite=True)
+Q4_1 = kernel_type(T.Q4_1, k.quantize_q4_1, k.dequantize_q4_1, uses_imatrix=True,
+                   finds_nonfinite=True)
+Q5_0 = kernel_type(T.Q5_0, k.quantize_q5_0, k.dequantize_q5_0, uses_imatrix=True,
+                   finds_nonfinite=True)
+Q5_1 = kernel_type(T.Q5_1, k.quantize_q5_1, k.dequantize_q5_1, uses_imatrix=True,
+                   finds_nonfinite=True)
 # ggml's quantize_q8_0 ignores quant_weights
 Q8_0 = kernel_type(T.Q8_0, k.quantize_q8_0, k.dequantize_q8_0, uses_imatrix=False, finds_nonfinite=True,
                    reads_bfloat16=True)
