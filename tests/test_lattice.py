@@ -184,3 +184,39 @@ def test_nearest_packed_point_8d_is_the_scalar_scan():
         assert scan(codes, first, n, x, w, y, scale, values) == want, trial
         misses += want == -1
     assert misses > 0  # the no-neighbour answer was exercised
+
+
+def test_lane_trial_sums_is_the_scalar_loop():
+    """lattice.sum_trials (common.lane_trial_sums: 32 trials' sums side by side, in registers) gives, bit for
+    bit, the scalar loop in C's order: sqx += (w*x)*q, sq2 += (w*q)*q from the values already held, q = 2l + 1,
+    for 16 and 32 weights, with weights spanning many magnitudes (a sum's order shows in its last bits)."""
+    import numba
+
+    from qtool.kernels.lattice import SUMQ2, SUMQX, TRIAL_LANES, sum_trials
+
+    @numba.njit
+    def run(w, x, n, sv, ls):
+        sum_trials(w, x, n, sv, ls)
+
+    rng = np.random.default_rng(3)
+    for n in (16, 32):
+        w = (rng.random(32) * 10.0 ** rng.integers(-4, 4, 32)).astype(np.float32)
+        x = (rng.standard_normal(32) * 10.0 ** rng.integers(-3, 3, 32)).astype(np.float32)
+        ls = rng.integers(0, 8, (32, TRIAL_LANES)).astype(np.int32)
+        sv = rng.standard_normal((4, TRIAL_LANES)).astype(np.float32)
+        want = sv.copy()
+        other = sv.copy()  # the same sums with the products grouped the other way: must differ somewhere
+        for i in range(n):
+            for s in range(TRIAL_LANES):
+                q = np.float32(2 * ls[i, s] + 1)
+                other[SUMQX, s] = other[SUMQX, s] + w[i] * (x[i] * q)
+                other[SUMQ2, s] = other[SUMQ2, s] + w[i] * (q * q)
+        for i in range(n):
+            wx = w[i] * x[i]
+            for s in range(TRIAL_LANES):
+                q = np.float32(2 * ls[i, s] + 1)
+                want[SUMQX, s] = want[SUMQX, s] + wx * q
+                want[SUMQ2, s] = want[SUMQ2, s] + (w[i] * q) * q
+        run(w, x, n, sv, ls)
+        assert want.dtype == np.float32 and not np.array_equal(want, other)
+        np.testing.assert_array_equal(sv.view(np.uint32), want.view(np.uint32))

@@ -599,6 +599,44 @@ def lane_quant_sums(typingctx, xt, wt, lt, n, isc, vmin, nmax, sl, sl2, sxl):
 
 
 @intrinsic
+def lane_trial_sums(typingctx, w, x, n, ls, lanes, sqx, sq2):
+    """The IQ2/IQ3 searches' sums over every trial at once: for each lane s < lanes (a compile-time constant)
+    and i < n in order, with q = float(2*ls[i, s] + 1),
+
+        sqx[s] += (w[i]*x[i])*q;  sq2[s] += (w[i]*q)*q
+
+    each step in C's float32 order. ls int32[n, lanes] C-contiguous (a row read as one vector), w, x float32[n],
+    sqx, sq2 float32[lanes]. The sums stay in registers across the loop (Numba's loop kept the 2 x 32 sums in
+    memory, a store and a load per weight and lane)."""
+    if not (_lane_arrays_ok(w, x, sqx, sq2) and isinstance(ls, types.Array) and ls.dtype == types.int32
+            and ls.ndim == 2 and ls.layout == "C" and isinstance(n, types.Integer)
+            and isinstance(lanes, types.IntegerLiteral)):
+        return None
+    width = lanes.literal_value
+    sig = types.void(w, x, n, ls, lanes, sqx, sq2)
+
+    def codegen(context, builder, sig, args):
+        v = _Lanes(context, builder, sig, args, width)
+        zero = ir.Constant(ir.IntType(64), 0)
+
+        def step(i, state):
+            a, c = state
+            wi = builder.load(v.a.at(0, i))
+            wx = v.a.splat(builder.fmul(wi, builder.load(v.a.at(1, i))), v.vf)
+            levels = builder.load(builder.bitcast(v.a.at(3, v.row(3, i)), v.vi.as_pointer()), align=4)
+            q = builder.sitofp(builder.add(builder.shl(levels, v.ints(1)), v.ints(1)), v.vf)
+            wq = builder.fmul(v.a.splat(wi, v.vf), q)
+            return builder.fadd(a, builder.fmul(wx, q)), builder.fadd(c, builder.fmul(wq, q))
+
+        a, c = _vector_scan(builder, v.a.int64(2), (v.load(5, zero), v.load(6, zero)), step)
+        v.store(a, 5, zero)
+        v.store(c, 6, zero)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def lane_fit_errors(typingctx, xt, wt, lt, n, ts, tm, use_mad, err):
     """The fit error of make_qkx2/qkx3_quants for SUB_WIDTH blocks side by side (as lane_quant_sums): for
     i < n in order, d = ts[b]*lt[i, b] + tm[b] - x, err[b] += w*|d| (use_mad) or w*(d*d), from 0, in C's

@@ -147,13 +147,24 @@ def _block_search(xval, weight, waux, vmax, nstep, refit_all, on_grid_init, npos
                 e += 1
             start = -np.int64(m) - 1
             _nearest_listed_run(neigh, start, npos, xval, waux, 4 * k, tscp, s, e, jbs)
+            held = -1  # the run's trials mostly find the same point: its levels converted once
+            l0 = l1 = l2 = l3 = np.int32(0)
             for t in range(s, e):
                 off[k, t] = True
                 jb = jbs[t - s]
                 if jb < 0:
                     return scale, NO_NEIGHBOUR
-                for i in range(4):
-                    Ls[4 * k + i, t] = (np.int32(npos[i, start + 1 + jb]) - 1) // 2
+                if jb != held:
+                    held = jb
+                    c = start + 1 + jb
+                    l0 = (np.int32(npos[0, c]) - np.int32(1)) >> np.int32(1)  # coordinates are odd, >= 1
+                    l1 = (np.int32(npos[1, c]) - np.int32(1)) >> np.int32(1)
+                    l2 = (np.int32(npos[2, c]) - np.int32(1)) >> np.int32(1)
+                    l3 = (np.int32(npos[3, c]) - np.int32(1)) >> np.int32(1)
+                Ls[4 * k, t] = l0
+                Ls[4 * k + 1, t] = l1
+                Ls[4 * k + 2, t] = l2
+                Ls[4 * k + 3, t] = l3
             s = e
     sum_trials(weight, xval, 32, sv, Ls)
     bs, scale = best_trial(sv, ns, scale)

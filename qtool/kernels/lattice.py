@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtool.kernels.common import F32, jit, jit_inline, nearest_int
+from qtool.kernels.common import F32, jit, jit_inline, lane_trial_sums, nearest_int
 
 
 @jit
@@ -145,17 +145,9 @@ def round_trials(xval, n, sv, Ls, lmax):
 
 @jit_inline
 def sum_trials(weight, xval, n, sv, Ls):
-    """Every lane's sum w*x*q and sum w*q*q over q = 2*level + 1, in C's order."""
-    sqx = sv[SUMQX]
-    sq2 = sv[SUMQ2]
-    for i in range(n):
-        w = weight[i]
-        wx = w * xval[i]
-        row = Ls[i]
-        for s in range(TRIAL_LANES):
-            q = F32(2 * row[s] + 1)
-            sqx[s] += wx * q
-            sq2[s] += w * q * q
+    """Every lane's sum w*x*q and sum w*q*q over q = 2*level + 1, in C's order (common.lane_trial_sums: the
+    sums in registers)."""
+    lane_trial_sums(weight, xval, n, Ls, TRIAL_LANES, sv[SUMQX], sv[SUMQ2])
 
 
 @jit_inline
