@@ -342,3 +342,32 @@ def test_quantize_takes_bfloat16_words_as_stored():
     with pytest.raises(QuantError, match=r"^t: row 63 holds a non-finite value \(-inf\) at column 64$"):
         get(T.Q8_0).quantize(bad, name="t", slice_rows=20, stored="BF16",
                              convert_slice=lambda part: widen(part, "BF16", part.shape))
+
+
+def test_small_tensors_run_on_one_thread(monkeypatch):
+    """A tensor under serial_bytes (2 MiB as float32), quantized without an importance vector, runs on one
+    thread, and the thread count is restored after (also after an error); a larger one, or one with an
+    importance vector, runs on the threads asked for."""
+    from qtool.kernels import native
+
+    if native.max_threads() < 2:
+        pytest.skip("one CPU: every tensor runs on one thread")
+    seen = []
+    for qtype in (T.Q8_0, T.Q4_0):
+        q = get(qtype)
+        run = type(q).quantize_finite
+        monkeypatch.setattr(type(q), "quantize_finite",
+                            lambda self, *a, _run=run: seen.append(native.get_num_threads()) or _run(self, *a))
+    small = np.ones((64, 1024), np.float32)  # 256 KiB
+    big = np.ones((600, 1024), np.float32)  # 2.3 MiB
+    native.set_num_threads(2)
+    get(T.Q8_0).quantize(small, threads=2)
+    assert seen == [1] and native.get_num_threads() == 2
+    get(T.Q8_0).quantize(big, threads=2)
+    get(T.Q4_0).quantize(small, np.ones(1024, np.float32), threads=2)
+    assert seen == [1, 2, 2]
+    bad = small.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(QuantError, match="row 3 holds a non-finite value"):
+        get(T.Q4_0).quantize(bad)
+    assert seen[-1] == 1 and native.get_num_threads() == 2

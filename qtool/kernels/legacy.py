@@ -20,7 +20,9 @@ dequantized bit for bit, NaN payloads of corrupt scales included.
 Two quantize paths, as ggml's quantize_q4_0 & co. choose them: without an importance vector (a
 zero-length array here) the ``quantize_row_*_ref`` round-to-nearest; with one, the ``_impl``
 weighted search (make_qx_quants for Q4_0/Q5_0, make_qkx3_quants for Q4_1/Q5_1). Q8_0 has only the
-first.
+first. Every quantize driver returns the first row holding NaN or Inf (or -1), which the block scans of
+the first path see at no cost (their largest magnitude, their order keys); the second path tests each row
+before its search and leaves such a row unwritten (quantize() refuses the tensor either way).
 
 The casts follow the C exactly as the reference build compiles them (cvttss2si / cvttps2dq): a float
 becomes an int32 by truncation toward zero, NaN and out-of-range values become INT32_MIN, and an

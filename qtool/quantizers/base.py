@@ -15,8 +15,9 @@ validation (dtype, row length, NaN/Inf, importance-vector length), per-expert im
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Callable, ClassVar, NamedTuple
+from typing import Callable, ClassVar, Iterator, NamedTuple
 
 import numpy as np
 
@@ -70,6 +71,10 @@ class Quantizer:
     #: for a type whose whole kernel reads its rows through common.float_at/abs_max_bits: elsewhere a uint16
     #: row would be read as integers
     reads_bfloat16: ClassVar[bool] = False
+    #: below this many bytes of input (as float32), quantized without an importance vector, a tensor is
+    #: quantized on one thread: a type whose kernel runs near memory speed there (GB/s) would wait longer for
+    #: the kernels' other threads to wake (~0.1-0.2 ms a call on a 2-vCPU VM) than it gains from them
+    serial_bytes: ClassVar[int] = 0
 
     def __init_subclass__(cls, qtype: QType | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -152,9 +157,18 @@ class Quantizer:
         if self.requires_imatrix and imatrix is None:
             raise QuantError(f"{name}: {self.name} needs an importance matrix (--imatrix)")
         rows = data.reshape(-1, n_per_row)
-        _set_threads(threads)
         out = np.empty((rows.shape[0], self.row_bytes(n_per_row)), dtype=np.uint8)
         weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
+        if weights is None and rows.size * 4 < self.serial_bytes:
+            with _one_thread():
+                self._quantize_rows(rows, weights, out, name, slice_rows, after_slice, convert_slice, as_stored)
+        else:
+            _set_threads(threads)
+            self._quantize_rows(rows, weights, out, name, slice_rows, after_slice, convert_slice, as_stored)
+        return out.reshape(data.shape[:-1] + (out.shape[1],))
+
+    def _quantize_rows(self, rows, weights, out, name, slice_rows, after_slice, convert_slice, as_stored) -> None:
+        """quantize()'s loop over experts and slices of rows, quantizing into ``out``."""
         per_expert = rows.shape[0] // weights.shape[0] if weights is not None and weights.ndim == 2 else rows.shape[0]
         step = slice_rows or per_expert
         for first in range(0, rows.shape[0], per_expert):
@@ -171,7 +185,6 @@ class Quantizer:
                 self._raise_on(failed, start, name)
                 if after_slice is not None:
                     after_slice(kept)
-        return out.reshape(data.shape[:-1] + (out.shape[1],))
 
     def _raise_on(self, failed: RowFailure | None, first_row: int, name: str) -> None:
         if failed is not None:
@@ -262,6 +275,19 @@ def kernel_type(qtype: QType, quantize: Callable, dequantize: Callable, *, uses_
     ns = {"uses_imatrix": uses_imatrix, "quantize_kernel": staticmethod(quantize),
           "dequantize_kernel": staticmethod(dequantize), **attrs}
     return type(qtype.name, (base,), ns, qtype=qtype)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The kernels run on one thread inside, on as many as before after."""
+    from qtool.kernels import native
+
+    before = native.get_num_threads()
+    native.set_num_threads(1)
+    try:
+        yield
+    finally:
+        native.set_num_threads(before)
 
 
 def _set_threads(threads: int | None) -> None:

@@ -23,6 +23,7 @@ class _Halves(Quantizer):
     or for BF16 kept, as they are stored)."""
 
     reads_bfloat16 = True
+    serial_bytes = 2 << 20  # several GB/s on one thread: a tensor under 2 MiB on one
     #: the kernel's name in qtool.kernels.floats (looked up when called: a stored kernel needs no Numba)
     kernel = "quantize_f16"
 
