@@ -1200,6 +1200,25 @@ def requantize(x, d, m, L, lo, hi, off):
         L[k] = l + off if dk != F32(0.0) else L[k]
 
 
+@jit
+def holds_nonfinite(x):
+    """Whether the row x (contiguous float32[n], n a multiple of 32) holds NaN or Inf: its blocks' largest
+    magnitude bits (abs_max_bits) reach the exponent's all-ones pattern."""
+    bad = False
+    for b in range(x.shape[0] // 32):
+        bad |= abs_max_bits(x, b * 32, 32) >= np.uint32(0x7F800000)
+    return bad
+
+
+@jit
+def first_true(flags):
+    """The index of the first True in the bool array ``flags``, or -1."""
+    for r in range(flags.shape[0]):
+        if flags[r]:
+            return r
+    return -1
+
+
 @jit_inline
 def largest_abs_of(m, x, first, n):
     """What C's ``amax = MAX(amax, fabsf(x[j]))`` from amax = 0 gives over x[first:first + n], given
@@ -1325,17 +1344,23 @@ def each_block(src, dst, *tables):
 def each_block_weighted(rows, weights, out, *tables):
     """For every row r and block b: BLOCK(x, qw, y, scratch, *tables), x and y the block's weights and
     bytes, qw its slice of the importance vector (or the zero-length ``weights`` itself: C's NULL,
-    the ``_ref`` path), scratch = SCRATCH() once per row."""
+    the ``_ref`` path), scratch = SCRATCH() once per row. A row holding NaN or Inf is found first and left
+    unwritten (holds_nonfinite: the scan brings the row into the cache its blocks are read from); returns the
+    first such row, or -1."""
     nrows, n = rows.shape
     use_w = weights.shape[0] > 0
+    nonfinite = np.zeros(nrows, dtype=np.bool_)
     rows, weights, out, tables = borrowed(rows), borrowed(weights), borrowed(out), borrowed(tables)
     for r in numba.prange(nrows):
-        owned = SCRATCH()
-        scratch = borrowed(owned)
-        for b in range(n // IN):
-            qw = weights[b * IN:(b + 1) * IN] if use_w else weights
-            BLOCK(rows[r, b * IN:(b + 1) * IN], qw, out[r, b * OUT:(b + 1) * OUT], scratch, *tables)
-        keep_alive(owned)
+        nonfinite[r] = holds_nonfinite(rows[r])
+        if not nonfinite[r]:
+            owned = SCRATCH()
+            scratch = borrowed(owned)
+            for b in range(n // IN):
+                qw = weights[b * IN:(b + 1) * IN] if use_w else weights
+                BLOCK(rows[r, b * IN:(b + 1) * IN], qw, out[r, b * OUT:(b + 1) * OUT], scratch, *tables)
+            keep_alive(owned)
+    return first_true(nonfinite)
 
 
 def each_block_checked(rows, weights, out, *args):
@@ -1366,43 +1391,53 @@ def each_block_paths(rows, weights, out):
     """ggml's two quantize paths: per block REF(x, y, *scratch) without an importance vector (zero-length
     ``weights``: the _ref path), IMPL(x, qw, y, *scratch) with one; scratch = SCRATCH() once per row, a tuple
     of arrays handed over one by one (unpacked here, not per block in the block function: that measured
-    2-10% slower on the k-quants' fast blocks)."""
+    2-10% slower on the k-quants' fast blocks). Rows holding NaN or Inf as each_block_weighted: returns the
+    first, or -1."""
     nrows, n = rows.shape
     use_w = weights.shape[0] > 0
+    nonfinite = np.zeros(nrows, dtype=np.bool_)
     rows, weights, out = borrowed(rows), borrowed(weights), borrowed(out)
     for r in numba.prange(nrows):
-        owned = SCRATCH()
-        scratch = borrowed(owned)
-        for b in range(n // IN):
-            x = rows[r, b * IN:(b + 1) * IN]
-            y = out[r, b * OUT:(b + 1) * OUT]
-            if use_w:
-                IMPL(x, weights[b * IN:(b + 1) * IN], y, *scratch)
-            else:
-                REF(x, y, *scratch)
-        keep_alive(owned)
+        nonfinite[r] = holds_nonfinite(rows[r])
+        if not nonfinite[r]:
+            owned = SCRATCH()
+            scratch = borrowed(owned)
+            for b in range(n // IN):
+                x = rows[r, b * IN:(b + 1) * IN]
+                y = out[r, b * OUT:(b + 1) * OUT]
+                if use_w:
+                    IMPL(x, weights[b * IN:(b + 1) * IN], y, *scratch)
+                else:
+                    REF(x, y, *scratch)
+            keep_alive(owned)
+    return first_true(nonfinite)
 
 
 def each_block_pair_paths(rows, weights, out):
     """each_block_paths two blocks at a time: REF(x, y, *scratch) or IMPL(x, qw, y, *scratch) with x, qw, y
     spanning blocks b and b+1 (the last block alone where a row has an odd count), for block functions
-    that search both blocks side by side."""
+    that search both blocks side by side. Rows holding NaN or Inf as each_block_weighted: returns the first,
+    or -1."""
     nrows, n = rows.shape
     use_w = weights.shape[0] > 0
     nb = n // IN
+    nonfinite = np.zeros(nrows, dtype=np.bool_)
     rows, weights, out = borrowed(rows), borrowed(weights), borrowed(out)
     for r in numba.prange(nrows):
-        owned = SCRATCH()
-        scratch = borrowed(owned)
-        for b in range(0, nb, 2):
-            e = min(b + 2, nb)
-            x = rows[r, b * IN:e * IN]
-            y = out[r, b * OUT:e * OUT]
-            if use_w:
-                IMPL(x, weights[b * IN:e * IN], y, *scratch)
-            else:
-                REF(x, y, *scratch)
-        keep_alive(owned)
+        nonfinite[r] = holds_nonfinite(rows[r])
+        if not nonfinite[r]:
+            owned = SCRATCH()
+            scratch = borrowed(owned)
+            for b in range(0, nb, 2):
+                e = min(b + 2, nb)
+                x = rows[r, b * IN:e * IN]
+                y = out[r, b * OUT:e * OUT]
+                if use_w:
+                    IMPL(x, weights[b * IN:e * IN], y, *scratch)
+                else:
+                    REF(x, y, *scratch)
+            keep_alive(owned)
+    return first_true(nonfinite)
 
 
 def each_row(src, dst, *tables):
@@ -1422,10 +1457,7 @@ def each_row_finite(src, dst):
     src, dst = borrowed(src), borrowed(dst)
     for r in numba.prange(src.shape[0]):
         nonfinite[r] = ROW(src[r], dst[r])
-    for r in range(src.shape[0]):
-        if nonfinite[r]:
-            return r
-    return -1
+    return first_true(nonfinite)
 
 
 def each_element(src, dst):

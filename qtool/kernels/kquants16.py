@@ -24,8 +24,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, jit, jit_rows, lane_q3_search,
-                                 lane_qx_search, load_fp16, nearest_int, requantize, row_driver, store_fp16, store_u16)
+from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, first_true, holds_nonfinite, jit,
+                                 jit_rows, lane_q3_search, lane_qx_search, load_fp16, nearest_int, requantize,
+                                 row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
 from qtool.kernels.search import (GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants,
                                   qkx_lanes_scratch, qx_lane_quants, signed_absmax)
@@ -377,10 +378,15 @@ def quantize_block_q3_K_impl(x, qw, out, L, scales, sw, Ls, xt, wt, S, dd, mm):
 @jit_rows
 def quantize_q3_K(rows, weights, out):
     """quantize_q3_K over rows float32 [nrows, n] -> out uint8 [nrows, n/256*110];
-    weights float32 [n] selects quantize_row_q3_K_impl, zero-length the _ref path."""
+    weights float32 [n] selects quantize_row_q3_K_impl, zero-length the _ref path. A row holding NaN or Inf is
+    left unwritten; returns the first such row, or -1 (as common.each_block_weighted)."""
     nrows, n = rows.shape
     use_w = weights.shape[0] > 0
+    nonfinite = np.zeros(nrows, dtype=np.bool_)
     for r in numba.prange(nrows):
+        nonfinite[r] = holds_nonfinite(rows[r])
+        if nonfinite[r]:
+            continue
         L = np.empty(QK_K, np.int8)
         Ls = np.empty(16, np.int8)
         scales = np.empty(16, np.float32)
@@ -399,6 +405,7 @@ def quantize_q3_K(rows, weights, out):
                                          mm)
             else:
                 quantize_block_q3_K_ref(x, blk, L, scales, xt, S, Lt, dd, mm)
+    return first_true(nonfinite)
 
 
 @jit

@@ -37,9 +37,9 @@ import numba
 import numpy as np
 
 from qtool.kernels.common import (OUT, SCRATCH, F32, abs_max_bits, bits_f32, block_drivers, each_block,
-                                 each_row_finite, f32_bits, first_with_abs_bits, float_at, jit, jit_inline,
-                                 lane_qx_search, largest_abs_of, load_fp16, order_key_range, pick, row_driver,
-                                 specialize, store_fp16)
+                                 each_row_finite, f32_bits, first_true, first_with_abs_bits, float_at,
+                                 holds_nonfinite, jit, jit_inline, lane_qx_search, largest_abs_of, load_fp16,
+                                 order_key_range, pick, row_driver, specialize, store_fp16)
 from qtool.kernels.search import SUB_LANES, make_qkx_quants_lanes, qkx_lanes_scratch, qx_lane_quants
 
 QK = 32
@@ -82,15 +82,6 @@ def _inverse(d):
     if d != F32(0.0):
         return F32(1.0) / d
     return F32(0.0)
-
-
-@jit
-def _holds_nonfinite(x):
-    """Whether the row x (float32[n], n a multiple of 32) holds NaN or Inf."""
-    m = np.uint32(0)
-    for ib in range(x.shape[0] // QK):
-        m = max(m, abs_max_bits(x, ib * QK, QK))
-    return m >= np.uint32(0x7F800000)
 
 
 @jit
@@ -490,13 +481,10 @@ def _rows_by_row(rows, qw, out):
             nonfinite[r] = REF(rows[r], out[r], np.empty((2, n // QK), dtype=np.float32))
     else:
         for r in numba.prange(nrows):
-            nonfinite[r] = _holds_nonfinite(rows[r])
+            nonfinite[r] = holds_nonfinite(rows[r])
             if not nonfinite[r]:
                 IMPL(rows[r], qw, _row_sigma2(rows[r]), out[r], SCRATCH())
-    for r in range(nrows):
-        if nonfinite[r]:
-            return r
-    return -1
+    return first_true(nonfinite)
 
 
 # -- dequantizers: data uint8 [nrows, nb*size] -> out float32 [nrows, nb*32] ---------------------
