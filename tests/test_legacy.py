@@ -241,21 +241,22 @@ def test_block_scans_are_the_serial_c_loops():
 
 #: types whose kernels find NaN/Inf rows themselves: the legacy types as their block scans run, the k-quants and
 #: IQ4 in their drivers, a row tested before it is quantized
-_FINDING = TYPES + [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
-_CHECKED = [T.TQ2_0]  # a type quantize() checks first, in a separate pass
+_FINDING = TYPES + [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_K, T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4,
+                    T.NVFP4, T.Q1_0, get("Q2_0").qtype]
+_CHECKED = [T.IQ3_S]  # a type quantize() checks first, in a separate pass
 
 
 @pytest.mark.parametrize("qtype, weighted", [(t, False) for t in _FINDING + _CHECKED]
                          + [(t, True) for t in _FINDING + _CHECKED if get(t).uses_imatrix],
-                         ids=lambda v: v.name if isinstance(v, T) else ("imatrix" if v else "ref"))
+                         ids=lambda v: ("imatrix" if v else "ref") if isinstance(v, bool) else v.name)
 def test_quantize_names_the_first_nonfinite_row(qtype, weighted):
     """quantize() refuses a tensor holding NaN or Inf, naming the first such row and its first such column:
     the kernels of _FINDING find the row (finds_nonfinite: the legacy block scans' keys show it, the other
-    drivers and the legacy types with an importance vector test each row before quantizing it), TQ2_0 through
+    drivers and the legacy types with an importance vector test each row before quantizing it), IQ3_S through
     the separate check first. Slices of rows (slice_rows) count rows from the tensor's start; a later bad row
     is not the one named."""
     q = get(qtype)
-    assert q.finds_nonfinite == (qtype in _FINDING)
+    assert getattr(q, "finds_nonfinite", False) == (qtype in _FINDING)
     x = np.random.default_rng(4).standard_normal((97, 256)).astype(np.float32)
     w = np.random.default_rng(5).random(256).astype(np.float32) + 0.5 if weighted else None
     for row, col, value, slice_rows in ((0, 0, np.nan, None), (96, 255, np.inf, None), (40, 3, -np.inf, 16),
@@ -268,7 +269,7 @@ def test_quantize_names_the_first_nonfinite_row(qtype, weighted):
             q.quantize(y, w, name="t", slice_rows=slice_rows)
     if qtype in TYPES and not weighted:
         assert np.array_equal(q.quantize(x), gq.quantize(x, qtype))
-    # a tensor over SERIAL_CHECK_BYTES: the separate check on all threads (TQ2_0), the kernel's own
+    # a tensor over SERIAL_CHECK_BYTES: the separate check on all threads (IQ3_S), the kernel's own
     from qtool.quantizers.base import SERIAL_CHECK_BYTES
 
     big = np.zeros((SERIAL_CHECK_BYTES // (4 * 512) + 64, 512), np.float32)

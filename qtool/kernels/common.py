@@ -1202,11 +1202,14 @@ def requantize(x, d, m, L, lo, hi, off):
 
 @jit
 def holds_nonfinite(x):
-    """Whether the row x (contiguous float32[n], n a multiple of 32) holds NaN or Inf: its blocks' largest
-    magnitude bits (abs_max_bits) reach the exponent's all-ones pattern."""
+    """Whether the row x (contiguous float32[n]) holds NaN or Inf: its 32-value blocks' largest magnitude bits
+    (abs_max_bits) reach the exponent's all-ones pattern, then any values after the last whole block."""
+    n = x.shape[0]
     bad = False
-    for b in range(x.shape[0] // 32):
+    for b in range(n // 32):
         bad |= abs_max_bits(x, b * 32, 32) >= np.uint32(0x7F800000)
+    for j in range(n // 32 * 32, n):
+        bad |= (f32_bits(x[j]) & np.uint32(0x7FFFFFFF)) >= np.uint32(0x7F800000)
     return bad
 
 
@@ -1300,12 +1303,12 @@ def row_driver(template, module: str, name: str, doc: str, tables: tuple = (), *
 
 def block_drivers(module: str, name: str, qk: int, nbytes: int, quantize_block, dequantize_block, *, scratch=None,
                   tables: tuple = (), dequantize_tables: tuple | None = None, template=None, **bind):
-    """``(quantize_<name>, dequantize_<name>)`` of ``module`` over all rows: each_block of ``quantize_block``
-    (rows, out), or each_block_weighted with ``scratch`` (rows, weights, out), or a ``template`` of the
+    """``(quantize_<name>, dequantize_<name>)`` of ``module`` over all rows: each_block_tested of
+    ``quantize_block`` (rows, out), or each_block_weighted with ``scratch`` (rows, weights, out), or a ``template`` of the
     module's own with ``bind``; each_block of ``dequantize_block`` (data, out). ``tables`` go to both
     block functions unless ``dequantize_tables`` is given."""
     if template is None:
-        template = each_block_weighted if scratch is not None else each_block
+        template = each_block_weighted if scratch is not None else each_block_tested
     quantize = row_driver(template, module, f"quantize_{name}", f"ggml's quantize_{name} over all rows.", tables,
                           BLOCK=quantize_block, SCRATCH=scratch, IN=qk, OUT=nbytes, **bind)
     dequantize = row_driver(each_block, module, f"dequantize_{name}", f"ggml's dequantize_row_{name} over all rows.",
@@ -1339,6 +1342,22 @@ def each_block(src, dst, *tables):
         d = dst[r]
         for b in range(n // IN):
             BLOCK(s[b * IN:(b + 1) * IN], d[b * OUT:(b + 1) * OUT], *tables)
+
+
+def each_block_tested(src, dst, *tables):
+    """each_block for a quantizer: a row holding NaN or Inf is found first and left unwritten (holds_nonfinite:
+    the scan brings the row into the cache its blocks are read from); returns the first such row, or -1."""
+    nrows, n = src.shape
+    nonfinite = np.zeros(nrows, dtype=np.bool_)
+    src, dst, tables = borrowed(src), borrowed(dst), borrowed(tables)
+    for r in numba.prange(nrows):
+        nonfinite[r] = holds_nonfinite(src[r])
+        if not nonfinite[r]:
+            s = src[r]
+            d = dst[r]
+            for b in range(n // IN):
+                BLOCK(s[b * IN:(b + 1) * IN], d[b * OUT:(b + 1) * OUT], *tables)
+    return first_true(nonfinite)
 
 
 def each_block_weighted(rows, weights, out, *tables):
@@ -1447,6 +1466,18 @@ def each_row(src, dst, *tables):
     src, dst, tables = borrowed(src), borrowed(dst), borrowed(tables)
     for r in numba.prange(src.shape[0]):
         ROW(src[r], dst[r], *tables)
+
+
+def each_row_tested(src, dst, *tables):
+    """each_row for a quantizer, rows holding NaN or Inf found first as each_block_tested; returns the first
+    such row, or -1."""
+    nonfinite = np.zeros(src.shape[0], dtype=np.bool_)
+    src, dst, tables = borrowed(src), borrowed(dst), borrowed(tables)
+    for r in numba.prange(src.shape[0]):
+        nonfinite[r] = holds_nonfinite(src[r])
+        if not nonfinite[r]:
+            ROW(src[r], dst[r], *tables)
+    return first_true(nonfinite)
 
 
 def each_row_finite(src, dst):

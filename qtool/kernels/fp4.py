@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from qtool.kernels.common import F32, each_block, each_row, f32_bits, jit, row_driver
+from qtool.kernels.common import F32, each_block, each_row_tested, f32_bits, jit, row_driver
 
 #: ggml's kvalues_mxfp4 (kvalues_fp4): E2M1 values doubled, as float32, indexed by code
 KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.float32)
@@ -183,7 +183,7 @@ def _dequantize_block_mxfp4(qb, yb, e8m0_half, kvalues):
 
 # ggml's quantize_mxfp4 (the _ref path; ggml ignores the importance vector): rows float32 [nrows, 32*nb]
 # -> out uint8 [nrows, 17*nb]; dequantize_row_mxfp4 back
-quantize_mxfp4 = row_driver(each_row, __name__, "quantize_mxfp4", "ggml's quantize_mxfp4 over all rows.",
+quantize_mxfp4 = row_driver(each_row_tested, __name__, "quantize_mxfp4", "ggml's quantize_mxfp4 over all rows.",
                             (E8M0_HALF, MAGNITUDES), ROW=_quantize_row_mxfp4)
 dequantize_mxfp4 = row_driver(each_block, __name__, "dequantize_mxfp4", "ggml's dequantize_row_mxfp4 over all rows.",
                               (E8M0_HALF, KVALUES), BLOCK=_dequantize_block_mxfp4, IN=17, OUT=32)
@@ -218,7 +218,7 @@ def _dequantize_block_nvfp4(qb, yb, ue4m3, kvalues):
 
 # ggml's quantize_nvfp4 (the _ref path; ggml ignores the importance vector): rows float32 [nrows, 64*nb]
 # -> out uint8 [nrows, 36*nb]; dequantize_row_nvfp4 back
-quantize_nvfp4 = row_driver(each_row, __name__, "quantize_nvfp4", "ggml's quantize_nvfp4 over all rows.",
+quantize_nvfp4 = row_driver(each_row_tested, __name__, "quantize_nvfp4", "ggml's quantize_nvfp4 over all rows.",
                             (UE4M3, MAGNITUDES), ROW=_quantize_row_nvfp4)
 dequantize_nvfp4 = row_driver(each_block, __name__, "dequantize_nvfp4", "ggml's dequantize_row_nvfp4 over all rows.",
                               (UE4M3, KVALUES), BLOCK=_dequantize_block_nvfp4, IN=36, OUT=64)

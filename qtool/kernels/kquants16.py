@@ -24,9 +24,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from qtool.kernels.common import (F32, block_drivers, each_block, each_block_paths, first_true, holds_nonfinite, jit,
-                                 jit_rows, lane_q3_search, lane_qx_search, load_fp16, nearest_int, requantize,
-                                 row_driver, store_fp16, store_u16)
+from qtool.kernels.common import (F32, block_drivers, borrowed, each_block, each_block_paths, first_true,
+                                 holds_nonfinite, jit, jit_rows, keep_alive, lane_q3_search, lane_qx_search, load_fp16,
+                                 nearest_int, requantize, row_driver, store_fp16, store_u16)
 from qtool.kernels.kquants32 import largest_scale_min
 from qtool.kernels.search import (GROUP_MAX_EPS, make_qkx_quants_lanes, make_qp_quants, make_qx_quants,
                                   qkx_lanes_scratch, qx_lane_quants, signed_absmax)
@@ -383,20 +383,15 @@ def quantize_q3_K(rows, weights, out):
     nrows, n = rows.shape
     use_w = weights.shape[0] > 0
     nonfinite = np.zeros(nrows, dtype=np.bool_)
+    rows, weights, out = borrowed(rows), borrowed(weights), borrowed(out)
     for r in numba.prange(nrows):
         nonfinite[r] = holds_nonfinite(rows[r])
         if nonfinite[r]:
             continue
-        L = np.empty(QK_K, np.int8)
-        Ls = np.empty(16, np.int8)
-        scales = np.empty(16, np.float32)
-        sw = np.empty(16, np.float32)
-        xt = np.empty((16, 16), np.float32)
-        wt = np.empty((16, 16), np.float32)
-        S = np.empty((4, 16), np.float32)
-        Lt = np.empty((16, 16), np.int32)
-        dd = np.empty(QK_K, np.float32)
-        mm = np.zeros(QK_K, np.float32)
+        owned = (np.empty(QK_K, np.int8), np.empty(16, np.int8), np.empty(16, np.float32), np.empty(16, np.float32),
+                 np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((4, 16), np.float32),
+                 np.empty((16, 16), np.int32), np.empty(QK_K, np.float32), np.zeros(QK_K, np.float32))
+        L, Ls, scales, sw, xt, wt, S, Lt, dd, mm = borrowed(owned)  # views without reference counts per call
         for b in range(n // QK_K):
             x = rows[r, QK_K * b:QK_K * (b + 1)]
             blk = out[r, Q3_K_BYTES * b:Q3_K_BYTES * (b + 1)]
@@ -405,6 +400,7 @@ def quantize_q3_K(rows, weights, out):
                                          mm)
             else:
                 quantize_block_q3_K_ref(x, blk, L, scales, xt, S, Lt, dd, mm)
+        keep_alive(owned)
     return first_true(nonfinite)
 
 

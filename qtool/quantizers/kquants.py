@@ -16,4 +16,4 @@ Q5_K = kernel_type(T.Q5_K, ka.quantize_q5_K, ka.dequantize_q5_K, uses_imatrix=Tr
 Q6_K = kernel_type(T.Q6_K, kb.quantize_q6_K, kb.dequantize_q6_K, uses_imatrix=True, finds_nonfinite=True)
 # The k-quants' dot-product partner (quantize_row_q8_K_ref); not a file type llama-quantize writes, and
 # ggml_quantize_chunk does not accept it. It has no importance-weighted path.
-Q8_K = kernel_type(T.Q8_K, ka.quantize_q8_K, ka.dequantize_q8_K, uses_imatrix=False)
+Q8_K = kernel_type(T.Q8_K, ka.quantize_q8_K, ka.dequantize_q8_K, uses_imatrix=False, finds_nonfinite=True)

@@ -12,5 +12,6 @@ from qtool.kernels import lowbit as k
 from qtool.quantizers.base import kernel_type
 
 # ggml's quantize_q1_0 and quantize_q2_0 ignore quant_weights
-Q1_0 = kernel_type(T.Q1_0, k.quantize_q1_0, k.dequantize_q1_0, uses_imatrix=False)
-Q2_0 = kernel_type(ggml_type_named("Q2_0"), k.quantize_q2_0, k.dequantize_q2_0, uses_imatrix=False)
+Q1_0 = kernel_type(T.Q1_0, k.quantize_q1_0, k.dequantize_q1_0, uses_imatrix=False, finds_nonfinite=True)
+Q2_0 = kernel_type(ggml_type_named("Q2_0"), k.quantize_q2_0, k.dequantize_q2_0, uses_imatrix=False,
+                   finds_nonfinite=True)
