@@ -354,8 +354,8 @@ def test_quantize_takes_bfloat16_words_as_stored():
 
 def test_small_tensors_run_on_one_thread(monkeypatch):
     """A tensor under serial_bytes (2 MiB as float32), quantized without an importance vector, runs on one
-    thread, and the thread count is restored after (also after an error); a larger one, or one with an
-    importance vector, runs on the threads asked for."""
+    thread, and the thread count is restored after, or set to the threads asked for (also after an error); a
+    larger one, or one with an importance vector, runs on the threads asked for."""
     from qtool.kernels import native
 
     if native.max_threads() < 2:
@@ -369,11 +369,14 @@ def test_small_tensors_run_on_one_thread(monkeypatch):
     small = np.ones((64, 1024), np.float32)  # 256 KiB
     big = np.ones((600, 1024), np.float32)  # 2.3 MiB
     native.set_num_threads(2)
-    get(T.Q8_0).quantize(small, threads=2)
+    get(T.Q8_0).quantize(small)
     assert seen == [1] and native.get_num_threads() == 2
+    native.set_num_threads(1)
+    get(T.Q8_0).quantize(small, threads=2)  # the threads asked for are set after, as for a larger tensor
+    assert seen == [1, 1] and native.get_num_threads() == 2
     get(T.Q8_0).quantize(big, threads=2)
     get(T.Q4_0).quantize(small, np.ones(1024, np.float32), threads=2)
-    assert seen == [1, 2, 2]
+    assert seen == [1, 1, 2, 2]
     bad = small.copy()
     bad[3, 5] = np.nan
     with pytest.raises(QuantError, match="row 3 holds a non-finite value"):

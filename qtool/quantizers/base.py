@@ -160,7 +160,7 @@ class Quantizer:
         out = np.empty((rows.shape[0], self.row_bytes(n_per_row)), dtype=np.uint8)
         weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
         if weights is None and rows.size * 4 < self.serial_bytes:
-            with _one_thread():
+            with _one_thread(then=threads):
                 self._quantize_rows(rows, weights, out, name, slice_rows, after_slice, convert_slice, as_stored)
         else:
             _set_threads(threads)
@@ -278,16 +278,17 @@ def kernel_type(qtype: QType, quantize: Callable, dequantize: Callable, *, uses_
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """The kernels run on one thread inside, on as many as before after."""
+def _one_thread(then: int | None) -> Iterator[None]:
+    """The kernels run on one thread inside; after, on ``then`` threads (None: as many as before), as if
+    _set_threads(then) had been called instead."""
     from qtool.kernels import native
 
-    before = native.get_num_threads()
+    after = native.get_num_threads() if then is None else then
     native.set_num_threads(1)
     try:
         yield
     finally:
-        native.set_num_threads(before)
+        native.set_num_threads(after)
 
 
 def _set_threads(threads: int | None) -> None:
