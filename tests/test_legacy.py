@@ -192,7 +192,7 @@ def test_largest_abs_is_the_serial_max():
 def test_block_scans_are_the_serial_c_loops():
     """legacy._absmax_at (the largest magnitude's bits by one reduction, then the first value holding them) and
     _min_max_at (the smallest and largest order keys by one reduction each) give, bit for bit, what the C's
-    serial loops give, and _min_max_at flags exactly the blocks holding NaN or Inf: on special values, blocks
+    serial loops give, and both flag exactly the blocks holding NaN or Inf: on special values, blocks
     of +-0 in both orders (the C keeps the first zero), ties of +-v, all-inf blocks (the C's FLT_MAX start
     values stay) and subnormals, where one wrong bit would not show in the fp16 bytes."""
     import numba
@@ -202,8 +202,8 @@ def test_block_scans_are_the_serial_c_loops():
     @numba.njit
     def scans(x, out, flags):
         for b in range(out.shape[0]):
-            out[b, 0] = _absmax_at(x, b * 32)
-            out[b, 1], out[b, 2], flags[b] = _min_max_at(x, b * 32)
+            out[b, 0], flags[b, 0] = _absmax_at(x, b * 32)
+            out[b, 1], out[b, 2], flags[b, 1] = _min_max_at(x, b * 32)
 
     rng = np.random.default_rng(8)
     x = _special_rows(6).reshape(-1)
@@ -219,7 +219,7 @@ def test_block_scans_are_the_serial_c_loops():
     x = np.concatenate([x, extra.reshape(-1)])
     nb = x.size // 32
     out = np.empty((nb, 3), np.float32)
-    flags = np.empty(nb, np.bool_)
+    flags = np.empty((nb, 2), np.bool_)
     scans(x, out, flags)
     fmax = np.float32(np.finfo(np.float32).max)
     with np.errstate(invalid="ignore"):
@@ -235,7 +235,7 @@ def test_block_scans_are_the_serial_c_loops():
                     mx = v
             want = np.array([largest, mn, mx], np.float32)
             assert np.array_equal(out[b].view(np.uint32), want.view(np.uint32)), (b, block, out[b], want)
-            assert flags[b] == (not np.isfinite(block).all()), b
+            assert (flags[b] == (not np.isfinite(block).all())).all(), b
     assert flags.any() and not flags.all()
 
 

@@ -1249,10 +1249,7 @@ def _first_nonfinite_row(rows):
         for j in range(n):
             m = max(m, f32_bits(rows[r, j]) & np.uint32(0x7F800000))
         bad[r] = m == np.uint32(0x7F800000)
-    for r in range(nrows):
-        if bad[r]:
-            return r
-    return -1
+    return first_true(bad)
 
 
 # -- row drivers ----------------------------------------------------------------------------------
@@ -1304,9 +1301,9 @@ def row_driver(template, module: str, name: str, doc: str, tables: tuple = (), *
 def block_drivers(module: str, name: str, qk: int, nbytes: int, quantize_block, dequantize_block, *, scratch=None,
                   tables: tuple = (), dequantize_tables: tuple | None = None, template=None, **bind):
     """``(quantize_<name>, dequantize_<name>)`` of ``module`` over all rows: each_block_tested of
-    ``quantize_block`` (rows, out), or each_block_weighted with ``scratch`` (rows, weights, out), or a ``template`` of the
-    module's own with ``bind``; each_block of ``dequantize_block`` (data, out). ``tables`` go to both
-    block functions unless ``dequantize_tables`` is given."""
+    ``quantize_block`` (rows, out), or each_block_weighted with ``scratch`` (rows, weights, out), or a
+    ``template`` of the module's own with ``bind``; each_block of ``dequantize_block`` (data, out). ``tables`` go
+    to both block functions unless ``dequantize_tables`` is given."""
     if template is None:
         template = each_block_weighted if scratch is not None else each_block_tested
     quantize = row_driver(template, module, f"quantize_{name}", f"ggml's quantize_{name} over all rows.", tables,

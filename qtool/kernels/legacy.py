@@ -182,11 +182,13 @@ _FLT_MAX_KEY = np.int64(0x7F7FFFFF)
 def _absmax_at(x, o):
     """The value of largest magnitude in x[o:o+32], the first one on ties (0 when all are zero): the largest
     magnitude's bit pattern by one vector reduction, then the first value holding it. A block holding a NaN,
-    which C's comparisons never take, is scanned in order (_absmax_scan)."""
+    which C's comparisons never take, is scanned in order (_absmax_scan). Second: whether the block holds NaN
+    or Inf."""
     m = abs_max_bits(x, o, QK)
+    nonfinite = m >= np.uint32(0x7F800000)
     if m > np.uint32(0x7F800000):
-        return _absmax_scan(x, o)
-    return pick(m == np.uint32(0), F32(0.0), x[o + first_with_abs_bits(x, o, QK, m)])
+        return _absmax_scan(x, o), nonfinite
+    return pick(m == np.uint32(0), F32(0.0), x[o + first_with_abs_bits(x, o, QK, m)]), nonfinite
 
 
 @jit_inline
@@ -283,8 +285,8 @@ def _absmax_row(x, y, mm):
     amax = mm[0]
     nonfinite = False
     for ib in range(nb):
-        amax[ib] = _absmax_at(x, ib * QK)
-        nonfinite |= abs_max_bits(x, ib * QK, QK) >= np.uint32(0x7F800000)
+        amax[ib], block_nonfinite = _absmax_at(x, ib * QK)
+        nonfinite |= block_nonfinite
     for ib in range(nb):
         o = ib * QK
         p = ib * (22 if QH else 18)
