@@ -175,10 +175,9 @@ def make_llama_gguf(path: Path, params_m: float, seed: int = 0, vocab: int = 819
 
 _LLAMA_QUANTIZE = """
 import ctypes, sys, llama_cpp
-from gguf import LlamaFileType
 p = llama_cpp.llama_model_quantize_default_params()
 p.nthread = int(sys.argv[3])
-p.ftype = int(LlamaFileType['MOSTLY_' + sys.argv[4]] if sys.argv[4] not in ('F32',) else LlamaFileType.ALL_F32)
+p.ftype = getattr(llama_cpp, 'LLAMA_FTYPE_' + ('ALL_F32' if sys.argv[4] == 'F32' else 'MOSTLY_' + sys.argv[4]))
 p.pure = len(sys.argv) > 5 and sys.argv[5] == 'pure'
 rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p))
 sys.exit(rc)
