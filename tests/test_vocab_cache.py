@@ -70,8 +70,10 @@ def test_the_same_folder_is_read_once(tmp_path, cache):
     _same(first, second)
     tokens = second.kv["tokenizer.ggml.tokens"]
     assert len(tokens) == 49152 and "tokenizer.ggml.merges" in second.kv
-    # string arrays come back with their GGUF bytes, which the writer copies
-    assert isinstance(tokens, gguf_in.PackedStrings)
+    # string arrays come back with their GGUF bytes, which the writer copies (a tokenizer.json read in bulk
+    # gave its tokens as such records in the first place)
+    assert isinstance(tokens, (gguf_in.PackedStrings, gguf_in.StringRecords))
+    assert isinstance(first.kv["tokenizer.ggml.tokens"], gguf_in.StringRecords)
     assert tokens.packed == gguf_out._pack_strings(list(first.kv["tokenizer.ggml.tokens"]))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,67 @@ def _forgets_packed(name: str):
 for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
               "clear", "sort", "reverse"):
     setattr(PackedStrings, _name, _forgets_packed(_name))
+
+
+class StringRecords(Sequence):
+    """A GGUF array of strings held as its records' bytes (``packed``: u64 length + UTF-8 bytes each), which a
+    writer copies; the strings themselves are decoded only when something reads them (a tokenizer.json's
+    10^5 tokens go from its bytes to the GGUF's without becoming Python strings, formats.tokjson)."""
+
+    __slots__ = ("packed", "_count", "_strings")
+
+    def __init__(self, packed: bytes, count: int):
+        self.packed, self._count, self._strings = packed, count, None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        return self.strings()[index]
+
+    def __iter__(self):
+        return iter(self.strings())
+
+    def __eq__(self, other):
+        if isinstance(other, StringRecords):
+            return self.packed == other.packed and self._count == other._count
+        if isinstance(other, (list, tuple)):
+            return self.strings() == list(other)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"StringRecords({self._count} strings, {len(self.packed)} bytes)"
+
+    def __reduce__(self):
+        return StringRecords, (self.packed, self._count)
+
+    def tolist(self) -> list:
+        return list(self.strings())
+
+    def strings(self) -> list:
+        """The strings (str; bytes for one that is not UTF-8), decoded once."""
+        if self._strings is None:
+            from qtool.kernels import jsontext
+
+            a = np.frombuffer(self.packed, np.uint8)
+            starts, lengths = np.empty(self._count, np.int64), np.empty(self._count, np.int64)
+            end = jsontext.record_spans(a if a.size else np.zeros(1, np.uint8), self._count, starts, lengths)
+            if end != a.size:
+                raise ValueError(f"{self!r}: its bytes are not {self._count} string records")
+            out = _decode_records(a, starts - 8, lengths) if self._count else []
+            if out is None:
+                out = [_decoded(a[s:s + n].tobytes()) for s, n in zip(starts.tolist(), lengths.tolist())]
+            self._strings = out
+        return self._strings
+
+
+def _decoded(raw: bytes):
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 def _string_array(c: _Cursor, kname: str, count: int, bulk: bool = True) -> list:

@@ -21,7 +21,7 @@ import numpy as np
 from gguf import GGUFEndian, GGUFValueType, GGUFWriter
 
 from qtool.errors import FormatError, UsageError
-from qtool.formats.gguf_in import PackedStrings
+from qtool.formats.gguf_in import PackedStrings, StringRecords
 from qtool.formats.ggml_types import QUANT_SIZES, QType
 
 # Keys the writer itself owns, or that describe the input file rather than the model.
@@ -31,7 +31,7 @@ _DROPPED_KEYS = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.
 
 def value_type(value: Any) -> GGUFValueType:
     """The GGUF type gguf-py would pick for a Python value (used when the source gave none)."""
-    if isinstance(value, (list, tuple, np.ndarray)):
+    if isinstance(value, (list, tuple, np.ndarray, StringRecords)):
         return GGUFValueType.ARRAY
     return GGUFValueType.get_type(value)
 
@@ -71,6 +71,8 @@ def _pack_strings(value: Any) -> bytes | None:
     """u64 length + UTF-8 bytes of each string (bytes elements as they are); None for non-strings."""
     if isinstance(value, PackedStrings) and value.packed is not None:
         return value.packed  # as read from a GGUF and unchanged since
+    if isinstance(value, StringRecords):
+        return value.packed
     n = len(value)
     if n and all(map(isinstance, value, repeat(str, n))):
         try:
@@ -111,7 +113,7 @@ def _pack_strings(value: Any) -> bytes | None:
 def _strings_size(value: Any) -> int | None:
     """The packed size of a string array's elements (u64 length + UTF-8 bytes each), counted without
     packing them; None unless every element is a str."""
-    if isinstance(value, PackedStrings) and value.packed is not None:
+    if isinstance(value, (PackedStrings, StringRecords)) and value.packed is not None:
         return len(value.packed)
     n = len(value)
     if not all(map(isinstance, value, repeat(str, n))):
@@ -152,7 +154,7 @@ def _add_kv(writer: GGUFWriter, key: str, value: Any, vtype: GGUFValueType | Non
     if vtype is None:
         vtype = value_type(value)
     if vtype == GGUFValueType.ARRAY:
-        if not isinstance(value, (np.ndarray, list)):
+        if not isinstance(value, (np.ndarray, list, StringRecords)):
             value = list(value)  # (a list as it is: a PackedStrings keeps its bytes)
         writer.add_key_value(key, value, vtype, sub_type=sub_type)
     else:

@@ -48,10 +48,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+import numpy as np
 from gguf import GGUFValueType, GGUFWriter, TokenType
 
 from qtool.errors import FormatError, UsageError
-from qtool.formats.source import read_json
+from qtool.formats import tokjson
+from qtool.formats.gguf_in import StringRecords
+from qtool.formats.source import read_bytes, read_json
 
 if TYPE_CHECKING:
     from qtool.archs.metadata import HFMeta
@@ -97,7 +100,9 @@ def add_tokenizer(meta: HFMeta, folder: Path, config: dict[str, Any], kind: str 
     for key, v in out.kv_data[0].items():
         value = v.value
         if v.type == V.ARRAY:
-            if value and isinstance(value[0], int):  # token types: TokenType members as plain ints
+            if isinstance(value, np.ndarray):  # token types in bulk
+                value = value.tolist()
+            elif isinstance(value, list) and value and isinstance(value[0], int):  # TokenType members: plain ints
                 value = [int(x) for x in value]
             meta.add(key, value, V.ARRAY, v.sub_type or _element_type(value))
         else:
@@ -112,8 +117,8 @@ def _writer(arch: Any) -> GGUFWriter:
     return w
 
 
-def _element_type(values: list) -> GGUFValueType:
-    if not values:
+def _element_type(values) -> GGUFValueType:
+    if not len(values) or isinstance(values, StringRecords):
         return V.STRING
     return GGUFValueType.get_type(values[0])
 
@@ -153,6 +158,9 @@ class _Folder:
         self._json: dict[str, Any] = {}
         self._hf = None
         self._check = None
+        #: tokenizer.json's vocabulary and merges in bulk (tokjson), where it could be read so: its
+        #: tok_json then holds model.vocab {} and model.merges []
+        self.bulk: tokjson.BulkTokenizerJson | None = None
 
     def has(self, name: str) -> bool:
         return (self.path / name).is_file()
@@ -163,7 +171,12 @@ class _Folder:
             path = self.path / name
             data: Any = {}
             if path.is_file():
-                data = read_json(path, what)
+                if name == "tokenizer.json":
+                    raw = read_bytes(path, what)
+                    self.bulk = tokjson.read(raw)
+                    data = self.bulk.rest if self.bulk is not None else read_json(path, what, raw)
+                else:
+                    data = read_json(path, what)
                 if not isinstance(data, dict):
                     raise FormatError(f"{path}: {what} is not a JSON object")
             self._json[name] = data
@@ -228,19 +241,26 @@ def _check_text_tokenizer(f: _Folder):
     if not isinstance(model, dict) or model.get("type") != "BPE" or model.get("byte_fallback") \
             or model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         return None
-    vocab, merges = model.get("vocab"), model.get("merges")
-    if not isinstance(vocab, dict) or not isinstance(merges, list) or not merges:
-        return None
+    bulk = f.bulk
+    if bulk is None:
+        vocab, merges = model.get("vocab"), model.get("merges")
+        if not isinstance(vocab, dict) or not isinstance(merges, list) or not merges:
+            return None
+    else:
+        if bulk.merges is None or not len(bulk.merges):
+            return None
+        vocab, merges = tokjson.VocabView(bulk), None
     added = _added_ids_as_loaded(tj, vocab)
     if added is None:
         return None
-    try:
-        if type(merges[0]) is str:  # "a b": byte-level tokens hold no space
-            joined = [m.replace(" ", "", 1) for m in merges]
-        else:
-            joined = [a + b for a, b in merges]
-    except (TypeError, ValueError, AttributeError):  # malformed: the whole load reports it
-        return None
+    if bulk is None:
+        try:
+            if type(merges[0]) is str:  # "a b": byte-level tokens hold no space
+                joined = [m.replace(" ", "", 1) for m in merges]
+            else:
+                joined = [a + b for a, b in merges]
+        except (TypeError, ValueError, AttributeError):  # malformed: the whole load reports it
+            return None
     path = f.path / "tokenizer.json"
     tokenizers = _import("tokenizers", path)
     import json
@@ -253,9 +273,13 @@ def _check_text_tokenizer(f: _Folder):
     except Exception:  # noqa: BLE001 (the Rust side raises plain Exception): the whole load reports it
         return None
     subs = {p[i:j] for p in pieces for i in range(len(p)) for j in range(i + 1, len(p) + 1)}
-    kept = list(itertools.compress(merges, map(subs.__contains__, joined)))
+    if bulk is None:
+        kept = list(itertools.compress(merges, map(subs.__contains__, joined)))
+        small_vocab = {t: i for t, i in vocab.items() if t in subs}
+    else:  # the same, found by hash among the packed texts
+        kept, small_vocab = bulk.merges_among(subs), bulk.vocab_among(subs)
     # the added tokens' texts as tokens of the small model too, so that each keeps its id there
-    small_vocab = {t: i for t, i in vocab.items() if t in subs} | added
+    small_vocab |= added
     unk = model.get("unk_token")
     if isinstance(unk, str) and unk in vocab:  # a character the vocabulary lacks becomes it, as in the whole one
         small_vocab[unk] = vocab[unk]
@@ -517,7 +541,9 @@ def _special_vocab_class():
             added: list = []
             if tok is not None:
                 if self.load_merges:
-                    self.merges = _merges_of(tok_path, (tok.get("model") or {}).get("merges"))
+                    bulk = self.folder.bulk if self.folder is not None else None
+                    self.merges = _merges_of(tok_path, (tok.get("model") or {}).get("merges")) if bulk is None \
+                        else bulk.merge_records()
                 if tok.get("normalizer"):
                     self._read_normalizer(tok["normalizer"])
                 added = tok.get("added_tokens") or []
@@ -711,8 +737,14 @@ def _kind_gpt2(w: GGUFWriter, f: _Folder) -> None:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
-    w.add_token_types(types)
+    _add_token_types(w, types)
     _add_special(w, f, _special_vocab(f, load_merges=True))
+
+
+def _add_token_types(w: GGUFWriter, types) -> None:
+    """add_token_types, for a list of TokenType members or an int32 array (add_tokenizer makes either a list
+    of ints)."""
+    w.add_token_types(types)
 
 
 def _kind_bert(w: GGUFWriter, f: _Folder) -> None:
@@ -735,15 +767,19 @@ def _kind_bert(w: GGUFWriter, f: _Folder) -> None:
     w.add_tokenizer_model("bert")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
-    w.add_token_types(types)
+    _add_token_types(w, types)
     _add_special(w, f, _special_vocab(f, n_vocab=len(tokens)))
 
 
 def _hf_vocab_base(f: _Folder) -> tuple[list[str], list[int], str]:
     """get_vocab_base: every id below the vocabulary size, added tokens typed control or user-defined."""
     tok = f.for_check_text()
+    if f.bulk is not None:
+        out = _hf_vocab_bulk(f, tok)
+        if out is not None:
+            return out
     path = f.path / "tokenizer.json"
-    vocab = _vocab_with_added(f.tok_json)
+    vocab = _vocab_with_added(f.tok_json, f.bulk)
     if vocab is None:
         vocab = tok.get_vocab(with_added_tokens=True)
     n_vocab = f.vocab_size(len(vocab))
@@ -780,12 +816,99 @@ def _hf_vocab_base(f: _Folder) -> tuple[list[str], list[int], str]:
     return tokens, types, pre
 
 
-def _vocab_with_added(tok_json: dict) -> dict[str, int] | None:
-    """tokenizers' get_vocab(with_added_tokens=True) from the parsed tokenizer.json: model.vocab, then each
-    added token's id (an added token's id wins, as there). The Rust call builds the same dict afresh (0.14 s
-    for 150k tokens). None where the JSON is not that plain form: ask the tokenizer."""
+def _hf_vocab_bulk(f: _Folder, tok) -> tuple[StringRecords, np.ndarray, str] | None:
+    """_hf_vocab_base from tokenizer.json's packed vocabulary (f.bulk), the tokens as string records and
+    their types as an int32 array: the same tokens, types and order without a Python string per token.
+    None where the added tokens are not the plain form _vocab_with_added reads, or two texts share an id
+    (the dict's last-one-wins order decides there)."""
+    bulk = f.bulk
+    path = f.path / "tokenizer.json"
+    pairs = _added_pairs(f.tok_json)
+    if pairs is None:
+        return None
+    # get_vocab(with_added_tokens=True): the vocabulary, each added token's id replacing its text's
+    ids = bulk.ids.copy()
+    extra: dict[str, int] = {}  # added texts the vocabulary lacks, in order
+    for content, i in pairs:
+        k = bulk.vocab.find(content, bulk.hash_order)
+        if k >= 0:
+            ids[k] = i
+        else:
+            extra[content] = i
+    n_base = ids.size
+    all_ids = np.concatenate([ids, np.fromiter(extra.values(), np.int64, len(extra))])
+    n_vocab = f.vocab_size(all_ids.size)
+    if all_ids.size and int(all_ids.max()) >= n_vocab:
+        k = int(np.argmax(all_ids))
+        top = bulk.vocab.text(k) if k < n_base else list(extra)[k - n_base]
+        raise FormatError(f"{path}: token id {all_ids[k]} ({top!r}) is outside config.json's vocab_size {n_vocab}")
+    if all_ids.size and np.bincount(all_ids, minlength=n_vocab).max() > 1:
+        return None
+    pre = _pre_name(f, tok)
+    owner = np.full(n_vocab, -1, np.int64)  # id -> index in vocabulary order (the extras after it)
+    owner[all_ids] = np.arange(all_ids.size)
+    extra_texts = list(extra)
+
+    def text_of(i: int) -> str | None:
+        k = int(owner[i])
+        return None if k < 0 else bulk.vocab.text(k) if k < n_base else extra_texts[k - n_base]
+
+    def id_of(text: str) -> int | None:
+        if text in extra:
+            return extra[text]
+        k = bulk.vocab.find(text, bulk.hash_order)
+        return None if k < 0 else int(ids[k])
+
+    added = tok.get_added_tokens_decoder()
+    added_ids = {a.content: i for i, a in sorted(added.items())}
+    cleanup = f.tok_config.get("clean_up_tokenization_spaces") is True
+    types = np.full(n_vocab, int(TokenType.NORMAL), np.int32)
+    types[owner < 0] = int(TokenType.UNUSED)
+    changed: dict[int, str] = {i: f"[PAD{i}]" for i in np.flatnonzero(owner < 0).tolist()}
+    for i in sorted({i for i in map(id_of, added_ids) if i is not None and i < n_vocab
+                     and text_of(i) in added_ids}):
+        text = text_of(i)
+        a = added.get(i) or added[added_ids[text]]
+        if not a.normalized:  # llama.cpp takes added tokens as already normalized text
+            got = tok.encode(text, add_special_tokens=False).ids
+            if got != [i]:
+                got = f.hf().encode(text, add_special_tokens=False).ids
+            text = (tok if got == [i] else f.hf()).decode(got, skip_special_tokens=False)
+            if cleanup:
+                text = _clean_up_spaces(text)
+        if a.special or _looks_special(text):
+            types[i] = int(TokenType.CONTROL)
+        else:
+            text = text.replace("\u2581", " ")
+            types[i] = int(TokenType.USER_DEFINED)
+        changed[i] = text
+    return _token_records(bulk.vocab, owner, extra_texts, changed), types, pre
+
+
+def _token_records(vocab: tokjson.Texts, owner: np.ndarray, extra: list[str], changed: dict[int, str]) -> StringRecords:
+    """The GGUF records of the tokens by id: id i is vocab's string owner[i] (below len(vocab)), else the
+    extra text owner[i] - len(vocab); ``changed`` replaces some."""
+    n_base = len(vocab)
+    more = [t.encode("utf-8") for t in extra] + [t.encode("utf-8") for t in changed.values()]
+    more_offsets = np.zeros(len(more) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, more), np.int64, len(more)), out=more_offsets[1:])
+    data = np.concatenate([vocab.data, np.frombuffer(b"".join(more), np.uint8)])
+    starts = np.concatenate([vocab.offsets[:-1], vocab.data.size + more_offsets[:-1]])
+    lengths = np.concatenate([np.diff(vocab.offsets), np.diff(more_offsets)])
+    source = owner.copy()  # id -> entry of starts/lengths
+    source[list(changed)] = n_base + len(extra) + np.arange(len(changed))
+    return StringRecords(tokjson.gguf_records(data, starts[source], lengths[source]), owner.size)
+
+
+def _vocab_with_added(tok_json: dict, bulk: tokjson.BulkTokenizerJson | None = None) -> dict[str, int] | None:
+    """tokenizers' get_vocab(with_added_tokens=True) from the parsed tokenizer.json: model.vocab (from
+    ``bulk`` where it was read so), then each added token's id (an added token's id wins, as there). The
+    Rust call builds the same dict afresh (0.14 s for 150k tokens). None where the JSON is not that plain
+    form: ask the tokenizer."""
     model = tok_json.get("model")
     vocab = model.get("vocab") if isinstance(model, dict) else None
+    if bulk is not None:
+        vocab = dict(tokjson.VocabView(bulk).items())
     if not isinstance(vocab, dict) or not set(map(type, vocab.values())) <= {int}:
         return None
     pairs = _added_pairs(tok_json)

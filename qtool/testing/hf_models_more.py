@@ -702,6 +702,8 @@ def folder_facts(folder: str | Path) -> dict[str, Any]:
 def _summary(v: Any, n: int = 16) -> Any:
     """A metadata value as JSON: itself, or for a list longer than ``n``: its length, the sha256 of its
     canonical JSON and its first and last four items."""
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):  # StringRecords, numpy arrays
+        v = v.tolist()
     if not isinstance(v, list) or len(v) <= n:
         return v
     import hashlib

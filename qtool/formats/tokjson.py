@@ -1,0 +1,256 @@
+"""tokenizer.json read in bulk: its vocabulary and merges as packed UTF-8, the rest parsed by json.
+
+A tokenizer.json is a small document around two large values, ``model.vocab`` (10^5 ``"text": id`` members)
+and ``model.merges`` (10^5 strings or pairs). json.loads makes a Python object of each entry (~0.1 s for
+Qwen2's 151k tokens), and the GGUF then wants them back as bytes. `read` finds the two values
+(kernels.jsontext, one walk), decodes them into packed UTF-8 (`Texts`), and parses the document without them with
+json: ``model.vocab`` is ``{}`` and ``model.merges`` ``[]`` in `BulkTokenizerJson.rest`. The kernels accept
+only text that json.loads reads to the same strings and ids; where they do not (an escaped key ``model``,
+a float id, a surrogate without its pair, a duplicate text, ...) `read` returns None and the caller parses
+the file with json as before, which also reports what is wrong with a malformed file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from qtool.formats.gguf_in import StringRecords
+
+@dataclass
+class Texts:
+    """``len(offsets) - 1`` UTF-8 strings one after another in ``data``, with their FNV-1a hashes (None where
+    they are looked up by other hashes)."""
+
+    data: np.ndarray  # uint8
+    offsets: np.ndarray  # int64 [n + 1]
+    hashes: np.ndarray | None  # uint64 [n]
+
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    def text(self, k: int) -> str:
+        return self.data[self.offsets[k]:self.offsets[k + 1]].tobytes().decode("utf-8")
+
+    def strings(self) -> list[str]:
+        """Every string, with one UTF-8 decode: a byte that none of them holds separates them."""
+        n = len(self)
+        if n == 0:
+            return []
+        used = np.bincount(self.data, minlength=256)[:128]
+        free = np.flatnonzero(used == 0)
+        if free.size == 0:  # every ASCII character occurs: one decode each
+            return [self.text(k) for k in range(n)]
+        sep = int(free[0])  # an ASCII byte never occurs inside a multi-byte character
+        joined = np.insert(self.data, self.offsets[1:-1], np.uint8(sep))
+        out = joined.tobytes().decode("utf-8").split(chr(sep))
+        assert len(out) == n, (len(out), n)
+        return out
+
+    def find(self, text: str, order: np.ndarray | None = None) -> int:
+        """The index of ``text`` (its first), -1 if absent; ``order``: the indices sorted by hash, if known."""
+        raw = text.encode("utf-8", "surrogatepass")
+        h = hash_texts([raw])[0]
+        if order is None:
+            candidates = np.flatnonzero(self.hashes == h)
+        else:  # (searchsorted with sorter= checks the whole sorter each call: ~1 ms)
+            ordered = self._ordered(order)
+            lo, hi = np.searchsorted(ordered, h, side="left"), np.searchsorted(ordered, h, side="right")
+            candidates = np.sort(order[lo:hi])
+        for k in candidates.tolist():
+            if self.data[self.offsets[k]:self.offsets[k + 1]].tobytes() == raw:
+                return k
+        return -1
+
+    def _ordered(self, order: np.ndarray) -> np.ndarray:
+        """The hashes in ``order`` (the argsort of them), made once."""
+        kept = getattr(self, "_sorted", None)
+        if kept is None or kept[0] is not order:
+            kept = self._sorted = (order, self.hashes[order])
+        return kept[1]
+
+    def among(self, texts: set[str], hashes: np.ndarray | None = None, cut: np.ndarray | None = None) -> np.ndarray:
+        """The indices, in order, of the strings that are in ``texts``; with ``hashes`` (of each string
+        without its byte at ``cut``) those whose text without that byte is."""
+        from qtool.kernels import jsontext
+
+        wanted = hash_texts([t.encode("utf-8", "surrogatepass") for t in texts])
+        mine = self.hashes if hashes is None else hashes
+        if not wanted.size or not mine.size:
+            return np.zeros(0, np.int64)
+        hit = np.empty(mine.size, dtype=bool)
+        table = np.empty(1 << (2 * wanted.size).bit_length(), np.uint64)
+        jsontext.count_members(mine, wanted, table, hit)
+        out = []
+        for k in np.flatnonzero(hit).tolist():
+            s, e = int(self.offsets[k]), int(self.offsets[k + 1])
+            raw = self.data[s:e].tobytes()
+            if cut is not None:
+                c = int(cut[k]) - s
+                raw = raw[:c] + raw[c + 1:]
+            if raw.decode("utf-8") in texts:
+                out.append(k)
+        return np.asarray(out, dtype=np.int64)
+
+
+def hash_texts(raws: list[bytes]) -> np.ndarray:
+    """FNV-1a hashes of byte strings, as `Texts` keeps them."""
+    from qtool.kernels import jsontext
+
+    lengths = np.fromiter(map(len, raws), np.int64, len(raws))
+    offsets = np.zeros(len(raws) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = np.frombuffer(b"".join(raws), np.uint8) if raws else np.zeros(0, np.uint8)
+    out = np.empty(len(raws), np.uint64)
+    jsontext.fnv1a(data if data.size else np.zeros(1, np.uint8), offsets, out)
+    return out
+
+
+def gguf_records(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> bytes:
+    """GGUF string records (u64 length + bytes) of data[starts[k]:starts[k] + lengths[k]], in order."""
+    from qtool.kernels import jsontext
+
+    out = np.empty(8 * starts.size + int(lengths.sum()), np.uint8)
+    jsontext.gguf_records(data if data.size else np.zeros(1, np.uint8), starts.astype(np.int64),
+                          lengths.astype(np.int64), out)
+    return out.tobytes()
+
+
+@dataclass
+class BulkTokenizerJson:
+    """A tokenizer.json: ``rest`` as json.loads gives the document, with ``model.vocab`` ``{}`` and
+    ``model.merges`` ``[]`` (where present); the vocabulary's texts and ids in file order; the merges as
+    "a b" strings (``merge_form`` "str" where the file has strings, "pair" for pairs; None without merges),
+    with ``merge_spaces`` the index in ``merges.data`` of each one's separating space and ``joined_hashes``
+    the hash of each without it (the text the merge makes)."""
+
+    rest: dict
+    vocab: Texts
+    ids: np.ndarray  # int64
+    hash_order: np.ndarray  # the vocabulary's indices sorted by hash (for Texts.find)
+    merges: Texts | None
+    merge_form: str | None
+    merge_spaces: np.ndarray | None
+    joined_hashes: np.ndarray | None
+
+    def merge_records(self) -> StringRecords:
+        """The merges as GGUF writes them ("a b"), as string records."""
+        m = self.merges
+        return StringRecords(gguf_records(m.data, m.offsets[:-1], np.diff(m.offsets)), len(m))
+
+    def merges_among(self, texts: set[str]) -> list:
+        """The merges (as the file has them: "a b" strings or [a, b] pairs), in order, whose text (the two
+        parts joined) is in ``texts``."""
+        m = self.merges
+        found = m.among(texts, self.joined_hashes, self.merge_spaces)
+        out = [m.text(k) for k in found.tolist()]
+        return [t.split(" ", 1) for t in out] if self.merge_form == "pair" else out
+
+    def vocab_among(self, texts: set[str]) -> dict[str, int]:
+        """The vocabulary's {text: id} for the texts in ``texts``, in file order."""
+        found = self.vocab.among(texts)
+        return {self.vocab.text(k): int(self.ids[k]) for k in found.tolist()}
+
+
+class VocabView:
+    """The vocabulary as the read-only mapping json.loads would give (text -> id), looked up by hash."""
+
+    def __init__(self, bulk: BulkTokenizerJson):
+        self.bulk = bulk
+
+    def __len__(self) -> int:
+        return len(self.bulk.vocab)
+
+    def _index(self, text) -> int:
+        if not isinstance(text, str):
+            return -1
+        return self.bulk.vocab.find(text, self.bulk.hash_order)
+
+    def __contains__(self, text) -> bool:
+        return self._index(text) >= 0
+
+    def __getitem__(self, text) -> int:
+        k = self._index(text)
+        if k < 0:
+            raise KeyError(text)
+        return int(self.bulk.ids[k])
+
+    def get(self, text, default=None):
+        k = self._index(text)
+        return default if k < 0 else int(self.bulk.ids[k])
+
+    def items(self):
+        return zip(self.bulk.vocab.strings(), self.bulk.ids.tolist())
+
+    def values(self):
+        return self.bulk.ids.tolist()
+
+
+def read(raw: bytes) -> BulkTokenizerJson | None:
+    """``raw`` (a tokenizer.json's bytes) read in bulk, or None where only json can read it (see above)."""
+    from qtool.kernels import jsontext
+
+    b = np.frombuffer(raw, np.uint8)
+    n = b.size
+    if n == 0:
+        return None
+    # sized for the whole file (pages are touched only as they are written)
+    vocab_data, merge_data = np.empty(n, np.uint8), np.empty(n, np.uint8)
+    vocab_offsets, ids, hashes = np.empty(n // 5 + 2, np.int64), np.empty(n // 5 + 1, np.int64), \
+        np.empty(n // 5 + 1, np.uint64)
+    merge_offsets, joined = np.empty(n // 4 + 3, np.int64), np.empty(n // 4 + 2, np.uint64)
+    found = np.empty(7, np.int64)
+    status = jsontext.tokenizer_parts(b, vocab_data, vocab_offsets, ids, hashes, merge_data, merge_offsets,
+                                      joined, found)
+    if status != jsontext.OK:
+        return None
+    vs, ve, ms, me, count, mcount, mform = found.tolist()
+    vocab_offsets = vocab_offsets[:count + 1].copy()
+    vocab = Texts(vocab_data[:vocab_offsets[-1]].copy(), vocab_offsets, hashes[:count].copy())
+    ids = ids[:count].copy()
+    order = np.argsort(vocab.hashes)
+    ordered = vocab.hashes[order]
+    if count and (ordered[1:] == ordered[:-1]).any():  # a text twice (or two texts of one hash): json's dict
+        return None
+    merges = form = spaces = None
+    cuts = [(vs, ve, b"{}")]
+    if ms >= 0:
+        merge_offsets = merge_offsets[:mcount + 1].copy()
+        merge_data = merge_data[:merge_offsets[-1]].copy()
+        joined = joined[:mcount].copy()
+        spaces = _first_spaces(merge_data, merge_offsets)
+        merges = Texts(merge_data, merge_offsets, None)  # found by joined_hashes
+        form = "str" if mform == 1 else "pair" if mform == 2 else None
+        cuts.append((ms, me, b"[]"))
+    else:
+        joined = None
+    cuts.sort()
+    pieces, at = [], 0
+    for cs, ce, stand_in in cuts:
+        pieces += [raw[at:cs], stand_in]
+        at = ce
+    pieces.append(raw[at:])
+    try:
+        rest = json.loads(b"".join(pieces).decode("utf-8"))
+    except (ValueError, RecursionError):  # json's own read of the file reports it
+        return None
+    m = rest.get("model") if isinstance(rest, dict) else None
+    if not isinstance(m, dict) or m.get("vocab") != {} or (merges is not None and m.get("merges") != []):
+        return None
+    return BulkTokenizerJson(rest, vocab, ids, order, merges, form, spaces, joined)
+
+
+def _first_spaces(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The index in data of each string's first space (every one has one: the kernel checked)."""
+    n = offsets.size - 1
+    if n == 0:
+        return np.zeros(0, np.int64)
+    at = np.flatnonzero(data == 0x20)
+    which = np.searchsorted(offsets, at, side="right") - 1
+    first = np.full(n, -1, np.int64)
+    keep = np.ones(at.size, dtype=bool)
+    keep[1:] = which[1:] != which[:-1]
+    first[which[keep]] = at[keep]
+    return first
