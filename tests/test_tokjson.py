@@ -250,3 +250,19 @@ def test_records_made_from_packed_texts_are_the_writer_s():
     order = np.array([3, 0, 2, 1, 2])
     assert tokjson.gguf_records(data, starts[order], lengths[order]) == \
         gguf_out._pack_strings([texts[i] for i in order])
+
+
+def test_count_members_is_isin():
+    from qtool.kernels import jsontext
+
+    rng = np.random.default_rng(7)
+    wanted = np.concatenate([rng.integers(0, 2**63, 300, dtype=np.uint64), np.array([0, 2**64 - 1], np.uint64)])
+    # the same low bits (one table slot: probes run on), zero, the top value, and values absent
+    values = np.concatenate([wanted, wanted + np.uint64(1 << 40), rng.integers(0, 2**63, 3000, dtype=np.uint64),
+                             np.array([0, 2**64 - 1, 1], np.uint64)])
+    rng.shuffle(values)
+    for w in (wanted, wanted[wanted != 0], wanted[:1], (wanted & np.uint64(0xFFF)) | np.uint64(1 << 50)):
+        table = np.empty(1 << (2 * w.size).bit_length(), np.uint64)
+        out = np.empty(values.size, dtype=bool)
+        assert jsontext.count_members(values, w, table, out) == np.isin(values, w).sum()
+        assert (out == np.isin(values, w)).all()

@@ -1,9 +1,10 @@
-"""tokenizer.json read in bulk: its vocabulary and merges as packed UTF-8, the rest parsed by json.
+"""tokenizer.json read in bulk: its vocabulary and merges as GGUF string records, the rest parsed by json.
 
 A tokenizer.json is a small document around two large values, ``model.vocab`` (10^5 ``"text": id`` members)
 and ``model.merges`` (10^5 strings or pairs). json.loads makes a Python object of each entry (~0.1 s for
 Qwen2's 151k tokens), and the GGUF then wants them back as bytes. `read` finds the two values
-(kernels.jsontext, one walk), decodes them into packed UTF-8 (`Texts`), and parses the document without them with
+(kernels.jsontext, one walk), decodes them into GGUF string records (`Texts`: the bytes the GGUF holds),
+and parses the document without them with
 json: ``model.vocab`` is ``{}`` and ``model.merges`` ``[]`` in `BulkTokenizerJson.rest`. The kernels accept
 only text that json.loads reads to the same strings and ids; where they do not (an escaped key ``model``,
 a float id, a surrogate without its pair, a duplicate text, ...) `read` returns None and the caller parses
@@ -21,33 +22,29 @@ from qtool.formats.gguf_in import StringRecords
 
 @dataclass
 class Texts:
-    """``len(offsets) - 1`` UTF-8 strings one after another in ``data``, with their FNV-1a hashes (None where
+    """``len(starts) - 1`` UTF-8 strings as GGUF string records (u64 length, the bytes) one after another in
+    ``records``, record k at ``starts[k]`` (the last start is the end), with their FNV-1a hashes (None where
     they are looked up by other hashes)."""
 
-    data: np.ndarray  # uint8
-    offsets: np.ndarray  # int64 [n + 1]
+    records: np.ndarray  # uint8
+    starts: np.ndarray  # int64 [n + 1]
     hashes: np.ndarray | None  # uint64 [n]
 
     def __len__(self) -> int:
-        return self.offsets.size - 1
+        return self.starts.size - 1
+
+    def raw(self, k: int) -> bytes:
+        return self.records[self.starts[k] + 8:self.starts[k + 1]].tobytes()
 
     def text(self, k: int) -> str:
-        return self.data[self.offsets[k]:self.offsets[k + 1]].tobytes().decode("utf-8")
+        return self.raw(k).decode("utf-8")
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts) - 8
 
     def strings(self) -> list[str]:
-        """Every string, with one UTF-8 decode: a byte that none of them holds separates them."""
-        n = len(self)
-        if n == 0:
-            return []
-        used = np.bincount(self.data, minlength=256)[:128]
-        free = np.flatnonzero(used == 0)
-        if free.size == 0:  # every ASCII character occurs: one decode each
-            return [self.text(k) for k in range(n)]
-        sep = int(free[0])  # an ASCII byte never occurs inside a multi-byte character
-        joined = np.insert(self.data, self.offsets[1:-1], np.uint8(sep))
-        out = joined.tobytes().decode("utf-8").split(chr(sep))
-        assert len(out) == n, (len(out), n)
-        return out
+        """Every string (one UTF-8 decode for all)."""
+        return StringRecords(self.records.tobytes(), len(self)).strings() if len(self) else []
 
     def find(self, text: str, order: np.ndarray | None = None) -> int:
         """The index of ``text`` (its first), -1 if absent; ``order``: the indices sorted by hash, if known."""
@@ -60,7 +57,7 @@ class Texts:
             lo, hi = np.searchsorted(ordered, h, side="left"), np.searchsorted(ordered, h, side="right")
             candidates = np.sort(order[lo:hi])
         for k in candidates.tolist():
-            if self.data[self.offsets[k]:self.offsets[k + 1]].tobytes() == raw:
+            if self.raw(k) == raw:
                 return k
         return -1
 
@@ -85,10 +82,9 @@ class Texts:
         jsontext.count_members(mine, wanted, table, hit)
         out = []
         for k in np.flatnonzero(hit).tolist():
-            s, e = int(self.offsets[k]), int(self.offsets[k + 1])
-            raw = self.data[s:e].tobytes()
+            raw = self.raw(k)
             if cut is not None:
-                c = int(cut[k]) - s
+                c = int(cut[k] - self.starts[k]) - 8
                 raw = raw[:c] + raw[c + 1:]
             if raw.decode("utf-8") in texts:
                 out.append(k)
@@ -123,7 +119,7 @@ class BulkTokenizerJson:
     """A tokenizer.json: ``rest`` as json.loads gives the document, with ``model.vocab`` ``{}`` and
     ``model.merges`` ``[]`` (where present); the vocabulary's texts and ids in file order; the merges as
     "a b" strings (``merge_form`` "str" where the file has strings, "pair" for pairs; None without merges),
-    with ``merge_spaces`` the index in ``merges.data`` of each one's separating space and ``joined_hashes``
+    with ``merge_spaces`` the index in ``merges.records`` of each one's separating space and ``joined_hashes``
     the hash of each without it (the text the merge makes)."""
 
     rest: dict
@@ -137,8 +133,7 @@ class BulkTokenizerJson:
 
     def merge_records(self) -> StringRecords:
         """The merges as GGUF writes them ("a b"), as string records."""
-        m = self.merges
-        return StringRecords(gguf_records(m.data, m.offsets[:-1], np.diff(m.offsets)), len(m))
+        return StringRecords(self.merges.records.tobytes(), len(self.merges))
 
     def merges_among(self, texts: set[str]) -> list:
         """The merges (as the file has them: "a b" strings or [a, b] pairs), in order, whose text (the two
@@ -197,35 +192,35 @@ def read(raw: bytes) -> BulkTokenizerJson | None:
     if n == 0:
         return None
     # sized for the whole file (pages are touched only as they are written)
-    vocab_data, merge_data = np.empty(n, np.uint8), np.empty(n, np.uint8)
-    vocab_offsets, ids, hashes = np.empty(n // 5 + 2, np.int64), np.empty(n // 5 + 1, np.int64), \
+    vocab_out, merge_out = np.empty(3 * n + 16, np.uint8), np.empty(3 * n + 16, np.uint8)
+    vocab_starts, ids, hashes = np.empty(n // 5 + 2, np.int64), np.empty(n // 5 + 1, np.int64), \
         np.empty(n // 5 + 1, np.uint64)
-    merge_offsets, joined = np.empty(n // 4 + 3, np.int64), np.empty(n // 4 + 2, np.uint64)
+    merge_starts, joined, spaces = np.empty(n // 4 + 3, np.int64), np.empty(n // 4 + 2, np.uint64), \
+        np.empty(n // 4 + 2, np.int64)
     found = np.empty(7, np.int64)
-    status = jsontext.tokenizer_parts(b, vocab_data, vocab_offsets, ids, hashes, merge_data, merge_offsets,
-                                      joined, found)
+    status = jsontext.tokenizer_parts(b, vocab_out, vocab_starts, ids, hashes, merge_out, merge_starts, joined,
+                                      spaces, found)
     if status != jsontext.OK:
         return None
     vs, ve, ms, me, count, mcount, mform = found.tolist()
-    vocab_offsets = vocab_offsets[:count + 1].copy()
-    vocab = Texts(vocab_data[:vocab_offsets[-1]].copy(), vocab_offsets, hashes[:count].copy())
-    ids = ids[:count].copy()
+    # views of the buffers (their untouched pages cost nothing; copying took ~7 ms for Qwen2's)
+    vocab_starts = vocab_starts[:count + 1]
+    vocab = Texts(vocab_out[:vocab_starts[-1]], vocab_starts, hashes[:count])
+    ids = ids[:count]
     order = np.argsort(vocab.hashes)
     ordered = vocab.hashes[order]
     if count and (ordered[1:] == ordered[:-1]).any():  # a text twice (or two texts of one hash): json's dict
         return None
-    merges = form = spaces = None
+    merges = form = None
     cuts = [(vs, ve, b"{}")]
     if ms >= 0:
-        merge_offsets = merge_offsets[:mcount + 1].copy()
-        merge_data = merge_data[:merge_offsets[-1]].copy()
-        joined = joined[:mcount].copy()
-        spaces = _first_spaces(merge_data, merge_offsets)
-        merges = Texts(merge_data, merge_offsets, None)  # found by joined_hashes
+        merge_starts = merge_starts[:mcount + 1]
+        merges = Texts(merge_out[:merge_starts[-1]], merge_starts, None)  # found by joined hashes
+        joined, spaces = joined[:mcount], spaces[:mcount]
         form = "str" if mform == 1 else "pair" if mform == 2 else None
         cuts.append((ms, me, b"[]"))
     else:
-        joined = None
+        joined = spaces = None
     cuts.sort()
     pieces, at = [], 0
     for cs, ce, stand_in in cuts:
@@ -240,17 +235,3 @@ def read(raw: bytes) -> BulkTokenizerJson | None:
     if not isinstance(m, dict) or m.get("vocab") != {} or (merges is not None and m.get("merges") != []):
         return None
     return BulkTokenizerJson(rest, vocab, ids, order, merges, form, spaces, joined)
-
-
-def _first_spaces(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The index in data of each string's first space (every one has one: the kernel checked)."""
-    n = offsets.size - 1
-    if n == 0:
-        return np.zeros(0, np.int64)
-    at = np.flatnonzero(data == 0x20)
-    which = np.searchsorted(offsets, at, side="right") - 1
-    first = np.full(n, -1, np.int64)
-    keep = np.ones(at.size, dtype=bool)
-    keep[1:] = which[1:] != which[:-1]
-    first[which[keep]] = at[keep]
-    return first

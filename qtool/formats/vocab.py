@@ -882,21 +882,32 @@ def _hf_vocab_bulk(f: _Folder, tok) -> tuple[StringRecords, np.ndarray, str] | N
             text = text.replace("\u2581", " ")
             types[i] = int(TokenType.USER_DEFINED)
         changed[i] = text
-    return _token_records(bulk.vocab, owner, extra_texts, changed), types, pre
+    tokens = _token_records(bulk.vocab, owner, extra_texts, changed)
+    return None if tokens is None else (tokens, types, pre)
 
 
-def _token_records(vocab: tokjson.Texts, owner: np.ndarray, extra: list[str], changed: dict[int, str]) -> StringRecords:
+def _token_records(vocab: tokjson.Texts, owner: np.ndarray, extra: list[str],
+                   changed: dict[int, str]) -> StringRecords | None:
     """The GGUF records of the tokens by id: id i is vocab's string owner[i] (below len(vocab)), else the
-    extra text owner[i] - len(vocab); ``changed`` replaces some."""
+    extra text owner[i] - len(vocab); ``changed`` replaces some. Where the vocabulary's ids run 0, 1, ... in
+    file order and none of them changes (the usual tokenizer.json), its records are copied whole. None where
+    a text cannot be UTF-8 (a lone surrogate)."""
     n_base = len(vocab)
-    more = [t.encode("utf-8") for t in extra] + [t.encode("utf-8") for t in changed.values()]
-    more_offsets = np.zeros(len(more) + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, more), np.int64, len(more)), out=more_offsets[1:])
-    data = np.concatenate([vocab.data, np.frombuffer(b"".join(more), np.uint8)])
-    starts = np.concatenate([vocab.offsets[:-1], vocab.data.size + more_offsets[:-1]])
-    lengths = np.concatenate([np.diff(vocab.offsets), np.diff(more_offsets)])
-    source = owner.copy()  # id -> entry of starts/lengths
+    source = owner.copy()  # id -> entry: vocab's strings, then the extra texts, then the changed ones
     source[list(changed)] = n_base + len(extra) + np.arange(len(changed))
+    try:
+        raws = [t.encode("utf-8") for t in [*extra, *changed.values()]]
+    except UnicodeEncodeError:  # a lone surrogate in an added token: the writer's own packing reports it
+        return None
+    tail = source[n_base:]
+    if n_base <= source.size and np.array_equal(source[:n_base], np.arange(n_base)) and (tail >= n_base).all():
+        more = b"".join(len(raws[j]).to_bytes(8, "little") + raws[j] for j in (tail - n_base).tolist())
+        return StringRecords(vocab.records.tobytes() + more, source.size)
+    more_starts = np.zeros(len(raws) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, raws), np.int64, len(raws)), out=more_starts[1:])
+    data = np.concatenate([vocab.records, np.frombuffer(b"".join(raws), np.uint8)])
+    starts = np.concatenate([vocab.starts[:-1] + 8, vocab.records.size + more_starts[:-1]])
+    lengths = np.concatenate([vocab.lengths(), np.diff(more_starts)])
     return StringRecords(tokjson.gguf_records(data, starts[source], lengths[source]), owner.size)
 
 

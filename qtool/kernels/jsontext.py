@@ -3,7 +3,8 @@ GGUF string records (u64 length + bytes) made from such strings and read back.
 
 Python's json module builds one str and one int per vocabulary entry and one list per merge: for a
 150k-token tokenizer.json that alone is ~0.1 s. `tokenizer_parts` walks the same bytes once: it decodes
-``model.vocab`` (``{"text": id, ...}``) and ``model.merges`` into buffers of UTF-8 bytes with offsets,
+``model.vocab`` (``{"text": id, ...}``) and ``model.merges`` into GGUF string records (u64 length, UTF-8
+bytes: what the GGUF holds) with offsets,
 skips every other value (`value_end`) and says where the two were, for the reader to parse the rest with
 json. They accept only what json.loads accepts and decodes to the same text;
 anything they do not handle exactly (a float or negative id, a surrogate escape without its pair, a merge
@@ -268,11 +269,19 @@ def _decode_string(b, i, n, out, o):
 
 
 @jit_inline
+def _put_length(out, at, size):
+    """size as the u64 little-endian length field of the GGUF string record at out[at]."""
+    for j in range(8):
+        out[at + j] = (size >> (8 * j)) & 0xFF
+
+
+@jit_inline
 def _string_ids(b, i, n, out, offsets, ids, hashes):
     """A JSON object of strings to non-negative integers (a vocabulary: ``{"text": id, ...}``) at b[i]:
-    each key decoded to UTF-8, one after another in out (uint8, at least as many bytes as the object), its start in
-    offsets (int64; the count + 1 of them are written), its value in ids (int64) and its FNV-1a hash in
-    hashes (uint64). ids and hashes hold at least a fifth of its bytes + 1 entries (a member takes 5 or more).
+    each key decoded to UTF-8 as a GGUF string record (u64 length, the bytes), one after another in out
+    (uint8: the object's bytes + 8 a member), where each starts in offsets (int64; the count + 1 of them are
+    written: the last is the end), its value in ids (int64) and its FNV-1a hash in hashes (uint64). ids and
+    hashes hold at least a fifth of its bytes + 1 entries (a member takes 5 bytes or more).
 
     Returns (status, count, index after the object): `UNHANDLED` for anything else, or a value that is
     not a plain integer of at most 18 digits (json.loads reads those too, or refuses the text: its reader
@@ -290,10 +299,11 @@ def _string_ids(b, i, n, out, offsets, ids, hashes):
     while True:
         if i >= n or b[i] != _QUOTE or k >= ids.shape[0]:
             return UNHANDLED, k, i
-        start = o
-        i, o, _ = _decode_string(b, i, n, out, o)
+        start = o + 8
+        i, o, _ = _decode_string(b, i, n, out, start)
         if i < 0:
             return UNHANDLED, k, i
+        _put_length(out, start - 8, o - start)
         h = _FNV_OFFSET
         for j in range(start, o):
             h = _hash_byte(h, out[j])
@@ -326,11 +336,13 @@ def _string_ids(b, i, n, out, offsets, ids, hashes):
 
 
 @jit_inline
-def _merge_strings(b, i, n, out, offsets, joined_hashes):
+def _merge_strings(b, i, n, out, offsets, joined_hashes, spaces):
     """A JSON array of merges at b[i], each a string "a b" or a pair ["a", "b"] (one form throughout), as
-    "a b" strings: decoded to UTF-8 one after another in out (uint8, at least as many bytes as the array), starts in offsets
-    (int64, count + 1 written), and in joined_hashes (uint64) the FNV-1a hash of each without its first
-    space (the text the merge makes). offsets and joined_hashes hold at least a fourth of its bytes + 2 entries.
+    "a b" strings: decoded to UTF-8 as GGUF string records one after another in out (uint8: the array's
+    bytes + 8 a merge), where each starts in offsets (int64, count + 1 written: the last is the end), in
+    spaces (int64) the index in out of its first space and in joined_hashes (uint64) its FNV-1a hash
+    without that space (the text the merge makes). offsets, spaces and joined_hashes hold at least a
+    fourth of its bytes + 2 entries.
 
     Returns (status, count, form, index after the array): form 1 for strings, 2 for pairs, 0 for an empty
     array. `UNHANDLED` for anything else: mixed forms, a string with no space, a pair part holding one (the
@@ -349,7 +361,8 @@ def _merge_strings(b, i, n, out, offsets, joined_hashes):
     while True:
         if i >= n or k + 1 >= offsets.shape[0]:
             return UNHANDLED, k, form, i
-        start = o
+        start = o + 8
+        o = start
         if b[i] == _QUOTE:
             if form == 2:
                 return UNHANDLED, k, form, i
@@ -385,11 +398,13 @@ def _merge_strings(b, i, n, out, offsets, joined_hashes):
             i += 1
         else:
             return UNHANDLED, k, form, i
+        _put_length(out, start - 8, o - start)
         h = _FNV_OFFSET
         for j in range(start, o):
             if j != space:
                 h = _hash_byte(h, out[j])
         joined_hashes[k] = h
+        spaces[k] = space
         k += 1
         offsets[k] = o
         i = _skip_space(b, i, n)
@@ -426,12 +441,13 @@ def _has_backslash(b, s, e):
 
 
 @jit
-def tokenizer_parts(b, vocab_out, vocab_offsets, ids, hashes, merge_out, merge_offsets, joined_hashes, found):
+def tokenizer_parts(b, vocab_out, vocab_offsets, ids, hashes, merge_out, merge_offsets, joined_hashes, spaces,
+                    found):
     """A tokenizer.json's ``model.vocab`` (as `_string_ids` reads it) and ``model.merges`` (`_merge_strings`),
     in one walk of its bytes b (uint8 [n]); every other value is skipped (`value_end`). The output arrays
-    are sized for the whole file (vocab_out, merge_out: n bytes; ids, hashes: n // 5 + 1; the merges' arrays
-    n // 4 + 2; the offsets one more). found (int64 [7]) gets the vocabulary's span (start, end), the merges'
-    (-1, -1 where absent), the vocabulary's count, the merges' count and form.
+    are sized for the whole file (vocab_out, merge_out: 3 * n + 16 bytes; ids, hashes: n // 5 + 1; the
+    merges' arrays n // 4 + 2; the offsets one more). found (int64 [7]) gets the vocabulary's span (start,
+    end), the merges' (-1, -1 where absent), the vocabulary's count, the merges' count and form.
 
     Returns `OK`, or `UNHANDLED` where the walk cannot say what json.loads would make of the text: it is not
     an object holding a ``model`` object with a ``vocab`` object (a Unigram vocabulary is a list), a key of
@@ -483,7 +499,7 @@ def tokenizer_parts(b, vocab_out, vocab_offsets, ids, hashes, merge_out, merge_o
         elif depth == 2 and _key_is(b, ks, ke, _MERGES):
             if found[2] >= 0 or b[i] != _OPEN_ARRAY:
                 return UNHANDLED
-            status, count, form, end = _merge_strings(b, i, n, merge_out, merge_offsets, joined_hashes)
+            status, count, form, end = _merge_strings(b, i, n, merge_out, merge_offsets, joined_hashes, spaces)
             if status != OK:
                 return UNHANDLED
             found[2], found[3], found[5], found[6] = i, end, count, form
