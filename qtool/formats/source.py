@@ -272,6 +272,18 @@ def read_bytes(path: Path, what: str = "file") -> bytes:
         raise FormatError(f"{path}: cannot read {what}: {e.strerror or e}") from None
 
 
+def map_bytes(path: Path, what: str = "file"):
+    """A whole file mapped read-only (bytes for an empty one: mmap refuses those), or a one-line FormatError
+    naming it: its pages are the page cache's, not a copy (a 5 MB tokenizer.json read into bytes took ~5 ms)."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, 2) == 0:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+
+
 def read_json(path: Path, what: str = "file", raw: bytes | None = None) -> Any:
     """A JSON file (config.json, tokenizer.json, ...) parsed, or a one-line FormatError naming it; ``raw``:
     its bytes, where the caller has read them."""
@@ -280,7 +292,7 @@ def read_json(path: Path, what: str = "file", raw: bytes | None = None) -> Any:
     if raw is None:
         raw = read_bytes(path, what)
     try:  # bytes decoded whole: read_text's newline translation took 2.5x as long (25 ms for a 5.4 MB tokenizer.json)
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(str(raw, "utf-8"))
     except UnicodeDecodeError:
         raise FormatError(f"{path}: {what} is not UTF-8 text") from None
     except RecursionError:

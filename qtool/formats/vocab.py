@@ -54,7 +54,7 @@ from gguf import GGUFValueType, GGUFWriter, TokenType
 from qtool.errors import FormatError, UsageError
 from qtool.formats import tokjson
 from qtool.formats.gguf_in import StringRecords
-from qtool.formats.source import read_bytes, read_json
+from qtool.formats.source import map_bytes, read_json
 
 if TYPE_CHECKING:
     from qtool.archs.metadata import HFMeta
@@ -172,9 +172,10 @@ class _Folder:
             data: Any = {}
             if path.is_file():
                 if name == "tokenizer.json":
-                    raw = read_bytes(path, what)
+                    raw = map_bytes(path, what)
                     self.bulk = tokjson.read(raw)
                     data = self.bulk.rest if self.bulk is not None else read_json(path, what, raw)
+                    del raw
                 else:
                     data = read_json(path, what)
                 if not isinstance(data, dict):
