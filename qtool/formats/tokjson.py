@@ -2,13 +2,13 @@
 
 A tokenizer.json is a small document around two large values, ``model.vocab`` (10^5 ``"text": id`` members)
 and ``model.merges`` (10^5 strings or pairs). json.loads makes a Python object of each entry (~0.1 s for
-Qwen2's 151k tokens), and the GGUF then wants them back as bytes. `read` finds the two values
-(kernels.jsontext, one walk), decodes them into GGUF string records (`Texts`: the bytes the GGUF holds),
-and parses the document without them with
-json: ``model.vocab`` is ``{}`` and ``model.merges`` ``[]`` in `BulkTokenizerJson.rest`. The kernels accept
-only text that json.loads reads to the same strings and ids; where they do not (an escaped key ``model``,
-a float id, a surrogate without its pair, a duplicate text, ...) `read` returns None and the caller parses
-the file with json as before, which also reports what is wrong with a malformed file.
+Qwen2's 151k tokens), and the GGUF then wants them back as bytes. `read` finds the two values and decodes
+them into GGUF string records (kernels.jsontext, one walk; `Texts`: the bytes the GGUF holds, hashed for
+lookups), and parses the document without them with json: ``model.vocab`` is ``{}`` and ``model.merges``
+``[]`` in `BulkTokenizerJson.rest`. The kernels accept only text that json.loads reads to the same strings
+and ids; where they do not (an escaped key ``model``, a float id, a surrogate without its pair, a
+duplicate text, ...) `read` returns None and the caller parses the file with json as before, which also
+reports what is wrong with a malformed file.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qtool.formats.gguf_in import StringRecords
+
 
 @dataclass
 class Texts:
@@ -183,8 +184,9 @@ class VocabView:
         return self.bulk.ids.tolist()
 
 
-def read(raw: bytes) -> BulkTokenizerJson | None:
-    """``raw`` (a tokenizer.json's bytes) read in bulk, or None where only json can read it (see above)."""
+def read(raw) -> BulkTokenizerJson | None:
+    """``raw`` (a tokenizer.json's bytes, or its mapping) read in bulk, or None where only json can read it
+    (see above)."""
     from qtool.kernels import jsontext
 
     b = np.frombuffer(raw, np.uint8)

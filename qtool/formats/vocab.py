@@ -799,22 +799,23 @@ def _hf_vocab_base(f: _Folder) -> tuple[list[str], list[int], str]:
         types[i] = TokenType.UNUSED
     # the few ids whose token is an added token's text (each at most once: by_id inverts vocab)
     for i in sorted({i for i in map(vocab.get, added_ids) if i is not None and i < n_vocab and tokens[i] in added_ids}):
-        text = tokens[i]
-        a = added.get(i) or added[added_ids[text]]
-        if not a.normalized:  # llama.cpp takes added tokens as already normalized text
-            ids = tok.encode(text, add_special_tokens=False).ids
-            if ids != [i]:  # not matched whole as the added token (the model took part): the whole tokenizer
-                ids = f.hf().encode(text, add_special_tokens=False).ids
-            text = (tok if ids == [i] else f.hf()).decode(ids, skip_special_tokens=False)
-            if cleanup:
-                text = _clean_up_spaces(text)
-        if a.special or _looks_special(text):
-            types[i] = TokenType.CONTROL
-        else:
-            text = text.replace("\u2581", " ")
-            types[i] = TokenType.USER_DEFINED
-        tokens[i] = text
+        tokens[i], types[i] = _added_token(f, tok, added, added_ids, i, tokens[i], cleanup)
     return tokens, types, pre
+
+
+def _added_token(f: _Folder, tok, added: dict, added_ids: dict, i: int, text: str, cleanup: bool) -> tuple[str, int]:
+    """The text and type id ``i`` gets where its token is an added token's text ``text``."""
+    a = added.get(i) or added[added_ids[text]]
+    if not a.normalized:  # llama.cpp takes added tokens as already normalized text
+        ids = tok.encode(text, add_special_tokens=False).ids
+        if ids != [i]:  # not matched whole as the added token (the model took part): the whole tokenizer
+            ids = f.hf().encode(text, add_special_tokens=False).ids
+        text = (tok if ids == [i] else f.hf()).decode(ids, skip_special_tokens=False)
+        if cleanup:
+            text = _clean_up_spaces(text)
+    if a.special or _looks_special(text):
+        return text, TokenType.CONTROL
+    return text.replace("\u2581", " "), TokenType.USER_DEFINED
 
 
 def _hf_vocab_bulk(f: _Folder, tok) -> tuple[StringRecords, np.ndarray, str] | None:
@@ -845,7 +846,6 @@ def _hf_vocab_bulk(f: _Folder, tok) -> tuple[StringRecords, np.ndarray, str] | N
         raise FormatError(f"{path}: token id {all_ids[k]} ({top!r}) is outside config.json's vocab_size {n_vocab}")
     if all_ids.size and np.bincount(all_ids, minlength=n_vocab).max() > 1:
         return None
-    pre = _pre_name(f, tok)
     owner = np.full(n_vocab, -1, np.int64)  # id -> index in vocabulary order (the extras after it)
     owner[all_ids] = np.arange(all_ids.size)
     extra_texts = list(extra)
@@ -868,23 +868,11 @@ def _hf_vocab_bulk(f: _Folder, tok) -> tuple[StringRecords, np.ndarray, str] | N
     changed: dict[int, str] = {i: f"[PAD{i}]" for i in np.flatnonzero(owner < 0).tolist()}
     for i in sorted({i for i in map(id_of, added_ids) if i is not None and i < n_vocab
                      and text_of(i) in added_ids}):
-        text = text_of(i)
-        a = added.get(i) or added[added_ids[text]]
-        if not a.normalized:  # llama.cpp takes added tokens as already normalized text
-            got = tok.encode(text, add_special_tokens=False).ids
-            if got != [i]:
-                got = f.hf().encode(text, add_special_tokens=False).ids
-            text = (tok if got == [i] else f.hf()).decode(got, skip_special_tokens=False)
-            if cleanup:
-                text = _clean_up_spaces(text)
-        if a.special or _looks_special(text):
-            types[i] = int(TokenType.CONTROL)
-        else:
-            text = text.replace("\u2581", " ")
-            types[i] = int(TokenType.USER_DEFINED)
-        changed[i] = text
+        changed[i], types[i] = _added_token(f, tok, added, added_ids, i, text_of(i), cleanup)
     tokens = _token_records(bulk.vocab, owner, extra_texts, changed)
-    return None if tokens is None else (tokens, types, pre)
+    if tokens is None:
+        return None
+    return tokens, types, _pre_name(f, tok)  # (last: the other way would note an unknown hash again)
 
 
 def _token_records(vocab: tokjson.Texts, owner: np.ndarray, extra: list[str],
