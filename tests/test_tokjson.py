@@ -51,6 +51,16 @@ def test_published_tokenizers_read_as_json_reads_them(name):
     _agrees((TOKS / name / "tokenizer.json").read_bytes())
 
 
+@pytest.mark.parametrize("dump", [dict(indent=2, ensure_ascii=False), dict(ensure_ascii=True),
+                                  dict(indent="\t", separators=(" ,", " : "), ensure_ascii=True)])
+def test_any_layout_and_escaping_reads_the_same(dump):
+    """The same tokenizer pretty-printed, with every non-ASCII character escaped (surrogate pairs for the
+    astral ones), with odd spacing."""
+    doc = json.loads((TOKS / "smollm2" / "tokenizer.json").read_text(encoding="utf-8"))
+    doc["model"]["vocab"]["\U0001F600x"] = len(doc["model"]["vocab"])  # one astral character
+    _agrees(json.dumps(doc, **dump).encode("utf-8"))
+
+
 def test_qwen2_and_llama3_read_as_json_reads_them(tmp_path):
     _agrees((qwen2_folder(tmp_path) / "tokenizer.json").read_bytes())  # merges as pairs
     _agrees((llama3_folder(tmp_path / "l3", bos_template=False) / "tokenizer.json").read_bytes())
