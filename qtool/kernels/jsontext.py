@@ -269,10 +269,33 @@ def _decode_string(b, i, n, out, o):
 
 
 @jit_inline
-def _put_length(out, at, size):
-    """size as the u64 little-endian length field of the GGUF string record at out[at]."""
+def _next_member(b, i, n, close):
+    """After a member or an element at b[i]: (1, the index after ``close``) where the object or array ends
+    there, (0, the next one's index) after a comma, (-1, i) for anything else."""
+    i = _skip_space(b, i, n)
+    if i >= n:
+        return -1, i
+    if b[i] == close:
+        return 1, i + 1
+    if b[i] != _COMMA:
+        return -1, i
+    return 0, _skip_space(b, i + 1, n)
+
+
+@jit_inline
+def _close_record(out, offsets, k, end, skip):
+    """Record k, which starts at offsets[k] and whose text ends at out[end]: its length field written, its end
+    noted (offsets[k + 1]); returns the FNV-1a hash of its text without the byte at ``skip`` (-1: none)."""
+    at = offsets[k]
+    size = end - at - 8
     for j in range(8):
         out[at + j] = (size >> (8 * j)) & 0xFF
+    offsets[k + 1] = end
+    h = _FNV_OFFSET
+    for j in range(at + 8, end):
+        if j != skip:
+            h = _hash_byte(h, out[j])
+    return h
 
 
 @jit_inline
@@ -303,10 +326,6 @@ def _string_ids(b, i, n, out, offsets, ids, hashes):
         i, o, _ = _decode_string(b, i, n, out, start)
         if i < 0:
             return UNHANDLED, k, i
-        _put_length(out, start - 8, o - start)
-        h = _FNV_OFFSET
-        for j in range(start, o):
-            h = _hash_byte(h, out[j])
         i = _skip_space(b, i, n)
         if i >= n or b[i] != _COLON:
             return UNHANDLED, k, i
@@ -322,17 +341,26 @@ def _string_ids(b, i, n, out, offsets, ids, hashes):
         if digits > 18 or (digits > 1 and b[i - digits] == 0x30):
             return UNHANDLED, k, i
         ids[k] = v
-        hashes[k] = h
+        hashes[k] = _close_record(out, offsets, k, o, -1)
         k += 1
-        offsets[k] = o
-        i = _skip_space(b, i, n)
-        if i >= n:
-            return UNHANDLED, k, i
-        if b[i] == _CLOSE_OBJECT:
-            return OK, k, i + 1
-        if b[i] != _COMMA:
-            return UNHANDLED, k, i
-        i = _skip_space(b, i + 1, n)
+        state, i = _next_member(b, i, n, _CLOSE_OBJECT)
+        if state != 0:
+            return (OK if state > 0 else UNHANDLED), k, i
+
+
+@jit_inline
+def _pair_part(b, i, n, out, o):
+    """One string of a merge pair, after any spaces at b[i], decoded to out[o]: (the index of the next byte
+    that is not a space, the index after its last output byte); the first is -1 where it is not a string, or
+    holds a space, or the bytes end after it."""
+    i = _skip_space(b, i, n)
+    if i >= n or b[i] != _QUOTE:
+        return -1, o
+    i, o, inside = _decode_string(b, i, n, out, o)
+    if i < 0 or inside >= 0:
+        return -1, o
+    i = _skip_space(b, i, n)
+    return (i if i < n else -1), o
 
 
 @jit_inline
@@ -374,47 +402,24 @@ def _merge_strings(b, i, n, out, offsets, joined_hashes, spaces):
             if form == 1:
                 return UNHANDLED, k, form, i
             form = 2
-            i = _skip_space(b, i + 1, n)
-            if i >= n or b[i] != _QUOTE:
-                return UNHANDLED, k, form, i
-            i, o, inside = _decode_string(b, i, n, out, o)
-            if i < 0 or inside >= 0:
+            i, o = _pair_part(b, i + 1, n, out, o)
+            if i < 0 or b[i] != _COMMA:
                 return UNHANDLED, k, form, i
             space = o
             out[o] = 0x20
             o += 1
-            i = _skip_space(b, i, n)
-            if i >= n or b[i] != _COMMA:
-                return UNHANDLED, k, form, i
-            i = _skip_space(b, i + 1, n)
-            if i >= n or b[i] != _QUOTE:
-                return UNHANDLED, k, form, i
-            i, o, inside = _decode_string(b, i, n, out, o)
-            if i < 0 or inside >= 0:
-                return UNHANDLED, k, form, i
-            i = _skip_space(b, i, n)
-            if i >= n or b[i] != _CLOSE_ARRAY:
+            i, o = _pair_part(b, i + 1, n, out, o)
+            if i < 0 or b[i] != _CLOSE_ARRAY:
                 return UNHANDLED, k, form, i
             i += 1
         else:
             return UNHANDLED, k, form, i
-        _put_length(out, start - 8, o - start)
-        h = _FNV_OFFSET
-        for j in range(start, o):
-            if j != space:
-                h = _hash_byte(h, out[j])
-        joined_hashes[k] = h
+        joined_hashes[k] = _close_record(out, offsets, k, o, space)
         spaces[k] = space
         k += 1
-        offsets[k] = o
-        i = _skip_space(b, i, n)
-        if i >= n:
-            return UNHANDLED, k, form, i
-        if b[i] == _CLOSE_ARRAY:
-            return OK, k, form, i + 1
-        if b[i] != _COMMA:
-            return UNHANDLED, k, form, i
-        i = _skip_space(b, i + 1, n)
+        state, i = _next_member(b, i, n, _CLOSE_ARRAY)
+        if state != 0:
+            return (OK if state > 0 else UNHANDLED), k, form, i
 
 
 _MODEL = np.frombuffer(b"model", np.uint8)
