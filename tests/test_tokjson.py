@@ -276,3 +276,22 @@ def test_count_members_is_isin():
         out = np.empty(values.size, dtype=bool)
         assert jsontext.count_members(values, w, table, out) == np.isin(values, w).sum()
         assert (out == np.isin(values, w)).all()
+
+
+def test_a_file_system_that_cannot_map_files_is_read(monkeypatch, tmp_path):
+    import mmap
+
+    from qtool.formats import source
+
+    def refuse(*a, **k):
+        raise OSError(19, "No such device")
+
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes((TOKS / "gpt2" / "tokenizer.json").read_bytes())
+    mapped = source.map_bytes(path)
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    read = source.map_bytes(path)
+    assert isinstance(read, bytes) and read == mapped[:]
+    assert tokjson.read(read).vocab.strings() == tokjson.read(mapped).vocab.strings()
+    with pytest.raises(vocab.FormatError, match="cannot read tokenizer"):
+        source.map_bytes(tmp_path / "missing.json", "tokenizer")

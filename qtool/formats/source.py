@@ -279,7 +279,11 @@ def map_bytes(path: Path, what: str = "file"):
         with open(path, "rb") as f:
             if f.seek(0, 2) == 0:
                 return b""
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # a file system that cannot map files: its bytes, read
+                f.seek(0)
+                return f.read()
     except OSError as e:
         raise FormatError(f"{path}: cannot read {what}: {e.strerror or e}") from None
 
