@@ -347,6 +347,11 @@ def test_bundled_model_if_present(capsys):
     assert code == 0, err
     doc = strict_json(out)
     assert doc["tensors"] and all(t["outliers"] is not None for t in doc["tensors"])
+    # its tokenizer.json's tokens and merges (read in bulk, as string records) summarised as any array is
+    meta = doc["metadata"]
+    assert meta["tokenizer.ggml.tokens"] == "[320 strings]" and meta["tokenizer.ggml.merges"] == "[62 strings]"
+    code, out, err = run(capsys, root)
+    assert code == 0 and re.search(r"tokenizer\.ggml\.tokens\s+│\s+\[320 strings\]", out), out
 
 
 def test_nan_in_the_weights_is_reported_not_fatal(model, capsys, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 from qtool.analysis import stats
 from qtool.analysis.weights import load_floats
 from qtool.errors import QtoolError, UsageError
+from qtool.formats.gguf_in import StringRecords
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,10 @@ def summarise(entries: list[TensorEntry], fields: tuple[str, ...]) -> dict:
 
 def summarise_value(value: Any, limit: int = 16) -> Any:
     """A metadata value fit to print: arrays longer than ``limit`` become e.g. "[320 strings]"."""
+    if isinstance(value, StringRecords):  # a Hugging Face folder's tokens read in bulk
+        if len(value) > limit:
+            return f"[{len(value)} strings]"
+        value = value.tolist()
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, bytes):
