@@ -183,12 +183,16 @@ def make_llama_gguf(path: Path, params_m: float, seed: int = 0, vocab: int = 819
     return total
 
 
-_LLAMA_QUANTIZE = """
-import ctypes, sys, llama_cpp
-p = llama_cpp.llama_model_quantize_default_params()
+#: argv: input, output, threads, preset, "pure" or not; ``p`` the parameters, ``llama_cpp`` names the file types
+_LLAMA_PARAMS = """
 p.nthread = int(sys.argv[3])
 p.ftype = getattr(llama_cpp, 'LLAMA_FTYPE_' + ('ALL_F32' if sys.argv[4] == 'F32' else 'MOSTLY_' + sys.argv[4]))
 p.pure = len(sys.argv) > 5 and sys.argv[5] == 'pure'
+"""
+_LLAMA_QUANTIZE = """
+import ctypes, sys, llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+""" + _LLAMA_PARAMS + """
 rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p))
 sys.exit(rc)
 """
@@ -198,8 +202,8 @@ def _llama_c_script() -> str:
     """llama_model_quantize called through ctypes on llama-cpp-python's libllama, without importing
     llama_cpp (whose Python import, numpy and jinja2 with it, is ~0.2 s of the whole process above): the
     start-up llama.cpp's own C tool has, give or take Python's ~20 ms. Its parameter struct is laid out as
-    llama_cpp declares it (pointers as void pointers, left null); argv: input, output, threads, the file
-    type's number, "pure" or not."""
+    llama_cpp declares it (pointers as void pointers, left null), the file types' numbers as llama_cpp names
+    them; argv as `_LLAMA_QUANTIZE`'s."""
     import llama_cpp
     from llama_cpp import llama_cpp as lc
 
@@ -207,8 +211,11 @@ def _llama_c_script() -> str:
     fields = ", ".join(f"({name!r}, ctypes.{'c_void_p' if name in pointers else ty.__name__})"
                        for name, ty in lc.llama_model_quantize_params._fields_)
     lib = Path(llama_cpp.__file__).parent / "lib" / "libllama.so"
+    ftypes = {name: getattr(llama_cpp, name) for name in dir(llama_cpp) if name.startswith("LLAMA_FTYPE_")}
     return f"""
 import ctypes, sys
+llama_cpp = type(sys)("llama_cpp")  # its file type numbers, without importing it
+vars(llama_cpp).update({ftypes!r})
 lib = ctypes.CDLL({str(lib)!r})
 class Params(ctypes.Structure):
     _fields_ = [{fields}]
@@ -216,16 +223,9 @@ lib.llama_model_quantize_default_params.restype = Params
 lib.llama_model_quantize.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(Params)]
 lib.llama_model_quantize.restype = ctypes.c_uint32
 p = lib.llama_model_quantize_default_params()
-p.nthread, p.ftype, p.pure = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "pure"
+""" + _LLAMA_PARAMS + """
 sys.exit(lib.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
 """
-
-
-def _llama_c_cmd(script: str, src: Path, out: Path, preset: str, threads: int, pure: bool) -> list[str]:
-    import llama_cpp
-
-    ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + ("ALL_F32" if preset == "F32" else "MOSTLY_" + preset))
-    return [sys.executable, "-c", script, str(src), str(out), str(threads), str(ftype), "pure" if pure else "mixed"]
 
 
 def _peak_rss_run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, int]:
@@ -409,9 +409,8 @@ def _qtool_cmd(src: Path, out: Path, preset: str, threads: int, pure: bool) -> l
     return cmd + (["--pure"] if pure else [])
 
 
-def _llama_cmd(src: Path, out: Path, preset: str, threads: int, pure: bool) -> list[str]:
-    return [sys.executable, "-c", _LLAMA_QUANTIZE, str(src), str(out), str(threads), preset,
-            "pure" if pure else "mixed"]
+def _llama_cmd(src: Path, out: Path, preset: str, threads: int, pure: bool, script: str = _LLAMA_QUANTIZE) -> list[str]:
+    return [sys.executable, "-c", script, str(src), str(out), str(threads), preset, "pure" if pure else "mixed"]
 
 
 def bench_table(args) -> None:
@@ -479,8 +478,8 @@ def bench_table(args) -> None:
                     tl = min(tl, s)
                     theirs_c = tmp / f"c-{preset}.gguf"
                     theirs_c.unlink(missing_ok=True)
-                    s, _, rc = _peak_rss_run(_llama_c_cmd(c_script, hf_f32 if case == "hf-135M" else src, theirs_c,
-                                                          preset, args.threads, pure))
+                    s, _, rc = _peak_rss_run(_llama_cmd(hf_f32 if case == "hf-135M" else src, theirs_c, preset,
+                                                        args.threads, pure, c_script))
                     ok &= rc == 0 and theirs_c.exists() and _same_file(theirs_c, theirs) == "identical"
                     theirs_c.unlink(missing_ok=True)
                     tc = min(tc, s)

@@ -78,8 +78,8 @@ def test_hard_texts_decode_as_json_decodes_them(vocab_json):
     for k in range(len(bulk.vocab)):  # each hash is the hash of its text's bytes, and finds it
         text = bulk.vocab.text(k)
         assert bulk.vocab.hashes[k] == tokjson.hash_texts([text.encode("utf-8")])[0]
-        assert bulk.vocab.find(text, bulk.hash_order) == k
-    assert bulk.vocab.find("not there", bulk.hash_order) == -1
+        assert bulk.find(text) == k
+    assert bulk.find("not there") == -1
 
 
 @pytest.mark.parametrize("merges_json", [

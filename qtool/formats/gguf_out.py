@@ -69,10 +69,8 @@ def _pack_numbers(value: Any, sub: GGUFValueType) -> bytes | None:
 
 def _pack_strings(value: Any) -> bytes | None:
     """u64 length + UTF-8 bytes of each string (bytes elements as they are); None for non-strings."""
-    if isinstance(value, PackedStrings) and value.packed is not None:
-        return value.packed  # as read from a GGUF and unchanged since
-    if isinstance(value, StringRecords):
-        return value.packed
+    if isinstance(value, (PackedStrings, StringRecords)) and value.packed is not None:
+        return value.packed  # as read (a GGUF's array unchanged since, a tokenizer.json's in bulk)
     n = len(value)
     if n and all(map(isinstance, value, repeat(str, n))):
         try:

@@ -47,28 +47,6 @@ class Texts:
         """Every string (one UTF-8 decode for all)."""
         return StringRecords(self.records.tobytes(), len(self)).strings() if len(self) else []
 
-    def find(self, text: str, order: np.ndarray | None = None) -> int:
-        """The index of ``text`` (its first), -1 if absent; ``order``: the indices sorted by hash, if known."""
-        raw = text.encode("utf-8", "surrogatepass")
-        h = hash_texts([raw])[0]
-        if order is None:
-            candidates = np.flatnonzero(self.hashes == h)
-        else:  # (searchsorted with sorter= checks the whole sorter each call: ~1 ms)
-            ordered = self._ordered(order)
-            lo, hi = np.searchsorted(ordered, h, side="left"), np.searchsorted(ordered, h, side="right")
-            candidates = np.sort(order[lo:hi])
-        for k in candidates.tolist():
-            if self.raw(k) == raw:
-                return k
-        return -1
-
-    def _ordered(self, order: np.ndarray) -> np.ndarray:
-        """The hashes in ``order`` (the argsort of them), made once."""
-        kept = getattr(self, "_sorted", None)
-        if kept is None or kept[0] is not order:
-            kept = self._sorted = (order, self.hashes[order])
-        return kept[1]
-
     def among(self, texts: set[str], hashes: np.ndarray | None = None, cut: np.ndarray | None = None) -> np.ndarray:
         """The indices, in order, of the strings that are in ``texts``; with ``hashes`` (of each string
         without its byte at ``cut``) those whose text without that byte is."""
@@ -126,11 +104,19 @@ class BulkTokenizerJson:
     rest: dict
     vocab: Texts
     ids: np.ndarray  # int64
-    hash_order: np.ndarray  # the vocabulary's indices sorted by hash (for Texts.find)
+    hash_order: np.ndarray  # the vocabulary's indices sorted by hash
+    sorted_hashes: np.ndarray  # its hashes in that order
     merges: Texts | None
     merge_form: str | None
     merge_spaces: np.ndarray | None
     joined_hashes: np.ndarray | None
+
+    def find(self, text: str) -> int:
+        """The vocabulary index of ``text``, -1 if absent (by its hash among the sorted ones, then its bytes)."""
+        raw = text.encode("utf-8", "surrogatepass")
+        h = hash_texts([raw])[0]
+        lo, hi = np.searchsorted(self.sorted_hashes, h, "left"), np.searchsorted(self.sorted_hashes, h, "right")
+        return next((k for k in self.hash_order[lo:hi].tolist() if self.vocab.raw(k) == raw), -1)
 
     def merge_records(self) -> StringRecords:
         """The merges as GGUF writes them ("a b"), as string records."""
@@ -160,9 +146,7 @@ class VocabView:
         return len(self.bulk.vocab)
 
     def _index(self, text) -> int:
-        if not isinstance(text, str):
-            return -1
-        return self.bulk.vocab.find(text, self.bulk.hash_order)
+        return self.bulk.find(text) if isinstance(text, str) else -1
 
     def __contains__(self, text) -> bool:
         return self._index(text) >= 0
@@ -173,15 +157,8 @@ class VocabView:
             raise KeyError(text)
         return int(self.bulk.ids[k])
 
-    def get(self, text, default=None):
-        k = self._index(text)
-        return default if k < 0 else int(self.bulk.ids[k])
-
     def items(self):
         return zip(self.bulk.vocab.strings(), self.bulk.ids.tolist())
-
-    def values(self):
-        return self.bulk.ids.tolist()
 
 
 def read(raw) -> BulkTokenizerJson | None:
@@ -236,4 +213,4 @@ def read(raw) -> BulkTokenizerJson | None:
     m = rest.get("model") if isinstance(rest, dict) else None
     if not isinstance(m, dict) or m.get("vocab") != {} or (merges is not None and m.get("merges") != []):
         return None
-    return BulkTokenizerJson(rest, vocab, ids, order, merges, form, spaces, joined)
+    return BulkTokenizerJson(rest, vocab, ids, order, ordered, merges, form, spaces, joined)

@@ -738,14 +738,8 @@ def _kind_gpt2(w: GGUFWriter, f: _Folder) -> None:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
-    _add_token_types(w, types)
-    _add_special(w, f, _special_vocab(f, load_merges=True))
-
-
-def _add_token_types(w: GGUFWriter, types) -> None:
-    """add_token_types, for a list of TokenType members or an int32 array (add_tokenizer makes either a list
-    of ints)."""
     w.add_token_types(types)
+    _add_special(w, f, _special_vocab(f, load_merges=True))
 
 
 def _kind_bert(w: GGUFWriter, f: _Folder) -> None:
@@ -768,7 +762,7 @@ def _kind_bert(w: GGUFWriter, f: _Folder) -> None:
     w.add_tokenizer_model("bert")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
-    _add_token_types(w, types)
+    w.add_token_types(types)
     _add_special(w, f, _special_vocab(f, n_vocab=len(tokens)))
 
 
@@ -832,7 +826,7 @@ def _hf_vocab_bulk(f: _Folder, tok) -> tuple[StringRecords, np.ndarray, str] | N
     ids = bulk.ids.copy()
     extra: dict[str, int] = {}  # added texts the vocabulary lacks, in order
     for content, i in pairs:
-        k = bulk.vocab.find(content, bulk.hash_order)
+        k = bulk.find(content)
         if k >= 0:
             ids[k] = i
         else:
@@ -857,7 +851,7 @@ def _hf_vocab_bulk(f: _Folder, tok) -> tuple[StringRecords, np.ndarray, str] | N
     def id_of(text: str) -> int | None:
         if text in extra:
             return extra[text]
-        k = bulk.vocab.find(text, bulk.hash_order)
+        k = bulk.find(text)
         return None if k < 0 else int(ids[k])
 
     added = tok.get_added_tokens_decoder()
