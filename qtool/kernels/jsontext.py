@@ -47,14 +47,28 @@ def _hash_byte(h, c):
     return (h ^ np.uint64(c)) * _FNV_PRIME
 
 
+@jit_inline
+def _hash_range(data, start, end, skip):
+    """64-bit FNV-1a of data[start:end] without the byte at ``skip`` (-1: none)."""
+    h = _FNV_OFFSET
+    for j in range(start, end):
+        if j != skip:
+            h = _hash_byte(h, data[j])
+    return h
+
+
+@jit_inline
+def _put_length(out, at, size):
+    """size as the u64 little-endian length field of the GGUF string record at out[at]."""
+    for j in range(8):
+        out[at + j] = (size >> (8 * j)) & 0xFF
+
+
 @jit
 def fnv1a(data, offsets, out):
     """64-bit FNV-1a of each string: data uint8 [*], offsets int64 [n + 1], out uint64 [n]."""
     for k in range(offsets.shape[0] - 1):
-        h = _FNV_OFFSET
-        for j in range(offsets[k], offsets[k + 1]):
-            h = _hash_byte(h, data[j])
-        out[k] = h
+        out[k] = _hash_range(data, offsets[k], offsets[k + 1], -1)
 
 
 @jit_inline
@@ -287,15 +301,9 @@ def _close_record(out, offsets, k, end, skip):
     """Record k, which starts at offsets[k] and whose text ends at out[end]: its length field written, its end
     noted (offsets[k + 1]); returns the FNV-1a hash of its text without the byte at ``skip`` (-1: none)."""
     at = offsets[k]
-    size = end - at - 8
-    for j in range(8):
-        out[at + j] = (size >> (8 * j)) & 0xFF
+    _put_length(out, at, end - at - 8)
     offsets[k + 1] = end
-    h = _FNV_OFFSET
-    for j in range(at + 8, end):
-        if j != skip:
-            h = _hash_byte(h, out[j])
-    return h
+    return _hash_range(out, at + 8, end, skip)
 
 
 @jit_inline
@@ -536,8 +544,7 @@ def gguf_records(data, starts, lengths, out):
     o = 0
     for k in range(starts.shape[0]):
         size = lengths[k]
-        for j in range(8):
-            out[o + j] = (size >> (8 * j)) & 0xFF
+        _put_length(out, o, size)
         o += 8
         s = starts[k]
         for j in range(size):
