@@ -208,9 +208,9 @@ def convert(
             for p in plan:
                 out.add_tensor(p.name, p.shape, p.qtype)
             out.begin()
-            widened = _Reused()
+            widened, written = _Reused(np.float32), _Reused(np.uint8)
             for p in plan:
-                out.write(p.name, _tensor_bytes(source, p, imat, threads, widened))
+                out.write(p.name, _tensor_bytes(source, p, imat, threads, widened, written))
                 source.release(p.name)  # keep the resident set near one tensor, not the whole input
                 if on_tensor is not None:
                     on_tensor(p, int(np.prod(p.shape, dtype=np.int64)))
@@ -264,10 +264,13 @@ def _nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
 
 
 class _Reused:
-    """One float32 buffer that F16/BF16 tensors are widened into, tensor after tensor (ModelSource.load)."""
+    """One buffer used tensor after tensor: float32, that F16/BF16 tensors are widened into (ModelSource.load);
+    uint8, that tensors are quantized into and written from. Fresh pages cost their zeroing by the kernel:
+    a buffer that only grows pays it once for the biggest tensor, not for every tensor."""
 
-    def __init__(self) -> None:
-        self._buffer = np.empty(0, np.float32)
+    def __init__(self, dtype=np.float32) -> None:
+        self._dtype = np.dtype(dtype)
+        self._buffer = np.empty(0, self._dtype)
 
     def for_tensor(self, info) -> np.ndarray | None:
         if info.qtype not in (GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
@@ -276,14 +279,16 @@ class _Reused:
 
     def for_slice(self, n: int) -> np.ndarray:
         if self._buffer.size < n:
-            self._buffer = np.empty(0, np.float32)  # the old one goes before the bigger one comes
-            self._buffer = np.empty(n, np.float32)
+            self._buffer = np.empty(0, self._dtype)  # the old one goes before the bigger one comes
+            self._buffer = np.empty(n, self._dtype)
         return self._buffer
 
 
-def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> np.ndarray:
+def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None,
+                  written: _Reused | None = None) -> np.ndarray:
     """The bytes to write for one planned tensor: copied unchanged, converted, or quantized. The floats
-    may be widened into ``widened``'s buffer: the bytes returned never share memory with it."""
+    may be widened into ``widened``'s buffer: the bytes returned never share memory with it. Quantized
+    bytes are a view of ``written``'s buffer where one is given, valid until the next call."""
     from qtool.analysis.weights import load_floats
     from qtool.formats.source import drop_pages, widen
     from qtool.quantizers import get
@@ -294,6 +299,7 @@ def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> n
     weights = imat.for_tensor(p.name, p.shape) if (imat is not None and p.quantize) else None
     halves = source.halves(p.name) if widened is not None else None
     quantizer = get(p.qtype)
+    into = written.for_slice(quantizer.nbytes(p.shape)) if written is not None else None
     if halves is not None and halves[0].ndim >= 2 and \
             (halves[0].size >= _SLICED_HALVES or (halves[1] == "BF16" and quantizer.reads_bfloat16)):
         # a big F16/BF16 tensor stored as it is used: widened and quantized a slice of rows at a time through
@@ -306,16 +312,16 @@ def _tensor_bytes(source, p, imat, threads, widened: _Reused | None = None) -> n
         buffer = widened.for_slice(rows * n)
         return quantizer.quantize(words, weights, name=p.name, threads=threads, slice_rows=rows,
                                   after_slice=drop_pages, stored=dtype,
-                                  convert_slice=lambda part: widen(part, dtype, part.shape, into=buffer))
-    into = widened.for_tensor(source.info(p.name)) if widened is not None else None
-    data = load_floats(source, p.name, threads=threads, into=into)
+                                  convert_slice=lambda part: widen(part, dtype, part.shape, into=buffer), into=into)
+    floats = widened.for_tensor(source.info(p.name)) if widened is not None else None
+    data = load_floats(source, p.name, threads=threads, into=floats)
     if getattr(data, "_mmap", None) is None or data.nbytes <= _CHUNK_BYTES or data.ndim < 1:
-        return quantizer.quantize(data, weights, name=p.name, threads=threads)
+        return quantizer.quantize(data, weights, name=p.name, threads=threads, into=into)
     # a view of the input's map: quantized a slice of rows at a time, each slice's pages dropped once done,
     # so that a big tensor (a large vocabulary's embeddings) is not resident whole
     return quantizer.quantize(data, weights, name=p.name, threads=threads,
                                  slice_rows=max(1, _CHUNK_BYTES // (4 * max(1, data.shape[-1]))),
-                                 after_slice=drop_pages)
+                                 after_slice=drop_pages, into=into)
 
 
 #: a tensor read as a view of the input's map is quantized this many bytes of float32 at a time

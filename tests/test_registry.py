@@ -65,6 +65,23 @@ def test_quantize_output_shape_and_dtype(qtype):
     assert back.dtype == np.float32 and back.shape == (2, 2, x.shape[1])
 
 
+@pytest.mark.parametrize("qtype", ALL, **ids)
+def test_quantizing_into_a_used_buffer_writes_every_byte(qtype):
+    """into= gives the bytes a fresh array gets, over a buffer holding another tensor's bytes (convert reuses
+    one): a kernel that skipped a byte would leave the old one there."""
+    q = REG[qtype]
+    x = _rows(q, nrows=5, nblocks=3)
+    fresh = q.quantize(x, _imatrix_for(q, x.shape[1]))
+    for fill in (0x00, 0xFF, 0x5A):
+        buffer = np.full(fresh.nbytes + 7, fill, np.uint8)
+        got = q.quantize(x, _imatrix_for(q, x.shape[1]), into=buffer)
+        assert np.shares_memory(got, buffer) and got.shape == fresh.shape
+        np.testing.assert_array_equal(got, fresh)
+        assert (buffer[fresh.nbytes:] == fill).all()  # nothing written past the tensor
+    with pytest.raises(ValueError, match="not .* contiguous bytes"):
+        q.quantize(x, _imatrix_for(q, x.shape[1]), into=np.empty(fresh.nbytes - 1, np.uint8))
+
+
 def test_get_by_name():
     assert get("q4_0") is REG[T.Q4_0] and get(T.Q8_0) is REG[T.Q8_0]
     assert get("q2_0") is REG[ggml_type_named("Q2_0")] is REG[42]  # a type gguf-py 0.19 has no name for

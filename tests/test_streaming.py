@@ -224,6 +224,29 @@ def test_converting_through_one_buffer_writes_the_same_file(tmp_path, monkeypatc
     assert reused.read_bytes() == fresh.read_bytes()
 
 
+def test_tensors_are_quantized_into_one_reused_buffer(tmp_path, monkeypatch):
+    """convert quantizes every tensor into one growing uint8 buffer and writes the same file as with a fresh
+    array per tensor."""
+    from qtool import convert as pipeline
+
+    model = ROOT / "fixtures" / "tiny-llama"
+    calls = []
+    real = pipeline._Reused.for_slice
+
+    def for_slice(self, n):
+        got = real(self, n)
+        calls.append((self._dtype, got))
+        return got
+
+    monkeypatch.setattr(pipeline._Reused, "for_slice", for_slice)
+    reused = pipeline.convert(model, "Q4_K_M", tmp_path / "a.gguf").output
+    buffers = [b for dtype, b in calls if dtype == np.uint8]
+    assert len(buffers) > 5 and len({b.__array_interface__["data"][0] for b in buffers}) < len(buffers)
+    monkeypatch.setattr(pipeline._Reused, "for_slice", lambda self, n: None if self._dtype == np.uint8 else real(self, n))
+    fresh = pipeline.convert(model, "Q4_K_M", tmp_path / "b.gguf").output
+    assert reused.read_bytes() == fresh.read_bytes()
+
+
 # -- F16/BF16 tensors widened and quantized a slice of rows at a time ------------------------------------------
 
 

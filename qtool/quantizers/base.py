@@ -130,7 +130,7 @@ class Quantizer:
                  threads: int | None = None, slice_rows: int | None = None,
                  after_slice: Callable[[np.ndarray], None] | None = None,
                  convert_slice: Callable[[np.ndarray], np.ndarray] | None = None,
-                 stored: str | None = None) -> np.ndarray:
+                 stored: str | None = None, into: np.ndarray | None = None) -> np.ndarray:
         """Quantize float32 ``data`` (numpy order, rows along the last axis) to uint8 [..., row_bytes].
 
         ``imatrix`` is one importance vector of length n_per_row, or for a 3-D tensor one per
@@ -141,6 +141,8 @@ class Quantizer:
         of rows is quantized as ``convert_slice(rows)``, its float32 values; the tensor is then never
         float32 whole. ``stored`` names those elements' type ("F16", "BF16"): a type that ``reads_bfloat16``
         quantizes BF16 words as they are, and converts a slice only to report a NaN or Inf in it.
+        ``into``: a contiguous uint8 buffer of at least the result's size; the result is a view of its start
+        (a caller writing tensor after tensor reuses one buffer instead of faulting in fresh pages for each).
         """
         if convert_slice is None and not (isinstance(data, np.ndarray) and data.dtype == np.float32
                                           and data.flags.c_contiguous):
@@ -157,7 +159,13 @@ class Quantizer:
         if self.requires_imatrix and imatrix is None:
             raise QuantError(f"{name}: {self.name} needs an importance matrix (--imatrix)")
         rows = data.reshape(-1, n_per_row)
-        out = np.empty((rows.shape[0], self.row_bytes(n_per_row)), dtype=np.uint8)
+        shape = (rows.shape[0], self.row_bytes(n_per_row))
+        if into is None:
+            out = np.empty(shape, dtype=np.uint8)
+        else:
+            if into.dtype != np.uint8 or not into.flags.c_contiguous or into.size < shape[0] * shape[1]:
+                raise ValueError(f"{name}: the buffer to quantize into is not {shape[0] * shape[1]} contiguous bytes")
+            out = into.reshape(-1)[:shape[0] * shape[1]].reshape(shape)
         weights = self._check_imatrix(imatrix, data.shape, name) if self.uses_imatrix else None
         if weights is None and rows.size * 4 < self.serial_bytes:
             with _one_thread(then=threads):
