@@ -1,4 +1,4 @@
-"""GGUF out, through gguf.GGUFWriter, one tensor at a time.
+"""GGUF out, one tensor at a time, in the layout gguf-py's GGUFWriter (and llama.cpp) give a file.
 
 The header and every tensor's info are written first (the plan fixes each tensor's type and size before
 any data is quantized), then tensor data is streamed in plan order. The file is written under a temporary
@@ -6,7 +6,9 @@ name in the target folder and renamed into place only when complete, so a failur
 leaves a partial output behind.
 
 Metadata arrays (a vocabulary and its merges: 10^5 strings) are packed in bulk with numpy, to the bytes
-gguf-py's per-element packing gives (``_pack_array``).
+gguf-py's per-element packing gives (``_pack_array``); every other value as that packing does
+(``pack_value``). Writing here, not through GGUFWriter, spares a conversion from GGUF importing gguf-py's
+writer module and what it imports (~8 ms of start-up).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import os
 import struct
 from itertools import repeat
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Iterable
 
 import numpy as np
-from gguf import GGUFEndian, GGUFValueType, GGUFWriter
+from gguf import GGUFValueType
 
 from qtool.errors import FormatError, UsageError
 from qtool.formats.gguf_in import PackedStrings, StringRecords
@@ -133,32 +136,75 @@ def _pack_array(value: Any, sub: GGUFValueType) -> bytes | None:
     return None if body is None else struct.pack("<IQ", sub, len(value)) + body
 
 
-class _Writer(GGUFWriter):
-    """gguf-py's writer with metadata arrays of a known element type packed in bulk."""
-
-    def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool,
-                  sub_type: GGUFValueType | None = None) -> bytes:
-        if vtype == GGUFValueType.ARRAY and sub_type is not None and self.endianess == GGUFEndian.LITTLE:
-            packed = _pack_array(val, sub_type)
-            if packed is not None:
-                return (struct.pack("<I", vtype) if add_vtype else b"") + packed
-        if isinstance(val, np.ndarray):
-            val = val.tolist()
-        return super()._pack_val(val, vtype, add_vtype, sub_type)
+#: struct formats of the scalar value types (little-endian; bool packs truthiness as 0/1)
+_SCALAR_FORMATS = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d", GGUFValueType.BOOL: "?",
+}
+#: "GGUF" as the little-endian u32 a file starts with, and the version written
+_MAGIC, _VERSION = 0x46554747, 3
+_DEFAULT_ALIGNMENT = 32
 
 
-def _add_kv(writer: GGUFWriter, key: str, value: Any, vtype: GGUFValueType | None,
-            sub_type: GGUFValueType | None) -> None:
+def pack_value(value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = None) -> bytes:
+    """A metadata value as GGUF stores it after its key: its type (u32), then the value, with the bytes and the
+    errors gguf-py's GGUFWriter gives (struct.error for a number out of range, ValueError for what it refuses);
+    arrays of a known element type packed in bulk (``_pack_array``)."""
+    return struct.pack("<I", vtype) + _pack_body(value, vtype, sub_type)
+
+
+def _pack_body(value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = None) -> bytes:
+    if vtype == GGUFValueType.ARRAY and sub_type is not None:
+        packed = _pack_array(value, sub_type)
+        if packed is not None:
+            return packed
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    fmt = _SCALAR_FORMATS.get(vtype)
+    if fmt is not None:
+        return struct.pack(fmt, value)
+    if vtype == GGUFValueType.STRING:
+        return _pack_string(value)
+    if vtype != GGUFValueType.ARRAY:
+        raise ValueError("Invalid GGUF metadata value type or value")
+    if not isinstance(value, Sequence):
+        raise ValueError("Invalid GGUF metadata array, expecting sequence")
+    if len(value) == 0:
+        raise ValueError("Invalid GGUF metadata array. Empty array")
+    if sub_type is not None:
+        element = sub_type
+    elif isinstance(value, bytes):
+        element = GGUFValueType.UINT8
+    else:
+        element = GGUFValueType.get_type(value[0])
+        if not all(GGUFValueType.get_type(v) is element for v in value[1:]):
+            raise ValueError("All items in a GGUF array should be of the same type")
+    return struct.pack("<IQ", element, len(value)) + b"".join(_pack_body(v, element) for v in value)
+
+
+def _pack_string(value: str | bytes) -> bytes:
+    """u64 length + UTF-8 bytes (bytes as they are)."""
+    encoded = value.encode("utf-8") if isinstance(value, str) else value
+    return struct.pack("<Q", len(encoded)) + bytes(encoded)  # (len() of anything else raises, as in gguf-py)
+
+
+def _pad(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def _metadata_entry(key: str, value: Any, vtype: GGUFValueType | None,
+                    sub_type: GGUFValueType | None) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
+    """(value, type, element type) as the file will hold them; the type gguf-py would pick where none is given."""
     if vtype is None:
         vtype = value_type(value)
     if vtype == GGUFValueType.ARRAY:
-        if not isinstance(value, (np.ndarray, list, StringRecords)):
-            value = list(value)  # (a list as it is: a PackedStrings keeps its bytes)
-        writer.add_key_value(key, value, vtype, sub_type=sub_type)
-    else:
-        if isinstance(value, np.generic):
-            value = value.item()
-        writer.add_key_value(key, value, vtype)
+        if not isinstance(value, (np.ndarray, list, bytes, StringRecords)):
+            value = list(value)  # (a list as it is: a PackedStrings keeps its bytes; bytes are u8 elements)
+        return value, vtype, sub_type
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value, vtype, None
 
 
 def check_output_path(output: Path, inputs: Iterable[Path]) -> None:
@@ -179,16 +225,28 @@ def check_output_path(output: Path, inputs: Iterable[Path]) -> None:
 class GGUFOut:
     """Write a GGUF file: ``add_metadata`` and ``add_tensor`` infos, then ``begin()``, then ``write()``
     each tensor's bytes in the same order, then ``commit()``. ``abort()`` (or leaving the ``with``
-    block by an exception) removes the temporary file."""
+    block by an exception) removes the temporary file.
+
+    The layout is GGUFWriter's: header (magic, version 3, tensor and key counts), ``general.architecture``
+    first and then the keys in the order added (a key added again moves to the end), the tensor infos
+    (name, dimensions in ggml's order, type, offset), zeros to the alignment, and each tensor's bytes padded
+    with zeros to the alignment."""
 
     def __init__(self, path: Path, architecture: str, *, alignment: int | None = None):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.qtool-tmp")
-        self._writer = _Writer(path=None, arch=architecture)
-        if alignment is not None and alignment != 32:
-            self._writer.add_custom_alignment(alignment)
+        self._kv: dict[str, tuple[Any, GGUFValueType, GGUFValueType | None]] = {
+            "general.architecture": (architecture, GGUFValueType.STRING, None)}
+        self.alignment = _DEFAULT_ALIGNMENT
+        if alignment is not None and alignment != _DEFAULT_ALIGNMENT:
+            if alignment <= 0 or alignment & (alignment - 1):
+                raise ValueError("Invalid alignment: must be a non-zero power of two")
+            self.alignment = int(alignment)
+            self._kv["general.alignment"] = (self.alignment, GGUFValueType.UINT32, None)
+        self._tensors: dict[str, tuple[tuple[int, ...], int, int]] = {}  # name -> (shape, type, bytes)
         self._expected: list[tuple[str, int]] = []
         self._next = 0
+        self._file = None
         self._started = False
 
     def __enter__(self) -> "GGUFOut":
@@ -202,72 +260,81 @@ class GGUFOut:
                      sub_type: GGUFValueType | None = None) -> None:
         if key in _DROPPED_KEYS:
             return
-        if key in self._writer.kv_data[0]:
-            del self._writer.kv_data[0][key]
-        _add_kv(self._writer, key, value, vtype, sub_type)
+        self._kv.pop(key, None)
+        self._kv[key] = _metadata_entry(key, value, vtype, sub_type)
 
     def add_tensor(self, name: str, shape: tuple[int, ...], qtype: QType) -> int:
         """Declare a tensor (numpy-order element shape); returns its size in bytes."""
         block, size = QUANT_SIZES[qtype]
         if shape[-1] % block:
             raise FormatError(f"{name}: row of {shape[-1]} does not fit {qtype.name} blocks of {block}")
+        if name in self._tensors:
+            raise ValueError(f"Duplicated tensor name {name!r}")
         nbytes = int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block * size)
-        # GGUFWriter takes the element shape as it is for any tensor dtype but uint8 (whose byte shape it
-        # would convert through its own size table, which lacks the types gguf-py does not know)
-        self._writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+        self._tensors[name] = (tuple(int(d) for d in shape), int(qtype), nbytes)
         self._expected.append((name, nbytes))
         return nbytes
 
     def data_offset(self) -> int:
         """Where tensor data will start (header, metadata and tensor infos as declared so far, padded to
         the alignment), computed without writing; each tensor then takes its bytes padded to the alignment."""
-        w = self._writer
         n = 4 + 4 + 8 + 8  # magic, version, tensor count, key/value count
-        for key, val in w.kv_data[0].items():
-            n += len(w._pack_val(key, GGUFValueType.STRING, add_vtype=False))
+        for key, (value, vtype, sub) in self._kv.items():
+            n += 8 + len(key.encode("utf-8"))
             size = None
-            if val.type == GGUFValueType.ARRAY and val.sub_type == GGUFValueType.STRING and len(val.value):
-                size = _strings_size(val.value)  # a vocabulary: 10^5 strings, counted, not packed
-            if size is None:
-                n += len(w._pack_val(val.value, val.type, add_vtype=True, sub_type=val.sub_type))
-            else:
-                n += 4 + 4 + 8 + size  # value type, element type, count, elements
-        for name, ti in w.tensors[0].items():
-            n += len(w._pack_val(name, GGUFValueType.STRING, add_vtype=False)) + 4 + 8 * len(ti.shape) + 4 + 8
-        return GGUFWriter.ggml_pad(n, w.data_alignment)
+            if vtype == GGUFValueType.ARRAY and sub == GGUFValueType.STRING and len(value):
+                size = _strings_size(value)  # a vocabulary: 10^5 strings, counted, not packed
+            n += len(pack_value(value, vtype, sub)) if size is None else 4 + 4 + 8 + size
+        for name, (shape, _, _) in self._tensors.items():
+            n += 8 + len(name.encode("utf-8")) + 4 + 8 * len(shape) + 4 + 8
+        return _pad(n, self.alignment)
 
-    @property
-    def alignment(self) -> int:
-        return self._writer.data_alignment
+    def _head(self) -> bytes:
+        """Header, metadata and tensor infos, zeros to the alignment: the bytes before the first tensor's."""
+        parts = [struct.pack("<IIQQ", _MAGIC, _VERSION, len(self._tensors), len(self._kv))]
+        for key, (value, vtype, sub) in self._kv.items():
+            parts.append(_pack_string(key))
+            parts.append(pack_value(value, vtype, sub))
+        offset = 0
+        for name, (shape, qtype, nbytes) in self._tensors.items():
+            parts.append(_pack_string(name))
+            parts.append(struct.pack(f"<I{len(shape)}QIQ", len(shape), *reversed(shape), qtype, offset))
+            offset += _pad(nbytes, self.alignment)
+        n = sum(map(len, parts))
+        parts.append(bytes(_pad(n, self.alignment) - n))
+        return b"".join(parts)
 
     def begin(self) -> None:
         """Open the temporary file and write header, metadata and tensor infos."""
+        head = self._head()  # (a value that cannot be packed raises before any file exists)
         self._started = True
-        self._writer.write_header_to_file(path=self.tmp)
-        self._writer.write_kv_data_to_file()
-        self._writer.write_ti_data_to_file()
+        self._file = open(self.tmp, "wb")
+        self._file.write(head)
 
     def write(self, name: str, data: np.ndarray) -> None:
         expected_name, nbytes = self._expected[self._next]
         if name != expected_name or data.nbytes != nbytes:
             raise RuntimeError(f"tensor {name} ({data.nbytes} bytes) written where {expected_name} "
                                f"({nbytes} bytes) was declared")
-        self._writer.write_tensor_data(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
+        self._file.write(np.ascontiguousarray(data).view(np.uint8).reshape(-1).data)
+        self._file.write(bytes(_pad(nbytes, self.alignment) - nbytes))
         self._next += 1
 
     def commit(self) -> Path:
         if self._next != len(self._expected):
             raise RuntimeError(f"{len(self._expected) - self._next} declared tensors were never written")
-        self._writer.flush()
-        self._writer.close()
+        self._file.close()
+        self._file = None
         os.replace(self.tmp, self.path)
         self._started = False
         return self.path
 
     def abort(self) -> None:
         try:
-            self._writer.close()
+            if self._file is not None:
+                self._file.close()
         finally:
+            self._file = None
             self._started = False
             try:
                 self.tmp.unlink()
