@@ -610,28 +610,101 @@ def test_the_cycle_collector_is_off_until_the_work_starts_and_restored_after(tmp
     assert gc.isenabled() and gc.get_freeze_count() == 0  # the caller's collector as it was
 
 
-def test_the_command_ends_without_collecting(monkeypatch, tmp_path):
-    """The command's entry point (console script, python -m qtool) runs main() and leaves the collector
-    off with everything frozen, so that the interpreter's shutdown walks nothing; its exit code is main's.
+class _Ended(Exception):
+    pass
+
+
+def _ending(monkeypatch) -> list:
+    """Calls of os._exit and of the exit handlers' runner, seen from qtool.cli.app, instead of the real ones."""
+    import atexit
+
+    from qtool.cli import app
+
+    calls = []
+
+    def end(status):
+        calls.append(("os._exit", status))
+        raise _Ended
+
+    monkeypatch.setattr(app.os, "_exit", end)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: calls.append(("atexit",)))
+    return calls
+
+
+def test_the_command_ends_its_process_without_tearing_python_down(monkeypatch, tmp_path):
+    """The command's entry point (console script, python -m qtool) runs main(), leaves the collector off with
+    everything frozen, runs the exit handlers and ends the process with os._exit and main's status.
     (test_readme checks that the console script and python -m qtool both name this entry.)"""
     import gc
 
     from qtool.cli import app
 
+    calls = _ending(monkeypatch)
     monkeypatch.setattr("sys.argv", ["qtool", "convert", str(FIXTURE), "--type", "Q8_0", "-o",
                                      str(tmp_path / "o.gguf"), "--quiet"])
     try:
-        app.run()
-        assert (tmp_path / "o.gguf").is_file()
-        assert not gc.isenabled() and gc.get_freeze_count() > 0
-        monkeypatch.setattr("sys.argv", ["qtool", "convert", str(tmp_path / "missing"), "--type", "Q8_0"])
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(_Ended):
             app.run()
-        assert e.value.code not in (0, None)
+        assert (tmp_path / "o.gguf").is_file()
+        assert calls == [("atexit",), ("os._exit", 0)]
         assert not gc.isenabled() and gc.get_freeze_count() > 0
+        calls.clear()
+        monkeypatch.setattr("sys.argv", ["qtool", "convert", str(tmp_path / "missing"), "--type", "Q8_0"])
+        with pytest.raises(_Ended):
+            app.run()
+        assert calls == [("atexit",), ("os._exit", 2)]
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_with_another_thread_running_the_command_exits_as_python_does(monkeypatch, tmp_path):
+    import gc
+    import threading
+
+    from qtool.cli import app
+
+    calls = _ending(monkeypatch)
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    monkeypatch.setattr("sys.argv", ["qtool", "convert", str(tmp_path / "missing"), "--type", "Q8_0"])
+    try:
+        with pytest.raises(SystemExit) as e:
+            app.run()
+        assert e.value.code == 2 and calls == []
+    finally:
+        release.set()
+        other.join()
+        gc.unfreeze()
+        gc.enable()
+
+
+def test_a_whole_process_flushes_its_output_and_runs_its_exit_handlers(tmp_path):
+    """Through the real os._exit: stdout written to a pipe arrives whole, exit handlers run, the status is main's."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: sys.stderr.write('handler ran\\n'))\n"
+            "from qtool.cli.app import run\n"
+            "sys.argv = ['qtool', *sys.argv[1:]]\n"
+            "run()\n")
+    done = subprocess.run([sys.executable, "-c", code, "inspect", str(FIXTURE), "--json", "--no-stats"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["format"] in ("hf", "safetensors", "gguf")
+    assert done.stderr.strip().splitlines()[-1] == "handler ran"
+    done = subprocess.run([sys.executable, "-c", code, "convert", str(tmp_path / "missing"), "--type", "Q8_0"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no such file" in done.stderr and "handler ran" in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["inspect", str(FIXTURE)], ["inspect", str(FIXTURE), "--json"], ["types"]])
+def test_a_reader_that_goes_away_is_not_an_error(argv):
+    """`qtool inspect ... | head`: the command ends with status 0 and nothing on stderr (click and rich would say
+    1, qtool's status for a failed check)."""
+    p = subprocess.Popen([sys.executable, "-m", "qtool", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # gone before the command writes anything
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0 and err == b""
 
 
 @pytest.mark.parametrize("argv", [["convert", "--help"], ["convert"], ["convert", str(FIXTURE), "--bogus"],

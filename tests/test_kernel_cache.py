@@ -119,7 +119,8 @@ try:
     main(["convert", sys.argv[1], "--type", sys.argv[3], "-o", sys.argv[2], "--quiet"])
 except SystemExit as e:
     assert not e.code, e.code
-names = ("numba.np.arrayobj", "yaml", "gguf.metadata", "gguf.vocab", "sentencepiece", "qtool.analysis.mix")
+names = ("numba.np.arrayobj", "yaml", "gguf.metadata", "gguf.vocab", "sentencepiece", "qtool.analysis.mix",
+         "gguf.gguf_writer")
 print("imported:", *(name for name in names if name in sys.modules))
 """
 
@@ -130,8 +131,8 @@ def _convert_child(src, out, qtype: str) -> list[str]:
 
 def test_a_conversion_from_gguf_imports_only_what_it_uses(tmp_path):
     """Converting a GGUF with cached kernels imports none of Numba's array library (the kernels' environments),
-    yaml (Numba's config file reader), gguf's model-card and vocabulary modules (sentencepiece) nor the mixer,
-    and writes the file an in-process conversion writes."""
+    yaml (Numba's config file reader), gguf's model-card, vocabulary and writer modules (sentencepiece) nor the
+    mixer, and writes the file an in-process conversion writes."""
     from qtool.cli.app import main
 
     src = tmp_path / "f32.gguf"
@@ -143,6 +144,23 @@ def test_a_conversion_from_gguf_imports_only_what_it_uses(tmp_path):
         got = tmp_path / f"got-{qtype}.gguf"
         assert _convert_child(src, got, qtype) == [], "a conversion from GGUF imported modules it does not use"
         assert got.read_bytes() == want.read_bytes()
+
+
+PRELOAD_CHILD = """
+import sys
+import qtool
+thread = qtool.preload_libraries()
+thread.join()
+maps = open("/proc/self/maps").read()
+print("libllvmlite.so" in maps, "_multiarray_umath" in maps, "llvmlite" in sys.modules, "numpy" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_preloading_maps_the_libraries_without_importing_their_modules():
+    """qtool.preload_libraries maps LLVM's and NumPy's libraries (the loader's work done ahead) and imports
+    neither package; the command's later imports find them mapped."""
+    assert _python(PRELOAD_CHILD).split() == ["True", "True", "False", "False"]
 
 
 ENV_MODULE = """
@@ -360,11 +378,14 @@ def test_the_command_leaves_numba_extensions_unloaded_a_library_process_loads_th
     from qtool.cli.app import main
 
     main(["convert", str(ROOT / "fixtures" / "tiny-llama-f32"), "--type", "F32", "-o", str(src), "--quiet"])
-    probe = ("import runpy, sys; sys.argv = ['qtool'] + sys.argv[1:]\n"
-             "try:\n    runpy.run_module('qtool', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code\n"
-             "import numba.core.entrypoints as ep\nfrom llvmlite.binding import ffi\n"
-             "print(ep._already_initialized, 'importlib.metadata' in sys.modules,\n"
-             "      sum(a.__module__ == 'numba.core.base' for a, _ in ffi.lib._lock._cblist))")
+    # the command ends its process itself (cli.app._end_process): the probe reports from an exit handler
+    probe = ("import atexit, runpy, sys; sys.argv = ['qtool'] + sys.argv[1:]\n"
+             "def report():\n"
+             "    import numba.core.entrypoints as ep\n    from llvmlite.binding import ffi\n"
+             "    print(ep._already_initialized, 'importlib.metadata' in sys.modules,\n"
+             "          sum(a.__module__ == 'numba.core.base' for a, _ in ffi.lib._lock._cblist))\n"
+             "atexit.register(report)\n"
+             "runpy.run_module('qtool', run_name='__main__')\n")
     out = _python(probe, "convert", src, "--type", "Q8_0", "-o", tmp_path / "out.gguf", "--quiet", cwd=tmp_path,
                   env=env)
     assert out.splitlines()[-1].split() == ["True", "False", "0"]

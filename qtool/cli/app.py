@@ -13,6 +13,7 @@ import sys
 
 import typer
 
+from qtool.cli.output import OutputClosed
 from qtool.errors import QtoolError
 
 try:  # typer >= 0.24 carries its own copy of click and raises that copy's exceptions
@@ -75,30 +76,73 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run() -> None:
-    """The ``qtool`` command (the console script and ``python -m qtool``): ``main()``, after which the
-    process ends with the cycle collector off and everything alive frozen.
+    """The ``qtool`` command (the console script and ``python -m qtool``): ``main()``, then the process ends
+    the way `_end_process` does.
 
-    Python's shutdown runs full collections while it tears the modules down, and with Numba, LLVM and
-    NumPy loaded they walk a few hundred thousand objects for nothing: ~0.3 s of every qtool process
-    (a 0.95 s conversion of the bundled model took 0.67 s without them). Exit handlers and finalizers
-    still run; only the collections are skipped. ``main()`` itself leaves the collector as it found
-    it, for callers in the same process. Before it, ``qtool.command_process()`` leaves Numba's
-    third-party extensions unloaded in this process (qtool's kernels use none) and LLVM's calls
-    unreported as Numba events.
+    Before it, ``qtool.command_process()`` leaves Numba's third-party extensions unloaded in this process
+    (qtool's kernels use none) and LLVM's calls unreported as Numba events, and ``qtool.preload_libraries()``
+    maps the big shared libraries while the command's modules import. ``main()`` itself leaves the
+    collector as it found it, for callers in the same process.
     """
     import qtool
     from qtool.formats import vocab_cache
 
     qtool.command_process()
+    preloading = qtool.preload_libraries()
     vocab_cache.enable()
+    code = 0
     try:
         main()
         from qtool.kernels import native
 
         native.record()  # the kernels this command ran through Numba, for the next command to run without it
+    except SystemExit as e:
+        code = e.code
     finally:
+        if preloading is not None:
+            preloading.join()
         gc.disable()
         gc.freeze()
+    _end_process(code)
+
+
+def _end_process(code) -> None:
+    """End the process with exit status ``code`` (as ``sys.exit`` reads it) without tearing the interpreter down.
+
+    Python's shutdown clears every module and, with the collector on, runs full collections over the few
+    hundred thousand objects NumPy, Numba, LLVM and typer leave: ~0.3 s of every process with the collector
+    on, ~6 ms with it off and everything frozen (measured on a whole conversion). Nothing of qtool needs
+    it: every file it writes is closed before the command returns. So the exit handlers run (``atexit``:
+    finalizers registered with weakref.finalize among them), the standard streams are flushed, and the
+    process ends with ``os._exit``. Where that is not sure to be the same (another thread still running,
+    an ``atexit`` without its runner), the interpreter shuts down as usual.
+    """
+    import atexit
+    import threading
+
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_handlers is None or threading.active_count() > 1:
+        sys.exit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code & 0xFF
+    else:  # sys.exit("message"): the message on stderr, status 1
+        sys.stderr.write(f"{code}\n")
+        status = 1
+    run_handlers()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away: not an error of ours (see _run)
+        pass
+    except OSError as e:  # a full disk behind a redirected stdout
+        sys.stderr.write(f"qtool: error: writing the output: {e}\n")
+        status = status or 2
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(status)
 
 
 def _one_command(argv: list[str] | None) -> typer.Typer:
@@ -147,7 +191,7 @@ def _run(argv: list[str] | None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("qtool: interrupted\n")
         sys.exit(130)
-    except BrokenPipeError:
+    except (OutputClosed, BrokenPipeError):
         # the reader went away (`qtool inspect ... | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)

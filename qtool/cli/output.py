@@ -9,6 +9,7 @@ nothing but the result. (STYLE.md puts people's tables on stderr; we keep them o
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gc
 import json
@@ -54,15 +55,11 @@ class Output:
 
     @functools.cached_property
     def out(self):
-        from rich.console import Console
-
-        return Console(file=sys.stdout, soft_wrap=False, width=None if sys.stdout.isatty() else 160, highlight=False)
+        return _console(file=sys.stdout, soft_wrap=False, width=None if sys.stdout.isatty() else 160, highlight=False)
 
     @functools.cached_property
     def err(self):
-        from rich.console import Console
-
-        return Console(file=sys.stderr, highlight=False)
+        return _console(file=sys.stderr, highlight=False)
 
     @property
     def interactive(self) -> bool:
@@ -71,7 +68,8 @@ class Output:
     def print(self, *objects: Any, **kwargs: Any) -> None:
         """A result for people (tables, summaries); nothing in --json mode."""
         if not self.json_mode:
-            self.out.print(*objects, **kwargs)
+            with _reader_gone_is_output_closed():
+                self.out.print(*objects, **kwargs)
 
     def line(self, text: str) -> None:
         """A line of plain text for people (a summary); nothing in --json mode. On a terminal rich wraps
@@ -86,15 +84,17 @@ class Output:
 
     def _plain(self, stream, console: str, text: str) -> None:
         """``text`` on ``stream``: through rich (the ``console`` attribute) on a terminal, else as it is."""
-        if stream.isatty():
-            getattr(self, console).print(text, markup=False, highlight=False)
-        else:
-            stream.write(text + "\n")
-            stream.flush()
+        with _reader_gone_is_output_closed():
+            if stream.isatty():
+                getattr(self, console).print(text, markup=False, highlight=False)
+            else:
+                stream.write(text + "\n")
+                stream.flush()
 
     def json(self, document: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(_clean(document), indent=2, allow_nan=False) + "\n")
-        sys.stdout.flush()
+        with _reader_gone_is_output_closed():
+            sys.stdout.write(json.dumps(_clean(document), indent=2, allow_nan=False) + "\n")
+            sys.stdout.flush()
 
     @contextlib.contextmanager
     def progress(self, total: float | None, description: str) -> Iterator["_Advance"]:
@@ -125,3 +125,29 @@ class _Advance:
         collect_from_now()
         if self._bar is not None:
             self._bar.update(self._task, total=total)
+
+
+class OutputClosed(Exception):
+    """The reader of the command's output went away (``qtool inspect ... | head``): cli.app ends the command
+    with status 0. (A BrokenPipeError would not get there: click turns it into exit status 1, as rich's
+    console does its own, and 1 is qtool's status for a failed check.)"""
+
+
+@contextlib.contextmanager
+def _reader_gone_is_output_closed() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError as e:
+        raise OutputClosed(str(e)) from e
+
+
+def _console(**kwargs):
+    """A rich Console that raises OutputClosed where its pipe is closed."""
+    from rich.console import Console
+
+    class _PipedConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise OutputClosed(f"[Errno {errno.EPIPE}] Broken pipe")
+
+    return _PipedConsole(**kwargs)
