@@ -7,7 +7,6 @@ every qtool command pays for its imports before its first tensor.
 __version__ = "0.1.0"
 
 import importlib as _importlib
-import importlib.machinery as _importlib_machinery
 import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
@@ -229,20 +228,20 @@ def command_process() -> bool:
     return True
 
 
-#: (package, path inside it) of the shared libraries every command loads, largest first: LLVM's (for the stored
-#: kernels, kernels.native) and NumPy's core extension (with OpenBLAS, which it links)
-_PRELOADED = (("llvmlite", ("binding", "libllvmlite.so")), ("numpy", ("_core", "_multiarray_umath")))
+#: the big shared libraries a command loads after its modules are imported: LLVM's,
+#: for the stored kernels (kernels.native). (NumPy's are loaded by then: the kernels' loader imports NumPy.)
+_PRELOADED = (("llvmlite", ("binding", "libllvmlite.so")),)  # (package, path parts inside it)
 
 
 def preload_libraries() -> _threading.Thread | None:
-    """Map the big shared libraries a command will load, in a thread of its own, while the main thread
-    imports its Python modules; the caller joins the thread before the process ends.
+    """Map the big shared libraries a command will load (`_PRELOADED`), in a thread of its own, while the main
+    thread imports the command's Python modules; the caller joins the thread before the process ends.
 
-    Loading a library is mostly the dynamic loader relocating it (LLVM's: ~6 ms, NumPy's core with OpenBLAS:
-    ~4 ms), and Python's own loaders (an extension module's import, ``ctypes.CDLL``) keep the interpreter
-    lock while they do it. Here libc's ``dlopen`` is called through ctypes, which lets the lock go, with the
-    flags those loaders use (``RTLD_NOW | RTLD_LOCAL``): the later load by the module itself finds the
-    library mapped and costs nothing. A library that is not installed, or a libc without ``dlopen``, is skipped.
+    Loading a library is mostly the dynamic loader relocating it (LLVM's: ~6 ms), and Python's own loaders
+    (an extension module's import, ``ctypes.CDLL``) keep the interpreter lock while they do it. Here libc's
+    ``dlopen`` is called through ctypes, which lets the lock go, with the flags those loaders use
+    (``RTLD_NOW | RTLD_LOCAL``): the later load by the module itself finds the library mapped and costs
+    nothing. A library that is not installed, or a libc without ``dlopen``, is skipped.
     """
     import ctypes
 
@@ -251,9 +250,9 @@ def preload_libraries() -> _threading.Thread | None:
         spec = _importlib_util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             continue
-        folder = _os.path.join(spec.submodule_search_locations[0], *parts[:-1])
-        names = [parts[-1]] if "." in parts[-1] else [parts[-1] + s for s in _importlib_machinery.EXTENSION_SUFFIXES]
-        paths.extend(p for p in (_os.path.join(folder, n) for n in names) if _os.path.exists(p))
+        path = _os.path.join(spec.submodule_search_locations[0], *parts)
+        if _os.path.exists(path):
+            paths.append(path)
     if not paths:
         return None
     try:

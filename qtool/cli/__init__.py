@@ -7,4 +7,3 @@ import os
 # wanted (measured with perf: blas_thread_server 8% of a whole conversion's samples). No qtool command
 # calls BLAS, so a command process asks for none, unless the user chose a number.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
