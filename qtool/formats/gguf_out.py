@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from itertools import repeat
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Iterable
 
 import numpy as np
@@ -193,7 +193,7 @@ def _pad(n: int, alignment: int) -> int:
     return -(-n // alignment) * alignment
 
 
-def _metadata_entry(key: str, value: Any, vtype: GGUFValueType | None,
+def _metadata_entry(value: Any, vtype: GGUFValueType | None,
                     sub_type: GGUFValueType | None) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
     """(value, type, element type) as the file will hold them; the type gguf-py would pick where none is given."""
     if vtype is None:
@@ -261,7 +261,7 @@ class GGUFOut:
         if key in _DROPPED_KEYS:
             return
         self._kv.pop(key, None)
-        self._kv[key] = _metadata_entry(key, value, vtype, sub_type)
+        self._kv[key] = _metadata_entry(value, vtype, sub_type)
 
     def add_tensor(self, name: str, shape: tuple[int, ...], qtype: QType) -> int:
         """Declare a tensor (numpy-order element shape); returns its size in bytes."""
