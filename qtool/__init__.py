@@ -78,18 +78,20 @@ class _StandIns:
 
     Numba's config module and gguf's model-card reader import yaml (~16 ms) to read a file that is
     rarely there: a ``.numba_config.yaml`` in the working folder, a model card's YAML header; gguf's
-    vocabulary module imports sentencepiece (~9 ms) for a class qtool does not use (`_LazyName`). Once the
+    vocabulary module imports sentencepiece (~9 ms) for a class qtool does not use (`_LazyName`); typer's
+    main module imports subprocess (~3 ms) to open a URL or an editor, its core difflib to suggest an option
+    name after a typo (``get_close_matches``, a `_LazyName`). Once the
     watched module has run, the stand-in leaves ``sys.modules``, so any other importer gets the module
     itself. Where the module is imported already or not installed, the hook steps aside.
     """
 
     def __init__(self):
         self.watched = {"numba.core.config": "yaml", "gguf.metadata": "yaml",  # "": no stand-in, only after
-                        "gguf.vocab": "sentencepiece"}
+                        "gguf.vocab": "sentencepiece", "typer.main": "subprocess", "typer.core": "difflib"}
         self.after = {}  # watched module -> a function called with it once it has run
         #: watched modules that take names from their stand-in (``from sentencepiece import
         #: SentencePieceProcessor``): each name is a `_LazyName` until it is used
-        self.lazy_names = {"gguf.vocab"}
+        self.lazy_names = {"gguf.vocab", "typer.core"}
 
     def find_spec(self, name, path=None, target=None):
         deferred = self.watched.get(name)

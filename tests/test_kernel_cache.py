@@ -272,6 +272,30 @@ def test_sentencepiece_is_imported_when_gguf_s_vocabulary_uses_it():
     assert out == ["False", "True", "True", "32000"]
 
 
+TYPER_CHILD = """
+import sys
+import qtool.cli.app
+import typer.main, typer.core
+print("subprocess" in sys.modules, "difflib" in sys.modules)
+print(type(typer.main.subprocess).__name__, typer.core.get_close_matches("--typ", ["--type", "--quiet"]))
+import subprocess, difflib
+print(typer.main.subprocess.Popen is subprocess.Popen, "difflib" in sys.modules)
+"""
+
+
+def test_typer_imports_subprocess_and_difflib_on_first_use():
+    """The command's start-up leaves subprocess and difflib unimported (typer's main and core modules take
+    stand-ins): an option misspelt still gets its suggestion, and the real modules arrive on first use."""
+    out = _python(TYPER_CHILD).splitlines()
+    assert out[0] == "False False"
+    assert out[1] == "module ['--type']"
+    assert out[2] == "True True"
+    done = subprocess.run([sys.executable, "-m", "qtool", "convert", str(ROOT / "fixtures" / "tiny-llama"), "--typ",
+                           "Q8_0"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and "No such option: --typ" in done.stderr and "--type" in done.stderr
+
+
 GGUF_CHILD = """
 import sys
 first = sys.argv[1]
