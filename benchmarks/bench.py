@@ -699,11 +699,14 @@ import qtool
 from qtool.cli.app import main
 from qtool.formats import vocab_cache
 qtool.command_process()  # as the command's run() does
+preloading = qtool.preload_libraries()
 vocab_cache.enable()  # (a folder's tokenizer kept from its previous conversion, unless QTOOL_VOCAB_CACHE=0)
 try:
     main(sys.argv[1:])
 except SystemExit:
     pass
+if preloading is not None:
+    preloading.join()
 loaded = ",".join(m for m in ("typer", "pydantic", "rich", "gguf", "numba", "tokenizers") if m in sys.modules)
 print(f"{sys._first_tensor:.4f} {time.perf_counter() - t0:.4f} {loaded}")
 """
